@@ -1,0 +1,237 @@
+"""F0 (fundamental frequency) extraction on the model's frame grid, and pitch arithmetic.
+
+One registry, :data:`F0_EXTRACTORS`, maps a method name to a function that returns F0 on the
+extractor's *own* time axis. :func:`extract_f0` runs one of them and resamples the result onto the
+model frames with a single shared function (:func:`_resample_to_frames`): frame ``i`` is centred at
+``(i + 0.5) * hop / sr`` seconds and a clip of ``N`` samples has ``N // hop`` frames.
+
+F0 is in Hz, float32; ``0`` marks an unvoiced frame in raw extractor output.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+#: Extractors run on a copy resampled to this rate when the input rate is higher: WORLD and Praat
+#: decimate internally anyway, F0 up to 1100 Hz has its low harmonics far below 8 kHz, and the
+#: sample-rate-dependent steps (stonemask) get ~3x cheaper at 44.1 kHz.
+ANALYSIS_SAMPLE_RATE = 16000
+
+#: Internal analysis step of the extractors in seconds, finer than a 44.1 kHz / 512 hop frame so the
+#: resampling onto frame centres interpolates between close neighbours.
+ANALYSIS_STEP_S = 0.005
+
+# An extractor: (wav float64 [samples], sr, f0_min, f0_max, step_s) -> (times_s [T], f0_hz [T], 0 = unvoiced)
+Extractor = Callable[[np.ndarray, int, float, float, float], "tuple[np.ndarray, np.ndarray]"]
+
+
+def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """WORLD Harvest: robust, the slowest of the three."""
+    import pyworld
+
+    f0, times = pyworld.harvest(wav, sr, f0_floor=f0_min, f0_ceil=f0_max, frame_period=step_s * 1000.0)
+    return times, f0
+
+
+def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """WORLD DIO, refined by StoneMask: fast, less robust in noise."""
+    import pyworld
+
+    f0, times = pyworld.dio(wav, sr, f0_floor=f0_min, f0_ceil=f0_max, frame_period=step_s * 1000.0)
+    f0 = pyworld.stonemask(wav, f0, times, sr)
+    return times, f0
+
+
+def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Praat's autocorrelation pitch tracker (``To Pitch (ac)``) through praat-parselmouth."""
+    import parselmouth
+
+    sound = parselmouth.Sound(wav, sampling_frequency=sr)
+    pitch = sound.to_pitch_ac(time_step=step_s, pitch_floor=f0_min, pitch_ceiling=f0_max, voicing_threshold=0.6)
+    times = np.asarray(pitch.xs(), dtype=np.float64)
+    f0 = np.nan_to_num(np.asarray(pitch.selected_array["frequency"], dtype=np.float64))
+    return times, f0
+
+
+#: The F0 methods by name. Every place that offers a choice of method reads this dict.
+F0_EXTRACTORS: dict[str, Extractor] = {
+    "harvest": _harvest,
+    "dio": _dio,
+    "parselmouth": _parselmouth,
+}
+
+
+def frame_times(n_frames: int, hop: int, sr: int) -> np.ndarray:
+    """Centre time in seconds of each model frame: ``(i + 0.5) * hop / sr``; float64 [n_frames]."""
+    return (np.arange(n_frames, dtype=np.float64) + 0.5) * hop / sr
+
+
+def _resample_to_frames(times: np.ndarray, f0: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Resample an F0 track given at ``times`` (seconds, increasing) onto ``targets`` (seconds).
+
+    Voicing comes from the nearest source frame. A voiced target between two voiced source frames
+    gets F0 interpolated linearly in log-frequency; next to an unvoiced source frame it takes the
+    nearest voiced value. Targets outside the source range hold the edge frame. Returns float32.
+    """
+    out = np.zeros(len(targets), dtype=np.float64)
+    if len(times) == 0 or len(targets) == 0:
+        return out.astype(np.float32)
+    right = np.clip(np.searchsorted(times, targets), 1, max(len(times) - 1, 1))
+    left = right - 1
+    if len(times) == 1:
+        right = left = np.zeros(len(targets), dtype=np.int64)
+    nearest = np.where(np.abs(times[right] - targets) < np.abs(targets - times[left]), right, left)
+    voiced = f0[nearest] > 0
+    both = voiced & (f0[left] > 0) & (f0[right] > 0) & (right != left)
+    span = np.where(right != left, times[right] - times[left], 1.0)
+    weight = np.clip((targets - times[left]) / span, 0.0, 1.0)
+    log_f0 = np.log(np.maximum(f0, 1e-6))
+    interpolated = np.exp(log_f0[left] + weight * (log_f0[right] - log_f0[left]))
+    out[voiced] = f0[nearest][voiced]
+    out[both] = interpolated[both]
+    return out.astype(np.float32)
+
+
+def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None = None, method: str = "harvest",
+               f0_min: float = 50.0, f0_max: float = 1100.0) -> np.ndarray:
+    """F0 of mono audio at the model frame centres.
+
+    Args:
+        wav: mono audio, float [samples].
+        sr: its sample rate.
+        hop: model hop in samples (frame ``i`` is centred at ``(i + 0.5) * hop / sr``).
+        n_frames: frames wanted; ``None`` means ``len(wav) // hop``.
+        method: a key of :data:`F0_EXTRACTORS`.
+        f0_min, f0_max: search range in Hz.
+
+    Returns:
+        float32 [n_frames], Hz, 0 where unvoiced.
+    """
+    if method not in F0_EXTRACTORS:
+        raise ValueError(f"unknown F0 method {method!r}; valid methods: {', '.join(sorted(F0_EXTRACTORS))}")
+    if not 0 < f0_min < f0_max:
+        raise ValueError(f"need 0 < f0_min < f0_max, got f0_min={f0_min}, f0_max={f0_max}")
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise ValueError(f"extract_f0 needs mono audio [samples], got shape {wav.shape}")
+    if n_frames is None:
+        n_frames = len(wav) // hop
+    if n_frames <= 0:
+        return np.zeros(0, dtype=np.float32)
+    if not np.all(np.isfinite(wav)):
+        raise ValueError("extract_f0: audio contains NaN or infinite samples")
+    analysis = wav.astype(np.float64)
+    analysis_sr = sr
+    if sr > ANALYSIS_SAMPLE_RATE:
+        import soxr
+
+        analysis = soxr.resample(analysis, sr, ANALYSIS_SAMPLE_RATE).astype(np.float64)
+        analysis_sr = ANALYSIS_SAMPLE_RATE
+    times, f0 = F0_EXTRACTORS[method](np.ascontiguousarray(analysis), analysis_sr, float(f0_min), float(f0_max),
+                                      ANALYSIS_STEP_S)
+    f0 = np.where((f0 >= f0_min * 0.9) & (f0 <= f0_max * 1.1), f0, 0.0)  # drop stray out-of-range values
+    return _resample_to_frames(np.asarray(times, dtype=np.float64), np.asarray(f0, dtype=np.float64),
+                               frame_times(n_frames, hop, sr))
+
+
+def interpolate_unvoiced(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fill unvoiced gaps (F0 <= 0) linearly in log-F0 between the voiced neighbours; hold the first /
+    last voiced value at the edges.
+
+    Args:
+        f0: Hz [n], 0 = unvoiced.
+
+    Returns:
+        (f0_filled float32 [n], voiced bool [n]). With no voiced frame at all, ``f0_filled`` is all zero.
+    """
+    f0 = np.asarray(f0, dtype=np.float64)
+    voiced = f0 > 0
+    if not voiced.any():
+        return np.zeros(f0.shape, dtype=np.float32), voiced
+    index = np.arange(len(f0))
+    filled = np.exp(np.interp(index, index[voiced], np.log(f0[voiced])))
+    filled[voiced] = f0[voiced]
+    return filled.astype(np.float32), voiced
+
+
+def transpose(f0, semitones: float):
+    """Shift pitch by ``semitones`` (F0 * 2^(semitones/12)); 0 Hz stays 0. numpy array or torch tensor in,
+    same type out."""
+    return f0 * (2.0 ** (float(semitones) / 12.0))
+
+
+def hz_to_midi(hz) -> np.ndarray:
+    """MIDI note number (69 = A4 = 440 Hz) of frequencies in Hz; 0 Hz (or less) gives ``-inf``."""
+    hz = np.asarray(hz, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(hz > 0, 69.0 + 12.0 * np.log2(np.maximum(hz, 1e-300) / 440.0), -np.inf)
+
+
+def midi_to_hz(midi) -> np.ndarray:
+    """Frequency in Hz of MIDI note numbers (fractional allowed); ``-inf`` gives 0 Hz."""
+    return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
+
+
+#: Scale degrees in semitones above the key note.
+SCALES: dict[str, tuple[int, ...]] = {
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
+    "major_pentatonic": (0, 2, 4, 7, 9),
+    "minor_pentatonic": (0, 3, 5, 7, 10),
+    "chromatic": tuple(range(12)),
+}
+
+_NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def key_to_pitch_class(key: str) -> int:
+    """Pitch class (0 = C ... 11 = B) of a key name such as ``"C"``, ``"F#"``, ``"Bb"``, ``"c#"``."""
+    name = key.strip()
+    if not name or name[0].upper() not in _NOTE_NAMES:
+        raise ValueError(f"unknown key {key!r}; use a note name A-G with an optional # or b, e.g. 'C', 'F#', 'Bb'")
+    pitch_class = _NOTE_NAMES[name[0].upper()]
+    for accidental in name[1:]:
+        if accidental in "#♯":
+            pitch_class += 1
+        elif accidental in "b♭":
+            pitch_class -= 1
+        else:
+            raise ValueError(f"unknown key {key!r}; use a note name A-G with an optional # or b, e.g. 'C', 'F#', 'Bb'")
+    return pitch_class % 12
+
+
+def snap_to_scale(f0: np.ndarray, key: str = "C", scale: str = "major", strength: float = 1.0) -> np.ndarray:
+    """Pull each voiced frame toward the nearest note of ``key`` / ``scale`` (a pitch-correction effect).
+
+    The correction is done in cents: ``midi += strength * (nearest_scale_note - midi)``. ``strength`` 0
+    leaves F0 unchanged, 1 snaps fully. Frames at 0 Hz stay 0.
+
+    Args:
+        f0: Hz [n] (numpy; 0 = unvoiced).
+        key: key note name, e.g. ``"C"``, ``"F#"``, ``"Bb"``.
+        scale: a key of :data:`SCALES`.
+        strength: in [0, 1].
+
+    Returns:
+        float32 [n].
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(sorted(SCALES))}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"snap strength must be in [0, 1], got {strength}")
+    f0 = np.asarray(f0, dtype=np.float64)
+    out = f0.copy()
+    voiced = f0 > 0
+    if not voiced.any():
+        return out.astype(np.float32)
+    midi = hz_to_midi(f0[voiced])
+    relative = midi - key_to_pitch_class(key)  # semitones above the key note of octave -1
+    octave_base = np.floor(relative / 12.0) * 12.0
+    degrees = np.asarray(SCALES[scale], dtype=np.float64)
+    candidates = np.concatenate([degrees - 12.0, degrees, degrees + 12.0])  # notes around this octave
+    notes = octave_base[:, None] + candidates[None, :]
+    nearest = notes[np.arange(len(relative)), np.argmin(np.abs(relative[:, None] - notes), axis=1)]
+    out[voiced] = midi_to_hz(midi + strength * (nearest - relative))
+    return out.astype(np.float32)
