@@ -1,0 +1,130 @@
+"""F0 extraction accuracy on a known sung contour, frame counts, and pitch arithmetic."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import yaml
+from conftest import harmonic, phrase_with_silences
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+from ai_singer.conf_dir import conf_dir
+from ai_singer.features.pitch import (
+    F0_EXTRACTORS, SCALES, extract_f0, hz_to_midi, interpolate_unvoiced, midi_to_hz, snap_to_scale, transpose,
+)
+
+
+def cents(a, b):
+    return 1200.0 * np.abs(np.log2(np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64)))
+
+
+@pytest.fixture(scope="module", params=[(44100, 512), (16000, 160)], ids=["44k-hop512", "16k-hop160"])
+def phrase(request):
+    sr, hop = request.param
+    wav, truth = phrase_with_silences(sr)
+    n_frames = len(wav) // hop
+    centre_samples = ((np.arange(n_frames) + 0.5) * hop).astype(int)
+    return sr, hop, wav, truth[centre_samples]
+
+
+@pytest.mark.parametrize("method", sorted(F0_EXTRACTORS))
+def test_f0_follows_a_sung_phrase(phrase, method):
+    sr, hop, wav, truth = phrase
+    f0 = extract_f0(wav, sr, hop, len(truth), method=method)
+    assert f0.dtype == np.float32 and f0.shape == truth.shape
+
+    truly_voiced = truth > 0
+    # Frames at least 3 frames away from a note/rest boundary.
+    clearly_voiced = minimum_filter1d(truly_voiced.astype(int), 7) == 1
+    clearly_rest = maximum_filter1d(truly_voiced.astype(int), 7) == 0
+    assert clearly_voiced.sum() > 200 and clearly_rest.sum() > 40
+
+    assert (f0[clearly_voiced] > 0).all(), "a clearly sung frame was marked unvoiced"
+    assert (f0[clearly_rest] == 0).all(), "a frame inside a rest was marked voiced"
+    errors = cents(f0[clearly_voiced], truth[clearly_voiced])
+    assert np.median(errors) < 10.0
+    assert np.percentile(errors, 95) < 20.0
+    # The voicing decision is wrong only within a frame or two of a boundary.
+    wrong = (f0 > 0) != truly_voiced
+    near_boundary = maximum_filter1d(np.abs(np.diff(truly_voiced.astype(int), prepend=truly_voiced[0])), 5) > 0
+    assert not (wrong & ~near_boundary).any()
+    assert wrong.sum() <= 2 * 4 * 2  # 4 boundaries, at most two frames each side
+
+
+@pytest.mark.parametrize("method", sorted(F0_EXTRACTORS))
+@pytest.mark.parametrize("samples", [512 * 40, 512 * 40 + 1, 512 * 41 - 1, 512 * 87 + 300])
+def test_frame_count_is_samples_over_hop(method, samples):
+    wav = harmonic(220.0, 44100, samples / 44100)[:samples]
+    f0 = extract_f0(wav, 44100, 512, method=method)
+    assert f0.shape == (samples // 512,)
+    assert np.median(f0[f0 > 0]) == pytest.approx(220.0, rel=0.01)
+    # An explicit n_frames is honoured exactly (e.g. the trimmed clip length).
+    assert extract_f0(wav, 44100, 512, n_frames=17, method=method).shape == (17,)
+
+
+def test_unknown_method_lists_the_valid_names():
+    with pytest.raises(ValueError) as info:
+        extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, method="crepe")
+    for name in ("harvest", "dio", "parselmouth", "crepe"):
+        assert name in str(info.value)
+
+
+def test_silence_is_unvoiced_and_short_input_gives_no_frames():
+    assert not extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, method="dio").any()
+    assert extract_f0(np.zeros(100, dtype=np.float32), 44100, 512).shape == (0,)
+
+
+def test_config_defaults_match_the_function():
+    with open(f"{conf_dir()}/f0/default.yaml") as handle:
+        cfg = yaml.safe_load(handle)
+    defaults = inspect.signature(extract_f0).parameters
+    assert cfg["method"] == defaults["method"].default and cfg["method"] in F0_EXTRACTORS
+    assert cfg["f0_min"] == defaults["f0_min"].default == 50.0
+    assert cfg["f0_max"] == defaults["f0_max"].default == 1100.0
+
+
+def test_interpolate_unvoiced_fills_gaps_in_log_f0_and_holds_edges():
+    f0 = np.array([0, 0, 100, 0, 0, 0, 1600, 200, 0, 0], dtype=np.float32)
+    filled, voiced = interpolate_unvoiced(f0)
+    assert filled.dtype == np.float32 and voiced.dtype == bool
+    assert voiced.tolist() == [False, False, True, False, False, False, True, True, False, False]
+    # 100 -> 1600 is 4 octaves over 4 steps: one octave per frame.
+    np.testing.assert_allclose(filled, [100, 100, 100, 200, 400, 800, 1600, 200, 200, 200], rtol=1e-5)
+    empty, none_voiced = interpolate_unvoiced(np.zeros(5))
+    assert not empty.any() and not none_voiced.any()
+
+
+def test_transpose_and_midi_conversions():
+    f0 = np.array([220.0, 0.0, 440.0])
+    np.testing.assert_allclose(transpose(f0, 12), [440.0, 0.0, 880.0])
+    np.testing.assert_allclose(transpose(f0, -7), [220 * 2 ** (-7 / 12), 0.0, 440 * 2 ** (-7 / 12)])
+    np.testing.assert_allclose(hz_to_midi([440.0, 261.6255653, 880.0]), [69.0, 60.0, 81.0], atol=1e-6)
+    np.testing.assert_allclose(midi_to_hz([69.0, 60.0, 57.5]), [440.0, 261.6255653, 220 * 2 ** (0.5 / 12)])
+    np.testing.assert_allclose(midi_to_hz(hz_to_midi([123.4, 987.6])), [123.4, 987.6])
+    assert hz_to_midi(0.0) == -np.inf
+
+
+def test_snap_to_scale_pulls_toward_scale_notes():
+    # C4 + 30 cents, C#4 (not in C major), E4 - 40 cents, rest, A4 + 10 cents
+    midi = np.array([60.3, 61.0, 63.6, -np.inf, 69.1])
+    f0 = np.where(np.isfinite(midi), midi_to_hz(midi), 0.0)
+    snapped = hz_to_midi(snap_to_scale(f0, "C", "major", 1.0))
+    np.testing.assert_allclose(snapped[[0, 2, 4]], [60.0, 64.0, 69.0], atol=1e-4)
+    assert snapped[1] in (pytest.approx(60.0, abs=1e-4), pytest.approx(62.0, abs=1e-4))
+    assert snap_to_scale(f0, "C", "major", 1.0)[3] == 0.0
+
+    np.testing.assert_allclose(snap_to_scale(f0, "C", "major", 0.0), f0, rtol=1e-6)
+    half = hz_to_midi(snap_to_scale(f0, "C", "major", 0.5))
+    np.testing.assert_allclose(half[[0, 2, 4]], [60.15, 63.8, 69.05], atol=1e-4)
+    # C# major contains C# (61) and F (65); A minor contains G (67), not G# (68).
+    np.testing.assert_allclose(hz_to_midi(snap_to_scale(midi_to_hz([61.2, 64.6]), "C#", "major")), [61.0, 65.0], atol=1e-4)
+    np.testing.assert_allclose(hz_to_midi(snap_to_scale(midi_to_hz([67.4]), "A", "minor")), [67.0], atol=1e-4)
+    np.testing.assert_allclose(hz_to_midi(snap_to_scale(midi_to_hz([61.4, 61.6]), "Eb", "chromatic")), [61.0, 62.0], atol=1e-4)
+    # Snapping across an octave boundary: B3 - 10 cents in C major is B3, 11.6 above C rounds up to C.
+    np.testing.assert_allclose(hz_to_midi(snap_to_scale(midi_to_hz([58.9, 71.6]), "C")), [59.0, 72.0], atol=1e-4)
+    assert {"major", "minor", "chromatic"} <= set(SCALES)
+    with pytest.raises(ValueError, match="dorian"):
+        snap_to_scale(f0, "C", "dorian")
+    with pytest.raises(ValueError, match="H"):
+        snap_to_scale(f0, "H", "major")
