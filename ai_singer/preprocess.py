@@ -1,0 +1,754 @@
+"""The preprocess stage: raw recordings -> sliced, normalised clips + feature files + manifest.
+
+    python -m ai_singer.preprocess paths.raw=data/raw paths.processed=data/processed
+
+Input: ``<raw>/<singer>/**/*.wav|flac|ogg|mp3`` (any rate, channels, depth). For every source file:
+slice on silence (streaming), and for each clip read only its range, downmix, resample to the model rate,
+loudness-normalise, trim to ``n_frames * hop``, then F0 (+ voiced mask, gaps interpolated), content
+features (16 kHz encoder aligned to the model frames) and frame volume; write the clip wav and its
+safetensors feature file atomically (formats in ``docs/architecture.md``).
+
+Resumable: after a source's clips are written, a record ``<processed>/.sources/<key>.json`` stores the
+source's fingerprint, the settings hash and its clips. A re-run skips sources whose record still matches,
+redoes changed ones (removing their old clips), forgets deleted ones, and rebuilds ``manifest.jsonl``,
+``stats.json``, ``report.json`` and the pitch-range plots from the records. Killing the run at any point
+loses at most the sources in flight and corrupts nothing (every file is written atomically; clips
+without a record are swept at the end of the next complete run).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ai_singer.atomic import atomic_path, atomic_write_json
+from ai_singer.audio import (AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
+                             slice_file, to_mono, write_audio)
+from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
+                                singer_stats, write_manifest, write_stats)
+
+#: Bump when a code change alters what preprocess writes: every source is redone on the next run.
+PIPELINE_VERSION = 1
+FEATURE_FORMAT_VERSION = "1"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+CONTENT_SAMPLE_RATE = 16000
+RECORDS_DIR = ".sources"
+REPORT_NAME = "report.json"
+PITCH_PLOT_NAME = "pitch_range.png"
+#: What our clip files look like (``<stem>-<6 hex>-<3+ digits>``); only such files are ever swept.
+_CLIP_FILE = re.compile(r"^.+-[0-9a-f]{6}-\d{3,}(\.wav|\.features\.safetensors)$")
+
+
+class PreprocessError(Exception):
+    """The stage cannot start (missing input folder, no singer folders, bad settings)."""
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+@dataclass(frozen=True)
+class FramingSettings:
+    """The model's framing (``conf/audio``): clips are written at ``sample_rate`` and features have one
+    frame per ``hop_length`` samples."""
+
+    sample_rate: int
+    hop_length: int
+
+
+@dataclass(frozen=True)
+class LoudnessSettings:
+    """``conf/loudness``: see ``ai_singer.audio.normalize_loudness``."""
+
+    target_lufs: float = -18.0
+    peak_dbfs: float = -1.0
+
+
+@dataclass(frozen=True)
+class F0Settings:
+    """``conf/f0``: see ``ai_singer.features.pitch.extract_f0``."""
+
+    method: str = "harvest"
+    f0_min: float = 50.0
+    f0_max: float = 1100.0
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    """``conf/content``: encoder ``name`` (a key of ``CONTENT_ENCODERS``), local weights ``path``, and the
+    encoder's own keyword arguments (layer, final_proj, device, ...)."""
+
+    name: str
+    path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """``conf/split``: the deterministic train/val split (see ``ai_singer.manifest.assign_splits``)."""
+
+    val_fraction: float = 0.05
+    min_val_clips: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything the stage needs, read from the Hydra config by :func:`settings_from_config`."""
+
+    raw: Path
+    processed: Path
+    framing: FramingSettings
+    slicer: SliceConfig
+    loudness: LoudnessSettings
+    f0: F0Settings
+    content: ContentSettings
+    split: SplitSettings
+    num_workers: int = 2
+    min_clip_seconds: float = 1.0
+    pitch_plots: bool = True
+    progress: bool = True
+
+    def output_hash(self) -> str:
+        """Hash of every setting that changes what is written for a source (not workers, split, plots)."""
+        relevant = {
+            "pipeline_version": PIPELINE_VERSION,
+            "framing": dataclasses.asdict(self.framing),
+            "slicer": dataclasses.asdict(self.slicer),
+            "loudness": dataclasses.asdict(self.loudness),
+            "f0": dataclasses.asdict(self.f0),
+            "content": {"name": self.content.name, "path": str(Path(self.content.path).resolve()),
+                        "options": {k: v for k, v in sorted(self.content.options.items()) if k != "device"},
+                        "weights": _folder_fingerprint(Path(self.content.path))},
+            "min_clip_seconds": self.min_clip_seconds,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(node: Any) -> dict:
+    """An OmegaConf node (or a mapping) as a plain resolved dict."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(node, DictConfig):
+            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(node)
+
+
+def _build(cls, values: Mapping[str, Any], group: str):
+    """``cls(**values)`` with a clear error naming the config group on an unknown or missing key."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PreprocessError(f"conf/{group}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise PreprocessError(f"conf/{group}: {error}") from error
+
+
+def settings_from_config(cfg: Any) -> PreprocessSettings:
+    """Read the composed ``conf/preprocess.yaml`` into typed settings (a typo in a key is an error)."""
+    audio = _plain(cfg.audio)
+    content = _plain(cfg.content)
+    if "name" not in content or "path" not in content:
+        raise PreprocessError("conf/content: needs 'name' and 'path'")
+    name, path = content.pop("name"), content.pop("path")
+    return PreprocessSettings(
+        raw=Path(str(cfg.paths.raw)), processed=Path(str(cfg.paths.processed)),
+        framing=FramingSettings(sample_rate=int(audio["sample_rate"]), hop_length=int(audio["hop_length"])),
+        slicer=_build(SliceConfig, _plain(cfg.slicer), "slicer"),
+        loudness=_build(LoudnessSettings, _plain(cfg.loudness), "loudness"),
+        f0=_build(F0Settings, _plain(cfg.f0), "f0"),
+        content=ContentSettings(name=str(name), path=str(path), options=content),
+        split=_build(SplitSettings, _plain(cfg.split), "split"),
+        num_workers=int(cfg.num_workers), min_clip_seconds=float(cfg.min_clip_seconds),
+        pitch_plots=bool(cfg.pitch_plots), progress=bool(cfg.progress),
+    )
+
+
+# ------------------------------------------------------------------------------- fingerprints, records
+
+def _folder_fingerprint(folder: Path) -> list:
+    """Names, sizes and mtimes of the files in the content-encoder folder (cheap; no hashing of GBs)."""
+    if not folder.is_dir():
+        return []
+    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in folder.iterdir() if p.is_file())
+
+
+def source_fingerprint(path: Path, block_bytes: int = 65536) -> dict:
+    """Size, mtime and a sha256 of the first, middle and last ``block_bytes`` of a file."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for offset in sorted({0, max(0, stat.st_size // 2 - block_bytes // 2), max(0, stat.st_size - block_bytes)}):
+            handle.seek(offset)
+            digest.update(handle.read(block_bytes))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blocks_sha256": digest.hexdigest()}
+
+
+def _source_key(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+def record_path(processed: Path, source: str) -> Path:
+    """Where the record of ``source`` (a path relative to ``paths.raw``) lives."""
+    return processed / RECORDS_DIR / f"{_source_key(source)[:20]}.json"
+
+
+def clip_id(source: str, index: int) -> str:
+    """A clip's file stem: readable (the source's stem), unique (a hash of the source's relative path)
+    and stable (the index of the slice in its source)."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(source).stem).strip("._") or "clip"
+    return f"{stem[:60]}-{_source_key(source)[:6]}-{index:03d}"
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "source" in record else None
+
+
+def _record_files(record: dict) -> list[str]:
+    return [name for clip in record.get("clips", []) for name in (clip["audio"], clip["features"])]
+
+
+# ----------------------------------------------------------------------------------------- one clip
+
+class ClipRejected(Exception):
+    """A clip that cannot be used (its reason goes to report.json)."""
+
+
+@dataclass
+class ClipFeatures:
+    """One processed clip. ``audio`` float32 [n_frames * hop] at the model rate; per-frame streams
+    [n_frames]; ``content`` float16 [n_frames, D]."""
+
+    audio: np.ndarray
+    content: np.ndarray
+    f0: np.ndarray
+    voiced: np.ndarray
+    volume: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.f0.shape[0])
+
+
+def process_clip(source: Path, start: int, stop: int, settings: PreprocessSettings, encoder) -> ClipFeatures:
+    """Read samples ``[start, stop)`` of ``source`` and compute the clip audio and its features.
+
+    Raises ClipRejected (too short, silent, no voiced frame) or AudioError (undecodable range).
+    """
+    from ai_singer.features.content import align_to_frames, encode_audio
+    from ai_singer.features.pitch import extract_f0, interpolate_unvoiced
+    from ai_singer.features.volume import frame_rms
+
+    sample_rate, hop = settings.framing.sample_rate, settings.framing.hop_length
+    audio, source_rate = load_audio(source, start, stop)
+    clip = resample(to_mono(audio), source_rate, sample_rate)
+    del audio
+    n_frames = clip.shape[0] // hop
+    seconds = n_frames * hop / sample_rate
+    if seconds < settings.min_clip_seconds or n_frames < 1:
+        raise ClipRejected(f"too short ({seconds:.2f} s < min_clip_seconds {settings.min_clip_seconds} s)")
+    clip = clip[: n_frames * hop]
+    try:
+        clip = normalize_loudness(clip, sample_rate, settings.loudness.target_lufs, settings.loudness.peak_dbfs,
+                                  source=source)
+    except AudioError as error:
+        raise ClipRejected(error.reason) from error
+    raw_f0 = extract_f0(clip, sample_rate, hop, n_frames, method=settings.f0.method,
+                        f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+    f0, voiced = interpolate_unvoiced(raw_f0)
+    if not voiced.any():
+        raise ClipRejected("no voiced frames (no singing pitch found)")
+    wav16k = resample(clip, sample_rate, CONTENT_SAMPLE_RATE)
+    content = align_to_frames(encode_audio(encoder, wav16k), n_frames, hop, sample_rate)
+    volume = frame_rms(clip, hop)
+    features = ClipFeatures(audio=clip, content=np.asarray(content, dtype=np.float16),
+                            f0=np.asarray(f0, dtype=np.float32), voiced=np.asarray(voiced, dtype=np.uint8),
+                            volume=np.asarray(volume, dtype=np.float32))
+    for name in ("content", "f0", "voiced", "volume"):
+        frames = getattr(features, name).shape[0]
+        if frames != n_frames:
+            raise RuntimeError(f"{source} [{start}:{stop}]: {name} has {frames} frames, expected {n_frames}")
+    if features.audio.shape[0] != n_frames * hop:
+        raise RuntimeError(f"{source}: clip has {features.audio.shape[0]} samples, expected {n_frames * hop}")
+    return features
+
+
+def write_clip(audio_path: Path, features_path: Path, clip: ClipFeatures, settings: PreprocessSettings,
+               encoder_name: str) -> None:
+    """Write the clip wav (PCM_16) and its safetensors feature file, each atomically."""
+    from safetensors.numpy import save_file
+
+    write_audio(audio_path, clip.audio, settings.framing.sample_rate)
+    metadata = {
+        "format_version": FEATURE_FORMAT_VERSION, "sample_rate": str(settings.framing.sample_rate),
+        "hop_length": str(settings.framing.hop_length), "n_frames": str(clip.n_frames),
+        "content_encoder": encoder_name, "content_dim": str(clip.content.shape[1]),
+        "f0_method": settings.f0.method,
+    }
+    tensors = {"content": np.ascontiguousarray(clip.content), "f0": clip.f0, "voiced": clip.voiced,
+               "volume": clip.volume}
+    with atomic_path(features_path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------- one source
+
+@dataclass(frozen=True)
+class SourceJob:
+    """A source file to (re)process. ``source`` is relative to ``paths.raw`` (posix separators)."""
+
+    singer: str
+    source: str
+    path: Path
+    fingerprint: dict
+    old_files: tuple[str, ...] = ()
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def process_source(job: SourceJob, settings: PreprocessSettings, encoder) -> dict:
+    """Process one source file; write its clips, then its record; return the record.
+
+    Sources that cannot be used get a record with ``status: "rejected"`` and the reason (so a re-run
+    does not retry an unchanged bad file). Unexpected errors propagate (no record: retried next run).
+    """
+    processed = settings.processed
+    _remove_quietly(record_path(processed, job.source))
+    for name in job.old_files:
+        _remove_quietly(processed / name)
+    record = {"format_version": 1, "source": job.source, "singer": job.singer, "fingerprint": job.fingerprint,
+              "settings_hash": settings.output_hash(), "status": "ok", "reason": None,
+              "content_encoder": {"name": encoder.name, "dim": int(encoder.dim)},
+              "clips": [], "rejected_clips": []}
+    try:
+        info = audio_info(job.path)
+        if info.seconds < settings.min_clip_seconds:
+            raise ClipRejected(f"too short ({info.seconds:.2f} s < min_clip_seconds {settings.min_clip_seconds} s)")
+        ranges = slice_file(job.path, settings.slicer)
+        if not ranges:
+            raise ClipRejected(f"no sound above the slicer threshold ({settings.slicer.threshold_db} dB) long "
+                               f"enough for a clip: silent, too quiet or too short")
+        for index, (start, stop) in enumerate(ranges):
+            span = {"index": index, "start_s": round(start / info.sample_rate, 3),
+                    "end_s": round(stop / info.sample_rate, 3)}
+            try:
+                clip = process_clip(job.path, start, stop, settings, encoder)
+            except (ClipRejected, AudioError) as error:
+                reason = error.reason if isinstance(error, AudioError) else str(error)
+                record["rejected_clips"].append({**span, "reason": reason})
+                continue
+            stem = clip_id(job.source, index)
+            audio_rel, features_rel = f"{job.singer}/{stem}.wav", f"{job.singer}/{stem}.features.safetensors"
+            write_clip(processed / audio_rel, processed / features_rel, clip, settings, encoder.name)
+            voiced_f0 = clip.f0[clip.voiced.astype(bool)]
+            record["clips"].append({**span, "clip_id": stem, "audio": audio_rel, "features": features_rel,
+                                    "n_frames": clip.n_frames,
+                                    "seconds": round(clip.n_frames * settings.framing.hop_length
+                                                     / settings.framing.sample_rate, 4),
+                                    "f0_median_hz": round(float(np.median(voiced_f0)), 3)})
+        if not record["clips"]:
+            reasons = sorted({clip["reason"] for clip in record["rejected_clips"]})
+            raise ClipRejected(f"no usable clip ({len(ranges)} rejected: {'; '.join(reasons)})")
+    except (ClipRejected, AudioError) as error:
+        record["status"] = "rejected"
+        record["reason"] = error.reason if isinstance(error, AudioError) else str(error)
+        for name in _record_files(record):
+            _remove_quietly(processed / name)
+        record["clips"] = []
+    atomic_write_json(record_path(processed, job.source), record)
+    return record
+
+
+# --------------------------------------------------------------------------------- worker processes
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _load_encoder(settings: PreprocessSettings):
+    from ai_singer.features.content import load_content_encoder
+
+    return load_content_encoder(settings.content.name, settings.content.path, **dict(settings.content.options))
+
+
+def _init_worker(settings: PreprocessSettings, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_STATE["settings"] = settings
+    _WORKER_STATE["encoder"] = _load_encoder(settings)  # once per worker process
+
+
+def _run_job(job: SourceJob) -> dict:
+    try:
+        return process_source(job, _WORKER_STATE["settings"], _WORKER_STATE["encoder"])
+    except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+        return {"source": job.source, "singer": job.singer, "status": "error",
+                "reason": f"unexpected error: {type(error).__name__}: {error}"}
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+@dataclass
+class PreprocessResult:
+    """What a run did. Source lists hold paths relative to ``paths.raw``."""
+
+    processed_dir: Path
+    processed_sources: list[str] = field(default_factory=list)   # (re)processed in this run
+    unchanged_sources: list[str] = field(default_factory=list)   # skipped: record still valid
+    removed_sources: list[str] = field(default_factory=list)     # deleted from raw since the last run
+    rejected_sources: dict[str, str] = field(default_factory=dict)  # source -> reason (all runs)
+    failed_sources: dict[str, str] = field(default_factory=dict)    # unexpected errors (retried next run)
+    rejected_clips: int = 0
+    clips_per_singer: dict[str, int] = field(default_factory=dict)
+    seconds_per_singer: dict[str, float] = field(default_factory=dict)
+    stats: DatasetStats | None = None
+    split_counts: dict[str, int] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def n_clips(self) -> int:
+        return sum(self.clips_per_singer.values())
+
+    @property
+    def ok(self) -> bool:
+        """True when the run produced at least one usable clip."""
+        return self.n_clips > 0
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.processed_dir / MANIFEST_NAME
+
+    @property
+    def stats_path(self) -> Path:
+        return self.processed_dir / STATS_NAME
+
+    @property
+    def report_path(self) -> Path:
+        return self.processed_dir / REPORT_NAME
+
+    def summary(self) -> str:
+        """A short human-readable summary of the dataset and of what went wrong."""
+        from ai_singer.pitch_plot import midi_note_name
+        from ai_singer.features.pitch import hz_to_midi
+
+        def note(hz: float) -> str:
+            return midi_note_name(float(hz_to_midi(hz)))
+
+        n_sources = len(self.processed_sources) + len(self.unchanged_sources)
+        lines = [f"preprocess: {n_sources} source file(s): {len(self.processed_sources)} processed, "
+                 f"{len(self.unchanged_sources)} unchanged (skipped), {len(self.removed_sources)} removed"]
+        for singer in sorted(self.clips_per_singer):
+            text = (f"  {singer}: {self.clips_per_singer[singer]} clips, "
+                    f"{self.seconds_per_singer[singer] / 60.0:.1f} min")
+            stats = self.stats.singers.get(singer) if self.stats else None
+            if stats:
+                text += (f", F0 median {stats.f0_median_hz:.0f} Hz ({note(stats.f0_median_hz)}), range "
+                         f"{note(stats.f0_p05_hz)}–{note(stats.f0_p95_hz)} (p05–p95), "
+                         f"{stats.f0_min_hz:.0f}–{stats.f0_max_hz:.0f} Hz (min–max)")
+            lines.append(text)
+        if self.rejected_sources or self.failed_sources:
+            lines.append(f"  rejected {len(self.rejected_sources) + len(self.failed_sources)} file(s):")
+            for source, reason in sorted({**self.rejected_sources, **self.failed_sources}.items()):
+                lines.append(f"    {source}: {reason}")
+        if self.rejected_clips:
+            lines.append(f"  rejected {self.rejected_clips} clip(s) inside usable files (see {REPORT_NAME})")
+        if self.ok:
+            lines.append(f"  wrote {self.manifest_path} ({self.split_counts.get('train', 0)} train / "
+                         f"{self.split_counts.get('val', 0)} val clips), {STATS_NAME}, {REPORT_NAME}, "
+                         f"{len(self.plots)} pitch-range plot(s)")
+        else:
+            lines.append(f"  no usable clips: nothing to train on (see {self.report_path})")
+        return "\n".join(lines)
+
+
+def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
+    """``{singer: [(source relative to raw, absolute path), ...]}`` for every audio file under
+    ``<raw>/<singer>/`` (recursively; hidden files and folders ignored)."""
+    if not raw.is_dir():
+        raise PreprocessError(f"paths.raw={raw}: folder not found. Put one folder per singer there "
+                              f"(<raw>/<singer>/*.wav|flac|ogg|mp3).")
+    singers = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not singers:
+        raise PreprocessError(f"paths.raw={raw}: no singer folders. Put one folder per singer there "
+                              f"(<raw>/<singer>/*.wav|flac|ogg|mp3).")
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for singer_dir in singers:
+        files = []
+        for path in sorted(singer_dir.rglob("*")):
+            relative = path.relative_to(raw)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+                files.append((relative.as_posix(), path))
+        found[singer_dir.name] = files
+    return found
+
+
+def _check_folders(settings: PreprocessSettings) -> None:
+    raw, processed = settings.raw.resolve(), settings.processed.resolve()
+    if raw == processed or raw in processed.parents or processed in raw.parents:
+        raise PreprocessError(f"paths.processed={settings.processed} must be outside paths.raw={settings.raw} "
+                              f"(and the other way round)")
+
+
+def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]],
+          result: PreprocessResult) -> tuple[list[SourceJob], dict[str, dict]]:
+    """Decide which sources to (re)do; remove what belongs to deleted sources. Returns the jobs and the
+    records that are still valid."""
+    processed = settings.processed
+    settings_hash = settings.output_hash()
+    records: dict[str, dict] = {}
+    records_dir = processed / RECORDS_DIR
+    if records_dir.is_dir():
+        for path in sorted(records_dir.glob("*.json")):
+            record = _read_record(path)
+            if record is None or path != record_path(processed, record["source"]):
+                _remove_quietly(path)
+                continue
+            records[record["source"]] = record
+    current = {source: (singer, path) for singer, files in sources.items() for source, path in files}
+    for source in sorted(set(records) - set(current)):  # deleted from raw: forget it and its clips
+        for name in _record_files(records.pop(source)):
+            _remove_quietly(processed / name)
+        _remove_quietly(record_path(processed, source))
+        result.removed_sources.append(source)
+    jobs, valid = [], {}
+    for source, (singer, path) in sorted(current.items()):
+        fingerprint = source_fingerprint(path)
+        record = records.get(source)
+        if (record is not None and record.get("fingerprint") == fingerprint
+                and record.get("settings_hash") == settings_hash and record.get("singer") == singer
+                and record.get("status") in ("ok", "rejected")
+                and all((processed / name).is_file() for name in _record_files(record))):
+            valid[source] = record
+            result.unchanged_sources.append(source)
+            continue
+        old_files = tuple(_record_files(record)) if record else ()
+        jobs.append(SourceJob(singer=singer, source=source, path=path, fingerprint=fingerprint,
+                              old_files=old_files))
+    jobs.sort(key=lambda job: -job.fingerprint["size"])  # largest first: better balance across workers
+    return jobs, valid
+
+
+def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> list[dict]:
+    """Run ``jobs`` in this process (``num_workers <= 1``) or in a pool of worker processes."""
+    from tqdm import tqdm
+
+    outcomes = []
+    progress = tqdm(total=len(jobs), unit="file", desc="preprocess", disable=None if settings.progress else True)
+    try:
+        if settings.num_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                try:
+                    outcomes.append(process_source(job, settings, encoder))
+                except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+                    outcomes.append({"source": job.source, "singer": job.singer, "status": "error",
+                                     "reason": f"unexpected error: {type(error).__name__}: {error}"})
+                progress.update(1)
+            return outcomes
+        workers = min(settings.num_workers, len(jobs))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                    initargs=(settings, threads)) as pool:
+            futures = {pool.submit(_run_job, job): job for job in jobs}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    job = futures[future]
+                    try:
+                        outcomes.append(future.result())
+                    except concurrent.futures.process.BrokenProcessPool as error:
+                        raise RuntimeError(f"a preprocess worker died while processing {job.path} "
+                                           f"(out of memory?); run again to resume") from error
+                    progress.update(1)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        return outcomes
+    finally:
+        progress.close()
+
+
+def _sweep(processed: Path, records: dict[str, dict]) -> None:
+    """Remove clip files no record refers to (left by an interrupted run or a deleted singer) and
+    leftover temporary files. Only files named like our clips or temporaries are ever touched."""
+    referenced = {name for record in records.values() for name in _record_files(record)}
+    singers_with_clips = {record["singer"] for record in records.values() if record.get("clips")}
+    for folder in [processed, processed / RECORDS_DIR] + sorted(
+            p for p in processed.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not path.is_file():
+                continue
+            relative = path.relative_to(processed).as_posix()
+            is_tmp = path.name.startswith(".") and ".tmp" in path.name
+            is_orphan = folder.parent == processed and _CLIP_FILE.match(path.name) and relative not in referenced
+            stale_plot = (folder.parent == processed and path.name == PITCH_PLOT_NAME
+                          and folder.name not in singers_with_clips)
+            if is_tmp or is_orphan or stale_plot:
+                _remove_quietly(path)
+        if folder.parent == processed and folder.name != RECORDS_DIR and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _read_voiced_f0(features_path: Path) -> np.ndarray:
+    from safetensors import safe_open
+
+    with safe_open(str(features_path), framework="numpy") as handle:
+        f0, voiced = handle.get_tensor("f0"), handle.get_tensor("voiced")
+    return f0[voiced.astype(bool)]
+
+
+def _finish(settings: PreprocessSettings, records: dict[str, dict], encoder_info: dict | None,
+            result: PreprocessResult) -> None:
+    """Rebuild manifest, stats, report and plots from the records (all atomically)."""
+    processed = settings.processed
+    clips_by_singer: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    for source in sorted(records):
+        record = records[source]
+        if record["status"] == "rejected":
+            result.rejected_sources[source] = record["reason"]
+        result.rejected_clips += len(record["rejected_clips"]) if record["status"] == "ok" else 0
+        for clip in record["clips"]:
+            clips_by_singer[record["singer"]].append((record, clip))
+        if encoder_info is None and record.get("clips"):
+            encoder_info = record["content_encoder"]
+    encoder_info = encoder_info or {"name": settings.content.name, "dim": 0}
+    splits = assign_splits({singer: [clip["audio"] for _, clip in clips] for singer, clips in clips_by_singer.items()},
+                           settings.split.val_fraction, settings.split.min_val_clips, settings.split.seed)
+    entries, singer_stats_by_name = [], {}
+    for singer in sorted(clips_by_singer):
+        clips = sorted(clips_by_singer[singer], key=lambda pair: pair[1]["audio"])
+        voiced_f0 = []
+        for record, clip in clips:
+            entries.append(ManifestEntry(singer=singer, audio=clip["audio"], features=clip["features"],
+                                         seconds=clip["seconds"], n_frames=clip["n_frames"],
+                                         split=splits[clip["audio"]], source=record["source"],
+                                         f0_median_hz=clip["f0_median_hz"]))
+            voiced_f0.append(_read_voiced_f0(processed / clip["features"]))
+        all_f0 = np.concatenate(voiced_f0)
+        stats = singer_stats([clip["seconds"] for _, clip in clips], all_f0)
+        singer_stats_by_name[singer] = stats
+        result.clips_per_singer[singer] = len(clips)
+        result.seconds_per_singer[singer] = float(sum(clip["seconds"] for _, clip in clips))
+        if settings.pitch_plots:
+            from ai_singer.pitch_plot import plot_pitch_range
+
+            result.plots.append(plot_pitch_range(all_f0, singer, processed / singer / PITCH_PLOT_NAME,
+                                                 stats.f0_median_hz))
+    result.split_counts = {split: sum(entry.split == split for entry in entries) for split in ("train", "val")}
+    result.stats = DatasetStats(sample_rate=settings.framing.sample_rate, hop_length=settings.framing.hop_length,
+                                content_encoder_name=str(encoder_info["name"]),
+                                content_dim=int(encoder_info["dim"]), f0_method=settings.f0.method,
+                                singers=singer_stats_by_name)
+    write_manifest(processed / MANIFEST_NAME, entries)
+    write_stats(processed / STATS_NAME, result.stats)
+    report = {
+        "format_version": 1,
+        "raw": str(settings.raw), "processed": str(processed),
+        "kept": [{"source": source, "singer": record["singer"], "clips": len(record["clips"]),
+                  "seconds": round(sum(clip["seconds"] for clip in record["clips"]), 3)}
+                 for source, record in sorted(records.items()) if record["status"] == "ok"],
+        "rejected": [{"source": source, "singer": records[source]["singer"], "reason": reason}
+                     for source, reason in sorted(result.rejected_sources.items())]
+        + [{"source": source, "reason": reason, "retried_next_run": True}
+           for source, reason in sorted(result.failed_sources.items())],
+        "rejected_clips": [{"source": source, **clip} for source, record in sorted(records.items())
+                           if record["status"] == "ok" for clip in record["rejected_clips"]],
+        "singers": {singer: {"clips": result.clips_per_singer[singer],
+                             "seconds": round(result.seconds_per_singer[singer], 3)}
+                    for singer in sorted(result.clips_per_singer)},
+        "summary": {"processed": len(result.processed_sources), "unchanged": len(result.unchanged_sources),
+                    "removed": len(result.removed_sources), "clips": result.n_clips,
+                    "train": result.split_counts["train"], "val": result.split_counts["val"]},
+    }
+    atomic_write_json(processed / REPORT_NAME, report)
+
+
+def run_preprocess(cfg: Any) -> PreprocessResult:
+    """Run the stage for a composed ``conf/preprocess.yaml`` (a DictConfig) or ready ``PreprocessSettings``.
+
+    Raises PreprocessError when the input folder is missing or has no singer folders, and
+    ``ContentEncoderMissing`` when the content encoder's weights are not where the config says.
+    Unusable files never raise: they are listed in ``report.json`` and in ``result.rejected_sources``.
+    """
+    settings = cfg if isinstance(cfg, PreprocessSettings) else settings_from_config(cfg)
+    sources = find_sources(settings.raw)
+    _check_folders(settings)
+    settings.processed.mkdir(parents=True, exist_ok=True)
+    result = PreprocessResult(processed_dir=settings.processed)
+    jobs, records = _plan(settings, sources, result)
+    encoder_info = None
+    if jobs:
+        encoder = _load_encoder(settings)  # ContentEncoderMissing stops the run before any work
+        encoder_info = {"name": encoder.name, "dim": int(encoder.dim)}
+        if settings.num_workers > 1 and len(jobs) > 1:
+            del encoder  # the workers load their own
+            encoder = None
+        outcomes = _run_jobs(jobs, settings, encoder)
+        for outcome in outcomes:
+            result.processed_sources.append(outcome["source"])
+            if outcome["status"] == "error":
+                result.failed_sources[outcome["source"]] = outcome["reason"]
+            else:
+                records[outcome["source"]] = outcome
+        result.processed_sources.sort()
+    _sweep(settings.processed, records)
+    _finish(settings, records, encoder_info, result)
+    return result
+
+
+def run_cli(cfg: Any) -> int:
+    """The command's body: run, print the summary, return the exit code (0 when usable clips came out)."""
+    from ai_singer.features.content import ContentEncoderMissing
+
+    try:
+        result = run_preprocess(cfg)
+    except (PreprocessError, ContentEncoderMissing) as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def main() -> None:
+    """``python -m ai_singer.preprocess [overrides]`` (Hydra)."""
+    import hydra
+
+    from ai_singer.conf_dir import conf_dir
+
+    @hydra.main(config_path=conf_dir(), config_name="preprocess", version_base="1.3")
+    def _entry(cfg) -> None:
+        code = run_cli(cfg)
+        if code:
+            sys.exit(code)
+
+    _entry()
+
+
+if __name__ == "__main__":
+    main()
