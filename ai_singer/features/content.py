@@ -1,0 +1,292 @@
+"""Content (phonetic) features from a self-supervised speech encoder: HuBERT / ContentVec.
+
+Encoders run on 16 kHz audio with 50 Hz frames (hop 320). :func:`encode_audio` pads the audio so that
+frame ``j`` is centred at ``(j + 0.5) * 320`` samples and a clip of ``N`` samples gives ``N // 320``
+frames (the same convention as the model frames); :func:`align_to_frames` then picks, for each model
+frame, the content frame nearest in time.
+
+Weights load from a local folder only (``from_pretrained(path, local_files_only=True)``), never from a
+hub. ``transformers`` is imported inside the functions that need it (it takes seconds to import).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+#: File names ``from_pretrained`` accepts for the weights, in the order we look for ``final_proj``.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+_WHAT_TO_PUT_THERE = (
+    "Put a Hugging Face-format HuBERT/ContentVec folder here: config.json (a HubertConfig) and "
+    "model.safetensors or pytorch_model.bin, e.g. ContentVec as published for so-vits-svc-fork "
+    "(768-dim: layer 12, final_proj false; 256-dim: layer 9, final_proj true), "
+    "or point the content encoder's `path` at such a folder. Nothing is downloaded."
+)
+
+
+class ContentEncoderMissing(FileNotFoundError):
+    """The content encoder folder, its config or its weights are not where they were expected."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"content encoder not found: {reason} (expected at {self.path}). {_WHAT_TO_PUT_THERE}")
+
+
+@runtime_checkable
+class ContentEncoder(Protocol):
+    """What preprocessing and inference need from a content encoder."""
+
+    name: str
+    dim: int
+    sample_rate: int  # 16000
+    hop: int  # 320 samples at 16 kHz: 50 frames a second
+
+    def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """wav16k [B, samples] float -> features [B, frames, dim] (frames = (samples - field) // hop + 1)."""
+        ...
+
+
+def _weight_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ContentEncoderMissing(folder, f"no weights file ({' or '.join(WEIGHT_FILES[:2])}) in the folder")
+
+
+def _read_tensors(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors among ``keys`` stored in a weights file (safetensors, .bin or a sharded index)."""
+    if path.name.endswith(".index.json"):
+        weight_map = json.loads(path.read_text())["weight_map"]
+        found: dict[str, torch.Tensor] = {}
+        for shard in sorted({weight_map[key] for key in keys if key in weight_map}):
+            found.update(_read_tensors(path.parent / shard, keys))
+        return found
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in keys if key in handle.keys()}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {key: state[key] for key in keys if key in state}
+
+
+def _load_final_proj(folder: Path, hidden_size: int) -> torch.nn.Linear:
+    """ContentVec's projection head (``final_proj``: hidden -> classifier_proj_size) from the weights."""
+    weights = _weight_file(folder)
+    candidates = [f"{prefix}final_proj.{kind}" for prefix in ("", "hubert.", "model.") for kind in ("weight", "bias")]
+    tensors = _read_tensors(weights, candidates)
+    for prefix in ("", "hubert.", "model."):
+        weight, bias = tensors.get(f"{prefix}final_proj.weight"), tensors.get(f"{prefix}final_proj.bias")
+        if weight is not None:
+            break
+    else:
+        raise ValueError(
+            f"{weights}: final_proj=True but the weights hold no 'final_proj.weight'. Use final_proj=false "
+            "(e.g. the 768-dim ContentVec/HuBERT, layer 12), or a ContentVec folder whose state dict includes "
+            "final_proj.weight and final_proj.bias (the 256-dim setup uses layer 9 + final_proj)."
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden_size:
+        raise ValueError(f"{weights}: final_proj.weight has shape {tuple(weight.shape)}, expected [out, {hidden_size}]")
+    projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        projection.weight.copy_(weight.float())
+        if bias is not None:
+            projection.bias.copy_(bias.float())
+    return projection.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _hubert_model_class() -> type:
+    """``transformers.HubertModel`` that expects ContentVec's ``final_proj`` keys in the state dict (loaded
+    separately by :func:`_load_final_proj`) instead of reporting them as unexpected."""
+    from transformers import HubertModel
+
+    class HubertModelWithProjectionKeys(HubertModel):
+        _keys_to_ignore_on_load_unexpected = [r"(^|\.)final_proj\.(weight|bias)$"]
+
+    return HubertModelWithProjectionKeys
+
+
+class HubertContentEncoder:
+    """HuBERT or ContentVec (``transformers.HubertModel``) from a local Hugging Face-format folder.
+
+    Output of transformer layer ``layer`` (``hidden_states[layer]``; 0 is the input to the first layer),
+    optionally passed through ContentVec's ``final_proj``. ``dim`` is the output size.
+
+    Args:
+        path: folder with ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``.
+        layer: 0 .. num_hidden_layers.
+        final_proj: apply the ``final_proj`` Linear stored beside the HuBERT weights.
+        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+    """
+
+    name = "hubert"
+    sample_rate = 16000
+
+    def __init__(self, path: str | Path, layer: int = 12, final_proj: bool = False, device: str | torch.device = "cpu"):
+        folder = Path(path)
+        if not folder.exists():
+            raise ContentEncoderMissing(folder, "the folder does not exist")
+        if not folder.is_dir():
+            raise ContentEncoderMissing(folder, "this is a file, not a folder (fairseq .pt checkpoints are not "
+                                                "supported; use the Hugging Face-format export)")
+        if not (folder / "config.json").is_file():
+            raise ContentEncoderMissing(folder, "config.json is missing")
+        _weight_file(folder)
+
+        from transformers import HubertConfig
+
+        config = HubertConfig.from_pretrained(folder, local_files_only=True)
+        n_layers = int(config.num_hidden_layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
+            raise ValueError(f"{folder}: layer {layer!r} is out of range; this model has {n_layers} transformer "
+                             f"layers, so layer must be an integer in 0..{n_layers}")
+        self.path = folder
+        self.layer = layer
+        self.device = torch.device(device)
+        model, loading_info = _hubert_model_class().from_pretrained(folder, local_files_only=True,
+                                                                     output_loading_info=True)
+        # Strict: a weight missing from the file would silently stay random. masked_spec_embed is only used
+        # for training-time masking.
+        missing = [key for key in loading_info.get("missing_keys", ()) if "masked_spec_embed" not in key]
+        if missing:
+            raise ValueError(f"{folder}: the weights do not match config.json; missing {len(missing)} tensors, e.g. "
+                             f"{', '.join(sorted(missing)[:5])}")
+        if not config.do_stable_layer_norm:
+            # Layers after `layer` cannot change hidden_states[layer]: drop them to save their compute
+            # (at least one is kept: transformers records hidden_states from the layers).
+            model.encoder.layers = model.encoder.layers[:max(layer, 1)]
+        self.model = model.eval().to(self.device)
+        self.final_proj = _load_final_proj(folder, config.hidden_size).to(self.device) if final_proj else None
+        self.dim = self.final_proj.out_features if self.final_proj is not None else int(config.hidden_size)
+        strides = [int(s) for s in config.conv_stride]
+        kernels = [int(k) for k in config.conv_kernel]
+        #: samples per output frame (320 for HuBERT / ContentVec)
+        self.hop = int(np.prod(strides))
+        #: samples seen by one output frame (400 for HuBERT / ContentVec)
+        self.receptive_field = 1 + sum((k - 1) * int(np.prod(strides[:i])) for i, k in enumerate(kernels))
+
+    def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """Content features of 16 kHz audio, in inference mode on ``self.device``.
+
+        Args:
+            wav16k: [B, samples] (or [samples]) float, at least ``receptive_field`` samples.
+
+        Returns:
+            float32 [B, (samples - receptive_field) // hop + 1, dim] on ``self.device``.
+        """
+        if wav16k.dim() == 1:
+            wav16k = wav16k.unsqueeze(0)
+        if wav16k.dim() != 2:
+            raise ValueError(f"encode expects audio [B, samples], got shape {tuple(wav16k.shape)}")
+        if wav16k.shape[-1] < self.receptive_field:
+            raise ValueError(f"encode needs at least {self.receptive_field} samples at 16 kHz, got {wav16k.shape[-1]}")
+        with torch.inference_mode():
+            outputs = self.model(wav16k.to(self.device, torch.float32), output_hidden_states=True)
+            features = outputs.hidden_states[self.layer]
+            if self.final_proj is not None:
+                features = self.final_proj(features)
+        return features
+
+
+#: Content encoders by name (the name recorded in feature files and artifacts).
+CONTENT_ENCODERS: dict[str, type] = {"hubert": HubertContentEncoder}
+
+
+def load_content_encoder(name: str, path: str | Path, **kwargs) -> ContentEncoder:
+    """Build the content encoder registered as ``name`` from ``path`` (keyword arguments go to its
+    constructor, e.g. ``layer``, ``final_proj``, ``device``)."""
+    if name not in CONTENT_ENCODERS:
+        raise ValueError(f"unknown content encoder {name!r}; valid names: {', '.join(sorted(CONTENT_ENCODERS))}")
+    return CONTENT_ENCODERS[name](path, **kwargs)
+
+
+def _fit_length(features: torch.Tensor, frames: int) -> torch.Tensor:
+    """Trim or edge-pad [B, T, D] to ``frames`` (only matters for encoders with an unusual frame count)."""
+    if features.shape[1] >= frames:
+        return features[:, :frames]
+    pad = features[:, -1:].expand(-1, frames - features.shape[1], -1)
+    return torch.cat([features, pad], dim=1)
+
+
+def encode_audio(encoder: ContentEncoder, wav16k: np.ndarray, chunk_seconds: float = 30.0,
+                 context_seconds: float = 2.0, batch_size: int = 4) -> np.ndarray:
+    """Content features of a whole clip or song, in chunks.
+
+    The audio is padded by ``(field - hop) // 2`` samples on each side so that it yields exactly
+    ``samples // hop`` frames, frame ``j`` centred at ``(j + 0.5) * hop`` samples. Long audio is split
+    into chunks of ``chunk_seconds``; each chunk is encoded with ``context_seconds`` of neighbouring
+    audio on both sides and only its centre is kept, so joins change neither the frame count nor (beyond
+    the encoder's own context sensitivity) the values. Chunks of equal length run as one batch of up to
+    ``batch_size`` (never padded: HuBERT's group norm would see the padding).
+
+    Args:
+        encoder: a :class:`ContentEncoder`.
+        wav16k: mono 16 kHz audio, float [samples].
+
+    Returns:
+        float32 [samples // hop, dim] (on the CPU).
+    """
+    wav = np.asarray(wav16k, dtype=np.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"encode_audio expects mono audio [samples], got shape {wav.shape}")
+    if chunk_seconds <= 0 or context_seconds < 0 or batch_size < 1:
+        raise ValueError("encode_audio needs chunk_seconds > 0, context_seconds >= 0 and batch_size >= 1")
+    hop = int(encoder.hop)
+    field = int(getattr(encoder, "receptive_field", 400))
+    n_frames = len(wav) // hop
+    if n_frames == 0:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    left = (field - hop) // 2
+    right = field - hop - left
+    padded = np.pad(wav, (left, right), mode="reflect" if len(wav) > max(left, right) else "constant")
+
+    chunk = max(1, int(round(chunk_seconds * encoder.sample_rate / hop)))
+    context = int(round(context_seconds * encoder.sample_rate / hop))
+    groups: dict[int, list[tuple[int, int, int]]] = {}  # window frames -> [(core start, core end, window start)]
+    for start in range(0, n_frames, chunk):
+        end = min(start + chunk, n_frames)
+        window_start, window_end = max(0, start - context), min(n_frames, end + context)
+        groups.setdefault(window_end - window_start, []).append((start, end, window_start))
+
+    out = np.empty((n_frames, encoder.dim), dtype=np.float32)
+    for window_frames, windows in groups.items():
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first:first + batch_size]
+            audio = np.stack([padded[ws * hop: (ws + window_frames - 1) * hop + field] for _, _, ws in batch])
+            features = _fit_length(encoder.encode(torch.from_numpy(audio)), window_frames)
+            features = features.float().cpu().numpy()
+            for row, (start, end, window_start) in enumerate(batch):
+                out[start:end] = features[row, start - window_start: end - window_start]
+    return out
+
+
+def align_to_frames(feats, n_frames: int, hop: int, sr: int, src_hop: int = 320, src_sr: int = 16000):
+    """Resample content features onto the model frames by nearest frame in time.
+
+    Source frame ``j`` is centred at ``(j + 0.5) * src_hop / src_sr`` s (as :func:`encode_audio` makes
+    them), model frame ``i`` at ``(i + 0.5) * hop / sr`` s; past the end the last source frame is held.
+
+    Args:
+        feats: [T_src, D] numpy array or torch tensor.
+
+    Returns:
+        [n_frames, D], same type as ``feats``.
+    """
+    if len(feats) == 0:
+        raise ValueError("align_to_frames: no source frames to align")
+    index = np.arange(n_frames, dtype=np.int64)
+    # floor(t_i / source frame period), exact in integers: the source frame whose span contains t_i.
+    source = ((2 * index + 1) * hop * src_sr) // (2 * sr * src_hop)
+    source = np.minimum(source, len(feats) - 1)
+    if isinstance(feats, torch.Tensor):
+        return feats[torch.from_numpy(source).to(feats.device)]
+    return np.asarray(feats)[source]
