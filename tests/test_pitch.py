@@ -63,6 +63,15 @@ def test_frame_count_is_samples_over_hop(method, samples):
     assert extract_f0(wav, 44100, 512, n_frames=17, method=method).shape == (17,)
 
 
+@pytest.mark.parametrize("method", sorted(F0_EXTRACTORS))
+def test_very_short_audio_works(method):
+    for samples in (512, 1024, 2048):
+        wav = harmonic(220.0, 44100, samples / 44100)[:samples]
+        f0 = extract_f0(wav, 44100, 512, method=method)
+        assert f0.shape == (samples // 512,)
+        assert ((f0 == 0) | (np.abs(f0 - 220.0) < 10.0)).all()
+
+
 def test_unknown_method_lists_the_valid_names():
     with pytest.raises(ValueError) as info:
         extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, method="crepe")

@@ -47,9 +47,12 @@ def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s:
     """Praat's autocorrelation pitch tracker (``To Pitch (ac)``) through praat-parselmouth."""
     import parselmouth
 
-    sound = parselmouth.Sound(wav, sampling_frequency=sr)
+    # Praat needs at least 3 periods of the pitch floor (plus a little); pad short audio with silence.
+    needed = int(np.ceil(3.0 / f0_min * sr)) + 2 * int(np.ceil(step_s * sr)) + 2
+    pad = max(0, (needed - len(wav) + 1) // 2)
+    sound = parselmouth.Sound(np.pad(wav, pad), sampling_frequency=sr)
     pitch = sound.to_pitch_ac(time_step=step_s, pitch_floor=f0_min, pitch_ceiling=f0_max, voicing_threshold=0.6)
-    times = np.asarray(pitch.xs(), dtype=np.float64)
+    times = np.asarray(pitch.xs(), dtype=np.float64) - pad / sr
     f0 = np.nan_to_num(np.asarray(pitch.selected_array["frequency"], dtype=np.float64))
     return times, f0
 
