@@ -1,0 +1,416 @@
+"""Parameter-efficient fine-tuning on the frozen base: choose what trains, save only that, merge it.
+
+Methods (``PeftSettings.method``):
+
+* ``lora`` / ``dora``: peft's LoRA (``B`` starts at zero, so a fresh adapter reproduces the base
+  exactly; scaling ``alpha / r``) or DoRA (LoRA plus a learned per-channel magnitude), injected with
+  ``peft.inject_adapter_in_model`` into the ``Conv1d``/``Linear`` modules matched by
+  ``target_modules``. ``ConvTranspose1d`` is not supported by peft and is skipped (logged); grouped
+  convs (``groups > 1``) are skipped too, since peft cannot merge them. peft builds the LoRA ``A``
+  conv without the base conv's dilation and padding mode; :func:`prepare_for_finetune` copies both
+  onto it, so dilated convs (WaveNet, HiFi-GAN resblocks) are adapted correctly.
+* ``ia3``: (IA)^3, a learned per-output-channel scale (initialised to 1). peft provides it for
+  ``Linear``; peft 0.21 has no ``Conv1d`` (IA)^3, so :class:`IA3Conv1d` here does the same for convs
+  (same parameter name, ``<module>.ia3_l.default``, shape ``[1, out_channels, 1]``).
+* ``bitfit``: every bias trains, nothing else.
+* ``freeze``: the last ``freeze_last_n`` blocks matched by each ``freeze_blocks`` pattern train fully.
+* ``full``: everything trains (the adapter is then as large as the model).
+
+Patterns (``target_modules``, ``freeze_blocks``) are regular expressions matched against the whole
+module name or a dotted suffix of it: ``query_proj`` matches ``prior_encoder.encoder.layers.0.attention
+.query_proj``; ``decoder\\.resblocks\\.\\d+`` matches ``decoder.resblocks.3``.
+
+Weight norm is removed from the base first (peft's merge silently loses the adapter on a weight-normed
+conv, because the weight it updates is recomputed from ``weight_g``/``weight_v`` on the next call).
+The learned singer vector is not handled here: the trainer adds it and saves it beside these tensors.
+
+Typical use::
+
+    trainable = prepare_for_finetune(model, settings)     # train these
+    tensors = adapter_state_dict(model)                   # small: save with checkpoint.save_adapter
+    load_adapter_state(fresh_base, settings, tensors)     # later, on a freshly loaded base
+    merge_adapters(fresh_base)                            # plain model again, no inference overhead
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ai_singer.checkpoint import state_dict_diff
+
+log = logging.getLogger(__name__)
+
+PEFT_METHODS = ("lora", "dora", "ia3", "bitfit", "freeze", "full")
+PEFT_LIBRARY_METHODS = ("lora", "dora", "ia3")
+ADAPTER_NAME = "default"
+#: Parameter-name segments that belong to an injected adapter (peft's LoRA/DoRA/IA3 and IA3Conv1d).
+ADAPTER_PARAMETER_SEGMENTS = ("lora_A", "lora_B", "lora_magnitude_vector", "ia3_l")
+_PREPARED_ATTR = "_ai_singer_peft"
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+def _default_target_modules() -> list[str]:
+    return [
+        # prior encoder: content/pitch projections and the transformer
+        r"prior_encoder\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)",
+        # flow: the WaveNet inside each coupling layer
+        r"flow\..*(dilated_convs\.\d+|res_skip_convs\.\d+)",
+        # decoder: every Conv1d (its ConvTranspose1d upsamplers are skipped)
+        r"decoder\.(input_conv|speaker_proj|output_conv|source_convs\.\d+)",
+        r"decoder\.resblocks\.\d+\.(dilated_convs|convs)\.\d+",
+    ]
+
+
+def _default_freeze_blocks() -> list[str]:
+    return [r"decoder\.resblocks\.\d+", r"decoder\.upsamplers\.\d+"]
+
+
+@dataclass
+class PeftSettings:
+    """How a singer adapter is trained. Mirrors ``conf/peft/<method>.yaml`` (a test keeps them equal).
+
+    ``r``, ``alpha``, ``dropout``: LoRA/DoRA rank, scaling numerator (scaling = alpha / r) and dropout
+    on the adapter input. ``target_modules``: patterns of the Conv1d/Linear modules lora/dora/ia3
+    adapt. ``bias``: ``"none"`` or ``"all"`` (lora/dora/ia3 also train every bias).
+    ``freeze_blocks`` / ``freeze_last_n``: for ``freeze``, the last N modules matched by each
+    pattern train. Settings a method does not use are ignored.
+    """
+
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=_default_target_modules)
+    bias: str = "none"
+    freeze_blocks: list[str] = field(default_factory=_default_freeze_blocks)
+    freeze_last_n: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in PEFT_METHODS:
+            raise ValueError(f"peft.method must be one of {', '.join(PEFT_METHODS)}, not {self.method!r}")
+        if self.method in ("lora", "dora") and int(self.r) < 1:
+            raise ValueError(f"peft.r must be >= 1, not {self.r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"peft.dropout must be in [0, 1), not {self.dropout}")
+        if self.bias not in ("none", "all"):
+            raise ValueError(f"peft.bias must be 'none' or 'all', not {self.bias!r}")
+        if self.method == "freeze" and int(self.freeze_last_n) < 1:
+            raise ValueError(f"peft.freeze_last_n must be >= 1, not {self.freeze_last_n}")
+        self.target_modules = [str(p) for p in self.target_modules]
+        self.freeze_blocks = [str(p) for p in self.freeze_blocks]
+        for pattern in [*self.target_modules, *self.freeze_blocks]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"peft pattern {pattern!r} is not a valid regular expression ({exc})") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_peft_settings(settings: PeftSettings | Mapping[str, Any]) -> PeftSettings:
+    """``PeftSettings`` from itself, a dict (e.g. ``adapter.yaml``'s ``peft``) or an OmegaConf node;
+    unknown keys are an error."""
+    if isinstance(settings, PeftSettings):
+        return settings
+    if hasattr(settings, "_metadata"):  # OmegaConf container
+        from omegaconf import OmegaConf
+
+        settings = OmegaConf.to_object(settings)
+        if isinstance(settings, PeftSettings):
+            return settings
+    data = dict(settings)
+    known = {f.name for f in fields(PeftSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown peft settings {unknown}; known: {sorted(known)}")
+    return PeftSettings(**data)
+
+
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    """True when a pattern matches the whole dotted ``name`` or a dotted suffix of it."""
+    return any(re.fullmatch(rf"(?:.*\.)?(?:{pattern})", name) for pattern in patterns)
+
+
+# ------------------------------------------------------------------------------------- weight norm
+
+def remove_weight_norm_everywhere(model: nn.Module) -> int:
+    """Bake weight norm into plain weights: the model's own ``remove_weight_norm()`` if it has one
+    and weight norm is present, then any remaining parametrisation-style or old hook-style weight
+    norm. Returns how many weight-normed tensors were found before removal. Outputs are unchanged
+    up to float rounding."""
+    from torch.nn.utils.parametrizations import _WeightNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    def weight_normed() -> list[tuple[nn.Module, str, str]]:
+        found = []
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                for tensor_name, chain in module.parametrizations.items():
+                    if any(isinstance(p, _WeightNorm) for p in chain):
+                        found.append((module, tensor_name, "parametrization"))
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, WeightNorm):
+                    found.append((module, hook.name, "hook"))
+        return found
+
+    initial = weight_normed()
+    if initial and callable(getattr(model, "remove_weight_norm", None)):
+        model.remove_weight_norm()
+    for module, tensor_name, style in weight_normed():
+        if style == "parametrization":
+            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        else:
+            torch.nn.utils.remove_weight_norm(module, tensor_name)
+    return len(initial)
+
+
+# --------------------------------------------------------------------------------- own IA3 for conv
+
+class IA3Conv1d(nn.Module):
+    """(IA)^3 on a ``Conv1d``: ``base_layer(x) * ia3_l`` with ``ia3_l`` ``[1, out_channels, 1]``
+    (initialised to 1, so a fresh adapter reproduces the base). :meth:`merge` folds the scale into the
+    conv's weight and bias. ``[B, C_in, T] -> [B, C_out, T']``."""
+
+    def __init__(self, base_layer: nn.Conv1d, adapter_name: str = ADAPTER_NAME):
+        super().__init__()
+        self.base_layer = base_layer
+        self.ia3_l = nn.ParameterDict(
+            {adapter_name: nn.Parameter(torch.ones(1, base_layer.out_channels, 1, device=base_layer.weight.device,
+                                                   dtype=base_layer.weight.dtype))})
+        self.adapter_name = adapter_name
+
+    def get_base_layer(self) -> nn.Conv1d:
+        return self.base_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) * self.ia3_l[self.adapter_name]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        scale = self.ia3_l[self.adapter_name].reshape(-1)
+        self.base_layer.weight.mul_(scale.view(-1, 1, 1).to(self.base_layer.weight.dtype))
+        if self.base_layer.bias is not None:
+            self.base_layer.bias.mul_(scale.to(self.base_layer.bias.dtype))
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _parent_and_child(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _is_adapter_layer(module: nn.Module) -> bool:
+    if isinstance(module, IA3Conv1d):
+        return True
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(module, BaseTunerLayer)
+
+
+def _is_adapter_parameter(name: str) -> bool:
+    return any(segment in ADAPTER_PARAMETER_SEGMENTS for segment in name.split("."))
+
+
+def _is_bias(name: str) -> bool:
+    return name == "bias" or name.endswith(".bias")
+
+
+def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
+    """Names of the modules the peft-style method adapts (matched and of a supported type)."""
+    supported: tuple[type, ...] = (nn.Linear, nn.Conv1d)
+    chosen, skipped = [], []
+    for name, module in model.named_modules():
+        if not name or not name_matches(name, settings.target_modules):
+            continue
+        if isinstance(module, supported) and not isinstance(module, nn.ConvTranspose1d):
+            if isinstance(module, nn.Conv1d) and module.groups > 1 and settings.method != "ia3":
+                skipped.append(f"{name} (Conv1d with groups={module.groups}: peft cannot merge it)")
+                continue
+            chosen.append(name)
+        elif isinstance(module, (nn.ConvTranspose1d, nn.Embedding, nn.Conv2d)):
+            skipped.append(f"{name} ({type(module).__name__}: not adapted by {settings.method})")
+    if skipped:
+        log.info("peft %s: skipping %d matched module(s): %s", settings.method, len(skipped), "; ".join(skipped))
+    if not chosen:
+        candidates = [n for n, m in model.named_modules() if isinstance(m, supported)
+                      and not isinstance(m, nn.ConvTranspose1d)]
+        raise ValueError(f"peft.target_modules {settings.target_modules} match no Conv1d/Linear module of "
+                         f"{type(model).__name__}; candidates include: {', '.join(candidates[:12])}"
+                         + (" ..." if len(candidates) > 12 else ""))
+    return chosen
+
+
+def _inject_lora(model: nn.Module, settings: PeftSettings, targets: list[str]) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha), lora_dropout=float(settings.dropout),
+                        target_modules="(?:" + "|".join(re.escape(t) for t in targets) + ")",
+                        use_dora=settings.method == "dora", bias="none", init_lora_weights=True)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    for name in targets:
+        layer = model.get_submodule(name)
+        base = layer.get_base_layer()
+        if isinstance(base, nn.Conv1d):
+            # peft builds lora_A without the base conv's dilation / padding mode: copy them so the
+            # adapter path has the same receptive field and output length as the base conv.
+            lora_a = layer.lora_A[ADAPTER_NAME]
+            lora_a.dilation = base.dilation
+            lora_a.padding_mode = base.padding_mode
+
+
+def _inject_ia3(model: nn.Module, settings: PeftSettings, targets: list[str]) -> None:
+    linear_targets = [t for t in targets if isinstance(model.get_submodule(t), nn.Linear)]
+    conv_targets = [t for t in targets if isinstance(model.get_submodule(t), nn.Conv1d)]
+    if linear_targets:
+        from peft import IA3Config, inject_adapter_in_model
+
+        config = IA3Config(target_modules="(?:" + "|".join(re.escape(t) for t in linear_targets) + ")",
+                           feedforward_modules=[], init_ia3_weights=True)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    for name in conv_targets:
+        parent, child = _parent_and_child(model, name)
+        setattr(parent, child, IA3Conv1d(getattr(parent, child)))
+
+
+def _freeze_block_names(model: nn.Module, settings: PeftSettings) -> list[str]:
+    chosen = []
+    for pattern in settings.freeze_blocks:
+        matched = [name for name, _ in model.named_modules() if name and name_matches(name, [pattern])]
+        if not matched:
+            raise ValueError(f"peft.freeze_blocks pattern {pattern!r} matches no module of {type(model).__name__}")
+        chosen.extend(matched[-int(settings.freeze_last_n):])
+    return chosen
+
+
+def _trainable_names(model: nn.Module, settings: PeftSettings) -> list[str]:
+    """Parameter names the method trains, in ``named_parameters`` order (model already injected)."""
+    names = [name for name, _ in model.named_parameters()]
+    if settings.method in PEFT_LIBRARY_METHODS:
+        chosen = [n for n in names if _is_adapter_parameter(n) or (settings.bias == "all" and _is_bias(n))]
+    elif settings.method == "bitfit":
+        chosen = [n for n in names if _is_bias(n)]
+        if not chosen:
+            raise ValueError(f"peft.method bitfit: {type(model).__name__} has no bias parameters")
+    elif settings.method == "freeze":
+        blocks = _freeze_block_names(model, settings)
+        chosen = [n for n in names if any(n.startswith(block + ".") for block in blocks)]
+    else:  # full
+        chosen = names
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ public
+
+def prepare_for_finetune(model: nn.Module, settings: PeftSettings | Mapping[str, Any]) -> list[str]:
+    """Make ``model`` (the loaded base generator) ready to fine-tune with ``settings`` (in place).
+
+    Removes weight norm, freezes every base parameter, injects the adapter (lora/dora/ia3) or selects
+    the parameters to unfreeze (bitfit/freeze/full), and returns the trainable parameter names. The
+    model remembers what was done (for :func:`adapter_state_dict`); preparing twice is an error.
+    """
+    settings = as_peft_settings(settings)
+    if getattr(model, _PREPARED_ATTR, None) is not None:
+        raise RuntimeError(f"{type(model).__name__} was already prepared for fine-tuning "
+                           f"({getattr(model, _PREPARED_ATTR)['method']}); build a fresh base instead")
+    remove_weight_norm_everywhere(model)
+    model.requires_grad_(False)
+    adapted: list[str] = []
+    if settings.method in ("lora", "dora"):
+        adapted = _resolve_targets(model, settings)
+        _inject_lora(model, settings, adapted)
+    elif settings.method == "ia3":
+        adapted = _resolve_targets(model, settings)
+        _inject_ia3(model, settings, adapted)
+    trainable = _trainable_names(model, settings)
+    trainable_set = set(trainable)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable_set)
+    setattr(model, _PREPARED_ATTR, {"method": settings.method, "trainable": list(trainable),
+                                    "adapted_modules": adapted, "settings": settings.to_dict()})
+    n_train = sum(model.get_parameter(n).numel() for n in trainable)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("peft %s: %d trainable tensors, %d of %d parameters (%.2f%%)%s", settings.method, len(trainable),
+             n_train, n_all, 100.0 * n_train / max(n_all, 1),
+             f", {len(adapted)} adapted modules" if adapted else "")
+    return list(trainable)
+
+
+def prepared_method(model: nn.Module) -> str | None:
+    """The PEFT method ``model`` was prepared with (``"merged"`` after :func:`merge_adapters`), or None."""
+    info = getattr(model, _PREPARED_ATTR, None)
+    return None if info is None else info["method"]
+
+
+def adapter_state_dict(model: nn.Module, settings: PeftSettings | Mapping[str, Any] | None = None
+                       ) -> dict[str, torch.Tensor]:
+    """The tensors the method trains (detached CPU copies), by parameter name: small for
+    lora/dora/ia3/bitfit, the whole model for ``full``. ``model`` must have been prepared with
+    :func:`prepare_for_finetune` (``settings``, if given, must name the same method)."""
+    info = getattr(model, _PREPARED_ATTR, None)
+    if info is None or info["method"] == "merged":
+        raise RuntimeError(f"{type(model).__name__} has no adapter to save: call prepare_for_finetune first"
+                           + (" (its adapter was already merged)" if info else ""))
+    if settings is not None and as_peft_settings(settings).method != info["method"]:
+        raise ValueError(f"model was prepared with {info['method']}, not {as_peft_settings(settings).method}")
+    return {name: model.get_parameter(name).detach().to("cpu").clone() for name in info["trainable"]}
+
+
+def load_adapter_state(model: nn.Module, settings: PeftSettings | Mapping[str, Any],
+                       state: Mapping[str, torch.Tensor], ignore: Iterable[str] = ("singer_embedding",)) -> None:
+    """Load adapter tensors saved by :func:`adapter_state_dict` into ``model`` (in place), strictly.
+
+    An unprepared model (a freshly loaded base) is first prepared with ``settings``. Keys in
+    ``ignore`` (the singer vector, which the caller handles) are skipped; any other missing,
+    unexpected or mis-shaped tensor raises ``ValueError`` listing them.
+    """
+    settings = as_peft_settings(settings)
+    info = getattr(model, _PREPARED_ATTR, None)
+    if info is None:
+        prepare_for_finetune(model, settings)
+        info = getattr(model, _PREPARED_ATTR)
+    elif info["method"] != settings.method:
+        raise ValueError(f"model was prepared with {info['method']}, the adapter uses {settings.method}")
+    ignored = set(ignore)
+    given = {k: v for k, v in state.items() if k not in ignored}
+    expected = {name: model.get_parameter(name) for name in info["trainable"]}
+    diff = state_dict_diff(expected, given)
+    if diff:
+        raise ValueError(f"adapter tensors do not fit this base with peft method {settings.method} "
+                         f"(other target_modules, rank or architecture?):\n{diff}")
+    with torch.no_grad():
+        for name, tensor in given.items():
+            expected[name].copy_(tensor.to(device=expected[name].device, dtype=expected[name].dtype))
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold injected LoRA/DoRA/(IA)^3 adapters into the base weights and remove the adapter layers,
+    leaving a plain model with the base's module structure (no inference overhead). For bitfit/
+    freeze/full there is nothing to fold (their tensors already are base parameters). Returns
+    ``model`` (changed in place)."""
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if not name or not _is_adapter_layer(module):
+            continue
+        if isinstance(module, IA3Conv1d):
+            module.merge()
+        else:
+            module.merge(safe_merge=True)
+        parent, child = _parent_and_child(model, name)
+        setattr(parent, child, module.get_base_layer())
+        merged += 1
+    info = getattr(model, _PREPARED_ATTR, None)
+    if info is not None:
+        setattr(model, _PREPARED_ATTR, {**info, "method": "merged", "trainable": []})
+    log.info("merged %d adapter layer(s)", merged)
+    return model

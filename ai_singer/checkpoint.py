@@ -1,0 +1,467 @@
+"""The three kinds of files training writes, and how they are read back safely.
+
+* **Base artifact** ``pretrain/<name>/``: ``generator.safetensors`` (what inference loads),
+  ``discriminator.safetensors`` (fine-tuning only) and ``config.yaml`` (architecture, framing,
+  content encoder, speakers, ``generator_sha256``, ``format_version``, ``kind: base``, ``created``).
+  The base hash is the sha256 of ``generator.safetensors``; :func:`load_base` checks it.
+* **Adapter artifact** ``singers/<name>/``: ``adapter.safetensors`` (the few tensors the PEFT method
+  trains, plus ``singer_embedding`` ``[gin_channels]``) and ``adapter.yaml`` (method config,
+  ``base_sha256``, singer statistics). :func:`check_adapter_base` refuses an adapter on another base.
+* **Training state** ``runs/<run>/checkpoints/step_XXXXXXXX.pt``: ``torch.save`` of plain tensors,
+  dicts, lists, numbers and strings only, read back with ``torch.load(..., weights_only=True)`` (no
+  pickle code execution). Only for resuming; the newest ``keep_last`` are kept.
+
+Every file goes through :mod:`ai_singer.atomic`, so a crash leaves the old file or the new one.
+Weights are loaded strictly: :func:`load_state_strict` refuses missing, unexpected or mis-shaped
+tensors with a readable list instead of silently keeping random layers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import yaml
+
+from ai_singer.atomic import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: The artifact format this code writes; :data:`SUPPORTED_FORMAT_VERSIONS` are the ones it reads.
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+BASE_GENERATOR_FILE = "generator.safetensors"
+BASE_DISCRIMINATOR_FILE = "discriminator.safetensors"
+BASE_CONFIG_FILE = "config.yaml"
+ADAPTER_TENSORS_FILE = "adapter.safetensors"
+ADAPTER_CONFIG_FILE = "adapter.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+
+_PRETRAIN_HINT = "make one with `python -m ai_singer.train mode=pretrain name=<base>` (written to pretrain/<base>/)"
+_FINETUNE_HINT = ("make one with `python -m ai_singer.train mode=finetune singer=<name> base=pretrain/<base>` "
+                  "(written to singers/<name>/)")
+_STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+class ArtifactError(Exception):
+    """An artifact (base, adapter, training state) that cannot be used; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ArtifactMissing(ArtifactError, FileNotFoundError):
+    """The folder or one of its files does not exist."""
+
+
+class ArtifactHashMismatch(ArtifactError):
+    """A weights file does not have the sha256 its config records (edited, truncated or swapped)."""
+
+
+class UnsupportedFormatVersion(ArtifactError):
+    """Written by a newer (or unknown) version of ai_singer."""
+
+
+class AdapterBaseMismatch(ArtifactError):
+    """An adapter was trained on another base model than the one given."""
+
+
+class StateDictMismatch(ArtifactError):
+    """Weights that do not fit the module: missing, unexpected or mis-shaped tensors."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _plain(obj: Any) -> Any:
+    """Config objects (OmegaConf, dataclasses, tuples, Paths) → plain YAML-safe Python."""
+    if hasattr(obj, "_metadata") and hasattr(obj, "_content"):  # an OmegaConf container
+        from omegaconf import OmegaConf
+
+        return _plain(OmegaConf.to_container(obj, resolve=True))
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _tensors_for_saving(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{path}: {key!r} is a {type(value).__name__}, only tensors can be saved here")
+        out[str(key)] = value.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _save_safetensors(path: Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = _tensors_for_saving(state, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
+        raise ArtifactError(path, f"not a readable safetensors file ({exc})") from exc
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ArtifactError(path, f"not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(path, "expected a YAML mapping at the top level")
+    return data
+
+
+def _check_header(path: Path, config: dict, kind: str) -> None:
+    version = config.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise UnsupportedFormatVersion(
+            path, f"format_version {version!r} is not supported by this version of ai_singer (it reads "
+                  f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); upgrade ai_singer or re-export the artifact")
+    if config.get("kind") != kind:
+        raise ArtifactError(path, f"expected kind: {kind}, found kind: {config.get('kind')!r}")
+
+
+def _require_files(directory: Path, names: list[str], what: str, hint: str) -> None:
+    if not directory.is_dir():
+        raise ArtifactMissing(directory, f"no {what} folder here; {hint}")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise ArtifactMissing(directory, f"not a complete {what}: missing {', '.join(missing)}; {hint}")
+
+
+# ----------------------------------------------------------------------------------- strict loading
+
+def state_dict_diff(expected: Mapping[str, torch.Tensor | torch.Size | tuple],
+                    given: Mapping[str, torch.Tensor], max_items: int = 10) -> str:
+    """A readable description of how ``given`` differs from ``expected`` ("" when they fit).
+
+    ``expected`` maps names to tensors or shapes. Lists missing keys, unexpected keys and shape
+    mismatches (the first ``max_items`` of each, with a count of the rest).
+    """
+    def shape_of(value) -> tuple:
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(given) if shape_of(expected[k]) != shape_of(given[k]))
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = items[:max_items]
+        more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+        return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown) + more
+
+    parts = []
+    if missing:
+        parts.append(listing("missing", missing))
+    if unexpected:
+        parts.append(listing("unexpected", unexpected))
+    if mismatched:
+        parts.append(listing("shape mismatch (file vs model)",
+                             [f"{k}: {shape_of(given[k])} vs {shape_of(expected[k])}" for k in mismatched]))
+    return "\n".join(parts)
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                      source: str | os.PathLike = "state dict") -> None:
+    """Load ``state`` into ``module`` strictly; on any difference raise :class:`StateDictMismatch`
+    naming ``source`` (usually the file) and listing missing/unexpected keys and shape mismatches."""
+    diff = state_dict_diff(module.state_dict(), state)
+    if diff:
+        raise StateDictMismatch(source, f"weights do not fit {type(module).__name__} "
+                                        f"(different architecture or config?):\n{diff}")
+    module.load_state_dict(dict(state), strict=True)
+
+
+# ------------------------------------------------------------------------------------ base artifact
+
+@dataclass
+class BaseArtifact:
+    """A loaded base: its ``config.yaml`` as a dict and its weights as CPU tensors.
+
+    ``config["model"]`` holds the ``SingerVAEConfig`` fields; build the generator from it (never from
+    ``conf/model/``) and load ``generator_state`` with :func:`load_state_strict`.
+    """
+
+    path: Path
+    config: dict
+    generator_state: dict[str, torch.Tensor]
+    discriminator_state: dict[str, torch.Tensor] | None
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def model_config(self) -> dict:
+        return dict(self.config.get("model", {}))
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self.config.get("speakers", []))
+
+
+def save_base(directory: str | os.PathLike, generator_state: Mapping[str, torch.Tensor],
+              discriminator_state: Mapping[str, torch.Tensor] | None, config: Mapping[str, Any]) -> Path:
+    """Write a base artifact into ``directory``; returns the folder.
+
+    ``config`` carries ``model`` (SingerVAEConfig fields), ``content_encoder`` ({name, dim}),
+    ``sample_rate``, ``hop_length``, ``speakers``; this adds ``format_version``, ``kind: base``,
+    ``generator_sha256`` and ``created``. ``config.yaml`` is written last, so a folder whose config
+    exists is complete. ``discriminator_state=None`` writes a generator-only (inference) base.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generator_path = directory / BASE_GENERATOR_FILE
+    _save_safetensors(generator_path, generator_state, {"format_version": str(FORMAT_VERSION), "part": "generator"})
+    if discriminator_state is not None:
+        _save_safetensors(directory / BASE_DISCRIMINATOR_FILE, discriminator_state,
+                          {"format_version": str(FORMAT_VERSION), "part": "discriminator"})
+    header = {"format_version": FORMAT_VERSION, "kind": "base"}
+    body = {k: v for k, v in _plain(dict(config)).items() if k not in ("format_version", "kind", "generator_sha256",
+                                                                        "created")}
+    full = {**header, **body, "generator_sha256": sha256_file(generator_path), "created": _now_iso()}
+    atomic_write_text(directory / BASE_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
+    return directory
+
+
+def load_base(directory: str | os.PathLike, with_discriminator: bool = False) -> BaseArtifact:
+    """Read a base artifact written by :func:`save_base`, checking format and generator hash.
+
+    Raises :class:`ArtifactMissing` (naming what is missing and how to make it),
+    :class:`UnsupportedFormatVersion`, :class:`ArtifactHashMismatch` (naming the file and both
+    hashes) or :class:`ArtifactError` for unreadable files.
+    """
+    directory = Path(directory)
+    needed = [BASE_CONFIG_FILE, BASE_GENERATOR_FILE] + ([BASE_DISCRIMINATOR_FILE] if with_discriminator else [])
+    _require_files(directory, needed, "base artifact", _PRETRAIN_HINT)
+    config = _read_yaml(directory / BASE_CONFIG_FILE)
+    _check_header(directory / BASE_CONFIG_FILE, config, "base")
+    generator_path = directory / BASE_GENERATOR_FILE
+    actual = sha256_file(generator_path)
+    recorded = config.get("generator_sha256")
+    if actual != recorded:
+        raise ArtifactHashMismatch(
+            generator_path, f"sha256 is {actual} but {BASE_CONFIG_FILE} records {recorded}; the weights were "
+                            "changed or damaged after export (re-export the base or restore the file)")
+    generator_state = _load_safetensors(generator_path)
+    discriminator_state = _load_safetensors(directory / BASE_DISCRIMINATOR_FILE) if with_discriminator else None
+    return BaseArtifact(path=directory, config=config, generator_state=generator_state,
+                        discriminator_state=discriminator_state, sha256=actual)
+
+
+# --------------------------------------------------------------------------------- adapter artifact
+
+@dataclass
+class AdapterArtifact:
+    """A loaded adapter: ``adapter.yaml`` as a dict and ``adapter.safetensors`` as CPU tensors
+    (the PEFT method's tensors plus ``singer_embedding`` ``[gin_channels]``)."""
+
+    path: Path
+    config: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def base_sha256(self) -> str:
+        return str(self.config.get("base_sha256", ""))
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", ""))
+
+    @property
+    def singer(self) -> str:
+        return str(self.config.get("singer", self.path.name))
+
+
+def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                 config: Mapping[str, Any]) -> Path:
+    """Write an adapter artifact into ``directory``; returns the folder.
+
+    ``config`` must hold ``method`` and ``base_sha256`` and should hold ``singer``, ``peft`` (the
+    method's settings), ``base_name`` and ``stats``; this adds ``format_version``, ``kind: adapter``,
+    ``created``. ``adapter.yaml`` is written last.
+    """
+    directory = Path(directory)
+    plain = _plain(dict(config))
+    for key in ("method", "base_sha256"):
+        if not plain.get(key):
+            raise ValueError(f"{directory}: adapter config needs {key!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(directory / ADAPTER_TENSORS_FILE, tensors,
+                      {"format_version": str(FORMAT_VERSION), "method": str(plain["method"]),
+                       "base_sha256": str(plain["base_sha256"])})
+    body = {k: v for k, v in plain.items() if k not in ("format_version", "kind", "created")}
+    full = {"format_version": FORMAT_VERSION, "kind": "adapter", **body, "created": _now_iso()}
+    atomic_write_text(directory / ADAPTER_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
+    return directory
+
+
+def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
+    """Read an adapter artifact written by :func:`save_adapter` (format and kind checked)."""
+    directory = Path(directory)
+    _require_files(directory, [ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE], "adapter artifact", _FINETUNE_HINT)
+    config = _read_yaml(directory / ADAPTER_CONFIG_FILE)
+    _check_header(directory / ADAPTER_CONFIG_FILE, config, "adapter")
+    if not config.get("base_sha256"):
+        raise ArtifactError(directory / ADAPTER_CONFIG_FILE, "no base_sha256 recorded; cannot tell which base it needs")
+    return AdapterArtifact(path=directory, config=config, tensors=_load_safetensors(directory / ADAPTER_TENSORS_FILE))
+
+
+def check_adapter_base(adapter: AdapterArtifact, base: BaseArtifact) -> None:
+    """Raise :class:`AdapterBaseMismatch` unless ``adapter`` was trained on ``base``."""
+    if adapter.base_sha256 != base.sha256:
+        trained_on = adapter.config.get("base_name") or "another base"
+        raise AdapterBaseMismatch(
+            adapter.path, f"this adapter was trained on {trained_on} (generator sha256 {adapter.base_sha256}), but "
+                          f"the base at {base.path} has generator sha256 {base.sha256}; use the base it was "
+                          "trained on, or fine-tune this singer again on this base")
+
+
+# ---------------------------------------------------------------------------------- training state
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """``<run_dir>/checkpoints/step_XXXXXXXX.pt``."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{int(step):08d}.pt"
+
+
+def list_train_states(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every training-state file of a run, oldest first (temp files ignored)."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = _STEP_FILE.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def save_train_state(run_dir: str | os.PathLike, step: int, state: Mapping[str, Any], keep_last: int = 3) -> Path:
+    """Save ``state`` (tensors, dicts, lists, numbers, strings, None only) for ``step`` atomically,
+    then keep only the newest ``keep_last`` files (``keep_last <= 0`` keeps all). Returns the path."""
+    path = checkpoint_path(run_dir, step)
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, "step": int(step), "state": dict(state)}, tmp)
+    prune_checkpoints(run_dir, keep_last)
+    return path
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` training-state files; returns the deleted paths."""
+    if keep_last <= 0:
+        return []
+    removed = []
+    for _, path in list_train_states(run_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A training-state file could not be read and was skipped."""
+
+
+def load_latest_train_state(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+                            ) -> tuple[int, dict] | None:
+    """``(step, state)`` from the newest readable training-state file of the run, or None if there is
+    none. Loads with ``weights_only=True``. A truncated or corrupt file is skipped with a
+    :class:`CorruptCheckpointWarning` naming it, and the previous one is tried."""
+    for step, path in reversed(list_train_states(run_dir)):
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+            if not isinstance(payload, dict) or "state" not in payload:
+                raise ValueError("not a training-state file (no 'state' entry)")
+            if payload.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+                raise ValueError(f"format_version {payload.get('format_version')!r} is not supported")
+        except Exception as exc:  # a torn/corrupt file must not stop a resume: fall back to the previous
+            message = f"{path}: skipping unreadable training state ({type(exc).__name__}: {exc})"
+            log.warning(message)
+            warnings.warn(message, CorruptCheckpointWarning, stacklevel=2)
+            continue
+        return int(payload.get("step", step)), payload["state"]
+    return None
+
+
+# --------------------------------------------------------------------------------------- RNG state
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of Python's ``random``, NumPy's global RNG, torch CPU and (if present) every CUDA
+    device, as tensors and plain numbers (so ``torch.load(..., weights_only=True)`` reads it)."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` captured. CUDA states are restored only when CUDA is
+    available with the same number of devices (otherwise skipped with a log message)."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), int(npy["pos"]),
+                         int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    cuda_states = state.get("cuda")
+    if cuda_states:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
+            torch.cuda.set_rng_state_all([s.to(torch.uint8).cpu() for s in cuda_states])
+        else:
+            log.info("not restoring %d CUDA RNG state(s): this machine has %d CUDA device(s)", len(cuda_states),
+                     torch.cuda.device_count() if torch.cuda.is_available() else 0)
