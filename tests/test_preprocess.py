@@ -1,0 +1,303 @@
+"""The preprocess stage end to end on a small generated dataset: outputs, bad input, resume, workers.
+
+Two singers, four short multi-phrase files (wav/flac, 22.05-48 kHz, mono/stereo, 16/24-bit/float), the
+tiny random HuBERT from conftest as the content encoder, the real Hydra config composed in code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+from safetensors import safe_open
+
+from ai_singer.conf_dir import conf_dir
+from ai_singer.features.content import ContentEncoderMissing
+from ai_singer.manifest import read_manifest, read_stats
+from ai_singer import preprocess
+from ai_singer.preprocess import PreprocessError, run_cli, run_preprocess
+from conftest import harmonic, phrase_with_silences
+
+SR, HOP = 44100, 512
+ALICE = ((220.0, 1.2), (0.0, 0.6), (330.0, 1.0), (0.0, 0.8), (262.0, 1.5))   # voiced median: 262 Hz
+BOB = ((110.0, 1.2), (0.0, 0.6), (165.0, 1.0), (0.0, 0.8), (131.0, 1.5))     # voiced median: 131 Hz
+#: (singer, path under the singer folder, sample rate, channels, subtype, notes)
+SOURCES = (
+    ("alice", "take1.wav", 44100, 1, "PCM_16", ALICE),
+    ("alice", "take2.flac", 48000, 2, "PCM_24", ALICE),
+    ("bob", "sessions/low.wav", 22050, 2, "FLOAT", BOB),
+    ("bob", "b2.flac", 32000, 1, "PCM_16", BOB),
+)
+CLIPS_PER_FILE = 3  # three notes separated by >= 0.6 s rests; slicer.min_length_s=1.0 keeps them apart
+
+
+def write_source(path: Path, sr: int, channels: int, subtype: str, notes, gain: float = 1.0) -> None:
+    audio, _ = phrase_with_silences(sr, notes=notes)
+    audio = audio * gain
+    data = audio if channels == 1 else np.stack([audio, 0.6 * audio], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, sr, subtype=subtype)
+
+
+def make_dataset(raw: Path) -> Path:
+    for singer, name, sr, channels, subtype, notes in SOURCES:
+        write_source(raw / singer / name, sr, channels, subtype, notes)
+    return raw
+
+
+def make_cfg(raw: Path, processed: Path, hubert: Path, *overrides: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose("preprocess", overrides=[
+            f"paths.raw={raw}", f"paths.processed={processed}", f"content.path={hubert}", "content.layer=2",
+            "num_workers=0", "progress=false", "slicer.min_length_s=1.0", *overrides])
+
+
+def manifest_lines(processed: Path) -> list[str]:
+    return (processed / "manifest.jsonl").read_text().splitlines()
+
+
+def clip_mtimes(processed: Path) -> dict[str, int]:
+    return {p.relative_to(processed).as_posix(): p.stat().st_mtime_ns
+            for p in processed.rglob("*") if p.suffix in (".wav", ".safetensors")}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("raw") / "raw")
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tiny_hubert_dir, tmp_path_factory):
+    """A clean single-process run over the dataset: (processed folder, result)."""
+    processed = tmp_path_factory.mktemp("reference") / "processed"
+    result = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir))
+    return processed, result
+
+
+def test_end_to_end_outputs(reference, dataset):
+    processed, result = reference
+    assert result.ok and not result.rejected_sources and not result.failed_sources
+    assert sorted(result.processed_sources) == sorted(f"{s}/{n}" for s, n, *_ in SOURCES)
+    entries = read_manifest(processed / "manifest.jsonl")
+    assert len(entries) == len(SOURCES) * CLIPS_PER_FILE
+    assert result.clips_per_singer == {"alice": 6, "bob": 6}
+    for entry in entries:
+        assert (dataset / entry.source).is_file() and entry.source.startswith(entry.singer + "/")
+        audio, sr = sf.read(processed / entry.audio, dtype="float32")
+        assert sr == SR and audio.ndim == 1 and len(audio) == entry.n_frames * HOP
+        assert entry.seconds == pytest.approx(entry.n_frames * HOP / SR, abs=1e-3)
+        assert 0.8 < entry.seconds < 2.5 and np.max(np.abs(audio)) <= 10 ** (-1 / 20) + 1e-3
+        with safe_open(str(processed / entry.features), framework="numpy") as handle:
+            meta = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        assert set(tensors) == {"content", "f0", "voiced", "volume"}
+        assert tensors["content"].shape == (entry.n_frames, 32) and tensors["content"].dtype == np.float16
+        assert tensors["f0"].dtype == np.float32 and tensors["voiced"].dtype == np.uint8
+        for key in ("f0", "voiced", "volume"):
+            assert tensors[key].shape == (entry.n_frames,), key
+        assert np.all(tensors["f0"] > 0)  # unvoiced gaps interpolated
+        assert tensors["voiced"].sum() > 0.5 * entry.n_frames
+        assert meta == {"format_version": "1", "sample_rate": "44100", "hop_length": "512",
+                        "n_frames": str(entry.n_frames), "content_encoder": "hubert", "content_dim": "32",
+                        "f0_method": "harvest"}
+        assert entry.f0_median_hz == pytest.approx(np.median(tensors["f0"][tensors["voiced"] == 1]), abs=0.01)
+    # each file's three clips hold its three notes (within 50 cents)
+    alice_notes = sorted(e.f0_median_hz for e in entries if e.source == "alice/take1.wav")
+    assert np.allclose(1200 * np.log2(np.array(alice_notes) / [220.0, 262.0, 330.0]), 0, atol=50)
+    # splits: every singer with >= 2 clips has train and val clips
+    for singer in ("alice", "bob"):
+        splits = {e.split for e in entries if e.singer == singer}
+        assert splits == {"train", "val"}
+    stats = read_stats(processed / "stats.json")
+    assert (stats.sample_rate, stats.hop_length, stats.content_dim, stats.content_encoder_name) == (SR, HOP, 32, "hubert")
+    assert stats.singers["alice"].clips == 6 and stats.singers["bob"].clips == 6
+    assert abs(1200 * np.log2(stats.singers["alice"].f0_median_hz / 262.0)) < 50
+    assert abs(1200 * np.log2(stats.singers["bob"].f0_median_hz / 131.0)) < 50
+    for singer in ("alice", "bob"):
+        s = stats.singers[singer]
+        assert s.f0_min_hz <= s.f0_p05_hz <= s.f0_median_hz <= s.f0_p95_hz <= s.f0_max_hz
+        assert s.seconds == pytest.approx(sum(e.seconds for e in entries if e.singer == singer), abs=0.01)
+        assert (processed / singer / "pitch_range.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((processed / "report.json").read_text())
+    assert report["rejected"] == [] and len(report["kept"]) == len(SOURCES)
+    summary = result.summary()
+    assert "alice: 6 clips" in summary and "bob: 6 clips" in summary and "F0 median" in summary
+    assert not list(processed.rglob("*.tmp*"))
+
+
+def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_hubert_dir, capsys):
+    raw = tmp_path / "raw"
+    write_source(raw / "alice" / "good.wav", 44100, 1, "PCM_16", ALICE)
+    bad = raw / "alice" / "bad"
+    bad.mkdir(parents=True)
+    (bad / "not_audio.wav").write_text("this is not a wav file")
+    sf.write(str(bad / "empty.wav"), np.zeros(0, dtype=np.float32), 44100)
+    sf.write(str(bad / "silent.wav"), np.zeros(3 * 44100, dtype=np.float32), 44100)
+    sf.write(str(bad / "short.wav"), harmonic(220.0, 44100, seconds=0.4), 44100)
+    nan = harmonic(220.0, 44100, seconds=2.0)
+    nan[1000:1100] = np.nan
+    sf.write(str(bad / "nan.wav"), nan, 44100, subtype="FLOAT")
+    t = np.arange(int(2.5 * 44100)) / 44100  # a pure sine: WORLD's harvest finds no voiced frame
+    sf.write(str(bad / "unvoiced.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    processed = tmp_path / "processed"
+    code = run_cli(make_cfg(raw, processed, tiny_hubert_dir))
+    assert code == 0
+    report = json.loads((processed / "report.json").read_text())
+    reasons = {item["source"].rsplit("/", 1)[1]: item["reason"] for item in report["rejected"]}
+    assert set(reasons) == {"not_audio.wav", "empty.wav", "silent.wav", "short.wav", "nan.wav", "unvoiced.wav"}
+    assert "not a readable audio file" in reasons["not_audio.wav"]
+    assert "no audio samples" in reasons["empty.wav"]
+    assert "silent" in reasons["silent.wav"]
+    assert "too short" in reasons["short.wav"]
+    assert "NaN" in reasons["nan.wav"]
+    assert "no voiced frames" in reasons["unvoiced.wav"]
+    entries = read_manifest(processed / "manifest.jsonl")
+    assert len(entries) == CLIPS_PER_FILE and {e.source for e in entries} == {"alice/good.wav"}
+    printed = capsys.readouterr().out
+    assert "rejected 6 file(s)" in printed and "alice/bad/nan.wav: contains NaN" in printed
+    # rejected files are remembered: a re-run does not retry them, and still reports them
+    again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir))
+    assert again.processed_sources == [] and set(again.rejected_sources) == {f"alice/bad/{n}" for n in reasons}
+
+
+def test_exit_code_nonzero_only_when_nothing_usable(tmp_path, tiny_hubert_dir, capsys):
+    raw = tmp_path / "raw"
+    (raw / "alice").mkdir(parents=True)
+    (raw / "alice" / "junk.wav").write_bytes(b"\x00" * 100)
+    code = run_cli(make_cfg(raw, tmp_path / "processed", tiny_hubert_dir))
+    assert code != 0
+    assert "no usable clips" in capsys.readouterr().out
+    assert json.loads((tmp_path / "processed" / "report.json").read_text())["rejected"][0]["source"] == "alice/junk.wav"
+    # a missing input folder, or one without singer folders, is a clear error
+    assert run_cli(make_cfg(tmp_path / "nowhere", tmp_path / "p2", tiny_hubert_dir)) != 0
+    assert "paths.raw" in capsys.readouterr().err
+    (tmp_path / "flat").mkdir()
+    sf.write(str(tmp_path / "flat" / "song.wav"), harmonic(220.0, 16000, seconds=1.0), 16000)
+    with pytest.raises(PreprocessError, match="no singer folders"):
+        run_preprocess(make_cfg(tmp_path / "flat", tmp_path / "p3", tiny_hubert_dir))
+
+
+def test_missing_content_weights_stop_before_any_work(dataset, tmp_path):
+    processed = tmp_path / "processed"
+    with pytest.raises(ContentEncoderMissing, match=str(tmp_path / "no_hubert")):
+        run_preprocess(make_cfg(dataset, processed, tmp_path / "no_hubert"))
+    assert not list(processed.rglob("*.wav")) and not (processed / "manifest.jsonl").exists()
+    assert run_cli(make_cfg(dataset, tmp_path / "p2", tmp_path / "no_hubert")) != 0
+
+
+def test_resume_skips_unchanged_redoes_changed_forgets_deleted(reference, dataset, tmp_path, tiny_hubert_dir):
+    ref_processed, _ = reference
+    raw = tmp_path / "raw"
+    shutil.copytree(dataset, raw)
+    processed = tmp_path / "processed"
+    shutil.copytree(ref_processed, processed)  # same settings, same content: a finished earlier run
+    cfg = make_cfg(raw, processed, tiny_hubert_dir)
+    # copied with their mtimes: every source is unchanged, nothing is rewritten, the dataset is the same
+    before = clip_mtimes(processed)
+    second = run_preprocess(cfg)
+    assert second.processed_sources == [] and len(second.unchanged_sources) == len(SOURCES)
+    assert clip_mtimes(processed) == before
+    assert manifest_lines(processed) == manifest_lines(ref_processed)
+
+    # change one source (two notes instead of three): only it is redone, its old third clip removed
+    write_source(raw / "bob" / "b2.flac", 32000, 1, "PCM_16", BOB[:3])
+    third = run_preprocess(cfg)
+    assert third.processed_sources == ["bob/b2.flac"] and len(third.unchanged_sources) == len(SOURCES) - 1
+    after = clip_mtimes(processed)
+    redone = {name for name in before if "/b2-" in name}
+    assert {name for name in after if "/b2-" in name} < redone  # one clip fewer, the rest rewritten
+    assert all(after[name] == before[name] for name in before if name not in redone)
+    assert sum(e.source == "bob/b2.flac" for e in read_manifest(processed / "manifest.jsonl")) == 2
+
+    # delete a source: its clips and record are forgotten
+    (raw / "alice" / "take2.flac").unlink()
+    fourth = run_preprocess(cfg)
+    assert fourth.removed_sources == ["alice/take2.flac"] and fourth.processed_sources == []
+    assert not any("/take2-" in name for name in clip_mtimes(processed))
+    assert all(e.source != "alice/take2.flac" for e in read_manifest(processed / "manifest.jsonl"))
+    assert len(list((processed / ".sources").glob("*.json"))) == len(SOURCES) - 1
+
+
+def test_interrupted_run_recovers_to_the_clean_result(reference, dataset, tmp_path, tiny_hubert_dir, monkeypatch):
+    ref_processed, _ = reference
+    processed = tmp_path / "processed"
+    cfg = make_cfg(dataset, processed, tiny_hubert_dir)
+    real_process_clip = preprocess.process_clip
+    calls = {"n": 0}
+
+    def crash_on_the_fifth_clip(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the middle of the second source
+            raise KeyboardInterrupt
+        return real_process_clip(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "process_clip", crash_on_the_fifth_clip)
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(cfg)
+    monkeypatch.setattr(preprocess, "process_clip", real_process_clip)
+    assert not (processed / "manifest.jsonl").exists()
+    assert len(list((processed / ".sources").glob("*.json"))) == 1  # only the finished source
+    # also: leftover temporaries of a killed write, and a record lost with the crash
+    (processed / "alice" / ".take1-abcdef-000.tmp.wav").write_bytes(b"half a file")
+    (processed / ".manifest.jsonl.x1y2.tmp").write_text("{")
+    (processed / "bob").mkdir(exist_ok=True)
+    (processed / "bob" / "gone-123456-000.wav").write_bytes(b"orphan from a deleted source")
+    result = run_preprocess(cfg)
+    assert len(result.processed_sources) == len(SOURCES) - 1 and len(result.unchanged_sources) == 1
+    assert manifest_lines(processed) == manifest_lines(ref_processed)
+    assert sorted(clip_mtimes(processed)) == sorted(clip_mtimes(ref_processed))
+    assert not list(processed.rglob("*.tmp*")) and not (processed / "bob" / "gone-123456-000.wav").exists()
+    # a record deleted by hand: that source is redone, the dataset is the same
+    record = sorted((processed / ".sources").glob("*.json"))[0]
+    record.unlink()
+    again = run_preprocess(cfg)
+    assert len(again.processed_sources) == 1
+    assert manifest_lines(processed) == manifest_lines(ref_processed)
+
+
+def test_two_workers_give_the_same_dataset(reference, dataset, tmp_path, tiny_hubert_dir):
+    ref_processed, _ = reference
+    processed = tmp_path / "processed"
+    result = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "num_workers=2"))
+    assert len(result.processed_sources) == len(SOURCES)
+    assert manifest_lines(processed) == manifest_lines(ref_processed)
+    assert (processed / "stats.json").read_text() == (ref_processed / "stats.json").read_text()
+
+
+def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
+    """``python -m ai_singer.preprocess`` runs from any folder and litters none of it."""
+    processed = tmp_path / "processed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={dataset}", f"paths.processed={processed}",
+         f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=0", "slicer.min_length_s=1.0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "alice: 6 clips" in run.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]
+    assert len(read_manifest(processed / "manifest.jsonl")) == len(SOURCES) * CLIPS_PER_FILE
+    missing = subprocess.run([sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={tmp_path / 'nowhere'}",
+                              f"paths.processed={tmp_path / 'p2'}"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode != 0 and "folder not found" in missing.stderr
+
+
+def test_config_yaml_matches_dataclass_defaults():
+    import yaml
+
+    from ai_singer.preprocess import F0Settings, LoudnessSettings
+
+    assert F0Settings(**yaml.safe_load(open(f"{conf_dir()}/f0/default.yaml"))) == F0Settings()
+    assert LoudnessSettings(**yaml.safe_load(open(f"{conf_dir()}/loudness/default.yaml"))) == LoudnessSettings()
+
+
+def test_typo_in_a_setting_is_an_error(dataset, tmp_path, tiny_hubert_dir):
+    with pytest.raises(PreprocessError, match="conf/f0: unknown key"):
+        run_preprocess(make_cfg(dataset, tmp_path / "p", tiny_hubert_dir, "+f0.methd=dio"))
