@@ -384,9 +384,32 @@ def list_train_states(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+_PLAIN_SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def _check_weights_only_loadable(obj: Any, where: str) -> None:
+    """Refuse (TypeError naming the entry) anything ``torch.load(weights_only=True)`` would reject
+    later, so a bad entry fails when saving instead of making the run impossible to resume."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN_SCALARS):
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise TypeError(f"training state {where}: key {key!r} is a {type(key).__name__}")
+            _check_weights_only_loadable(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            _check_weights_only_loadable(value, f"{where}[{index}]")
+        return
+    raise TypeError(f"training state {where} is a {type(obj).__module__}.{type(obj).__qualname__}; only tensors, "
+                    "dicts, lists, tuples, numbers, strings and None can be saved (weights_only loading)")
+
+
 def save_train_state(run_dir: str | os.PathLike, step: int, state: Mapping[str, Any], keep_last: int = 3) -> Path:
     """Save ``state`` (tensors, dicts, lists, numbers, strings, None only) for ``step`` atomically,
     then keep only the newest ``keep_last`` files (``keep_last <= 0`` keeps all). Returns the path."""
+    _check_weights_only_loadable(state, "state")
     path = checkpoint_path(run_dir, step)
     with atomic_path(path) as tmp:
         torch.save({"format_version": FORMAT_VERSION, "step": int(step), "state": dict(state)}, tmp)

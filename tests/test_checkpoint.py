@@ -1,0 +1,202 @@
+"""Artifacts and training state: round trips, hash and format checks, strict loading, retention,
+corrupt-file fallback and RNG restore."""
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from ai_singer import checkpoint as ckpt
+
+
+def tiny_generator() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.Tanh(), nn.Conv1d(8, 1, 1))
+
+
+def tiny_discriminator() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 4, 5, padding=2), nn.LeakyReLU(), nn.Conv1d(4, 1, 3, padding=1))
+
+
+BASE_CONFIG = {"model": {"hidden_channels": 8, "gin_channels": 4}, "content_encoder": {"name": "hubert", "dim": 4},
+               "sample_rate": 44100, "hop_length": 512, "speakers": ["alice", "bob"]}
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    torch.manual_seed(0)
+    generator, discriminator = tiny_generator(), tiny_discriminator()
+    directory = ckpt.save_base(tmp_path / "pretrain" / "base", generator.state_dict(), discriminator.state_dict(),
+                               BASE_CONFIG)
+    return directory, generator, discriminator
+
+
+def test_base_round_trip_strict_and_hashed(base_dir):
+    directory, generator, discriminator = base_dir
+    assert sorted(p.name for p in directory.iterdir()) == ["config.yaml", "discriminator.safetensors",
+                                                          "generator.safetensors"]
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    assert config["kind"] == "base" and config["format_version"] == ckpt.FORMAT_VERSION
+    assert config["generator_sha256"] == ckpt.sha256_file(directory / "generator.safetensors")
+    assert config["speakers"] == ["alice", "bob"] and config["model"]["gin_channels"] == 4 and config["created"]
+
+    base = ckpt.load_base(directory)
+    assert base.discriminator_state is None and base.sha256 == config["generator_sha256"]
+    assert base.speakers == ["alice", "bob"] and base.name == "base" and base.model_config["hidden_channels"] == 8
+    rebuilt = tiny_generator()
+    ckpt.load_state_strict(rebuilt, base.generator_state, directory / "generator.safetensors")
+    x = torch.randn(2, 4, 16)
+    assert torch.equal(rebuilt(x), generator(x))
+
+    with_d = ckpt.load_base(directory, with_discriminator=True)
+    rebuilt_d = tiny_discriminator()
+    ckpt.load_state_strict(rebuilt_d, with_d.discriminator_state, "discriminator")
+    wav = torch.randn(1, 1, 64)
+    assert torch.equal(rebuilt_d(wav), discriminator(wav))
+
+
+def test_tampered_generator_is_refused_naming_the_file(base_dir):
+    directory, _, _ = base_dir
+    path = directory / "generator.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # flip one bit of the last weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.ArtifactHashMismatch) as info:
+        ckpt.load_base(directory)
+    assert "generator.safetensors" in str(info.value) and "sha256" in str(info.value)
+
+
+def test_missing_files_and_unknown_format_are_clear(base_dir, tmp_path):
+    with pytest.raises(ckpt.ArtifactMissing) as info:
+        ckpt.load_base(tmp_path / "nowhere")
+    assert "mode=pretrain" in str(info.value)
+
+    directory, _, _ = base_dir
+    (directory / "discriminator.safetensors").unlink()
+    ckpt.load_base(directory)  # inference does not need the discriminator
+    with pytest.raises(ckpt.ArtifactMissing) as info:
+        ckpt.load_base(directory, with_discriminator=True)
+    assert "discriminator.safetensors" in str(info.value) and "python -m ai_singer.train" in str(info.value)
+
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    config["format_version"] = 99
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ckpt.UnsupportedFormatVersion) as info:
+        ckpt.load_base(directory)
+    assert "99" in str(info.value) and "config.yaml" in str(info.value)
+
+
+def test_strict_loading_lists_missing_unexpected_and_shape_mismatch():
+    module = tiny_generator()
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    del state["0.bias"]
+    state["extra.weight"] = torch.zeros(3)
+    state["2.weight"] = torch.zeros(1, 8, 3)
+    with pytest.raises(ckpt.StateDictMismatch) as info:
+        ckpt.load_state_strict(module, state, "pretrain/base/generator.safetensors")
+    message = str(info.value)
+    assert "pretrain/base/generator.safetensors" in message
+    assert "missing (1)" in message and "0.bias" in message
+    assert "unexpected (1)" in message and "extra.weight" in message
+    assert "2.weight: (1, 8, 3) vs (1, 8, 1)" in message
+
+
+def test_adapter_round_trip_and_base_mismatch(base_dir, tmp_path):
+    directory, _, _ = base_dir
+    base = ckpt.load_base(directory)
+    tensors = {"decoder.conv.lora_A.default.weight": torch.randn(2, 8, 3), "singer_embedding": torch.randn(4)}
+    config = {"singer": "carol", "method": "lora", "peft": {"method": "lora", "r": 2}, "base_sha256": base.sha256,
+              "base_name": base.name, "stats": {"f0_median_hz": 220.0}}
+    adapter_dir = ckpt.save_adapter(tmp_path / "singers" / "carol", tensors, config)
+    adapter = ckpt.load_adapter(adapter_dir)
+    assert adapter.singer == "carol" and adapter.method == "lora" and adapter.config["kind"] == "adapter"
+    assert adapter.config["stats"]["f0_median_hz"] == 220.0 and adapter.config["format_version"] == 1
+    assert all(torch.equal(adapter.tensors[k], v) for k, v in tensors.items())
+    ckpt.check_adapter_base(adapter, base)  # same base: fine
+
+    other_dir = ckpt.save_base(tmp_path / "pretrain" / "other", tiny_generator().state_dict(), None, BASE_CONFIG)
+    other = ckpt.load_base(other_dir)
+    with pytest.raises(ckpt.AdapterBaseMismatch) as info:
+        ckpt.check_adapter_base(adapter, other)
+    message = str(info.value)
+    assert base.sha256 in message and other.sha256 in message and str(other_dir) in message
+
+    with pytest.raises(ckpt.ArtifactMissing) as info:
+        ckpt.load_adapter(tmp_path / "singers" / "nobody")
+    assert "mode=finetune" in str(info.value)
+    with pytest.raises(ValueError, match="base_sha256"):
+        ckpt.save_adapter(tmp_path / "bad", tensors, {"method": "lora"})
+
+
+def test_train_state_keeps_last_k_and_loads_weights_only(tmp_path):
+    run = tmp_path / "runs" / "carol"
+    assert ckpt.load_latest_train_state(run) is None
+    model = tiny_generator()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.99))
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.999)
+    model(torch.randn(1, 4, 8)).sum().backward()
+    optimizer.step()
+    schedule.step()
+    for step in (200, 400, 600, 800):
+        state = {"weights": {"w": torch.full((3,), float(step))}, "step": step, "note": "x", "lrs": [1e-4, 2e-4],
+                 "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "rng": ckpt.capture_rng_state()}
+        path = ckpt.save_train_state(run, step, state, keep_last=2)
+        assert path.name == f"step_{step:08d}.pt"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step_00000600.pt", "step_00000800.pt"]
+    step, state = ckpt.load_latest_train_state(run)
+    assert step == 800 and torch.equal(state["weights"]["w"], torch.full((3,), 800.0)) and state["lrs"] == [1e-4, 2e-4]
+    resumed = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    resumed.load_state_dict(state["optimizer"])
+    assert torch.equal(resumed.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert ckpt.prune_checkpoints(run, 1) == [run / "checkpoints" / "step_00000600.pt"]
+
+
+def test_corrupt_newest_train_state_is_skipped_with_a_warning(tmp_path):
+    run = tmp_path / "run"
+    ckpt.save_train_state(run, 2, {"x": torch.tensor(2.0)}, keep_last=3)
+    newest = ckpt.save_train_state(run, 4, {"x": torch.tensor(4.0)}, keep_last=3)
+    newest.write_bytes(newest.read_bytes()[:50])  # a torn write
+    with pytest.warns(ckpt.CorruptCheckpointWarning, match="step_00000004.pt"):
+        step, state = ckpt.load_latest_train_state(run)
+    assert step == 2 and state["x"].item() == 2.0
+    # an atomic-write leftover is never mistaken for a checkpoint
+    (run / "checkpoints" / ".step_00000006.abc.tmp.pt").write_bytes(b"junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ckpt.CorruptCheckpointWarning)
+        assert ckpt.load_latest_train_state(run)[0] == 2
+
+
+def test_train_state_refuses_what_weights_only_cannot_load(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TypeError, match=r"state\['optimizer'\]\['extra'\].*numpy"):
+        ckpt.save_train_state(run, 1, {"optimizer": {"extra": np.zeros(2)}})
+    assert ckpt.load_latest_train_state(run) is None
+    # a file holding a pickled object (written by other code) is skipped, never executed
+    ckpt.save_train_state(run, 1, {"ok": torch.tensor(1.0)})
+    torch.save({"format_version": 1, "step": 3, "state": {"obj": np.zeros(2)}}, ckpt.checkpoint_path(run, 3))
+    with pytest.warns(ckpt.CorruptCheckpointWarning, match="step_00000003.pt"):
+        assert ckpt.load_latest_train_state(run)[0] == 1
+
+
+def test_rng_restore_reproduces_draws(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gaussian in Python's state
+    np.random.standard_normal()  # and in NumPy's
+    state = ckpt.capture_rng_state()
+    ckpt.save_train_state(tmp_path, 10, {"rng": state})
+
+    def draws():
+        return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.standard_normal(),
+                torch.rand(3).tolist())
+
+    first = draws()
+    _, loaded = ckpt.load_latest_train_state(tmp_path)  # weights_only=True
+    ckpt.restore_rng_state(loaded["rng"])
+    assert draws() == first
