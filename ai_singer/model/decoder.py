@@ -1,0 +1,157 @@
+"""NSF-HiFiGAN decoder: latent frames + F0 -> waveform.
+
+A harmonic-plus-noise excitation is built from F0 at the sample rate (:class:`HarmonicNoiseSource`) and
+injected at every scale of a HiFi-GAN generator (transposed-conv upsamplers + multi-receptive-field
+residual blocks) through strided convolutions. Shapes: ``z`` [B, I, T], ``f0``/``voiced`` [B, T] (Hz,
+0/1), ``g`` [B, gin]; output ``[B, 1, T * hop_length]`` with ``hop_length = prod(upsample_rates)``.
+
+Module names that peft's LoRA can adapt (Conv1d): ``decoder.input_conv``, ``decoder.speaker_proj``,
+``decoder.source_convs.N``, ``decoder.resblocks.N.dilated_convs.M``, ``decoder.resblocks.N.convs.M``,
+``decoder.output_conv``. The upsamplers (``decoder.upsamplers.N``) are ConvTranspose1d, which peft does
+not adapt.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ai_singer.model.layers import init_conv_weights, same_padding, with_weight_norm
+
+LEAKY_SLOPE = 0.1
+
+
+class HarmonicNoiseSource(nn.Module):
+    """Excitation from frame-rate F0: ``harmonic_num + 1`` sine harmonics (zero where unvoiced or above
+    Nyquist) plus Gaussian noise (``noise_std`` where voiced, ``sine_amp / 3`` where unvoiced, for
+    unvoiced consonants), merged to one channel by a ``Linear`` + ``tanh``.
+
+    The phase is accumulated per frame in float64 and inside a frame in float32, so long inputs keep an
+    accurate, continuous phase. During training every harmonic above the fundamental gets a random
+    initial phase.
+    """
+
+    def __init__(self, sample_rate: int, hop_length: int, harmonic_num: int = 8, sine_amp: float = 0.1,
+                 noise_std: float = 0.003):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.n_harmonics = harmonic_num + 1
+        self.sine_amp = sine_amp
+        self.noise_std = noise_std
+        self.merge = nn.Linear(self.n_harmonics, 1)
+
+    def sine_waves(self, f0: torch.Tensor, voiced: torch.Tensor,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f0`` [B, T] Hz, ``voiced`` [B, T] -> (sines [B, K, T*hop] with amplitude ``sine_amp`` and exactly
+        0 where unvoiced, voiced mask per sample [B, 1, T*hop])."""
+        batch, n_frames = f0.shape
+        hop, sr = self.hop_length, self.sample_rate
+        is_voiced = ((voiced > 0.5) & (f0 > 0)).to(f0.dtype)
+        harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float64)
+        step = (f0.to(torch.float64) * is_voiced.to(torch.float64)) / sr  # cycles per sample, [B, T]
+        # phase (in cycles) at each frame's first sample: exclusive cumulative sum over frames
+        frame_start = torch.cumsum(step * hop, dim=-1) - step * hop
+        start_k = torch.remainder(frame_start.unsqueeze(1) * harmonics.view(1, -1, 1), 1.0)  # [B, K, T]
+        if self.training:
+            initial = torch.rand(batch, self.n_harmonics, 1, generator=generator, dtype=torch.float64)
+            initial[:, 0] = 0.0
+            start_k = start_k + initial.to(f0.device)
+        step_k = (step.unsqueeze(1) * harmonics.view(1, -1, 1)).to(f0.dtype)  # [B, K, T]
+        within = torch.arange(hop, device=f0.device, dtype=f0.dtype)
+        phase = start_k.to(f0.dtype).unsqueeze(-1) + step_k.unsqueeze(-1) * within  # [B, K, T, hop]
+        below_nyquist = (step_k < 0.5).to(f0.dtype).unsqueeze(-1)
+        sines = torch.sin(2 * math.pi * phase) * below_nyquist * is_voiced.view(batch, 1, n_frames, 1)
+        sines = self.sine_amp * sines.reshape(batch, self.n_harmonics, n_frames * hop)
+        voiced_samples = is_voiced.repeat_interleave(hop, dim=-1).unsqueeze(1)
+        return sines, voiced_samples
+
+    def forward(self, f0: torch.Tensor, voiced: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``f0`` [B, T] Hz, ``voiced`` [B, T] -> excitation [B, 1, T*hop] in (-1, 1)."""
+        sines, voiced_samples = self.sine_waves(f0, voiced, generator)
+        noise_amp = voiced_samples * self.noise_std + (1 - voiced_samples) * (self.sine_amp / 3)
+        noise = torch.randn(sines.shape, generator=generator, dtype=sines.dtype,
+                            device="cpu" if generator is not None else sines.device)
+        excitation = sines + noise_amp * noise.to(sines.device)
+        return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN's multi-receptive-field residual block ("type 1"): for each dilation a dilated conv and a
+    plain conv, each after a leaky ReLU, with a residual connection. ``[B, C, L] -> [B, C, L]``."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int] | tuple[int, ...]):
+        super().__init__()
+        self.dilated_convs = nn.ModuleList()
+        self.convs = nn.ModuleList()
+        for dilation in dilations:
+            dilated = nn.Conv1d(channels, channels, kernel_size, dilation=dilation,
+                                padding=same_padding(kernel_size, dilation))
+            plain = nn.Conv1d(channels, channels, kernel_size, padding=same_padding(kernel_size))
+            init_conv_weights(dilated)
+            init_conv_weights(plain)
+            self.dilated_convs.append(with_weight_norm(dilated))
+            self.convs.append(with_weight_norm(plain))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for dilated, plain in zip(self.dilated_convs, self.convs):
+            residual = x
+            x = dilated(F.leaky_relu(x, LEAKY_SLOPE))
+            x = plain(F.leaky_relu(x, LEAKY_SLOPE))
+            x = x + residual
+        return x
+
+
+class NSFHiFiGAN(nn.Module):
+    """The waveform decoder. ``forward(z [B, I, T], f0 [B, T], voiced [B, T], g [B, gin]) -> [B, 1, T*hop]``.
+
+    Channels halve at every upsampling stage, starting from ``upsample_initial_channel``. Stage ``i`` adds
+    the excitation brought to its rate by ``source_convs.i`` (a conv with stride
+    ``prod(upsample_rates[i+1:])``).
+    """
+
+    def __init__(self, in_channels: int, upsample_initial_channel: int, upsample_rates: list[int],
+                 upsample_kernel_sizes: list[int], resblock_kernel_sizes: list[int],
+                 resblock_dilation_sizes: list[list[int]], gin_channels: int, sample_rate: int,
+                 harmonic_num: int = 8, sine_amp: float = 0.1, noise_std: float = 0.003):
+        super().__init__()
+        self.hop_length = math.prod(upsample_rates)
+        self.n_kernels = len(resblock_kernel_sizes)
+        self.source = HarmonicNoiseSource(sample_rate, self.hop_length, harmonic_num, sine_amp, noise_std)
+        self.input_conv = with_weight_norm(nn.Conv1d(in_channels, upsample_initial_channel, 7, padding=3))
+        self.speaker_proj = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
+        self.upsamplers = nn.ModuleList()
+        self.source_convs = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        channels = upsample_initial_channel
+        for i, (rate, kernel) in enumerate(zip(upsample_rates, upsample_kernel_sizes)):
+            out_channels = channels // 2
+            upsampler = nn.ConvTranspose1d(channels, out_channels, kernel, stride=rate, padding=(kernel - rate) // 2)
+            init_conv_weights(upsampler)
+            self.upsamplers.append(with_weight_norm(upsampler))
+            stride = math.prod(upsample_rates[i + 1:])
+            if stride > 1:
+                self.source_convs.append(nn.Conv1d(1, out_channels, 2 * stride, stride=stride, padding=stride // 2))
+            else:
+                self.source_convs.append(nn.Conv1d(1, out_channels, 1))
+            for block_kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes):
+                self.resblocks.append(ResBlock(out_channels, block_kernel, dilations))
+            channels = out_channels
+        output_conv = nn.Conv1d(channels, 1, 7, padding=3, bias=False)
+        init_conv_weights(output_conv)
+        self.output_conv = with_weight_norm(output_conv)
+
+    def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        source = self.source(f0, voiced, generator)  # [B, 1, T*hop]
+        x = self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1))
+        for i, upsampler in enumerate(self.upsamplers):
+            x = upsampler(F.leaky_relu(x, LEAKY_SLOPE))
+            x = x + self.source_convs[i](source)
+            blocks = self.resblocks[i * self.n_kernels:(i + 1) * self.n_kernels]
+            x = sum(block(x) for block in blocks) / self.n_kernels
+        x = self.output_conv(F.leaky_relu(x))
+        return torch.tanh(x)

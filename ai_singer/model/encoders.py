@@ -1,0 +1,101 @@
+"""The two encoders of the VAE.
+
+* :class:`PriorEncoder` (used at inference): content features + coarse F0 + voicing + volume ->
+  transformer -> mean and log-std of the prior over the latent ``z_p``.
+* :class:`PosteriorEncoder` (training only): linear spectrogram -> speaker-conditioned WaveNet ->
+  mean and log-std of the posterior, and a sample ``z``.
+
+Shapes: ``B`` batch, ``T`` frames, ``D`` content dim, ``F = n_fft // 2 + 1``, ``I`` inter channels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ai_singer.model.attention import TransformerEncoder
+from ai_singer.model.layers import WaveNet
+
+
+def coarse_f0(f0: torch.Tensor, voiced: torch.Tensor, n_bins: int, f0_min: float, f0_max: float) -> torch.Tensor:
+    """Quantise log-F0 into ``n_bins`` classes: bin 0 = unvoiced, bins ``1 .. n_bins-1`` evenly spaced in
+    log-frequency between ``f0_min`` and ``f0_max`` (values outside are clamped).
+
+    ``f0`` [B, T] Hz, ``voiced`` [B, T] (0/1 or bool) -> long [B, T].
+    """
+    log_f0 = torch.log(f0.clamp_min(1e-3))
+    low, high = math.log(f0_min), math.log(f0_max)
+    position = (log_f0 - low) / (high - low)  # 0 at f0_min, 1 at f0_max
+    bins = 1 + torch.round(position.clamp(0.0, 1.0) * (n_bins - 2)).long()
+    is_voiced = (voiced > 0.5) & (f0 > 0)
+    return torch.where(is_voiced, bins, torch.zeros_like(bins))
+
+
+def log_volume(volume: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
+    """Frame RMS (linear) -> ``log10(max(volume, floor))``, about -5 (silence) .. 0 (full scale)."""
+    return torch.log10(volume.clamp_min(floor))
+
+
+class PriorEncoder(nn.Module):
+    """Content + pitch + volume -> prior mean and log-std.
+
+    ``forward(content [B, D, T], f0 [B, T], voiced [B, T], volume [B, T], mask [B, 1, T])
+    -> (mean [B, I, T], log_std [B, I, T])`` (both masked).
+
+    Module names: ``content_proj`` (Conv1d), ``f0_embedding``/``voiced_embedding`` (Embedding),
+    ``volume_proj`` (Conv1d), ``encoder`` (:class:`TransformerEncoder`), ``out_proj`` (Conv1d).
+    """
+
+    def __init__(self, content_dim: int, hidden_channels: int, inter_channels: int, filter_channels: int,
+                 n_heads: int, n_layers: int, kernel_size: int, p_dropout: float, window_size: int,
+                 content_kernel_size: int, f0_bins: int, f0_min: float, f0_max: float):
+        super().__init__()
+        self.f0_bins, self.f0_min, self.f0_max = f0_bins, f0_min, f0_max
+        self.inter_channels = inter_channels
+        self.content_proj = nn.Conv1d(content_dim, hidden_channels, content_kernel_size,
+                                      padding=content_kernel_size // 2)
+        self.f0_embedding = nn.Embedding(f0_bins, hidden_channels)
+        self.voiced_embedding = nn.Embedding(2, hidden_channels)
+        self.volume_proj = nn.Conv1d(1, hidden_channels, 1)
+        self.encoder = TransformerEncoder(hidden_channels, filter_channels, n_heads, n_layers, kernel_size,
+                                          p_dropout, window_size)
+        self.out_proj = nn.Conv1d(hidden_channels, 2 * inter_channels, 1)
+
+    def forward(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pitch_class = coarse_f0(f0, voiced, self.f0_bins, self.f0_min, self.f0_max)
+        voiced_class = (voiced > 0.5).long()
+        x = self.content_proj(content * mask)
+        x = x + self.f0_embedding(pitch_class).transpose(1, 2)
+        x = x + self.voiced_embedding(voiced_class).transpose(1, 2)
+        x = x + self.volume_proj(log_volume(volume).unsqueeze(1))
+        x = self.encoder(x * mask, mask)
+        stats = self.out_proj(x) * mask
+        mean, log_std = stats.split(self.inter_channels, dim=1)
+        return mean, log_std
+
+
+class PosteriorEncoder(nn.Module):
+    """Linear spectrogram -> posterior mean, log-std and a reparameterised sample.
+
+    ``forward(spec [B, F, T], mask [B, 1, T], g [B, gin]) -> (z, mean, log_std)``, each [B, I, T], masked.
+    Module names: ``input_proj``, ``wavenet`` (:class:`WaveNet`), ``out_proj``.
+    """
+
+    def __init__(self, spec_channels: int, inter_channels: int, hidden_channels: int, kernel_size: int,
+                 dilation_rate: int, n_layers: int, gin_channels: int):
+        super().__init__()
+        self.inter_channels = inter_channels
+        self.input_proj = nn.Conv1d(spec_channels, hidden_channels, 1)
+        self.wavenet = WaveNet(hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels)
+        self.out_proj = nn.Conv1d(hidden_channels, 2 * inter_channels, 1)
+
+    def forward(self, spec: torch.Tensor, mask: torch.Tensor, g: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.input_proj(spec) * mask
+        x = self.wavenet(x, mask, g)
+        stats = self.out_proj(x) * mask
+        mean, log_std = stats.split(self.inter_channels, dim=1)
+        z = (mean + torch.randn_like(mean) * torch.exp(log_std)) * mask
+        return z, mean, log_std

@@ -1,0 +1,334 @@
+"""The singing-voice VAE (VITS / so-vits-svc 4.1 family): :class:`SingerVAEConfig`, :class:`SingerVAE`,
+:class:`SynthOutput`.
+
+Training: the posterior encoder reads the linear spectrogram, the flow maps its latent ``z`` to the
+prior space (``z_p``) for the KL against the prior encoder's distribution, and a random segment of
+``z`` is decoded to audio for the reconstruction and adversarial losses. Inference: sample the prior
+(mean + ``noise_scale`` x std), invert the flow, decode the whole sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ai_singer.model.decoder import NSFHiFiGAN
+from ai_singer.model.encoders import PosteriorEncoder, PriorEncoder
+from ai_singer.model.flow import ResidualCouplingFlow
+from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all_weight_norm, slice_segments
+
+
+@dataclass
+class SingerVAEConfig:
+    """Every architecture setting of :class:`SingerVAE` (and of the matching discriminator).
+
+    The defaults are the ``base`` size (so-vits-svc 4.1 layout); ``conf/model/*.yaml`` hold the named
+    sizes. ``hop_length`` must equal ``prod(upsample_rates)``.
+    """
+
+    # framing (must agree with the processed dataset)
+    sample_rate: int = 44100
+    hop_length: int = 512
+    n_fft: int = 2048
+    win_length: int = 2048
+    # inputs
+    content_dim: int = 768
+    n_speakers: int = 1
+    gin_channels: int = 256
+    f0_bins: int = 256
+    f0_min: float = 50.0
+    f0_max: float = 1100.0
+    # latent
+    inter_channels: int = 192
+    hidden_channels: int = 192
+    # prior encoder (transformer)
+    filter_channels: int = 768
+    n_heads: int = 2
+    n_layers: int = 6
+    kernel_size: int = 3
+    p_dropout: float = 0.1
+    attention_window: int = 4
+    content_kernel_size: int = 5
+    # posterior encoder (WaveNet over the linear spectrogram)
+    posterior_layers: int = 16
+    posterior_kernel_size: int = 5
+    posterior_dilation_rate: int = 1
+    # flow
+    n_flows: int = 4
+    flow_layers: int = 4
+    flow_kernel_size: int = 5
+    flow_dilation_rate: int = 1
+    # NSF-HiFiGAN decoder
+    upsample_initial_channel: int = 512
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 8, 2, 2, 2])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 4, 4, 4])
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    harmonic_num: int = 8
+    sine_amp: float = 0.1
+    noise_std: float = 0.003
+    # training
+    segment_frames: int = 20
+    # discriminator (training only; stored here so a fine-tune rebuilds the same one)
+    discriminator_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    discriminator_scales: int = 1
+    discriminator_width: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.upsample_rates = [int(r) for r in self.upsample_rates]
+        self.upsample_kernel_sizes = [int(k) for k in self.upsample_kernel_sizes]
+        self.resblock_kernel_sizes = [int(k) for k in self.resblock_kernel_sizes]
+        self.resblock_dilation_sizes = [[int(d) for d in ds] for ds in self.resblock_dilation_sizes]
+        self.discriminator_periods = [int(p) for p in self.discriminator_periods]
+        problems = []
+        if math.prod(self.upsample_rates) != self.hop_length:
+            problems.append(
+                f"hop_length ({self.hop_length}) must equal the product of upsample_rates "
+                f"{self.upsample_rates} (= {math.prod(self.upsample_rates)}): the decoder turns one frame into "
+                "exactly hop_length samples")
+        if len(self.upsample_kernel_sizes) != len(self.upsample_rates):
+            problems.append(f"upsample_kernel_sizes {self.upsample_kernel_sizes} needs one kernel per "
+                            f"upsample rate {self.upsample_rates}")
+        else:
+            for rate, kernel in zip(self.upsample_rates, self.upsample_kernel_sizes):
+                if kernel < rate or (kernel - rate) % 2:
+                    problems.append(f"upsample kernel {kernel} for rate {rate} must be >= the rate and differ "
+                                    "from it by an even number (so each stage multiplies the length exactly)")
+        if len(self.resblock_dilation_sizes) != len(self.resblock_kernel_sizes):
+            problems.append("resblock_dilation_sizes needs one list of dilations per resblock kernel size")
+        if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
+            problems.append(f"upsample_initial_channel ({self.upsample_initial_channel}) must be divisible by "
+                            f"2**{len(self.upsample_rates)} (channels halve at every upsampling stage)")
+        if self.hidden_channels % self.n_heads:
+            problems.append(f"hidden_channels ({self.hidden_channels}) must be divisible by n_heads ({self.n_heads})")
+        if self.inter_channels % 2:
+            problems.append(f"inter_channels ({self.inter_channels}) must be even (the flow splits it in halves)")
+        if not 0 < self.f0_min < self.f0_max:
+            problems.append(f"need 0 < f0_min < f0_max, got f0_min={self.f0_min}, f0_max={self.f0_max}")
+        if self.f0_bins < 3:
+            problems.append(f"f0_bins must be at least 3 (bin 0 is unvoiced), got {self.f0_bins}")
+        if self.win_length > self.n_fft:
+            problems.append(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        for name in ("content_dim", "n_speakers", "gin_channels", "segment_frames", "n_layers", "n_flows",
+                     "posterior_layers", "flow_layers", "sample_rate"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid SingerVAEConfig: " + "; ".join(problems))
+
+    @property
+    def spec_channels(self) -> int:
+        """Linear-spectrogram bins the posterior encoder reads: ``n_fft // 2 + 1``."""
+        return self.n_fft // 2 + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (ints, floats, lists) for YAML/JSON artifacts."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SingerVAEConfig":
+        """Build from a mapping (a dict or an OmegaConf node); unknown keys are an error."""
+        if not isinstance(values, Mapping):
+            try:  # an OmegaConf DictConfig
+                from omegaconf import OmegaConf
+                values = OmegaConf.to_container(values, resolve=True)
+            except Exception as error:  # noqa: BLE001 - report what we got
+                raise TypeError(f"SingerVAEConfig.from_dict needs a mapping, got {type(values).__name__}") from error
+        else:
+            values = _plain(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SingerVAEConfig keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve an OmegaConf mapping to plain containers; leave a dict as is."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return dict(values)
+    if isinstance(values, DictConfig):
+        return OmegaConf.to_container(values, resolve=True)  # type: ignore[return-value]
+    return dict(values)
+
+
+@dataclass
+class SynthOutput:
+    """What :meth:`SingerVAE.forward` returns. ``B`` batch, ``T`` frames, ``I`` inter channels,
+    ``S = segment_frames``, ``H`` hop.
+
+    wav: [B, 1, S*H] decoded segment; start_frames: long [B] first frame of each item's segment;
+    segment_frames: S; z: [B, I, T] posterior sample; z_p: [B, I, T] flow(z); m_p, logs_p: [B, I, T]
+    prior mean / log-std; m_q, logs_q: [B, I, T] posterior mean / log-std; mask: [B, 1, T] float.
+    """
+
+    wav: torch.Tensor
+    start_frames: torch.Tensor
+    segment_frames: int
+    z: torch.Tensor
+    z_p: torch.Tensor
+    m_p: torch.Tensor
+    logs_p: torch.Tensor
+    m_q: torch.Tensor
+    logs_q: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def hop_length(self) -> int:
+        return self.wav.shape[-1] // self.segment_frames
+
+    def slice_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The segment of a frame-rate tensor ``[B, ..., T] -> [B, ..., S]`` (zero-padded past the end)."""
+        return slice_segments(x, self.start_frames, self.segment_frames)
+
+    def slice_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """The target audio matching :attr:`wav`: ``wav`` [B, 1, T*H] -> [B, 1, S*H] (zero-padded past
+        the end)."""
+        hop = self.hop_length
+        return slice_segments(wav, self.start_frames * hop, self.segment_frames * hop)
+
+
+class SingerVAE(nn.Module):
+    """Singing-voice conversion generator: prior encoder, posterior encoder, flow, NSF-HiFiGAN decoder and
+    a speaker embedding table.
+
+    ``SingerVAE(config)`` takes a :class:`SingerVAEConfig` (or a mapping of its fields).
+
+    Inference uses ``prior_encoder``, ``flow``, ``decoder`` (and ``speaker_embedding`` unless a singer
+    vector is fed as ``g``); ``posterior_encoder`` is training-only.
+
+    LoRA targets (peft ``target_modules``; every name below is an ``nn.Conv1d`` unless noted). Remove
+    weight norm first (:meth:`remove_weight_norm`): peft's merge loses the adapter on weight-normed convs.
+
+    * prior attention: ``prior_encoder.encoder.layers.N.attention.{query_proj,key_proj,value_proj,out_proj}``
+      (regex ``r".*attention\\.(query|key|value|out)_proj"``)
+    * prior feed-forward: ``prior_encoder.encoder.layers.N.feed_forward.{conv_in,conv_out}``
+    * prior input/output: ``prior_encoder.content_proj``, ``prior_encoder.volume_proj``,
+      ``prior_encoder.out_proj``
+    * flow couplings: ``flow.couplings.N.{input_proj,out_proj}``,
+      ``flow.couplings.N.wavenet.{dilated_convs.M,res_skip_convs.M,speaker_proj}``
+      (regex ``r"flow\\..*(dilated_convs\\.\\d+|res_skip_convs\\.\\d+|speaker_proj)"``). ``out_proj`` starts
+      at zero, which is fine for LoRA (only B starts at zero).
+    * decoder: ``decoder.input_conv``, ``decoder.speaker_proj``, ``decoder.source_convs.N``,
+      ``decoder.resblocks.N.{dilated_convs,convs}.M``, ``decoder.output_conv``
+      (regex ``r"decoder\\.(input_conv|speaker_proj|source_convs\\.\\d+|resblocks\\.\\d+\\.(dilated_convs|convs)\\.\\d+|output_conv)"``);
+      ``decoder.source.merge`` is an ``nn.Linear``. ``decoder.upsamplers.N`` are ConvTranspose1d (peft cannot
+      adapt them: train them fully, freeze them, or rely on the adapted convs around them).
+    * embeddings (``nn.Embedding``, usually left frozen): ``speaker_embedding``,
+      ``prior_encoder.f0_embedding``, ``prior_encoder.voiced_embedding``.
+
+    A compact set that adapts every block of the inference path:
+    ``r"(prior_encoder\\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)|flow\\..*(dilated_convs|res_skip_convs)\\.\\d+|decoder\\.(resblocks\\.\\d+\\.(dilated_convs|convs)\\.\\d+|source_convs\\.\\d+|input_conv))"``.
+    """
+
+    def __init__(self, config: SingerVAEConfig | Mapping[str, Any]):
+        super().__init__()
+        if not isinstance(config, SingerVAEConfig):
+            config = SingerVAEConfig.from_dict(config)
+        self.config = config
+        c = config
+        self.speaker_embedding = nn.Embedding(c.n_speakers, c.gin_channels)
+        self.prior_encoder = PriorEncoder(
+            c.content_dim, c.hidden_channels, c.inter_channels, c.filter_channels, c.n_heads, c.n_layers,
+            c.kernel_size, c.p_dropout, c.attention_window, c.content_kernel_size, c.f0_bins, c.f0_min, c.f0_max)
+        self.posterior_encoder = PosteriorEncoder(
+            c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel_size,
+            c.posterior_dilation_rate, c.posterior_layers, c.gin_channels)
+        self.flow = ResidualCouplingFlow(
+            c.inter_channels, c.hidden_channels, c.flow_kernel_size, c.flow_dilation_rate, c.flow_layers,
+            c.n_flows, c.gin_channels)
+        self.decoder = NSFHiFiGAN(
+            c.inter_channels, c.upsample_initial_channel, c.upsample_rates, c.upsample_kernel_sizes,
+            c.resblock_kernel_sizes, c.resblock_dilation_sizes, c.gin_channels, c.sample_rate, c.harmonic_num,
+            c.sine_amp, c.noise_std)
+
+    # ----------------------------------------------------------------------------------------------
+    def embed_speaker(self, ids: torch.Tensor) -> torch.Tensor:
+        """Speaker ids long [B] -> speaker vectors ``g`` [B, gin_channels]."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.n_speakers):
+            raise ValueError(f"speaker ids must lie in [0, {self.config.n_speakers - 1}], got "
+                             f"{ids.min().item()}..{ids.max().item()}")
+        return self.speaker_embedding(ids)
+
+    def _check_inputs(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
+                      g: torch.Tensor) -> None:
+        batch, dim, n_frames = content.shape
+        if dim != self.config.content_dim:
+            raise ValueError(f"content has {dim} channels but the model expects content_dim="
+                             f"{self.config.content_dim} (content must be [B, D, T])")
+        for name, tensor in (("f0", f0), ("voiced", voiced), ("volume", volume)):
+            if tensor.shape != (batch, n_frames):
+                raise ValueError(f"{name} must have shape [B, T] = [{batch}, {n_frames}] like content "
+                                 f"[B, D, T], got {tuple(tensor.shape)}")
+        if g.shape != (batch, self.config.gin_channels):
+            raise ValueError(f"g must have shape [B, gin_channels] = [{batch}, {self.config.gin_channels}], "
+                             f"got {tuple(g.shape)}")
+
+    def forward(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
+                spec: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
+                generator: torch.Generator | None = None) -> SynthOutput:
+        """Training pass.
+
+        content [B, D, T], f0 [B, T] Hz (gaps interpolated), voiced [B, T] 0/1, volume [B, T] linear RMS,
+        spec [B, n_fft//2+1, T] linear magnitude, lengths [B] valid frames, g [B, gin]. ``generator``
+        (CPU) makes the segment choice and source phases reproducible.
+        """
+        self._check_inputs(content, f0, voiced, volume, g)
+        batch, _, n_frames = content.shape
+        if spec.shape != (batch, self.config.spec_channels, n_frames):
+            raise ValueError(f"spec must have shape [B, n_fft//2+1, T] = [{batch}, {self.config.spec_channels}, "
+                             f"{n_frames}], got {tuple(spec.shape)}")
+        mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
+        m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
+        z, m_q, logs_q = self.posterior_encoder(spec, mask, g)
+        z_p = self.flow(z, mask, g)
+
+        segment = self.config.segment_frames
+        starts = random_segment_starts(lengths, segment, generator).to(content.device)
+        wav = self.decoder(slice_segments(z, starts, segment), slice_segments(f0, starts, segment),
+                             slice_segments(voiced, starts, segment), g, generator)
+        return SynthOutput(wav=wav, start_frames=starts, segment_frames=segment, z=z, z_p=z_p, m_p=m_p,
+                           logs_p=logs_p, m_q=m_q, logs_q=logs_q, mask=mask)
+
+    def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
+              g: torch.Tensor, lengths: torch.Tensor | None = None, noise_scale: float = 0.35,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
+        wav [B, 1, T*hop_length] in (-1, 1). Frames past ``lengths`` are zeroed in the latent (their audio is
+        not meaningful). Call under ``torch.inference_mode()`` and ``eval()``; the NSF source's sines are
+        exactly zero where ``voiced`` is 0 (only low-level noise excites those samples).
+        """
+        self._check_inputs(content, f0, voiced, volume, g)
+        batch, _, n_frames = content.shape
+        mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
+        m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
+        noise = torch.randn(m_p.shape, generator=generator, dtype=m_p.dtype,
+                            device="cpu" if generator is not None else m_p.device).to(m_p.device)
+        z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
+        z = self.flow(z_p, mask, g, reverse=True)
+        return self.decoder(z * mask, f0, voiced, g, generator)
+
+    # ----------------------------------------------------------------------------------------------
+    def remove_weight_norm(self) -> int:
+        """Bake weight norm into plain weights everywhere (in place, for inference or before LoRA).
+        Returns the number of modules changed; outputs are unchanged up to float rounding."""
+        return remove_all_weight_norm(self)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: speaker_embedding, prior_encoder, posterior_encoder, flow, decoder, and
+        ``inference`` (prior encoder + flow + decoder) and ``total``."""
+        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
+        counts["inference"] = counts["prior_encoder"] + counts["flow"] + counts["decoder"]
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def inference_parameter_count(self) -> int:
+        """Parameters used at inference: prior encoder + flow + decoder (not the posterior encoder nor the
+        speaker table)."""
+        return self.parameter_counts()["inference"]
