@@ -61,7 +61,7 @@ def phrase_with_silences(sr: int, notes=((220.0, 1.2), (0.0, 0.6), (330.0, 1.0),
 def tiny_hubert_dir(tmp_path_factory) -> Path:
     """A tiny random ``HubertModel`` saved with ``save_pretrained`` (config.json + model.safetensors),
     the same format as ContentVec/HuBERT checkpoints in Hugging Face format. Hidden size 32, 2 layers,
-    plus a ContentVec-style ``final_proj`` (32 -> 16) stored beside the HuBERT weights."""
+    no ``final_proj`` (tests/test_content.py builds ContentVec-style folders with one)."""
     import torch
     from transformers import HubertConfig, HubertModel
 
