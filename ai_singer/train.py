@@ -1,0 +1,712 @@
+"""Training: pretrain a multi-speaker base, or fine-tune a small adapter for one singer on the frozen base.
+
+Entry point (Hydra, ``conf/train.yaml``)::
+
+    python -m ai_singer.train mode=pretrain name=base model=small
+    python -m ai_singer.train mode=finetune singer=alice base=pretrain/base peft=lora
+    torchrun --nproc_per_node=2 -m ai_singer.train ...      # DDP, unchanged
+
+The composed config is checked against ``TrainConfig`` (dataclasses), so a typo is an error. The
+loop (``run_training``) saves the training state every ``trainer.save_every`` steps into
+``runs/<run>/checkpoints`` and resumes from the newest readable one automatically; at the end it
+exports the artifact: ``pretrain/<name>/`` (base) or ``singers/<singer>/`` (adapter).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ai_singer import checkpoint as ckpt
+from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
+from ai_singer.data import Batch, ManifestDataset, ResumableSampler, collate
+from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
+from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_loss, generator_adversarial_loss,
+                              kl_loss, mel_l1_loss)
+from ai_singer.manifest import DatasetStats, read_stats
+from ai_singer.model.discriminator import Discriminator
+from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
+
+log = logging.getLogger(__name__)
+
+MODES = ("pretrain", "finetune")
+PRECISIONS = ("fp32", "bf16")
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+@dataclass
+class PathsSettings:
+    """Mirror of ``conf/paths/default.yaml``."""
+
+    raw: str = "data/raw"
+    processed: str = "data/processed"
+    pretrain: str = "pretrain"
+    singers: str = "singers"
+    runs: str = "runs"
+    output: str = "outputs"
+
+
+@dataclass
+class AudioSettings:
+    """Mirror of ``conf/audio/44k.yaml``: the framing and the mel spectrogram of the losses."""
+
+    sample_rate: int = 44100
+    hop_length: int = 512
+    n_fft: int = 2048
+    win_length: int = 2048
+    n_mels: int = 80
+    mel_fmin: float = 0.0
+    mel_fmax: Optional[float] = None
+
+
+@dataclass
+class TrainerSettings:
+    """Mirror of ``conf/trainer/default.yaml`` (the comments there explain each field)."""
+
+    max_steps: int = 20000
+    batch_size: int = 16
+    max_frames: int = 256
+    num_workers: int = 4
+    learning_rate: float = 2.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    eps: float = 1.0e-9
+    weight_decay: float = 0.01
+    lr_decay: float = 0.99999
+    grad_clip: float = 100.0
+    precision: str = "fp32"
+    device: str = "auto"
+    save_every: int = 400
+    keep_last: int = 3
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_clips: int = 3
+    eval_max_batches: int = 8
+    deterministic: bool = False
+    progress: bool = True
+
+
+@dataclass
+class LossWeights:
+    """Mirror of ``conf/loss/default.yaml``."""
+
+    mel: float = 45.0
+    kl: float = 1.0
+    feature_matching: float = 1.0
+    adversarial: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The whole composed ``conf/train.yaml``."""
+
+    paths: PathsSettings = field(default_factory=PathsSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    model: SingerVAEConfig = field(default_factory=SingerVAEConfig)
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    loss: LossWeights = field(default_factory=LossWeights)
+    mode: str = "pretrain"
+    name: str = "base"
+    singer: Optional[str] = None
+    base: Optional[str] = None
+    run_name: Optional[str] = None
+    seed: int = 1234
+
+
+class TrainSetupError(Exception):
+    """A run that cannot start: ``str()`` names the file or setting and the reason."""
+
+    def __init__(self, where: str | os.PathLike, reason: str):
+        self.where = str(where)
+        self.reason = reason
+        super().__init__(f"{self.where}: {reason}")
+
+
+def typed_config(cfg: Any) -> TrainConfig:
+    """Check a composed (Dict)Config against ``TrainConfig`` and return the dataclasses.
+
+    Unknown keys (typos) and values of the wrong type raise ``TrainSetupError`` naming the key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        typed = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise TrainSetupError(f"train config ({key})", f"{error.msg if hasattr(error, 'msg') else error}") from error
+    assert isinstance(typed, TrainConfig)
+    validate_config(typed)
+    return typed
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Values that parse but make no sense are errors naming the setting."""
+    if cfg.mode not in MODES:
+        raise TrainSetupError("mode", f"must be one of {MODES}, not {cfg.mode!r}")
+    if cfg.mode == "finetune":
+        if not cfg.singer:
+            raise TrainSetupError("singer", "mode=finetune needs singer=<name>")
+        if not cfg.base:
+            raise TrainSetupError("base", "mode=finetune needs base=<folder of a pretrained base, e.g. pretrain/base>")
+    if cfg.trainer.precision not in PRECISIONS:
+        raise TrainSetupError("trainer.precision", f"must be one of {PRECISIONS}, not {cfg.trainer.precision!r}")
+    for name in ("max_steps", "batch_size", "max_frames", "save_every", "keep_last", "log_every"):
+        if getattr(cfg.trainer, name) < 1:
+            raise TrainSetupError(f"trainer.{name}", f"must be >= 1, got {getattr(cfg.trainer, name)}")
+    if len(cfg.trainer.betas) != 2:
+        raise TrainSetupError("trainer.betas", f"needs two values, got {cfg.trainer.betas}")
+
+
+def run_name_of(cfg: TrainConfig) -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    return f"pretrain-{cfg.name}" if cfg.mode == "pretrain" else str(cfg.singer)
+
+
+# ---------------------------------------------------------------------------------------- distributed
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_setting: str) -> tuple[DistInfo, torch.device]:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), start the process group (nccl on
+    CUDA, gloo on CPU) and choose the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if device_setting == "auto":
+        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    elif device_setting == "cuda" and info.enabled:
+        device = torch.device(f"cuda:{info.local_rank}")
+    else:
+        device = torch.device(device_setting)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+# ------------------------------------------------------------------------------------------- models
+
+class GeneratorForTraining(nn.Module):
+    """The SingerVAE plus where its speaker vector comes from: the speaker table (pretrain) or one
+    learned singer vector (fine-tune). One module so that DDP sees every trainable parameter."""
+
+    def __init__(self, model: SingerVAE, singer_embedding: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.singer_embedding = None if singer_embedding is None else nn.Parameter(singer_embedding.clone())
+
+    def speaker_vectors(self, speaker_ids: torch.Tensor) -> torch.Tensor:
+        """[B] -> [B, gin_channels]."""
+        if self.singer_embedding is None:
+            return self.model.embed_speaker(speaker_ids)
+        return self.singer_embedding.unsqueeze(0).expand(speaker_ids.shape[0], -1)
+
+    def forward(self, batch: Batch):
+        return self.model(batch.content, batch.f0, batch.voiced, batch.volume, batch.spec, batch.lengths,
+                          self.speaker_vectors(batch.speaker_ids))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter that trains (what a training checkpoint stores), detached, on CPU."""
+        return {name: p.detach().cpu().clone() for name, p in self.named_parameters() if p.requires_grad}
+
+
+@dataclass
+class Models:
+    generator: GeneratorForTraining
+    discriminator: nn.Module
+    model_config: SingerVAEConfig
+    speakers: list[str]
+    base_sha256: str | None = None
+    base_path: Path | None = None
+
+
+def check_framing(stats: DatasetStats, stats_path: Path, sample_rate: int, hop_length: int, content_dim: int,
+                  what: str) -> None:
+    """The processed dataset must have the framing and content size of the model it trains."""
+    if stats.sample_rate != sample_rate:
+        raise TrainSetupError(stats_path, f"sample rate mismatch: the processed dataset is {stats.sample_rate} Hz, "
+                                          f"{what} is {sample_rate} Hz (preprocess again with audio.sample_rate="
+                                          f"{sample_rate}, or train with matching settings)")
+    if stats.hop_length != hop_length:
+        raise TrainSetupError(stats_path, f"hop length mismatch: the processed dataset uses hop {stats.hop_length}, "
+                                          f"{what} uses hop {hop_length}")
+    if stats.content_dim != content_dim:
+        raise TrainSetupError(stats_path, f"content dim mismatch: the processed dataset has {stats.content_dim}-dim "
+                                          f"content features ({stats.content_encoder_name}), {what} expects "
+                                          f"{content_dim}")
+
+
+def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Path, speakers: list[str]) -> Models:
+    """A fresh SingerVAE sized for the dataset (content dim from stats.json, one speaker per singer)."""
+    if cfg.model.sample_rate != cfg.audio.sample_rate or cfg.model.hop_length != cfg.audio.hop_length:
+        raise TrainSetupError("model", f"the model's framing ({cfg.model.sample_rate} Hz, hop {cfg.model.hop_length}) "
+                                       f"differs from audio ({cfg.audio.sample_rate} Hz, hop {cfg.audio.hop_length})")
+    model_config = dataclasses.replace(cfg.model, content_dim=stats.content_dim, n_speakers=len(speakers))
+    check_framing(stats, stats_path, model_config.sample_rate, model_config.hop_length, model_config.content_dim,
+                  "the model")
+    generator = GeneratorForTraining(SingerVAE(model_config))
+    return Models(generator=generator, discriminator=Discriminator.from_config(model_config),
+                  model_config=model_config, speakers=speakers)
+
+
+def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Path) -> Models:
+    """Load the base strictly (its own architecture), freeze it, inject the adapter, and add the
+    learned singer vector (initialised to the mean of the base's speaker embeddings)."""
+    base = ckpt.load_base(cfg.base, with_discriminator=True)
+    config = SingerVAEConfig.from_dict(base.model_config)
+    check_framing(stats, stats_path, config.sample_rate, config.hop_length, config.content_dim,
+                  f"the base {cfg.base}")
+    base_encoder = (base.config.get("content_encoder") or {}).get("name")
+    if base_encoder and stats.content_encoder_name != base_encoder:
+        log.warning("%s: content encoder %r differs from the base's %r (same dim, so training goes on)",
+                    stats_path, stats.content_encoder_name, base_encoder)
+    model = SingerVAE(config)
+    ckpt.load_state_strict(model, base.generator_state, base.path / ckpt.BASE_GENERATOR_FILE)
+    discriminator = Discriminator.from_config(config)
+    ckpt.load_state_strict(discriminator, base.discriminator_state, base.path / ckpt.BASE_DISCRIMINATOR_FILE)
+    with torch.no_grad():
+        all_ids = torch.arange(config.n_speakers)
+        singer_init = model.embed_speaker(all_ids).mean(dim=0)
+    prepare_for_finetune(model, cfg.peft)
+    generator = GeneratorForTraining(model, singer_embedding=singer_init)
+    return Models(generator=generator, discriminator=discriminator, model_config=config,
+                  speakers=list(base.speakers), base_sha256=base.sha256, base_path=base.path)
+
+
+# ---------------------------------------------------------------------------------------- the step
+
+@dataclass
+class TrainState:
+    """Where the run is: optimiser steps done, epoch, and batches of that epoch already consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+
+
+@dataclass
+class Optimisation:
+    generator: torch.optim.Optimizer
+    discriminator: torch.optim.Optimizer
+    generator_schedule: torch.optim.lr_scheduler.LRScheduler
+    discriminator_schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def make_optimisation(generator: nn.Module, discriminator: nn.Module, trainer: TrainerSettings) -> Optimisation:
+    """AdamW (betas from the config) + exponential decay per step, for both networks."""
+    def adamw(module: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise TrainSetupError("peft", "nothing to train: no parameter requires a gradient")
+        return torch.optim.AdamW(params, lr=trainer.learning_rate, betas=tuple(trainer.betas), eps=trainer.eps,
+                                 weight_decay=trainer.weight_decay)
+
+    opt_g, opt_d = adamw(generator), adamw(discriminator)
+    return Optimisation(opt_g, opt_d, torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=trainer.lr_decay),
+                        torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=trainer.lr_decay))
+
+
+class StepRunner:
+    """One optimisation step (discriminator then generator) and the validation pass."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, optimisation: Optimisation,
+                 model_config: SingerVAEConfig, audio: AudioSettings, weights: LossWeights, trainer: TrainerSettings,
+                 device: torch.device):
+        self.generator, self.discriminator, self.opt = generator, discriminator, optimisation
+        self.model_config, self.audio, self.weights, self.trainer, self.device = (
+            model_config, audio, weights, trainer, device)
+        self.autocast_enabled = trainer.precision == "bf16" and device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_enabled)
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, 1, S] or [B, S] float -> log-mel [B, n_mels, S // hop] (fp32)."""
+        a, c = self.audio, self.model_config
+        return mel_spectrogram(wav.reshape(wav.shape[0], -1).float(), sr=c.sample_rate, n_fft=a.n_fft,
+                               hop=c.hop_length, win=a.win_length, n_mels=a.n_mels, fmin=a.mel_fmin, fmax=a.mel_fmax)
+
+    def with_spec(self, batch: Batch) -> Batch:
+        """Fill ``batch.spec`` [B, n_fft//2+1, T] (linear magnitude) on the batch's device."""
+        c = self.model_config
+        batch.spec = linear_spectrogram(batch.wav[:, 0, :], n_fft=c.n_fft, hop=c.hop_length, win=c.win_length)
+        return batch
+
+    def clip(self, module: nn.Module) -> torch.Tensor:
+        params = [p for p in module.parameters() if p.grad is not None]
+        max_norm = self.trainer.grad_clip if self.trainer.grad_clip > 0 else math.inf
+        if not params:
+            return torch.zeros(())
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """Discriminator (LSGAN) then generator (mel L1, KL, feature matching, LSGAN); returns the losses."""
+        batch = self.with_spec(batch.to(self.device, non_blocking=True))
+        self.generator.train()
+        self.discriminator.train()
+        with self.autocast():
+            out = self.generator(batch)
+        fake = out.wav
+        real = out.slice_audio(batch.wav)
+
+        with self.autocast():
+            d_real, d_fake, _, _ = self.discriminator(real, fake.detach())
+        loss_disc, _, _ = discriminator_adversarial_loss(d_real, d_fake)
+        self.opt.discriminator.zero_grad(set_to_none=True)
+        loss_disc.float().backward()
+        grad_norm_d = self.clip(self.discriminator)
+        self.opt.discriminator.step()
+
+        with self.autocast():
+            _, d_fake, fmap_real, fmap_fake = self.discriminator(real, fake)
+        loss_mel = mel_l1_loss(self.mel(fake), self.mel(real))
+        loss_kl = kl_loss(out)
+        loss_fm = feature_matching_loss(fmap_real, fmap_fake)
+        loss_adv, _ = generator_adversarial_loss(d_fake)
+        w = self.weights
+        loss_gen = (w.mel * loss_mel + w.kl * loss_kl.float() + w.feature_matching * loss_fm.float()
+                    + w.adversarial * loss_adv.float())
+        self.opt.generator.zero_grad(set_to_none=True)
+        loss_gen.backward()
+        grad_norm_g = self.clip(self.generator)
+        self.opt.generator.step()
+        self.opt.generator_schedule.step()
+        self.opt.discriminator_schedule.step()
+        return {
+            "loss/generator_total": loss_gen.item(), "loss/mel": loss_mel.item(), "loss/kl": loss_kl.item(),
+            "loss/feature_matching": loss_fm.item(), "loss/generator_adversarial": loss_adv.item(),
+            "loss/discriminator": loss_disc.item(),
+            "grad_norm/generator": float(grad_norm_g), "grad_norm/discriminator": float(grad_norm_d),
+            "lr/generator": self.opt.generator.param_groups[0]["lr"],
+            "lr/discriminator": self.opt.discriminator.param_groups[0]["lr"],
+        }
+
+    @torch.no_grad()
+    def validate(self, generator: GeneratorForTraining, loader: DataLoader, max_batches: int, n_clips: int
+                 ) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Mean mel L1 of converted validation clips (the prior path, as at inference) and up to
+        ``n_clips`` examples ``(target mel [M, T], generated mel [M, T], generated wav [S])``."""
+        generator.eval()
+        total, count, examples = 0.0, 0, []
+        hop = self.model_config.hop_length
+        for index, batch in enumerate(loader):
+            if index >= max_batches:
+                break
+            batch = batch.to(self.device)
+            with self.autocast():
+                wav = generator.model.infer(batch.content, batch.f0, batch.voiced, batch.volume,
+                                            generator.speaker_vectors(batch.speaker_ids), lengths=batch.lengths)
+            wav = wav.float()
+            mel_fake, mel_real = self.mel(wav), self.mel(batch.wav)
+            for i in range(batch.size):
+                n = int(batch.lengths[i])
+                total += float(nn.functional.l1_loss(mel_fake[i, :, :n], mel_real[i, :, :n]))
+                count += 1
+                if len(examples) < n_clips:
+                    examples.append((mel_real[i, :, :n].cpu(), mel_fake[i, :, :n].cpu(), wav[i, 0, : n * hop].cpu()))
+        generator.train()
+        return (total / max(count, 1)), examples
+
+
+# ------------------------------------------------------------------------------------ training state
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_identity(cfg: TrainConfig, models: Models) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed by this run."""
+    return {"mode": cfg.mode, "peft_method": cfg.peft.method if cfg.mode == "finetune" else "",
+            "base_sha256": models.base_sha256 or "", "singer": cfg.singer or ""}
+
+
+def make_train_state(models: Models, opt: Optimisation, state: TrainState, identity: dict[str, Any]) -> dict:
+    return {
+        "identity": identity,
+        "generator": models.generator.trainable_state(),
+        "discriminator": {k: v.detach().cpu().clone() for k, v in models.discriminator.state_dict().items()},
+        "optimizer_generator": opt.generator.state_dict(),
+        "optimizer_discriminator": opt.discriminator.state_dict(),
+        "scheduler_generator": opt.generator_schedule.state_dict(),
+        "scheduler_discriminator": opt.discriminator_schedule.state_dict(),
+        "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
+        "rng": ckpt.capture_rng_state(),
+    }
+
+
+def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisation, identity: dict[str, Any]
+                        ) -> TrainState:
+    """Load a checkpoint into the models/optimisers after checking it belongs to this run."""
+    theirs = saved.get("identity", {})
+    if theirs.get("base_sha256", "") != identity["base_sha256"]:
+        raise ckpt.AdapterBaseMismatch(path, f"adapter/base hash mismatch: this checkpoint was trained on base "
+                                    f"{theirs.get('base_sha256') or '(none: a pretrain run)'}, the base given is "
+                                    f"{identity['base_sha256'] or '(none)'}; use the same base or another run_name")
+    for key in ("mode", "peft_method", "singer"):
+        if theirs.get(key, "") != identity[key]:
+            raise TrainSetupError(path, f"checkpoint was written with {key}={theirs.get(key)!r}, this run has "
+                                        f"{key}={identity[key]!r}; use another run_name to start a new run")
+    expected = set(models.generator.trainable_state())
+    stored = set(saved["generator"])
+    if stored != expected:
+        raise TrainSetupError(path, f"checkpoint's trainable weights do not match this run's "
+                                    f"(missing {sorted(expected - stored)[:3]}, unexpected {sorted(stored - expected)[:3]})")
+    missing, unexpected = models.generator.load_state_dict(saved["generator"], strict=False)
+    assert not unexpected and set(missing).isdisjoint(expected)
+    models.discriminator.load_state_dict(saved["discriminator"], strict=True)
+    opt.generator.load_state_dict(saved["optimizer_generator"])
+    opt.discriminator.load_state_dict(saved["optimizer_discriminator"])
+    opt.generator_schedule.load_state_dict(saved["scheduler_generator"])
+    opt.discriminator_schedule.load_state_dict(saved["scheduler_discriminator"])
+    ckpt.restore_rng_state(saved["rng"])
+    return TrainState(step=int(saved["step"]), epoch=int(saved["epoch"]),
+                      batches_in_epoch=int(saved["batches_in_epoch"]))
+
+
+# ------------------------------------------------------------------------------------------- export
+
+def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats) -> Path:
+    """Write the base (pretrain) or the adapter (finetune) artifact; returns its folder."""
+    if cfg.mode == "pretrain":
+        config = {"model": models.model_config.to_dict(),
+                  "content_encoder": {"name": stats.content_encoder_name, "dim": stats.content_dim},
+                  "sample_rate": models.model_config.sample_rate, "hop_length": models.model_config.hop_length,
+                  "speakers": list(models.speakers)}
+        return ckpt.save_base(Path(cfg.paths.pretrain) / cfg.name, models.generator.model.state_dict(),
+                              models.discriminator.state_dict(), config)
+    singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
+    tensors = adapter_state_dict(models.generator.model)
+    tensors["singer_embedding"] = models.generator.singer_embedding.detach()
+    config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(),
+              "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
+              "stats": singer_stats}
+    return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config)
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    artifact_dir: Path | None
+    step: int
+    interrupted: bool = False
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train as configured (resuming from the run's newest good checkpoint) and export the artifact.
+
+    ``on_step(step, losses)`` is called after every optimiser step (tests use it to simulate a crash
+    or a Ctrl-C). A KeyboardInterrupt saves a checkpoint and returns ``interrupted=True``.
+    """
+    validate_config(cfg)
+    trainer = cfg.trainer
+    info, device = setup_distributed(trainer.device)
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(cfg.seed + info.rank)
+
+    processed = Path(cfg.paths.processed)
+    manifest_path, stats_path = processed / "manifest.jsonl", processed / "stats.json"
+    train_set_probe = ManifestDataset(manifest_path, "train", singers=[cfg.singer] if cfg.mode == "finetune" else None)
+    stats = read_stats(stats_path)
+    if cfg.mode == "pretrain":
+        models = build_pretrain_models(cfg, stats, stats_path, train_set_probe.speakers)
+    else:
+        models = build_finetune_models(cfg, stats, stats_path)
+    models.generator.to(device)
+    models.discriminator.to(device)
+    opt = make_optimisation(models.generator, models.discriminator, trainer)
+
+    run_dir = Path(cfg.paths.runs) / run_name_of(cfg)
+    identity = run_identity(cfg, models)
+    state = TrainState()
+    latest = ckpt.load_latest_train_state(run_dir)
+    if latest is not None:
+        saved_step, saved = latest
+        path = ckpt.checkpoint_path(run_dir, saved_step)
+        state = restore_train_state(path, saved, models, opt, identity)
+        if info.is_main:
+            log.info("resumed %s at step %d", path, state.step)
+        seed_offset = info.rank
+        if seed_offset:
+            torch.manual_seed(cfg.seed + 1000003 * state.step + seed_offset)
+
+    speakers = models.speakers if cfg.mode == "pretrain" else None
+    hop = models.model_config.hop_length
+    train_set = ManifestDataset(manifest_path, "train", singers=[cfg.singer] if cfg.mode == "finetune" else None,
+                                max_frames=trainer.max_frames, speakers=speakers, hop_length=hop, seed=cfg.seed)
+    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+    loader = DataLoader(train_set, batch_size=trainer.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=trainer.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
+
+    generator: nn.Module = models.generator
+    discriminator: nn.Module = models.discriminator
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        generator = DistributedDataParallel(generator, device_ids=ids)
+        discriminator = DistributedDataParallel(discriminator, device_ids=ids)
+    runner = StepRunner(generator, discriminator, opt, models.model_config, cfg.audio, cfg.loss, trainer, device)
+
+    logger = None
+    val_loader = None
+    if info.is_main:
+        from ai_singer.train_logging import TrainLogger
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger = TrainLogger(run_dir)
+        if trainer.eval_every > 0:
+            val_set = ManifestDataset(manifest_path, "val", singers=[cfg.singer] if cfg.mode == "finetune" else None,
+                                      max_frames=trainer.max_frames * 4, speakers=speakers, hop_length=hop,
+                                      seed=cfg.seed)
+            if len(val_set):
+                val_loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate, num_workers=0)
+
+    def save_checkpoint() -> None:
+        if not info.is_main:
+            return
+        ckpt.save_train_state(run_dir, state.step, make_train_state(models, opt, state, identity),
+                              keep_last=trainer.keep_last)
+
+    progress = None
+    if info.is_main and trainer.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=trainer.max_steps, initial=state.step, desc=run_name_of(cfg), unit="step",
+                        dynamic_ncols=True)
+
+    interrupted = False
+    losses: dict[str, float] = {}
+    last_saved = state.step if latest is not None else -1
+    tick_time, tick_step = time.perf_counter(), state.step
+    try:
+        while state.step < trainer.max_steps:
+            train_set.set_epoch(state.epoch)
+            sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
+            finished_epoch = True
+            for batch in loader:
+                losses = runner.train_step(batch)
+                state.step += 1
+                state.batches_in_epoch += 1
+                if logger is not None and state.step % trainer.log_every == 0:
+                    now = time.perf_counter()
+                    losses["speed/steps_per_s"] = (state.step - tick_step) / max(now - tick_time, 1e-9)
+                    tick_time, tick_step = now, state.step
+                    logger.scalars(losses, state.step)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(mel=f"{losses['loss/mel']:.3f}", kl=f"{losses['loss/kl']:.3f}",
+                                         d=f"{losses['loss/discriminator']:.3f}", refresh=False)
+                if logger is not None and val_loader is not None and state.step % trainer.eval_every == 0:
+                    evaluate(runner, unwrap(generator), val_loader, logger, trainer, state.step,
+                             models.model_config.sample_rate)
+                if state.step % trainer.save_every == 0 or state.step >= trainer.max_steps:
+                    save_checkpoint()
+                    last_saved = state.step
+                if on_step is not None:
+                    on_step(state.step, losses)
+                if state.step >= trainer.max_steps:
+                    finished_epoch = False
+                    break
+            if finished_epoch:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+    except KeyboardInterrupt:
+        interrupted = True
+        if info.is_main:
+            log.warning("interrupted at step %d: saving a checkpoint", state.step)
+            if last_saved != state.step:
+                save_checkpoint()
+    finally:
+        if progress is not None:
+            progress.close()
+        if logger is not None:
+            logger.close()
+
+    artifact_dir = None
+    if not interrupted and info.is_main:
+        if last_saved != state.step:
+            save_checkpoint()
+        artifact_dir = export_artifact(cfg, models, stats)
+        log.info("exported %s", artifact_dir)
+    if info.enabled:
+        dist.barrier()
+    return TrainResult(run_dir=run_dir, artifact_dir=artifact_dir, step=state.step, interrupted=interrupted,
+                       last_losses=losses)
+
+
+def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: DataLoader, logger, trainer:
+             TrainerSettings, step: int, sample_rate: int) -> float:
+    """Validation mel loss + mel images + audio of a few validation clips, to TensorBoard."""
+    val_mel, examples = runner.validate(generator, val_loader, trainer.eval_max_batches, trainer.eval_clips)
+    logger.scalars({"val/mel": val_mel}, step)
+    for i, (mel_real, mel_fake, wav) in enumerate(examples):
+        logger.mel_images(f"val_mel/{i}", mel_real, mel_fake, step)
+        logger.audio(f"val_audio/{i}", wav, sample_rate, step)
+    logger.flush()
+    return val_mel
+
+
+# ---------------------------------------------------------------------------------------- entry point
+
+def main() -> None:
+    import hydra
+
+    from ai_singer.conf_dir import conf_dir
+
+    @hydra.main(config_path=conf_dir(), config_name="train", version_base=None)
+    def _entry(cfg) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        result = run_training(typed_config(cfg))
+        if result.interrupted:
+            print(f"interrupted at step {result.step}; run again with the same settings to resume")
+        elif result.artifact_dir is not None:
+            print(f"trained {result.step} steps; artifact in {result.artifact_dir}")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    _entry()
+
+
+if __name__ == "__main__":
+    main()
