@@ -1,0 +1,365 @@
+"""Behaviour of the voice model: shapes and lengths, masks, flow inversion, weight-norm removal, the NSF
+source, configs (YAML == dataclass, clear errors), parameter budgets, the discriminator, and that a tiny
+model can fit one clip."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ai_singer.model import SingerVAE, SingerVAEConfig, SynthOutput
+from ai_singer.model.attention import RelativeMultiHeadAttention
+from ai_singer.model.discriminator import Discriminator
+from ai_singer.model.encoders import coarse_f0
+from ai_singer.model.layers import sequence_mask
+
+torch.set_num_threads(1)
+
+
+def compose_model(name: str):
+    """conf/model/<name>.yaml composed with the audio group (it interpolates the framing)."""
+    from hydra import compose, initialize_config_dir
+
+    from ai_singer.conf_dir import conf_dir
+
+    with initialize_config_dir(conf_dir(), version_base=None):
+        cfg = compose(overrides=["+audio=44k", f"+model={name}"])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_config() -> SingerVAEConfig:
+    return dataclasses.replace(SingerVAEConfig.from_dict(compose_model("tiny").model), content_dim=24, n_speakers=3)
+
+
+@pytest.fixture()
+def tiny_model(tiny_config) -> SingerVAE:
+    torch.manual_seed(0)
+    return SingerVAE(tiny_config)
+
+
+def make_inputs(config: SingerVAEConfig, batch: int, frames: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    content = torch.randn(batch, config.content_dim, frames, generator=generator)
+    f0 = 180 + 100 * torch.rand(batch, frames, generator=generator)
+    voiced = (torch.rand(batch, frames, generator=generator) > 0.2).float()
+    volume = 0.1 * torch.rand(batch, frames, generator=generator)
+    spec = torch.rand(batch, config.spec_channels, frames, generator=generator)
+    return content, f0, voiced, volume, spec
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+def test_yaml_sizes_compose_and_base_yaml_equals_dataclass_defaults():
+    from omegaconf import OmegaConf
+
+    configs = {name: SingerVAEConfig.from_dict(compose_model(name).model) for name in ("tiny", "small", "base")}
+    assert configs["tiny"].hop_length == configs["base"].hop_length == 512  # from the audio group
+    assert configs["base"] == SingerVAEConfig()
+    # usable as a Hydra structured config too
+    merged = OmegaConf.merge(OmegaConf.structured(SingerVAEConfig),
+                             OmegaConf.to_container(compose_model("small").model, resolve=True))
+    assert OmegaConf.to_object(merged) == configs["small"]
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    config = SingerVAEConfig(content_dim=256, n_speakers=7)
+    assert SingerVAEConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown SingerVAEConfig keys \['hiden_channels'\]"):
+        SingerVAEConfig.from_dict({**config.to_dict(), "hiden_channels": 3})
+
+
+def test_hop_must_equal_product_of_upsample_rates():
+    with pytest.raises(ValueError, match=r"hop_length \(500\) must equal the product of upsample_rates "
+                                         r"\[8, 8, 2, 2, 2\] \(= 512\)"):
+        SingerVAEConfig(hop_length=500)
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        SingerVAEConfig(hidden_channels=191)
+
+
+def test_parameter_budgets():
+    tiny = SingerVAE(SingerVAEConfig.from_dict(compose_model("tiny").model))
+    assert tiny.parameter_counts()["total"] < 1_000_000
+    small = SingerVAE(SingerVAEConfig.from_dict(compose_model("small").model)).parameter_counts()
+    assert 1_000_000 < small["total"] < 10_000_000
+    base = SingerVAE(SingerVAEConfig()).parameter_counts()
+    # so-vits-svc 4.1 layout with gin 256: ~30 M at inference (prior encoder + flow + decoder), ~39 M in all
+    assert 25e6 < base["inference"] < 45e6
+    assert 35e6 < base["total"] < 45e6
+    assert base["inference"] == base["prior_encoder"] + base["flow"] + base["decoder"]
+
+
+# ------------------------------------------------------------------------------------ forward/infer
+
+def test_training_forward_shapes_segment_and_backward(tiny_model, tiny_config):
+    batch, frames, hop, segment = 2, 32, tiny_config.hop_length, tiny_config.segment_frames
+    content, f0, voiced, volume, spec = make_inputs(tiny_config, batch, frames)
+    lengths = torch.tensor([32, 20])
+    g = tiny_model.embed_speaker(torch.tensor([0, 2]))
+    out = tiny_model(content, f0, voiced, volume, spec, lengths, g, generator=torch.Generator().manual_seed(3))
+    assert isinstance(out, SynthOutput)
+    assert out.wav.shape == (batch, 1, segment * hop)
+    for name in ("z", "z_p", "m_p", "logs_p", "m_q", "logs_q"):
+        assert getattr(out, name).shape == (batch, tiny_config.inter_channels, frames), name
+    assert out.mask.shape == (batch, 1, frames)
+    assert out.mask[1, 0, 20:].sum() == 0 and out.mask[1, 0, :20].all()
+    assert ((out.start_frames >= 0) & (out.start_frames <= lengths - segment)).all()
+    # slice_audio cuts the target region that matches the decoded segment
+    target = torch.arange(batch * frames * hop, dtype=torch.float32).view(batch, 1, frames * hop)
+    cut = out.slice_audio(target)
+    for b in range(batch):
+        start = int(out.start_frames[b]) * hop
+        assert torch.equal(cut[b, 0], target[b, 0, start:start + segment * hop])
+    loss = out.wav.abs().mean() + out.z_p.pow(2).mean() + out.m_p.mean()
+    loss.backward()
+    assert tiny_model.prior_encoder.content_proj.weight.grad is not None
+    assert tiny_model.decoder.input_conv.parametrizations.weight.original1.grad is not None
+    assert tiny_model.speaker_embedding.weight.grad is not None
+
+
+def test_clip_shorter_than_segment_is_padded(tiny_model, tiny_config):
+    content, f0, voiced, volume, spec = make_inputs(tiny_config, 1, 5)
+    g = tiny_model.embed_speaker(torch.tensor([1]))
+    out = tiny_model(content, f0, voiced, volume, spec, torch.tensor([5]), g)
+    assert out.wav.shape[-1] == tiny_config.segment_frames * tiny_config.hop_length
+    assert int(out.start_frames[0]) == 0
+    assert out.slice_audio(torch.ones(1, 1, 5 * tiny_config.hop_length)).shape == out.wav.shape
+
+
+@pytest.mark.parametrize("frames", [1, 7, 33])
+def test_infer_outputs_exactly_frames_times_hop(tiny_model, tiny_config, frames):
+    tiny_model.eval()
+    content, f0, voiced, volume, _ = make_inputs(tiny_config, 2, frames)
+    with torch.inference_mode():
+        wav = tiny_model.infer(content, f0, voiced, volume, tiny_model.embed_speaker(torch.tensor([0, 1])))
+    assert wav.shape == (2, 1, frames * tiny_config.hop_length)
+    assert torch.isfinite(wav).all() and wav.abs().max() <= 1.0
+
+
+def test_input_shape_errors_are_clear(tiny_model, tiny_config):
+    content, f0, voiced, volume, _ = make_inputs(tiny_config, 1, 10)
+    g = tiny_model.embed_speaker(torch.tensor([0]))
+    with pytest.raises(ValueError, match="content_dim=24"):
+        tiny_model.infer(content[:, :10], f0, voiced, volume, g)
+    with pytest.raises(ValueError, match=r"f0 must have shape \[B, T\] = \[1, 10\]"):
+        tiny_model.infer(content, f0[:, :9], voiced, volume, g)
+    with pytest.raises(ValueError, match="speaker ids must lie in"):
+        tiny_model.embed_speaker(torch.tensor([3]))
+
+
+def test_padding_does_not_change_valid_frames(tiny_model, tiny_config):
+    """Prior, posterior and the inverse flow of a padded item equal those of the item alone."""
+    tiny_model.eval()
+    content, f0, voiced, volume, spec = make_inputs(tiny_config, 1, 12)
+    padded = [torch.cat([x, 50 * torch.randn(*x.shape[:-1], 9).abs()], dim=-1)
+              for x in (content, f0, voiced, volume, spec)]
+    g = tiny_model.embed_speaker(torch.tensor([1]))
+    with torch.no_grad():
+        alone_mask = sequence_mask(torch.tensor([12]), 12).unsqueeze(1).float()
+        padded_mask = sequence_mask(torch.tensor([12]), 21).unsqueeze(1).float()
+        m_alone, logs_alone = tiny_model.prior_encoder(content, f0, voiced, volume, alone_mask)
+        m_pad, logs_pad = tiny_model.prior_encoder(*padded[:4], padded_mask)
+        torch.testing.assert_close(m_pad[..., :12], m_alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(logs_pad[..., :12], logs_alone, atol=1e-5, rtol=1e-4)
+        assert m_pad[..., 12:].abs().max() == 0
+        _, mq_alone, _ = tiny_model.posterior_encoder(spec, alone_mask, g)
+        _, mq_pad, _ = tiny_model.posterior_encoder(padded[4], padded_mask, g)
+        torch.testing.assert_close(mq_pad[..., :12], mq_alone, atol=1e-5, rtol=1e-4)
+        perturb_flow(tiny_model)
+        z_alone = tiny_model.flow(m_alone, alone_mask, g, reverse=True)
+        z_pad = tiny_model.flow(m_pad, padded_mask, g, reverse=True)
+        torch.testing.assert_close(z_pad[..., :12], z_alone, atol=1e-5, rtol=1e-4)
+
+
+def perturb_flow(model: SingerVAE) -> None:
+    """Fresh couplings are the identity (zero output conv); give them weights so tests mean something."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for coupling in model.flow.couplings:
+            coupling.out_proj.weight.copy_(0.3 * torch.randn(coupling.out_proj.weight.shape, generator=generator))
+            coupling.out_proj.bias.copy_(0.1 * torch.randn(coupling.out_proj.bias.shape, generator=generator))
+
+
+def test_flow_is_invertible_and_not_the_identity(tiny_model, tiny_config):
+    perturb_flow(tiny_model)
+    z = torch.randn(2, tiny_config.inter_channels, 15)
+    mask = sequence_mask(torch.tensor([15, 9]), 15).unsqueeze(1).float()
+    z = z * mask
+    g = tiny_model.embed_speaker(torch.tensor([0, 2]))
+    with torch.no_grad():
+        z_p = tiny_model.flow(z, mask, g)
+        back = tiny_model.flow(z_p, mask, g, reverse=True)
+    assert (z_p - z).abs().max() > 0.1
+    torch.testing.assert_close(back, z, atol=1e-5, rtol=1e-5)
+
+
+def test_speaker_vector_conditions_posterior_flow_and_decoder(tiny_model, tiny_config):
+    perturb_flow(tiny_model)
+    tiny_model.eval()
+    content, f0, voiced, volume, spec = make_inputs(tiny_config, 1, 6)
+    mask = torch.ones(1, 1, 6)
+    g1, g2 = tiny_model.embed_speaker(torch.tensor([0])).detach(), torch.randn(1, tiny_config.gin_channels)
+    with torch.no_grad():
+        m_q1, m_q2 = (tiny_model.posterior_encoder(spec, mask, g)[1] for g in (g1, g2))
+        assert (m_q1 - m_q2).abs().max() > 1e-3
+        z = torch.randn(1, tiny_config.inter_channels, 6)
+        assert (tiny_model.flow(z, mask, g1, reverse=True) - tiny_model.flow(z, mask, g2, reverse=True)).abs().max() > 1e-3
+    # the decoder's speaker projection reaches the waveform (at init HiFi-GAN's small weights make the
+    # effect small, so check the gradient rather than the size)
+    g = g1.clone().requires_grad_(True)
+    wav = tiny_model.decoder(z, f0, voiced, g, generator=torch.Generator().manual_seed(0))
+    wav.pow(2).sum().backward()
+    assert g.grad is not None and g.grad.abs().max() > 0
+
+
+def test_remove_weight_norm_keeps_outputs(tiny_model, tiny_config):
+    perturb_flow(tiny_model)
+    tiny_model.eval()
+    content, f0, voiced, volume, _ = make_inputs(tiny_config, 2, 9)
+    g = tiny_model.embed_speaker(torch.tensor([0, 1]))
+
+    def run():
+        with torch.no_grad():
+            return tiny_model.infer(content, f0, voiced, volume, g, generator=torch.Generator().manual_seed(7))
+
+    before = run()
+    assert torch.equal(before, run())  # a fixed generator makes inference reproducible
+    changed = tiny_model.remove_weight_norm()
+    assert changed > 10
+    assert not any("parametrizations" in name for name in tiny_model.state_dict())
+    torch.testing.assert_close(run(), before, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_target_names_are_plain_conv1d(tiny_model):
+    """The names listed in SingerVAE's docstring exist and are nn.Conv1d modules peft can adapt."""
+    names = dict(tiny_model.named_modules())
+    for name in ("prior_encoder.encoder.layers.0.attention.query_proj",
+                 "prior_encoder.encoder.layers.1.attention.out_proj",
+                 "prior_encoder.encoder.layers.0.feed_forward.conv_in",
+                 "flow.couplings.0.wavenet.dilated_convs.1", "flow.couplings.1.wavenet.res_skip_convs.0",
+                 "decoder.input_conv", "decoder.source_convs.0", "decoder.resblocks.0.dilated_convs.0",
+                 "decoder.resblocks.3.convs.1", "decoder.output_conv"):
+        assert isinstance(names[name], torch.nn.Conv1d), name
+    assert isinstance(names["decoder.upsamplers.0"], torch.nn.ConvTranspose1d)
+
+
+# --------------------------------------------------------------------------------------- components
+
+def test_nsf_sines_are_zero_where_unvoiced_and_at_f0_where_voiced(tiny_model, tiny_config):
+    source = tiny_model.decoder.source.eval()
+    hop, sr = tiny_config.hop_length, tiny_config.sample_rate
+    frames = 40
+    f0 = torch.full((1, frames), 220.0)
+    voiced = torch.ones(1, frames)
+    voiced[0, 10:20] = 0
+    sines, voiced_samples = source.sine_waves(f0, voiced)
+    assert sines.shape == (1, tiny_config.harmonic_num + 1, frames * hop)
+    assert sines[..., 10 * hop:20 * hop].abs().max() == 0
+    assert voiced_samples[..., 10 * hop:20 * hop].max() == 0 and voiced_samples[..., :10 * hop].min() == 1
+    fundamental = sines[0, 0, 20 * hop:].numpy()
+    spectrum = np.abs(np.fft.rfft(fundamental * np.hanning(fundamental.size)))
+    peak_hz = np.argmax(spectrum) * sr / fundamental.size
+    assert peak_hz == pytest.approx(220.0, abs=3.0)
+    assert sines[0, 0].abs().max() == pytest.approx(tiny_config.sine_amp, rel=0.01)
+    # the phase is continuous across frame boundaries: no jumps bigger than one sample's step
+    step = 2 * math.pi * 220.0 / sr * tiny_config.sine_amp
+    assert np.abs(np.diff(fundamental)).max() <= step * 1.01
+    excitation = source(f0, voiced)
+    assert excitation.shape == (1, 1, frames * hop) and excitation.abs().max() < 1
+
+
+def test_coarse_f0_bins():
+    f0 = torch.tensor([[0.0, 50.0, 20.0, 1100.0, 5000.0, 220.0, 440.0]])
+    voiced = torch.tensor([[1, 1, 1, 1, 1, 0, 1]])
+    bins = coarse_f0(f0, voiced, 256, 50.0, 1100.0)
+    assert bins.tolist() == [[0, 1, 1, 255, 255, 0, bins[0, 6].item()]]
+    octave = coarse_f0(torch.tensor([[220.0, 440.0]]), torch.ones(1, 2), 256, 50.0, 1100.0)
+    assert octave[0, 1] - octave[0, 0] == round(254 * math.log(2) / math.log(1100 / 50))
+
+
+def test_relative_attention_matches_a_direct_loop():
+    torch.manual_seed(0)
+    attention = RelativeMultiHeadAttention(channels=8, n_heads=2, window_size=2).eval()
+    x = torch.randn(1, 8, 6)
+    mask = torch.ones(1, 1, 6)
+    mask[..., 5] = 0
+    with torch.no_grad():
+        fast = attention(x, mask)
+        heads, d, w = 2, 4, 2
+        q = attention.query_proj(x).view(heads, d, 6) / math.sqrt(d)
+        k = attention.key_proj(x).view(heads, d, 6)
+        v = attention.value_proj(x).view(heads, d, 6)
+        out = torch.zeros(heads, d, 6)
+        for h in range(heads):
+            for i in range(6):
+                scores = torch.full((6,), -1e4)
+                for j in range(6):
+                    if mask[0, 0, i] and mask[0, 0, j]:
+                        scores[j] = q[h, :, i] @ k[h, :, j]
+                        if abs(j - i) <= w:
+                            scores[j] += q[h, :, i] @ attention.relative_key[j - i + w]
+                weights = torch.softmax(scores, 0)
+                for j in range(6):
+                    value = v[h, :, j] + (attention.relative_value[j - i + w] if abs(j - i) <= w else 0)
+                    out[h, :, i] += weights[j] * value
+        slow = attention.out_proj(out.reshape(1, 8, 6))
+    torch.testing.assert_close(fast[..., :5], slow[..., :5], atol=1e-5, rtol=1e-5)
+
+
+def test_discriminator_shapes(tiny_config):
+    discriminator = Discriminator.from_config(tiny_config)
+    real, fake = torch.randn(2, 1, 4096), torch.randn(2, 1, 4096, requires_grad=True)
+    real_logits, fake_logits, real_features, fake_features = discriminator(real, fake)
+    n = len(tiny_config.discriminator_periods) + tiny_config.discriminator_scales
+    assert len(real_logits) == len(fake_logits) == len(real_features) == len(fake_features) == n
+    for r, f in zip(real_logits, fake_logits):
+        assert r.shape == f.shape and r.dim() == 2 and r.shape[0] == 2
+    for r_maps, f_maps in zip(real_features, fake_features):
+        assert len(r_maps) == 6 or len(r_maps) == 7
+        assert [m.shape for m in r_maps] == [m.shape for m in f_maps]
+    sum(l.mean() for l in fake_logits).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\[B, 1, L\]"):
+        discriminator(real, fake[:, :, :100])
+    # an odd length is padded to a multiple of each period
+    out = discriminator(torch.randn(1, 1, 1001), torch.randn(1, 1, 1001))
+    assert len(out.real_logits) == n
+
+
+# ------------------------------------------------------------------------------------- learning
+
+def test_tiny_model_fits_one_clip(tiny_config):
+    """Thirty optimiser steps on one harmonic clip bring the mel L1 of the decoded segment down."""
+    from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
+    from ai_singer.losses import kl_loss, mel_l1_loss
+    from tests.conftest import harmonic
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config, segment_frames=16)
+    model = SingerVAE(config)
+    hop, sr, frames = config.hop_length, config.sample_rate, 24
+    wav = torch.from_numpy(harmonic(220.0, sr, frames * hop / sr))[: frames * hop].view(1, 1, -1)
+    spec = linear_spectrogram(wav[:, 0], config.n_fft, hop, config.win_length)
+    content = torch.randn(1, config.content_dim, frames)
+    f0, voiced = torch.full((1, frames), 220.0), torch.ones(1, frames)
+    volume = torch.full((1, frames), float(wav.pow(2).mean().sqrt()))
+
+    def mel(x):
+        return mel_spectrogram(x[:, 0], sr=sr, n_fft=config.n_fft, hop=hop, win=config.win_length, n_mels=40,
+                               fmin=0.0, fmax=None)
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        g = model.embed_speaker(torch.tensor([0]))
+        out = model(content, f0, voiced, volume, spec, torch.tensor([frames]), g)
+        loss_mel = mel_l1_loss(mel(out.wav), mel(out.slice_audio(wav)))
+        loss = 45 * loss_mel + kl_loss(out)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss_mel.detach()))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
