@@ -57,14 +57,12 @@ _PREPARED_ATTR = "_ai_singer_peft"
 # ----------------------------------------------------------------------------------------- settings
 
 def _default_target_modules() -> list[str]:
+    # SingerVAE's "compact set that adapts every block of the inference path" (see its docstring):
+    # prior-encoder attention + feed-forward, flow WaveNets, decoder resblocks/source convs/input conv.
     return [
-        # prior encoder: content/pitch projections and the transformer
         r"prior_encoder\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)",
-        # flow: the WaveNet inside each coupling layer
-        r"flow\..*(dilated_convs\.\d+|res_skip_convs\.\d+)",
-        # decoder: every Conv1d (its ConvTranspose1d upsamplers are skipped)
-        r"decoder\.(input_conv|speaker_proj|output_conv|source_convs\.\d+)",
-        r"decoder\.resblocks\.\d+\.(dilated_convs|convs)\.\d+",
+        r"flow\..*(dilated_convs|res_skip_convs)\.\d+",
+        r"decoder\.(resblocks\.\d+\.(dilated_convs|convs)\.\d+|source_convs\.\d+|input_conv)",
     ]
 
 
