@@ -525,6 +525,7 @@ class TrainResult:
     step: int
     interrupted: bool = False
     last_losses: dict[str, float] = field(default_factory=dict)
+    models: Models | None = None
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -547,10 +548,12 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
 
     processed = Path(cfg.paths.processed)
     manifest_path, stats_path = processed / "manifest.jsonl", processed / "stats.json"
-    train_set_probe = ManifestDataset(manifest_path, "train", singers=[cfg.singer] if cfg.mode == "finetune" else None)
+    singers = [cfg.singer] if cfg.mode == "finetune" else None
+    train_set = ManifestDataset(manifest_path, "train", singers=singers, max_frames=trainer.max_frames, seed=cfg.seed)
     stats = read_stats(stats_path)
+    train_set.hop_length = stats.hop_length
     if cfg.mode == "pretrain":
-        models = build_pretrain_models(cfg, stats, stats_path, train_set_probe.speakers)
+        models = build_pretrain_models(cfg, stats, stats_path, train_set.speakers)
     else:
         models = build_finetune_models(cfg, stats, stats_path)
     models.generator.to(device)
@@ -567,14 +570,9 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
         state = restore_train_state(path, saved, models, opt, identity)
         if info.is_main:
             log.info("resumed %s at step %d", path, state.step)
-        seed_offset = info.rank
-        if seed_offset:
-            torch.manual_seed(cfg.seed + 1000003 * state.step + seed_offset)
+        if info.rank:  # the checkpoint holds rank 0's RNG; the other ranks need their own streams
+            torch.manual_seed(cfg.seed + info.rank + 7919 * state.step)
 
-    speakers = models.speakers if cfg.mode == "pretrain" else None
-    hop = models.model_config.hop_length
-    train_set = ManifestDataset(manifest_path, "train", singers=[cfg.singer] if cfg.mode == "finetune" else None,
-                                max_frames=trainer.max_frames, speakers=speakers, hop_length=hop, seed=cfg.seed)
     sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=trainer.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=trainer.num_workers, pin_memory=device.type == "cuda",
@@ -596,9 +594,8 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = TrainLogger(run_dir)
         if trainer.eval_every > 0:
-            val_set = ManifestDataset(manifest_path, "val", singers=[cfg.singer] if cfg.mode == "finetune" else None,
-                                      max_frames=trainer.max_frames * 4, speakers=speakers, hop_length=hop,
-                                      seed=cfg.seed)
+            val_set = ManifestDataset(manifest_path, "val", singers=singers, max_frames=trainer.max_frames * 4,
+                                      speakers=train_set.speakers, hop_length=stats.hop_length, seed=cfg.seed)
             if len(val_set):
                 val_loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate, num_workers=0)
 
@@ -672,7 +669,7 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
     if info.enabled:
         dist.barrier()
     return TrainResult(run_dir=run_dir, artifact_dir=artifact_dir, step=state.step, interrupted=interrupted,
-                       last_losses=losses)
+                       last_losses=losses, models=models)
 
 
 def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: DataLoader, logger, trainer:

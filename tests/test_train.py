@@ -1,0 +1,311 @@
+"""Training runs on the tiny model and a tiny processed dataset: artifacts, resume, retention, errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ai_singer import checkpoint as ckpt
+from ai_singer.adapters import PEFT_METHODS
+from ai_singer.conf_dir import conf_dir
+from ai_singer.manifest import ManifestError
+from ai_singer.train import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
+                             run_training, typed_config)
+from processed_fixture import write_processed_dataset
+
+SR, HOP = 16000, 512  # the tiny model's decoder upsamples 8 x 8 x 8 = 512
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def overrides_for(root: Path, processed: Path) -> list[str]:
+    return [f"paths.processed={processed}", f"paths.pretrain={root}/pretrain", f"paths.singers={root}/singers",
+            f"paths.runs={root}/runs", "model=tiny", "trainer=tiny", f"audio.sample_rate={SR}", "audio.n_fft=512",
+            "audio.win_length=512", "audio.n_mels=40"]
+
+
+def make_config(root: Path, processed: Path, *extra: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        return typed_config(compose("train", overrides=overrides_for(root, processed) + list(extra)))
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("processed")
+    write_processed_dataset(root, singers=("alto", "tenor"), train_clips=3, val_clips=1, seconds=1.0,
+                            sample_rate=SR, hop_length=HOP)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, processed) -> Path:
+    """A tiny base pretrained for 2 steps (shared by the fine-tuning tests)."""
+    root = tmp_path_factory.mktemp("base_run")
+    result = run_training(make_config(root, processed, "trainer.max_steps=2", "name=tinybase"))
+    return result.artifact_dir
+
+
+def file_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# ---------------------------------------------------------------------------------------- artifacts
+
+def test_pretrain_exports_a_base_and_logs(tmp_path, processed):
+    cfg = make_config(tmp_path, processed, "trainer.max_steps=2", "trainer.eval_every=2", "name=b")
+    result = run_training(cfg)
+    assert result.step == 2 and not result.interrupted
+    assert result.artifact_dir == tmp_path / "pretrain" / "b"
+    base = ckpt.load_base(result.artifact_dir, with_discriminator=True)
+    assert base.speakers == ["alto", "tenor"]
+    assert base.config["content_encoder"] == {"name": "tiny-hubert", "dim": 16}
+    assert base.config["sample_rate"] == SR and base.config["hop_length"] == HOP
+    assert base.model_config["content_dim"] == 16 and base.model_config["n_speakers"] == 2
+    assert [s for s, _ in ckpt.list_train_states(result.run_dir)] == [2]
+    # TensorBoard: losses, learning rate, grad norms every step; validation mel, images and audio at eval
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(result.run_dir), size_guidance={"images": 0, "audio": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("loss/mel", "loss/kl", "loss/feature_matching", "loss/generator_adversarial", "loss/discriminator",
+                "lr/generator", "grad_norm/generator", "val/mel"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("loss/mel")] == [1, 2]
+    assert "val_mel/0" in tags["images"] and "val_audio/0" in tags["audio"]
+
+
+def test_finetune_exports_a_small_adapter_and_leaves_the_base_alone(tmp_path, processed, base_dir):
+    generator_file = base_dir / ckpt.BASE_GENERATOR_FILE
+    before_hash = ckpt.sha256_file(generator_file)
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}", "trainer.max_steps=2")
+    result = run_training(cfg)
+    assert result.artifact_dir == tmp_path / "singers" / "tenor"
+    adapter = ckpt.load_adapter(result.artifact_dir)
+    assert adapter.method == "lora" and adapter.base_sha256 == before_hash
+    assert adapter.config["base_name"] == base_dir.name and adapter.config["singer"] == "tenor"
+    assert adapter.config["stats"]["f0_median_hz"] > 0 and adapter.config["peft"]["r"] == 8
+    assert adapter.tensors["singer_embedding"].shape == (16,)
+    assert all("lora_" in k for k in adapter.tensors if k != "singer_embedding")
+    # small: a fraction of the generator file
+    adapter_bytes = (result.artifact_dir / ckpt.ADAPTER_TENSORS_FILE).stat().st_size
+    assert adapter_bytes < 0.35 * generator_file.stat().st_size
+    # the base file was never rewritten, and the frozen tensors inside the trained model are bit-identical
+    assert ckpt.sha256_file(generator_file) == before_hash
+    base = ckpt.load_base(base_dir)
+    trained = result.models.generator.model
+    for name, tensor in trained.state_dict().items():
+        if "lora_" in name:
+            continue
+        plain = name.replace(".base_layer.", ".")
+        if plain in base.generator_state:
+            assert torch.equal(tensor, base.generator_state[plain]), name
+    # the adapter learned something: LoRA B moved away from zero, the singer vector moved from the mean
+    assert any(float(v.abs().sum()) > 0 for k, v in adapter.tensors.items() if "lora_B" in k)
+    # the checkpoint holds only the trainable tensors (adapter + singer vector), not the base
+    _, state = ckpt.load_latest_train_state(result.run_dir)
+    assert set(state["generator"]) == {"singer_embedding"} | {"model." + k for k in adapter.tensors
+                                                                if k != "singer_embedding"}
+
+
+@pytest.mark.parametrize("method", [m for m in PEFT_METHODS if m != "lora"])
+def test_every_peft_method_finetunes(tmp_path, processed, base_dir, method):
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", f"peft={method}",
+                      "trainer.max_steps=1")
+    result = run_training(cfg)
+    adapter = ckpt.load_adapter(result.artifact_dir)
+    assert adapter.method == method
+    n_base = sum(v.numel() for v in ckpt.load_base(base_dir).generator_state.values())
+    n_adapter = sum(v.numel() for k, v in adapter.tensors.items() if k != "singer_embedding")
+    assert 0 < n_adapter and (n_adapter < 0.5 * n_base) == (method != "full")
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+def final_state(run_dir: Path) -> dict:
+    step, state = ckpt.load_latest_train_state(run_dir)
+    return {"step": step, "generator": state["generator"], "discriminator": state["discriminator"],
+            "opt": state["optimizer_generator"]["state"]}
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path, processed):
+    settings = ["trainer.max_steps=4", "trainer.save_every=2", "trainer.deterministic=true", "seed=7"]
+    straight = run_training(make_config(tmp_path / "a", processed, *settings))
+
+    def crash(step, losses):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    crashed_root = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(make_config(crashed_root, processed, *settings), on_step=crash)
+    assert [s for s, _ in ckpt.list_train_states(crashed_root / "runs" / "pretrain-base")] == [2]
+    seen = []
+    resumed = run_training(make_config(crashed_root, processed, *settings), on_step=lambda s, _: seen.append(s))
+    assert seen == [3, 4] and resumed.step == 4
+    a, b = final_state(straight.run_dir), final_state(resumed.run_dir)
+    assert a["step"] == b["step"] == 4
+    for part in ("generator", "discriminator"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    for index in a["opt"]:
+        assert torch.equal(a["opt"][index]["exp_avg"], b["opt"][index]["exp_avg"])
+    base_a, base_b = straight.artifact_dir / "generator.safetensors", resumed.artifact_dir / "generator.safetensors"
+    ta, tb = file_tensors(base_a), file_tensors(base_b)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_retention_and_corrupt_newest_checkpoint_is_skipped(tmp_path, processed):
+    settings = ["trainer.save_every=1", "trainer.keep_last=2"]
+    first = run_training(make_config(tmp_path, processed, "trainer.max_steps=4", *settings))
+    states = ckpt.list_train_states(first.run_dir)
+    assert [s for s, _ in states] == [3, 4]
+    newest = states[-1][1]
+    newest.write_bytes(newest.read_bytes()[:200])  # a torn write
+    seen = []
+    with pytest.warns(ckpt.CorruptCheckpointWarning, match="step_00000004"):
+        second = run_training(make_config(tmp_path, processed, "trainer.max_steps=5", *settings),
+                              on_step=lambda s, _: seen.append(s))
+    assert seen == [4, 5] and second.step == 5
+    assert [s for s, _ in ckpt.list_train_states(second.run_dir)] == [4, 5]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, processed):
+    def interrupt(step, losses):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    cfg = make_config(tmp_path, processed, "trainer.max_steps=3", "trainer.save_every=100")
+    result = run_training(cfg, on_step=interrupt)
+    assert result.interrupted and result.step == 1 and result.artifact_dir is None
+    assert [s for s, _ in ckpt.list_train_states(result.run_dir)] == [1]
+    assert not (tmp_path / "pretrain" / "base").exists()
+    finished = run_training(cfg)
+    assert finished.step == 3 and (finished.artifact_dir / "generator.safetensors").is_file()
+
+
+def test_a_finished_run_only_exports_again(tmp_path, processed):
+    cfg = make_config(tmp_path, processed, "trainer.max_steps=1")
+    run_training(cfg)
+    seen = []
+    again = run_training(cfg, on_step=lambda s, _: seen.append(s))
+    assert seen == [] and again.step == 1 and again.artifact_dir is not None
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+def test_no_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="manifest not found") as info:
+        run_training(make_config(tmp_path, tmp_path / "nothing"))
+    assert str(tmp_path / "nothing" / "manifest.jsonl") in str(info.value)
+
+
+def test_singer_without_clips_is_a_clear_error(tmp_path, processed, base_dir):
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=soprano", f"base={base_dir}")
+    with pytest.raises(ManifestError, match="'soprano' has no clips"):
+        run_training(cfg)
+
+
+def test_checkpoint_from_another_base_is_refused(tmp_path, processed, base_dir):
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", "trainer.max_steps=1")
+    run_training(cfg)
+    other = tmp_path / "other_base"
+    shutil.copytree(base_dir, other)
+    base = ckpt.load_base(other, with_discriminator=True)
+    changed = {k: v + 0.01 if k.startswith("decoder.") and v.is_floating_point() else v
+               for k, v in base.generator_state.items()}
+    ckpt.save_base(other, changed, base.discriminator_state, base.config)
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={other}", "trainer.max_steps=2")
+    with pytest.raises(ckpt.AdapterBaseMismatch, match="step_00000001.pt.*adapter/base hash mismatch"):
+        run_training(cfg)
+
+
+def test_content_dim_that_differs_from_the_base_is_refused(tmp_path, base_dir):
+    processed8 = write_processed_dataset(tmp_path / "p8", singers=("alto",), sample_rate=SR, hop_length=HOP,
+                                         content_dim=8).parent
+    cfg = make_config(tmp_path, processed8, "mode=finetune", "singer=alto", f"base={base_dir}")
+    with pytest.raises(TrainSetupError, match=r"stats.json: content dim mismatch.*8-dim.*expects 16"):
+        run_training(cfg)
+
+
+def test_sample_rate_or_hop_mismatch_is_refused(tmp_path, base_dir):
+    at_22k = write_processed_dataset(tmp_path / "p22", singers=("alto",), sample_rate=22050, hop_length=HOP).parent
+    with pytest.raises(TrainSetupError, match="sample rate mismatch: the processed dataset is 22050 Hz"):
+        run_training(make_config(tmp_path, at_22k))
+    with pytest.raises(TrainSetupError, match="sample rate mismatch"):
+        run_training(make_config(tmp_path, at_22k, "mode=finetune", "singer=alto", f"base={base_dir}"))
+    hop256 = write_processed_dataset(tmp_path / "h256", singers=("alto",), sample_rate=SR, hop_length=256).parent
+    with pytest.raises(TrainSetupError, match="hop length mismatch: the processed dataset uses hop 256"):
+        run_training(make_config(tmp_path, hop256))
+
+
+def test_config_typos_are_errors(tmp_path, processed):
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        with pytest.raises(ConfigCompositionException, match="max_stepz"):
+            compose("train", overrides=overrides_for(tmp_path, processed) + ["trainer.max_stepz=3"])
+        cfg = compose("train", overrides=overrides_for(tmp_path, processed))
+    OmegaConf.set_struct(cfg, False)
+    cfg.loss.mell = 45.0  # e.g. a typo in a user's own conf/loss/*.yaml
+    with pytest.raises(TrainSetupError, match="mell"):
+        typed_config(cfg)
+    cfg = OmegaConf.merge(cfg, {"loss": {}})
+    del cfg.loss["mell"]
+    cfg.trainer.precision = "fp8"
+    with pytest.raises(TrainSetupError, match="trainer.precision"):
+        typed_config(cfg)
+    with pytest.raises(TrainSetupError, match="needs singer"):
+        make_config(tmp_path, processed, "mode=finetune")
+
+
+def test_yaml_defaults_match_the_dataclasses():
+    conf = Path(conf_dir())
+    for cls, path in ((TrainerSettings, "trainer/default.yaml"), (LossWeights, "loss/default.yaml"),
+                      (PathsSettings, "paths/default.yaml"), (AudioSettings, "audio/44k.yaml")):
+        assert yaml.safe_load((conf / path).read_text()) == dataclasses.asdict(cls()), path
+
+
+# ------------------------------------------------------------------------------------------ slow
+
+@pytest.mark.slow
+def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
+    one = write_processed_dataset(tmp_path / "one", singers=("alto",), train_clips=1, val_clips=0,
+                                  sample_rate=SR, hop_length=HOP).parent
+    mel = []
+    cfg = make_config(tmp_path, one, "trainer.max_steps=150", "trainer.save_every=1000", "trainer.batch_size=1",
+                      "trainer.learning_rate=1e-3", "model.segment_frames=16")
+    run_training(cfg, on_step=lambda s, losses: mel.append(losses["loss/mel"]))
+    first, last = sum(mel[:10]) / 10, sum(mel[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path, processed):
+    """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "ai_singer.train", *overrides_for(tmp_path, processed), "trainer.max_steps=2",
+               "trainer.device=cpu", "name=ddp"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "pretrain" / "ddp" / "generator.safetensors").is_file()
+    assert [s for s, _ in ckpt.list_train_states(tmp_path / "runs" / "pretrain-ddp")] == [2]
