@@ -8,7 +8,7 @@ import soundfile as sf
 from ai_singer.audio import AudioError
 from ai_singer.mix import (LimiterSettings, MixSettings, active_level_db, concat_tracks, conform_channels,
                            db_to_gain, limit_peaks, loudness_match_gain_db, mix_stems)
-from tests.conftest import harmonic
+from conftest import harmonic
 
 SR = 44100
 

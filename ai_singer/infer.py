@@ -1,0 +1,850 @@
+"""Converting songs: one frozen base, per-singer adapters, chunked conversion, remix.
+
+``python -m ai_singer.infer songs=PATH singer=NAME [key=value ...]`` (Hydra, ``conf/infer.yaml``).
+
+A song is a folder holding a vocal stem ``vocals.*`` plus any number of accompaniment stems (every other
+audio file), or a single vocal file. For each song, ``<paths.output>/<song>/`` receives the converted
+vocal (``vocals.<format>``, mono), the remix (``mix.<format>``) and ``report.json``; the batch writes
+``<paths.output>/batch_report.json``. Outputs have the source vocal's sample rate and exact length.
+
+Conversion of one vocal (:meth:`Converter.convert_vocal`):
+
+1. The mono vocal is sliced on silence (``chunk``); the pieces are split where the singer changes
+   (``sections``). Everything outside the pieces is written as exact zeros.
+2. Each piece is converted with ``chunk.context_s`` of neighbouring audio on both sides: resampled to the
+   model rate and to 16 kHz, F0 (``f0`` group) + voiced mask + interpolation, transposition, pitch
+   correction (``snap_to_scale``), content features aligned to the model frames, frame volume. Pieces run
+   through the model in padded batches of ``chunk.batch_size``; only one batch of intermediates exists at
+   a time (the whole song is held only as the source and the output at the source rate, plus one small F0
+   array per piece).
+3. Pieces are overlap-added with linear crossfades over the context (abutting pieces, e.g. a long phrase
+   split in two or a change of singer, blend over ``2 * context_s``), resampled back to the source rate.
+4. A gate derived from the source keeps every rest silent: where the source stays below
+   ``chunk.threshold_db`` for longer than ``2 * chunk.gate_hold_s`` the output is exactly 0.
+
+Singers share one base in memory: the base is loaded once; for each singer in turn a copy receives the
+adapter, which is merged into its weights (zero inference overhead) and dropped after that singer's
+pieces, so at most the base plus one merged copy are resident whatever the number of singers.
+The architecture always comes from the base artifact's own config.
+
+This module imports audio, features, model, adapters, checkpoint, mix and sections only — never the
+training code, the losses or the discriminator (a test checks it).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ai_singer.atomic import atomic_write_json
+from ai_singer.audio import AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
+    slice_on_silence, to_mono, write_audio
+from ai_singer.features.content import align_to_frames, encode_audio
+from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
+from ai_singer.features.volume import frame_rms
+from ai_singer.mix import LimiterSettings, MixSettings, loudness_match_gain_db, mix_stems, stems_from_files
+from ai_singer.sections import Section, SectionsError, assign_singers, parse_sections
+
+log = logging.getLogger(__name__)
+
+#: Files a song folder may hold as stems (anything libsndfile decodes).
+SONG_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+#: Stem name of the vocal in a song folder (``vocals.wav``, ``vocals.flac``, ...).
+VOCAL_STEM = "vocals"
+#: Names of a song folder's own sections file (used when ``sections`` is not set).
+SONG_SECTIONS_FILES = ("sections.txt",)
+#: Content encoders run at this rate.
+CONTENT_SAMPLE_RATE = 16000
+
+
+class InferError(Exception):
+    """Bad input for conversion: ``str()`` is ``"{what}: {reason}"`` (``what``: a file, song or setting)."""
+
+    def __init__(self, what: str | os.PathLike, reason: str):
+        self.what = str(what)
+        self.reason = reason
+        super().__init__(f"{self.what}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings (defaults mirror conf/infer.yaml; a test checks they agree)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ChunkSettings:
+    """How the vocal is cut, batched and joined (``chunk`` in ``conf/infer.yaml``). Seconds / dB.
+
+    threshold_db:       a 10 ms frame quieter than this is silence (slicing and the rest gate).
+    min_silence_s:      only silences at least this long split the vocal into pieces.
+    max_silence_kept_s: silence kept at each side of a piece.
+    max_length_s:       longer phrases are split at their quietest frame (bounds memory per piece).
+    context_s:          audio converted on each side of a piece; joins crossfade over twice this.
+    batch_size:         pieces per model call (padded to the longest).
+    gate_hold_s:        the rest gate opens this long before and closes this long after the source.
+    gate_ramp_s:        length of the gate's linear fades.
+    """
+
+    threshold_db: float = -50.0
+    min_silence_s: float = 0.3
+    max_silence_kept_s: float = 0.1
+    max_length_s: float = 20.0
+    context_s: float = 0.1
+    batch_size: int = 4
+    gate_hold_s: float = 0.05
+    gate_ramp_s: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"chunk.batch_size must be >= 1, got {self.batch_size}")
+        if self.context_s < 0 or self.gate_hold_s < 0 or self.gate_ramp_s < 0:
+            raise ValueError("chunk.context_s, gate_hold_s and gate_ramp_s must be >= 0")
+
+    def slice_config(self) -> SliceConfig:
+        """The slicer settings: nothing is dropped for being short (``min_length_s=0``)."""
+        return SliceConfig(threshold_db=self.threshold_db, min_length_s=0.0, min_silence_s=self.min_silence_s,
+                           max_silence_kept_s=self.max_silence_kept_s, hop_s=0.01, max_length_s=self.max_length_s)
+
+
+@dataclass
+class PitchCorrectionSettings:
+    """Snap the (transposed) F0 toward ``key``/``scale`` by ``strength`` (0 = off, 1 = hard tune).
+    The key is the key of the output, i.e. after transposition."""
+
+    key: str = "C"
+    scale: str = "major"
+    strength: float = 0.0
+
+
+@dataclass
+class F0Settings:
+    """The ``f0`` config group (``ai_singer.features.pitch.extract_f0``)."""
+
+    method: str = "harvest"
+    f0_min: float = 50.0
+    f0_max: float = 1100.0
+
+
+@dataclass
+class ConvertSettings:
+    """Everything that shapes one conversion (the non-path part of ``conf/infer.yaml``).
+
+    transpose:           semitones (a number) or ``"auto"``: the singer's F0 median vs the source's,
+                         rounded to a multiple of ``auto_transpose_step`` (12 = whole octaves, which keeps
+                         the song's key against its accompaniment; 1 = nearest semitone).
+    noise_scale:         sampling temperature of the prior (0 = deterministic).
+    seed:                torch seed for the sampling noise (the same settings give the same output).
+    """
+
+    transpose: float | str = 0.0
+    auto_transpose_step: int = 12
+    noise_scale: float = 0.35
+    seed: int = 0
+    f0: F0Settings = field(default_factory=F0Settings)
+    pitch_correction: PitchCorrectionSettings = field(default_factory=PitchCorrectionSettings)
+    chunk: ChunkSettings = field(default_factory=ChunkSettings)
+    mix: MixSettings = field(default_factory=MixSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transpose, str) and self.transpose != "auto":
+            try:
+                self.transpose = float(self.transpose)
+            except ValueError:
+                raise ValueError(f"transpose must be a number of semitones or 'auto', got {self.transpose!r}") from None
+        if self.auto_transpose_step < 1:
+            raise ValueError(f"auto_transpose_step must be >= 1, got {self.auto_transpose_step}")
+        if not 0.0 <= self.pitch_correction.strength <= 1.0:
+            raise ValueError(f"pitch_correction.strength must be in [0, 1], got {self.pitch_correction.strength}")
+
+
+def _build(cls, values: Mapping[str, Any] | None, group: str):
+    """``cls(**values)`` recursively for nested dataclasses; an unknown key is an error naming the group."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InferError(f"config {group}", f"unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
+            else fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            value = _build(type(default), value, f"{group}.{name}" if group else name)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise InferError(f"config {group or 'infer'}", str(error)) from error
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def settings_from_config(cfg: Any) -> ConvertSettings:
+    """The typed conversion settings from a composed ``conf/infer.yaml`` (typos are errors)."""
+    values = {name: _plain(cfg[name]) for name in ("transpose", "auto_transpose_step", "noise_scale", "seed", "f0",
+                                                   "pitch_correction", "chunk", "mix") if name in cfg}
+    return _build(ConvertSettings, values, "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Songs on disk
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Song:
+    """One song to convert: its vocal, its accompaniment stems and (optionally) a sections file."""
+
+    name: str
+    vocal: Path | None
+    accompaniment: list[Path] = field(default_factory=list)
+    sections: Path | None = None
+    folder: Path | None = None
+    problem: str | None = None  # why the song cannot be converted (reported, not raised, in a batch)
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SONG_AUDIO_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def read_song_folder(folder: Path) -> Song:
+    """A song folder: ``vocals.*`` is the vocal, every other audio file an accompaniment stem."""
+    files = _audio_files(folder)
+    vocals = [p for p in files if p.stem.lower() == VOCAL_STEM]
+    sections = next((folder / name for name in SONG_SECTIONS_FILES if (folder / name).is_file()), None)
+    song = Song(name=folder.name, vocal=None, folder=folder, sections=sections,
+                accompaniment=[p for p in files if p.stem.lower() != VOCAL_STEM])
+    if not vocals:
+        song.problem = (f"no vocal stem: expected a file named {VOCAL_STEM}.* "
+                        f"({', '.join(s.lstrip('.') for s in SONG_AUDIO_SUFFIXES)}) in {folder}; "
+                        f"found {[p.name for p in files] or 'no audio files'}")
+    elif len(vocals) > 1:
+        song.problem = f"several vocal stems {[p.name for p in vocals]} in {folder}: keep exactly one"
+    else:
+        song.vocal = vocals[0]
+    return song
+
+
+def find_songs(path: str | os.PathLike) -> list[Song]:
+    """Songs under ``path``: a single audio file (a vocal alone), a song folder (it holds ``vocals.*``), or
+    a folder of songs (every sub-folder is a song folder; loose audio files are vocals alone).
+
+    Raises InferError when ``path`` does not exist or holds no songs.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InferError(root, "songs path does not exist")
+    if root.is_file():
+        if root.suffix.lower() not in SONG_AUDIO_SUFFIXES:
+            raise InferError(root, f"not an audio file (expected one of {', '.join(SONG_AUDIO_SUFFIXES)})")
+        return [Song(name=root.stem, vocal=root)]
+    if any(p.stem.lower() == VOCAL_STEM for p in _audio_files(root)):
+        return [read_song_folder(root)]
+    songs = [read_song_folder(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    songs += [Song(name=p.stem, vocal=p) for p in _audio_files(root)]
+    if not songs:
+        raise InferError(root, "no songs found: give a song folder (with vocals.*), a folder of song folders, "
+                               "or an audio file")
+    names = [song.name for song in songs]
+    for song in songs:
+        if names.count(song.name) > 1:
+            song.problem = song.problem or f"two songs are named {song.name!r} (a folder and a file?); rename one"
+    return songs
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts: base, singers, content encoder
+# --------------------------------------------------------------------------------------------------
+
+def available_singers(singers_dir: str | os.PathLike) -> list[str]:
+    """Names of the singer folders under ``singers_dir`` that hold an adapter artifact."""
+    root = Path(singers_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "adapter.yaml").is_file())
+
+
+def singer_dir(name: str, singers_dir: str | os.PathLike) -> Path:
+    """``<singers_dir>/<name>``, or InferError listing the singers that exist."""
+    folder = Path(singers_dir) / name
+    if not (folder / "adapter.yaml").is_file():
+        known = available_singers(singers_dir)
+        listing = ", ".join(known) if known else f"none (no adapter.yaml under {Path(singers_dir)}/*/)"
+        raise InferError(f"singer {name!r}", f"unknown singer: no adapter at {folder}. Available singers: {listing}")
+    return folder
+
+
+def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_dir: str | os.PathLike) -> Path:
+    """The base artifact folder: ``base`` (a path, or a name under ``pretrain_dir``) or else the base the
+    adapter names. Raises InferError when it is missing."""
+    name = base or adapter_base_name
+    if not name:
+        raise InferError("base", "no base given and the adapter does not name one: set base=<name or folder>")
+    candidates = [Path(name), Path(pretrain_dir) / name]
+    for candidate in candidates:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise InferError(f"base {name!r}", f"no base artifact (config.yaml + generator.safetensors) at "
+                                       f"{' or '.join(str(c) for c in candidates)}")
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given. Decided at call time."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
+    """Semitones that move the source's median F0 to the singer's, rounded to a multiple of ``step``."""
+    if not (singer_median_hz > 0 and source_median_hz > 0):
+        return 0.0
+    exact = 12.0 * math.log2(singer_median_hz / source_median_hz)
+    return float(step * round(exact / step))
+
+
+def prepare_f0(f0_raw: np.ndarray, semitones: float, correction: PitchCorrectionSettings
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's F0 inputs from raw extractor output ``[n]`` (Hz, 0 = unvoiced): gaps interpolated,
+    transposed, then pulled toward the scale. Returns (f0 float32 [n], voiced bool [n])."""
+    filled, voiced = interpolate_unvoiced(f0_raw)
+    shifted = transpose(filled, semitones)
+    if correction.strength > 0:
+        shifted = snap_to_scale(shifted, correction.key, correction.scale, correction.strength)
+    return np.asarray(shifted, dtype=np.float32), voiced
+
+
+@dataclass
+class _Piece:
+    """One chunk of the vocal: core ``[start, end)`` and converted window ``[window_start, window_end)``
+    in source samples; ``n_frames`` model frames cover the window; ``f0_raw`` from the first pass."""
+
+    start: int
+    end: int
+    singer: str
+    window_start: int
+    window_end: int
+    n_frames: int = 0
+    f0_raw: np.ndarray | None = None
+
+
+@dataclass
+class VocalConversion:
+    """The converted vocal (float32 ``[samples]`` at the source rate) and what was done."""
+
+    audio: np.ndarray
+    sample_rate: int
+    pieces: int
+    transpose: dict[str, float]
+    source_f0_median_hz: float | None
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+class Converter:
+    """A loaded base (+ content encoder) that converts vocals for any of its singers.
+
+    Args:
+        base_dir: the base artifact folder (``pretrain/<name>/``).
+        content: the ``content`` config group: ``name``, ``path`` and the encoder's options.
+        settings: conversion settings.
+        singers_dir: where ``<name>/adapter.{yaml,safetensors}`` live.
+        device: ``auto``, ``cpu``, ``cuda``...
+        merge: merge adapters into a copy of the base (default) or run them unmerged (for comparison).
+    """
+
+    def __init__(self, base_dir: str | os.PathLike, content: Mapping[str, Any], settings: ConvertSettings,
+                 singers_dir: str | os.PathLike, device: str = "auto", merge: bool = True,
+                 content_encoder: Any | None = None):
+        from ai_singer import checkpoint
+        from ai_singer.model import SingerVAE, SingerVAEConfig
+
+        self.settings = settings
+        self.singers_dir = Path(singers_dir)
+        self.device = pick_device(device)
+        self.merge = merge
+        self.base_dir = Path(base_dir)
+        try:
+            self.base = checkpoint.load_base(self.base_dir)
+        except checkpoint.ArtifactError as error:
+            raise InferError(self.base_dir, f"cannot load the base: {error}") from error
+        config = SingerVAEConfig.from_dict(self.base.model_config)  # the architecture of the base itself
+        model = SingerVAE(config)
+        checkpoint.load_state_strict(model, self.base.generator_state, self.base_dir / checkpoint.BASE_GENERATOR_FILE)
+        model.remove_weight_norm()
+        self.model = model.to(self.device).eval()
+        self.base.generator_state = {}  # the weights now live in the model
+        self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
+        self._adapters: dict[str, Any] = {}
+        encoder_info = dict(self.base.config.get("content_encoder") or {})
+        base_encoder, base_dim = str(encoder_info.get("name", "")), int(encoder_info.get("dim", config.content_dim))
+        content = dict(content)
+        name = str(content.pop("name", ""))
+        path = content.pop("path", None)
+        if name != base_encoder:
+            raise InferError(f"content encoder {name!r}",
+                             f"the base {self.base_dir} was trained with content encoder {base_encoder!r} "
+                             f"(dim {base_dim}); select the same encoder (content=<group> or content.name=...)")
+        if content_encoder is None:
+            from ai_singer.features.content import load_content_encoder
+
+            content_encoder = load_content_encoder(name, path, **content)
+        if int(content_encoder.dim) != int(config.content_dim):
+            raise InferError(f"content encoder {name!r} at {path}",
+                             f"gives {content_encoder.dim}-dim features but the base {self.base_dir} expects "
+                             f"{config.content_dim}; use the encoder folder/layer/final_proj the base was trained with")
+        self.content_encoder = content_encoder
+
+    # ---------------------------------------------------------------------------------- singers
+    def adapter(self, name: str):
+        """The adapter artifact of ``name`` (cached), checked against this base."""
+        if name not in self._adapters:
+            from ai_singer import checkpoint
+
+            folder = singer_dir(name, self.singers_dir)
+            try:
+                adapter = checkpoint.load_adapter(folder)
+                checkpoint.check_adapter_base(adapter, self.base)
+            except checkpoint.AdapterBaseMismatch as error:
+                raise InferError(f"singer {name!r}", f"adapter for another base: {error}") from error
+            except checkpoint.ArtifactError as error:
+                raise InferError(f"singer {name!r}", f"cannot load the adapter: {error}") from error
+            if "singer_embedding" not in adapter.tensors:
+                raise InferError(folder, "adapter.safetensors has no singer_embedding")
+            self._adapters[name] = adapter
+        return self._adapters[name]
+
+    @contextlib.contextmanager
+    def singer_model(self, name: str) -> Iterator[tuple[torch.nn.Module, torch.Tensor]]:
+        """A model carrying ``name``'s adapter and that singer's vector ``g [1, gin]``.
+
+        A copy of the base receives the adapter (merged into the weights unless ``merge=False``); it is
+        released when the block ends, so only one singer's copy is alive at a time."""
+        from ai_singer import adapters
+
+        adapter = self.adapter(name)
+        model = copy.deepcopy(self.model)
+        peft = adapter.config.get("peft") or {"method": adapter.method}
+        try:
+            adapters.load_adapter_state(model, peft, adapter.tensors)
+        except ValueError as error:
+            raise InferError(adapter.path, f"adapter does not fit the base: {error}") from error
+        if self.merge:
+            adapters.merge_adapters(model)
+        model = model.to(self.device).eval()
+        g = adapter.tensors["singer_embedding"].to(self.device, torch.float32).reshape(1, -1)
+        try:
+            yield model, g
+        finally:
+            del model
+
+    def singer_f0_median(self, name: str) -> float | None:
+        stats = self.adapter(name).config.get("stats") or {}
+        value = stats.get("f0_median_hz")
+        return float(value) if value else None
+
+    # ---------------------------------------------------------------------------------- convert
+    def _window_model_audio(self, mono: np.ndarray, sr: int, piece: _Piece) -> np.ndarray:
+        """The piece's window at the model rate, zero-padded to ``n_frames * hop`` samples."""
+        window = resample(mono[piece.window_start: piece.window_end], sr, self.sample_rate)
+        n_frames = max(1, math.ceil(window.shape[0] / self.hop))
+        piece.n_frames = n_frames
+        return np.pad(window, (0, n_frames * self.hop - window.shape[0]))
+
+    def convert_vocal(self, mono: np.ndarray, sr: int, singer: str | None, sections: list[Section] | None = None,
+                      progress: Callable[[int], Any] | None = None, on_plan: Callable[[int], Any] | None = None
+                      ) -> VocalConversion:
+        """Convert a mono vocal (float32 ``[samples]`` at ``sr``) to ``singer`` (or per ``sections``).
+
+        Returns the converted vocal, float32 ``[samples]`` with the same length and rate, exactly 0 in the
+        rests and wherever no singer is assigned. ``on_plan(n_pieces)`` is called once the vocal is cut and
+        ``progress(n)`` after each batch (for progress bars).
+        """
+        settings, chunk = self.settings, self.settings.chunk
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        n_samples = mono.shape[0]
+        started = time.perf_counter()
+
+        ranges = slice_on_silence(mono, sr, chunk.slice_config())
+        plan = assign_singers(ranges, sr, sections, singer)
+        if any(s is None for _, _, s in plan):
+            warnings.append("parts of the vocal have no singer (not in the sections file and no default "
+                            "singer=): they are left silent")
+        context = int(round(chunk.context_s * sr))
+        min_window = max(int(0.05 * sr), 2 * math.ceil(self.hop * sr / self.sample_rate))
+        pieces: list[_Piece] = []
+        for start, end, name in plan:
+            if name is None:
+                continue
+            window_start, window_end = max(0, start - context), min(n_samples, end + context)
+            if window_end - window_start < min_window:
+                warnings.append(f"a {1000 * (end - start) / sr:.0f} ms sound at {start / sr:.2f} s is too short to "
+                                "convert and is left silent")
+                continue
+            pieces.append(_Piece(start, end, name, window_start, window_end))
+        for name in sorted({p.singer for p in pieces}):
+            self.adapter(name)  # unknown singer / wrong base: fail before the slow part
+        timings["slice_s"] = time.perf_counter() - started
+        if on_plan:
+            on_plan(len(pieces))
+
+        # Pass 1: F0 of every piece (small arrays), for the source median and later the model.
+        started = time.perf_counter()
+        for piece in pieces:
+            audio = self._window_model_audio(mono, sr, piece)
+            piece.f0_raw = extract_f0(audio, self.sample_rate, self.hop, piece.n_frames, method=settings.f0.method,
+                                      f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+        voiced_f0 = [p.f0_raw[p.f0_raw > 0] for p in pieces]
+        voiced_f0 = np.concatenate(voiced_f0) if voiced_f0 else np.zeros(0)
+        source_median = float(np.median(voiced_f0)) if voiced_f0.size else None
+        timings["f0_s"] = time.perf_counter() - started
+
+        semitones: dict[str, float] = {}
+        for name in sorted({p.singer for p in pieces}):
+            if settings.transpose == "auto":
+                singer_median = self.singer_f0_median(name)
+                if singer_median is None:
+                    raise InferError(f"singer {name!r}", "transpose=auto needs the adapter's stats.f0_median_hz, "
+                                                         "which this adapter lacks; give transpose in semitones")
+                if source_median is None:
+                    warnings.append("transpose=auto: the source has no voiced frames; not transposed")
+                semitones[name] = auto_transpose_semitones(singer_median, source_median or 0.0,
+                                                           settings.auto_transpose_step)
+            else:
+                semitones[name] = float(settings.transpose)
+
+        # Pass 2: content + model, singer by singer, batch by batch; overlap-add into the output.
+        output = np.zeros(n_samples, dtype=np.float32)
+        weight_sum = np.zeros(n_samples, dtype=np.float32)
+        timings["content_s"] = timings["model_s"] = 0.0
+        noise = torch.Generator().manual_seed(int(settings.seed))
+        for name in sorted({p.singer for p in pieces}):
+            mine = [p for p in pieces if p.singer == name]
+            with self.singer_model(name) as (model, g):
+                for first in range(0, len(mine), chunk.batch_size):
+                    batch = mine[first: first + chunk.batch_size]
+                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise)
+                    for piece, audio in zip(batch, converted):
+                        self._overlap_add(output, weight_sum, audio, piece, context)
+                    if progress:
+                        progress(len(batch))
+        np.divide(output, weight_sum, out=output, where=weight_sum > 0)
+        output *= self.rest_gate(mono, sr)
+        timings["total_s"] = sum(timings.values())
+        return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
+                               source_f0_median_hz=source_median, timings=timings, warnings=warnings)
+
+    @torch.inference_mode()
+    def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,
+                       batch: list[_Piece], semitones: float, timings: dict[str, float],
+                       noise: torch.Generator | None = None) -> list[np.ndarray]:
+        """Convert a batch of pieces; returns each window's audio at the source rate, exact length."""
+        started = time.perf_counter()
+        inputs = []
+        for piece in batch:
+            audio = self._window_model_audio(mono, sr, piece)
+            wav16k = resample(mono[piece.window_start: piece.window_end], sr, CONTENT_SAMPLE_RATE)
+            content = encode_audio(self.content_encoder, wav16k)
+            if content.shape[0] == 0:
+                content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)
+            content = align_to_frames(content, piece.n_frames, self.hop, self.sample_rate)
+            f0, voiced = prepare_f0(piece.f0_raw, semitones, self.settings.pitch_correction)
+            volume = frame_rms(audio, self.hop)
+            inputs.append((content, f0, voiced, volume))
+        timings["content_s"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        longest = max(p.n_frames for p in batch)
+        size, dim = len(batch), inputs[0][0].shape[1]
+        content_t = torch.zeros(size, dim, longest)
+        f0_t, voiced_t, volume_t = (torch.zeros(size, longest) for _ in range(3))
+        for row, (content, f0, voiced, volume) in enumerate(inputs):
+            n = content.shape[0]
+            content_t[row, :, :n] = torch.from_numpy(np.ascontiguousarray(content.T, dtype=np.float32))
+            f0_t[row, :n] = torch.from_numpy(f0)
+            voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
+            volume_t[row, :n] = torch.from_numpy(volume)
+        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
+        device = self.device
+        wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
+                          g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
+                          generator=noise)
+        wav = wav.float().cpu().numpy()[:, 0]
+        timings["model_s"] += time.perf_counter() - started
+        results = []
+        for row, piece in enumerate(batch):
+            window = wav[row, : piece.n_frames * self.hop]
+            at_source = resample(window, self.sample_rate, sr) if sr != self.sample_rate else window
+            length = piece.window_end - piece.window_start
+            at_source = at_source[:length] if at_source.shape[0] >= length else \
+                np.pad(at_source, (0, length - at_source.shape[0]))
+            results.append(np.ascontiguousarray(at_source, dtype=np.float32))
+        return results
+
+    @staticmethod
+    def _overlap_add(output: np.ndarray, weight_sum: np.ndarray, audio: np.ndarray, piece: _Piece,
+                     context: int) -> None:
+        """Add a converted window with a trapezoid weight: linear ramps over ``2 * context`` around the
+        core's edges, so abutting pieces crossfade linearly (their weights sum to 1)."""
+        index = np.arange(piece.window_start, piece.window_end, dtype=np.float64) + 0.5
+        rise = max(1, (piece.start - piece.window_start) + context)
+        fall = max(1, (piece.window_end - piece.end) + context)
+        weight = np.minimum((index - piece.window_start) / rise, (piece.window_end - index) / fall)
+        weight = np.clip(weight, 0.0, 1.0).astype(np.float32)
+        output[piece.window_start: piece.window_end] += audio * weight
+        weight_sum[piece.window_start: piece.window_end] += weight
+
+    def rest_gate(self, mono: np.ndarray, sr: int) -> np.ndarray:
+        """float32 ``[samples]`` in [0, 1]: 1 where the source sings (frame level >= threshold, widened by
+        ``gate_hold_s``), exactly 0 in the rests, with linear fades of ``gate_ramp_s``."""
+        chunk = self.settings.chunk
+        return rest_gate(mono, sr, chunk.threshold_db, chunk.gate_hold_s, chunk.gate_ramp_s)
+
+
+def rest_gate(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float, ramp_s: float) -> np.ndarray:
+    """See :meth:`Converter.rest_gate`. The fades lie inside the hold margin, so the gate is exactly 0
+    wherever the source is below the threshold for more than ``2 * hold_s``."""
+    hop = max(1, int(round(0.01 * sr)))
+    active = frame_db(mono, hop) >= threshold_db
+    hold = int(math.ceil(hold_s * sr / hop))
+    if hold and active.any():
+        kernel = np.ones(2 * hold + 1)
+        active = np.convolve(active.astype(np.float64), kernel, mode="same") > 0.5
+    gate = np.repeat(active.astype(np.float32), hop)[: mono.shape[0]]
+    ramp = int(round(ramp_s * sr))
+    if ramp > 1:
+        # A centred moving average: fades of ``ramp`` samples, spreading at most ramp/2 into the hold.
+        csum = np.concatenate([[0.0], np.cumsum(gate, dtype=np.float64)])
+        half = ramp // 2
+        index = np.arange(gate.shape[0])
+        lo, hi = np.clip(index - half, 0, gate.shape[0]), np.clip(index - half + ramp, 0, gate.shape[0])
+        gate = ((csum[hi] - csum[lo]) / ramp).astype(np.float32)
+    return gate
+
+
+# --------------------------------------------------------------------------------------------------
+# Songs and batches
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class SongResult:
+    """How one song went: ``status`` ``ok`` or ``failed`` (with ``reason``), output files, report."""
+
+    song: str
+    status: str
+    reason: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    songs: list[SongResult]
+    report_path: Path | None = None
+
+    @property
+    def failed(self) -> list[SongResult]:
+        return [song for song in self.songs if song.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        lines = [f"converted {len(self.songs) - len(self.failed)} of {len(self.songs)} song(s)"]
+        for song in self.songs:
+            if song.status == "ok":
+                lines.append(f"  ok      {song.song}: {song.outputs.get('mix', '')}")
+            else:
+                lines.append(f"  FAILED  {song.song}: {song.reason}")
+        if self.report_path:
+            lines.append(f"batch report: {self.report_path}")
+        return "\n".join(lines)
+
+
+def _settings_report(settings: ConvertSettings) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+
+
+def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str | None,
+                 sections_path: str | os.PathLike | None = None, chunk_progress: Any = None) -> SongResult:
+    """Convert one song into ``output_dir/<song>/`` (vocal stem, mix, report.json). Raises on bad input
+    (InferError, AudioError, SectionsError); :func:`run_batch` turns that into a failed entry."""
+    settings = converter.settings
+    if song.problem:
+        raise InferError(f"song {song.name!r}", song.problem)
+    started = time.perf_counter()
+    info = audio_info(song.vocal)
+    for stem in song.accompaniment:
+        audio_info(stem)  # unreadable stems fail before the long part
+    sections_file = Path(sections_path) if sections_path else song.sections
+    sections = parse_sections(sections_file) if sections_file else None
+    source, sr = load_audio(song.vocal)
+    mono = to_mono(source)
+    del source
+    load_s = time.perf_counter() - started
+
+    def on_plan(total: int) -> None:
+        if chunk_progress is not None:
+            chunk_progress.reset(total=total)
+            chunk_progress.set_description(song.name)
+
+    conversion = converter.convert_vocal(mono, sr, singer, sections, on_plan=on_plan,
+                                         progress=chunk_progress.update if chunk_progress is not None else None)
+    warnings = list(conversion.warnings)
+
+    started = time.perf_counter()
+    mix = settings.mix
+    vocal = conversion.audio
+    match_db = loudness_match_gain_db(vocal, mono, sr) if mix.match_loudness else 0.0
+    peak = float(np.max(np.abs(vocal))) if vocal.size else 0.0
+    if peak > 0 and 20 * math.log10(peak) + match_db > 0.0:
+        capped = -20 * math.log10(peak)
+        warnings.append(f"loudness match wanted {match_db:+.1f} dB; capped at {capped:+.1f} dB so the vocal "
+                        "stem does not clip")
+        match_db = capped
+    vocal *= np.float32(10.0 ** (match_db / 20.0))
+    song_dir = output_dir / song.name
+    vocal_path = song_dir / f"vocals.{mix.format}"
+    mix_path = song_dir / f"mix.{mix.format}"
+    write_audio(vocal_path, vocal, sr, subtype=mix.subtype)
+    mixed = mix_stems(vocal, sr, stems_from_files(song.accompaniment), mix)
+    write_audio(mix_path, mixed.audio if mixed.audio.shape[0] > 1 else mixed.audio[0], sr, subtype=mix.subtype)
+    warnings += mixed.warnings
+    mix_s = time.perf_counter() - started
+
+    timings = {"load_s": load_s, **conversion.timings, "mix_write_s": mix_s}
+    timings["total_s"] = load_s + conversion.timings["total_s"] + mix_s
+    report = {
+        "song": song.name,
+        "source": {"vocal": str(song.vocal), "accompaniment": [str(p) for p in song.accompaniment],
+                   "sample_rate": sr, "channels": info.channels, "samples": int(mono.shape[0]),
+                   "seconds": mono.shape[0] / sr, "f0_median_hz": conversion.source_f0_median_hz},
+        "base": {"path": str(converter.base_dir), "sha256": getattr(converter.base, "sha256", None)},
+        "singer": singer,
+        "sections": ([{"start_s": s.start_s, "end_s": None if math.isinf(s.end_s) else s.end_s, "singer": s.singer}
+                      for s in sections] if sections else None),
+        "sections_file": str(sections_file) if sections_file else None,
+        "transpose_semitones": conversion.transpose,
+        "pieces": conversion.pieces,
+        "settings": _settings_report(settings),
+        "device": str(converter.device),
+        "adapters": "merged" if converter.merge else "unmerged",
+        "mix": {"vocal_loudness_match_db": match_db, "vocal_gain_db": mixed.vocal_gain_db,
+                "stem_gains_db": mixed.stem_gains_db, "limiter_reduction_db": mixed.limiter_reduction_db,
+                "channels": int(mixed.audio.shape[0])},
+        "outputs": {"vocals": str(vocal_path), "mix": str(mix_path), "sample_rate": sr,
+                    "samples": int(vocal.shape[0])},
+        "timings": timings,
+        "real_time_factor": timings["total_s"] / max(mono.shape[0] / sr, 1e-9),
+        "warnings": warnings,
+    }
+    atomic_write_json(song_dir / "report.json", report)
+    return SongResult(song=song.name, status="ok", outputs={"vocals": str(vocal_path), "mix": str(mix_path),
+                                                             "report": str(song_dir / "report.json")},
+                      report=report)
+
+
+def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
+    """Convert every song of ``cfg.songs`` (a composed ``conf/infer.yaml``). A song that fails is recorded
+    with its reason and the batch goes on. Raises InferError for problems that stop everything (no songs,
+    unknown singer, missing base, content encoder mismatch)."""
+    from tqdm.auto import tqdm
+
+    settings = settings_from_config(cfg)
+    if cfg.get("songs") in (None, "", "???"):
+        raise InferError("songs", "set songs=PATH (a song folder, a folder of songs, or a vocal file)")
+    songs = find_songs(str(cfg.songs))
+    singer = cfg.get("singer") or None
+    paths = cfg.paths
+    if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
+        raise InferError("singer", "set singer=<name>; available singers: "
+                                   + (", ".join(available_singers(paths.singers)) or "none"))
+    if converter is None:
+        base_name = None
+        if singer is not None:
+            from ai_singer import checkpoint
+
+            folder = singer_dir(str(singer), paths.singers)
+            try:
+                base_name = checkpoint.load_adapter(folder).config.get("base_name")
+            except checkpoint.ArtifactError as error:
+                raise InferError(f"singer {singer!r}", f"cannot load the adapter: {error}") from error
+        base_dir = resolve_base_dir(cfg.get("base"), base_name, paths.pretrain)
+        converter = Converter(base_dir, _plain(cfg.content), settings, paths.singers, device=str(cfg.device))
+    output_dir = Path(str(paths.output))
+    progress = bool(cfg.get("progress", True))
+    results: list[SongResult] = []
+    with tqdm(total=len(songs), desc="songs", unit="song", disable=not progress, position=0) as song_bar, \
+            tqdm(total=0, desc="chunks", unit="chunk", disable=not progress, position=1, leave=False) as chunk_bar:
+        for song in songs:
+            song_bar.set_postfix_str(song.name)
+            try:
+                results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar))
+            except (InferError, AudioError, SectionsError, ValueError) as error:
+                results.append(SongResult(song=song.name, status="failed", reason=str(error)))
+            except Exception as error:  # an unexpected failure of one song must not stop the batch
+                log.debug("song %s failed", song.name, exc_info=True)
+                results.append(SongResult(song=song.name, status="failed",
+                                          reason=f"{type(error).__name__}: {error} "
+                                                 f"({traceback.extract_tb(error.__traceback__)[-1].name})"))
+            song_bar.update(1)
+    report_path = output_dir / "batch_report.json"
+    atomic_write_json(report_path, {
+        "songs": [{"song": r.song, "status": r.status, "reason": r.reason, "outputs": r.outputs} for r in results],
+        "summary": {"total": len(results), "ok": sum(r.status == "ok" for r in results),
+                    "failed": sum(r.status != "ok" for r in results)},
+    })
+    return BatchResult(songs=results, report_path=report_path)
+
+
+def run_cli(cfg: Any) -> int:
+    """The command's body: run the batch, print the summary, return the exit code (0 all ok, 1 some songs
+    failed, 2 nothing could start)."""
+    from ai_singer.features.content import ContentEncoderMissing
+
+    try:
+        result = run_batch(cfg)
+    except (InferError, ContentEncoderMissing, SectionsError) as error:
+        print(f"convert: error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return result.exit_code
+
+
+def main() -> None:
+    """``python -m ai_singer.infer songs=PATH singer=NAME [overrides]`` (Hydra)."""
+    import hydra
+
+    from ai_singer.conf_dir import conf_dir
+
+    @hydra.main(config_path=conf_dir(), config_name="infer", version_base="1.3")
+    def _entry(cfg) -> None:
+        code = run_cli(cfg)
+        if code:
+            sys.exit(code)
+
+    _entry()
+
+
+if __name__ == "__main__":
+    main()

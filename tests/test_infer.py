@@ -1,0 +1,372 @@
+"""Converting songs end to end with a tiny random base + LoRA adapters and a tiny random HuBERT.
+
+What a user relies on: outputs with the source's rate and exact length, exact silence in the rests, a mix
+equal to the sum of its parts, auto-transposition, pitch correction reaching the model, per-section
+singers, a batch that survives a broken song, clear errors, and an inference path that never imports
+training code.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+
+from conftest import harmonic, phrase_with_silences
+
+from ai_singer import checkpoint as ckpt
+from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
+from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
+                             auto_transpose_semitones, find_songs, prepare_f0, run_batch)
+from ai_singer.mix import db_to_gain
+from ai_singer.model import SingerVAE, SingerVAEConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin_channels=8, f0_bins=32,
+            inter_channels=8, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=1, posterior_layers=1,
+            n_flows=1, flow_layers=1, upsample_initial_channel=32, upsample_rates=[8, 8, 2, 2, 2],
+            upsample_kernel_sizes=[16, 16, 4, 4, 4], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]],
+            segment_frames=8)
+
+
+def make_base(root: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """A random tiny SingerVAE saved as a base artifact (generator only)."""
+    torch.manual_seed(seed)
+    model = SingerVAE(SingerVAEConfig(**TINY))
+    config = {"model": model.config.to_dict(), "content_encoder": {"name": "hubert", "dim": TINY["content_dim"]},
+              "sample_rate": TINY["sample_rate"], "hop_length": TINY["hop_length"], "speakers": ["a", "b"]}
+    return ckpt.save_base(root / "pretrain" / name, model.state_dict(), None, config)
+
+
+def make_adapter(root: Path, base_dir: Path, singer: str, f0_median_hz: float = 220.0, seed: int = 1) -> Path:
+    """A LoRA adapter with non-zero random B matrices (so it changes the output) and a singer vector."""
+    base = ckpt.load_base(base_dir)
+    model = SingerVAE(SingerVAEConfig.from_dict(base.model_config))
+    ckpt.load_state_strict(model, base.generator_state)
+    settings = PeftSettings(method="lora", r=2, alpha=4.0)
+    prepare_for_finetune(model, settings)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {name: torch.randn(t.shape, generator=generator) * 0.05 for name, t in adapter_state_dict(model).items()}
+    tensors["singer_embedding"] = torch.randn(TINY["gin_channels"], generator=generator)
+    return ckpt.save_adapter(root / "singers" / singer, tensors, {
+        "method": "lora", "singer": singer, "peft": settings.to_dict(), "base_sha256": base.sha256,
+        "base_name": base_dir.name, "stats": {"f0_median_hz": f0_median_hz}})
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("artifacts")
+    base_dir = make_base(root)
+    make_adapter(root, base_dir, "alto", f0_median_hz=220.0, seed=1)
+    make_adapter(root, base_dir, "bass", f0_median_hz=110.0, seed=2)
+    other = make_base(root, "other", seed=5)
+    make_adapter(root, other, "stranger", seed=3)
+    return root
+
+
+def compose(artifacts: Path, tiny_hubert_dir: Path, out: Path, **overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    values = {"paths.pretrain": str(artifacts / "pretrain"), "paths.singers": str(artifacts / "singers"),
+              "paths.output": str(out), "content.path": str(tiny_hubert_dir), "content.layer": 2,
+              "f0.method": "dio", "device": "cpu", "progress": False, "noise_scale": 0.0, **overrides}
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("infer", overrides=[f"{k}={v}" for k, v in values.items()])
+
+
+@pytest.fixture(scope="module")
+def converter(artifacts, tiny_hubert_dir):
+    settings = ConvertSettings(f0=F0Settings(method="dio"), noise_scale=0.0)
+    return Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
+                     settings, artifacts / "singers", device="cpu")
+
+
+def write(path: Path, audio: np.ndarray, sr: int, subtype: str = "FLOAT") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), audio.T if audio.ndim == 2 else audio, sr, subtype=subtype)
+    return path
+
+
+def rests_of(f0_truth: np.ndarray, sr: int, margin_s: float = 0.08) -> np.ndarray:
+    """Sample mask of the rests of a phrase, shrunk by ``margin_s`` on both sides."""
+    silent = f0_truth <= 0
+    margin = int(margin_s * sr)
+    kernel = np.ones(2 * margin + 1)
+    return np.convolve((~silent).astype(float), kernel, mode="same") == 0
+
+
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sr", [44100, 48000])
+def test_convert_song_keeps_rate_length_and_silence(artifacts, tiny_hubert_dir, tmp_path, sr):
+    vocal, f0_truth = phrase_with_silences(sr)
+    vocal = vocal[: int(2.6 * sr)]  # note, rest, note (keep it quick)
+    f0_truth = f0_truth[: vocal.shape[0]]
+    stereo_drums = np.stack([harmonic(110.0, sr, 3.0, amplitude=0.1), harmonic(165.0, sr, 3.0, amplitude=0.1)])
+    song = tmp_path / "songs" / "ballad"
+    write(song / "vocals.wav", vocal, sr)
+    write(song / "drums.wav", stereo_drums, sr)  # longer than the vocal: trimmed in the mix
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="alto",
+                  **{"+mix.stem_gains.drums": -6.0, "mix.subtype": "FLOAT"})
+    result = run_batch(cfg)
+    assert result.exit_code == 0, result.summary()
+
+    converted, out_sr = sf.read(str(tmp_path / "out" / "ballad" / "vocals.wav"), dtype="float32")
+    assert out_sr == sr and converted.shape == vocal.shape
+    sung = f0_truth > 0
+    assert np.count_nonzero(converted[sung]) > 0.9 * sung.sum()  # something was sung (random model: quietly)
+    rests = rests_of(f0_truth, sr)
+    assert rests.sum() > 0.3 * sr and np.all(converted[rests] == 0.0)  # exactly silent where the singer rests
+
+    mix, mix_sr = sf.read(str(tmp_path / "out" / "ballad" / "mix.wav"), dtype="float32", always_2d=True)
+    assert mix_sr == sr and mix.shape == (vocal.shape[0], 2)
+    report = json.loads((tmp_path / "out" / "ballad" / "report.json").read_text())
+    assert report["mix"]["limiter_reduction_db"] == 0.0
+    expected = converted[:, None] + stereo_drums[:, : vocal.shape[0]].T * db_to_gain(-6.0)
+    np.testing.assert_allclose(mix, expected, atol=1e-6)  # the mix is the sum of its parts at their gains
+    assert report["outputs"]["samples"] == vocal.shape[0] and report["source"]["sample_rate"] == sr
+    assert set(report["timings"]) >= {"load_s", "f0_s", "content_s", "model_s", "mix_write_s", "total_s"}
+    assert json.loads((tmp_path / "out" / "batch_report.json").read_text())["summary"] == \
+        {"total": 1, "ok": 1, "failed": 0}
+
+
+def test_limiter_holds_the_mix_ceiling(artifacts, tiny_hubert_dir, tmp_path):
+    sr = 44100
+    vocal = harmonic(220.0, sr, 1.5, amplitude=0.3)
+    song = tmp_path / "songs" / "loud"
+    write(song / "vocals.wav", vocal, sr)
+    write(song / "synth.wav", harmonic(330.0, sr, 1.5, amplitude=0.9), sr)
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="alto",
+                  **{"++mix.stem_gains": "{synth:6.0}", "mix.limiter.ceiling_db": -3.0, "mix.subtype": "FLOAT"})
+    assert run_batch(cfg).exit_code == 0
+    mix, _ = sf.read(str(tmp_path / "out" / "loud" / "mix.wav"), dtype="float32")
+    assert np.abs(mix).max() <= db_to_gain(-3.0) + 1e-6
+    assert json.loads((tmp_path / "out" / "loud" / "report.json").read_text())["mix"]["limiter_reduction_db"] > 3.0
+
+
+def test_auto_transpose_moves_a_low_source_toward_the_singer(converter):
+    sr = 44100
+    low = harmonic(110.0, sr, 1.0, amplitude=0.3)  # source median ~110 Hz, alto median 220 Hz
+    converter.settings.transpose = "auto"
+    try:
+        result = converter.convert_vocal(low, sr, "alto")
+        assert result.source_f0_median_hz == pytest.approx(110.0, rel=0.03)
+        assert result.transpose == {"alto": 12.0}
+        assert converter.convert_vocal(low, sr, "bass").transpose == {"bass": 0.0}
+    finally:
+        converter.settings.transpose = 0.0
+    assert auto_transpose_semitones(220.0, 110.0, step=1) == 12.0
+    assert auto_transpose_semitones(330.0, 220.0, step=1) == 7.0
+    assert auto_transpose_semitones(300.0, 220.0, step=12) == 0.0  # +5.4 semitones: nearest octave is 0
+    assert auto_transpose_semitones(500.0, 110.0, step=12) == 24.0
+
+
+def test_pitch_correction_reaches_the_model(converter, monkeypatch):
+    """A contour 40 cents sharp of A3 is pulled onto A3 in the F0 the model receives."""
+    sr = 44100
+    detuned_hz = 220.0 * 2 ** (40 / 1200)
+    audio = harmonic(detuned_hz, sr, 1.0, amplitude=0.3)
+    seen: list[torch.Tensor] = []
+    original = SingerVAE.infer
+
+    def spy(self, content, f0, voiced, volume, g, **kwargs):
+        seen.append(f0[voiced > 0.5].clone())
+        return original(self, content, f0, voiced, volume, g, **kwargs)
+
+    monkeypatch.setattr(SingerVAE, "infer", spy)
+    converter.settings.pitch_correction = PitchCorrectionSettings(key="C", scale="major", strength=1.0)
+    try:
+        converter.convert_vocal(audio, sr, "alto")
+    finally:
+        converter.settings.pitch_correction = PitchCorrectionSettings()
+    cents = 1200 * np.log2(torch.cat(seen).numpy() / 220.0)
+    assert np.median(np.abs(cents)) < 2.0
+    # Without correction the model sees the detuned pitch; half strength lands half way.
+    f0, voiced = prepare_f0(np.full(50, detuned_hz, np.float32), 0.0, PitchCorrectionSettings(strength=0.5))
+    assert voiced.all() and 1200 * np.log2(np.median(f0) / 220.0) == pytest.approx(20.0, abs=0.5)
+    f0, _ = prepare_f0(np.array([0, 0, 110.0, 0, 110.0], np.float32), 12.0, PitchCorrectionSettings())
+    np.testing.assert_allclose(f0, 220.0, rtol=1e-5)  # gaps interpolated, then transposed
+
+
+def test_sections_assign_singers_by_time(converter, artifacts, tiny_hubert_dir, tmp_path, monkeypatch):
+    sr = 44100
+    vocal = np.concatenate([harmonic(220.0, sr, 1.0), np.zeros(sr // 2, np.float32), harmonic(220.0, sr, 1.0)])
+    song = tmp_path / "songs" / "duet"
+    write(song / "vocals.wav", vocal, sr)
+    (song / "sections.txt").write_text("# start end singer\n0 1.2 alto\n1.2 end bass\n")
+    calls: list[tuple[str, int]] = []
+    original = Converter.singer_model
+
+    def spy(self, name):
+        calls.append(name)
+        return original(self, name)
+
+    monkeypatch.setattr(Converter, "singer_model", spy)
+    plan_seen = []
+    original_batch = Converter._convert_batch
+
+    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, noise=None):
+        plan_seen.extend((p.start / sr_, p.end / sr_, p.singer) for p in batch)
+        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, noise)
+
+    monkeypatch.setattr(Converter, "_convert_batch", batch_spy)
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="null")
+    result = run_batch(cfg, converter=converter)
+    assert result.exit_code == 0, result.summary()
+    assert calls == ["alto", "bass"]
+    assert all(singer == "alto" for start, end, singer in plan_seen if end <= 1.2)
+    assert all(singer == "bass" for start, end, singer in plan_seen if start >= 1.2)
+    assert {singer for *_, singer in plan_seen} == {"alto", "bass"}
+    report = json.loads((tmp_path / "out" / "duet" / "report.json").read_text())
+    assert [s["singer"] for s in report["sections"]] == ["alto", "bass"]
+
+    duet, _ = sf.read(str(tmp_path / "out" / "duet" / "vocals.wav"), dtype="float32")
+    assert duet.shape == vocal.shape and np.count_nonzero(duet[: sr]) > 0.9 * sr
+    assert np.count_nonzero(duet[int(1.5 * sr):]) > 0.9 * sr
+
+
+def test_batch_with_a_broken_song_goes_on_and_fails(artifacts, tiny_hubert_dir, tmp_path):
+    sr = 44100
+    songs = tmp_path / "songs"
+    write(songs / "good" / "vocals.flac", harmonic(220.0, sr, 1.0), sr, subtype="PCM_16")
+    write(songs / "good" / "piano.wav", harmonic(330.0, sr, 1.0, amplitude=0.1), sr)
+    (songs / "no_vocal").mkdir(parents=True)
+    write(songs / "no_vocal" / "drums.wav", harmonic(110.0, sr, 1.0), sr)
+    (songs / "corrupt").mkdir()
+    (songs / "corrupt" / "vocals.wav").write_bytes(b"RIFF0000WAVEnot really")
+    write(songs / "lonely.wav", harmonic(262.0, sr, 0.8), sr)  # a bare vocal file is a song too
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=songs, singer="alto",
+                  **{"mix.format": "flac"})
+    result = run_batch(cfg)
+    status = {song.song: song for song in result.songs}
+    assert status["good"].status == "ok" and status["lonely"].status == "ok"
+    assert status["no_vocal"].status == "failed" and "no vocal stem" in status["no_vocal"].reason
+    assert status["corrupt"].status == "failed" and "vocals.wav" in status["corrupt"].reason
+    assert result.exit_code != 0
+    assert (tmp_path / "out" / "good" / "mix.flac").is_file() and (tmp_path / "out" / "lonely" / "mix.flac").is_file()
+    batch = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    assert batch["summary"] == {"total": 4, "ok": 2, "failed": 2}
+    assert "FAILED  corrupt" in result.summary()
+
+
+def test_unknown_singer_lists_the_available_ones(artifacts, tiny_hubert_dir, tmp_path):
+    write(tmp_path / "song.wav", harmonic(220.0, 44100, 0.5), 44100)
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=tmp_path / "song.wav", singer="nobody")
+    with pytest.raises(InferError, match=r"unknown singer.*Available singers: alto, bass, stranger"):
+        run_batch(cfg)
+
+
+def test_adapter_for_another_base_is_refused(converter):
+    with pytest.raises(InferError, match="another base"):
+        converter.adapter("stranger")
+
+
+def test_content_encoder_must_match_the_base(artifacts, tiny_hubert_dir):
+    with pytest.raises(InferError, match="trained with content encoder 'hubert'"):
+        Converter(artifacts / "pretrain" / "tiny", {"name": "contentvec", "path": str(tiny_hubert_dir)},
+                  ConvertSettings(), artifacts / "singers", device="cpu")
+    with pytest.raises(InferError, match="64-dim features but the base .* expects 32"):
+        wider = SimpleNamespace(name="hubert", dim=64, sample_rate=16000, hop=320)
+        Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir)},
+                  ConvertSettings(), artifacts / "singers", device="cpu", content_encoder=wider)
+
+
+def test_merged_and_unmerged_adapters_give_the_same_audio(artifacts, tiny_hubert_dir, converter):
+    sr = 44100
+    audio = harmonic(196.0, sr, 0.8, amplitude=0.3)
+    merged = converter.convert_vocal(audio, sr, "alto").audio
+    unmerged_converter = Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir),
+                                                                     "layer": 2},
+                                   converter.settings, artifacts / "singers", device="cpu", merge=False,
+                                   content_encoder=converter.content_encoder)
+    unmerged = unmerged_converter.convert_vocal(audio, sr, "alto").audio
+    other_singer = converter.convert_vocal(audio, sr, "bass").audio
+    merge_error, singer_difference = np.abs(merged - unmerged).max(), np.abs(merged - other_singer).max()
+    assert merge_error < 0.05 * singer_difference
+
+
+def test_find_songs_layouts(tmp_path):
+    sr = 16000
+    write(tmp_path / "one" / "Vocals.wav", harmonic(220.0, sr, 0.2), sr)
+    write(tmp_path / "one" / "bass.flac", harmonic(55.0, sr, 0.2), sr, subtype="PCM_16")
+    (tmp_path / "one" / "notes.txt").write_text("not audio")
+    [song] = find_songs(tmp_path / "one")
+    assert song.vocal.name == "Vocals.wav" and [p.name for p in song.accompaniment] == ["bass.flac"]
+    with pytest.raises(InferError, match="does not exist"):
+        find_songs(tmp_path / "missing")
+
+
+def test_yaml_defaults_match_the_dataclasses():
+    yaml_cfg = OmegaConf.load(REPO / "conf" / "infer.yaml")
+    defaults = ConvertSettings()
+    assert yaml_cfg.noise_scale == defaults.noise_scale and yaml_cfg.seed == defaults.seed
+    assert float(yaml_cfg.transpose) == defaults.transpose
+    assert yaml_cfg.auto_transpose_step == defaults.auto_transpose_step
+    for group in ("chunk", "pitch_correction", "mix"):
+        from dataclasses import asdict
+
+        assert OmegaConf.to_container(yaml_cfg[group]) == asdict(getattr(defaults, group)), group
+    f0_yaml = OmegaConf.load(REPO / "conf" / "f0" / "default.yaml")
+    assert OmegaConf.to_container(f0_yaml) == {"method": F0Settings().method, "f0_min": F0Settings().f0_min,
+                                               "f0_max": F0Settings().f0_max}
+
+
+# --------------------------------------------------------------------------------------------------
+# infer must never reach training code
+
+FORBIDDEN = {"ai_singer.train", "ai_singer.losses", "ai_singer.model.discriminator"}
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    as_package = REPO.joinpath(*parts, "__init__.py")
+    as_module = REPO.joinpath(*parts[:-1], parts[-1] + ".py")
+    return as_package if as_package.is_file() else as_module if as_module.is_file() else None
+
+
+def _ai_singer_imports(module: str) -> set[str]:
+    """Every ai_singer module imported anywhere in ``module``'s file (top level or inside functions),
+    plus the packages whose ``__init__`` runs on the way."""
+    path = _module_file(module)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] != "ai_singer":
+                continue
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # the packages on the way run their __init__
+                if _module_file(".".join(parts[:i])):
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def test_infer_never_imports_training_code():
+    seen, todo = set(), ["ai_singer.infer"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(_ai_singer_imports(module) - seen)
+    assert {"ai_singer.infer", "ai_singer.mix", "ai_singer.audio", "ai_singer.checkpoint", "ai_singer.adapters",
+            "ai_singer.model.synthesizer"} <= seen
+    assert not (seen & FORBIDDEN), f"inference reaches training code: {sorted(seen & FORBIDDEN)}"
