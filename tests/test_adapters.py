@@ -295,3 +295,20 @@ def test_singer_vae_default_targets_adapt_merge_and_round_trip(method):
     merge_adapters(fresh)
     assert torch.allclose(vae_infer(fresh, g), adapted, atol=1e-5)
     assert set(fresh.state_dict()) == set(reference.state_dict())
+
+
+def test_lora_merge_on_a_weight_normed_model_without_its_own_removal_method():
+    """The trap: peft's merge writes into a weight that weight norm recomputes on the next call. The
+    generic removal in prepare_for_finetune makes merging work on any weight-normed model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Conv1d(4, 8, 3, padding=2, dilation=2)), nn.Tanh(),
+                          weight_norm(nn.Conv1d(8, 2, 1))).eval()
+    trainable = prepare_for_finetune(model, PeftSettings(method="lora", r=2, target_modules=[r"\d+"]))
+    assert len(trainable) == 4 and not any(parametrize.is_parametrized(m) for m in model.modules())
+    with torch.no_grad():
+        for name in trainable:
+            model.get_parameter(name).normal_(0.0, 0.3)
+        x = torch.randn(1, 4, 10)
+        unmerged = model(x)
+        merge_adapters(model)
+        assert torch.allclose(model(x), unmerged, atol=1e-5)
