@@ -16,6 +16,14 @@ PAD_PARTIALS = 6
 PAD_DETUNE_CENTS = 7.0
 PAD_RMS = 0.05
 DRUMS_PEAK = 0.5
+FADE_OUT_S = 0.5
+
+
+def _fade_out(x: np.ndarray, sr: int) -> np.ndarray:
+    """Fade the last FADE_OUT_S seconds, so a stem cut at the vocal length ends without a click."""
+    n = min(len(x), int(FADE_OUT_S * sr))
+    x[len(x) - n:] *= np.linspace(1.0, 0.0, n)
+    return x
 
 
 def pad_stem(phrase: Phrase, tonic_midi: float, n_samples: int, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,6 +56,7 @@ def pad_stem(phrase: Phrase, tonic_midi: float, n_samples: int, sr: int, rng: np
                 phase0 = rng.uniform(0, 2 * np.pi)
                 for k in range(1, PAD_PARTIALS + 1):
                     out[a:b] += env * np.sin(2 * np.pi * k * f * t + k * phase0) / k ** 1.5
+    out = _fade_out(out, sr)
     rms = float(np.sqrt(np.mean(out ** 2)))
     return (out * (PAD_RMS / max(rms, 1e-12))).astype(np.float32)
 
@@ -92,6 +101,6 @@ def drum_stem(phrase: Phrase, n_samples: int, sr: int, rng: np.random.Generator)
                 out[start:start + len(sample)] += velocity * sample
             out[start:start + len(hat)] += 0.6 * velocity * hat
         eighth += 1
-    out = out[:n_samples]
+    out = _fade_out(out[:n_samples], sr)
     peak = float(np.max(np.abs(out)))
     return (out * (DRUMS_PEAK / max(peak, 1e-12))).astype(np.float32)

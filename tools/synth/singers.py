@@ -14,12 +14,12 @@ from .phones import N_FORMANTS
 # name: (tonic MIDI note, vocal-tract formant factor range). The tonic sits near the bottom third of the
 # range: melodies span about -7..+14 semitones around it.
 VOICE_TYPES: dict[str, tuple[float, tuple[float, float]]] = {
-    "soprano": (64.0, (1.18, 1.27)),
-    "bass": (45.0, (0.90, 0.97)),
-    "tenor": (52.0, (1.00, 1.07)),
-    "alto": (57.0, (1.10, 1.17)),
-    "baritone": (48.0, (0.95, 1.02)),
-    "mezzo": (60.0, (1.14, 1.21)),
+    "soprano": (64.0, (1.17, 1.30)),
+    "bass": (45.0, (0.86, 0.96)),
+    "tenor": (52.0, (0.98, 1.10)),
+    "alto": (57.0, (1.08, 1.20)),
+    "baritone": (48.0, (0.92, 1.03)),
+    "mezzo": (60.0, (1.12, 1.24)),
 }
 VOICE_TYPE_ORDER = tuple(VOICE_TYPES)
 
@@ -76,12 +76,12 @@ def make_singer(index: int, rng: np.random.Generator) -> SingerVoice:
         voice_type=voice_type,
         tonic_midi=r(tonic + u(-2.0, 2.0)),
         formant_factor=r(u(factor_low, factor_high)),
-        formant_fine=tuple(r(x) for x in np.exp(rng.normal(0.0, 0.04, N_FORMANTS))),
-        bandwidth_factor=r(u(0.75, 1.5)),
-        tilt_db_per_octave=r(u(-11.0, -3.0)),
-        singer_formant_db=r(u(0.0, 12.0)),
+        formant_fine=tuple(r(x) for x in np.exp(rng.normal(0.0, 0.07, N_FORMANTS))),
+        bandwidth_factor=r(u(0.7, 1.6)),
+        tilt_db_per_octave=r(u(-13.0, -2.0)),
+        singer_formant_db=r(u(0.0, 14.0)),
         singer_formant_hz=r(u(2600.0, 3300.0)),
-        breathiness=r(u(0.0, 0.35)),
+        breathiness=r(u(0.0, 0.4)),
         jitter=r(u(0.002, 0.01)),
         shimmer=r(u(0.02, 0.12)),
         vibrato_rate_hz=r(u(4.6, 6.8)),
