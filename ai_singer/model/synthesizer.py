@@ -195,7 +195,7 @@ class SynthOutput:
 
 
 class SingerVAE(nn.Module):
-    """Singing-voice conversion generator: prior encoder, posterior encoder, flow, NSF-HiFiGAN decoder and
+    r"""Singing-voice conversion generator: prior encoder, posterior encoder, flow, NSF-HiFiGAN decoder and
     a speaker embedding table.
 
     ``SingerVAE(config)`` takes a :class:`SingerVAEConfig` (or a mapping of its fields).
@@ -207,24 +207,24 @@ class SingerVAE(nn.Module):
     weight norm first (:meth:`remove_weight_norm`): peft's merge loses the adapter on weight-normed convs.
 
     * prior attention: ``prior_encoder.encoder.layers.N.attention.{query_proj,key_proj,value_proj,out_proj}``
-      (regex ``r".*attention\\.(query|key|value|out)_proj"``)
+      (regex ``r".*attention\.(query|key|value|out)_proj"``)
     * prior feed-forward: ``prior_encoder.encoder.layers.N.feed_forward.{conv_in,conv_out}``
     * prior input/output: ``prior_encoder.content_proj``, ``prior_encoder.volume_proj``,
       ``prior_encoder.out_proj``
     * flow couplings: ``flow.couplings.N.{input_proj,out_proj}``,
       ``flow.couplings.N.wavenet.{dilated_convs.M,res_skip_convs.M,speaker_proj}``
-      (regex ``r"flow\\..*(dilated_convs\\.\\d+|res_skip_convs\\.\\d+|speaker_proj)"``). ``out_proj`` starts
+      (regex ``r"flow\..*(dilated_convs\.\d+|res_skip_convs\.\d+|speaker_proj)"``). ``out_proj`` starts
       at zero, which is fine for LoRA (only B starts at zero).
     * decoder: ``decoder.input_conv``, ``decoder.speaker_proj``, ``decoder.source_convs.N``,
       ``decoder.resblocks.N.{dilated_convs,convs}.M``, ``decoder.output_conv``
-      (regex ``r"decoder\\.(input_conv|speaker_proj|source_convs\\.\\d+|resblocks\\.\\d+\\.(dilated_convs|convs)\\.\\d+|output_conv)"``);
+      (regex ``r"decoder\.(input_conv|speaker_proj|source_convs\.\d+|resblocks\.\d+\.(dilated_convs|convs)\.\d+|output_conv)"``);
       ``decoder.source.merge`` is an ``nn.Linear``. ``decoder.upsamplers.N`` are ConvTranspose1d (peft cannot
       adapt them: train them fully, freeze them, or rely on the adapted convs around them).
     * embeddings (``nn.Embedding``, usually left frozen): ``speaker_embedding``,
       ``prior_encoder.f0_embedding``, ``prior_encoder.voiced_embedding``.
 
     A compact set that adapts every block of the inference path:
-    ``r"(prior_encoder\\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)|flow\\..*(dilated_convs|res_skip_convs)\\.\\d+|decoder\\.(resblocks\\.\\d+\\.(dilated_convs|convs)\\.\\d+|source_convs\\.\\d+|input_conv))"``.
+    ``r"(prior_encoder\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)|flow\..*(dilated_convs|res_skip_convs)\.\d+|decoder\.(resblocks\.\d+\.(dilated_convs|convs)\.\d+|source_convs\.\d+|input_conv))"``.
     """
 
     def __init__(self, config: SingerVAEConfig | Mapping[str, Any]):
