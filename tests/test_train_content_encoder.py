@@ -107,10 +107,15 @@ def test_same_seed_gives_the_same_weights(tiny_corpus, tmp_path):
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    rng_state = torch.get_rng_state()
     runs = []
     for name in ("a", "b"):
         assert tce.main(["--corpus", str(tiny_corpus), "--out", str(tmp_path / name), "--steps", "3", *TINY]) == 0
         runs.append(load_file(str(tmp_path / name / "model.safetensors")))
+    # the caller's torch settings and RNG are left as they were
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert torch.equal(torch.get_rng_state(), rng_state)
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 

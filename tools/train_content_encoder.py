@@ -563,16 +563,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def torch_settings(threads: int, seed: int, quiet: bool):
+    """Thread count, a seeded RNG, deterministic algorithms and (if ``quiet``) no transformers progress
+    bars for the duration of a run; the caller's settings and RNG state are restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    bars = hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+        if quiet and bars:
+            hf_logging.enable_progress_bar()
+
+
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Train, evaluate and save; returns the ``training.json`` document."""
-    torch.set_num_threads(max(1, args.threads))
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    progress = not args.no_progress
-    if not progress:
-        from transformers.utils import logging as hf_logging
+    with torch_settings(args.threads, args.seed, quiet=args.no_progress):
+        return _run(args, argv)
 
-        hf_logging.disable_progress_bar()
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    progress = not args.no_progress
     size = EncoderSize(hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
                        conv_dim=tuple(args.conv_dim), pos_conv_kernel=args.pos_conv_kernel,
                        pos_conv_groups=args.pos_conv_groups, dropout=args.dropout)
