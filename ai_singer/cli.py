@@ -1,0 +1,91 @@
+"""The ``ai-singer`` command: one entry point for every stage.
+
+    ai-singer preprocess [hydra overrides ...]    = python -m ai_singer.preprocess ...
+    ai-singer train      [hydra overrides ...]    = python -m ai_singer.train ...
+    ai-singer convert    [hydra overrides ...]    = python -m ai_singer.infer ...
+    ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
+
+The Hydra stages receive the remaining arguments unchanged (``--help``, ``--cfg job`` and ``-m`` work as
+with ``python -m``); their defaults live in ``conf/`` only. Stage modules are imported by name when their
+command runs, so ``convert`` and ``concat`` never load training code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: Sub-command -> module whose ``main()`` (a Hydra entry point) runs it.
+HYDRA_STAGES = {
+    "preprocess": ("ai_singer.preprocess", "decode, slice, normalise and extract features of raw recordings"),
+    "train": ("ai_singer.train", "pretrain a base (mode=pretrain) or fine-tune a singer adapter (mode=finetune)"),
+    "convert": ("ai_singer.infer", "convert songs to a singer's voice and remix them (songs=PATH singer=NAME)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ai-singer", description="Singing-voice conversion: one frozen base, a small adapter per singer.",
+        epilog="Hydra stages take key=value overrides, e.g. `ai-singer convert songs=songs/ singer=alice "
+               "transpose=auto`; `ai-singer convert --cfg job` prints the full config with its defaults.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, summary) in HYDRA_STAGES.items():
+        stage = commands.add_parser(name, help=summary, add_help=False,
+                                    description=f"{summary}. Arguments go to `python -m {module}` unchanged.")
+        stage.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
+    concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
+                                 description="Concatenate tracks; each is converted to the first track's sample "
+                                             "rate and channel count.")
+    concat.add_argument("tracks", nargs="+", help="audio files, in order")
+    concat.add_argument("-o", "--output", required=True, help="output file (.wav or .flac)")
+    concat.add_argument("--crossfade", type=float, default=None, metavar="SECONDS",
+                        help="overlap between consecutive tracks (default: none)")
+    concat.add_argument("--subtype", default=None, help="sample format written, e.g. PCM_16, PCM_24, FLOAT")
+    return parser
+
+
+def _run_hydra_stage(name: str, overrides: Sequence[str]) -> int:
+    """Run a stage's Hydra ``main()`` as if it were ``python -m <module> <overrides>``; its exit code."""
+    module = importlib.import_module(HYDRA_STAGES[name][0])
+    saved = sys.argv
+    sys.argv = [f"ai-singer {name}", *overrides]
+    try:
+        module.main()
+    except SystemExit as stop:
+        code = stop.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _run_concat(args: argparse.Namespace) -> int:
+    from ai_singer.audio import AudioError
+    from ai_singer.mix import concat_tracks
+
+    options = {}
+    if args.crossfade is not None:
+        options["crossfade_s"] = args.crossfade
+    if args.subtype is not None:
+        options["subtype"] = args.subtype
+    try:
+        result = concat_tracks(args.tracks, args.output, **options)
+    except (AudioError, ValueError) as error:
+        print(f"concat: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.path}: {result.seconds:.2f} s, {result.sample_rate} Hz, {result.channels} channel(s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ai-singer COMMAND ...``; returns the exit code (also used by ``python -m ai_singer``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HYDRA_STAGES:  # everything after the stage name is Hydra's, options included
+        return _run_hydra_stage(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    return _run_concat(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
