@@ -18,6 +18,7 @@ without a record are swept at the end of the next complete run).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -577,12 +578,13 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> l
             futures = {pool.submit(_run_job, job): job for job in jobs}
             try:
                 for future in concurrent.futures.as_completed(futures):
-                    job = futures[future]
                     try:
                         outcomes.append(future.result())
                     except concurrent.futures.process.BrokenProcessPool as error:
-                        raise RuntimeError(f"a preprocess worker died while processing {job.path} "
-                                           f"(out of memory?); run again to resume") from error
+                        raise RuntimeError(
+                            "a preprocess worker process died (out of memory, or a crash inside a decoder); "
+                            "the finished sources are kept: run again to resume, with num_workers=0 to see "
+                            "which file it was") from error
                     progress.update(1)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -700,6 +702,32 @@ def run_preprocess(cfg: Any) -> PreprocessResult:
     sources = find_sources(settings.raw)
     _check_folders(settings)
     settings.processed.mkdir(parents=True, exist_ok=True)
+    with _exclusive(settings.processed):
+        return _run_locked(settings, sources)
+
+
+@contextlib.contextmanager
+def _exclusive(processed: Path):
+    """Hold an advisory lock on ``<processed>/.lock`` so two runs never write the same folder at once
+    (the lock goes away with the process, so a killed run never leaves a stale lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(processed / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            raise PreprocessError(f"paths.processed={processed}: another preprocess run is writing this "
+                                  f"folder; wait for it to finish") from error
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]]) -> PreprocessResult:
     result = PreprocessResult(processed_dir=settings.processed)
     jobs, records = _plan(settings, sources, result)
     encoder_info = None
@@ -724,11 +752,16 @@ def run_preprocess(cfg: Any) -> PreprocessResult:
 
 def run_cli(cfg: Any) -> int:
     """The command's body: run, print the summary, return the exit code (0 when usable clips came out)."""
-    from ai_singer.features.content import ContentEncoderMissing
-
     try:
         result = run_preprocess(cfg)
-    except (PreprocessError, ContentEncoderMissing) as error:
+    except PreprocessError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        from ai_singer.features.content import ContentEncoderMissing  # imports torch: only when needed
+
+        if not isinstance(error, ContentEncoderMissing):
+            raise
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
     print(result.summary())

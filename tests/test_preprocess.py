@@ -271,10 +271,24 @@ def test_two_workers_give_the_same_dataset(reference, dataset, tmp_path, tiny_hu
     assert (processed / "stats.json").read_text() == (ref_processed / "stats.json").read_text()
 
 
+def _cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_command_line_reports_a_missing_input_folder(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={tmp_path / 'nowhere'}",
+                          f"paths.processed={tmp_path / 'processed'}"], cwd=tmp_path, env=_cli_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "nowhere: folder not found" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]  # only Hydra's log folder in there
+
+
+@pytest.mark.slow
 def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
     """``python -m ai_singer.preprocess`` runs from any folder and litters none of it."""
     processed = tmp_path / "processed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = _cli_env()
     run = subprocess.run(
         [sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={dataset}", f"paths.processed={processed}",
          f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=0", "slicer.min_length_s=1.0"],
@@ -283,10 +297,7 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
     assert "alice: 6 clips" in run.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]
     assert len(read_manifest(processed / "manifest.jsonl")) == len(SOURCES) * CLIPS_PER_FILE
-    missing = subprocess.run([sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={tmp_path / 'nowhere'}",
-                              f"paths.processed={tmp_path / 'p2'}"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert missing.returncode != 0 and "folder not found" in missing.stderr
+    assert list((processed / ".logs").glob("*/preprocess.log"))
 
 
 def test_config_yaml_matches_dataclass_defaults():
@@ -301,3 +312,34 @@ def test_config_yaml_matches_dataclass_defaults():
 def test_typo_in_a_setting_is_an_error(dataset, tmp_path, tiny_hubert_dir):
     with pytest.raises(PreprocessError, match="conf/f0: unknown key"):
         run_preprocess(make_cfg(dataset, tmp_path / "p", tiny_hubert_dir, "+f0.methd=dio"))
+
+
+def test_long_recording_is_streamed_not_loaded_whole(tmp_path, tiny_hubert_dir):
+    """A 10-minute recording (mostly rests) is processed with a memory peak far below one float32 copy of
+    it: the slicer streams the file and each clip reads only its own range."""
+    import tracemalloc
+
+    import matplotlib.pyplot  # noqa: F401 - import heavy modules first: their import is not the stage's memory
+    import safetensors.numpy  # noqa: F401
+    import tqdm  # noqa: F401
+    from transformers import HubertModel  # noqa: F401
+
+    sr, minutes = 44100, 10
+    phrase, _ = phrase_with_silences(sr, notes=ALICE)
+    path = tmp_path / "raw" / "alice" / "long_session.wav"
+    path.parent.mkdir(parents=True)
+    with sf.SoundFile(str(path), "w", sr, 1, "PCM_16") as handle:
+        for minute in range(minutes):
+            block = np.zeros(60 * sr, dtype=np.float32)
+            if minute == 6:
+                block[sr: sr + len(phrase)] = phrase
+            handle.write(block)
+    whole_file_float32 = minutes * 60 * sr * 4
+    tracemalloc.start()
+    try:
+        result = run_preprocess(make_cfg(tmp_path / "raw", tmp_path / "processed", tiny_hubert_dir))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.clips_per_singer == {"alice": CLIPS_PER_FILE}
+    assert peak < 0.4 * whole_file_float32, f"peak {peak / 1e6:.0f} MB"
