@@ -363,3 +363,14 @@ def test_tiny_model_fits_one_clip(tiny_config):
         optimiser.step()
         losses.append(float(loss_mel.detach()))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+
+
+def test_inference_side_does_not_import_training_code():
+    """``import ai_singer.model`` (what inference uses) pulls in neither the discriminator nor the losses."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ai_singer.model; "
+            "print(sorted(m for m in sys.modules if m.endswith(('discriminator', 'losses'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
