@@ -538,7 +538,7 @@ class Converter:
         timings["content_s"] = timings["model_s"] = 0.0
         noise = torch.Generator().manual_seed(int(settings.seed))
         for name in sorted({p.singer for p in pieces}):
-            mine = [p for p in pieces if p.singer == name]
+            mine = sorted((p for p in pieces if p.singer == name), key=lambda p: p.n_frames)  # little padding
             with self.singer_model(name) as (model, g):
                 for first in range(0, len(mine), chunk.batch_size):
                     batch = mine[first: first + chunk.batch_size]
@@ -548,7 +548,7 @@ class Converter:
                     if progress:
                         progress(len(batch))
         np.divide(output, weight_sum, out=output, where=weight_sum > 0)
-        output *= self.rest_gate(mono, sr)
+        self.apply_rest_gate(output, mono, sr)
         timings["total_s"] = sum(timings.values())
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings)
@@ -613,32 +613,64 @@ class Converter:
         output[piece.window_start: piece.window_end] += audio * weight
         weight_sum[piece.window_start: piece.window_end] += weight
 
-    def rest_gate(self, mono: np.ndarray, sr: int) -> np.ndarray:
-        """float32 ``[samples]`` in [0, 1]: 1 where the source sings (frame level >= threshold, widened by
-        ``gate_hold_s``), exactly 0 in the rests, with linear fades of ``gate_ramp_s``."""
+    def apply_rest_gate(self, output: np.ndarray, mono: np.ndarray, sr: int) -> None:
+        """Multiply ``output`` in place by the rest gate of the source ``mono`` (see :func:`rest_gate`)."""
         chunk = self.settings.chunk
-        return rest_gate(mono, sr, chunk.threshold_db, chunk.gate_hold_s, chunk.gate_ramp_s)
+        apply_rest_gate(output, mono, sr, chunk.threshold_db, chunk.gate_hold_s, chunk.gate_ramp_s)
 
 
-def rest_gate(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float, ramp_s: float) -> np.ndarray:
-    """See :meth:`Converter.rest_gate`. The fades lie inside the hold margin, so the gate is exactly 0
-    wherever the source is below the threshold for more than ``2 * hold_s``."""
-    hop = max(1, int(round(0.01 * sr)))
-    active = frame_db(mono, hop) >= threshold_db
+_GATE_HOP_S = 0.01
+_BLOCK = 1 << 20
+
+
+def _active_frames(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float) -> tuple[np.ndarray, int]:
+    """Per 10 ms frame: the source is at or above ``threshold_db`` there, widened by ``hold_s`` on both
+    sides. Returns (bool [frames], hop samples). Computed block by block (no whole-song temporaries)."""
+    hop = max(1, int(round(_GATE_HOP_S * sr)))
+    block = hop * max(1, _BLOCK // hop)
+    active = np.concatenate([frame_db(mono[start: start + block], hop) >= threshold_db
+                             for start in range(0, mono.shape[0], block)] or [np.zeros(0, bool)])
     hold = int(math.ceil(hold_s * sr / hop))
     if hold and active.any():
-        kernel = np.ones(2 * hold + 1)
-        active = np.convolve(active.astype(np.float64), kernel, mode="same") > 0.5
-    gate = np.repeat(active.astype(np.float32), hop)[: mono.shape[0]]
-    ramp = int(round(ramp_s * sr))
-    if ramp > 1:
-        # A centred moving average: fades of ``ramp`` samples, spreading at most ramp/2 into the hold.
-        csum = np.concatenate([[0.0], np.cumsum(gate, dtype=np.float64)])
-        half = ramp // 2
-        index = np.arange(gate.shape[0])
-        lo, hi = np.clip(index - half, 0, gate.shape[0]), np.clip(index - half + ramp, 0, gate.shape[0])
-        gate = ((csum[hi] - csum[lo]) / ramp).astype(np.float32)
-    return gate
+        active = np.convolve(active.astype(np.float32), np.ones(2 * hold + 1, np.float32), mode="same") > 0.5
+    return active, hop
+
+
+def rest_gate(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float, ramp_s: float,
+              start: int = 0, stop: int | None = None, frames: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """The rest gate, float32 ``[stop - start]`` in [0, 1], for samples ``[start, stop)`` of ``mono``.
+
+    1 where the source sings (10 ms frames at or above ``threshold_db``, widened by ``hold_s``), exactly 0 in
+    the rests, with linear fades of ``ramp_s`` centred on the edges of the widened region. The fades
+    reach at most ``ramp_s / 2`` beyond it, so wherever the source stays below the threshold for longer
+    than ``2 * hold_s + ramp_s`` the middle of that rest is exactly 0.
+    """
+    active, hop = frames if frames is not None else _active_frames(mono, sr, threshold_db, hold_s)
+    n_samples = mono.shape[0]
+    stop = n_samples if stop is None else stop
+    ramp = max(1, int(round(ramp_s * sr)))
+    half = ramp // 2
+    # Samples [start - half, stop - half + ramp) of the widened mask, as a running sum over ``ramp``.
+    lo, hi = start - half, stop - half + ramp - 1
+    index = np.arange(lo, hi)
+    inside = (index >= 0) & (index < n_samples)
+    mask = np.zeros(index.shape[0], dtype=np.float32)
+    frame_index = np.clip(index // hop, 0, max(len(active) - 1, 0))
+    if len(active):
+        mask[inside] = active[frame_index[inside]]
+    if ramp == 1:
+        return mask
+    csum = np.concatenate([[0.0], np.cumsum(mask, dtype=np.float64)])
+    return ((csum[ramp:] - csum[:-ramp]) / ramp).astype(np.float32)
+
+
+def apply_rest_gate(output: np.ndarray, mono: np.ndarray, sr: int, threshold_db: float, hold_s: float,
+                    ramp_s: float) -> None:
+    """``output *= rest_gate(mono, ...)`` block by block (bounded temporary memory)."""
+    frames = _active_frames(mono, sr, threshold_db, hold_s)
+    for start in range(0, output.shape[0], _BLOCK):
+        stop = min(start + _BLOCK, output.shape[0])
+        output[start:stop] *= rest_gate(mono, sr, threshold_db, hold_s, ramp_s, start, stop, frames)
 
 
 # --------------------------------------------------------------------------------------------------

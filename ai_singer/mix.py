@@ -165,8 +165,11 @@ def active_level_db(x: np.ndarray, sr: int, block_s: float = 0.05, gate_db: floa
     if n_blocks == 0:
         energy = np.array([np.mean(np.square(x, dtype=np.float64))]) if x.size else np.zeros(0)
     else:
-        blocks = x[:, : n_blocks * hop].reshape(x.shape[0], n_blocks, hop)
-        energy = np.mean(np.square(blocks, dtype=np.float64), axis=(0, 2))
+        per_pass = max(1, _BLOCK // hop)  # blocks measured at once (bounded float64 temporaries)
+        energy = np.concatenate([
+            np.mean(np.square(x[:, first * hop: min(first + per_pass, n_blocks) * hop]
+                              .reshape(x.shape[0], -1, hop), dtype=np.float64), axis=(0, 2))
+            for first in range(0, n_blocks, per_pass)])
     if energy.size == 0:
         return None
     loudest = float(energy.max())
