@@ -18,6 +18,9 @@ import logging
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +531,38 @@ class TrainResult:
     models: Models | None = None
 
 
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step, so the checkpoint
+    saved on the way out is consistent; a second Ctrl-C interrupts at once. Only in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step and saving a checkpoint (press again to stop at once)")
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def should_stop(self, info: DistInfo, device: torch.device) -> bool:
+        """True when any rank was asked to stop (all ranks agree, so none is left waiting)."""
+        if not info.enabled:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -537,13 +572,24 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
 
     ``on_step(step, losses)`` is called after every optimiser step (tests use it to simulate a crash
     or a Ctrl-C). A KeyboardInterrupt saves a checkpoint and returns ``interrupted=True``.
+    ``trainer.deterministic`` switches torch to deterministic algorithms for the run only.
     """
     validate_config(cfg)
-    trainer = cfg.trainer
-    info, device = setup_distributed(trainer.device)
-    if trainer.deterministic:
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_benchmark = torch.backends.cudnn.benchmark
+    if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    try:
+        return _train(cfg, on_step)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = was_benchmark
+
+
+def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
+    trainer = cfg.trainer
+    info, device = setup_distributed(trainer.device)
     seed_everything(cfg.seed + info.rank)
 
     processed = Path(cfg.paths.processed)
@@ -559,6 +605,12 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
     models.generator.to(device)
     models.discriminator.to(device)
     opt = make_optimisation(models.generator, models.discriminator, trainer)
+    if info.is_main:
+        n_trainable = sum(p.numel() for p in models.generator.parameters() if p.requires_grad)
+        n_total = sum(p.numel() for p in models.generator.parameters())
+        log.info("%s on %s (world size %d): %d train clips of %d singer(s); generator %d of %d parameters train",
+                 cfg.mode, device, info.world_size, len(train_set), len({r.singer for r in train_set.records}),
+                 n_trainable, n_total)
 
     run_dir = Path(cfg.paths.runs) / run_name_of(cfg)
     identity = run_identity(cfg, models)
@@ -616,7 +668,9 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
     losses: dict[str, float] = {}
     last_saved = state.step if latest is not None else -1
     tick_time, tick_step = time.perf_counter(), state.step
+    stop = StopRequest()
     try:
+        stop.__enter__()
         while state.step < trainer.max_steps:
             train_set.set_epoch(state.epoch)
             sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
@@ -642,6 +696,8 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
                     last_saved = state.step
                 if on_step is not None:
                     on_step(state.step, losses)
+                if stop.should_stop(info, device):
+                    raise KeyboardInterrupt
                 if state.step >= trainer.max_steps:
                     finished_epoch = False
                     break
@@ -655,6 +711,7 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
             if last_saved != state.step:
                 save_checkpoint()
     finally:
+        stop.__exit__()
         if progress is not None:
             progress.close()
         if logger is not None:
@@ -686,21 +743,39 @@ def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: Da
 
 # ---------------------------------------------------------------------------------------- entry point
 
+def run_cli(cfg: Any) -> int:
+    """The command's body: check the config, train, print where the artifact went; returns the exit
+    code (0 done or interrupted-and-saved, 2 for an error in the user's data, artifacts or settings)."""
+    from ai_singer.manifest import ManifestError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_training(typed_config(cfg))
+    except (TrainSetupError, ManifestError, ckpt.ArtifactError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result.interrupted:
+        print(f"train: interrupted at step {result.step}; the checkpoint is in {result.run_dir / 'checkpoints'}. "
+              "Run the same command again to resume.")
+    elif result.artifact_dir is not None:
+        print(f"train: {result.step} steps done; artifact in {result.artifact_dir}")
+    return 0
+
+
 def main() -> None:
+    """``python -m ai_singer.train [overrides]`` (Hydra; also under ``torchrun``)."""
     import hydra
 
     from ai_singer.conf_dir import conf_dir
 
-    @hydra.main(config_path=conf_dir(), config_name="train", version_base=None)
+    @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
     def _entry(cfg) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        result = run_training(typed_config(cfg))
-        if result.interrupted:
-            print(f"interrupted at step {result.step}; run again with the same settings to resume")
-        elif result.artifact_dir is not None:
-            print(f"trained {result.step} steps; artifact in {result.artifact_dir}")
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        code = run_cli(cfg)
+        if code:
+            sys.exit(code)
 
     _entry()
 

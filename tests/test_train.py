@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -190,8 +191,8 @@ def test_retention_and_corrupt_newest_checkpoint_is_skipped(tmp_path, processed)
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, processed):
     def interrupt(step, losses):
-        if step == 1:
-            raise KeyboardInterrupt
+        if step == 1:  # a real Ctrl-C: the run finishes this step, saves and returns
+            os.kill(os.getpid(), signal.SIGINT)
 
     cfg = make_config(tmp_path, processed, "trainer.max_steps=3", "trainer.save_every=100")
     result = run_training(cfg, on_step=interrupt)
@@ -200,6 +201,17 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, processed):
     assert not (tmp_path / "pretrain" / "base").exists()
     finished = run_training(cfg)
     assert finished.step == 3 and (finished.artifact_dir / "generator.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_keyboard_interrupt_inside_a_step_also_saves(tmp_path, processed):
+    def interrupt(step, losses):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    result = run_training(make_config(tmp_path, processed, "trainer.max_steps=3", "trainer.save_every=100"),
+                          on_step=interrupt)
+    assert result.interrupted and [s for s, _ in ckpt.list_train_states(result.run_dir)] == [2]
 
 
 def test_a_finished_run_only_exports_again(tmp_path, processed):
@@ -277,6 +289,15 @@ def test_config_typos_are_errors(tmp_path, processed):
         make_config(tmp_path, processed, "mode=finetune")
 
 
+def test_command_line_reports_errors_with_exit_code_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "ai_singer.train", f"paths.processed={tmp_path}/none",
+                           f"paths.runs={tmp_path}/runs"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert f"train: error: {tmp_path}/none/manifest.jsonl: manifest not found" in done.stderr
+
+
 def test_yaml_defaults_match_the_dataclasses():
     conf = Path(conf_dir())
     for cls, path in ((TrainerSettings, "trainer/default.yaml"), (LossWeights, "loss/default.yaml"),
@@ -298,14 +319,14 @@ def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
     assert last < 0.8 * first, (first, last)
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path, processed):
-    """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes."""
+    """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes. About 13 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "ai_singer.train", *overrides_for(tmp_path, processed), "trainer.max_steps=2",
                "trainer.device=cpu", "name=ddp"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "world size 2" in done.stderr + done.stdout
     assert (tmp_path / "pretrain" / "ddp" / "generator.safetensors").is_file()
     assert [s for s, _ in ckpt.list_train_states(tmp_path / "runs" / "pretrain-ddp")] == [2]
