@@ -83,6 +83,12 @@ def test_same_seed_gives_identical_files_and_cli_matches(corpus_dir: Path, tmp_p
     assert (other / "raw/s00_soprano/p000.wav").read_bytes() != first["raw/s00_soprano/p000.wav"]
 
 
+def test_worker_processes_write_the_same_bytes(corpus_dir: Path, tmp_path: Path):
+    parallel_run = tmp_path / "two_workers"
+    generate_corpus(CorpusSettings(out=parallel_run, workers=2, **SMALL))
+    assert _files(parallel_run) == _files(corpus_dir)
+
+
 def test_labels_and_f0_match_audio_length(corpus_dir: Path):
     corpus = json.loads((corpus_dir / "corpus.json").read_text())
     hop = corpus["label_hop_samples"]

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from ai_singer.atomic import atomic_path, atomic_write, atomic_write_json
+from ai_singer.atomic import atomic_write, atomic_write_json
+from ai_singer.audio import write_audio
 
 from .accompaniment import drum_stem, pad_stem
 from .melody import Phrase, make_phrase, make_song_line, validate_syllables
@@ -119,8 +119,7 @@ def song_singer_index(settings: CorpusSettings, song_index: int) -> int:
 
 def write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     """PCM_16 WAV, written atomically."""
-    with atomic_path(path) as tmp:
-        sf.write(tmp, audio, sr, subtype="PCM_16", format="WAV")
+    write_audio(path, audio, sr, subtype="PCM_16")
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -17,8 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
-from scipy.signal import butter, oaconvolve, sosfilt
+from scipy import fft as sp_fft
 
 from .melody import Phrase, phone_segments
 from .phones import (N_FORMANTS, PHONES, PHONE_IDS, PLOSIVE_CLOSURE_FRACTION, UPPER_BANDWIDTHS_HZ,
@@ -63,6 +62,37 @@ def _smooth_noise(rng: np.random.Generator, n: int, sr: int, rate_hz: float) -> 
     return np.interp(np.arange(n) * (rate_hz / sr), np.arange(n_points), points)
 
 
+def _moving_average(x: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average of ``x`` [N] over ``size`` samples, edges held: [N]."""
+    if size <= 1:
+        return x.copy()
+    left = size // 2
+    padded = np.concatenate([np.full(left + 1, x[0]), x, np.full(size - left, x[-1])])
+    sums = np.cumsum(padded)
+    return (sums[size:size + len(x)] - sums[:len(x)]) / size
+
+
+def _fft_convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Full linear convolution of two 1-D arrays via the FFT: [len(x) + len(kernel) - 1]."""
+    n = len(x) + len(kernel) - 1
+    size = sp_fft.next_fast_len(n, real=True)
+    return sp_fft.irfft(sp_fft.rfft(x, size) * sp_fft.rfft(kernel, size), size)[:n]
+
+
+def _butterworth_filter(x: np.ndarray, sr: int, low_hz: float | None, high_hz: float | None,
+                        order: int) -> np.ndarray:
+    """Zero-phase Butterworth-magnitude high-pass (``low_hz``), low-pass (``high_hz``) or band-pass
+    (both) of ``x`` [N], applied in the frequency domain over the whole signal: [N]."""
+    size = sp_fft.next_fast_len(len(x), real=True)
+    freqs = np.maximum(sp_fft.rfftfreq(size, 1.0 / sr), 1e-3)
+    gain = np.ones_like(freqs)
+    if low_hz is not None:
+        gain /= np.sqrt(1.0 + (low_hz / freqs) ** (2 * order))
+    if high_hz is not None:
+        gain /= np.sqrt(1.0 + (freqs / high_hz) ** (2 * order))
+    return sp_fft.irfft(sp_fft.rfft(x, size) * gain, size)[:len(x)]
+
+
 def _stft_sizes(sr: int) -> tuple[int, int]:
     n_fft = 2048 if sr >= 32000 else 1024
     return n_fft, n_fft // 4
@@ -93,38 +123,46 @@ def _fill_and_smooth(track: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         out[:, c] = np.interp(frames, frames[valid], track[valid, c]) if valid.any() else 0.0
     pad = len(kernel) // 2
     padded = np.pad(out, ((pad, pad), (0, 0)), mode="edge")
-    return oaconvolve(padded, kernel[:, None], mode="valid", axes=0)
+    return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(out.shape[1])], axis=1)
 
 
-def _phone_targets(singer: SingerVoice, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per phone id: formants [P, R] and bandwidths [P, R] in Hz (NaN for voiceless/silence), nasal
-    zero frequency [P] (NaN where none) and zero depth [P].
-
-    R = 7 phone formants plus the uniform-tube resonances above them up to past the highest harmonic:
-    a cascade needs those higher poles, or the spectrum collapses above F7.
-    """
+def _phone_targets(singer: SingerVoice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per phone id: formants F1..F7 [P, 7] and bandwidths [P, 7] in Hz (NaN for voiceless phones and
+    silence, which take their neighbours' values), nasal zero frequency [P] (NaN where none) and zero
+    depth [P]."""
     n = len(PHONES)
-    spacing = HIGH_RESONANCE_SPACING_HZ * singer.formant_factor
-    extra_hz = UPPER_FORMANTS_HZ[-1] * singer.formant_factor + spacing * np.arange(
-        1, int((HARMONIC_LIMIT * sr + 2000.0 - UPPER_FORMANTS_HZ[-1]) / spacing) + 1)
-    extra_bw = HIGH_RESONANCE_BANDWIDTH_HZ + 0.1 * (extra_hz - extra_hz[0]) if len(extra_hz) else extra_hz
-    n_res = N_FORMANTS + len(extra_hz)
-    formants = np.full((n, n_res), np.nan)
-    bandwidths = np.full((n, n_res), np.nan)
+    formants = np.full((n, N_FORMANTS), np.nan)
+    bandwidths = np.full((n, N_FORMANTS), np.nan)
     zero_hz = np.full(n, np.nan)
     zero_depth = np.zeros(n)
     fine = np.asarray(singer.formant_fine)
     for index, phone in enumerate(PHONES):
         if phone.formants_hz is None:
             continue
-        formants[index, :N_FORMANTS] = np.asarray(phone.formants_hz + UPPER_FORMANTS_HZ) * singer.formant_factor * fine
-        formants[index, N_FORMANTS:] = extra_hz
-        bandwidths[index, :N_FORMANTS] = np.asarray(phone.bandwidths_hz + UPPER_BANDWIDTHS_HZ) * singer.bandwidth_factor
-        bandwidths[index, N_FORMANTS:] = extra_bw
+        formants[index] = np.asarray(phone.formants_hz + UPPER_FORMANTS_HZ) * singer.formant_factor * fine
+        bandwidths[index] = np.asarray(phone.bandwidths_hz + UPPER_BANDWIDTHS_HZ) * singer.bandwidth_factor
         if phone.zero_hz > 0:
             zero_hz[index] = phone.zero_hz * singer.formant_factor
             zero_depth[index] = 1.0
     return formants, bandwidths, zero_hz, zero_depth
+
+
+def _static_log_envelope(singer: SingerVoice, freqs: np.ndarray, sr: int) -> np.ndarray:
+    """The part of the envelope that does not change with the phone [1, K]: the uniform-tube
+    resonances above F7 up to past the highest harmonic (a cascade needs those higher poles, or the
+    spectrum collapses above F7) and the singer's formant."""
+    spacing = HIGH_RESONANCE_SPACING_HZ * singer.formant_factor
+    top = UPPER_FORMANTS_HZ[-1] * singer.formant_factor
+    count = int((HARMONIC_LIMIT * sr + 2000.0 - top) / spacing)
+    centres = top + spacing * np.arange(1, count + 1)
+    log_env = np.zeros_like(freqs)
+    for centre in centres:
+        bandwidth = HIGH_RESONANCE_BANDWIDTH_HZ + 0.1 * (centre - centres[0])
+        log_env += _log_resonance(freqs, np.array([[centre]]), np.array([[bandwidth]]))
+    singer_formant_hz = singer.singer_formant_hz * singer.formant_factor
+    log_env += (np.log(10.0) / 20.0 * singer.singer_formant_db
+                * np.exp(-0.5 * ((freqs - singer_formant_hz) / 350.0) ** 2))
+    return log_env
 
 
 def _vocal_tract_filter(excitation: np.ndarray, frame_ids: np.ndarray, frame_f0: np.ndarray,
@@ -140,15 +178,15 @@ def _vocal_tract_filter(excitation: np.ndarray, frame_ids: np.ndarray, frame_f0:
     ids = frame_ids[np.minimum(np.arange(n_frames), len(frame_ids) - 1)]
     f0 = frame_f0[np.minimum(np.arange(n_frames), len(frame_f0) - 1)][:, None]
 
-    formants, bandwidths, zero_hz, zero_depth = _phone_targets(singer, sr)
-    n_res = formants.shape[1]
+    formants, bandwidths, zero_hz, zero_depth = _phone_targets(singer)
+    n_res = N_FORMANTS
     kernel_len = max(1, int(round(COARTICULATION_S * sr / hop)) | 1)
     kernel = np.hanning(kernel_len + 2)[1:-1]
     kernel /= kernel.sum()
     tracks = _fill_and_smooth(np.concatenate([formants[ids], bandwidths[ids], zero_hz[ids, None],
                                               zero_depth[ids, None]], axis=1), kernel)
     freqs = (np.arange(n_fft // 2 + 1) * (sr / n_fft))[None, :]
-    log_env = np.zeros((n_frames, freqs.shape[1]))
+    log_env = np.repeat(_static_log_envelope(singer, freqs, sr), n_frames, axis=0)
     for k in range(n_res):
         log_env += _log_resonance(freqs, tracks[:, k:k + 1], tracks[:, n_res + k:n_res + k + 1])
     zero_track, depth_track = tracks[:, 2 * n_res:2 * n_res + 1], tracks[:, 2 * n_res + 1:]
@@ -156,8 +194,6 @@ def _vocal_tract_filter(excitation: np.ndarray, frame_ids: np.ndarray, frame_f0:
     db = np.log(10.0) / 20.0
     glottal_hz = np.maximum(f0, 80.0)
     log_env += db * singer.tilt_db_per_octave * 0.5 * np.log2(1.0 + (freqs / glottal_hz) ** 2)
-    singer_formant_hz = singer.singer_formant_hz * singer.formant_factor
-    log_env += db * singer.singer_formant_db * np.exp(-0.5 * ((freqs - singer_formant_hz) / 350.0) ** 2)
 
     spectra = np.fft.rfft(frames * window, axis=-1) * _minimum_phase(log_env, n_fft)
     out_frames = np.fft.irfft(spectra, n=n_fft, axis=-1) * window
@@ -214,7 +250,7 @@ def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np
                 burst = a + int(round(PLOSIVE_CLOSURE_FRACTION * (b - a)))
                 env[burst:b] = level * np.exp(-np.arange(b - burst) / (0.012 * sr))
     ramp = max(1, int(VOICING_RAMP_S * sr))
-    voiced_gain = uniform_filter1d(uniform_filter1d(voiced_target, ramp), ramp)
+    voiced_gain = _moving_average(_moving_average(voiced_target, ramp), ramp)
 
     # F0: notes -> portamento -> vibrato and drift (intended), then jitter (synthesis only).
     sung = [nt for nt in phrase.notes if nt.syllable]
@@ -225,7 +261,7 @@ def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np
     glide = np.hanning(glide_len + 2)[1:-1]
     glide /= glide.sum()
     target = np.concatenate([np.full(glide_len, semitones[current[0]]), semitones[current]])
-    pitch = oaconvolve(target, glide, mode="full")[glide_len:glide_len + n]
+    pitch = _fft_convolve(target, glide)[glide_len:glide_len + n]
     since_onset = (samples - starts[current]) / sr
     vibrato_env = np.clip((since_onset - singer.vibrato_onset_s) / 0.3, 0.0, 1.0)
     rate = singer.vibrato_rate_hz * (1.0 + 0.04 * _smooth_noise(rng, n, sr, 2.0))
@@ -244,7 +280,7 @@ def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np
     shimmer = np.maximum(0.0, 1.0 + singer.shimmer * _smooth_noise(rng, n, sr, 200.0))
     aspiration = rng.standard_normal(n) * singer.breathiness * np.sqrt(sr / (2.0 * f0_source)) * 0.7
     aspiration *= 0.35 + 0.325 * (1.0 + np.cos(phase))
-    aspiration = sosfilt(butter(2, 1500.0, "highpass", fs=sr, output="sos"), aspiration)
+    aspiration = _butterworth_filter(aspiration, sr, 1500.0, None, order=2)
     excitation = voiced_gain * (pulses * shimmer + aspiration)
 
     _, stft_hop = _stft_sizes(sr)
@@ -261,9 +297,9 @@ def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np
         low, high = (np.asarray(phone.noise_band_hz) * singer.formant_factor).tolist()
         high = min(high, HARMONIC_LIMIT * sr)
         low = min(low, 0.6 * high)
-        band = sosfilt(butter(4, [low, high], "bandpass", fs=sr, output="sos"), rng.standard_normal(n))
+        band = _butterworth_filter(rng.standard_normal(n), sr, low, high, order=4)
         band /= max(float(np.sqrt(np.mean(band ** 2))), 1e-12)
-        audio += VOICED_RMS * phone.noise_level * uniform_filter1d(noise_env[pid], smooth) * band
+        audio += VOICED_RMS * phone.noise_level * _moving_average(noise_env[pid], smooth) * band
 
     audio += 10 ** (NOISE_FLOOR_DB / 20) * rng.standard_normal(n)
     audio *= 10 ** (singer.level_db / 20)
