@@ -49,6 +49,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)  # run as a script from anywhere: find ai_singer
+
+from ai_singer.atomic import atomic_write_json  # noqa: E402
+
 SAMPLE_RATE = 16000
 HOP = 320  # samples per content frame at 16 kHz: 50 frames a second
 CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)  # product 320, as in HuBERT / ContentVec
@@ -647,7 +653,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     }
     with atomic_folder(args.out) as folder:
         save_artifact(tagger, folder, corpus.phones)
-        (folder / "training.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(folder / "training.json", document)
     size_mb = folder_bytes(args.out) / 1e6
     document["artifact_mb"] = round(size_mb, 2)
 
