@@ -31,6 +31,7 @@ COARTICULATION_S = 0.06   # smoothing of formant tracks between phones
 VOICING_RAMP_S = 0.012    # onset/offset ramp of the voiced source
 HIGH_RESONANCE_SPACING_HZ = 1050.0   # spacing of the resonances above F7 (reference tract)
 HIGH_RESONANCE_BANDWIDTH_HZ = 600.0   # bandwidth of the first of them; grows with frequency
+FRAME_BLOCK = 256                     # STFT frames filtered at a time
 VOICED_THRESHOLD = 0.1    # voiced-source gain above which a frame counts as voiced in the F0 labels
 
 
@@ -179,33 +180,129 @@ def _vocal_tract_filter(excitation: np.ndarray, frame_ids: np.ndarray, frame_f0:
     f0 = frame_f0[np.minimum(np.arange(n_frames), len(frame_f0) - 1)][:, None]
 
     formants, bandwidths, zero_hz, zero_depth = _phone_targets(singer)
-    n_res = N_FORMANTS
     kernel_len = max(1, int(round(COARTICULATION_S * sr / hop)) | 1)
     kernel = np.hanning(kernel_len + 2)[1:-1]
     kernel /= kernel.sum()
     tracks = _fill_and_smooth(np.concatenate([formants[ids], bandwidths[ids], zero_hz[ids, None],
                                               zero_depth[ids, None]], axis=1), kernel)
     freqs = (np.arange(n_fft // 2 + 1) * (sr / n_fft))[None, :]
-    log_env = np.repeat(_static_log_envelope(singer, freqs, sr), n_frames, axis=0)
-    for k in range(n_res):
-        log_env += _log_resonance(freqs, tracks[:, k:k + 1], tracks[:, n_res + k:n_res + k + 1])
-    zero_track, depth_track = tracks[:, 2 * n_res:2 * n_res + 1], tracks[:, 2 * n_res + 1:]
-    log_env -= depth_track * _log_resonance(freqs, zero_track, np.full_like(zero_track, 250.0))
+    static_env = _static_log_envelope(singer, freqs, sr)
     db = np.log(10.0) / 20.0
-    glottal_hz = np.maximum(f0, 80.0)
-    log_env += db * singer.tilt_db_per_octave * 0.5 * np.log2(1.0 + (freqs / glottal_hz) ** 2)
-
-    spectra = np.fft.rfft(frames * window, axis=-1) * _minimum_phase(log_env, n_fft)
-    out_frames = np.fft.irfft(spectra, n=n_fft, axis=-1) * window
     out = np.zeros(len(padded) + n_fft)
-    norm = np.zeros_like(out)
     quarters = n_fft // hop
-    blocks = out_frames.reshape(n_frames, quarters, hop)
+    for first in range(0, n_frames, FRAME_BLOCK):  # blocks of frames bound the memory on long songs
+        block = slice(first, min(first + FRAME_BLOCK, n_frames))
+        part = tracks[block]
+        log_env = np.repeat(static_env, part.shape[0], axis=0)
+        for k in range(N_FORMANTS):
+            log_env += _log_resonance(freqs, part[:, k:k + 1], part[:, N_FORMANTS + k:N_FORMANTS + k + 1])
+        zero_track, depth_track = part[:, 2 * N_FORMANTS:2 * N_FORMANTS + 1], part[:, 2 * N_FORMANTS + 1:]
+        log_env -= depth_track * _log_resonance(freqs, zero_track, np.full_like(zero_track, 250.0))
+        glottal_hz = np.maximum(f0[block], 80.0)
+        log_env += db * singer.tilt_db_per_octave * 0.5 * np.log2(1.0 + (freqs / glottal_hz) ** 2)
+        spectra = np.fft.rfft(frames[block] * window, axis=-1) * _minimum_phase(log_env, n_fft)
+        out_frames = (np.fft.irfft(spectra, n=n_fft, axis=-1) * window).reshape(-1, quarters, hop)
+        count = out_frames.shape[0]
+        for q in range(quarters):  # overlap-add: frame f, quarter q lands at (f + q) * hop
+            start = (first + q) * hop
+            out[start:start + count * hop] += out_frames[:, q, :].reshape(-1)
+    norm = np.zeros_like(out)
     for q in range(quarters):
-        out[q * hop:q * hop + n_frames * hop] += blocks[:, q, :].reshape(-1)
         norm[q * hop:q * hop + n_frames * hop] += np.tile(window[q * hop:(q + 1) * hop] ** 2, n_frames)
     start = n_fft // 2
     return out[start:start + n] / np.maximum(norm[start:start + n], 1e-3)
+
+
+def _phone_timeline(phrase: Phrase, n: int, sr: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, float]]]:
+    """Per sample: phone id (int16 [n]) and voiced-source target gain ([n], before ramps); plus the
+    voiceless segments ``(phone id, start, end, level)``. Each note gets a random level (+-1.5 dB)."""
+    phone_at = np.zeros(n, dtype=np.int16)
+    voiced_target = np.zeros(n)
+    noise_segments: list[tuple[int, int, int, float]] = []
+    sung = [nt for nt in phrase.notes if nt.syllable]
+    levels = [10 ** (rng.normal(0.0, 1.5) / 20) for _ in sung]
+    note_starts = [phrase.note_times(nt)[0] for nt in sung]
+    for symbol, start_s, end_s in phone_segments(phrase):
+        a, b = int(round(start_s * sr)), int(round(end_s * sr))
+        if b <= a:
+            continue
+        pid = PHONE_IDS[symbol]
+        phone = PHONES[pid]
+        phone_at[a:b] = pid
+        level = levels[max(0, int(np.searchsorted(note_starts, start_s + 1e-9)) - 1)]
+        voiced_target[a:b] = phone.voiced_gain * level
+        if phone.kind in ("fricative", "plosive"):
+            noise_segments.append((pid, a, b, level))
+    return phone_at, voiced_target, noise_segments
+
+
+def _f0_contour(phrase: Phrase, singer: SingerVoice, n: int, sr: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(intended F0, source F0), Hz [n] each. Intended: the notes in the singer's key, joined by
+    portamento glides, with delayed vibrato and slow drift; the source adds jitter. Rests hold the
+    previous note's pitch (the voice is off there)."""
+    sung = [nt for nt in phrase.notes if nt.syllable]
+    starts = np.array([int(round(phrase.note_times(nt)[0] * sr)) for nt in sung])
+    semitones = np.array([phrase.semitones(nt) for nt in sung])
+    current = np.clip(np.searchsorted(starts, np.arange(n), side="right") - 1, 0, len(sung) - 1)
+    glide_len = max(1, int(singer.portamento_s * sr))
+    glide = np.hanning(glide_len + 2)[1:-1]
+    glide /= glide.sum()
+    target = np.concatenate([np.full(glide_len, semitones[current[0]]), semitones[current]])
+    pitch = _fft_convolve(target, glide)[glide_len:glide_len + n]
+    since_onset = (np.arange(n) - starts[current]) / sr
+    vibrato_env = np.clip((since_onset - singer.vibrato_onset_s) / 0.3, 0.0, 1.0)
+    rate = singer.vibrato_rate_hz * (1.0 + 0.04 * _smooth_noise(rng, n, sr, 2.0))
+    pitch += singer.vibrato_depth_cents / 100.0 * vibrato_env * np.sin(2 * np.pi * np.cumsum(rate) / sr)
+    pitch += singer.drift_cents / 100.0 * _smooth_noise(rng, n, sr, 3.0)
+    f0_intended = midi_to_hz(singer.tonic_midi + pitch)
+    f0_source = f0_intended * (1.0 + singer.jitter * _smooth_noise(rng, n, sr, 1000.0))
+    return f0_intended, f0_source
+
+
+def _glottal_source(f0_source: np.ndarray, voiced_gain: np.ndarray, singer: SingerVoice, sr: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Band-limited pulse train (sum of cos(k * phase), k = 1..H, H below HARMONIC_LIMIT * sr) with
+    shimmer, plus pulse-synchronous high-passed aspiration noise, gated by ``voiced_gain``: [n]."""
+    n = len(f0_source)
+    phase = np.mod(2 * np.pi * np.cumsum(f0_source) / sr, 2 * np.pi)
+    n_harmonics = np.floor(HARMONIC_LIMIT * sr / f0_source)
+    denominator = 2.0 * np.sin(0.5 * phase)
+    safe = np.abs(denominator) > 1e-9
+    pulses = np.where(safe, np.sin((n_harmonics + 0.5) * phase) / np.where(safe, denominator, 1.0) - 0.5,
+                      n_harmonics)
+    pulses *= np.maximum(0.0, 1.0 + singer.shimmer * _smooth_noise(rng, n, sr, 200.0))
+    aspiration = rng.standard_normal(n) * singer.breathiness * np.sqrt(sr / (2.0 * f0_source)) * 0.7
+    aspiration *= 0.35 + 0.325 * (1.0 + np.cos(phase))
+    pulses += _butterworth_filter(aspiration, sr, 1500.0, None, order=2)
+    pulses *= voiced_gain
+    return pulses
+
+
+def _add_consonant_noise(audio: np.ndarray, noise_segments: list[tuple[int, int, int, float]],
+                         singer: SingerVoice, sr: int, rng: np.random.Generator) -> None:
+    """Add voiceless consonants to ``audio`` [n] in place: band-passed noise, level relative to the
+    voiced RMS, made segment by segment (fricatives: the whole segment; plosives: closure silence,
+    then a decaying burst)."""
+    n = len(audio)
+    smooth = max(1, int(0.004 * sr))
+    margin = 4 * smooth
+    for pid, a, b, level in noise_segments:
+        phone = PHONES[pid]
+        low, high = (np.asarray(phone.noise_band_hz) * singer.formant_factor).tolist()
+        high = min(high, HARMONIC_LIMIT * sr)
+        low = min(low, 0.6 * high)
+        lo, hi = max(0, a - margin), min(n, b + margin)
+        envelope = np.zeros(hi - lo)
+        if phone.kind == "fricative":
+            envelope[a - lo:b - lo] = level
+        else:
+            burst = a + int(round(PLOSIVE_CLOSURE_FRACTION * (b - a)))
+            envelope[burst - lo:b - lo] = level * np.exp(-np.arange(b - burst) / (0.012 * sr))
+        band = _butterworth_filter(rng.standard_normal(hi - lo), sr, low, high, order=4)
+        band /= max(float(np.sqrt(np.mean(band ** 2))), 1e-12)
+        audio[lo:hi] += VOICED_RMS * phone.noise_level * _moving_average(envelope, smooth) * band
 
 
 def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np.random.Generator,
@@ -221,93 +318,30 @@ def render_phrase(phrase: Phrase, singer: SingerVoice, sample_rate: int, rng: np
     label_hop = sr // label_rate_hz
     n_labels = int(math.ceil(phrase.seconds * sr / label_hop - 1e-9))
     n = n_labels * label_hop
-    samples = np.arange(n)
 
-    # Phone timeline per sample; plosive bursts and fricatives get their own noise masks.
-    phone_at = np.zeros(n, dtype=np.int16)
-    voiced_target = np.zeros(n)
-    note_level = {}
-    noise_env: dict[int, np.ndarray] = {}
-    for note in phrase.notes:
-        if note.syllable:
-            note_level[note.start_beat] = 10 ** (rng.normal(0.0, 1.5) / 20)
-    note_starts = [phrase.note_times(nt)[0] for nt in phrase.notes if nt.syllable]
-    level_of = [note_level[nt.start_beat] for nt in phrase.notes if nt.syllable]
-    for symbol, start_s, end_s in phone_segments(phrase):
-        a, b = int(round(start_s * sr)), int(round(end_s * sr))
-        if b <= a:
-            continue
-        pid = PHONE_IDS[symbol]
-        phone = PHONES[pid]
-        phone_at[a:b] = pid
-        level = level_of[max(0, int(np.searchsorted(note_starts, start_s + 1e-9)) - 1)]
-        voiced_target[a:b] = phone.voiced_gain * level
-        if phone.kind in ("fricative", "plosive"):
-            env = noise_env.setdefault(pid, np.zeros(n))
-            if phone.kind == "fricative":
-                env[a:b] = level
-            else:
-                burst = a + int(round(PLOSIVE_CLOSURE_FRACTION * (b - a)))
-                env[burst:b] = level * np.exp(-np.arange(b - burst) / (0.012 * sr))
+    phone_at, voiced_target, noise_segments = _phone_timeline(phrase, n, sr, rng)
     ramp = max(1, int(VOICING_RAMP_S * sr))
     voiced_gain = _moving_average(_moving_average(voiced_target, ramp), ramp)
-
-    # F0: notes -> portamento -> vibrato and drift (intended), then jitter (synthesis only).
-    sung = [nt for nt in phrase.notes if nt.syllable]
-    starts = np.array([int(round(phrase.note_times(nt)[0] * sr)) for nt in sung])
-    semitones = np.array([phrase.semitones(nt) for nt in sung])
-    current = np.clip(np.searchsorted(starts, samples, side="right") - 1, 0, len(sung) - 1)
-    glide_len = max(1, int(singer.portamento_s * sr))
-    glide = np.hanning(glide_len + 2)[1:-1]
-    glide /= glide.sum()
-    target = np.concatenate([np.full(glide_len, semitones[current[0]]), semitones[current]])
-    pitch = _fft_convolve(target, glide)[glide_len:glide_len + n]
-    since_onset = (samples - starts[current]) / sr
-    vibrato_env = np.clip((since_onset - singer.vibrato_onset_s) / 0.3, 0.0, 1.0)
-    rate = singer.vibrato_rate_hz * (1.0 + 0.04 * _smooth_noise(rng, n, sr, 2.0))
-    vibrato = singer.vibrato_depth_cents * vibrato_env * np.sin(2 * np.pi * np.cumsum(rate) / sr)
-    drift = singer.drift_cents * _smooth_noise(rng, n, sr, 3.0)
-    f0_intended = midi_to_hz(singer.tonic_midi + pitch + (vibrato + drift) / 100.0)
-    f0_source = f0_intended * (1.0 + singer.jitter * _smooth_noise(rng, n, sr, 1000.0))
-
-    # Source: band-limited pulse train (sum of cos(k * phase), k = 1..H) + aspiration.
-    phase = np.mod(2 * np.pi * np.cumsum(f0_source) / sr, 2 * np.pi)
-    n_harmonics = np.floor(HARMONIC_LIMIT * sr / f0_source)
-    denominator = 2.0 * np.sin(0.5 * phase)
-    safe = np.abs(denominator) > 1e-9
-    pulses = np.where(safe, np.sin((n_harmonics + 0.5) * phase) / np.where(safe, denominator, 1.0) - 0.5,
-                      n_harmonics)
-    shimmer = np.maximum(0.0, 1.0 + singer.shimmer * _smooth_noise(rng, n, sr, 200.0))
-    aspiration = rng.standard_normal(n) * singer.breathiness * np.sqrt(sr / (2.0 * f0_source)) * 0.7
-    aspiration *= 0.35 + 0.325 * (1.0 + np.cos(phase))
-    aspiration = _butterworth_filter(aspiration, sr, 1500.0, None, order=2)
-    excitation = voiced_gain * (pulses * shimmer + aspiration)
+    del voiced_target
+    f0_intended, f0_source = _f0_contour(phrase, singer, n, sr, rng)
+    excitation = _glottal_source(f0_source, voiced_gain, singer, sr, rng)
+    del f0_source
 
     _, stft_hop = _stft_sizes(sr)
     frame_centres = np.minimum(np.arange(0, n + stft_hop, stft_hop), n - 1)
-    voiced = _vocal_tract_filter(excitation, phone_at[frame_centres], f0_intended[frame_centres], singer, sr)
+    audio = _vocal_tract_filter(excitation, phone_at[frame_centres], f0_intended[frame_centres], singer, sr)
+    del excitation
     voiced_mask = voiced_gain > 0.5 * max(voiced_gain.max(), 1e-9)
-    voiced_rms = float(np.sqrt(np.mean(voiced[voiced_mask] ** 2))) if voiced_mask.any() else 1.0
-    audio = voiced * (VOICED_RMS / max(voiced_rms, 1e-9))
-
-    # Voiceless consonants: band-passed noise, level relative to the voiced RMS.
-    smooth = max(1, int(0.004 * sr))
-    for pid in sorted(noise_env):
-        phone = PHONES[pid]
-        low, high = (np.asarray(phone.noise_band_hz) * singer.formant_factor).tolist()
-        high = min(high, HARMONIC_LIMIT * sr)
-        low = min(low, 0.6 * high)
-        band = _butterworth_filter(rng.standard_normal(n), sr, low, high, order=4)
-        band /= max(float(np.sqrt(np.mean(band ** 2))), 1e-12)
-        audio += VOICED_RMS * phone.noise_level * _moving_average(noise_env[pid], smooth) * band
-
+    voiced_rms = float(np.sqrt(np.mean(audio[voiced_mask] ** 2))) if voiced_mask.any() else 1.0
+    audio *= VOICED_RMS / max(voiced_rms, 1e-9)
+    _add_consonant_noise(audio, noise_segments, singer, sr, rng)
     audio += 10 ** (NOISE_FLOOR_DB / 20) * rng.standard_normal(n)
     audio *= 10 ** (singer.level_db / 20)
     peak = float(np.max(np.abs(audio)))
     if peak > 0.95:
         audio *= 0.95 / peak
 
-    centres = samples[label_hop // 2::label_hop][:n_labels]
+    centres = np.arange(n_labels) * label_hop + label_hop // 2
     labels = phone_at[centres].astype(np.int16)
     f0_labels = np.where(voiced_gain[centres] > VOICED_THRESHOLD, f0_intended[centres], 0.0).astype(np.float32)
     return Rendition(audio.astype(np.float32), labels, f0_labels, sr, label_hop)
