@@ -319,14 +319,21 @@ def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
     assert last < 0.8 * first, (first, last)
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path, processed):
-    """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes. About 13 s."""
+@pytest.mark.parametrize("mode", ["finetune", pytest.param("pretrain", marks=pytest.mark.slow)])
+def test_torchrun_two_processes_on_cpu(tmp_path, processed, base_dir, mode):
+    """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes. About 15 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    settings = ["name=ddp"] if mode == "pretrain" else ["mode=finetune", "singer=alto", f"base={base_dir}"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "ai_singer.train", *overrides_for(tmp_path, processed), "trainer.max_steps=2",
-               "trainer.device=cpu", "name=ddp"]
+               "trainer.device=cpu", *settings]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "world size 2" in done.stderr + done.stdout
-    assert (tmp_path / "pretrain" / "ddp" / "generator.safetensors").is_file()
-    assert [s for s, _ in ckpt.list_train_states(tmp_path / "runs" / "pretrain-ddp")] == [2]
+    if mode == "pretrain":
+        assert (tmp_path / "pretrain" / "ddp" / "generator.safetensors").is_file()
+        run_dir = tmp_path / "runs" / "pretrain-ddp"
+    else:
+        assert ckpt.load_adapter(tmp_path / "singers" / "alto").method == "lora"
+        run_dir = tmp_path / "runs" / "alto"
+    assert [s for s, _ in ckpt.list_train_states(run_dir)] == [2]
