@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a fol
 
 from tools import synth_corpus  # noqa: E402
 from tools.synth.corpus import CorpusSettings, generate_corpus  # noqa: E402
-from tools.synth.melody import Note, Phrase, make_phrase, phone_segments  # noqa: E402
+from tools.synth.melody import SCALES, Note, Phrase, make_phrase, phone_segments  # noqa: E402
 from tools.synth.phones import PHONES, PHONE_IDS  # noqa: E402
 from tools.synth.singers import make_singer  # noqa: E402
 from tools.synth.voice import render_phrase  # noqa: E402
@@ -265,6 +265,29 @@ def test_song_stems_share_length_and_tempo(corpus_dir: Path):
     # the vocals start after the count-in bar, the pad and drums from the start
     assert np.sqrt(np.mean(vocals[:int(0.8 * lead_in * sr)] ** 2)) < 1e-3
     assert np.sqrt(np.mean(pad[:int(0.8 * lead_in * sr)] ** 2)) > 0.01
+
+
+def test_pad_plays_the_chords_in_the_singers_key(corpus_dir: Path):
+    corpus = json.loads((corpus_dir / "corpus.json").read_text())
+    song = corpus["songs"][0]
+    phrase = song["phrase"]
+    pad, sr = sf.read(corpus_dir / song["pad"])
+    bar_s = 4 * 60.0 / phrase["tempo_bpm"]
+    scale = SCALES[phrase["scale"]]
+    key_pc = (song["tonic_midi"] + phrase["key_shift"])
+    n_bars = int((len(pad) / sr - phrase["lead_in_s"] - 0.6) / bar_s)
+    assert n_bars >= 2
+    for bar in range(-1, n_bars):  # bar -1 is the count-in, on the first chord
+        start = phrase["lead_in_s"] + bar * bar_s
+        segment = pad[int((start + 0.25) * sr):int((start + bar_s - 0.05) * sr)]
+        spectrum = np.abs(np.fft.rfft(segment * np.hanning(len(segment)))) ** 2
+        freqs = np.fft.rfftfreq(len(segment), 1 / sr)
+        band = (freqs > 100) & (freqs < 1100)
+        pitch_class = np.round(12 * np.log2(freqs[band] / 440.0) + 69 - key_pc).astype(int) % 12
+        chroma = np.bincount(pitch_class, weights=spectrum[band], minlength=12)
+        root = phrase["chords"][max(bar, 0) % len(phrase["chords"])]
+        triad = {(12 * ((root + k) // 7) + scale[(root + k) % 7]) % 12 for k in (0, 2, 4)}
+        assert set(np.argsort(chroma)[-3:].tolist()) == triad, (bar, np.round(chroma / chroma.max(), 2))
 
 
 @pytest.mark.parametrize("override, message", [
