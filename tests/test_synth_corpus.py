@@ -62,6 +62,9 @@ def test_layout_and_corpus_json(corpus_dir: Path):
             [f"{n}.wav" for n in names]
     song_dir = corpus_dir / "songs" / "song00"
     assert {"vocals.wav", "pad.wav", "drums.wav"} <= {p.name for p in song_dir.iterdir()}
+    song = corpus["songs"][0]
+    assert song["singer"] == "s00_soprano" and list(song["renditions"]) == ["s02_tenor"]  # held-out singers
+    assert (corpus_dir / "song_renditions/song00/s02_tenor.wav").is_file()
     phones = json.loads((corpus_dir / "phones.json").read_text())
     assert [p["symbol"] for p in phones["phones"]] == [p.symbol for p in PHONES]
     assert phones["phones"][0]["symbol"] == "sil" and phones["label_rate_hz"] == 50
@@ -93,7 +96,7 @@ def test_labels_and_f0_match_audio_length(corpus_dir: Path):
     corpus = json.loads((corpus_dir / "corpus.json").read_text())
     hop = corpus["label_hop_samples"]
     entries = corpus["phrases"] + corpus["songs"] + [
-        {**r, "n_samples": g["n_samples"]} for g in corpus["parallel"] for r in g["renditions"].values()]
+        {**r, "n_samples": g["n_samples"]} for g in corpus["parallel"] + corpus["songs"] for r in g["renditions"].values()]
     for entry in entries:
         info = sf.info(str(corpus_dir / entry["audio"]))
         labels = np.load(corpus_dir / entry["labels"])
@@ -245,6 +248,15 @@ def test_parallel_renditions_share_timing_and_labels(corpus_dir: Path):
         both = (f0[a] > 0) & (f0[b] > 0)
         ratio_cents = 1200 * np.log2(f0[a][both] / f0[b][both])
         assert abs(np.median(ratio_cents) - 100 * (tonic[a] - tonic[b])) < 40.0
+
+
+def test_song_renditions_share_the_song_timing(corpus_dir: Path):
+    corpus = json.loads((corpus_dir / "corpus.json").read_text())
+    for song in corpus["songs"]:
+        labels = np.load(corpus_dir / song["labels"])
+        for rendition in song["renditions"].values():
+            assert np.array_equal(np.load(corpus_dir / rendition["labels"]), labels)
+            assert sf.info(str(corpus_dir / rendition["audio"])).frames == song["n_samples"]
 
 
 def test_song_stems_share_length_and_tempo(corpus_dir: Path):

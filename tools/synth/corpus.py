@@ -5,6 +5,7 @@ Layout under ``settings.out``::
     raw/<singer>/<phrase>.wav (+ .labels.npy int16 [frames], .f0.npy float32 [frames])
     parallel/<phrase_id>/<singer>.wav (+ labels, f0)   same phrase, same timing, every singer
     songs/<song>/vocals.wav, pad.wav, drums.wav (+ vocals.labels.npy, vocals.f0.npy)
+    song_renditions/<song>/<singer>.wav (+ labels, f0)  the song's vocal line sung by each held-out singer
     phones.json                                         phone inventory and label framing
     corpus.json                                         singers (+ split), phrases, songs, seed
 
@@ -31,7 +32,7 @@ from .singers import SINGER_STREAM, SingerVoice, make_singer
 from .voice import Rendition, render_phrase
 
 PHRASE_STREAM, PARALLEL_PHRASE_STREAM, SONG_STREAM = 2, 3, 4
-RENDER_STREAM, PARALLEL_RENDER_STREAM, SONG_RENDER_STREAM, ACCOMPANIMENT_STREAM = 5, 6, 7, 8
+RENDER_STREAM, PARALLEL_RENDER_STREAM, SONG_RENDER_STREAM, ACCOMPANIMENT_STREAM, SONG_RENDITION_STREAM = 5, 6, 7, 8, 9
 FORMAT_VERSION = 1
 
 
@@ -143,7 +144,8 @@ def _relative(settings: CorpusSettings, stem: Path) -> dict:
 
 def run_job(settings: CorpusSettings, singers: list[SingerVoice], job: tuple[str, int, int]) -> dict:
     """Render and write one item; returns its corpus.json entry. ``job`` is ``(kind, a, b)``:
-    ``("raw", singer, phrase)``, ``("parallel", phrase, singer)`` or ``("song", song, 0)``."""
+    ``("raw", singer, phrase)``, ``("parallel", phrase, singer)``, ``("song", song, 0)`` or
+    ``("song_rendition", song, singer)``."""
     kind, a, b = job
     sr, rate = settings.sample_rate, settings.label_rate_hz
     if kind == "raw":
@@ -168,6 +170,11 @@ def run_job(settings: CorpusSettings, singers: list[SingerVoice], job: tuple[str
         entry = {"song": phrase.phrase_id, "singer": singer.name, "dir": folder.relative_to(settings.out).as_posix(),
                  **_relative(settings, stem), "pad": f"{folder.relative_to(settings.out).as_posix()}/pad.wav",
                  "drums": f"{folder.relative_to(settings.out).as_posix()}/drums.wav"}
+    elif kind == "song_rendition":
+        singer, phrase = singers[b], song_line(settings, a)
+        stem = settings.out / "song_renditions" / phrase.phrase_id / singer.name
+        rendition = render_phrase(phrase, singer, sr, derive_rng(settings.seed, SONG_RENDITION_STREAM, a, b), rate)
+        entry = {"id": phrase.phrase_id, "singer": singer.name, **_relative(settings, stem)}
     else:
         raise ValueError(f"unknown job kind {kind!r}")
     entry.update(write_rendition(stem, rendition))
@@ -180,6 +187,9 @@ def plan_jobs(settings: CorpusSettings) -> list[tuple[str, int, int]]:
     jobs = [("raw", s, p) for s in range(settings.singers) for p in range(settings.phrases_per_singer)]
     jobs += [("parallel", p, s) for p in range(settings.parallel_phrases) for s in range(settings.singers)]
     jobs += [("song", k, 0) for k in range(settings.songs)]
+    held_out = range(settings.singers - settings.held_out, settings.singers)
+    jobs += [("song_rendition", k, s) for k in range(settings.songs) for s in held_out
+             if s != song_singer_index(settings, k)]
     return jobs
 
 
@@ -235,7 +245,9 @@ def generate_corpus(settings: CorpusSettings) -> dict:
         "singers": [{**s.to_json(), "split": singer_split(settings, i)} for i, s in enumerate(singers)],
         "phrases": [e for e in entries if e["audio"].startswith("raw/")],
         "parallel": list(parallel.values()),
-        "songs": [e for e in entries if "song" in e],
+        "songs": [{**e, "renditions": {r["singer"]: {k: r[k] for k in ("audio", "labels", "f0", "tonic_midi")}
+                                        for r in entries if r["audio"].startswith(f"song_renditions/{e['song']}/")}}
+                  for e in entries if "song" in e],
     }
     atomic_write_json(out / "corpus.json", document)
     elapsed = time.perf_counter() - started
