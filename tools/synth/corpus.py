@@ -15,7 +15,6 @@ on the order of generation, or on how many other clips are requested.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,21 +207,20 @@ def generate_corpus(settings: CorpusSettings) -> dict:
     singers = make_singers(settings)
     jobs = plan_jobs(settings)
     work = [(settings, singers, job) for job in jobs]
-    bar = tqdm(total=len(jobs), desc="synth corpus", unit="clip", disable=not settings.progress)
-    if settings.workers > 1:
-        import multiprocessing
+    entries: list[dict] = []
+    with tqdm(total=len(jobs), desc="synth corpus", unit="clip", disable=not settings.progress) as bar:
+        if settings.workers > 1:
+            import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(settings.workers) as pool:
-            entries = []
-            for entry in pool.imap(_job_worker, work, chunksize=2):
-                entries.append(entry)
+            # spawn: workers never inherit a parent's threads (torch, BLAS) half-initialised
+            with multiprocessing.get_context("spawn").Pool(settings.workers) as pool:
+                for entry in pool.imap(_job_worker, work, chunksize=2):
+                    entries.append(entry)
+                    bar.update(1)
+        else:
+            for item in work:
+                entries.append(_job_worker(item))
                 bar.update(1)
-    else:
-        entries = []
-        for item in work:
-            entries.append(_job_worker(item))
-            bar.update(1)
-    bar.close()
 
     atomic_write_json(out / "phones.json", inventory(settings.label_rate_hz, settings.sample_rate))
     parallel: dict[str, dict] = {}
