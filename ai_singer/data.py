@@ -140,17 +140,22 @@ class ManifestDataset(Dataset):
         """Choose the crops of this epoch (call before creating the epoch's DataLoader iterator)."""
         self.epoch = int(epoch)
 
-    def crop_start(self, index: int) -> int:
-        """First frame of the crop of clip ``index`` in the current epoch (0 when no crop is needed)."""
+    def crop_start(self, index: int, epoch: int | None = None) -> int:
+        """First frame of the crop of clip ``index`` in ``epoch`` (default: the current epoch; 0 when no
+        crop is needed)."""
         n_frames = self.records[index].n_frames
         if self.max_frames is None or n_frames <= self.max_frames:
             return 0
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), index])
         return int(rng.integers(0, n_frames - self.max_frames + 1))
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        """``dataset[index]`` crops for the current epoch; ``dataset[(index, epoch)]`` (what
+        ``ResumableSampler(with_epoch=True)`` yields) for that epoch, so persistent DataLoader workers
+        need no ``set_epoch``."""
+        index, epoch = (key if isinstance(key, tuple) else (key, None))
         record = self.records[index]
-        start = self.crop_start(index)
+        start = self.crop_start(index, epoch)
         stop = record.n_frames if self.max_frames is None else min(record.n_frames, start + self.max_frames)
         features, metadata = self._read_features(record, start, stop)
         hop = self.hop_length if self.hop_length is not None else int(metadata.get("hop_length", 0))
@@ -218,19 +223,24 @@ def collate(items: Sequence[Item]) -> Batch:
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled per epoch with ``seed + epoch``, sharded by rank) that can start
     part-way through an epoch: ``set_position(epoch, skip)`` drops this rank's first ``skip`` indices
-    of that epoch, so a resumed run continues with the very next batch."""
+    of that epoch, so a resumed run continues with the very next batch. With ``with_epoch=True`` it
+    yields ``(index, epoch)`` pairs for ``ManifestDataset``."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 with_epoch: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.skip = 0
+        self.with_epoch = with_epoch
 
     def set_position(self, epoch: int, skip: int = 0) -> None:
         self.set_epoch(epoch)
         self.skip = int(skip)
 
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.skip:])
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.skip:]
+        if self.with_epoch:
+            return iter([(index, self.epoch) for index in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         return max(self.num_samples - self.skip, 0)

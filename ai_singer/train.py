@@ -625,9 +625,11 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
         if info.rank:  # the checkpoint holds rank 0's RNG; the other ranks need their own streams
             torch.manual_seed(cfg.seed + info.rank + 7919 * state.step)
 
-    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed,
+                               with_epoch=True)
     loader = DataLoader(train_set, batch_size=trainer.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=trainer.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=trainer.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
 
     generator: nn.Module = models.generator
@@ -672,7 +674,6 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     try:
         stop.__enter__()
         while state.step < trainer.max_steps:
-            train_set.set_epoch(state.epoch)
             sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
             finished_epoch = True
             for batch in loader:

@@ -48,6 +48,8 @@ def test_crop_matches_audio_and_features(manifest):
     assert starts == [cropped.crop_start(i) for i in range(len(cropped))]
     cropped.set_epoch(1)
     assert starts != [cropped.crop_start(i) for i in range(len(cropped))]
+    # (index, epoch) keys choose the epoch's crop whatever set_epoch says (persistent workers)
+    torch.testing.assert_close(cropped[(2, 0)].f0, full[2].f0[starts[2]:starts[2] + 40])
 
 
 def test_items_match_files_on_disk(manifest):
@@ -83,6 +85,8 @@ def test_resumable_sampler_continues_where_it_stopped():
     full = list(sampler)
     sampler.set_position(epoch=2, skip=4)
     assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.with_epoch = True
+    assert list(sampler) == [(i, 2) for i in full[4:]]
     shards = [ResumableSampler(data, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
     for shard in shards:
         shard.set_position(epoch=0)

@@ -147,7 +147,9 @@ def final_state(run_dir: Path) -> dict:
 
 
 def test_resume_after_a_crash_gives_the_same_weights(tmp_path, processed):
-    settings = ["trainer.max_steps=4", "trainer.save_every=2", "trainer.deterministic=true", "seed=7"]
+    # 6 clips, batch 2: the crash comes mid-epoch, the resumed run crosses into epoch 2; crops of 20 frames
+    settings = ["trainer.max_steps=4", "trainer.save_every=2", "trainer.deterministic=true", "seed=7",
+                "trainer.max_frames=20"]
     straight = run_training(make_config(tmp_path / "a", processed, *settings))
 
     def crash(step, losses):
@@ -172,6 +174,16 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, processed):
     base_a, base_b = straight.artifact_dir / "generator.safetensors", resumed.artifact_dir / "generator.safetensors"
     ta, tb = file_tensors(base_a), file_tensors(base_b)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_dataloader_workers_see_the_same_batches(tmp_path, processed):
+    """Persistent workers across epochs (6 clips, batch 2: epoch 2 starts at step 4) give exactly the
+    weights of in-process loading: crops depend on (seed, epoch, index) only."""
+    settings = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.max_frames=20"]
+    in_process = run_training(make_config(tmp_path / "w0", processed, *settings, "trainer.num_workers=0"))
+    workers = run_training(make_config(tmp_path / "w2", processed, *settings, "trainer.num_workers=2"))
+    a, b = final_state(in_process.run_dir), final_state(workers.run_dir)
+    assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
 
 
 def test_retention_and_corrupt_newest_checkpoint_is_skipped(tmp_path, processed):
