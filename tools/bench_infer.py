@@ -245,7 +245,8 @@ def main() -> None:
                         help="excerpt for one extra tiny run with F0 harvest (the default extractor); 0 = skip")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
     parser.add_argument("--f0", default="dio", help="F0 method of the main runs")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: on a shared machine more threads than free cores spin-wait)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--frames", type=int, default=430, help="model-only comparison: frames (430 = 5 s)")
     parser.add_argument("--repeats", type=int, default=5, help="model-only comparison: interleaved repeats")
