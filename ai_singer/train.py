@@ -482,11 +482,14 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
         if theirs.get(key, "") != identity[key]:
             raise TrainSetupError(path, f"checkpoint was written with {key}={theirs.get(key)!r}, this run has "
                                         f"{key}={identity[key]!r}; use another run_name to start a new run")
-    expected = set(models.generator.trainable_state())
-    stored = set(saved["generator"])
-    if stored != expected:
-        raise TrainSetupError(path, f"checkpoint's trainable weights do not match this run's "
-                                    f"(missing {sorted(expected - stored)[:3]}, unexpected {sorted(stored - expected)[:3]})")
+    expected = models.generator.trainable_state()
+    for part, want, have in (("generator", expected, saved["generator"]),
+                             ("discriminator", models.discriminator.state_dict(), saved["discriminator"])):
+        diff = ckpt.state_dict_diff(want, have)
+        if diff:
+            raise TrainSetupError(path, f"the checkpoint's {part} weights do not fit this run (another model size, "
+                                        f"peft setting or set of singers?); use another run_name to start a new "
+                                        f"run:\n{diff}")
     missing, unexpected = models.generator.load_state_dict(saved["generator"], strict=False)
     assert not unexpected and set(missing).isdisjoint(expected)
     models.discriminator.load_state_dict(saved["discriminator"], strict=True)
