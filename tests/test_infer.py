@@ -237,7 +237,8 @@ def test_sections_assign_singers_by_time(converter, artifacts, tiny_hubert_dir, 
 def test_batch_with_a_broken_song_goes_on_and_fails(artifacts, tiny_hubert_dir, tmp_path):
     sr = 44100
     songs = tmp_path / "songs"
-    write(songs / "good" / "vocals.flac", harmonic(220.0, sr, 1.0), sr, subtype="PCM_16")
+    stereo_vocal = np.stack([harmonic(220.0, sr, 1.0), 0.8 * harmonic(220.0, sr, 1.0)])
+    write(songs / "good" / "vocals.flac", stereo_vocal, sr, subtype="PCM_16")
     write(songs / "good" / "piano.wav", harmonic(330.0, sr, 1.0, amplitude=0.1), sr)
     (songs / "no_vocal").mkdir(parents=True)
     write(songs / "no_vocal" / "drums.wav", harmonic(110.0, sr, 1.0), sr)
@@ -252,6 +253,8 @@ def test_batch_with_a_broken_song_goes_on_and_fails(artifacts, tiny_hubert_dir, 
     assert status["no_vocal"].status == "failed" and "no vocal stem" in status["no_vocal"].reason
     assert status["corrupt"].status == "failed" and "vocals.wav" in status["corrupt"].reason
     assert result.exit_code != 0
+    converted = sf.info(str(tmp_path / "out" / "good" / "vocals.flac"))
+    assert (converted.frames, converted.samplerate, converted.channels) == (sr, sr, 1)  # stereo source -> mono stem
     assert (tmp_path / "out" / "good" / "mix.flac").is_file() and (tmp_path / "out" / "lonely" / "mix.flac").is_file()
     batch = json.loads((tmp_path / "out" / "batch_report.json").read_text())
     assert batch["summary"] == {"total": 4, "ok": 2, "failed": 2}
@@ -370,3 +373,44 @@ def test_infer_never_imports_training_code():
     assert {"ai_singer.infer", "ai_singer.mix", "ai_singer.audio", "ai_singer.checkpoint", "ai_singer.adapters",
             "ai_singer.model.synthesizer"} <= seen
     assert not (seen & FORBIDDEN), f"inference reaches training code: {sorted(seen & FORBIDDEN)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# sections files and long phrases
+
+def test_sections_file_format_and_errors(tmp_path):
+    from ai_singer.sections import SectionsError, assign_singers, parse_sections
+
+    good = tmp_path / "ok.txt"
+    good.write_text("# duet\n0:00  0:01.5 alto   # verse\n0:02.0 end bass\n")
+    sections = parse_sections(good)
+    assert [(s.start_s, s.end_s, s.singer) for s in sections] == [(0.0, 1.5, "alto"), (2.0, math.inf, "bass")]
+    # A range across both sections and the gap between them: split at the boundaries, gap -> default singer.
+    pieces = assign_singers([(0, 30), (35, 50)], 10, sections, "tenor")
+    assert pieces == [(0, 15, "alto"), (15, 20, "tenor"), (20, 30, "bass"), (35, 50, "bass")]
+    assert assign_singers([(0, 30)], 10, sections, None)[1] == (15, 20, None)
+    for text, message in [("0 2 alto\n1 3 bass\n", "line 2 overlaps line 1"), ("0 x alto\n", "line 1: 'x' is not a time"),
+                          ("2 1 alto\n", "end 1 is not after start 2"), ("0 1\n", "expected 'START END SINGER'"),
+                          ("# nothing\n", "no sections")]:
+        bad = tmp_path / "bad.txt"
+        bad.write_text(text)
+        with pytest.raises(SectionsError, match=message) as caught:
+            parse_sections(bad)
+        assert "bad.txt" in str(caught.value)
+
+
+def test_long_phrase_is_split_and_joined_without_gaps(converter):
+    """A 3 s note with max_length_s=1: abutting pieces crossfade; no sample of the note is left at zero."""
+    sr = 48000
+    note = harmonic(247.0, sr, 3.0, amplitude=0.3)
+    audio = np.concatenate([np.zeros(sr // 2, np.float32), note, np.zeros(sr // 2, np.float32)])
+    chunk = converter.settings.chunk
+    converter.settings.chunk = ChunkSettings(max_length_s=1.0, batch_size=2)
+    try:
+        result = converter.convert_vocal(audio, sr, "alto")
+    finally:
+        converter.settings.chunk = chunk
+    assert result.pieces >= 3 and result.audio.shape == audio.shape
+    sung = result.audio[sr // 2 + int(0.1 * sr): sr // 2 + int(2.9 * sr)]
+    assert np.count_nonzero(sung) == sung.shape[0]
+    assert np.all(result.audio[: int(0.3 * sr)] == 0) and np.all(result.audio[-int(0.3 * sr):] == 0)
