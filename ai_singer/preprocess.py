@@ -424,6 +424,7 @@ class PreprocessResult:
     failed_sources: dict[str, str] = field(default_factory=dict)    # unexpected errors (retried next run)
     rejected_clips: int = 0
     clips_per_singer: dict[str, int] = field(default_factory=dict)
+    singers_without_clips: list[str] = field(default_factory=list)  # singer folders that gave nothing
     seconds_per_singer: dict[str, float] = field(default_factory=dict)
     stats: DatasetStats | None = None
     split_counts: dict[str, int] = field(default_factory=dict)
@@ -470,6 +471,8 @@ class PreprocessResult:
                          f"{note(stats.f0_p05_hz)}–{note(stats.f0_p95_hz)} (p05–p95), "
                          f"{stats.f0_min_hz:.0f}–{stats.f0_max_hz:.0f} Hz (min–max)")
             lines.append(text)
+        for singer in self.singers_without_clips:
+            lines.append(f"  {singer}: no usable clips (no audio files, or every file rejected)")
         if self.rejected_sources or self.failed_sources:
             lines.append(f"  rejected {len(self.rejected_sources) + len(self.failed_sources)} file(s):")
             for source, reason in sorted({**self.rejected_sources, **self.failed_sources}.items()):
@@ -747,6 +750,11 @@ def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str,
         result.processed_sources.sort()
     _sweep(settings.processed, records)
     _finish(settings, records, encoder_info, result)
+    result.singers_without_clips = sorted(set(sources) - set(result.clips_per_singer))
+    if result.singers_without_clips:
+        report = json.loads((settings.processed / REPORT_NAME).read_text(encoding="utf-8"))
+        report["singers_without_clips"] = result.singers_without_clips
+        atomic_write_json(settings.processed / REPORT_NAME, report)
     return result
 
 

@@ -68,6 +68,18 @@ def clip_mtimes(processed: Path) -> dict[str, int]:
             for p in processed.rglob("*") if p.suffix in (".wav", ".safetensors")}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """In-process runs use one torch thread: on this shared 2-core machine more threads than free cores
+    make the encoder many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("raw") / "raw")
@@ -147,9 +159,12 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     t = np.arange(int(2.5 * 44100)) / 44100  # a pure sine: WORLD's harvest finds no voiced frame
     sf.write(str(bad / "unvoiced.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
     processed = tmp_path / "processed"
+    (raw / "carol").mkdir()
+    (raw / "carol" / "lyrics.txt").write_text("not audio, and not an audio extension: ignored")
     code = run_cli(make_cfg(raw, processed, tiny_hubert_dir))
     assert code == 0
     report = json.loads((processed / "report.json").read_text())
+    assert report["singers_without_clips"] == ["carol"]
     reasons = {item["source"].rsplit("/", 1)[1]: item["reason"] for item in report["rejected"]}
     assert set(reasons) == {"not_audio.wav", "empty.wav", "silent.wav", "short.wav", "nan.wav", "unvoiced.wav"}
     assert "not a readable audio file" in reasons["not_audio.wav"]
@@ -162,6 +177,7 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     assert len(entries) == CLIPS_PER_FILE and {e.source for e in entries} == {"alice/good.wav"}
     printed = capsys.readouterr().out
     assert "rejected 6 file(s)" in printed and "alice/bad/nan.wav: contains NaN" in printed
+    assert "carol: no usable clips" in printed
     # rejected files are remembered: a re-run does not retry them, and still reports them
     again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir))
     assert again.processed_sources == [] and set(again.rejected_sources) == {f"alice/bad/{n}" for n in reasons}
