@@ -673,53 +673,51 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     losses: dict[str, float] = {}
     last_saved = state.step if latest is not None else -1
     tick_time, tick_step = time.perf_counter(), state.step
-    stop = StopRequest()
-    try:
-        stop.__enter__()
-        while state.step < trainer.max_steps:
-            sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
-            finished_epoch = True
-            for batch in loader:
-                losses = runner.train_step(batch)
-                state.step += 1
-                state.batches_in_epoch += 1
-                if logger is not None and state.step % trainer.log_every == 0:
-                    now = time.perf_counter()
-                    losses["speed/steps_per_s"] = (state.step - tick_step) / max(now - tick_time, 1e-9)
-                    tick_time, tick_step = now, state.step
-                    logger.scalars(losses, state.step)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(mel=f"{losses['loss/mel']:.3f}", kl=f"{losses['loss/kl']:.3f}",
-                                         d=f"{losses['loss/discriminator']:.3f}", refresh=False)
-                if logger is not None and val_loader is not None and state.step % trainer.eval_every == 0:
-                    evaluate(runner, unwrap(generator), val_loader, logger, trainer, state.step,
-                             models.model_config.sample_rate)
-                if state.step % trainer.save_every == 0 or state.step >= trainer.max_steps:
+    with StopRequest() as stop:
+        try:
+            while state.step < trainer.max_steps:
+                sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
+                finished_epoch = True
+                for batch in loader:
+                    losses = runner.train_step(batch)
+                    state.step += 1
+                    state.batches_in_epoch += 1
+                    if logger is not None and state.step % trainer.log_every == 0:
+                        now = time.perf_counter()
+                        losses["speed/steps_per_s"] = (state.step - tick_step) / max(now - tick_time, 1e-9)
+                        tick_time, tick_step = now, state.step
+                        logger.scalars(losses, state.step)
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(mel=f"{losses['loss/mel']:.3f}", kl=f"{losses['loss/kl']:.3f}",
+                                             d=f"{losses['loss/discriminator']:.3f}", refresh=False)
+                    if logger is not None and val_loader is not None and state.step % trainer.eval_every == 0:
+                        evaluate(runner, unwrap(generator), val_loader, logger, trainer, state.step,
+                                 models.model_config.sample_rate)
+                    if state.step % trainer.save_every == 0 or state.step >= trainer.max_steps:
+                        save_checkpoint()
+                        last_saved = state.step
+                    if on_step is not None:
+                        on_step(state.step, losses)
+                    if stop.should_stop(info, device):
+                        raise KeyboardInterrupt
+                    if state.step >= trainer.max_steps:
+                        finished_epoch = False
+                        break
+                if finished_epoch:
+                    state.epoch += 1
+                    state.batches_in_epoch = 0
+        except KeyboardInterrupt:
+            interrupted = True
+            if info.is_main:
+                log.warning("interrupted at step %d: saving a checkpoint", state.step)
+                if last_saved != state.step:
                     save_checkpoint()
-                    last_saved = state.step
-                if on_step is not None:
-                    on_step(state.step, losses)
-                if stop.should_stop(info, device):
-                    raise KeyboardInterrupt
-                if state.step >= trainer.max_steps:
-                    finished_epoch = False
-                    break
-            if finished_epoch:
-                state.epoch += 1
-                state.batches_in_epoch = 0
-    except KeyboardInterrupt:
-        interrupted = True
-        if info.is_main:
-            log.warning("interrupted at step %d: saving a checkpoint", state.step)
-            if last_saved != state.step:
-                save_checkpoint()
-    finally:
-        stop.__exit__()
-        if progress is not None:
-            progress.close()
-        if logger is not None:
-            logger.close()
+        finally:
+            if progress is not None:
+                progress.close()
+            if logger is not None:
+                logger.close()
 
     artifact_dir = None
     if not interrupted and info.is_main:
