@@ -33,7 +33,7 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
     from hydra import compose, initialize_config_dir
     from safetensors.torch import save_file
 
-    from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
+    from ai_singer.adapters import adapter_state_dict, prepare_for_finetune
     from ai_singer.conf_dir import conf_dir
     from ai_singer.data import Batch
     from ai_singer.model.discriminator import Discriminator
