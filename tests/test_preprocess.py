@@ -359,3 +359,32 @@ def test_long_recording_is_streamed_not_loaded_whole(tmp_path, tiny_hubert_dir):
         tracemalloc.stop()
     assert result.clips_per_singer == {"alice": CLIPS_PER_FILE}
     assert peak < 0.4 * whole_file_float32, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_changed_settings_redo_everything_and_a_second_run_is_locked_out(reference, dataset, tmp_path,
+                                                                        tiny_hubert_dir):
+    import fcntl
+
+    ref_processed, _ = reference
+    processed = tmp_path / "processed"
+    shutil.copytree(ref_processed, processed)
+    quieter = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "loudness.target_lufs=-24"))
+    assert len(quieter.processed_sources) == len(SOURCES) and quieter.unchanged_sources == []
+    entry = read_manifest(processed / "manifest.jsonl")[0]
+    new_audio, _ = sf.read(processed / entry.audio)
+    old_audio, _ = sf.read(ref_processed / entry.audio)
+    assert np.sqrt(np.mean(new_audio ** 2)) < 0.8 * np.sqrt(np.mean(old_audio ** 2))  # 6 dB quieter
+    with open(processed / ".lock", "a+") as handle:  # another run holds the folder
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(PreprocessError, match="another preprocess run"):
+            run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir))
+
+
+def test_pitch_plot_note_names(tmp_path):
+    from ai_singer.pitch_plot import midi_note_name, plot_pitch_range
+
+    assert [midi_note_name(m) for m in (60, 61.4, 69, 45, 84)] == ["C4", "C#4", "A4", "A2", "C6"]
+    path = plot_pitch_range(np.array([0.0, 220.0, 230.0, 440.0, np.nan]), "alice", tmp_path / "p.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no voiced F0"):
+        plot_pitch_range(np.zeros(5), "alice", tmp_path / "q.png")
