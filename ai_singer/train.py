@@ -302,6 +302,8 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
         all_ids = torch.arange(config.n_speakers)
         singer_init = model.embed_speaker(all_ids).mean(dim=0)
     prepare_for_finetune(model, cfg.peft)
+    # the learned singer vector replaces the speaker table, which gets no gradient (and would stall DDP)
+    model.speaker_embedding.requires_grad_(False)
     generator = GeneratorForTraining(model, singer_embedding=singer_init)
     return Models(generator=generator, discriminator=discriminator, model_config=config,
                   speakers=list(base.speakers), base_sha256=base.sha256, base_path=base.path)
