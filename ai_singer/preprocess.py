@@ -557,6 +557,21 @@ def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]
     return jobs, valid
 
 
+#: Imported once by the fork server, so that each worker starts without importing torch/transformers.
+_WORKER_PRELOAD = ["ai_singer.audio", "ai_singer.features.content", "ai_singer.features.pitch",
+                   "ai_singer.features.volume", "transformers.models.hubert.modeling_hubert"]
+
+
+def _worker_context():
+    """Worker processes never ``fork`` this process (it may hold torch/OpenMP threads): they come from a
+    fresh fork server that has imported the heavy modules once (``spawn`` where there is none)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_WORKER_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> list[dict]:
     """Run ``jobs`` in this process (``num_workers <= 1``) or in a pool of worker processes."""
     from tqdm import tqdm
@@ -575,7 +590,7 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> l
             return outcomes
         workers = min(settings.num_workers, len(jobs))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        context = _worker_context()
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                                     initargs=(settings, threads)) as pool:
             futures = {pool.submit(_run_job, job): job for job in jobs}
