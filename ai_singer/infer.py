@@ -92,7 +92,9 @@ class ChunkSettings:
     max_silence_kept_s: silence kept at each side of a piece.
     max_length_s:       longer phrases are split at their quietest frame (bounds memory per piece).
     context_s:          audio converted on each side of a piece; joins crossfade over twice this.
-    batch_size:         pieces per model call (padded to the longest).
+    batch_size:         at most this many pieces per model call (padded to the longest) ...
+    batch_seconds:      ... and at most this much padded audio per call: the model's activation memory
+                        grows with it (on CPU roughly 20-40 MB per second of audio for small/base).
     gate_hold_s:        the rest gate opens this long before and closes this long after the source.
     gate_ramp_s:        length of the gate's linear fades.
     """
@@ -100,9 +102,10 @@ class ChunkSettings:
     threshold_db: float = -50.0
     min_silence_s: float = 0.3
     max_silence_kept_s: float = 0.1
-    max_length_s: float = 20.0
+    max_length_s: float = 15.0
     context_s: float = 0.1
     batch_size: int = 4
+    batch_seconds: float = 30.0
     gate_hold_s: float = 0.05
     gate_ramp_s: float = 0.01
 
@@ -540,8 +543,7 @@ class Converter:
         for name in sorted({p.singer for p in pieces}):
             mine = sorted((p for p in pieces if p.singer == name), key=lambda p: p.n_frames)  # little padding
             with self.singer_model(name) as (model, g):
-                for first in range(0, len(mine), chunk.batch_size):
-                    batch = mine[first: first + chunk.batch_size]
+                for batch in self._batches(mine):
                     converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise)
                     for piece, audio in zip(batch, converted):
                         self._overlap_add(output, weight_sum, audio, piece, context)
@@ -552,6 +554,21 @@ class Converter:
         timings["total_s"] = sum(timings.values())
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings)
+
+    def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+        """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces and
+        at most ``chunk.batch_seconds`` of padded audio each (a longer piece goes alone)."""
+        chunk, batch = self.settings.chunk, []
+        seconds_per_frame = self.hop / self.sample_rate
+        for piece in pieces:
+            longest = max([piece.n_frames] + [p.n_frames for p in batch])
+            if batch and (len(batch) + 1 > chunk.batch_size
+                          or (len(batch) + 1) * longest * seconds_per_frame > chunk.batch_seconds):
+                yield batch
+                batch = []
+            batch.append(piece)
+        if batch:
+            yield batch
 
     @torch.inference_mode()
     def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,

@@ -414,3 +414,21 @@ def test_long_phrase_is_split_and_joined_without_gaps(converter):
     sung = result.audio[sr // 2 + int(0.1 * sr): sr // 2 + int(2.9 * sr)]
     assert np.count_nonzero(sung) == sung.shape[0]
     assert np.all(result.audio[: int(0.3 * sr)] == 0) and np.all(result.audio[-int(0.3 * sr):] == 0)
+
+
+def test_batches_respect_count_and_seconds(converter):
+    from ai_singer.infer import _Piece
+
+    frames_per_second = 44100 / 512
+    lengths = [int(s * frames_per_second) for s in (1, 1, 1, 2, 5, 10, 14, 14)]
+    pieces = [_Piece(0, 1, "alto", 0, 1, n_frames=n) for n in lengths]
+    saved = converter.settings.chunk
+    converter.settings.chunk = ChunkSettings(batch_size=3, batch_seconds=20.0)
+    try:
+        batches = list(converter._batches(pieces))
+    finally:
+        converter.settings.chunk = saved
+    assert [len(b) for b in batches] == [3, 2, 1, 1, 1]
+    assert sum(len(b) for b in batches) == len(pieces)
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(p.n_frames for p in batch) / frames_per_second <= 20.0
