@@ -387,11 +387,12 @@ class Converter:
         self.base_dir = Path(base_dir)
         try:
             self.base = checkpoint.load_base(self.base_dir)
-        except checkpoint.ArtifactError as error:
+            config = SingerVAEConfig.from_dict(self.base.model_config)  # the architecture of the base itself
+            model = SingerVAE(config)
+            checkpoint.load_state_strict(model, self.base.generator_state,
+                                         self.base_dir / checkpoint.BASE_GENERATOR_FILE)
+        except (checkpoint.ArtifactError, ValueError, TypeError) as error:
             raise InferError(self.base_dir, f"cannot load the base: {error}") from error
-        config = SingerVAEConfig.from_dict(self.base.model_config)  # the architecture of the base itself
-        model = SingerVAE(config)
-        checkpoint.load_state_strict(model, self.base.generator_state, self.base_dir / checkpoint.BASE_GENERATOR_FILE)
         model.remove_weight_norm()
         self.model = model.to(self.device).eval()
         self.base.generator_state = {}  # the weights now live in the model
