@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode for finished files: what ``open()`` would give (0666 less the umask). ``mkstemp`` makes 0600.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on a clean exit rename it onto ``path``.
@@ -29,6 +39,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,6 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp_name)
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,41 @@
+"""Atomic writes: the target is the old file or the new one, never half of one, and has normal permissions."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ai_singer.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "manifest.jsonl"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.jsonl"]
+
+
+def test_atomic_path_keeps_the_suffix_and_renames_on_success(tmp_path):
+    target = tmp_path / "sub" / "clip.wav"
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".wav" and tmp.parent == target.parent
+        tmp.write_bytes(b"RIFF")
+    assert target.read_bytes() == b"RIFF"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.wav"]
+
+
+def test_json_and_text_round_trip_with_umask_permissions(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"singer": "ä", "n": 1})
+    atomic_write_text(tmp_path / "b.txt", "hello")
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == {"singer": "ä", "n": 1}
+    assert (tmp_path / "b.txt").read_text() == "hello"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("a.json", "b.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
