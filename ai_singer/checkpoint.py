@@ -46,6 +46,8 @@ BASE_CONFIG_FILE = "config.yaml"
 ADAPTER_TENSORS_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter.yaml"
 CHECKPOINTS_DIR = "checkpoints"
+#: Dtypes a base artifact's floating-point tensors may be stored in (``weights_dtype`` in its config.yaml).
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _PRETRAIN_HINT = "make one with `python -m ai_singer.train mode=pretrain name=<base>` (written to pretrain/<base>/)"
 _FINETUNE_HINT = ("make one with `python -m ai_singer.train mode=finetune singer=<name> base=pretrain/<base>` "
@@ -247,16 +249,35 @@ class BaseArtifact:
         return list(self.config.get("speakers", []))
 
 
+def _weights_dtype(name: str, where: str | os.PathLike) -> torch.dtype:
+    if name not in WEIGHTS_DTYPES:
+        raise ArtifactError(where, f"weights_dtype {name!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+    return WEIGHTS_DTYPES[name]
+
+
+def _cast_floating(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``state`` with every floating-point tensor cast to ``dtype`` (integer buffers unchanged)."""
+    return {key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for key, value in state.items()}
+
+
 def save_base(directory: str | os.PathLike, generator_state: Mapping[str, torch.Tensor],
-              discriminator_state: Mapping[str, torch.Tensor] | None, config: Mapping[str, Any]) -> Path:
+              discriminator_state: Mapping[str, torch.Tensor] | None, config: Mapping[str, Any],
+              weights_dtype: str = "float32") -> Path:
     """Write a base artifact into ``directory``; returns the folder.
 
-    ``config`` carries ``model`` (SingerVAEConfig fields), ``content_encoder`` ({name, dim}),
-    ``sample_rate``, ``hop_length``, ``speakers``; this adds ``format_version``, ``kind: base``,
-    ``generator_sha256`` and ``created``. ``config.yaml`` is written last, so a folder whose config
-    exists is complete. ``discriminator_state=None`` writes a generator-only (inference) base.
+    ``config`` carries ``model`` (SingerVAEConfig fields), ``content_encoder`` ({name, dim, path, layer,
+    final_proj}), ``sample_rate``, ``hop_length``, ``speakers``; this adds ``format_version``, ``kind:
+    base``, ``weights_dtype``, ``generator_sha256`` and ``created``. The floating-point tensors are stored
+    in ``weights_dtype`` (``float32``, ``float16`` or ``bfloat16``; :func:`load_base` gives them back as
+    float32). ``config.yaml`` is written last, so a folder whose config exists is complete.
+    ``discriminator_state=None`` writes a generator-only (inference) base.
     """
     directory = Path(directory)
+    dtype = _weights_dtype(weights_dtype, directory)
+    generator_state = _cast_floating(generator_state, dtype)
+    if discriminator_state is not None:
+        discriminator_state = _cast_floating(discriminator_state, dtype)
     directory.mkdir(parents=True, exist_ok=True)
     generator_path = directory / BASE_GENERATOR_FILE
     _save_safetensors(generator_path, generator_state, {"format_version": str(FORMAT_VERSION), "part": "generator"})
@@ -265,14 +286,16 @@ def save_base(directory: str | os.PathLike, generator_state: Mapping[str, torch.
                           {"format_version": str(FORMAT_VERSION), "part": "discriminator"})
     header = {"format_version": FORMAT_VERSION, "kind": "base"}
     body = {k: v for k, v in _plain(dict(config)).items() if k not in ("format_version", "kind", "generator_sha256",
-                                                                        "created")}
-    full = {**header, **body, "generator_sha256": sha256_file(generator_path), "created": _now_iso()}
+                                                                        "created", "weights_dtype")}
+    full = {**header, **body, "weights_dtype": weights_dtype, "generator_sha256": sha256_file(generator_path),
+            "created": _now_iso()}
     atomic_write_text(directory / BASE_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
     return directory
 
 
 def load_base(directory: str | os.PathLike, with_discriminator: bool = False) -> BaseArtifact:
-    """Read a base artifact written by :func:`save_base`, checking format and generator hash.
+    """Read a base artifact written by :func:`save_base`, checking format and generator hash (of the file
+    as stored). Floating-point tensors come back as float32 whatever ``weights_dtype`` they are stored in.
 
     Raises :class:`ArtifactMissing` (naming what is missing and how to make it),
     :class:`UnsupportedFormatVersion`, :class:`ArtifactHashMismatch` (naming the file and both
@@ -290,8 +313,12 @@ def load_base(directory: str | os.PathLike, with_discriminator: bool = False) ->
         raise ArtifactHashMismatch(
             generator_path, f"sha256 is {actual} but {BASE_CONFIG_FILE} records {recorded}; the weights were "
                             "changed or damaged after export (re-export the base or restore the file)")
-    generator_state = _load_safetensors(generator_path)
-    discriminator_state = _load_safetensors(directory / BASE_DISCRIMINATOR_FILE) if with_discriminator else None
+    _weights_dtype(str(config.get("weights_dtype", "float32")), directory / BASE_CONFIG_FILE)
+    # Stored in float16/bfloat16 to save space: the modules are float32, so give float32 back (exact for
+    # both; every consumer then loads, merges and compares weights as before).
+    generator_state = _cast_floating(_load_safetensors(generator_path), torch.float32)
+    discriminator_state = (_cast_floating(_load_safetensors(directory / BASE_DISCRIMINATOR_FILE), torch.float32)
+                           if with_discriminator else None)
     return BaseArtifact(path=directory, config=config, generator_state=generator_state,
                         discriminator_state=discriminator_state, sha256=actual)
 
@@ -354,9 +381,37 @@ def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
     return AdapterArtifact(path=directory, config=config, tensors=_load_safetensors(directory / ADAPTER_TENSORS_FILE))
 
 
+def convert_base_dtype(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, dtype: str) -> Path:
+    """Re-save the base at ``src_dir`` into ``dst_dir`` with its tensors stored in ``dtype`` (``float32``,
+    ``float16``, ``bfloat16``); returns ``dst_dir``. The discriminator is converted too when present.
+
+    The new generator file has a new sha256. Its config records ``converted_from`` (the source's
+    ``generator_sha256`` and ``weights_dtype``, plus the source's own ``converted_from`` chain), and
+    :func:`check_adapter_base` accepts adapters trained on any base of that chain.
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    if src.resolve() == dst.resolve():
+        raise ArtifactError(dst, "convert_base_dtype writes a new base: give another destination folder")
+    _weights_dtype(dtype, dst)
+    has_discriminator = (src / BASE_DISCRIMINATOR_FILE).is_file()
+    base = load_base(src, with_discriminator=has_discriminator)
+    config = {k: v for k, v in base.config.items() if k not in ("converted_from",)}
+    lineage = [{"generator_sha256": base.sha256, "weights_dtype": str(base.config.get("weights_dtype", "float32")),
+                "name": base.name}] + list(base.config.get("converted_from") or [])
+    config["converted_from"] = lineage
+    return save_base(dst, base.generator_state, base.discriminator_state, config, weights_dtype=dtype)
+
+
+def base_lineage(base: BaseArtifact) -> list[str]:
+    """The generator sha256 of ``base`` and of every base it was converted from (newest first)."""
+    return [base.sha256] + [str(entry.get("generator_sha256")) for entry in base.config.get("converted_from") or []
+                            if isinstance(entry, Mapping)]
+
+
 def check_adapter_base(adapter: AdapterArtifact, base: BaseArtifact) -> None:
-    """Raise :class:`AdapterBaseMismatch` unless ``adapter`` was trained on ``base``."""
-    if adapter.base_sha256 != base.sha256:
+    """Raise :class:`AdapterBaseMismatch` unless ``adapter`` was trained on ``base`` (or on the base that
+    ``base`` was converted from by :func:`convert_base_dtype`)."""
+    if adapter.base_sha256 not in base_lineage(base):
         trained_on = adapter.config.get("base_name") or "another base"
         raise AdapterBaseMismatch(
             adapter.path, f"this adapter was trained on {trained_on} (generator sha256 {adapter.base_sha256}), but "

@@ -367,14 +367,16 @@ class Converter:
 
     Args:
         base_dir: the base artifact folder (``pretrain/<name>/``).
-        content: the ``content`` config group: ``name``, ``path`` and the encoder's options.
+        content: the ``content`` config group: ``name``, ``path``, ``layer``, ``final_proj``, ``device``;
+            ``None`` values (``conf/content/from_base.yaml``) or a ``None`` group take the settings the base
+            records; given values are checked against the base (InferError on a mismatch).
         settings: conversion settings.
         singers_dir: where ``<name>/adapter.{yaml,safetensors}`` live.
         device: ``auto``, ``cpu``, ``cuda``...
         merge: merge adapters into a copy of the base (default) or run them unmerged (for comparison).
     """
 
-    def __init__(self, base_dir: str | os.PathLike, content: Mapping[str, Any], settings: ConvertSettings,
+    def __init__(self, base_dir: str | os.PathLike, content: Mapping[str, Any] | None, settings: ConvertSettings,
                  singers_dir: str | os.PathLike, device: str = "auto", merge: bool = True,
                  content_encoder: Any | None = None):
         from ai_singer import checkpoint
@@ -398,24 +400,71 @@ class Converter:
         self.base.generator_state = {}  # the weights now live in the model
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
-        encoder_info = dict(self.base.config.get("content_encoder") or {})
-        base_encoder, base_dim = str(encoder_info.get("name", "")), int(encoder_info.get("dim", config.content_dim))
-        content = dict(content)
-        name = str(content.pop("name", ""))
-        path = content.pop("path", None)
-        if name != base_encoder:
-            raise InferError(f"content encoder {name!r}",
-                             f"the base {self.base_dir} was trained with content encoder {base_encoder!r} "
-                             f"(dim {base_dim}); select the same encoder (content=<group> or content.name=...)")
         if content_encoder is None:
-            from ai_singer.features.content import load_content_encoder
-
-            content_encoder = load_content_encoder(name, path, **content)
+            content_encoder = self._load_content_encoder(content)
+        else:
+            self._check_content_settings(dict(content or {}), content_encoder)
         if int(content_encoder.dim) != int(config.content_dim):
-            raise InferError(f"content encoder {name!r} at {path}",
+            raise InferError(f"content encoder {content_encoder.name!r} at {getattr(content_encoder, 'path', '?')}",
                              f"gives {content_encoder.dim}-dim features but the base {self.base_dir} expects "
                              f"{config.content_dim}; use the encoder folder/layer/final_proj the base was trained with")
         self.content_encoder = content_encoder
+
+    # ---------------------------------------------------------------------------- content encoder
+    def _recorded_encoder(self) -> dict:
+        """The base's ``content_encoder`` record (``None`` values = not recorded, e.g. an older base)."""
+        from ai_singer.features.content import normalize_encoder_record
+
+        return normalize_encoder_record(self.base.config.get("content_encoder") or {})
+
+    def _check_content_settings(self, content: dict, encoder: Any = None) -> None:
+        """Settings given explicitly (``content=<group>``, ``content.layer=...``) or the encoder built from
+        them must be the encoder the base was trained with: name, dim, layer and final_proj are compared
+        where both sides are known."""
+        from ai_singer.features.content import describe_encoder, encoder_mismatches
+
+        given = {key: content.get(key) for key in ("name", "layer", "final_proj")}
+        if encoder is not None:
+            given = {**{k: v for k, v in describe_encoder(encoder).items() if v is not None},
+                     **{k: v for k, v in given.items() if v is not None}}
+        recorded = self._recorded_encoder()
+        mismatches = encoder_mismatches(recorded, given)
+        if mismatches:
+            shown = ", ".join(f"{key}={value}" for key, value in recorded.items() if value is not None)
+            raise InferError(f"content encoder {given.get('name') or recorded['name']!r}",
+                             f"differs from the one the base {self.base_dir} was trained with (base vs given: "
+                             f"{', '.join(mismatches)}); the base records {shown}. Leave content at its default "
+                             f"(from_base) to use it, or select a matching group / content.layer=...")
+
+    def _load_content_encoder(self, content: Mapping[str, Any] | None):
+        """Build the content encoder: the base's recorded settings, each replaced by a value given in
+        ``content`` (a ``conf/content`` group; ``None`` values mean "as recorded") after checking it."""
+        from ai_singer.features.content import ContentEncoderMissing, load_content_encoder
+
+        content = {key: value for key, value in dict(content or {}).items() if value is not None}
+        self._check_content_settings(content)
+        recorded = self._recorded_encoder()
+        name = content.pop("name", None) or recorded["name"]
+        path = content.pop("path", None)
+        from_base = path is None
+        if from_base:
+            path = recorded["path"]
+        if not name or not path:
+            raise InferError(f"base {self.base_dir}", "its config.yaml does not record the content encoder's "
+                             + ("name" if not name else "path") + " (made by an older version); select the encoder "
+                             "it was trained with: content=<group> (e.g. content=hubert content.path=DIR)")
+        for key in ("layer", "final_proj"):
+            if key not in content and recorded[key] is not None:
+                content[key] = recorded[key]
+        try:
+            return load_content_encoder(str(name), path, **content)
+        except ContentEncoderMissing as error:
+            if not from_base:
+                raise
+            raise ContentEncoderMissing(error.path, f"{error.reason}; the base {self.base_dir} was trained with "
+                                        f"this content encoder (content_encoder.path in its config.yaml, relative "
+                                        f"to the working directory {Path.cwd()}); run from the folder it was "
+                                        f"trained in or set content.path=DIR") from error
 
     # ---------------------------------------------------------------------------------- singers
     def adapter(self, name: str):
@@ -840,7 +889,9 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
             except checkpoint.ArtifactError as error:
                 raise InferError(f"singer {singer!r}", f"cannot load the adapter: {error}") from error
         base_dir = resolve_base_dir(cfg.get("base"), base_name, paths.pretrain)
-        converter = Converter(base_dir, _plain(cfg.content), settings, paths.singers, device=str(cfg.device))
+        content = cfg.get("content")
+        converter = Converter(base_dir, None if content is None else _plain(content), settings, paths.singers,
+                              device=str(cfg.device))
     output_dir = Path(str(paths.output))
     progress = bool(cfg.get("progress", True))
     results: list[SongResult] = []

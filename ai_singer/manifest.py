@@ -169,13 +169,23 @@ class DatasetStats:
     content_dim: int
     f0_method: str
     singers: dict[str, SingerStats] = field(default_factory=dict)
+    #: The rest of the encoder's identity; ``None`` = unknown (stats written before these were recorded).
+    content_encoder_path: str | None = None
+    content_layer: int | None = None
+    content_final_proj: bool | None = None
+
+    @property
+    def content_encoder(self) -> dict:
+        """``{name, dim, path, layer, final_proj}`` as stats.json and a base's config.yaml record them."""
+        return {"name": self.content_encoder_name, "dim": self.content_dim, "path": self.content_encoder_path,
+                "layer": self.content_layer, "final_proj": self.content_final_proj}
 
     def to_json(self) -> dict:
         return {
             "format_version": STATS_FORMAT_VERSION,
             "sample_rate": self.sample_rate,
             "hop_length": self.hop_length,
-            "content_encoder": {"name": self.content_encoder_name, "dim": self.content_dim},
+            "content_encoder": self.content_encoder,
             "f0_method": self.f0_method,
             "singers": {name: dataclasses.asdict(stats) for name, stats in sorted(self.singers.items())},
         }
@@ -185,10 +195,16 @@ class DatasetStats:
         if obj.get("format_version") != STATS_FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {obj.get('format_version')!r} "
                              f"(expected {STATS_FORMAT_VERSION})")
+        encoder = obj["content_encoder"]
+        path, layer, final_proj = encoder.get("path"), encoder.get("layer"), encoder.get("final_proj")
+        if final_proj is not None and not isinstance(final_proj, bool):
+            raise ValueError(f"content_encoder.final_proj must be true, false or null, not {final_proj!r}")
         return cls(sample_rate=int(obj["sample_rate"]), hop_length=int(obj["hop_length"]),
-                   content_encoder_name=str(obj["content_encoder"]["name"]),
-                   content_dim=int(obj["content_encoder"]["dim"]), f0_method=str(obj["f0_method"]),
-                   singers={name: SingerStats(**values) for name, values in obj["singers"].items()})
+                   content_encoder_name=str(encoder["name"]),
+                   content_dim=int(encoder["dim"]), f0_method=str(obj["f0_method"]),
+                   singers={name: SingerStats(**values) for name, values in obj["singers"].items()},
+                   content_encoder_path=None if path is None else str(path),
+                   content_layer=None if layer is None else int(layer), content_final_proj=final_proj)
 
 
 def write_stats(path: str | os.PathLike, stats: DatasetStats) -> None:

@@ -118,6 +118,8 @@ class PreprocessSettings:
     min_clip_seconds: float = 1.0
     pitch_plots: bool = True
     progress: bool = True
+    singers: tuple[str, ...] | None = None   # singer folders to include (None = all)
+    exclude_singers: tuple[str, ...] = ()    # singer folders to leave out
 
     def output_hash(self) -> str:
         """Hash of every setting that changes what is written for a source (not workers, split, plots)."""
@@ -163,9 +165,18 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
     """Read the composed ``conf/preprocess.yaml`` into typed settings (a typo in a key is an error)."""
     audio = _plain(cfg.audio)
     content = _plain(cfg.content)
-    if "name" not in content or "path" not in content:
-        raise PreprocessError("conf/content: needs 'name' and 'path'")
+    if content.get("name") is None or content.get("path") is None:
+        raise PreprocessError("conf/content: needs 'name' and 'path' (content=synth for the bundled encoder, "
+                              "content=hubert content.path=DIR for ContentVec/HuBERT weights; content=from_base "
+                              "is for inference only)")
     name, path = content.pop("name"), content.pop("path")
+    singers = cfg.get("singers", None)
+    if singers is not None and (isinstance(singers, str) or not hasattr(singers, "__iter__")):
+        raise PreprocessError(f"singers={singers!r}: expected a list of singer folder names, e.g. singers=[alice,bob]")
+    exclude = cfg.get("exclude_singers", None) or []
+    if isinstance(exclude, str) or not hasattr(exclude, "__iter__"):
+        raise PreprocessError(f"exclude_singers={exclude!r}: expected a list of singer folder names, "
+                              f"e.g. exclude_singers=[carol]")
     return PreprocessSettings(
         raw=Path(str(cfg.paths.raw)), processed=Path(str(cfg.paths.processed)),
         framing=FramingSettings(sample_rate=int(audio["sample_rate"]), hop_length=int(audio["hop_length"])),
@@ -176,6 +187,8 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
         split=_build(SplitSettings, _plain(cfg.split), "split"),
         num_workers=int(cfg.num_workers), min_clip_seconds=float(cfg.min_clip_seconds),
         pitch_plots=bool(cfg.pitch_plots), progress=bool(cfg.progress),
+        singers=None if singers is None else tuple(str(name) for name in singers),
+        exclude_singers=tuple(str(name) for name in exclude),
     )
 
 
@@ -293,17 +306,24 @@ def process_clip(source: Path, start: int, stop: int, settings: PreprocessSettin
 
 
 def write_clip(audio_path: Path, features_path: Path, clip: ClipFeatures, settings: PreprocessSettings,
-               encoder_name: str) -> None:
-    """Write the clip wav (PCM_16) and its safetensors feature file, each atomically."""
+               encoder: str | Mapping[str, Any]) -> None:
+    """Write the clip wav (PCM_16) and its safetensors feature file, each atomically.
+
+    ``encoder``: the encoder's record ``{name, dim, path, layer, final_proj}`` (``describe_encoder``) or
+    just its name; the metadata stores each known value as a string."""
     from safetensors.numpy import save_file
 
     write_audio(audio_path, clip.audio, settings.framing.sample_rate)
+    info = {"name": encoder} if isinstance(encoder, str) else dict(encoder)
     metadata = {
         "format_version": FEATURE_FORMAT_VERSION, "sample_rate": str(settings.framing.sample_rate),
         "hop_length": str(settings.framing.hop_length), "n_frames": str(clip.n_frames),
-        "content_encoder": encoder_name, "content_dim": str(clip.content.shape[1]),
+        "content_encoder": str(info["name"]), "content_dim": str(clip.content.shape[1]),
         "f0_method": settings.f0.method,
     }
+    for key, meta_key in (("path", "content_path"), ("layer", "content_layer"), ("final_proj", "content_final_proj")):
+        if info.get(key) is not None:
+            metadata[meta_key] = str(info[key]).lower() if isinstance(info[key], bool) else str(info[key])
     tensors = {"content": np.ascontiguousarray(clip.content), "f0": clip.f0, "voiced": clip.voiced,
                "volume": clip.volume}
     with atomic_path(features_path) as tmp:
@@ -336,14 +356,15 @@ def process_source(job: SourceJob, settings: PreprocessSettings, encoder) -> dic
     Sources that cannot be used get a record with ``status: "rejected"`` and the reason (so a re-run
     does not retry an unchanged bad file). Unexpected errors propagate (no record: retried next run).
     """
+    from ai_singer.features.content import describe_encoder
+
     processed = settings.processed
     _remove_quietly(record_path(processed, job.source))
     for name in job.old_files:
         _remove_quietly(processed / name)
     record = {"format_version": 1, "source": job.source, "singer": job.singer, "fingerprint": job.fingerprint,
               "settings_hash": settings.output_hash(), "status": "ok", "reason": None,
-              "content_encoder": {"name": encoder.name, "dim": int(encoder.dim)},
-              "clips": [], "rejected_clips": []}
+              "content_encoder": describe_encoder(encoder), "clips": [], "rejected_clips": []}
     try:
         info = audio_info(job.path)
         if info.seconds < settings.min_clip_seconds:
@@ -363,7 +384,7 @@ def process_source(job: SourceJob, settings: PreprocessSettings, encoder) -> dic
                 continue
             stem = clip_id(job.source, index)
             audio_rel, features_rel = f"{job.singer}/{stem}.wav", f"{job.singer}/{stem}.features.safetensors"
-            write_clip(processed / audio_rel, processed / features_rel, clip, settings, encoder.name)
+            write_clip(processed / audio_rel, processed / features_rel, clip, settings, record["content_encoder"])
             voiced_f0 = clip.f0[clip.voiced.astype(bool)]
             record["clips"].append({**span, "clip_id": stem, "audio": audio_rel, "features": features_rel,
                                     "n_frames": clip.n_frames,
@@ -511,6 +532,29 @@ def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
     return found
 
 
+def select_singers(sources: dict[str, list[tuple[str, Path]]],
+                   settings: PreprocessSettings) -> dict[str, list[tuple[str, Path]]]:
+    """Keep the singer folders named in ``settings.singers`` (all when ``None``) minus ``exclude_singers``.
+
+    A name in ``singers`` that is not a singer folder of ``paths.raw`` is a PreprocessError listing the
+    folders there; names in ``exclude_singers`` that match no folder are ignored. Singers left out are
+    treated like folders deleted from raw: their clips leave the processed dataset."""
+    available = sorted(sources)
+    if settings.singers is not None:
+        unknown = [name for name in settings.singers if name not in sources]
+        if unknown:
+            raise PreprocessError(f"singers={list(settings.singers)}: no singer folder named "
+                                  f"{', '.join(repr(name) for name in unknown)} in paths.raw={settings.raw}; "
+                                  f"available singer folders: {', '.join(available)}")
+    wanted = set(available if settings.singers is None else settings.singers) - set(settings.exclude_singers)
+    selected = {name: files for name, files in sources.items() if name in wanted}
+    if not selected:
+        raise PreprocessError(f"paths.raw={settings.raw}: singers={None if settings.singers is None else list(settings.singers)} "
+                              f"and exclude_singers={list(settings.exclude_singers)} leave no singer folder; "
+                              f"available singer folders: {', '.join(available)}")
+    return selected
+
+
 def _check_folders(settings: PreprocessSettings) -> None:
     raw, processed = settings.raw.resolve(), settings.processed.resolve()
     if raw == processed or raw in processed.parents or processed in raw.parents:
@@ -643,6 +687,19 @@ def _read_voiced_f0(features_path: Path) -> np.ndarray:
     return f0[voiced.astype(bool)]
 
 
+def _complete_encoder_info(settings: PreprocessSettings, info: Mapping[str, Any] | None) -> dict:
+    """The encoder record for stats.json: ``info`` (from the loaded encoder or a record), its unknown keys
+    filled from the settings (every valid record was made with these settings: the settings hash says so)."""
+    from ai_singer.features.content import normalize_encoder_record
+
+    info = normalize_encoder_record(info or {"name": settings.content.name, "dim": 0})
+    options = settings.content.options
+    fallback = {"name": settings.content.name, "dim": 0, "path": str(settings.content.path),
+                "layer": None if options.get("layer") is None else int(options["layer"]),
+                "final_proj": None if options.get("final_proj") is None else bool(options["final_proj"])}
+    return {key: fallback[key] if value is None else value for key, value in info.items()}
+
+
 def _finish(settings: PreprocessSettings, records: dict[str, dict], encoder_info: dict | None,
             result: PreprocessResult) -> None:
     """Rebuild manifest, stats, report and plots from the records (all atomically)."""
@@ -657,7 +714,7 @@ def _finish(settings: PreprocessSettings, records: dict[str, dict], encoder_info
             clips_by_singer[record["singer"]].append((record, clip))
         if encoder_info is None and record.get("clips"):
             encoder_info = record["content_encoder"]
-    encoder_info = encoder_info or {"name": settings.content.name, "dim": 0}
+    encoder_info = _complete_encoder_info(settings, encoder_info)
     splits = assign_splits({singer: [clip["audio"] for _, clip in clips] for singer, clips in clips_by_singer.items()},
                            settings.split.val_fraction, settings.split.min_val_clips, settings.split.seed)
     entries, singer_stats_by_name = [], {}
@@ -684,7 +741,8 @@ def _finish(settings: PreprocessSettings, records: dict[str, dict], encoder_info
     result.stats = DatasetStats(sample_rate=settings.framing.sample_rate, hop_length=settings.framing.hop_length,
                                 content_encoder_name=str(encoder_info["name"]),
                                 content_dim=int(encoder_info["dim"]), f0_method=settings.f0.method,
-                                singers=singer_stats_by_name)
+                                singers=singer_stats_by_name, content_encoder_path=encoder_info["path"],
+                                content_layer=encoder_info["layer"], content_final_proj=encoder_info["final_proj"])
     write_manifest(processed / MANIFEST_NAME, entries)
     write_stats(processed / STATS_NAME, result.stats)
     report = {
@@ -717,7 +775,7 @@ def run_preprocess(cfg: Any) -> PreprocessResult:
     Unusable files never raise: they are listed in ``report.json`` and in ``result.rejected_sources``.
     """
     settings = cfg if isinstance(cfg, PreprocessSettings) else settings_from_config(cfg)
-    sources = find_sources(settings.raw)
+    sources = select_singers(find_sources(settings.raw), settings)
     _check_folders(settings)
     settings.processed.mkdir(parents=True, exist_ok=True)
     with _exclusive(settings.processed):
@@ -750,8 +808,10 @@ def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str,
     jobs, records = _plan(settings, sources, result)
     encoder_info = None
     if jobs:
+        from ai_singer.features.content import describe_encoder
+
         encoder = _load_encoder(settings)  # ContentEncoderMissing stops the run before any work
-        encoder_info = {"name": encoder.name, "dim": int(encoder.dim)}
+        encoder_info = describe_encoder(encoder)
         if settings.num_workers > 1 and len(jobs) > 1:
             del encoder  # the workers load their own
             encoder = None

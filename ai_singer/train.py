@@ -128,6 +128,7 @@ class TrainConfig:
     base: Optional[str] = None
     run_name: Optional[str] = None
     seed: int = 1234
+    export_dtype: str = "float32"  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
 
 
 class TrainSetupError(Exception):
@@ -167,6 +168,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError("singer", "mode=finetune needs singer=<name>")
         if not cfg.base:
             raise TrainSetupError("base", "mode=finetune needs base=<folder of a pretrained base, e.g. pretrain/base>")
+    if cfg.export_dtype not in ckpt.WEIGHTS_DTYPES:
+        raise TrainSetupError("export_dtype", f"must be one of {tuple(ckpt.WEIGHTS_DTYPES)}, not {cfg.export_dtype!r}")
     if cfg.trainer.precision not in PRECISIONS:
         raise TrainSetupError("trainer.precision", f"must be one of {PRECISIONS}, not {cfg.trainer.precision!r}")
     for name in ("max_steps", "batch_size", "max_frames", "save_every", "keep_last", "log_every"):
@@ -290,10 +293,14 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     config = SingerVAEConfig.from_dict(base.model_config)
     check_framing(stats, stats_path, config.sample_rate, config.hop_length, config.content_dim,
                   f"the base {cfg.base}")
-    base_encoder = (base.config.get("content_encoder") or {}).get("name")
-    if base_encoder and stats.content_encoder_name != base_encoder:
-        log.warning("%s: content encoder %r differs from the base's %r (same dim, so training goes on)",
-                    stats_path, stats.content_encoder_name, base_encoder)
+    from ai_singer.features.content import encoder_mismatches
+
+    mismatches = encoder_mismatches(base.config.get("content_encoder") or {}, stats.content_encoder)
+    if mismatches:
+        raise TrainSetupError(stats_path, f"content encoder mismatch with the base {cfg.base} (base vs dataset: "
+                                          f"{', '.join(mismatches)}); preprocess this singer with the encoder the "
+                                          f"base was trained with (content=<group> / content.layer=... as recorded "
+                                          f"in {Path(str(cfg.base)) / ckpt.BASE_CONFIG_FILE})")
     model = SingerVAE(config)
     ckpt.load_state_strict(model, base.generator_state, base.path / ckpt.BASE_GENERATOR_FILE)
     discriminator = Discriminator.from_config(config)
@@ -510,11 +517,11 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats) -> Pa
     """Write the base (pretrain) or the adapter (finetune) artifact; returns its folder."""
     if cfg.mode == "pretrain":
         config = {"model": models.model_config.to_dict(),
-                  "content_encoder": {"name": stats.content_encoder_name, "dim": stats.content_dim},
+                  "content_encoder": stats.content_encoder,
                   "sample_rate": models.model_config.sample_rate, "hop_length": models.model_config.hop_length,
                   "speakers": list(models.speakers)}
         return ckpt.save_base(Path(cfg.paths.pretrain) / cfg.name, models.generator.model.state_dict(),
-                              models.discriminator.state_dict(), config)
+                              models.discriminator.state_dict(), config, weights_dtype=cfg.export_dtype)
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
     tensors = adapter_state_dict(models.generator.model)
     tensors["singer_embedding"] = models.generator.singer_embedding.detach()

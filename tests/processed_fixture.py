@@ -21,8 +21,12 @@ from conftest import harmonic
 def write_processed_dataset(root: str | Path, singers: Sequence[str] = ("alto", "tenor"), train_clips: int = 3,
                             val_clips: int = 1, seconds: float = 1.0, sample_rate: int = 16000,
                             hop_length: int = 128, content_dim: int = 16, encoder_name: str = "tiny-hubert",
-                            seed: int = 0) -> Path:
+                            seed: int = 0, encoder_path: str | None = "pretrain/content/tiny-hubert",
+                            encoder_layer: int | None = 2, encoder_final_proj: bool | None = False) -> Path:
     """Create ``<root>/manifest.jsonl``, ``<root>/stats.json`` and the clips; return the manifest path.
+
+    The content encoder is recorded as ``{name, dim, path, layer, final_proj}``; ``None`` leaves a key out
+    (like files written before these were recorded).
 
     Every clip has ``int(seconds * sample_rate) // hop_length`` frames and exactly ``n_frames * hop``
     samples. Singer ``k`` sings around ``180 * 1.25**k`` Hz.
@@ -31,6 +35,9 @@ def write_processed_dataset(root: str | Path, singers: Sequence[str] = ("alto", 
     rng = np.random.default_rng(seed)
     projection = rng.standard_normal((2, content_dim)).astype(np.float32)
     entries: list[ManifestEntry] = []
+    encoder_metadata = {key: str(value).lower() if isinstance(value, bool) else str(value)
+                        for key, value in (("content_path", encoder_path), ("content_layer", encoder_layer),
+                                           ("content_final_proj", encoder_final_proj)) if value is not None}
     singer_stats_by_name = {}
     n_frames = int(seconds * sample_rate) // hop_length
     for k, singer in enumerate(singers):
@@ -59,7 +66,7 @@ def write_processed_dataset(root: str | Path, singers: Sequence[str] = ("alto", 
             }, str(root / features_rel), metadata={
                 "format_version": "1", "sample_rate": str(sample_rate), "hop_length": str(hop_length),
                 "n_frames": str(n_frames), "content_encoder": encoder_name, "content_dim": str(content_dim),
-                "f0_method": "harvest",
+                "f0_method": "harvest", **encoder_metadata,
             })
             entries.append(ManifestEntry(singer=singer, audio=audio_rel, features=features_rel,
                                          seconds=n_frames * hop_length / sample_rate, n_frames=n_frames,
@@ -70,5 +77,7 @@ def write_processed_dataset(root: str | Path, singers: Sequence[str] = ("alto", 
     write_manifest(root / "manifest.jsonl", entries)
     write_stats(root / "stats.json", DatasetStats(sample_rate=sample_rate, hop_length=hop_length,
                                                   content_encoder_name=encoder_name, content_dim=content_dim,
-                                                  f0_method="harvest", singers=singer_stats_by_name))
+                                                  f0_method="harvest", singers=singer_stats_by_name,
+                                                  content_encoder_path=encoder_path, content_layer=encoder_layer,
+                                                  content_final_proj=encoder_final_proj))
     return root / "manifest.jsonl"

@@ -50,10 +50,12 @@ def test_stats_round_trip_and_percentiles(tmp_path):
     assert stats.f0_median_hz == 200.0 and stats.f0_p05_hz == 200.0 and stats.f0_p95_hz == 400.0
     assert (stats.f0_min_hz, stats.f0_max_hz) == (200.0, 400.0)
     dataset = DatasetStats(sample_rate=44100, hop_length=512, content_encoder_name="hubert", content_dim=768,
-                           f0_method="harvest", singers={"alice": stats})
+                           f0_method="harvest", singers={"alice": stats},
+                           content_encoder_path="pretrain/content/hubert", content_layer=12, content_final_proj=False)
     write_stats(tmp_path / "stats.json", dataset)
     raw = json.loads((tmp_path / "stats.json").read_text())
-    assert raw["format_version"] == 1 and raw["content_encoder"] == {"name": "hubert", "dim": 768}
+    assert raw["format_version"] == 1 and raw["content_encoder"] == {
+        "name": "hubert", "dim": 768, "path": "pretrain/content/hubert", "layer": 12, "final_proj": False}
     assert raw["singers"]["alice"]["f0_median_hz"] == 200.0
     assert read_stats(tmp_path / "stats.json") == dataset
     with pytest.raises(ValueError, match="voiced"):
@@ -61,6 +63,19 @@ def test_stats_round_trip_and_percentiles(tmp_path):
     (tmp_path / "bad.json").write_text('{"format_version": 7}')
     with pytest.raises(ManifestError, match="bad.json: malformed stats"):
         read_stats(tmp_path / "bad.json")
+
+
+def test_stats_written_before_the_full_encoder_record_still_read(tmp_path):
+    """Older stats.json files record only {name, dim}: the other encoder settings read as unknown (None)."""
+    old = {"format_version": 1, "sample_rate": 44100, "hop_length": 512,
+           "content_encoder": {"name": "hubert", "dim": 256}, "f0_method": "harvest", "singers": {}}
+    (tmp_path / "stats.json").write_text(json.dumps(old))
+    stats = read_stats(tmp_path / "stats.json")
+    assert stats.content_encoder == {"name": "hubert", "dim": 256, "path": None, "layer": None, "final_proj": None}
+    old["content_encoder"]["final_proj"] = "maybe"
+    (tmp_path / "stats.json").write_text(json.dumps(old))
+    with pytest.raises(ManifestError, match="final_proj"):
+        read_stats(tmp_path / "stats.json")
 
 
 def test_split_is_deterministic_order_independent_and_covers_every_singer():

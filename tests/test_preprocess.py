@@ -93,7 +93,7 @@ def reference(dataset, tiny_hubert_dir, tmp_path_factory):
     return processed, result
 
 
-def test_end_to_end_outputs(reference, dataset):
+def test_end_to_end_outputs(reference, dataset, tiny_hubert_dir):
     processed, result = reference
     assert result.ok and not result.rejected_sources and not result.failed_sources
     assert sorted(result.processed_sources) == sorted(f"{s}/{n}" for s, n, *_ in SOURCES)
@@ -118,6 +118,7 @@ def test_end_to_end_outputs(reference, dataset):
         assert tensors["voiced"].sum() > 0.5 * entry.n_frames
         assert meta == {"format_version": "1", "sample_rate": "44100", "hop_length": "512",
                         "n_frames": str(entry.n_frames), "content_encoder": "hubert", "content_dim": "32",
+                        "content_path": str(tiny_hubert_dir), "content_layer": "2", "content_final_proj": "false",
                         "f0_method": "harvest"}
         assert entry.f0_median_hz == pytest.approx(np.median(tensors["f0"][tensors["voiced"] == 1]), abs=0.01)
     # each file's three clips hold its three notes (within 50 cents)
@@ -129,6 +130,9 @@ def test_end_to_end_outputs(reference, dataset):
         assert splits == {"train", "val"}
     stats = read_stats(processed / "stats.json")
     assert (stats.sample_rate, stats.hop_length, stats.content_dim, stats.content_encoder_name) == (SR, HOP, 32, "hubert")
+    # the encoder's whole identity travels with the data (training copies it into the base)
+    assert stats.content_encoder == {"name": "hubert", "dim": 32, "path": str(tiny_hubert_dir), "layer": 2,
+                                     "final_proj": False}
     assert stats.singers["alice"].clips == 6 and stats.singers["bob"].clips == 6
     assert abs(1200 * np.log2(stats.singers["alice"].f0_median_hz / 262.0)) < 50
     assert abs(1200 * np.log2(stats.singers["bob"].f0_median_hz / 131.0)) < 50
@@ -239,6 +243,53 @@ def test_resume_skips_unchanged_redoes_changed_forgets_deleted(reference, datase
     assert not any("/take2-" in name for name in clip_mtimes(processed))
     assert all(e.source != "alice/take2.flac" for e in read_manifest(processed / "manifest.jsonl"))
     assert len(list((processed / ".sources").glob("*.json"))) == len(SOURCES) - 1
+
+
+def test_singer_selection(reference, dataset, tmp_path, tiny_hubert_dir):
+    """singers=[...] keeps only those singer folders, exclude_singers=[...] leaves some out; a singer left out
+    leaves the processed dataset (like a deleted folder); an unknown name is an error listing the folders."""
+    ref_processed, _ = reference
+    processed = tmp_path / "processed"
+    shutil.copytree(ref_processed, processed)  # a finished run over both singers: nothing is recomputed
+    with pytest.raises(PreprocessError, match=r"no singer folder named 'carol'.*available singer folders: alice, bob"):
+        run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[alice,carol]"))
+    assert manifest_lines(processed) == manifest_lines(ref_processed)  # the error came before any change
+    with pytest.raises(PreprocessError, match="leave no singer folder"):
+        run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[bob]", "exclude_singers=[bob]"))
+
+    only_alice = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[alice]"))
+    assert only_alice.clips_per_singer == {"alice": 6} and only_alice.processed_sources == []
+    assert {e.singer for e in read_manifest(processed / "manifest.jsonl")} == {"alice"}
+    assert set(read_stats(processed / "stats.json").singers) == {"alice"}
+    assert not (processed / "bob").exists()
+
+    without_alice = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "exclude_singers=[alice]",
+                                            "pitch_plots=false"))
+    assert without_alice.clips_per_singer == {"bob": 6} and sorted(without_alice.processed_sources) == [
+        "bob/b2.flac", "bob/sessions/low.wav"]
+    assert {e.singer for e in read_manifest(processed / "manifest.jsonl")} == {"bob"}
+    assert run_cli(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[nobody]")) == 2
+
+
+def test_default_content_encoder_is_the_bundled_one_and_hubert_selects_real_weights(tmp_path):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        default = compose("preprocess", overrides=[f"paths.raw={tmp_path}"])
+        real = compose("preprocess", overrides=["content=hubert", "content.path=/weights/contentvec"])
+    assert dict(default.content) == {"name": "hubert", "path": "pretrain/content/synth-hubert", "layer": 3,
+                                     "final_proj": False, "device": "cpu"}
+    assert default.singers is None and list(default.exclude_singers) == []
+    assert (real.content.path, real.content.layer) == ("/weights/contentvec", 12)
+    with pytest.raises(ContentEncoderMissing, match="synth-hubert"):  # not trained yet in a fresh clone
+        run_preprocess(compose_missing(tmp_path))
+
+
+def compose_missing(tmp_path: Path):
+    make_dataset(tmp_path / "raw")
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose("preprocess", overrides=[f"paths.raw={tmp_path / 'raw'}",
+                                                f"paths.processed={tmp_path / 'processed'}",
+                                                f"content.path={tmp_path / 'pretrain/content/synth-hubert'}",
+                                                "num_workers=0", "progress=false"])
 
 
 def test_interrupted_run_recovers_to_the_clean_result(reference, dataset, tmp_path, tiny_hubert_dir, monkeypatch):

@@ -77,7 +77,11 @@ def test_pretrain_exports_a_base_and_logs(tmp_path, processed):
     assert result.artifact_dir == tmp_path / "pretrain" / "b"
     base = ckpt.load_base(result.artifact_dir, with_discriminator=True)
     assert base.speakers == ["alto", "tenor"]
-    assert base.config["content_encoder"] == {"name": "tiny-hubert", "dim": 16}
+    assert base.config["content_encoder"] == {"name": "tiny-hubert", "dim": 16, "path": "pretrain/content/tiny-hubert",
+                                              "layer": 2, "final_proj": False}  # copied from stats.json
+    assert base.config["weights_dtype"] == "float32"
+    assert all(t.dtype == torch.float32 for t in file_tensors(result.artifact_dir / ckpt.BASE_GENERATOR_FILE).values()
+               if t.is_floating_point())
     assert base.config["sample_rate"] == SR and base.config["hop_length"] == HOP
     assert base.model_config["content_dim"] == 16 and base.model_config["n_speakers"] == 2
     assert [s for s, _ in ckpt.list_train_states(result.run_dir)] == [2]
@@ -274,6 +278,48 @@ def test_content_dim_that_differs_from_the_base_is_refused(tmp_path, base_dir):
     cfg = make_config(tmp_path, processed8, "mode=finetune", "singer=alto", f"base={base_dir}")
     with pytest.raises(TrainSetupError, match=r"stats.json: content dim mismatch.*8-dim.*expects 16"):
         run_training(cfg)
+
+
+def test_content_encoder_settings_that_differ_from_the_base_are_refused(tmp_path, base_dir):
+    """Same dim but another layer (or name, or final_proj) is another feature space: a clear error."""
+    for option, value, shown in (("encoder_layer", 9, "layer 2 vs 9"), ("encoder_name", "contentvec",
+                                                                        "name 'tiny-hubert' vs 'contentvec'"),
+                                 ("encoder_final_proj", True, "final_proj False vs True")):
+        other = write_processed_dataset(tmp_path / option, singers=("alto",), sample_rate=SR, hop_length=HOP,
+                                        **{option: value}).parent
+        cfg = make_config(tmp_path, other, "mode=finetune", "singer=alto", f"base={base_dir}")
+        with pytest.raises(TrainSetupError, match=rf"stats.json: content encoder mismatch with the base .*{shown}"):
+            run_training(cfg)
+
+
+def test_fp16_base_fine_tunes_on_a_dataset_with_only_name_and_dim_recorded(tmp_path, processed):
+    """export_dtype=float16 halves the base; fine-tuning loads it into float32 modules. A dataset written
+    before the full encoder record (name and dim only) is accepted (unknown is not a mismatch)."""
+    full = run_training(make_config(tmp_path / "a", processed, "trainer.max_steps=1", "name=b32"))
+    half = ckpt.convert_base_dtype(full.artifact_dir, tmp_path / "b16", "float16")
+    stored = file_tensors(half / ckpt.BASE_GENERATOR_FILE)
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    size16 = (half / ckpt.BASE_GENERATOR_FILE).stat().st_size
+    assert size16 < 0.55 * (full.artifact_dir / ckpt.BASE_GENERATOR_FILE).stat().st_size
+    legacy = write_processed_dataset(tmp_path / "legacy", singers=("alto",), sample_rate=SR, hop_length=HOP,
+                                     encoder_path=None, encoder_layer=None, encoder_final_proj=None).parent
+    result = run_training(make_config(tmp_path / "a", legacy, "mode=finetune", "singer=alto", f"base={half}",
+                                      "trainer.max_steps=1"))
+    adapter = ckpt.load_adapter(result.artifact_dir)
+    assert adapter.base_sha256 == ckpt.load_base(half).sha256
+    assert all(t.dtype == torch.float32 for t in adapter.tensors.values())
+
+
+def test_pretrain_export_dtype(tmp_path, processed):
+    result = run_training(make_config(tmp_path, processed, "trainer.max_steps=1", "export_dtype=bfloat16"))
+    base = ckpt.load_base(result.artifact_dir, with_discriminator=True)
+    assert base.config["weights_dtype"] == "bfloat16"
+    for name in (ckpt.BASE_GENERATOR_FILE, ckpt.BASE_DISCRIMINATOR_FILE):
+        assert {t.dtype for t in file_tensors(result.artifact_dir / name).values()
+                if t.is_floating_point()} == {torch.bfloat16}, name
+    assert all(t.dtype == torch.float32 for t in base.generator_state.values() if t.is_floating_point())
+    with pytest.raises(TrainSetupError, match="export_dtype"):
+        make_config(tmp_path, processed, "export_dtype=float64")
 
 
 def test_sample_rate_or_hop_mismatch_is_refused(tmp_path, base_dir):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -207,6 +207,58 @@ def load_content_encoder(name: str, path: str | Path, **kwargs) -> ContentEncode
     if name not in CONTENT_ENCODERS:
         raise ValueError(f"unknown content encoder {name!r}; valid names: {', '.join(sorted(CONTENT_ENCODERS))}")
     return CONTENT_ENCODERS[name](path, **kwargs)
+
+
+#: The settings that identify a content encoder's features (the path is where it lives, not what it is).
+IDENTITY_KEYS = ("name", "dim", "layer", "final_proj")
+
+
+def describe_encoder(encoder: ContentEncoder) -> dict:
+    """``{name, dim, path, layer, final_proj}`` of a loaded encoder: what preprocess records in feature files
+    and stats.json and training copies into the base's config. ``path`` is the folder as it was given
+    (relative paths stay relative to the working directory); keys an encoder does not have are ``None``."""
+    path = getattr(encoder, "path", None)
+    layer = getattr(encoder, "layer", None)
+    if hasattr(encoder, "final_proj"):  # HubertContentEncoder: the projection module, or None when unused
+        projection = encoder.final_proj
+        final_proj = projection if isinstance(projection, bool) else projection is not None
+    else:
+        final_proj = None
+    return {"name": str(encoder.name), "dim": int(encoder.dim), "path": None if path is None else str(path),
+            "layer": None if layer is None else int(layer), "final_proj": final_proj}
+
+
+def normalize_encoder_record(record: Any) -> dict:
+    """A recorded ``content_encoder`` mapping (stats.json, a base's config.yaml, feature-file metadata
+    strings) as ``{name, dim, path, layer, final_proj}`` with typed values; missing keys (records written
+    before these were stored) are ``None``, meaning unknown."""
+    record = dict(record or {})
+
+    def parse_bool(value):
+        if value is None or isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        return None
+
+    def parse_int(value):
+        return None if value is None or str(value).strip() in ("", "None", "null") else int(value)
+
+    path = record.get("path")
+    return {"name": None if record.get("name") is None else str(record["name"]), "dim": parse_int(record.get("dim")),
+            "path": None if path in (None, "", "None") else str(path), "layer": parse_int(record.get("layer")),
+            "final_proj": parse_bool(record.get("final_proj"))}
+
+
+def encoder_mismatches(expected: Any, given: Any, keys: tuple[str, ...] = IDENTITY_KEYS) -> list[str]:
+    """How two encoder records differ, e.g. ``["layer 12 vs 9"]`` (expected vs given); a key missing or
+    ``None`` on either side is unknown and never counts as a mismatch."""
+    expected, given = normalize_encoder_record(expected), normalize_encoder_record(given)
+    return [f"{key} {expected[key]!r} vs {given[key]!r}" for key in keys
+            if expected[key] is not None and given[key] is not None and expected[key] != given[key]]
 
 
 def _fit_length(features: torch.Tensor, frames: int) -> torch.Tensor:
