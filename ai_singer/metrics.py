@@ -121,9 +121,8 @@ def envelope_to_mel_cepstrum(power_envelope: np.ndarray, sr: int, n_coeffs: int 
     upper = np.minimum(lower + 1, envelope.shape[1] - 1)
     fraction = bins - lower
     on_warped = log_amplitude[:, lower] * (1.0 - fraction) + log_amplitude[:, upper] * fraction
-    coefficients = on_warped @ basis.T
-    coefficients[:, 1:] *= 0.5  # ln|H| = c0 + 2 sum c_d cos(d b): the transform above gives 2 c_d for d >= 1
-    return coefficients
+    # (1/pi) int_0^pi ln|H(b)| cos(d b) db = c_d for ln|H(b)| = c_0 + 2 sum_d c_d cos(d b)
+    return on_warped @ basis.T
 
 
 @dataclass

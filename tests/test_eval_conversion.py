@@ -147,7 +147,7 @@ CORPUS = REPO / "data" / "synth"
 
 
 @pytest.mark.slow
-def test_bundled_example_adapter_really_converts(tmp_path):
+def test_bundled_example_adapter_really_converts(tmp_path, capsys):
     """With the bundled base and the example adapter: converted audio is closer to the target singer than
     the source (MCD), the classifier hears the target more (P(target)), and F0 stays within 50 cents."""
     missing = [str(p) for p in (BUNDLED_BASE / "config.yaml", EXAMPLE_ADAPTER / "adapter.yaml",
@@ -167,8 +167,10 @@ def test_bundled_example_adapter_really_converts(tmp_path):
     out = tmp_path / "eval.json"
     code = eval_conversion.main(["--corpus", str(CORPUS), "--base", str(BUNDLED_BASE),
                                  "--singers-dir", str(EXAMPLE_ADAPTER.parent), "--pairs", f"{source}:{target}=example",
-                                 "--device", "cpu", "--out", str(out), "--quiet"])
-    assert code == 0
+                                 "--device", "auto", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    print(printed.out)  # the table and the summary line, shown with pytest -s
     summary = json.loads(out.read_text())["pairs"][0]["summary"]
     assert summary["mcd_converted_db"] < summary["mcd_source_db"], summary
     assert summary["p_target_converted"] > summary["p_target_source"], summary
