@@ -420,7 +420,7 @@ class Converter:
     def _check_content_settings(self, content: dict, encoder: Any = None) -> None:
         """Settings given explicitly (``content=<group>``, ``content.layer=...``) or the encoder built from
         them must be the encoder the base was trained with: name, dim, layer and final_proj are compared
-        where both sides are known."""
+        where both sides are known (the dim against the base's model right after loading)."""
         from ai_singer.features.content import describe_encoder, encoder_mismatches
 
         given = {key: content.get(key) for key in ("name", "layer", "final_proj")}
@@ -428,7 +428,7 @@ class Converter:
             given = {**{k: v for k, v in describe_encoder(encoder).items() if v is not None},
                      **{k: v for k, v in given.items() if v is not None}}
         recorded = self._recorded_encoder()
-        mismatches = encoder_mismatches(recorded, given)
+        mismatches = encoder_mismatches(recorded, given, keys=("name", "layer", "final_proj"))  # dim: checked after
         if mismatches:
             shown = ", ".join(f"{key}={value}" for key, value in recorded.items() if value is not None)
             raise InferError(f"content encoder {given.get('name') or recorded['name']!r}",

@@ -59,6 +59,65 @@ def test_base_round_trip_strict_and_hashed(base_dir):
     assert torch.equal(rebuilt_d(wav), discriminator(wav))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_compact_base_loads_as_float32_and_stays_hashed(base_dir, tmp_path, dtype):
+    """A base stored in half precision: half the file, the hash and strict loading still hold, the tensors
+    come back as float32 and the module computes what the float32 base computes (to half precision)."""
+    from safetensors.torch import load_file
+
+    directory, generator, discriminator = base_dir
+    half = ckpt.save_base(tmp_path / dtype, generator.state_dict(), discriminator.state_dict(), BASE_CONFIG,
+                          weights_dtype=dtype)
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        assert {t.dtype for t in load_file(str(half / name)).values()} == {getattr(torch, dtype)}
+    base = ckpt.load_base(half, with_discriminator=True)
+    assert base.config["weights_dtype"] == dtype and base.sha256 == ckpt.sha256_file(half / "generator.safetensors")
+    assert all(t.dtype == torch.float32 for t in [*base.generator_state.values(), *base.discriminator_state.values()])
+    rebuilt = tiny_generator()
+    ckpt.load_state_strict(rebuilt, base.generator_state, half / "generator.safetensors")
+    x = torch.randn(2, 4, 16)
+    assert torch.allclose(rebuilt(x), generator(x), atol=0.05, rtol=0.02)
+    assert all(p.dtype == torch.float32 for p in rebuilt.parameters())
+    with pytest.raises(ckpt.StateDictMismatch, match="missing"):
+        ckpt.load_state_strict(rebuilt, {k: v for k, v in base.generator_state.items() if k != "0.bias"}, "gen")
+    path = half / "generator.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.ArtifactHashMismatch):
+        ckpt.load_base(half)
+    with pytest.raises(ckpt.ArtifactError, match="weights_dtype 'float64'"):
+        ckpt.save_base(tmp_path / "f64", generator.state_dict(), None, BASE_CONFIG, weights_dtype="float64")
+
+
+def test_convert_base_dtype_keeps_adapters_of_the_source_base(base_dir, tmp_path):
+    directory, generator, _ = base_dir
+    source = ckpt.load_base(directory)
+    half_dir = ckpt.convert_base_dtype(directory, tmp_path / "half", "float16")
+    half = ckpt.load_base(half_dir, with_discriminator=True)
+    assert half.sha256 != source.sha256 and half.config["weights_dtype"] == "float16"
+    assert half.config["converted_from"][0]["generator_sha256"] == source.sha256
+    assert {k: v for k, v in half.config.items() if k not in ("weights_dtype", "generator_sha256", "created",
+                                                             "converted_from")} == \
+        {k: v for k, v in source.config.items() if k not in ("weights_dtype", "generator_sha256", "created")}
+    for key, value in source.generator_state.items():
+        assert torch.equal(half.generator_state[key], value.half().float())
+    # back to float32: a second link in the chain; adapters of either earlier base are accepted
+    again = ckpt.load_base(ckpt.convert_base_dtype(half_dir, tmp_path / "again", "float32"))
+    assert ckpt.base_lineage(again) == [again.sha256, half.sha256, source.sha256]
+    adapter_dir = ckpt.save_adapter(tmp_path / "singers" / "alice", {"w": torch.zeros(2)},
+                                    {"method": "lora", "base_sha256": source.sha256, "base_name": "base"})
+    adapter = ckpt.load_adapter(adapter_dir)
+    ckpt.check_adapter_base(adapter, half)
+    ckpt.check_adapter_base(adapter, again)
+    unrelated = ckpt.load_base(ckpt.save_base(tmp_path / "unrelated", tiny_generator().state_dict(), None,
+                                              BASE_CONFIG))
+    with pytest.raises(ckpt.AdapterBaseMismatch):
+        ckpt.check_adapter_base(adapter, unrelated)
+    with pytest.raises(ckpt.ArtifactError, match="another destination"):
+        ckpt.convert_base_dtype(directory, directory, "float16")
+
+
 def test_tampered_generator_is_refused_naming_the_file(base_dir):
     directory, _, _ = base_dir
     path = directory / "generator.safetensors"
@@ -200,3 +259,19 @@ def test_rng_restore_reproduces_draws(tmp_path):
     _, loaded = ckpt.load_latest_train_state(tmp_path)  # weights_only=True
     ckpt.restore_rng_state(loaded["rng"])
     assert draws() == first
+
+
+def test_convert_base_tool(base_dir, tmp_path, capsys):
+    """tools/convert_base.py SRC DST --dtype float16 (tools import ai_singer, never the reverse)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "convert_base.py"
+    spec = importlib.util.spec_from_file_location("convert_base_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    directory, _, _ = base_dir
+    assert tool.main([str(directory), str(tmp_path / "b16"), "--dtype", "float16"]) == 0
+    assert ckpt.load_base(tmp_path / "b16").config["weights_dtype"] == "float16"
+    assert tool.main([str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    assert "no base artifact folder" in capsys.readouterr().err

@@ -37,11 +37,13 @@ TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin
             segment_frames=8)
 
 
-def make_base(root: Path, name: str = "tiny", seed: int = 0) -> Path:
-    """A random tiny SingerVAE saved as a base artifact (generator only)."""
+def make_base(root: Path, name: str = "tiny", seed: int = 0, encoder: dict | None = None) -> Path:
+    """A random tiny SingerVAE saved as a base artifact (generator only). ``encoder``: the content encoder
+    record; default ``{name, dim}`` only, as bases made before the full record."""
     torch.manual_seed(seed)
     model = SingerVAE(SingerVAEConfig(**TINY))
-    config = {"model": model.config.to_dict(), "content_encoder": {"name": "hubert", "dim": TINY["content_dim"]},
+    config = {"model": model.config.to_dict(),
+              "content_encoder": encoder or {"name": "hubert", "dim": TINY["content_dim"]},
               "sample_rate": TINY["sample_rate"], "hop_length": TINY["hop_length"], "speakers": ["a", "b"]}
     return ckpt.save_base(root / "pretrain" / name, model.state_dict(), None, config)
 
@@ -274,13 +276,73 @@ def test_adapter_for_another_base_is_refused(converter):
 
 
 def test_content_encoder_must_match_the_base(artifacts, tiny_hubert_dir):
-    with pytest.raises(InferError, match="trained with content encoder 'hubert'"):
+    with pytest.raises(InferError, match="base vs given: name 'hubert' vs 'contentvec'"):
         Converter(artifacts / "pretrain" / "tiny", {"name": "contentvec", "path": str(tiny_hubert_dir)},
                   ConvertSettings(), artifacts / "singers", device="cpu")
     with pytest.raises(InferError, match="64-dim features but the base .* expects 32"):
         wider = SimpleNamespace(name="hubert", dim=64, sample_rate=16000, hop=320)
         Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir)},
                   ConvertSettings(), artifacts / "singers", device="cpu", content_encoder=wider)
+
+
+def test_the_base_names_its_content_encoder(artifacts, tiny_hubert_dir, tmp_path, monkeypatch):
+    """By default (content=from_base) inference uses the encoder the base records, its path relative to the
+    working directory; an explicit group or setting is checked against the record."""
+    import shutil
+
+    from ai_singer.features.content import ContentEncoderMissing
+
+    work = tmp_path / "project"
+    shutil.copytree(tiny_hubert_dir, work / "encoders" / "tiny")
+    monkeypatch.chdir(work)
+    record = {"name": "hubert", "dim": TINY["content_dim"], "path": "encoders/tiny", "layer": 2, "final_proj": False}
+    base_dir = make_base(tmp_path, "recorded", encoder=record)
+    make_adapter(tmp_path, base_dir, "alto")
+    write(tmp_path / "song.wav", harmonic(220.0, 44100, 0.6, amplitude=0.3), 44100)
+
+    def cfg(*overrides: str):
+        from hydra import compose as hydra_compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return hydra_compose("infer", overrides=[
+                f"paths.pretrain={tmp_path / 'pretrain'}", f"paths.singers={tmp_path / 'singers'}",
+                f"paths.output={tmp_path / 'out'}", f"songs={tmp_path / 'song.wav'}", "singer=alto",
+                "f0.method=dio", "device=cpu", "progress=false", *overrides])
+
+    assert run_batch(cfg()).exit_code == 0  # no content settings: all from the base
+    converter = Converter(base_dir, None, ConvertSettings(), tmp_path / "singers", device="cpu")
+    assert (str(converter.content_encoder.path), converter.content_encoder.layer) == ("encoders/tiny", 2)
+    # an explicit path (the folder moved) keeps the recorded layer and final_proj
+    moved = Converter(base_dir, {"path": str(tiny_hubert_dir), "layer": None}, ConvertSettings(),
+                      tmp_path / "singers", device="cpu")
+    assert (moved.content_encoder.path, moved.content_encoder.layer) == (tiny_hubert_dir, 2)
+    with pytest.raises(InferError, match=r"base vs given: layer 2 vs 12"):
+        run_batch(cfg("content=hubert", f"content.path={tiny_hubert_dir}"))
+    with pytest.raises(InferError, match=r"layer 2 vs 1.*the base records name=hubert, dim=32, path=encoders/tiny"):
+        run_batch(cfg("content.layer=1"))
+    with pytest.raises(InferError, match=r"final_proj False vs True"):
+        run_batch(cfg("content.final_proj=true"))
+    shutil.rmtree(work / "encoders")
+    with pytest.raises(ContentEncoderMissing, match=rf"the base {base_dir} was trained with.*expected at encoders/tiny"):
+        run_batch(cfg())
+
+
+def test_fp16_base_converts_like_the_fp32_base(artifacts, tmp_path, converter):
+    """A base converted to float16 (half the file) loads into float32 modules, keeps accepting the adapters
+    trained on the float32 base, and converts a clip with output close to the float32 base's."""
+    half_dir = ckpt.convert_base_dtype(artifacts / "pretrain" / "tiny", tmp_path / "pretrain" / "tiny16", "float16")
+    half = ckpt.load_base(half_dir)
+    assert half.config["weights_dtype"] == "float16" and half.sha256 != ckpt.load_base(artifacts / "pretrain" / "tiny").sha256
+    half_converter = Converter(half_dir, {"name": "hubert"}, converter.settings, artifacts / "singers", device="cpu",
+                               content_encoder=converter.content_encoder)
+    assert all(p.dtype == torch.float32 for p in half_converter.model.parameters())
+    sr = 44100
+    audio = harmonic(196.0, sr, 0.8, amplitude=0.3)
+    full_out = converter.convert_vocal(audio, sr, "alto").audio
+    half_out = half_converter.convert_vocal(audio, sr, "alto").audio  # adapter trained on the float32 base
+    assert np.linalg.norm(full_out - half_out) < 1e-2 * np.linalg.norm(full_out)
+    with pytest.raises(InferError, match="another base"):
+        half_converter.adapter("stranger")
 
 
 def test_merged_and_unmerged_adapters_give_the_same_audio(artifacts, tiny_hubert_dir, converter):
