@@ -16,8 +16,8 @@ from conftest import harmonic
 
 from ai_singer.conf_dir import conf_dir
 from ai_singer.features.content import (
-    CONTENT_ENCODERS, ContentEncoder, ContentEncoderMissing, HubertContentEncoder, align_to_frames, encode_audio,
-    load_content_encoder,
+    CONTENT_ENCODERS, ContentEncoder, ContentEncoderMissing, HubertContentEncoder, align_to_frames, describe_encoder,
+    encode_audio, encoder_mismatches, load_content_encoder, normalize_encoder_record,
 )
 
 HIDDEN, PROJECTED, LAYERS = 32, 16, 3
@@ -107,6 +107,27 @@ def test_tiny_hubert_folder_and_registry(tiny_hubert_dir):
     with pytest.raises(ValueError) as info:
         load_content_encoder("whisper", tiny_hubert_dir)
     assert "whisper" in str(info.value) and "hubert" in str(info.value)
+
+
+def test_encoder_record_and_mismatches(tiny_hubert_dir):
+    """What preprocess records about the encoder, and how records are compared (unknown is no mismatch)."""
+    encoder = load_content_encoder("hubert", tiny_hubert_dir, layer=2, final_proj=False, device="cpu")
+    record = describe_encoder(encoder)
+    assert record == {"name": "hubert", "dim": 32, "path": str(tiny_hubert_dir), "layer": 2, "final_proj": False}
+    as_metadata = {"name": "hubert", "dim": "32", "path": str(tiny_hubert_dir), "layer": "2", "final_proj": "false"}
+    assert normalize_encoder_record(as_metadata) == record
+    assert encoder_mismatches(record, {"name": "hubert", "dim": 32}) == []  # older record: unknown keys
+    assert encoder_mismatches(record, {**record, "path": "elsewhere"}) == []  # where it lives is not what it is
+    assert encoder_mismatches(record, {**record, "layer": 9, "final_proj": True}) == ["layer 2 vs 9",
+                                                                                       "final_proj False vs True"]
+    assert encoder_mismatches({"name": "hubert"}, {"name": "contentvec"}) == ["name 'hubert' vs 'contentvec'"]
+
+
+def test_bundled_encoder_group():
+    with open(f"{conf_dir()}/content/synth.yaml") as handle:
+        cfg = yaml.safe_load(handle)
+    assert cfg == {"name": "hubert", "path": "pretrain/content/synth-hubert", "layer": 3, "final_proj": False,
+                   "device": "cpu"}
 
 
 def test_bad_layer_and_missing_final_proj_are_clear_errors(contentvec):
