@@ -4,6 +4,7 @@
     ai-singer train      [hydra overrides ...]    = python -m ai_singer.train ...
     ai-singer convert    [hydra overrides ...]    = python -m ai_singer.infer ...
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
+    ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
 
 The Hydra stages receive the remaining arguments unchanged (``--help``, ``--cfg job`` and ``-m`` work as
 with ``python -m``); their defaults live in ``conf/`` only. Stage modules are imported by name when their
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(name, help=summary, add_help=False,
                                     description=f"{summary}. Arguments go to `python -m {module}` unchanged.")
         stage.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
+    commands.add_parser("demo", add_help=False, help="convert the bundled example song (--full: the whole path on "
+                        "a held-out synthetic singer); see `ai-singer demo --help`")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
@@ -83,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in HYDRA_STAGES:  # everything after the stage name is Hydra's, options included
         return _run_hydra_stage(argv[0], argv[1:])
+    if argv and argv[0] == "demo":
+        from ai_singer.demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = _parser().parse_args(argv)
     return _run_concat(args)
 

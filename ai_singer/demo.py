@@ -1,0 +1,366 @@
+"""The demo: hear the bundled example singer, or run the whole path on a held-out synthetic singer.
+
+    ai-singer demo                        # the example song in the example singer's voice (< 1 min on CPU)
+    ai-singer demo --full [--steps 300]   # synth recordings -> preprocess -> fine-tune -> convert + remix
+    python -m ai_singer.demo ...          # the same
+
+Both run the project's real stages in this process through ``ai_singer.cli`` (exactly what ``ai-singer
+preprocess|train|convert ARGS`` runs; each stage is printed as that command line). The bundled files
+(written by ``python tools/build_bundle.py``; layout below, relative to the bundle root) are:
+
+    pretrain/content/synth-hubert/   the content encoder (HuBERT format)
+    pretrain/synth-small/            the base (its name is read from the adapter)
+    singers/example/                 the example singer's LoRA adapter
+    data/examples/song01/            vocals.flac + accompaniment stems (pad.flac, drums.flac)
+
+The bundle root is the repository by default (``--bundle DIR`` or ``AI_SINGER_BUNDLE`` to change it).
+``--full`` writes everything under ``outputs/demo_full/`` (its own raw/processed/runs/singers/output
+folders, nothing of the user's is touched) and resumes when run again: the synthetic recordings that exist
+are kept, preprocess skips unchanged files, and training continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+# ------------------------------------------------------------------------------------- bundle layout
+
+#: Folders and files of the bundle, relative to its root (tools/build_bundle.py writes them).
+CONTENT_ENCODER_DIR = "pretrain/content/synth-hubert"
+PRETRAIN_DIR = "pretrain"
+SINGERS_DIR = "singers"
+EXAMPLE_SINGER = "example"
+EXAMPLE_SONG_DIR = "data/examples/song01"
+EXAMPLE_SONG_STEMS = ("vocals.flac", "pad.flac", "drums.flac")
+ADAPTER_FILES = ("adapter.yaml", "adapter.safetensors")
+BASE_FILES = ("config.yaml", "generator.safetensors")
+CONTENT_ENCODER_FILES = ("config.json", "model.safetensors")
+#: How to rebuild a missing bundle (printed in the error).
+REBUILD_COMMAND = "python tools/build_bundle.py"
+#: Environment variable naming the bundle root.
+BUNDLE_ENV = "AI_SINGER_BUNDLE"
+
+#: ``--full`` defaults: the synthetic singer (index in the seed-0 corpus: s10_baritone, held out of the
+#: bundled base), how many phrases it records, and the fine-tuning steps (fits 15 min on 2 CPU cores).
+FULL_VOICE_INDEX = 10
+FULL_CORPUS_SINGERS = 12
+FULL_PHRASES = 8
+FULL_PHRASE_SECONDS = 4.0
+FULL_STEPS = 300
+#: Fine-tuning settings for a CPU: small batches of short crops, no validation passes, frequent
+#: checkpoints (so an interrupted demo loses little).
+FULL_TRAINER_OVERRIDES = ("trainer.batch_size=4", "trainer.max_frames=128", "trainer.num_workers=0",
+                          "trainer.eval_every=0", "trainer.save_every=50", "trainer.log_every=25")
+
+
+class BundleMissing(FileNotFoundError):
+    """Bundled files the demo needs are missing; ``str()`` names each and says how to rebuild them."""
+
+    def __init__(self, root: Path, missing: Sequence[str]):
+        self.root = Path(root)
+        self.missing = list(missing)
+        listing = "\n".join(f"  {self.root / name}" for name in self.missing)
+        super().__init__(f"the demo bundle is incomplete; missing under {self.root}:\n{listing}\n"
+                         f"Rebuild the bundled files with `{REBUILD_COMMAND}` (run in the repository root; "
+                         f"it skips what exists), or point --bundle / {BUNDLE_ENV} at a complete bundle.")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Where the demo's inputs are (absolute paths)."""
+
+    root: Path
+    song_dir: Path
+    singers_dir: Path
+    pretrain_dir: Path
+    base_dir: Path
+    content_dir: Path
+    content_layer: int
+    base_speakers: tuple[str, ...]
+
+
+def default_bundle_root() -> Path:
+    """``$AI_SINGER_BUNDLE`` if set, else the repository that holds this package."""
+    env = os.environ.get(BUNDLE_ENV)
+    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _content_layer(content_dir: Path, base_config: dict) -> int:
+    """The content layer the base was trained with: recorded in its config when the base records it,
+    else the encoder's last layer (the one tools/train_content_encoder.py trains its phone head on)."""
+    recorded = base_config.get("content_encoder") or {}
+    layer = recorded.get("layer", (recorded.get("options") or {}).get("layer"))
+    if layer is not None:
+        return int(layer)
+    with open(content_dir / "config.json", encoding="utf-8") as handle:
+        return int(json.load(handle)["num_hidden_layers"])
+
+
+def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAMPLE_SINGER,
+                song_dir: str | os.PathLike | None = None, base: str | None = None) -> Bundle:
+    """Check that the bundle under ``root`` has what the demo needs and return where it is.
+
+    ``singer``: the adapter whose base is used (``None``: no adapter needed, the base is ``base`` or the
+    only base under ``pretrain/``). Raises :class:`BundleMissing` listing every missing file.
+    """
+    root = Path(root).resolve() if root is not None else default_bundle_root()
+    song = Path(song_dir).resolve() if song_dir is not None else root / EXAMPLE_SONG_DIR
+    missing: list[str] = []
+
+    def need(folder: Path, names: Sequence[str]) -> None:
+        for name in names:
+            if not (folder / name).is_file():
+                missing.append(os.path.relpath(folder / name, root))
+
+    need(song, EXAMPLE_SONG_STEMS[:1] if song_dir is not None else EXAMPLE_SONG_STEMS)
+    need(root / CONTENT_ENCODER_DIR, CONTENT_ENCODER_FILES)
+    base_name = base
+    if singer is not None:
+        adapter_dir = root / SINGERS_DIR / singer
+        need(adapter_dir, ADAPTER_FILES)
+        if (adapter_dir / ADAPTER_FILES[0]).is_file() and base_name is None:
+            base_name = _read_yaml(adapter_dir / ADAPTER_FILES[0]).get("base_name") or None
+    if base_name is None:
+        bases = sorted(p.name for p in (root / PRETRAIN_DIR).glob("*") if (p / BASE_FILES[0]).is_file())
+        base_name = bases[0] if len(bases) == 1 else "synth-small"
+    base_dir = root / PRETRAIN_DIR / base_name
+    need(base_dir, BASE_FILES)
+    if missing:
+        raise BundleMissing(root, missing)
+    base_config = _read_yaml(base_dir / BASE_FILES[0])
+    content_dir = root / CONTENT_ENCODER_DIR
+    return Bundle(root=root, song_dir=song, singers_dir=root / SINGERS_DIR, pretrain_dir=root / PRETRAIN_DIR,
+                  base_dir=base_dir, content_dir=content_dir, content_layer=_content_layer(content_dir, base_config),
+                  base_speakers=tuple(base_config.get("speakers") or ()))
+
+
+def content_overrides(bundle: Bundle) -> list[str]:
+    """The content-encoder settings of the bundle as stage overrides (absolute path: any working dir)."""
+    return [f"content.path={bundle.content_dir}", f"content.layer={bundle.content_layer}", "content.final_proj=false"]
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+def _shell_join(words: Sequence[str]) -> str:
+    import shlex
+
+    return shlex.join([str(word) for word in words])
+
+
+def merge_overrides(*groups: Sequence[str]) -> list[str]:
+    """Hydra overrides in order, a later ``key=value`` replacing an earlier one for the same key (Hydra
+    refuses two values for one key), so user-given ``--*-arg`` options win over the demo's settings."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            key = item.split("=", 1)[0].lstrip("+~")
+            merged.pop(key, None)
+            merged[key] = item
+    return list(merged.values())
+
+
+def run_stage(stage: str, overrides: Sequence[str], echo: Callable[[str], None] = print) -> int:
+    """Run ``ai-singer <stage> <overrides>`` in this process (the real Hydra stage); its exit code."""
+    from ai_singer import cli
+
+    overrides = merge_overrides(overrides)
+    echo(f"$ {_shell_join(['ai-singer', stage, *overrides])}")
+    return cli.main([stage, *overrides])
+
+
+def _song_outputs(output_dir: Path) -> dict[str, str]:
+    """The first converted song's files from ``<output>/batch_report.json`` ({} if none)."""
+    report = output_dir / "batch_report.json"
+    if not report.is_file():
+        return {}
+    songs = json.loads(report.read_text(encoding="utf-8")).get("songs") or []
+    ok = [song for song in songs if song.get("status") == "ok"]
+    return dict(ok[0]["outputs"]) if ok else {}
+
+
+def convert_overrides(bundle: Bundle, singer: str, singers_dir: Path, output_dir: Path,
+                      extra: Sequence[str] = ()) -> list[str]:
+    """The convert stage's arguments: the example song, the singer, the bundle's base and encoder."""
+    return [f"songs={bundle.song_dir}", f"singer={singer}", f"paths.singers={singers_dir}",
+            f"paths.pretrain={bundle.pretrain_dir}", f"paths.output={output_dir}", *content_overrides(bundle),
+            "transpose=auto", *extra]
+
+
+def _print_outputs(outputs: dict[str, str], echo: Callable[[str], None]) -> None:
+    for label, key in (("converted vocal", "vocals"), ("mix", "mix"), ("report", "report")):
+        if key in outputs:
+            echo(f"  {label + ':':17}{outputs[key]}")
+
+
+def run_quick(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
+    """``ai-singer demo``: convert the bundled song with the bundled singer; 0 on success."""
+    started = time.perf_counter()
+    bundle = find_bundle(args.bundle, singer=args.singer, song_dir=args.song)
+    output_dir = Path(args.out or "outputs/demo").resolve()
+    echo(f"demo: converting {bundle.song_dir} into the voice of singer {args.singer!r} "
+         f"(base {bundle.base_dir.name}, bundle {bundle.root})")
+    code = run_stage("convert", convert_overrides(bundle, args.singer, bundle.singers_dir, output_dir,
+                                                  args.convert_arg), echo)
+    outputs = _song_outputs(output_dir)
+    if code != 0 or not outputs:
+        echo(f"demo: the conversion failed (exit {code}); see the messages above")
+        return code or 1
+    echo(f"demo: done in {time.perf_counter() - started:.1f} s; outputs in {output_dir}")
+    _print_outputs(outputs, echo)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ --full
+
+def _synth_module():
+    """``tools.synth.corpus`` from the repository checkout (the synthetic singer generator)."""
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / "tools" / "synth" / "corpus.py").is_file():
+        raise FileNotFoundError(f"{repo / 'tools' / 'synth'}: demo --full generates its singer with the "
+                                "repository's tools/synth; run it from a git checkout of ai_singer")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from tools.synth import corpus
+
+    return corpus
+
+
+def synth_recordings(corpus_dir: Path, voice_index: int, phrases: int, seed: int = 0,
+                     seconds: float = FULL_PHRASE_SECONDS, corpus_singers: int = FULL_CORPUS_SINGERS
+                     ) -> tuple[str, list[Path]]:
+    """Render ``phrases`` raw phrases of synthetic singer ``voice_index`` (the same voice and phrases as
+    ``tools/synth_corpus.py --seed SEED`` gives that singer) into ``<corpus_dir>/raw/<singer>/``.
+    Phrases already on disk are kept. Returns (singer name, wav paths)."""
+    corpus = _synth_module()
+    settings = corpus.CorpusSettings(out=Path(corpus_dir), singers=max(corpus_singers, voice_index + 1),
+                                     phrases_per_singer=phrases, seconds=seconds, seed=seed, progress=False)
+    settings.validate()
+    singers = corpus.make_singers(settings)
+    singer = singers[voice_index]
+    paths = []
+    for index in range(phrases):
+        stem = Path(corpus_dir) / "raw" / singer.name / f"p{index:03d}"
+        wav = stem.with_name(stem.name + ".wav")
+        if not wav.is_file():
+            corpus.run_job(settings, singers, ("raw", voice_index, index))
+        paths.append(wav)
+    return singer.name, paths
+
+
+def run_full(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
+    """``ai-singer demo --full``: the whole path on a held-out synthetic singer; 0 on success."""
+    started = time.perf_counter()
+    bundle = find_bundle(args.bundle, singer=None, song_dir=args.song, base=args.base)
+    out = Path(args.out or "outputs/demo_full").resolve()
+    paths = {"raw": out / "recordings" / "raw", "processed": out / "processed", "runs": out / "runs",
+             "singers": out / "singers", "output": out / "converted"}
+    common = [f"paths.{key}={value}" for key, value in paths.items()]
+    n_stages = 4
+
+    def stage_header(index: int, text: str) -> float:
+        echo(f"\n[{index}/{n_stages}] {text}")
+        return time.perf_counter()
+
+    t0 = stage_header(1, f"synthetic recordings: {args.phrases} phrases of synthetic singer #{args.voice}")
+    singer, wavs = synth_recordings(out / "recordings", args.voice, args.phrases, seed=args.seed)
+    if singer in bundle.base_speakers:
+        echo(f"  warning: the base {bundle.base_dir.name} was trained on {singer}; pick a held-out --voice "
+             f"to see the adapter learn a new voice")
+    echo(f"  {singer}: {len(wavs)} recordings in {wavs[0].parent} ({time.perf_counter() - t0:.1f} s)")
+
+    t0 = stage_header(2, f"preprocess {singer}'s recordings")
+    code = run_stage("preprocess", [*common, *content_overrides(bundle), *args.preprocess_arg], echo)
+    if code != 0:
+        return _stage_failed("preprocess", code, echo)
+    echo(f"  processed dataset in {paths['processed']} ({time.perf_counter() - t0:.1f} s)")
+
+    t0 = stage_header(3, f"fine-tune a LoRA adapter for {singer} on the frozen base {bundle.base_dir.name} "
+                         f"({args.steps} steps)")
+    code = run_stage("train", ["mode=finetune", f"singer={singer}", f"base={bundle.base_dir}", "peft=lora",
+                               *common, f"trainer.max_steps={args.steps}", *FULL_TRAINER_OVERRIDES,
+                               *args.train_arg], echo)
+    if code != 0 or not (paths["singers"] / singer / ADAPTER_FILES[0]).is_file():
+        return _stage_failed("train", code or 1, echo)
+    echo(f"  adapter in {paths['singers'] / singer}, training state in {paths['runs'] / singer} "
+         f"({time.perf_counter() - t0:.1f} s)")
+
+    t0 = stage_header(4, f"convert {bundle.song_dir.name} into {singer}'s voice and remix")
+    code = run_stage("convert", convert_overrides(bundle, singer, paths["singers"], paths["output"],
+                                                  args.convert_arg), echo)
+    outputs = _song_outputs(paths["output"])
+    if code != 0 or not outputs:
+        return _stage_failed("convert", code or 1, echo)
+    echo(f"  ({time.perf_counter() - t0:.1f} s)")
+    echo(f"\ndemo --full: done in {time.perf_counter() - started:.1f} s; everything is under {out}")
+    _print_outputs(outputs, echo)
+    return 0
+
+
+def _stage_failed(stage: str, code: int, echo: Callable[[str], None]) -> int:
+    echo(f"demo --full: the {stage} stage failed (exit {code}); see the messages above. Run the same command "
+         f"again to resume once it is fixed.")
+    return code
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ai-singer demo",
+        description="Convert the bundled example song into the bundled example singer's voice (default), or "
+                    "run the whole path on a held-out synthetic singer (--full).")
+    parser.add_argument("--full", action="store_true",
+                        help="synthesise a held-out singer's recordings, preprocess them, fine-tune an adapter "
+                             "on the bundled base, convert the example song and remix (outputs/demo_full/)")
+    parser.add_argument("--steps", type=int, default=FULL_STEPS,
+                        help=f"--full: fine-tuning steps (default {FULL_STEPS}: about 15 min on 2 CPU cores)")
+    parser.add_argument("--voice", type=int, default=FULL_VOICE_INDEX,
+                        help=f"--full: which synthetic singer (index in the corpus; default {FULL_VOICE_INDEX}, "
+                             "held out of the bundled base)")
+    parser.add_argument("--phrases", type=int, default=FULL_PHRASES,
+                        help=f"--full: phrases the singer records, {FULL_PHRASE_SECONDS:g} s each "
+                             f"(default {FULL_PHRASES})")
+    parser.add_argument("--seed", type=int, default=0, help="--full: seed of the synthetic corpus (default 0)")
+    parser.add_argument("--singer", default=EXAMPLE_SINGER,
+                        help=f"adapter under <bundle>/singers/ to use (default {EXAMPLE_SINGER!r})")
+    parser.add_argument("--base", default=None, help="--full: base name under <bundle>/pretrain/ (default: the "
+                                                     "only base there)")
+    parser.add_argument("--song", default=None, help=f"song folder to convert (default <bundle>/{EXAMPLE_SONG_DIR})")
+    parser.add_argument("--bundle", default=None,
+                        help=f"bundle root (default ${BUNDLE_ENV}, else the repository)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default outputs/demo, or outputs/demo_full with --full)")
+    for stage in ("preprocess", "train", "convert"):
+        parser.add_argument(f"--{stage}-arg", action="append", default=[], metavar="KEY=VALUE",
+                            help=f"extra override for the {stage} stage (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ai-singer demo [options]``; returns the exit code (2: the bundle is incomplete or a bad option)."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.steps < 1 or args.phrases < 1 or args.voice < 0:
+        print("demo: error: --steps and --phrases must be >= 1 and --voice >= 0", file=sys.stderr)
+        return 2
+    try:
+        return run_full(args) if args.full else run_quick(args)
+    except BundleMissing as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
