@@ -17,7 +17,9 @@ Three measures, each usable alone (numpy in, numbers out; no training code here)
 * **Speaker classifier**: a clip's timbre features are the mean and standard deviation over its
   voiced frames of the mel-cepstrum ``c_1..c_D`` (:func:`clip_timbre_features`); a standardised
   multinomial logistic regression (scikit-learn, imported lazily) trained on clips of known singers
-  gives P(singer | clip) (:class:`SpeakerClassifier`).
+  gives P(singer | clip) (:class:`SpeakerClassifier`). Its probabilities only compare the known singers:
+  for audio unlike all of them (a broken conversion) they extrapolate and can be high for no good reason,
+  so read them beside a measure against real renditions (MCD).
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_report_structure_json_table_and_bench_section(setup, tiny_hubert_dir, t
                             "--bench", "--benchmarks", str(bench), "--save-audio", str(tmp_path / "audio"))
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| source → target | phrase | MCD conv (dB) | MCD src (dB) |" in printed
+    assert "| source → target | phrase | MCD conv (dB) | MCD src (dB) | nearest by MCD (target rank) |" in printed
     assert "| s00_soprano → s02_tenor | par000 |" in printed
     assert "s00_soprano → s02_tenor (adapter tenor_adapter, lora, steps unknown; transpose" in printed
 
@@ -95,14 +95,19 @@ def test_report_structure_json_table_and_bench_section(setup, tiny_hubert_dir, t
     assert row["phrase"] == "par000"
     assert set(row["mcd_db"]) == set(row["p_target"]) == set(row["predicted"]) == {"converted", "source"}
     assert row["mcd_db"]["source"] > 0 and row["mcd_frames"]["source"] > 10
+    assert set(row["mcd_to_singers"]) == {"s00_soprano", "s01_bass", "s02_tenor"}
+    assert row["mcd_to_singers"]["s02_tenor"] == pytest.approx(row["mcd_db"]["converted"])
+    assert row["closest_singer"] == min(row["mcd_to_singers"], key=row["mcd_to_singers"].get)
+    assert 1 <= row["target_rank"] <= 3
     assert 0.0 <= row["p_target"]["source"] <= 1.0
     assert row["predicted"]["source"] in {"s00_soprano", "s01_bass", "s02_tenor"}
     assert {"median_abs_cents", "p90_abs_cents", "voicing_agreement", "frames_compared"} <= set(row["f0"])
     assert row["f0_floor"]["median_abs_cents"] < 20  # the extractor alone on the source: a few cents
+    assert row["f0_target_rendition"]["frames_compared"] > 10  # the target's own F0 vs the intended contour
     summary = pair["summary"]
     assert summary["phrases"] == 1
     assert {"mcd_converted_db", "mcd_source_db", "mcd_improvement_db", "p_target_converted", "p_target_source",
-            "f0_median_abs_cents", "voicing_agreement"} <= set(summary)
+            "f0_median_abs_cents", "voicing_agreement", "target_closest_fraction", "mean_target_rank"} <= set(summary)
     assert report["classifier"]["clips"] == 6 and report["classifier"]["singers"] == [
         "s00_soprano", "s01_bass", "s02_tenor"]
     assert report["base"]["sha256"] == ckpt.sha256_file(setup[1] / "generator.safetensors")
