@@ -55,7 +55,7 @@ from ai_singer.audio import AudioError, SliceConfig, audio_info, frame_db, load_
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
-from ai_singer.mix import LimiterSettings, MixSettings, loudness_match_gain_db, mix_stems, stems_from_files
+from ai_singer.mix import MixSettings, loudness_match_gain_db, mix_stem_files
 from ai_singer.sections import Section, SectionsError, assign_singers, parse_sections
 
 log = logging.getLogger(__name__)
@@ -800,6 +800,7 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     source, sr = load_audio(song.vocal)
     mono = to_mono(source)
     del source
+    n_samples = int(mono.shape[0])
     load_s = time.perf_counter() - started
 
     def on_plan(total: int) -> None:
@@ -826,7 +827,8 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     vocal_path = song_dir / f"vocals.{mix.format}"
     mix_path = song_dir / f"mix.{mix.format}"
     write_audio(vocal_path, vocal, sr, subtype=mix.subtype)
-    mixed = mix_stems(vocal, sr, stems_from_files(song.accompaniment), mix)
+    del mono  # only the vocal and one block of a stem at a time while mixing
+    mixed = mix_stem_files(vocal, sr, song.accompaniment, mix)
     write_audio(mix_path, mixed.audio if mixed.audio.shape[0] > 1 else mixed.audio[0], sr, subtype=mix.subtype)
     warnings += mixed.warnings
     mix_s = time.perf_counter() - started
@@ -836,8 +838,8 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     report = {
         "song": song.name,
         "source": {"vocal": str(song.vocal), "accompaniment": [str(p) for p in song.accompaniment],
-                   "sample_rate": sr, "channels": info.channels, "samples": int(mono.shape[0]),
-                   "seconds": mono.shape[0] / sr, "f0_median_hz": conversion.source_f0_median_hz},
+                   "sample_rate": sr, "channels": info.channels, "samples": n_samples,
+                   "seconds": n_samples / sr, "f0_median_hz": conversion.source_f0_median_hz},
         "base": {"path": str(converter.base_dir), "sha256": getattr(converter.base, "sha256", None)},
         "singer": singer,
         "sections": ([{"start_s": s.start_s, "end_s": None if math.isinf(s.end_s) else s.end_s, "singer": s.singer}
@@ -854,7 +856,7 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
         "outputs": {"vocals": str(vocal_path), "mix": str(mix_path), "sample_rate": sr,
                     "samples": int(vocal.shape[0])},
         "timings": timings,
-        "real_time_factor": timings["total_s"] / max(mono.shape[0] / sr, 1e-9),
+        "real_time_factor": timings["total_s"] / max(n_samples / sr, 1e-9),
         "warnings": warnings,
     }
     atomic_write_json(song_dir / "report.json", report)

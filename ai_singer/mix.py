@@ -327,6 +327,44 @@ def mix_stems(vocal: np.ndarray, sr: int, stems: Iterable[tuple[str, np.ndarray,
                      stem_gains_db=applied, limiter_reduction_db=reduction, warnings=warnings)
 
 
+def mix_stem_files(vocal: np.ndarray, sr: int, paths: Sequence[str | os.PathLike],
+                   settings: MixSettings | None = None, block_seconds: float = 30.0) -> MixResult:
+    """:func:`mix_stems` for accompaniment stems on disk, with less memory: a stem at the vocal's sample
+    rate is decoded and added ``block_seconds`` at a time (only one block of it is in memory); a stem at
+    another rate is decoded whole and resampled. The mix has the most channels among the vocal and the
+    stems (read from the headers first). The result is identical to :func:`mix_stems` on the decoded stems.
+    Raises AudioError for an unreadable stem."""
+    from ai_singer.audio import audio_info, load_audio
+
+    settings = settings or MixSettings()
+    vocal = as_channels(vocal)
+    n_samples = vocal.shape[1]
+    infos = [audio_info(path) for path in paths]
+    channels = max([vocal.shape[0]] + [info.channels for info in infos])
+    mix = conform_channels(vocal, channels) * np.float32(db_to_gain(settings.vocal_gain_db))
+    applied: dict[str, float] = {}
+    block = max(1, int(round(block_seconds * sr)))
+    for path, info in zip(paths, infos):
+        name = Path(path).stem
+        gain_db = float(settings.stem_gains.get(name, 0.0))
+        gain = np.float32(db_to_gain(gain_db))
+        if info.sample_rate == sr:
+            for start in range(0, min(n_samples, info.frames), block):
+                audio, _ = load_audio(path, start, min(start + block, n_samples, info.frames))
+                part = conform_channels(audio, channels)
+                mix[:, start: start + part.shape[1]] += part * gain
+        else:
+            audio, stem_sr = load_audio(path)
+            mix += conform(audio, stem_sr, sr, channels, n_samples) * gain
+            del audio
+        applied[name] = gain_db
+    warnings = [f"mix.stem_gains names {name!r} but the song has no such stem (stems: {sorted(applied)})"
+                for name in settings.stem_gains if name not in applied]
+    mix, reduction = limit_peaks(mix, sr, settings.limiter)
+    return MixResult(audio=mix, sample_rate=sr, vocal_gain_db=float(settings.vocal_gain_db),
+                     stem_gains_db=applied, limiter_reduction_db=reduction, warnings=warnings)
+
+
 def stems_from_files(paths: Sequence[str | os.PathLike]) -> Iterable[tuple[str, np.ndarray, int]]:
     """Lazily decode accompaniment stems: yields ``(file stem name, audio [channels, samples], sr)``."""
     from ai_singer.audio import load_audio

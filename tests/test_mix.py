@@ -130,3 +130,20 @@ def test_concat_bad_input_names_the_file(tmp_path):
     good = _write(tmp_path / "a.wav", harmonic(220.0, SR, 0.2), SR)
     with pytest.raises(AudioError, match="notes.wav"):
         concat_tracks([good, bad], tmp_path / "out.wav")
+
+
+def test_mix_from_files_block_by_block_equals_in_memory_mix(tmp_path):
+    from ai_singer.mix import mix_stem_files
+
+    vocal = harmonic(220.0, SR, 1.0, amplitude=0.2)
+    drums = np.stack([harmonic(110.0, SR, 1.3, amplitude=0.3), harmonic(82.0, SR, 1.3, amplitude=0.3)])
+    keys_48k = harmonic(330.0, 48000, 0.7, amplitude=0.3)  # other rate and shorter: resampled, zero-padded
+    _write(tmp_path / "drums.wav", drums, SR)
+    _write(tmp_path / "keys.wav", keys_48k, 48000)
+    settings = MixSettings(vocal_gain_db=1.0, stem_gains={"drums": -2.0, "keys": 3.0},
+                           limiter=LimiterSettings(ceiling_db=-6.0))
+    from_files = mix_stem_files(vocal, SR, [tmp_path / "drums.wav", tmp_path / "keys.wav"], settings,
+                                block_seconds=0.1)
+    in_memory = mix_stems(vocal, SR, [("drums", drums, SR), ("keys", keys_48k, 48000)], settings)
+    assert from_files.audio.shape == (2, SR) and from_files.limiter_reduction_db > 0
+    np.testing.assert_array_equal(from_files.audio, in_memory.audio)
