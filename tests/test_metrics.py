@@ -142,3 +142,39 @@ def test_speaker_classifier_separates_two_synthetic_singers(seed):
         metrics.SpeakerClassifier.fit(features[:3], [labels[0]] * 3)
     with pytest.raises(ValueError, match="silent.wav: no voiced frame"):
         metrics.clip_timbre_features(np.zeros(SR, dtype=np.float32), SR, what="silent.wav")
+
+
+def test_an_oracle_conversion_scores_far_better_than_the_source():
+    """The measures reward what a conversion should do: the source's melody (transposed) with the target's
+    timbre. WORLD resynthesis of a parallel rendition (source F0 x 2^(d/12), target envelope) stands in for a
+    perfect converter: MCD to the target's own rendition falls far below the source's, F0 is on the intended
+    contour, and the target's rendition itself scores 0."""
+    import pyworld
+
+    from tools.synth.corpus import derive_rng
+    from tools.synth.melody import make_phrase
+    from tools.synth.singers import make_singer
+    from tools.synth.voice import render_phrase
+
+    source_voice, target_voice = make_singer(3, derive_rng(5, 1, 3)), make_singer(5, derive_rng(5, 1, 5))  # alto, mezzo
+    phrase = make_phrase(derive_rng(5, 2, 0), "par000", 2.5)
+    source = render_phrase(phrase, source_voice, SR, derive_rng(5, 6, 0, 3))
+    target = render_phrase(phrase, target_voice, SR, derive_rng(5, 6, 0, 5))
+    semitones = target_voice.tonic_midi - source_voice.tonic_midi
+    s, t = source.audio.astype(np.float64), target.audio.astype(np.float64)
+    f0_s, times = pyworld.harvest(s, SR, frame_period=5.0)
+    f0_t, times_t = pyworld.harvest(t, SR, frame_period=5.0)
+    n = min(len(f0_s), len(f0_t))
+    envelope = pyworld.cheaptrick(t, f0_t, times_t, SR)[:n]
+    aperiodicity = pyworld.d4c(s, f0_s, times, SR)[:n]
+    oracle = pyworld.synthesize(f0_s[:n] * 2 ** (semitones / 12), envelope, aperiodicity, SR, 5.0)[: len(s)]
+
+    reference = metrics.mel_cepstrum(t, SR)
+    assert metrics.mcd_between(reference, reference).mcd_db == 0.0
+    mcd_source = metrics.mcd_between(reference, metrics.mel_cepstrum(s, SR)).mcd_db
+    mcd_oracle = metrics.mcd_between(reference, metrics.mel_cepstrum(oracle, SR)).mcd_db
+    assert mcd_oracle < 0.5 * mcd_source, (mcd_oracle, mcd_source)
+    intended = np.where(source.f0_hz > 0, source.f0_hz * 2 ** (semitones / 12), 0.0)
+    pitch = metrics.f0_error_of_audio(oracle.astype(np.float32), SR, intended, source.label_hop)
+    assert pitch.median_abs_cents < 20.0 and pitch.voicing_agreement > 0.85, pitch
+    assert metrics.f0_error_of_audio(s.astype(np.float32), SR, intended, source.label_hop).median_abs_cents > 100
