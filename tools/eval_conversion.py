@@ -230,7 +230,6 @@ def evaluate_phrase(converter, classifier: metrics.SpeakerClassifier, corpus: di
                             f"{singer!r} (singers: {sorted(renditions)})")
     source_entry, target_entry = renditions[pair.source], renditions[pair.target]
     source = read_mono(root / source_entry["audio"], sr)
-    target = read_mono(root / target_entry["audio"], sr)
     source_f0 = np.load(root / source_entry["f0"]).astype(np.float64)
     semitones = float(target_entry["tonic_midi"]) - float(source_entry["tonic_midi"])
 
