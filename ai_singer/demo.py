@@ -52,7 +52,10 @@ FULL_VOICE_INDEX = 10
 FULL_CORPUS_SINGERS = 12
 FULL_PHRASES = 8
 FULL_PHRASE_SECONDS = 4.0
-FULL_STEPS = 300
+FULL_STEPS = 600
+#: torch threads of the demo's stages. On a busy 2-core machine a small-model training step took 0.6 s
+#: with one thread and 6 s with two (threads spin waiting for each other), so one is the safe default.
+DEFAULT_THREADS = 1
 #: Fine-tuning settings for a CPU: small batches of short crops, no validation passes, frequent
 #: checkpoints (so an interrupted demo loses little).
 FULL_TRAINER_OVERRIDES = ("trainer.batch_size=4", "trainer.max_frames=128", "trainer.num_workers=0",
@@ -125,7 +128,10 @@ def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAM
             if not (folder / name).is_file():
                 missing.append(os.path.relpath(folder / name, root))
 
-    need(song, EXAMPLE_SONG_STEMS[:1] if song_dir is not None else EXAMPLE_SONG_STEMS)
+    if song_dir is None:
+        need(song, EXAMPLE_SONG_STEMS)
+    elif not song.exists():
+        missing.append(str(song))  # a song of the user's: the convert stage checks what is inside
     need(root / CONTENT_ENCODER_DIR, CONTENT_ENCODER_FILES)
     base_name = base
     if singer is not None:
@@ -326,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="synthesise a held-out singer's recordings, preprocess them, fine-tune an adapter "
                              "on the bundled base, convert the example song and remix (outputs/demo_full/)")
     parser.add_argument("--steps", type=int, default=FULL_STEPS,
-                        help=f"--full: fine-tuning steps (default {FULL_STEPS}: about 15 min on 2 CPU cores)")
+                        help=f"--full: fine-tuning steps (default {FULL_STEPS}: the whole --full run takes about 8 min on "
+                             "2 busy CPU cores)")
     parser.add_argument("--voice", type=int, default=FULL_VOICE_INDEX,
                         help=f"--full: which synthetic singer (index in the corpus; default {FULL_VOICE_INDEX}, "
                              "held out of the bundled base)")
@@ -341,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--song", default=None, help=f"song folder to convert (default <bundle>/{EXAMPLE_SONG_DIR})")
     parser.add_argument("--bundle", default=None,
                         help=f"bundle root (default ${BUNDLE_ENV}, else the repository)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"torch CPU threads (default {DEFAULT_THREADS}; more helps only on an otherwise idle "
+                             "machine)")
     parser.add_argument("--out", default=None,
                         help="output folder (default outputs/demo, or outputs/demo_full with --full)")
     for stage in ("preprocess", "train", "convert"):
@@ -352,9 +362,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``ai-singer demo [options]``; returns the exit code (2: the bundle is incomplete or a bad option)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    if args.steps < 1 or args.phrases < 1 or args.voice < 0:
-        print("demo: error: --steps and --phrases must be >= 1 and --voice >= 0", file=sys.stderr)
+    if args.steps < 1 or args.phrases < 1 or args.voice < 0 or args.threads < 1:
+        print("demo: error: --steps, --phrases and --threads must be >= 1 and --voice >= 0", file=sys.stderr)
         return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         return run_full(args) if args.full else run_quick(args)
     except BundleMissing as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import soundfile as sf
 from test_build_bundle import tiny_bundle
 
 from ai_singer import cli, demo
+
+REPO = Path(__file__).resolve().parent.parent
 
 FAST = ["--convert-arg", "f0.method=dio", "--convert-arg", "progress=false"]
 
@@ -91,7 +94,6 @@ def test_merge_overrides_later_wins():
     assert demo.merge_overrides(["a=1", "b=2"], ["a=3", "+c=4"]) == ["b=2", "a=3", "+c=4"]
 
 
-@pytest.mark.slow
 def test_full_demo_runs_every_stage_and_resumes(bundle, tmp_path, hydra_clean, capsys):
     out = tmp_path / "full"
     args = ["--full", "--bundle", str(bundle), "--out", str(out), "--voice", "2", "--phrases", "2", "--steps", "2",
@@ -109,3 +111,17 @@ def test_full_demo_runs_every_stage_and_resumes(bundle, tmp_path, hydra_clean, c
     printed = capsys.readouterr().out
     assert "1 unchanged" in printed or "unchanged (skipped)" in printed
     assert "3 steps done" in printed
+
+
+@pytest.mark.slow
+def test_demo_on_the_repository_bundle(tmp_path, hydra_clean, capsys):
+    """The real bundle (skipped until tools/build_bundle.py has written it): under a minute on 2 CPU cores."""
+    try:
+        demo.find_bundle(REPO)
+    except demo.BundleMissing as error:
+        pytest.skip(str(error))
+    started = time.perf_counter()
+    assert demo.main(["--bundle", str(REPO), "--out", str(tmp_path / "demo"), "--convert-arg", "progress=false"]) == 0
+    elapsed = time.perf_counter() - started
+    _assert_like_source(tmp_path / "demo/song01/mix.wav", REPO / demo.EXAMPLE_SONG_DIR / "vocals.flac")
+    print(f"demo on the repository bundle: {elapsed:.1f} s")
