@@ -142,3 +142,12 @@ def test_a_failing_step_names_its_command(tmp_path):
     root = tmp_path / "empty"
     with pytest.raises(bb.BuildError, match="corpus.json: missing"):
         bb.Builder(bb.tiny_settings(root, in_process=True), echo=lambda line: None).run(["preprocess-base"])
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
+    root = tmp_path / "fresh"
+    assert bb.main(["--tiny", "--root", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "$ " + shlex.join([sys.executable, str(REPO / "tools/synth_corpus.py"), "--out", "data/synth"]) in out
+    assert "train_content_encoder.py" in out and "# (not known:" in out  # the singers come from corpus.json
+    assert not (root / "data").exists() and not (root / "pretrain").exists()

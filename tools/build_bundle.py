@@ -86,6 +86,7 @@ class BuildSettings:
     max_mb: float = 25.0
     force: frozenset[str] = frozenset()
     in_process: bool = False                   # run the same command lines in this interpreter (tests)
+    dry_run: bool = False                      # print the steps and their commands, run nothing
 
 
 def tiny_settings(root: str | os.PathLike, **changes) -> BuildSettings:
@@ -122,7 +123,7 @@ class Step:
 class StepRecord:
     step: Step
     commands: list[str]
-    status: str  # "ran" | "skipped"
+    status: str  # "ran" | "skipped" | "dry-run"
     seconds: float = 0.0
 
 
@@ -169,7 +170,7 @@ STEPS: tuple[Step, ...] = (
          commands=lambda b: [[b.python, "-m", "ai_singer.train", "mode=pretrain", f"name={b.settings.base_name}",
                               f"model={b.settings.model}", f"paths.processed={PROCESSED_BASE_DIR}",
                               f"paths.pretrain={PRETRAIN_DIR}", f"paths.runs={RUNS_DIR}",
-                              f"trainer.max_steps={b.settings.pretrain_steps}", "trainer.progress=false",
+                              f"trainer.max_steps={b.settings.pretrain_steps}",
                               "export_dtype=float16", f"seed={b.settings.seed}", *b.settings.pretrain_args]]),
     Step("preprocess-example", "preprocess a held-out singer's recordings as singer 'example'",
          outputs=lambda b: [f"{PROCESSED_EXAMPLE_DIR}/stats.json", f"{PROCESSED_EXAMPLE_DIR}/manifest.jsonl"],
@@ -183,7 +184,7 @@ STEPS: tuple[Step, ...] = (
          commands=lambda b: [[b.python, "-m", "ai_singer.train", "mode=finetune", f"singer={EXAMPLE_SINGER}",
                               f"base={_base_dir(b)}", "peft=lora", f"paths.processed={PROCESSED_EXAMPLE_DIR}",
                               f"paths.singers={SINGERS_DIR}", f"paths.runs={RUNS_DIR}",
-                              f"trainer.max_steps={b.settings.finetune_steps}", "trainer.progress=false",
+                              f"trainer.max_steps={b.settings.finetune_steps}",
                               f"seed={b.settings.seed}", *b.settings.finetune_args]]),
     Step("song", "the example song: the first seconds of a synthetic song's stems",
          outputs=lambda b: [f"{EXAMPLE_SONG_DIR}/{name}" for name in EXAMPLE_SONG_STEMS],
@@ -299,10 +300,16 @@ class Builder:
         for number, step in enumerate(selected, 1):
             prefix = f"[{number}/{len(selected)}] {step.name}"
             if step.name not in self.settings.force and self.is_done(step):
-                self.echo(f"{prefix}: skipped, {', '.join(step.outputs(self))} exist(s) (--force {step.name} to redo)")
+                self.echo(f"{prefix}: skipped ({', '.join(step.outputs(self))} already there; --force {step.name} "
+                          "to redo)")
                 self.records.append(StepRecord(step, self.command_lines(step), "skipped"))
                 continue
             self.echo(f"{prefix}: {step.title}")
+            if self.settings.dry_run:
+                self.echo("\n".join(f"$ {line}" if not line.startswith("#") else line
+                                     for line in self.command_lines(step)))
+                self.records.append(StepRecord(step, self.command_lines(step), "dry-run"))
+                continue
             started = time.perf_counter()
             if step.action is not None:
                 step.action(self)
@@ -321,6 +328,8 @@ class Builder:
             self.records.append(StepRecord(step, self.command_lines(step), "ran", seconds))
         files = bundle_files(self.root, self.settings.base_name)
         result = BuildResult(self.records, files)
+        if self.settings.dry_run:
+            return result
         self.echo(f"bundle: {result.total_bytes / 1e6:.2f} MB in {len(files)} files (limit {self.settings.max_mb:g} MB)")
         check_size(result, self.settings.max_mb)
         return result
@@ -490,6 +499,8 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "(default: the repository)")
     parser.add_argument("--force", action="append", default=[], metavar="STEP",
                         help="redo STEP even if its outputs exist (repeatable; STEP+ = it and every later step; all)")
+    parser.add_argument("--dry-run", action="store_true", help="print each step's commands (and whether it would "
+                                                               "be skipped), run nothing")
     parser.add_argument("--only", action="append", default=None, metavar="STEP", help="run only these steps")
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help=f"base training steps (default {defaults.pretrain_steps}; --tiny: 2)")
@@ -536,7 +547,7 @@ def _helper_main(argv: Sequence[str]) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> BuildSettings:
     settings = tiny_settings(args.root) if args.tiny else BuildSettings(root=args.root)
-    changes: dict = {"force": parse_force(args.force), "max_mb": args.max_mb}
+    changes: dict = {"force": parse_force(args.force), "max_mb": args.max_mb, "dry_run": args.dry_run}
     for option, name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps"),
                          ("encoder_steps", "encoder_steps"), ("song_seconds", "song_seconds")):
         if getattr(args, option) is not None:
