@@ -40,6 +40,7 @@ EXAMPLE_SONG_DIR = "data/examples/song01"
 EXAMPLE_SONG_STEMS = ("vocals.flac", "pad.flac", "drums.flac")
 ADAPTER_FILES = ("adapter.yaml", "adapter.safetensors")
 BASE_FILES = ("config.yaml", "generator.safetensors")
+BASE_TRAINING_FILES = ("discriminator.safetensors",)  # fine-tuning (--full) also needs the discriminator
 CONTENT_ENCODER_FILES = ("config.json", "model.safetensors")
 #: How to rebuild a missing bundle (printed in the error).
 REBUILD_COMMAND = "python tools/build_bundle.py"
@@ -105,7 +106,7 @@ def _content_layer(content_dir: Path, base_config: dict) -> int:
     """The content layer the base was trained with: recorded in its config when the base records it,
     else the encoder's last layer (the one tools/train_content_encoder.py trains its phone head on)."""
     recorded = base_config.get("content_encoder") or {}
-    layer = recorded.get("layer", (recorded.get("options") or {}).get("layer"))
+    layer = recorded.get("layer")
     if layer is not None:
         return int(layer)
     with open(content_dir / "config.json", encoding="utf-8") as handle:
@@ -113,11 +114,13 @@ def _content_layer(content_dir: Path, base_config: dict) -> int:
 
 
 def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAMPLE_SINGER,
-                song_dir: str | os.PathLike | None = None, base: str | None = None) -> Bundle:
+                song_dir: str | os.PathLike | None = None, base: str | None = None,
+                for_training: bool = False) -> Bundle:
     """Check that the bundle under ``root`` has what the demo needs and return where it is.
 
     ``singer``: the adapter whose base is used (``None``: no adapter needed, the base is ``base`` or the
-    only base under ``pretrain/``). Raises :class:`BundleMissing` listing every missing file.
+    only base under ``pretrain/``); ``for_training``: the base's discriminator is needed too (fine-tuning).
+    Raises :class:`BundleMissing` listing every missing file.
     """
     root = Path(root).resolve() if root is not None else default_bundle_root()
     song = Path(song_dir).resolve() if song_dir is not None else root / EXAMPLE_SONG_DIR
@@ -143,7 +146,7 @@ def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAM
         bases = sorted(p.name for p in (root / PRETRAIN_DIR).glob("*") if (p / BASE_FILES[0]).is_file())
         base_name = bases[0] if len(bases) == 1 else "synth-small"
     base_dir = root / PRETRAIN_DIR / base_name
-    need(base_dir, BASE_FILES)
+    need(base_dir, BASE_FILES + (BASE_TRAINING_FILES if for_training else ()))
     if missing:
         raise BundleMissing(root, missing)
     base_config = _read_yaml(base_dir / BASE_FILES[0])
@@ -269,7 +272,7 @@ def synth_recordings(corpus_dir: Path, voice_index: int, phrases: int, seed: int
 def run_full(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
     """``ai-singer demo --full``: the whole path on a held-out synthetic singer; 0 on success."""
     started = time.perf_counter()
-    bundle = find_bundle(args.bundle, singer=None, song_dir=args.song, base=args.base)
+    bundle = find_bundle(args.bundle, singer=None, song_dir=args.song, base=args.base, for_training=True)
     out = Path(args.out or "outputs/demo_full").resolve()
     paths = {"raw": out / "recordings" / "raw", "processed": out / "processed", "runs": out / "runs",
              "singers": out / "singers", "output": out / "converted"}
