@@ -151,3 +151,14 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert "$ " + shlex.join([sys.executable, str(REPO / "tools/synth_corpus.py"), "--out", "data/synth"]) in out
     assert "train_content_encoder.py" in out and "# (not known:" in out  # the singers come from corpus.json
     assert not (root / "data").exists() and not (root / "pretrain").exists()
+
+
+def test_a_step_as_a_real_subprocess_with_threads(built):
+    root, _, _ = built
+    lines: list[str] = []
+    settings = bb.tiny_settings(root, threads=1, force=frozenset({"song"}))
+    result = bb.Builder(settings, echo=lines.append).run(["song"])
+    assert [r.status for r in result.records] == ["ran"]
+    command = next(line for line in lines if line.startswith("$ "))
+    assert command.startswith(f"$ OMP_NUM_THREADS=1 {shlex.quote(sys.executable)} ") and "cut-song" in command
+    assert sf.info(str(root / "data/examples/song01/vocals.flac")).samplerate == 44100
