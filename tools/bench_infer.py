@@ -311,10 +311,12 @@ def main() -> None:
     body = "\n".join([
         "Real-time factor (compute seconds per second of audio; lower is better) and peak memory of converting "
         "one song end to end on CPU, measured with `tools/bench_infer.py`: synthetic 44.1 kHz song (vocals + 2 "
-        f"accompaniment stems), {args.seconds:.0f} s for tiny/small and the first {args.base_seconds:.0f} s for "
-        "base (the work is chunk by chunk, so the RTF carries over to a 3-minute song: about "
-        "RTF x 180 s), random weights (timing only), a HuBERT-base-size content encoder (768-dim, 12 layers, "
-        "random), a LoRA adapter (`conf/peft/lora.yaml`), `noise_scale` 0.35, default `chunk` settings.",
+        f"accompaniment stems), {args.seconds:.0f} s for tiny/small, a {args.base_seconds:.0f} s excerpt (from a "
+        "quarter of the way in) for base because it is slow here (the work is chunk by chunk, so its RTF carries "
+        "over to a 3-minute song: about RTF x 180 s of compute), and one tiny run on a "
+        f"{args.long_seconds:.0f} s song; random weights (timing only), a HuBERT-base-size content encoder "
+        "(768-dim, 12 layers, random), a LoRA adapter (`conf/peft/lora.yaml`), `noise_scale` 0.35, default "
+        f"`chunk` settings. F0 `{args.f0}` in the main rows; the default `harvest` costs what its own row shows.",
         "",
         f"- Machine: {machine_description(args.threads)}",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
