@@ -934,11 +934,30 @@ def run_cli(cfg: Any) -> int:
     return result.exit_code
 
 
+def limit_allocator_retention(threshold_bytes: int = 1 << 20) -> bool:
+    """On glibc, serve allocations of ``threshold_bytes`` and more with mmap (returned to the system when
+    freed) instead of letting the threshold grow: without this, glibc keeps the freed per-piece
+    activations of the content encoder and the model, and a 10-minute song peaked at 2.9 GB instead of
+    1.6 GB (BENCHMARKS.md). Process-wide, so only the command-line entry calls it; skipped when
+    ``MALLOC_MMAP_THRESHOLD_`` is set or the C library is not glibc. Returns whether it was applied."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold_bytes)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     """``python -m ai_singer.infer songs=PATH singer=NAME [overrides]`` (Hydra)."""
     import hydra
 
     from ai_singer.conf_dir import conf_dir
+
+    limit_allocator_retention()
 
     @hydra.main(config_path=conf_dir(), config_name="infer", version_base="1.3")
     def _entry(cfg) -> None:
