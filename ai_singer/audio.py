@@ -26,6 +26,9 @@ import soundfile as sf
 
 from ai_singer.atomic import atomic_path
 
+#: Suffixes of the audio files the stages pick up from folders (anything libsndfile decodes).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
 #: Formats :func:`write_audio` writes, by file suffix.
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 

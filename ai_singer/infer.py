@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ai_singer.atomic import atomic_write_json
-from ai_singer.audio import AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
+from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
     slice_on_silence, to_mono, write_audio
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
@@ -60,8 +60,6 @@ from ai_singer.sections import Section, SectionsError, assign_singers, parse_sec
 
 log = logging.getLogger(__name__)
 
-#: Files a song folder may hold as stems (anything libsndfile decodes).
-SONG_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 #: Stem name of the vocal in a song folder (``vocals.wav``, ``vocals.flac``, ...).
 VOCAL_STEM = "vocals"
 #: Names of a song folder's own sections file (used when ``sections`` is not set).
@@ -224,7 +222,7 @@ class Song:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SONG_AUDIO_SUFFIXES
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
                   and not p.name.startswith("."))
 
 
@@ -237,7 +235,7 @@ def read_song_folder(folder: Path) -> Song:
                 accompaniment=[p for p in files if p.stem.lower() != VOCAL_STEM])
     if not vocals:
         song.problem = (f"no vocal stem: expected a file named {VOCAL_STEM}.* "
-                        f"({', '.join(s.lstrip('.') for s in SONG_AUDIO_SUFFIXES)}) in {folder}; "
+                        f"({', '.join(s.lstrip('.') for s in AUDIO_SUFFIXES)}) in {folder}; "
                         f"found {[p.name for p in files] or 'no audio files'}")
     elif len(vocals) > 1:
         song.problem = f"several vocal stems {[p.name for p in vocals]} in {folder}: keep exactly one"
@@ -256,8 +254,8 @@ def find_songs(path: str | os.PathLike) -> list[Song]:
     if not root.exists():
         raise InferError(root, "songs path does not exist")
     if root.is_file():
-        if root.suffix.lower() not in SONG_AUDIO_SUFFIXES:
-            raise InferError(root, f"not an audio file (expected one of {', '.join(SONG_AUDIO_SUFFIXES)})")
+        if root.suffix.lower() not in AUDIO_SUFFIXES:
+            raise InferError(root, f"not an audio file (expected one of {', '.join(AUDIO_SUFFIXES)})")
         return [Song(name=root.stem, vocal=root)]
     if any(p.stem.lower() == VOCAL_STEM for p in _audio_files(root)):
         return [read_song_folder(root)]

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ai_singer.atomic import atomic_path, atomic_write_json
-from ai_singer.audio import (AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
+from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, to_mono, write_audio)
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
@@ -42,7 +42,6 @@ from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, Manifes
 #: Bump when a code change alters what preprocess writes: every source is redone on the next run.
 PIPELINE_VERSION = 1
 FEATURE_FORMAT_VERSION = "1"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 CONTENT_SAMPLE_RATE = 16000
 RECORDS_DIR = ".sources"
 REPORT_NAME = "report.json"
@@ -526,7 +525,7 @@ def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
             relative = path.relative_to(raw)
             if any(part.startswith(".") for part in relative.parts):
                 continue
-            if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+            if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
                 files.append((relative.as_posix(), path))
         found[singer_dir.name] = files
     return found
