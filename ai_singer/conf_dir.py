@@ -19,3 +19,20 @@ def conf_dir() -> str:
             "`pip install -e .` or point AI_SINGER_CONF at a copy of the repository's conf/ folder."
         )
     return str(CONF_DIR)
+
+
+def run_hydra_app(config_name: str, run_cli) -> None:
+    """Run ``run_cli(cfg) -> exit code`` as a Hydra app over ``conf/<config_name>.yaml`` (the command line
+    supplies the overrides) and exit with its code when it is non-zero. The one Hydra entry point of
+    ``python -m ai_singer.preprocess|train|infer``."""
+    import sys
+
+    import hydra
+
+    @hydra.main(config_path=conf_dir(), config_name=config_name, version_base="1.3")
+    def _entry(cfg) -> None:
+        code = run_cli(cfg)
+        if code:
+            sys.exit(code)
+
+    _entry()

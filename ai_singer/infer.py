@@ -951,19 +951,10 @@ def limit_allocator_retention(threshold_bytes: int = 1 << 20) -> bool:
 
 def main() -> None:
     """``python -m ai_singer.infer songs=PATH singer=NAME [overrides]`` (Hydra)."""
-    import hydra
-
-    from ai_singer.conf_dir import conf_dir
+    from ai_singer.conf_dir import run_hydra_app
 
     limit_allocator_retention()
-
-    @hydra.main(config_path=conf_dir(), config_name="infer", version_base="1.3")
-    def _entry(cfg) -> None:
-        code = run_cli(cfg)
-        if code:
-            sys.exit(code)
-
-    _entry()
+    run_hydra_app("infer", run_cli)
 
 
 if __name__ == "__main__":

@@ -852,17 +852,9 @@ def run_cli(cfg: Any) -> int:
 
 def main() -> None:
     """``python -m ai_singer.preprocess [overrides]`` (Hydra)."""
-    import hydra
+    from ai_singer.conf_dir import run_hydra_app
 
-    from ai_singer.conf_dir import conf_dir
-
-    @hydra.main(config_path=conf_dir(), config_name="preprocess", version_base="1.3")
-    def _entry(cfg) -> None:
-        code = run_cli(cfg)
-        if code:
-            sys.exit(code)
-
-    _entry()
+    run_hydra_app("preprocess", run_cli)
 
 
 if __name__ == "__main__":
