@@ -75,14 +75,18 @@ class BuildSettings:
     encoder_args: tuple[str, ...] = ()         # extra tools/train_content_encoder.py options
     model: str = "small"
     base_name: str = "synth-small"
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 5000
     finetune_steps: int = 500
     example_source: str | None = None          # synthetic singer fine-tuned as 'example' (default: last held out)
     source_song: str = "song00"
     song_seconds: float = 15.0
     preprocess_args: tuple[str, ...] = ()      # extra overrides of both preprocess steps
-    pretrain_args: tuple[str, ...] = ()
-    finetune_args: tuple[str, ...] = ()
+    # The CPU settings the bundled base and example singer were trained with (pretrain/BUNDLE.md).
+    pretrain_args: tuple[str, ...] = ("trainer.batch_size=6", "trainer.max_frames=64", "trainer.num_workers=0",
+                                      "trainer.learning_rate=3e-4", "trainer.save_every=100", "trainer.keep_last=2",
+                                      "trainer.eval_every=500", "trainer.log_every=25")
+    finetune_args: tuple[str, ...] = ("trainer.batch_size=4", "trainer.max_frames=128", "trainer.num_workers=0",
+                                      "trainer.save_every=100", "trainer.eval_every=250", "trainer.log_every=25")
     max_mb: float = 25.0
     force: frozenset[str] = frozenset()
     in_process: bool = False                   # run the same command lines in this interpreter (tests)
