@@ -513,10 +513,11 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
 
 # ------------------------------------------------------------------------------------------- export
 
-def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats) -> Path:
-    """Write the base (pretrain) or the adapter (finetune) artifact; returns its folder."""
+def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps: int) -> Path:
+    """Write the base (pretrain) or the adapter (finetune) artifact, recording the ``steps`` trained;
+    returns its folder."""
     if cfg.mode == "pretrain":
-        config = {"model": models.model_config.to_dict(),
+        config = {"model": models.model_config.to_dict(), "steps": int(steps),
                   "content_encoder": stats.content_encoder,
                   "sample_rate": models.model_config.sample_rate, "hop_length": models.model_config.hop_length,
                   "speakers": list(models.speakers)}
@@ -525,7 +526,7 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats) -> Pa
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
     tensors = adapter_state_dict(models.generator.model)
     tensors["singer_embedding"] = models.generator.singer_embedding.detach()
-    config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(),
+    config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
               "stats": singer_stats}
     return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config)
@@ -732,7 +733,7 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     if not interrupted and info.is_main:
         if last_saved != state.step:
             save_checkpoint()
-        artifact_dir = export_artifact(cfg, models, stats)
+        artifact_dir = export_artifact(cfg, models, stats, state.step)
         log.info("exported %s", artifact_dir)
     if info.enabled:
         dist.barrier()

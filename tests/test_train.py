@@ -79,7 +79,7 @@ def test_pretrain_exports_a_base_and_logs(tmp_path, processed):
     assert base.speakers == ["alto", "tenor"]
     assert base.config["content_encoder"] == {"name": "tiny-hubert", "dim": 16, "path": "pretrain/content/tiny-hubert",
                                               "layer": 2, "final_proj": False}  # copied from stats.json
-    assert base.config["weights_dtype"] == "float32"
+    assert base.config["weights_dtype"] == "float32" and base.config["steps"] == 2
     assert all(t.dtype == torch.float32 for t in file_tensors(result.artifact_dir / ckpt.BASE_GENERATOR_FILE).values()
                if t.is_floating_point())
     assert base.config["sample_rate"] == SR and base.config["hop_length"] == HOP
@@ -106,6 +106,7 @@ def test_finetune_exports_a_small_adapter_and_leaves_the_base_alone(tmp_path, pr
     adapter = ckpt.load_adapter(result.artifact_dir)
     assert adapter.method == "lora" and adapter.base_sha256 == before_hash
     assert adapter.config["base_name"] == base_dir.name and adapter.config["singer"] == "tenor"
+    assert adapter.config["steps"] == 2  # the artifact says how long it was trained
     assert adapter.config["stats"]["f0_median_hz"] > 0 and adapter.config["peft"]["r"] == 8
     assert adapter.tensors["singer_embedding"].shape == (16,)
     assert all("lora_" in k for k in adapter.tensors if k != "singer_embedding")
