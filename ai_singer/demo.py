@@ -1,7 +1,7 @@
 """The demo: hear the bundled example singer, or run the whole path on a held-out synthetic singer.
 
     ai-singer demo                        # the example song in the example singer's voice (< 1 min on CPU)
-    ai-singer demo --full [--steps 300]   # synth recordings -> preprocess -> fine-tune -> convert + remix
+    ai-singer demo --full [--steps 600]   # synth recordings -> preprocess -> fine-tune -> convert + remix
     python -m ai_singer.demo ...          # the same
 
 Both run the project's real stages in this process through ``ai_singer.cli`` (exactly what ``ai-singer
@@ -335,7 +335,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="synthesise a held-out singer's recordings, preprocess them, fine-tune an adapter "
                              "on the bundled base, convert the example song and remix (outputs/demo_full/)")
     parser.add_argument("--steps", type=int, default=FULL_STEPS,
-                        help=f"--full: fine-tuning steps (default {FULL_STEPS}: the whole --full run takes about 8 min on "
+                        help=f"--full: fine-tuning steps (default {FULL_STEPS}: the whole --full run takes about 5 min on "
                              "2 busy CPU cores)")
     parser.add_argument("--voice", type=int, default=FULL_VOICE_INDEX,
                         help=f"--full: which synthetic singer (index in the corpus; default {FULL_VOICE_INDEX}, "

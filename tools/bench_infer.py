@@ -18,8 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -30,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -203,20 +203,6 @@ def run_config(root: Path, song: Path, size: str, merge: str, f0: str, threads: 
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine_description(threads: int) -> str:
-    import torch
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
-        model = found.group(1).strip() if found else model
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return (f"{model}, {os.cpu_count()} CPUs (nproc), torch {torch.__version__} with {threads} intra-op "
-            f"threads, Python {platform.python_version()}, {platform.system()}")
-
-
 def table(rows: list[dict], params: dict[str, int]) -> str:
     lines = ["| model (inference params) | adapter | F0 | audio (s) | RTF total | F0 | content | model | "
              "mix+write | load (s) | RSS after load (MiB) | peak RSS (MiB) |",
@@ -229,20 +215,6 @@ def table(rows: list[dict], params: dict[str, int]) -> str:
             f"{t['model_s'] / audio:.3f} | {(t['mix_write_s'] + t['load_s']) / audio:.3f} | {row['load_s']:.1f} | "
             f"{row['rss_loaded_mb']:.0f} | {row['rss_peak_mb']:.0f} |")
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or add) the "## Inference" section of BENCHMARKS.md, keeping every other section."""
-    from ai_singer.atomic import atomic_write_text
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## Inference\n\n{body.strip()}\n"
-    pattern = re.compile(r"^## Inference\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text.rstrip("\n") + "\n")
 
 
 def main() -> None:
@@ -347,7 +319,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", body)
+        replace_section(REPO / "BENCHMARKS.md", "Inference", body)
         print(f"\nwrote the Inference section of {REPO / 'BENCHMARKS.md'}")
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +24,9 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ai_singer.atomic import atomic_write_text  # noqa: E402
 from ai_singer.audio import (SliceConfig, load_audio, normalize_loudness, resample, slice_file,  # noqa: E402
                              to_mono)
+from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 
 SR, HOP = 44100, 512
 
@@ -74,18 +71,6 @@ def save_hubert(folder: Path, size: str) -> Path:
     return folder
 
 
-def machine_description() -> str:
-    import torch
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
-        model = found.group(1).strip() if found else model
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return (f"{model}, {os.cpu_count()} CPUs (nproc), torch {torch.__version__} with "
-            f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}, {platform.system()}")
 
 
 def run(seconds: float, base_seconds: float) -> tuple[list[tuple[str, float, float]], str]:
@@ -172,18 +157,6 @@ def slowest_steps(rows: list[tuple[str, float, float]]) -> str:
     return f"The slowest steps here: {step_a} ({rate_a:.1f}x real time) and {step_b} ({rate_b:.1f}x)."
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or add) the "## Preprocess" section of BENCHMARKS.md, keeping every other section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## Preprocess\n\n{body.strip()}\n"
-    pattern = re.compile(r"^## Preprocess\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the synthetic recording")
@@ -219,7 +192,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", body)
+        replace_section(REPO / "BENCHMARKS.md", "Preprocess", body)
         print(f"\nwrote the Preprocess section of {REPO / 'BENCHMARKS.md'}")
 
 

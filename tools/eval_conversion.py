@@ -35,8 +35,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -49,7 +47,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `ai_singer` importable
 
 from ai_singer import metrics  # noqa: E402
-from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from ai_singer.atomic import atomic_write_json  # noqa: E402
+from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "Conversion quality"
@@ -378,14 +377,6 @@ def summary_table(pairs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine_description() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.system()}")
-
-
 def bench_section(document: dict) -> str:
     base = document["base"]
     body = [
@@ -418,18 +409,6 @@ def bench_section(document: dict) -> str:
         "contour by its own vibrato and drift: its error is in the JSON as f0_target_rendition).",
     ]
     return "\n".join(body)
-
-
-def write_bench_section(path: Path, body: str) -> None:
-    """Replace (or add) the "## Conversion quality" section of ``path``, keeping every other section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## {SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text.rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -472,7 +451,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     import torch
 
-    from ai_singer import checkpoint
     from ai_singer.infer import ConvertSettings, Converter, F0Settings, InferError
 
     log = (lambda *_: None) if args.quiet else (lambda text: print(text, flush=True))
@@ -566,7 +544,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     for pair in results:
         print(summary_line(pair))
     if args.bench:
-        write_bench_section(args.benchmarks, bench_section(document))
+        replace_section(args.benchmarks, SECTION, bench_section(document))
         log(f"wrote the {SECTION} section of {args.benchmarks}")
     return document
 
