@@ -76,7 +76,7 @@ class BuildSettings:
     model: str = "small"
     base_name: str = "synth-small"
     pretrain_steps: int = 5000
-    finetune_steps: int = 500
+    finetune_steps: int = 1500
     example_source: str | None = None          # synthetic singer fine-tuned as 'example' (default: last held out)
     source_song: str = "song00"
     song_seconds: float = 15.0
