@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 import random
@@ -133,11 +134,14 @@ def _tensors_for_saving(state: Mapping[str, torch.Tensor], path: Path) -> dict[s
 
 
 def _save_safetensors(path: Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``state`` atomically, byte-identical for identical tensors and metadata: the artifact's hash
+    (an adapter's ``base_sha256``) is the file's sha256. safetensors writes a metadata map with several
+    keys in a random order, so ``metadata`` is stored as one key, ``ai_singer``: its sorted JSON."""
     from safetensors.torch import save_file
 
     tensors = _tensors_for_saving(state, path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={"ai_singer": json.dumps(metadata, sort_keys=True)})
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -59,6 +59,18 @@ def test_base_round_trip_strict_and_hashed(base_dir):
     assert torch.equal(rebuilt_d(wav), discriminator(wav))
 
 
+def test_saving_the_same_base_again_gives_the_same_hash(base_dir, tmp_path):
+    """A re-export of unchanged weights keeps the generator's sha256, so adapters trained on it still load."""
+    directory, generator, discriminator = base_dir
+    hashes = set()
+    for attempt in range(8):  # safetensors would order a several-key metadata map at random
+        again = ckpt.save_base(tmp_path / f"again{attempt}", generator.state_dict(), discriminator.state_dict(),
+                               BASE_CONFIG)
+        hashes.add(ckpt.load_base(again).sha256)
+        assert (again / "discriminator.safetensors").read_bytes() == (directory / "discriminator.safetensors").read_bytes()
+    assert hashes == {ckpt.load_base(directory).sha256}
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_compact_base_loads_as_float32_and_stays_hashed(base_dir, tmp_path, dtype):
     """A base stored in half precision: half the file, the hash and strict loading still hold, the tensors
