@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("pretrain", "finetune")
 PRECISIONS = ("fp32", "bf16")
+#: ``trainer.discriminator``: what fine-tuning does with the base's discriminator (pretrain always trains it).
+DISCRIMINATOR_MODES = ("train", "frozen", "off")
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -100,6 +102,7 @@ class TrainerSettings:
     eval_max_batches: int = 8
     deterministic: bool = False
     progress: bool = True
+    discriminator: str = "train"
 
 
 @dataclass
@@ -170,6 +173,12 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError("base", "mode=finetune needs base=<folder of a pretrained base, e.g. pretrain/base>")
     if cfg.export_dtype not in ckpt.WEIGHTS_DTYPES:
         raise TrainSetupError("export_dtype", f"must be one of {tuple(ckpt.WEIGHTS_DTYPES)}, not {cfg.export_dtype!r}")
+    if cfg.trainer.discriminator not in DISCRIMINATOR_MODES:
+        raise TrainSetupError("trainer.discriminator", f"must be one of {DISCRIMINATOR_MODES}, "
+                                                       f"not {cfg.trainer.discriminator!r}")
+    if cfg.mode == "pretrain" and cfg.trainer.discriminator != "train":
+        raise TrainSetupError("trainer.discriminator", f"{cfg.trainer.discriminator!r} is for fine-tuning: a base "
+                                                       "is pretrained with its discriminator (train)")
     if cfg.trainer.precision not in PRECISIONS:
         raise TrainSetupError("trainer.precision", f"must be one of {PRECISIONS}, not {cfg.trainer.precision!r}")
     for name in ("max_steps", "batch_size", "max_frames", "save_every", "keep_last", "log_every"):
@@ -250,7 +259,7 @@ class GeneratorForTraining(nn.Module):
 @dataclass
 class Models:
     generator: GeneratorForTraining
-    discriminator: nn.Module
+    discriminator: nn.Module | None  # None with trainer.discriminator=off
     model_config: SingerVAEConfig
     speakers: list[str]
     base_sha256: str | None = None
@@ -289,7 +298,8 @@ def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
 def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Path) -> Models:
     """Load the base strictly (its own architecture), freeze it, inject the adapter, and add the
     learned singer vector (initialised to the mean of the base's speaker embeddings)."""
-    base = ckpt.load_base(cfg.base, with_discriminator=True)
+    mode = cfg.trainer.discriminator
+    base = ckpt.load_base(cfg.base, with_discriminator=mode != "off")
     config = SingerVAEConfig.from_dict(base.model_config)
     check_framing(stats, stats_path, config.sample_rate, config.hop_length, config.content_dim,
                   f"the base {cfg.base}")
@@ -303,8 +313,11 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
                                           f"in {Path(str(cfg.base)) / ckpt.BASE_CONFIG_FILE})")
     model = SingerVAE(config)
     ckpt.load_state_strict(model, base.generator_state, base.path / ckpt.BASE_GENERATOR_FILE)
-    discriminator = Discriminator.from_config(config)
-    ckpt.load_state_strict(discriminator, base.discriminator_state, base.path / ckpt.BASE_DISCRIMINATOR_FILE)
+    discriminator = None
+    if mode != "off":
+        discriminator = Discriminator.from_config(config)
+        ckpt.load_state_strict(discriminator, base.discriminator_state, base.path / ckpt.BASE_DISCRIMINATOR_FILE)
+        discriminator.requires_grad_(mode == "train")
     with torch.no_grad():
         all_ids = torch.arange(config.n_speakers)
         singer_init = model.embed_speaker(all_ids).mean(dim=0)
@@ -330,13 +343,15 @@ class TrainState:
 @dataclass
 class Optimisation:
     generator: torch.optim.Optimizer
-    discriminator: torch.optim.Optimizer
+    discriminator: torch.optim.Optimizer | None  # None unless the discriminator trains
     generator_schedule: torch.optim.lr_scheduler.LRScheduler
-    discriminator_schedule: torch.optim.lr_scheduler.LRScheduler
+    discriminator_schedule: torch.optim.lr_scheduler.LRScheduler | None
 
 
-def make_optimisation(generator: nn.Module, discriminator: nn.Module, trainer: TrainerSettings) -> Optimisation:
-    """AdamW (betas from the config) + exponential decay per step, for both networks."""
+def make_optimisation(generator: nn.Module, discriminator: nn.Module | None, trainer: TrainerSettings
+                      ) -> Optimisation:
+    """AdamW (betas from the config) + exponential decay per step, for the generator and (when it
+    trains) the discriminator."""
     def adamw(module: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
@@ -344,15 +359,17 @@ def make_optimisation(generator: nn.Module, discriminator: nn.Module, trainer: T
         return torch.optim.AdamW(params, lr=trainer.learning_rate, betas=tuple(trainer.betas), eps=trainer.eps,
                                  weight_decay=trainer.weight_decay)
 
-    opt_g, opt_d = adamw(generator), adamw(discriminator)
+    opt_g = adamw(generator)
+    opt_d = adamw(discriminator) if discriminator is not None and trainer.discriminator == "train" else None
     return Optimisation(opt_g, opt_d, torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=trainer.lr_decay),
-                        torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=trainer.lr_decay))
+                        None if opt_d is None else torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=trainer.lr_decay))
 
 
 class StepRunner:
-    """One optimisation step (discriminator then generator) and the validation pass."""
+    """One optimisation step (discriminator then generator) and the validation pass. With a frozen
+    discriminator only the generator steps; with none (``off``) the generator learns from mel + KL alone."""
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, optimisation: Optimisation,
+    def __init__(self, generator: nn.Module, discriminator: nn.Module | None, optimisation: Optimisation,
                  model_config: SingerVAEConfig, audio: AudioSettings, weights: LossWeights, trainer: TrainerSettings,
                  device: torch.device):
         self.generator, self.discriminator, self.opt = generator, discriminator, optimisation
@@ -383,45 +400,50 @@ class StepRunner:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """Discriminator (LSGAN) then generator (mel L1, KL, feature matching, LSGAN); returns the losses."""
+        """Discriminator (LSGAN, when it trains) then generator (mel L1, KL and, with a discriminator,
+        feature matching and LSGAN); returns the losses."""
         batch = self.with_spec(batch.to(self.device, non_blocking=True))
         self.generator.train()
-        self.discriminator.train()
         with self.autocast():
             out = self.generator(batch)
         fake = out.wav
         real = out.slice_audio(batch.wav)
+        logged: dict[str, float] = {}
 
-        with self.autocast():
-            d_real, d_fake, _, _ = self.discriminator(real, fake.detach())
-        loss_disc, _, _ = discriminator_adversarial_loss(d_real, d_fake)
-        self.opt.discriminator.zero_grad(set_to_none=True)
-        loss_disc.float().backward()
-        grad_norm_d = self.clip(self.discriminator)
-        self.opt.discriminator.step()
+        if self.opt.discriminator is not None:
+            self.discriminator.train()
+            with self.autocast():
+                d_real, d_fake, _, _ = self.discriminator(real, fake.detach())
+            loss_disc, _, _ = discriminator_adversarial_loss(d_real, d_fake)
+            self.opt.discriminator.zero_grad(set_to_none=True)
+            loss_disc.float().backward()
+            grad_norm_d = self.clip(self.discriminator)
+            self.opt.discriminator.step()
+            logged.update({"loss/discriminator": loss_disc.item(), "grad_norm/discriminator": float(grad_norm_d)})
 
-        with self.autocast():
-            _, d_fake, fmap_real, fmap_fake = self.discriminator(real, fake)
         loss_mel = mel_l1_loss(self.mel(fake), self.mel(real))
         loss_kl = kl_loss(out)
-        loss_fm = feature_matching_loss(fmap_real, fmap_fake)
-        loss_adv, _ = generator_adversarial_loss(d_fake)
         w = self.weights
-        loss_gen = (w.mel * loss_mel + w.kl * loss_kl.float() + w.feature_matching * loss_fm.float()
-                    + w.adversarial * loss_adv.float())
+        loss_gen = w.mel * loss_mel + w.kl * loss_kl.float()
+        if self.discriminator is not None:
+            with self.autocast():
+                _, d_fake, fmap_real, fmap_fake = self.discriminator(real, fake)
+            loss_fm = feature_matching_loss(fmap_real, fmap_fake)
+            loss_adv, _ = generator_adversarial_loss(d_fake)
+            loss_gen = loss_gen + w.feature_matching * loss_fm.float() + w.adversarial * loss_adv.float()
+            logged.update({"loss/feature_matching": loss_fm.item(), "loss/generator_adversarial": loss_adv.item()})
         self.opt.generator.zero_grad(set_to_none=True)
         loss_gen.backward()
         grad_norm_g = self.clip(self.generator)
         self.opt.generator.step()
         self.opt.generator_schedule.step()
-        self.opt.discriminator_schedule.step()
+        if self.opt.discriminator_schedule is not None:
+            self.opt.discriminator_schedule.step()
+            logged["lr/discriminator"] = self.opt.discriminator.param_groups[0]["lr"]
         return {
             "loss/generator_total": loss_gen.item(), "loss/mel": loss_mel.item(), "loss/kl": loss_kl.item(),
-            "loss/feature_matching": loss_fm.item(), "loss/generator_adversarial": loss_adv.item(),
-            "loss/discriminator": loss_disc.item(),
-            "grad_norm/generator": float(grad_norm_g), "grad_norm/discriminator": float(grad_norm_d),
+            **logged, "grad_norm/generator": float(grad_norm_g),
             "lr/generator": self.opt.generator.param_groups[0]["lr"],
-            "lr/discriminator": self.opt.discriminator.param_groups[0]["lr"],
         }
 
     @torch.no_grad()
@@ -462,18 +484,23 @@ def seed_everything(seed: int) -> None:
 def run_identity(cfg: TrainConfig, models: Models) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed by this run."""
     return {"mode": cfg.mode, "peft_method": cfg.peft.method if cfg.mode == "finetune" else "",
-            "base_sha256": models.base_sha256 or "", "singer": cfg.singer or ""}
+            "base_sha256": models.base_sha256 or "", "singer": cfg.singer or "",
+            "discriminator": cfg.trainer.discriminator}
 
 
 def make_train_state(models: Models, opt: Optimisation, state: TrainState, identity: dict[str, Any]) -> dict:
+    """Everything a resumed run needs; the discriminator and its optimiser only when it trains (a frozen
+    one is the base's, unchanged)."""
+    trains_d = opt.discriminator is not None
     return {
         "identity": identity,
         "generator": models.generator.trainable_state(),
-        "discriminator": {k: v.detach().cpu().clone() for k, v in models.discriminator.state_dict().items()},
+        "discriminator": ({k: v.detach().cpu().clone() for k, v in models.discriminator.state_dict().items()}
+                          if trains_d else None),
         "optimizer_generator": opt.generator.state_dict(),
-        "optimizer_discriminator": opt.discriminator.state_dict(),
+        "optimizer_discriminator": opt.discriminator.state_dict() if trains_d else None,
         "scheduler_generator": opt.generator_schedule.state_dict(),
-        "scheduler_discriminator": opt.discriminator_schedule.state_dict(),
+        "scheduler_discriminator": opt.discriminator_schedule.state_dict() if trains_d else None,
         "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
         "rng": ckpt.capture_rng_state(),
     }
@@ -487,13 +514,16 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
         raise ckpt.AdapterBaseMismatch(path, f"adapter/base hash mismatch: this checkpoint was trained on base "
                                     f"{theirs.get('base_sha256') or '(none: a pretrain run)'}, the base given is "
                                     f"{identity['base_sha256'] or '(none)'}; use the same base or another run_name")
-    for key in ("mode", "peft_method", "singer"):
+    theirs = {"discriminator": "train", **theirs}  # checkpoints written before the setting existed trained it
+    for key in ("mode", "peft_method", "singer", "discriminator"):
         if theirs.get(key, "") != identity[key]:
             raise TrainSetupError(path, f"checkpoint was written with {key}={theirs.get(key)!r}, this run has "
                                         f"{key}={identity[key]!r}; use another run_name to start a new run")
     expected = models.generator.trainable_state()
-    for part, want, have in (("generator", expected, saved["generator"]),
-                             ("discriminator", models.discriminator.state_dict(), saved["discriminator"])):
+    parts = [("generator", expected, saved["generator"])]
+    if opt.discriminator is not None:
+        parts.append(("discriminator", models.discriminator.state_dict(), saved["discriminator"]))
+    for part, want, have in parts:
         diff = ckpt.state_dict_diff(want, have)
         if diff:
             raise TrainSetupError(path, f"the checkpoint's {part} weights do not fit this run (another model size, "
@@ -501,11 +531,12 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
                                         f"run:\n{diff}")
     missing, unexpected = models.generator.load_state_dict(saved["generator"], strict=False)
     assert not unexpected and set(missing).isdisjoint(expected)
-    models.discriminator.load_state_dict(saved["discriminator"], strict=True)
     opt.generator.load_state_dict(saved["optimizer_generator"])
-    opt.discriminator.load_state_dict(saved["optimizer_discriminator"])
     opt.generator_schedule.load_state_dict(saved["scheduler_generator"])
-    opt.discriminator_schedule.load_state_dict(saved["scheduler_discriminator"])
+    if opt.discriminator is not None:
+        models.discriminator.load_state_dict(saved["discriminator"], strict=True)
+        opt.discriminator.load_state_dict(saved["optimizer_discriminator"])
+        opt.discriminator_schedule.load_state_dict(saved["scheduler_discriminator"])
     ckpt.restore_rng_state(saved["rng"])
     return TrainState(step=int(saved["step"]), epoch=int(saved["epoch"]),
                       batches_in_epoch=int(saved["batches_in_epoch"]))
@@ -616,14 +647,15 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     else:
         models = build_finetune_models(cfg, stats, stats_path)
     models.generator.to(device)
-    models.discriminator.to(device)
+    if models.discriminator is not None:
+        models.discriminator.to(device)
     opt = make_optimisation(models.generator, models.discriminator, trainer)
     if info.is_main:
         n_trainable = sum(p.numel() for p in models.generator.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in models.generator.parameters())
-        log.info("%s on %s (world size %d): %d train clips of %d singer(s); generator %d of %d parameters train",
-                 cfg.mode, device, info.world_size, len(train_set), len({r.singer for r in train_set.records}),
-                 n_trainable, n_total)
+        log.info("%s on %s (world size %d): %d train clips of %d singer(s); generator %d of %d parameters train; "
+                 "discriminator: %s", cfg.mode, device, info.world_size, len(train_set),
+                 len({r.singer for r in train_set.records}), n_trainable, n_total, trainer.discriminator)
 
     run_dir = Path(cfg.paths.runs) / run_name_of(cfg)
     identity = run_identity(cfg, models)
@@ -646,11 +678,12 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
 
     generator: nn.Module = models.generator
-    discriminator: nn.Module = models.discriminator
+    discriminator: nn.Module | None = models.discriminator
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         generator = DistributedDataParallel(generator, device_ids=ids)
-        discriminator = DistributedDataParallel(discriminator, device_ids=ids)
+        if opt.discriminator is not None:  # a frozen one has nothing to synchronise
+            discriminator = DistributedDataParallel(discriminator, device_ids=ids)
     runner = StepRunner(generator, discriminator, opt, models.model_config, cfg.audio, cfg.loss, trainer, device)
 
     logger = None
@@ -699,8 +732,10 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
                         logger.scalars(losses, state.step)
                     if progress is not None:
                         progress.update(1)
-                        progress.set_postfix(mel=f"{losses['loss/mel']:.3f}", kl=f"{losses['loss/kl']:.3f}",
-                                             d=f"{losses['loss/discriminator']:.3f}", refresh=False)
+                        shown = {"mel": losses["loss/mel"], "kl": losses["loss/kl"],
+                                 "d": losses.get("loss/discriminator")}
+                        progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None},
+                                             refresh=False)
                     if logger is not None and val_loader is not None and state.step % trainer.eval_every == 0:
                         evaluate(runner, unwrap(generator), val_loader, logger, trainer, state.step,
                                  models.model_config.sample_rate)

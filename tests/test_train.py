@@ -143,11 +143,64 @@ def test_every_peft_method_finetunes(tmp_path, processed, base_dir, method):
     assert 0 < n_adapter and (n_adapter < 0.5 * n_base) == (method != "full")
 
 
+@pytest.mark.parametrize("mode", ["frozen", "off"])
+def test_finetune_with_a_frozen_or_no_discriminator(tmp_path, processed, base_dir, mode):
+    """trainer.discriminator=frozen keeps the base's discriminator as a fixed critic (no discriminator
+    step, no optimiser state); off trains on mel + KL alone and needs no discriminator file at all. Both
+    resume from a crash to exactly the weights of a straight run."""
+    base = base_dir
+    if mode == "off":  # an inference-only base (no discriminator.safetensors) is enough
+        base = tmp_path / "inference_base"
+        shutil.copytree(base_dir, base)
+        (base / ckpt.BASE_DISCRIMINATOR_FILE).unlink()
+    settings = ["mode=finetune", "singer=alto", f"base={base}", f"trainer.discriminator={mode}",
+                "trainer.max_steps=4", "trainer.save_every=2", "trainer.deterministic=true", "trainer.max_frames=20"]
+    logged = []
+    straight = run_training(make_config(tmp_path / "a", processed, *settings), on_step=lambda s, l: logged.append(l))
+    assert "loss/discriminator" not in logged[-1] and "lr/discriminator" not in logged[-1]
+    assert ("loss/feature_matching" in logged[-1]) == (mode == "frozen")
+    adapter = ckpt.load_adapter(straight.artifact_dir)
+    assert any(float(v.abs().sum()) > 0 for k, v in adapter.tensors.items() if "lora_B" in k)
+    _, state = ckpt.load_latest_train_state(straight.run_dir)
+    assert state["discriminator"] is None and state["optimizer_discriminator"] is None
+    assert state["identity"]["discriminator"] == mode
+    if mode == "frozen":  # the critic is the base's, untouched
+        trained_d = straight.models.discriminator.state_dict()
+        base_d = ckpt.load_base(base_dir, with_discriminator=True).discriminator_state
+        assert all(torch.equal(trained_d[k], base_d[k]) for k in base_d)
+    else:
+        assert straight.models.discriminator is None
+
+    def crash(step, losses):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(make_config(tmp_path / "b", processed, *settings), on_step=crash)
+    resumed = run_training(make_config(tmp_path / "b", processed, *settings))
+    a, b = final_state(straight.run_dir), final_state(resumed.run_dir)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+
+
+def test_discriminator_setting_errors(tmp_path, processed, base_dir):
+    with pytest.raises(TrainSetupError, match=r"trainer.discriminator: 'frozen' is for fine-tuning"):
+        make_config(tmp_path, processed, "trainer.discriminator=frozen")
+    with pytest.raises(TrainSetupError, match=r"trainer.discriminator: must be one of"):
+        make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}",
+                    "trainer.discriminator=fixed")
+    # a run cannot switch mid-way: its checkpoint says how the discriminator was handled
+    finetune = ["mode=finetune", "singer=alto", f"base={base_dir}"]
+    run_training(make_config(tmp_path, processed, *finetune, "trainer.max_steps=1"))
+    with pytest.raises(TrainSetupError, match=r"discriminator='train', this run has discriminator='off'"):
+        run_training(make_config(tmp_path, processed, *finetune, "trainer.max_steps=2", "trainer.discriminator=off"))
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 
 def final_state(run_dir: Path) -> dict:
     step, state = ckpt.load_latest_train_state(run_dir)
-    return {"step": step, "generator": state["generator"], "discriminator": state["discriminator"],
+    return {"step": step, "generator": state["generator"], "discriminator": state["discriminator"] or {},
             "opt": state["optimizer_generator"]["state"]}
 
 
@@ -385,11 +438,14 @@ def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
     assert last < 0.8 * first, (first, last)
 
 
-@pytest.mark.parametrize("mode", ["finetune", pytest.param("pretrain", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["finetune", pytest.param("pretrain", marks=pytest.mark.slow),
+                                  pytest.param("finetune-frozen", marks=pytest.mark.slow)])
 def test_torchrun_two_processes_on_cpu(tmp_path, processed, base_dir, mode):
     """The unchanged entry point under torchrun (DDP with gloo); only rank 0 writes. About 15 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     settings = ["name=ddp"] if mode == "pretrain" else ["mode=finetune", "singer=alto", f"base={base_dir}"]
+    if mode == "finetune-frozen":  # the frozen critic is not wrapped in DDP (nothing to synchronise)
+        settings.append("trainer.discriminator=frozen")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "ai_singer.train", *overrides_for(tmp_path, processed), "trainer.max_steps=2",
                "trainer.device=cpu", *settings]
