@@ -5,9 +5,11 @@ For each ``--models`` size (conf/model/<size>.yaml at 44.1 kHz, hop 512, 768-dim
 seconds per optimiser step (discriminator + generator, after warm-up steps), peak resident memory
 (each configuration runs in its own process), trainable generator parameters, AdamW state bytes
 (generator + discriminator), and the size of the artifact a run exports (adapter.safetensors with the
-singer vector, or the full generator.safetensors).
+singer vector, or the full generator.safetensors). ``--discriminators train frozen off`` also measures
+fine-tuning with the base's discriminator frozen or without one (``trainer.discriminator``).
 
     .venv/bin/python tools/bench_train.py --models small base --steps 2 --batch-size 2 --frames 64
+    .venv/bin/python tools/bench_train.py --models base --methods lora --discriminators train frozen off
     .venv/bin/python tools/bench_train.py --markdown results.json     # print the BENCHMARKS.md table
 
 Synthetic batches (random content, a steady F0, noise audio): the step costs the same as on real data.
@@ -25,10 +27,11 @@ import time
 from pathlib import Path
 
 METHODS = ("pretrain", "full", "lora", "dora", "ia3", "bitfit", "freeze")
+DISCRIMINATORS = ("train", "frozen", "off")
 
 
 def one_configuration(size: str, method: str, steps: int, warmup: int, batch_size: int, frames: int,
-                      threads: int, device: str, precision: str) -> dict:
+                      threads: int, device: str, precision: str, discriminator_mode: str = "train") -> dict:
     import torch
     from hydra import compose, initialize_config_dir
     from safetensors.torch import save_file
@@ -47,11 +50,14 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
         overrides.append(f"peft={method}")
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         cfg = typed_config(compose("train", overrides=overrides))
+    cfg.trainer.discriminator = discriminator_mode  # (a pretrain config refuses anything but train)
     import dataclasses
 
     config = dataclasses.replace(cfg.model, content_dim=768, n_speakers=4)
     model = SingerVAE(config)
-    discriminator = Discriminator.from_config(config)
+    discriminator = None if discriminator_mode == "off" else Discriminator.from_config(config)
+    if discriminator is not None:
+        discriminator.requires_grad_(discriminator_mode == "train")
     if method == "pretrain":
         generator = GeneratorForTraining(model)
     else:
@@ -60,7 +66,8 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
         generator = GeneratorForTraining(model, singer_embedding=singer)
     dev = torch.device(device)
     generator.to(dev)
-    discriminator.to(dev)
+    if discriminator is not None:
+        discriminator.to(dev)
     opt = make_optimisation(generator, discriminator, cfg.trainer)
     runner = StepRunner(generator, discriminator, opt, config, cfg.audio, cfg.loss, cfg.trainer, dev)
 
@@ -84,6 +91,8 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
     step_s = (time.perf_counter() - started) / steps
 
     def state_bytes(optimizer) -> int:
+        if optimizer is None:
+            return 0
         return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
                    if isinstance(v, torch.Tensor))
 
@@ -101,7 +110,7 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
         artifact_bytes, generator_bytes = artifact.stat().st_size, full.stat().st_size
         generator_params = sum(p.numel() for p in fresh.parameters())
     out = {
-        "model": size, "method": method, "batch_size": batch_size, "frames": frames,
+        "model": size, "method": method, "discriminator": discriminator_mode, "batch_size": batch_size, "frames": frames,
         "segment_frames": config.segment_frames, "device": str(dev), "threads": threads, "precision": precision,
         "step_s": round(step_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -118,11 +127,11 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = ("| model | method | s/step | peak RSS MB | trainable params | AdamW state MB (G / G+D) | artifact MB "
+    head = ("| model | method | discriminator | s/step | peak RSS MB | trainable params | AdamW state MB (G / G+D) | artifact MB "
             "| full generator MB |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['step_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r.get('discriminator', 'train')} | {r['step_s']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['trainable_params']:,} | {r['generator_optimizer_state_mb']:.1f} / "
                      f"{r['optimizer_state_mb']:.1f} | {r['artifact_mb']:.2f} | {r['full_generator_mb']:.1f} |")
     return "\n".join(lines)
@@ -132,6 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["small", "base"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--discriminators", nargs="+", default=["train"], choices=DISCRIMINATORS,
+                        help="fine-tuning: train the base's discriminator, keep it frozen, or use none "
+                             "(pretrain rows always train it)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -141,31 +153,32 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="print the table of a results JSON and exit")
-    parser.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "METHOD", "DISCRIMINATOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.markdown:
         print(to_markdown(json.loads(args.markdown.read_text())["results"]))
         return
     if args.one:
         row = one_configuration(args.one[0], args.one[1], args.steps, args.warmup, args.batch_size, args.frames,
-                                args.threads, args.device, args.precision)
+                                args.threads, args.device, args.precision, args.one[2])
         print("RESULT " + json.dumps(row))
         return
     rows = []
-    for size in args.models:
-        for method in args.methods:
-            command = [sys.executable, __file__, "--one", size, method, "--steps", str(args.steps), "--warmup",
-                       str(args.warmup), "--batch-size", str(args.batch_size), "--frames", str(args.frames),
-                       "--threads", str(args.threads), "--device", args.device, "--precision", args.precision]
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                print(f"{size}/{method} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-                continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    configurations = [(size, method, mode) for size in args.models for method in args.methods
+                      for mode in (["train"] if method == "pretrain" else args.discriminators)]
+    for size, method, mode in configurations:
+        command = [sys.executable, __file__, "--one", size, method, mode, "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+                   "--threads", str(args.threads), "--device", args.device, "--precision", args.precision]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            print(f"{size}/{method}/{mode} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(lines[-1][len("RESULT "):])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     print(to_markdown(rows))
     if args.out:
         from ai_singer.atomic import atomic_write_json
