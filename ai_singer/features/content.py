@@ -152,8 +152,16 @@ class HubertContentEncoder:
         self.path = folder
         self.layer = layer
         self.device = torch.device(device)
-        model, loading_info = _hubert_model_class().from_pretrained(folder, local_files_only=True,
-                                                                     output_loading_info=True)
+        from transformers.utils import logging as transformers_logging
+
+        bars_were_on = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # a local load takes milliseconds: no "Loading weights" bar
+        try:
+            model, loading_info = _hubert_model_class().from_pretrained(folder, local_files_only=True,
+                                                                         output_loading_info=True)
+        finally:
+            if bars_were_on:
+                transformers_logging.enable_progress_bar()
         # Strict: a weight missing from the file would silently stay random. masked_spec_embed is only used
         # for training-time masking.
         missing = [key for key in loading_info.get("missing_keys", ()) if "masked_spec_embed" not in key]
