@@ -5,6 +5,7 @@
     ai-singer convert    [hydra overrides ...]    = python -m ai_singer.infer ...
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
+    ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
 
 The Hydra stages receive the remaining arguments unchanged (``--help``, ``--cfg job`` and ``-m`` work as
 with ``python -m``); their defaults live in ``conf/`` only. Stage modules are imported by name when their
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
     commands.add_parser("demo", add_help=False, help="convert the bundled example song (--full: the whole path on "
                         "a held-out synthetic singer); see `ai-singer demo --help`")
+    singers = commands.add_parser("singers", help="list the installed bases and singer adapters, and which "
+                                  "adapter fits which base",
+                                  description="List pretrain/<base>/ and singers/<name>/ (from their YAML "
+                                              "descriptions; weights are not read).")
+    singers.add_argument("--singers-dir", default="singers", help="adapter folders (default: singers)")
+    singers.add_argument("--pretrain-dir", default="pretrain", help="base folders (default: pretrain)")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
@@ -81,6 +88,22 @@ def _run_concat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_singers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ai_singer.catalog import format_catalog, list_adapters, list_bases
+
+    pretrain_dir, singers_dir = Path(args.pretrain_dir), Path(args.singers_dir)
+    missing = [str(p) for p in (pretrain_dir, singers_dir) if not p.is_dir()]
+    if len(missing) == 2:
+        print(f"singers: error: neither {missing[0]} nor {missing[1]} is a folder (run in the project folder, or "
+              "pass --pretrain-dir / --singers-dir)", file=sys.stderr)
+        return 2
+    bases = list_bases(pretrain_dir)
+    print(format_catalog(bases, list_adapters(singers_dir, bases), pretrain_dir, singers_dir))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``ai-singer COMMAND ...``; returns the exit code (also used by ``python -m ai_singer``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -91,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "singers":
+        return _run_singers(args)
     return _run_concat(args)
 
 

@@ -1,0 +1,163 @@
+"""What is installed: the bases under ``pretrain/`` and the singer adapters under ``singers/``, and which
+adapter fits which base (``ai-singer singers``).
+
+Reads only the artifacts' YAML descriptions (``config.yaml``, ``adapter.yaml``), never the weights, so it
+is instant and imports no torch. A folder whose description is unreadable is listed with the reason,
+not skipped silently; loading (``checkpoint.load_base`` / ``load_adapter``) still checks the hashes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The artifact descriptions (the same names as :mod:`ai_singer.checkpoint`, kept here torch-free).
+BASE_CONFIG_FILE = "config.yaml"
+ADAPTER_CONFIG_FILE = "adapter.yaml"
+ADAPTER_TENSORS_FILE = "adapter.safetensors"
+
+
+@dataclass
+class BaseEntry:
+    """A base folder: ``pretrain/<name>/``."""
+
+    name: str
+    path: Path
+    sha256: str = ""
+    model: dict = field(default_factory=dict)
+    speakers: int = 0
+    steps: int | None = None
+    weights_dtype: str = ""
+    content_encoder: str = ""
+    error: str = ""
+
+
+@dataclass
+class AdapterEntry:
+    """A singer folder: ``singers/<name>/``."""
+
+    name: str
+    path: Path
+    singer: str = ""
+    method: str = ""
+    steps: int | None = None
+    base_sha256: str = ""
+    base_name: str = ""
+    megabytes: float = 0.0
+    f0_median_hz: float | None = None
+    seconds: float | None = None
+    error: str = ""
+    base: BaseEntry | None = None  # the installed base it was trained on, if any
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping; OSError when unreadable, ValueError when not YAML or not a mapping."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        try:
+            document = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"not valid YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError("not a YAML mapping")
+    return document
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def list_bases(pretrain_dir: str | os.PathLike) -> list[BaseEntry]:
+    """Every folder under ``pretrain_dir`` with a ``config.yaml`` of ``kind: base`` (content encoders and
+    other folders are not bases and are left out); unreadable configs are listed with ``error``."""
+    bases = []
+    for folder in _subfolders(Path(pretrain_dir)):
+        config_path = folder / BASE_CONFIG_FILE
+        if not config_path.is_file():
+            continue
+        entry = BaseEntry(name=folder.name, path=folder)
+        try:
+            config = _read_yaml(config_path)
+        except (OSError, ValueError) as error:
+            entry.error = f"{config_path}: unreadable ({error})"
+            bases.append(entry)
+            continue
+        if config.get("kind") != "base":
+            continue
+        encoder = config.get("content_encoder") or {}
+        entry.sha256 = str(config.get("generator_sha256") or "")
+        entry.model = dict(config.get("model") or {})
+        entry.speakers = len(config.get("speakers") or [])
+        entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
+        entry.weights_dtype = str(config.get("weights_dtype") or "")
+        entry.content_encoder = f"{encoder.get('name', '?')} ({encoder.get('dim', '?')}-dim)" if encoder else ""
+        bases.append(entry)
+    return bases
+
+
+def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None = None) -> list[AdapterEntry]:
+    """Every folder under ``singers_dir`` with an ``adapter.yaml``, matched to the base among ``bases``
+    whose generator hash it records."""
+    by_sha = {b.sha256: b for b in bases or [] if b.sha256}
+    adapters = []
+    for folder in _subfolders(Path(singers_dir)):
+        config_path = folder / ADAPTER_CONFIG_FILE
+        if not config_path.is_file():
+            continue
+        entry = AdapterEntry(name=folder.name, path=folder)
+        try:
+            config = _read_yaml(config_path)
+        except (OSError, ValueError) as error:
+            entry.error = f"{config_path}: unreadable ({error})"
+            adapters.append(entry)
+            continue
+        stats = config.get("stats") or {}
+        entry.singer = str(config.get("singer") or "")
+        entry.method = str(config.get("method") or "")
+        entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
+        entry.base_sha256 = str(config.get("base_sha256") or "")
+        entry.base_name = str(config.get("base_name") or "")
+        entry.f0_median_hz = stats.get("f0_median_hz")
+        entry.seconds = stats.get("seconds")
+        tensors = folder / ADAPTER_TENSORS_FILE
+        if tensors.is_file():
+            entry.megabytes = tensors.stat().st_size / 1e6
+        else:
+            entry.error = f"{tensors}: missing"
+        entry.base = by_sha.get(entry.base_sha256)
+        adapters.append(entry)
+    return adapters
+
+
+def _value(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None or value == "" else fmt.format(value)
+
+
+def format_catalog(bases: list[BaseEntry], adapters: list[AdapterEntry], pretrain_dir: Path,
+                   singers_dir: Path) -> str:
+    """The listing ``ai-singer singers`` prints."""
+    lines = [f"bases in {pretrain_dir}:"]
+    if not bases:
+        lines.append("  (none)")
+    for b in bases:
+        if b.error:
+            lines.append(f"  {b.name}: {b.error}")
+            continue
+        lines.append(f"  {b.name}: sha256 {b.sha256[:12]}, {b.speakers} speakers, {_value(b.steps)} steps, "
+                     f"{b.weights_dtype or 'float32'}, content encoder {b.content_encoder or '-'}")
+    lines.append(f"singers in {singers_dir}:")
+    if not adapters:
+        lines.append("  (none)")
+    for a in adapters:
+        if a.error and not a.method:
+            lines.append(f"  {a.name}: {a.error}")
+            continue
+        fits = (f"base {a.base.name}" if a.base is not None else
+                f"its base ({a.base_name or '?'}, sha256 {a.base_sha256[:12]}) is not installed")
+        singer = f" (singer {a.singer})" if a.singer and a.singer != a.name else ""
+        lines.append(f"  {a.name}{singer}: {a.method}, {_value(a.steps)} steps, {a.megabytes:.2f} MB, "
+                     f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz; "
+                     f"{fits}" + (f"; {a.error}" if a.error else ""))
+    return "\n".join(lines)
