@@ -31,6 +31,8 @@ class BaseEntry:
     weights_dtype: str = ""
     content_encoder: str = ""
     error: str = ""
+    #: its generator sha256 and those of the bases it was converted from (``convert_base_dtype``)
+    lineage: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +90,8 @@ def list_bases(pretrain_dir: str | os.PathLike) -> list[BaseEntry]:
             continue
         encoder = config.get("content_encoder") or {}
         entry.sha256 = str(config.get("generator_sha256") or "")
+        entry.lineage = [entry.sha256] + [str(c.get("generator_sha256")) for c in config.get("converted_from") or []
+                                          if isinstance(c, dict)]
         entry.model = dict(config.get("model") or {})
         entry.speakers = len(config.get("speakers") or [])
         entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
@@ -99,8 +103,11 @@ def list_bases(pretrain_dir: str | os.PathLike) -> list[BaseEntry]:
 
 def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None = None) -> list[AdapterEntry]:
     """Every folder under ``singers_dir`` with an ``adapter.yaml``, matched to the base among ``bases``
-    whose generator hash it records."""
-    by_sha = {b.sha256: b for b in bases or [] if b.sha256}
+    whose generator hash it records (or that was converted from that base)."""
+    by_sha: dict[str, BaseEntry] = {}
+    for base in reversed(bases or []):  # the base's own hash wins over a converted copy's lineage
+        by_sha.update({sha: base for sha in base.lineage[1:] if sha})
+    by_sha.update({b.sha256: b for b in bases or [] if b.sha256})
     adapters = []
     for folder in _subfolders(Path(singers_dir)):
         config_path = folder / ADAPTER_CONFIG_FILE

@@ -420,7 +420,8 @@ def check_adapter_base(adapter: AdapterArtifact, base: BaseArtifact) -> None:
         raise AdapterBaseMismatch(
             adapter.path, f"this adapter was trained on {trained_on} (generator sha256 {adapter.base_sha256}), but "
                           f"the base at {base.path} has generator sha256 {base.sha256}; use the base it was "
-                          "trained on, or fine-tune this singer again on this base")
+                          "trained on (`ai-singer singers` lists which installed base each adapter fits), or "
+                          "fine-tune this singer again on this base")
 
 
 # ---------------------------------------------------------------------------------- training state

@@ -54,6 +54,18 @@ def test_the_command_lists_everything_and_says_what_does_not_fit(tmp_path, capsy
     assert "carol: " in out and "unreadable" in out
 
 
+def test_an_adapter_fits_a_base_converted_from_its_own(tmp_path):
+    install(tmp_path)
+    ckpt.convert_base_dtype(tmp_path / "pretrain" / "base-a", tmp_path / "pretrain" / "base-a-fp32", "float32")
+    bases = list_bases(tmp_path / "pretrain")
+    adapters = {a.name: a for a in list_adapters(tmp_path / "singers", bases)}
+    assert [b.name for b in bases] == ["base-a", "base-a-fp32"]
+    assert adapters["alice"].base.name == "base-a"  # the base it was trained on, when installed
+    (tmp_path / "pretrain" / "base-a" / "config.yaml").unlink()
+    bases = list_bases(tmp_path / "pretrain")
+    assert list_adapters(tmp_path / "singers", bases)[0].base.name == "base-a-fp32"  # else the converted copy
+
+
 def test_no_folders_is_a_clear_error(tmp_path, capsys):
     code = main(["singers", "--pretrain-dir", str(tmp_path / "p"), "--singers-dir", str(tmp_path / "s")])
     assert code == 2 and "neither" in capsys.readouterr().err
