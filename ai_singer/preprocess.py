@@ -29,7 +29,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -449,6 +449,7 @@ class PreprocessResult:
     stats: DatasetStats | None = None
     split_counts: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+    ignored_files: dict[str, int] = field(default_factory=dict)  # suffix -> files that are not audio by name
 
     @property
     def n_clips(self) -> int:
@@ -499,6 +500,10 @@ class PreprocessResult:
                 lines.append(f"    {source}: {reason}")
         if self.rejected_clips:
             lines.append(f"  rejected {self.rejected_clips} clip(s) inside usable files (see {REPORT_NAME})")
+        if self.ignored_files:
+            listing = ", ".join(f"{suffix} x{count}" for suffix, count in self.ignored_files.items())
+            lines.append(f"  ignored {sum(self.ignored_files.values())} file(s) that are not audio by name ({listing}); "
+                         f"audio is {' '.join(AUDIO_SUFFIXES)} (convert other formats, e.g. .m4a, to WAV or FLAC)")
         if self.ok:
             lines.append(f"  wrote {self.manifest_path} ({self.split_counts.get('train', 0)} train / "
                          f"{self.split_counts.get('val', 0)} val clips), {STATS_NAME}, {REPORT_NAME}, "
@@ -529,6 +534,22 @@ def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
                 files.append((relative.as_posix(), path))
         found[singer_dir.name] = files
     return found
+
+
+def find_ignored(raw: Path, singers: Iterable[str]) -> dict[str, int]:
+    """``{suffix: count}`` of the files under ``<raw>/<singer>/`` that are not audio by name (hidden ones
+    left out): reported, so that recordings in an unsupported format (.m4a, .aac, ...) are not silently
+    missing from the dataset."""
+    counts: dict[str, int] = {}
+    for singer in singers:
+        for path in (raw / singer).rglob("*"):
+            relative = path.relative_to(raw)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+                continue
+            if path.suffix.lower() not in AUDIO_SUFFIXES:
+                suffix = path.suffix.lower() or "(no suffix)"
+                counts[suffix] = counts.get(suffix, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def select_singers(sources: dict[str, list[tuple[str, Path]]],
@@ -759,6 +780,7 @@ def _finish(settings: PreprocessSettings, records: dict[str, dict], encoder_info
         "singers": {singer: {"clips": result.clips_per_singer[singer],
                              "seconds": round(result.seconds_per_singer[singer], 3)}
                     for singer in sorted(result.clips_per_singer)},
+        "ignored_files": result.ignored_files,
         "summary": {"processed": len(result.processed_sources), "unchanged": len(result.unchanged_sources),
                     "removed": len(result.removed_sources), "clips": result.n_clips,
                     "train": result.split_counts["train"], "val": result.split_counts["val"]},
@@ -803,7 +825,8 @@ def _exclusive(processed: Path):
 
 
 def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]]) -> PreprocessResult:
-    result = PreprocessResult(processed_dir=settings.processed)
+    result = PreprocessResult(processed_dir=settings.processed,
+                              ignored_files=find_ignored(Path(settings.raw), sources))
     jobs, records = _plan(settings, sources, result)
     encoder_info = None
     if jobs:

@@ -165,6 +165,7 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     processed = tmp_path / "processed"
     (raw / "carol").mkdir()
     (raw / "carol" / "lyrics.txt").write_text("not audio, and not an audio extension: ignored")
+    (raw / "alice" / "phone_take.m4a").write_bytes(b"\x00" * 64)  # a format we do not read: named, not lost
     code = run_cli(make_cfg(raw, processed, tiny_hubert_dir))
     assert code == 0
     report = json.loads((processed / "report.json").read_text())
@@ -182,6 +183,8 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     printed = capsys.readouterr().out
     assert "rejected 6 file(s)" in printed and "alice/bad/nan.wav: contains NaN" in printed
     assert "carol: no usable clips" in printed
+    assert report["ignored_files"] == {".m4a": 1, ".txt": 1}
+    assert "ignored 2 file(s) that are not audio by name (.m4a x1, .txt x1)" in printed
     # rejected files are remembered: a re-run does not retry them, and still reports them
     again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir))
     assert again.processed_sources == [] and set(again.rejected_sources) == {f"alice/bad/{n}" for n in reasons}
