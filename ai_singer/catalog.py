@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 #: The artifact descriptions (the same names as :mod:`ai_singer.checkpoint`, kept here torch-free).
 BASE_CONFIG_FILE = "config.yaml"
@@ -67,23 +67,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return document
 
 
-def _subfolders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+def _described_folders(root: Path, description: str) -> Iterator[tuple[Path, dict[str, Any] | None, str]]:
+    """``(folder, its description, "")`` for each visible subfolder of ``root`` holding the file
+    ``description``, or ``(folder, None, reason)`` when that file cannot be read."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    for folder in folders:
+        path = folder / description
+        if not path.is_file():
+            continue
+        try:
+            yield folder, _read_yaml(path), ""
+        except (OSError, ValueError) as error:
+            yield folder, None, f"{path}: unreadable ({error})"
 
 
 def list_bases(pretrain_dir: str | os.PathLike) -> list[BaseEntry]:
     """Every folder under ``pretrain_dir`` with a ``config.yaml`` of ``kind: base`` (content encoders and
     other folders are not bases and are left out); unreadable configs are listed with ``error``."""
     bases = []
-    for folder in _subfolders(Path(pretrain_dir)):
-        config_path = folder / BASE_CONFIG_FILE
-        if not config_path.is_file():
-            continue
-        entry = BaseEntry(name=folder.name, path=folder)
-        try:
-            config = _read_yaml(config_path)
-        except (OSError, ValueError) as error:
-            entry.error = f"{config_path}: unreadable ({error})"
+    for folder, config, error in _described_folders(Path(pretrain_dir), BASE_CONFIG_FILE):
+        entry = BaseEntry(name=folder.name, path=folder, error=error)
+        if config is None:
             bases.append(entry)
             continue
         if config.get("kind") != "base":
@@ -109,15 +113,9 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
         by_sha.update({sha: base for sha in base.lineage[1:] if sha})
     by_sha.update({b.sha256: b for b in bases or [] if b.sha256})
     adapters = []
-    for folder in _subfolders(Path(singers_dir)):
-        config_path = folder / ADAPTER_CONFIG_FILE
-        if not config_path.is_file():
-            continue
-        entry = AdapterEntry(name=folder.name, path=folder)
-        try:
-            config = _read_yaml(config_path)
-        except (OSError, ValueError) as error:
-            entry.error = f"{config_path}: unreadable ({error})"
+    for folder, config, error in _described_folders(Path(singers_dir), ADAPTER_CONFIG_FILE):
+        entry = AdapterEntry(name=folder.name, path=folder, error=error)
+        if config is None:
             adapters.append(entry)
             continue
         stats = config.get("stats") or {}
