@@ -23,8 +23,9 @@ Conversion of one vocal (:meth:`Converter.convert_vocal`):
    ``chunk.threshold_db`` for longer than ``2 * chunk.gate_hold_s`` the output is exactly 0.
 
 Singers share one base in memory: the base is loaded once; for each singer in turn a copy receives the
-adapter, which is merged into its weights (zero inference overhead) and dropped after that singer's
-pieces, so at most the base plus one merged copy are resident whatever the number of singers.
+adapter, which is merged into its weights (zero inference overhead); the copy serves every following
+song by the same singer and is dropped when another singer's is needed, so at most the base plus one
+merged copy are resident whatever the number of singers.
 The architecture always comes from the base artifact's own config.
 
 This module imports audio, features, model, adapters, checkpoint, mix and sections only — never the
@@ -398,6 +399,8 @@ class Converter:
         self.base.generator_state = {}  # the weights now live in the model
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
+        #: the last singer's model (name, model, g): songs in a row by one singer reuse it
+        self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor] | None = None
         if content_encoder is None:
             content_encoder = self._load_content_encoder(content)
         else:
@@ -487,8 +490,13 @@ class Converter:
     def singer_model(self, name: str) -> Iterator[tuple[torch.nn.Module, torch.Tensor]]:
         """A model carrying ``name``'s adapter and that singer's vector ``g [1, gin]``.
 
-        A copy of the base receives the adapter (merged into the weights unless ``merge=False``); it is
-        released when the block ends, so only one singer's copy is alive at a time."""
+        A copy of the base receives the adapter (merged into the weights unless ``merge=False``). That copy
+        is kept for the next song by the same singer and dropped before another singer's copy is made, so
+        at most one singer's copy is alive at a time."""
+        if self._singer_cache is not None and self._singer_cache[0] == name:
+            yield self._singer_cache[1], self._singer_cache[2]
+            return
+        self._singer_cache = None  # free the previous singer's copy before making the next
         from ai_singer import adapters
 
         adapter = self.adapter(name)
@@ -502,10 +510,8 @@ class Converter:
             adapters.merge_adapters(model)
         model = model.to(self.device).eval()
         g = adapter.tensors["singer_embedding"].to(self.device, torch.float32).reshape(1, -1)
-        try:
-            yield model, g
-        finally:
-            del model
+        self._singer_cache = (name, model, g)
+        yield model, g
 
     def singer_f0_median(self, name: str) -> float | None:
         stats = self.adapter(name).config.get("stats") or {}

@@ -494,3 +494,19 @@ def test_batches_respect_count_and_seconds(converter):
     assert sum(len(b) for b in batches) == len(pieces)
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(p.n_frames for p in batch) / frames_per_second <= 20.0
+
+
+def test_consecutive_songs_by_one_singer_reuse_its_model_and_another_singer_replaces_it(converter):
+    """The merged copy is made once per run of songs by the same singer (not once per song), at most one
+    singer's copy is alive, and a reused copy converts exactly as a fresh one."""
+    sr = 44100
+    take = harmonic(220.0, sr, 1.0)
+    first = converter.convert_vocal(take, sr, "alto").audio
+    with converter.singer_model("alto") as (model, _):
+        with converter.singer_model("alto") as (again, _):
+            assert again is model
+    with converter.singer_model("bass") as (other, _):
+        assert other is not model and converter._singer_cache[0] == "bass"
+    fresh = converter.convert_vocal(take, sr, "alto").audio  # a new alto copy after the switch
+    reused = converter.convert_vocal(take, sr, "alto").audio  # the cached one
+    assert np.array_equal(first, fresh) and np.array_equal(fresh, reused)
