@@ -53,6 +53,7 @@ import torch
 from ai_singer.atomic import atomic_write_json
 from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
     slice_on_silence, to_mono, write_audio
+from ai_singer.device import DeviceError, pick_device
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
@@ -308,13 +309,6 @@ def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_d
                                        f"{' or '.join(str(c) for c in candidates)}")
 
 
-def pick_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given. Decided at call time."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
     """Semitones that move the source's median F0 to the singer's, rounded to a multiple of ``step``."""
     if not (singer_median_hz > 0 and source_median_hz > 0):
@@ -383,7 +377,10 @@ class Converter:
 
         self.settings = settings
         self.singers_dir = Path(singers_dir)
-        self.device = pick_device(device)
+        try:
+            self.device = pick_device(device)
+        except DeviceError as error:
+            raise InferError(error.where, error.reason) from error
         self.merge = merge
         self.base_dir = Path(base_dir)
         try:

@@ -869,6 +869,13 @@ def run_cli(cfg: Any) -> int:
             raise
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:
+        from ai_singer.device import DeviceError
+
+        if not isinstance(error, DeviceError):
+            raise
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 2
     print(result.summary())
     return 0 if result.ok else 1
 

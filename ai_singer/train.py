@@ -217,12 +217,12 @@ def setup_distributed(device_setting: str) -> tuple[DistInfo, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if device_setting == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    elif device_setting == "cuda" and info.enabled:
-        device = torch.device(f"cuda:{info.local_rank}")
-    else:
-        device = torch.device(device_setting)
+    from ai_singer.device import DeviceError, pick_device
+
+    try:
+        device = pick_device(device_setting, local_rank=info.local_rank, what="trainer.device")
+    except DeviceError as error:
+        raise TrainSetupError(error.where, error.reason) from error
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if info.enabled and not dist.is_initialized():

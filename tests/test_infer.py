@@ -510,3 +510,10 @@ def test_consecutive_songs_by_one_singer_reuse_its_model_and_another_singer_repl
     fresh = converter.convert_vocal(take, sr, "alto").audio  # a new alto copy after the switch
     reused = converter.convert_vocal(take, sr, "alto").audio  # the cached one
     assert np.array_equal(first, fresh) and np.array_equal(fresh, reused)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_gpu_the_machine_lacks_is_a_clear_error(artifacts, tiny_hubert_dir):
+    with pytest.raises(InferError, match=r"device='cuda': this machine has no CUDA GPU"):
+        Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
+                  ConvertSettings(), artifacts / "singers", device="cuda")

@@ -459,3 +459,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path, processed, base_dir, mode):
         assert ckpt.load_adapter(tmp_path / "singers" / "alto").method == "lora"
         run_dir = tmp_path / "runs" / "alto"
     assert [s for s, _ in ckpt.list_train_states(run_dir)] == [2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_gpu_the_machine_lacks_is_a_clear_error(tmp_path, processed):
+    with pytest.raises(TrainSetupError, match=r"trainer.device='cuda': this machine has no CUDA GPU"):
+        run_training(make_config(tmp_path, processed, "trainer.device=cuda", "trainer.max_steps=1"))

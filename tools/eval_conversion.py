@@ -156,7 +156,7 @@ def content_group(args: argparse.Namespace, base_config: dict) -> dict:
         group["layer"] = args.content_layer
     if args.content_final_proj is not None:
         group["final_proj"] = args.content_final_proj
-    from ai_singer.infer import pick_device
+    from ai_singer.device import pick_device
 
     group["device"] = str(pick_device(args.device))  # the encoder runs where the model runs
     return group

@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ai_singer.device import pick_device
+
 #: File names ``from_pretrained`` accepts for the weights, in the order we look for ``final_proj``.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -151,7 +153,7 @@ class HubertContentEncoder:
                              f"layers, so layer must be an integer in 0..{n_layers}")
         self.path = folder
         self.layer = layer
-        self.device = torch.device(device)
+        self.device = pick_device(device, what="content.device")
         from transformers.utils import logging as transformers_logging
 
         bars_were_on = transformers_logging.is_progress_bar_enabled()

@@ -1,0 +1,58 @@
+"""Choosing the torch device from a setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), with a clear
+error when the machine does not have it (instead of torch's "not compiled with CUDA" deep in a run)."""
+from __future__ import annotations
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device setting this machine cannot honour; ``str()`` names the setting and what is available."""
+
+    def __init__(self, where: str, reason: str):
+        self.where, self.reason = where, reason
+        super().__init__(f"{where}: {reason}")
+
+
+def available_devices() -> list[str]:
+    """What this machine offers, e.g. ``["cpu"]`` or ``["cpu", "cuda:0", "cuda:1"]``."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def pick_device(setting: str, local_rank: int | None = None, what: str = "device") -> torch.device:
+    """``auto`` -> CUDA when available (``cuda:<local_rank>`` under torchrun), else CPU; otherwise the
+    device named, checked against this machine. ``what`` names the setting in errors (e.g.
+    ``trainer.device``). Decided at call time.
+
+    Raises:
+        DeviceError: unknown device text, or a device this machine does not have.
+    """
+    text = str(setting).strip()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as error:
+        raise DeviceError(f"{what}={setting!r}", "not a device (use auto, cpu, cuda, cuda:N or mps)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{what}={setting!r}", f"this machine has no CUDA GPU (or this torch is a CPU build: "
+                              f"{torch.__version__}); available: {', '.join(available_devices())}. "
+                              f"Use {what}=cpu or auto")
+        index = device.index if device.index is not None else (local_rank or 0)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"{what}={setting!r}", f"no GPU {index}; available: {', '.join(available_devices())}")
+        return torch.device("cuda", index)
+    if device.type == "mps" and "mps" not in available_devices():
+        raise DeviceError(f"{what}={setting!r}", f"MPS is not available here; available: "
+                          f"{', '.join(available_devices())}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"{what}={setting!r}", f"unsupported device type {device.type!r} (use auto, cpu, cuda, "
+                          f"cuda:N or mps)")
+    return device

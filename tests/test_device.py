@@ -1,0 +1,30 @@
+"""Device settings: auto picks what exists; a device the machine lacks is a clear error naming the setting."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ai_singer.device import DeviceError, available_devices, pick_device
+
+
+def test_auto_and_cpu():
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == torch.device("cpu") and "cpu" in available_devices()
+
+
+def test_nonsense_is_refused_with_the_setting_named():
+    with pytest.raises(DeviceError, match=r"trainer.device='gpu0': not a device \(use auto, cpu"):
+        pick_device("gpu0", what="trainer.device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_on_a_machine_without_it_says_so():
+    with pytest.raises(DeviceError, match=r"device='cuda:1': this machine has no CUDA GPU.*available: cpu"):
+        pick_device("cuda:1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_index_out_of_range_and_torchrun_rank():
+    with pytest.raises(DeviceError, match="no GPU"):
+        pick_device(f"cuda:{torch.cuda.device_count()}")
+    assert pick_device("cuda", local_rank=0) == torch.device("cuda", 0)
