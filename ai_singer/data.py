@@ -170,6 +170,13 @@ class ManifestDataset(Dataset):
                     volume=features["volume"], wav=torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))),
                     speaker_id=speaker_id)
 
+    def all_content(self) -> torch.Tensor:
+        """The content features of every frame of every clip, concatenated: float32 [N, D]."""
+        parts = [self._read_features(record, 0, record.n_frames)[0]["content"] for record in self.records]
+        if not parts:
+            raise ManifestError(self.manifest_path, "no clips to read content features from")
+        return torch.cat(parts)
+
     def _read_features(self, record: ClipRecord, start: int, stop: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if not record.features.is_file():
             raise ManifestError(record.features, "feature file listed in the manifest is missing")

@@ -58,6 +58,7 @@ from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
 from ai_singer.mix import MixSettings, loudness_match_gain_db, mix_stem_files
+from ai_singer.retrieval import blend
 from ai_singer.sections import Section, SectionsError, assign_singers, parse_sections
 
 log = logging.getLogger(__name__)
@@ -149,18 +150,27 @@ class ConvertSettings:
                          the song's key against its accompaniment; 1 = nearest semitone).
     noise_scale:         sampling temperature of the prior (0 = deterministic).
     seed:                torch seed for the sampling noise (the same settings give the same output).
+    retrieval_ratio:     0..1, how far each content frame moves toward the singer's own features (its
+                         retrieval index, see :mod:`ai_singer.retrieval`); 0 = off.
+    retrieval_neighbours: index entries averaged per frame.
     """
 
     transpose: float | str = 0.0
     auto_transpose_step: int = 12
     noise_scale: float = 0.35
     seed: int = 0
+    retrieval_ratio: float = 0.0
+    retrieval_neighbours: int = 8
     f0: F0Settings = field(default_factory=F0Settings)
     pitch_correction: PitchCorrectionSettings = field(default_factory=PitchCorrectionSettings)
     chunk: ChunkSettings = field(default_factory=ChunkSettings)
     mix: MixSettings = field(default_factory=MixSettings)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.retrieval_ratio) <= 1.0:
+            raise ValueError(f"retrieval_ratio must be within 0..1, got {self.retrieval_ratio}")
+        if int(self.retrieval_neighbours) < 1:
+            raise ValueError(f"retrieval_neighbours must be >= 1, got {self.retrieval_neighbours}")
         if isinstance(self.transpose, str) and self.transpose != "auto":
             try:
                 self.transpose = float(self.transpose)
@@ -202,7 +212,8 @@ def _plain(node: Any) -> Any:
 
 def settings_from_config(cfg: Any) -> ConvertSettings:
     """The typed conversion settings from a composed ``conf/infer.yaml`` (typos are errors)."""
-    values = {name: _plain(cfg[name]) for name in ("transpose", "auto_transpose_step", "noise_scale", "seed", "f0",
+    values = {name: _plain(cfg[name]) for name in ("transpose", "auto_transpose_step", "noise_scale", "seed",
+                                                   "retrieval_ratio", "retrieval_neighbours", "f0",
                                                    "pitch_correction", "chunk", "mix") if name in cfg}
     return _build(ConvertSettings, values, "")
 
@@ -396,6 +407,7 @@ class Converter:
         self.base.generator_state = {}  # the weights now live in the model
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
+        self._indexes: dict[str, torch.Tensor | None] = {}
         #: the last singer's model (name, model, g): songs in a row by one singer reuse it
         self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor] | None = None
         if content_encoder is None:
@@ -482,6 +494,21 @@ class Converter:
                 raise InferError(folder, "adapter.safetensors has no singer_embedding")
             self._adapters[name] = adapter
         return self._adapters[name]
+
+    def retrieval_index(self, name: str) -> torch.Tensor | None:
+        """``name``'s retrieval index ``[K, D]`` (cached), or None when the singer has none."""
+        if name not in self._indexes:
+            from ai_singer import retrieval
+
+            try:
+                index = retrieval.load_index(self.adapter(name).path)
+            except ValueError as error:
+                raise InferError(f"singer {name!r}", str(error)) from error
+            if index is not None and index.shape[1] != self.content_encoder.dim:
+                raise InferError(f"singer {name!r}", f"retrieval index has {index.shape[1]}-dim features, the "
+                                                     f"content encoder gives {self.content_encoder.dim}")
+            self._indexes[name] = index
+        return self._indexes[name]
 
     @contextlib.contextmanager
     def singer_model(self, name: str) -> Iterator[tuple[torch.nn.Module, torch.Tensor]]:
@@ -593,9 +620,16 @@ class Converter:
         noise = torch.Generator().manual_seed(int(settings.seed))
         for name in sorted({p.singer for p in pieces}):
             mine = sorted((p for p in pieces if p.singer == name), key=lambda p: p.n_frames)  # little padding
+            index = None
+            if settings.retrieval_ratio > 0:
+                index = self.retrieval_index(name)
+                if index is None:
+                    warnings.append(f"retrieval_ratio={settings.retrieval_ratio:g}: singer {name!r} has no retrieval "
+                                    "index (fine-tune it again to make one); converted without retrieval")
             with self.singer_model(name) as (model, g):
                 for batch in self._batches(mine):
-                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise)
+                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise,
+                                                    index=index)
                     for piece, audio in zip(batch, converted):
                         self._overlap_add(output, weight_sum, audio, piece, context)
                     if progress:
@@ -624,8 +658,9 @@ class Converter:
     @torch.inference_mode()
     def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,
                        batch: list[_Piece], semitones: float, timings: dict[str, float],
-                       noise: torch.Generator | None = None) -> list[np.ndarray]:
-        """Convert a batch of pieces; returns each window's audio at the source rate, exact length."""
+                       noise: torch.Generator | None = None, index: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Convert a batch of pieces; returns each window's audio at the source rate, exact length. With a
+        retrieval ``index`` the content moves ``retrieval_ratio`` of the way toward the singer's own."""
         started = time.perf_counter()
         inputs = []
         for piece in batch:
@@ -635,6 +670,9 @@ class Converter:
             if content.shape[0] == 0:
                 content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)
             content = align_to_frames(content, piece.n_frames, self.hop, self.sample_rate)
+            if index is not None:
+                content = blend(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)), index,
+                                self.settings.retrieval_ratio, self.settings.retrieval_neighbours).numpy()
             f0, voiced = prepare_f0(piece.f0_raw, semitones, self.settings.pitch_correction)
             volume = frame_rms(audio, self.hop)
             inputs.append((content, f0, voiced, volume))

@@ -132,6 +132,7 @@ class TrainConfig:
     run_name: Optional[str] = None
     seed: int = 1234
     export_dtype: str = "float32"  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
+    retrieval_centroids: int = 1024  # finetune: size of the singer's feature-retrieval index (0 = none)
 
 
 class TrainSetupError(Exception):
@@ -171,6 +172,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError("singer", "mode=finetune needs singer=<name>")
         if not cfg.base:
             raise TrainSetupError("base", "mode=finetune needs base=<folder of a pretrained base, e.g. pretrain/base>")
+    if cfg.retrieval_centroids < 0:
+        raise TrainSetupError("retrieval_centroids", f"must be >= 0 (0 = no index), got {cfg.retrieval_centroids}")
     if cfg.export_dtype not in ckpt.WEIGHTS_DTYPES:
         raise TrainSetupError("export_dtype", f"must be one of {tuple(ckpt.WEIGHTS_DTYPES)}, not {cfg.export_dtype!r}")
     if cfg.trainer.discriminator not in DISCRIMINATOR_MODES:
@@ -544,9 +547,11 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
 
 # ------------------------------------------------------------------------------------------- export
 
-def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps: int) -> Path:
+def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps: int,
+                    train_set: ManifestDataset | None = None) -> Path:
     """Write the base (pretrain) or the adapter (finetune) artifact, recording the ``steps`` trained;
-    returns its folder."""
+    returns its folder. A fine-tuned singer also gets its feature-retrieval index (k-means of the content
+    features of ``train_set``) unless ``retrieval_centroids`` is 0."""
     if cfg.mode == "pretrain":
         config = {"model": models.model_config.to_dict(), "steps": int(steps),
                   "content_encoder": stats.content_encoder,
@@ -557,10 +562,22 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
     tensors = adapter_state_dict(models.generator.model)
     tensors["singer_embedding"] = models.generator.singer_embedding.detach()
+    singer_dir = Path(cfg.paths.singers) / str(cfg.singer)
+    retrieval_info = None
+    if cfg.retrieval_centroids > 0 and train_set is not None:
+        from ai_singer import retrieval
+
+        centroids = retrieval.build_index(train_set.all_content(), cfg.retrieval_centroids, seed=cfg.seed)
+        path = retrieval.save_index(singer_dir, centroids)
+        retrieval_info = {"file": path.name, "centroids": int(centroids.shape[0]), "dim": int(centroids.shape[1]),
+                          "sha256": ckpt.sha256_file(path)}
+    elif (singer_dir / "retrieval.safetensors").is_file():
+        (singer_dir / "retrieval.safetensors").unlink()  # an index left from an earlier export is stale
     config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
+              "retrieval_index": retrieval_info,
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
               "stats": singer_stats}
-    return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config)
+    return ckpt.save_adapter(singer_dir, tensors, config)
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -768,7 +785,7 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     if not interrupted and info.is_main:
         if last_saved != state.step:
             save_checkpoint()
-        artifact_dir = export_artifact(cfg, models, stats, state.step)
+        artifact_dir = export_artifact(cfg, models, stats, state.step, train_set)
         log.info("exported %s", artifact_dir)
     if info.enabled:
         dist.barrier()

@@ -216,9 +216,9 @@ def test_sections_assign_singers_by_time(converter, artifacts, tiny_hubert_dir, 
     plan_seen = []
     original_batch = Converter._convert_batch
 
-    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, noise=None):
+    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, noise=None, **options):
         plan_seen.extend((p.start / sr_, p.end / sr_, p.singer) for p in batch)
-        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, noise)
+        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, noise, **options)
 
     monkeypatch.setattr(Converter, "_convert_batch", batch_spy)
     cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="null")
@@ -517,3 +517,35 @@ def test_a_gpu_the_machine_lacks_is_a_clear_error(artifacts, tiny_hubert_dir):
     with pytest.raises(InferError, match=r"device='cuda': this machine has no CUDA GPU"):
         Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
                   ConvertSettings(), artifacts / "singers", device="cuda")
+
+
+def test_feature_retrieval_moves_the_content_toward_the_singer_index(artifacts, tiny_hubert_dir, tmp_path):
+    """retrieval_ratio=0 ignores the index; >0 uses it (other audio); a singer without an index converts
+    plainly with a warning."""
+    import shutil
+
+    from ai_singer import retrieval
+
+    singers = tmp_path / "singers"
+    shutil.copytree(artifacts / "singers", singers)
+    torch.manual_seed(0)
+
+    def convert(ratio: float, singer: str):
+        settings = ConvertSettings(f0=F0Settings(method="dio"), noise_scale=0.0, retrieval_ratio=ratio)
+        converter = Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir),
+                                                                 "layer": 2}, settings, singers, device="cpu")
+        return converter.convert_vocal(harmonic(220.0, 44100, 1.0), 44100, singer)
+
+    retrieval.save_index(singers / "alto", 3.0 * torch.randn(32, 16))  # not the encoder's dim: refused
+    with pytest.raises(InferError, match="retrieval index has 16-dim features, the content encoder gives 32"):
+        convert(0.5, "alto")
+    retrieval.save_index(singers / "alto", 3.0 * torch.randn(32, 32))  # the tiny encoder's 32-dim features
+
+    plain, retrieved = convert(0.0, "alto"), convert(1.0, "alto")
+    assert plain.audio.shape == retrieved.audio.shape and not np.array_equal(plain.audio, retrieved.audio)
+    assert not plain.warnings and not retrieved.warnings
+    no_index = convert(0.5, "bass")
+    assert np.array_equal(no_index.audio, convert(0.0, "bass").audio)
+    assert any("has no retrieval index" in w for w in no_index.warnings)
+    with pytest.raises(ValueError, match="retrieval_ratio must be within 0..1"):
+        ConvertSettings(retrieval_ratio=1.5)

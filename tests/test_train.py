@@ -107,6 +107,16 @@ def test_finetune_exports_a_small_adapter_and_leaves_the_base_alone(tmp_path, pr
     assert adapter.method == "lora" and adapter.base_sha256 == before_hash
     assert adapter.config["base_name"] == base_dir.name and adapter.config["singer"] == "tenor"
     assert adapter.config["steps"] == 2  # the artifact says how long it was trained
+    # the singer's feature-retrieval index: its own content frames (fewer than 1024 here: all of them)
+    from ai_singer.retrieval import load_index
+
+    index = load_index(result.artifact_dir)
+    info = adapter.config["retrieval_index"]
+    assert index.shape == (info["centroids"], 16) and info["dim"] == 16 and info["file"] == "retrieval.safetensors"
+    assert info["sha256"] == ckpt.sha256_file(result.artifact_dir / "retrieval.safetensors")
+    again = run_training(make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}",
+                                     "trainer.max_steps=2", "retrieval_centroids=0"))  # finished run: re-export
+    assert load_index(again.artifact_dir) is None and ckpt.load_adapter(again.artifact_dir).config["retrieval_index"] is None
     assert adapter.config["stats"]["f0_median_hz"] > 0 and adapter.config["peft"]["r"] == 8
     assert adapter.tensors["singer_embedding"].shape == (16,)
     assert all("lora_" in k for k in adapter.tensors if k != "singer_embedding")

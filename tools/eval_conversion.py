@@ -390,7 +390,8 @@ def bench_section(document: dict) -> str:
         f"- Base: `{base['path']}` (sha256 {base['sha256'][:12]}, speakers {len(base.get('speakers') or [])}); "
         f"content encoder `{document['settings']['content'].get('path')}` layer "
         f"{document['settings']['content'].get('layer')}",
-        f"- Conversion: F0 {document['settings']['f0_method']}, noise_scale {document['settings']['noise_scale']}; "
+        f"- Conversion: F0 {document['settings']['f0_method']}, noise_scale {document['settings']['noise_scale']}, "
+        f"retrieval_ratio {document['settings'].get('retrieval_ratio', 0.0)}; "
         f"F0 measured with {document['settings']['eval_f0_method']}",
         f"- Speaker classifier: {document['classifier']['clips']} raw clips of "
         f"{len(document['classifier']['singers'])} singers (train accuracy "
@@ -432,6 +433,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--f0-method", default=F0Settings().method, help="F0 extractor used by the conversion")
     parser.add_argument("--eval-f0-method", default="harvest", help="F0 extractor that measures the converted audio")
     parser.add_argument("--noise-scale", type=float, default=ConvertSettings().noise_scale)
+    parser.add_argument("--retrieval-ratio", type=float, default=ConvertSettings().retrieval_ratio,
+                        help="feature retrieval toward the singer's index, 0..1 (default: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--align", choices=metrics.ALIGNMENTS, default="frames",
@@ -479,7 +482,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                         "python -m ai_singer.train mode=pretrain")
     base_config = read_yaml(args.base / "config.yaml")
     content = content_group(args, base_config)
-    settings = ConvertSettings(f0=F0Settings(method=args.f0_method), noise_scale=args.noise_scale, seed=args.seed)
+    settings = ConvertSettings(f0=F0Settings(method=args.f0_method), noise_scale=args.noise_scale, seed=args.seed,
+                               retrieval_ratio=args.retrieval_ratio)
     started = time.perf_counter()
     try:
         converter = Converter(args.base, content, settings, args.singers_dir, device=args.device)
@@ -532,7 +536,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                  "speakers": list(base_config.get("speakers") or [])},
         "settings": {"content": {k: content.get(k) for k in ("name", "path", "layer", "final_proj")},
                      "f0_method": args.f0_method, "eval_f0_method": args.eval_f0_method,
-                     "noise_scale": args.noise_scale, "seed": args.seed, "align": args.align,
+                     "noise_scale": args.noise_scale, "retrieval_ratio": args.retrieval_ratio, "seed": args.seed, "align": args.align,
                      "timbre": dataclasses.asdict(timbre)},
         "classifier": classifier_info,
         "pairs": results,
