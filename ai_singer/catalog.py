@@ -49,6 +49,7 @@ class AdapterEntry:
     megabytes: float = 0.0
     f0_median_hz: float | None = None
     seconds: float | None = None
+    retrieval_centroids: int | None = None  # size of its feature-retrieval index, None without one
     error: str = ""
     base: BaseEntry | None = None  # the installed base it was trained on, if any
 
@@ -126,6 +127,9 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
         entry.base_name = str(config.get("base_name") or "")
         entry.f0_median_hz = stats.get("f0_median_hz")
         entry.seconds = stats.get("seconds")
+        index = config.get("retrieval_index")
+        if isinstance(index, dict) and (folder / str(index.get("file", ""))).is_file():
+            entry.retrieval_centroids = int(index.get("centroids") or 0)
         tensors = folder / ADAPTER_TENSORS_FILE
         if tensors.is_file():
             entry.megabytes = tensors.stat().st_size / 1e6
@@ -163,6 +167,7 @@ def format_catalog(bases: list[BaseEntry], adapters: list[AdapterEntry], pretrai
                 f"its base ({a.base_name or '?'}, sha256 {a.base_sha256[:12]}) is not installed")
         singer = f" (singer {a.singer})" if a.singer and a.singer != a.name else ""
         lines.append(f"  {a.name}{singer}: {a.method}, {_value(a.steps)} steps, {a.megabytes:.2f} MB, "
-                     f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz; "
+                     f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz, "
+                     f"retrieval index {_value(a.retrieval_centroids)}; "
                      f"{fits}" + (f"; {a.error}" if a.error else ""))
     return "\n".join(lines)

@@ -49,7 +49,7 @@ def test_the_command_lists_everything_and_says_what_does_not_fit(tmp_path, capsy
     out = capsys.readouterr().out
     assert code == 0
     assert "base-a: sha256" in out and "2 speakers, 7 steps, float16" in out
-    assert "alice: lora, 300 steps" in out and "95 s of singing, F0 median 220 Hz; base base-a" in out
+    assert "alice: lora, 300 steps" in out and "95 s of singing, F0 median 220 Hz, retrieval index -; base base-a" in out
     assert "bob: ia3, - steps" in out and "its base (elsewhere, sha256 ffffffffffff) is not installed" in out
     assert "carol: " in out and "unreadable" in out
 
