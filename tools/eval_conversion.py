@@ -24,7 +24,10 @@ true F0 (``.f0.npy``) times ``2 ** (transpose / 12)``. Reported per phrase (defi
 * F0 error in cents of the converted audio (harvest) against the intended contour, and voicing agreement;
   ``f0_floor`` is the same measure of the source rendition against its own true F0 (what the extractor
   alone costs); ``f0_target_rendition`` compares the target singer's own true F0 with the intended contour
-  (how far a real rendition by that singer strays from it: vibrato, drift, portamento; for reference).
+  (how far a real rendition by that singer strays from it: vibrato, drift, portamento; for reference);
+* phone accuracy (articulation): when the content encoder's folder holds ``phone_head.safetensors`` (the
+  bundled one does), the share of sung frames whose phone it reads correctly against the phrase's labels,
+  for the converted audio, the source rendition and the target singer's own rendition.
 
 Prints a markdown table and one summary line per pair, writes ``--out`` (JSON) and with ``--bench``
 replaces the "## Conversion quality" section of BENCHMARKS.md.
@@ -207,6 +210,42 @@ def train_classifier(corpus: dict, root: Path, clips_per_singer: int | None, set
     return classifier, info
 
 
+class PhoneReader:
+    """Frame phone accuracy of audio against the corpus's phone labels, read by the content encoder with
+    the phone classifier trained beside it (``phone_head.safetensors`` in the encoder's folder, written by
+    tools/train_content_encoder.py): how well the words survive the conversion (articulation), measured on
+    the sung (non-silence) frames."""
+
+    def __init__(self, encoder, head_path: Path):
+        import torch
+        from safetensors import safe_open
+
+        with safe_open(str(head_path), framework="pt") as handle:
+            self.phones = json.loads((handle.metadata() or {}).get("phones", "[]"))
+            self.weight, self.bias = handle.get_tensor("weight").float(), handle.get_tensor("bias").float()
+        if self.weight.shape[1] != encoder.dim:
+            raise EvalError(f"{head_path}: phone head expects {self.weight.shape[1]}-dim features, the content "
+                            f"encoder gives {encoder.dim}")
+        self.encoder, self.torch = encoder, torch
+        self.silence = self.phones.index("sil") if "sil" in self.phones else 0
+
+    @classmethod
+    def for_encoder(cls, encoder, content_path: str | None) -> "PhoneReader | None":
+        head = Path(content_path or "") / "phone_head.safetensors"
+        return cls(encoder, head) if content_path and head.is_file() else None
+
+    def accuracy(self, audio: np.ndarray, sr: int, labels: np.ndarray) -> float:
+        """Share of sung frames (label not silence) whose phone is read correctly; labels at 50 Hz."""
+        from ai_singer.audio import resample
+        from ai_singer.features.content import encode_audio
+
+        features = self.torch.from_numpy(encode_audio(self.encoder, resample(audio, sr, 16000)))
+        predicted = (features @ self.weight.T + self.bias).argmax(dim=1).numpy()
+        n = min(len(predicted), len(labels))
+        sung = labels[:n] != self.silence
+        return float((predicted[:n][sung] == labels[:n][sung]).mean()) if sung.any() else float("nan")
+
+
 def rendition_analyses(corpus: dict, root: Path, group: dict, timbre: metrics.TimbreSettings,
                        cache: dict) -> dict[str, metrics.MelCepstrum]:
     """Mel-cepstra of every singer's rendition of a parallel phrase (cached across pairs)."""
@@ -220,7 +259,7 @@ def rendition_analyses(corpus: dict, root: Path, group: dict, timbre: metrics.Ti
 
 def evaluate_phrase(converter, classifier: metrics.SpeakerClassifier, corpus: dict, root: Path, group: dict,
                     pair: Pair, base_settings, args: argparse.Namespace, timbre: metrics.TimbreSettings,
-                    cache: dict) -> dict:
+                    cache: dict, phones: PhoneReader | None = None) -> dict:
     sr, label_hop = int(corpus["sample_rate"]), int(corpus["label_hop_samples"])
     renditions = group["renditions"]
     for singer in (pair.source, pair.target):
@@ -270,8 +309,15 @@ def evaluate_phrase(converter, classifier: metrics.SpeakerClassifier, corpus: di
     target_f0 = np.load(root / target_entry["f0"]).astype(np.float64)
     n = min(len(target_f0), len(intended))
     target_vs_intended = metrics.f0_cents_error(target_f0[:n], intended[:n])
+    phone_accuracy = {"converted": float("nan"), "source": float("nan"), "target": float("nan")}
+    if phones is not None and source_entry.get("labels"):
+        labels = np.load(root / source_entry["labels"]).astype(np.int64)
+        phone_accuracy = {"converted": phones.accuracy(converted, sr, labels),
+                          "source": phones.accuracy(source, sr, labels),
+                          "target": phones.accuracy(read_mono(root / target_entry["audio"], sr), sr, labels)}
     return {
         "phrase": group["phrase_id"], "seconds": round(len(source) / sr, 3), "convert_s": round(convert_s, 3),
+        "phone_accuracy": phone_accuracy,
         "mcd_db": {"converted": mcd_converted.mcd_db, "source": mcd_source.mcd_db},
         "mcd_frames": {"converted": mcd_converted.frames, "source": mcd_source.frames},
         "mcd_to_singers": to_singers, "closest_singer": order[0] if order else None,
@@ -305,6 +351,9 @@ def summarise(rows: list[dict]) -> dict:
         "voicing_agreement": pooled.voicing_agreement,
         "f0_floor_median_abs_cents": mean(r["f0_floor"]["median_abs_cents"] for r in rows),
         "f0_target_rendition_median_abs_cents": mean(r["f0_target_rendition"]["median_abs_cents"] for r in rows),
+        "phone_accuracy_converted": mean(r["phone_accuracy"]["converted"] for r in rows),
+        "phone_accuracy_source": mean(r["phone_accuracy"]["source"] for r in rows),
+        "phone_accuracy_target": mean(r["phone_accuracy"]["target"] for r in rows),
     }
 
 
@@ -359,13 +408,16 @@ def summary_line(pair: dict) -> str:
             f"source {fmt(s['p_target_source'], 3)}; F0 median abs error {fmt(s['f0_median_abs_cents'], 1)} cents "
             f"(p90 {fmt(s['f0_p90_abs_cents'], 1)}, extractor floor {fmt(s['f0_floor_median_abs_cents'], 1)}, target "
             f"singer's own rendition {fmt(s['f0_target_rendition_median_abs_cents'], 1)}); "
-            f"voicing agreement {fmt(s['voicing_agreement'])} over {s['phrases']} phrases")
+            f"voicing agreement {fmt(s['voicing_agreement'])}; phone accuracy {fmt(s['phone_accuracy_converted'])} (source "
+            f"{fmt(s['phone_accuracy_source'])}, target's own {fmt(s['phone_accuracy_target'])}) over {s['phrases']} "
+            f"phrases")
 
 
 def summary_table(pairs: list[dict]) -> str:
     lines = ["| source → target | adapter (method, steps) | phrases | MCD conv / src (dB) | target nearest by MCD "
-             "| P(target) conv / src | F0 median abs err (cents) | F0 p90 (cents) | voicing agree |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| P(target) conv / src | F0 median abs err (cents) | F0 p90 (cents) | voicing agree "
+             "| phone accuracy conv / src / tgt |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pair in pairs:
         s, a = pair["summary"], pair["adapter"]
         lines.append(f"| {pair['source']} → {pair['target']} | {a['name']} ({a.get('method')}, "
@@ -373,7 +425,8 @@ def summary_table(pairs: list[dict]) -> str:
                      f"{fmt(s['mcd_source_db'])} | {s['target_closest_fraction'] * 100:.0f}% | "
                      f"{fmt(s['p_target_converted'], 3)} / {fmt(s['p_target_source'], 3)} "
                      f"| {fmt(s['f0_median_abs_cents'], 1)} | {fmt(s['f0_p90_abs_cents'], 1)} | "
-                     f"{fmt(s['voicing_agreement'])} |")
+                     f"{fmt(s['voicing_agreement'])} | {fmt(s['phone_accuracy_converted'])} / "
+                     f"{fmt(s['phone_accuracy_source'])} / {fmt(s['phone_accuracy_target'])} |")
     return "\n".join(lines)
 
 
@@ -407,7 +460,9 @@ def bench_section(document: dict) -> str:
         "columns). F0 error: "
         "|1200 log2(F0_converted / F0_intended)| on frames voiced in both, pooled over phrases, where F0_intended is "
         "the source's true F0 transposed by the tonic difference (the target singer's own rendition differs from that "
-        "contour by its own vibrato and drift: its error is in the JSON as f0_target_rendition).",
+        "contour by its own vibrato and drift: its error is in the JSON as f0_target_rendition). Phone accuracy: share of "
+        "the sung frames whose phone the content encoder's phone classifier reads correctly against the phrase's labels "
+        "(articulation), for the converted audio, the source rendition and the target singer's own rendition.",
     ]
     return "\n".join(body)
 
@@ -492,6 +547,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     log(f"loaded {args.base} with content encoder {content.get('path')} (layer {content.get('layer')}) in "
         f"{time.perf_counter() - started:.1f} s")
 
+    phones = PhoneReader.for_encoder(converter.content_encoder, content.get("path"))
     timbre = metrics.TimbreSettings()
     classifier, classifier_info = train_classifier(corpus, args.corpus, args.classifier_clips or None, timbre, log)
 
@@ -507,7 +563,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         rows = []
         for group in groups:
             row = evaluate_phrase(converter, classifier, corpus, args.corpus, group, pair, settings, args, timbre,
-                                  cache)
+                                  cache, phones)
             row["_target"] = pair.target
             rows.append(row)
             log(f"  {pair.source} → {pair.target} {row['phrase']}: MCD {fmt(row['mcd_db']['converted'])} vs "
