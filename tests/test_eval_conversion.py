@@ -185,3 +185,32 @@ def test_bundled_example_adapter_really_converts(tmp_path, capsys):
     assert summary["p_target_converted"] > summary["p_target_source"], summary
     assert summary["f0_median_abs_cents"] < 50.0, summary
     assert np.isfinite(summary["voicing_agreement"])
+
+
+def test_phone_accuracy_is_measured_when_the_encoder_has_a_phone_head(setup, tiny_hubert_dir, tmp_path):
+    """With phone_head.safetensors beside the encoder, each phrase gets the share of sung frames read
+    correctly for the converted audio, the source and the target rendition (a head that always answers
+    'sil' reads no sung frame correctly: 0 for all three)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    encoder = tmp_path / "encoder"
+    shutil.copytree(tiny_hubert_dir, encoder)
+    names = [p["symbol"] for p in json.loads((setup[0] / "corpus" / "phones.json").read_text())["phones"]]
+    dim = json.loads((encoder / "config.json").read_text())["hidden_size"]
+    bias = torch.full((len(names),), -10.0)
+    bias[names.index("sil")] = 10.0
+    save_file({"weight": torch.zeros(len(names), dim), "bias": bias}, str(encoder / "phone_head.safetensors"),
+              metadata={"phones": json.dumps(names)})
+    root, base_dir = setup
+    out = tmp_path / "eval.json"
+    code = eval_conversion.main(["--corpus", str(root / "corpus"), "--base", str(base_dir), "--singers-dir",
+                                 str(root / "singers"), "--content-path", str(encoder), "--content-layer", "2",
+                                 "--f0-method", "dio", "--eval-f0-method", "dio", "--noise-scale", "0", "--device",
+                                 "cpu", "--quiet", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+                                 "--pairs", "s00_soprano:s02_tenor"])
+    assert code == 0
+    [pair] = json.loads(out.read_text())["pairs"]
+    assert pair["phrases"][0]["phone_accuracy"] == {"converted": 0.0, "source": 0.0, "target": 0.0}
+    assert pair["summary"]["phone_accuracy_converted"] == 0.0
