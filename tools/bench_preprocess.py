@@ -113,7 +113,7 @@ def run(seconds: float, base_seconds: float) -> tuple[list[tuple[str, float, flo
                 subset.append(wav16k)
                 total += len(wav16k) / 16000
             encode_audio(encoder, subset[0][:16000])  # warm-up
-            _, wall = timed(lambda: [encode_audio(encoder, wav16k) for wav16k in subset])
+            _, wall = timed(lambda model=encoder: [encode_audio(model, wav16k) for wav16k in subset])
             label = "tiny (2 layers, 32 wide)" if size == "tiny" else "HuBERT-base size (12 layers, 768 wide)"
             rows.append((f"content encoder {label}", total, wall))
             del encoder
