@@ -513,9 +513,11 @@ class PreprocessResult:
         return "\n".join(lines)
 
 
-def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
-    """``{singer: [(source relative to raw, absolute path), ...]}`` for every audio file under
-    ``<raw>/<singer>/`` (recursively; hidden files and folders ignored)."""
+def find_sources(raw: Path) -> tuple[dict[str, list[tuple[str, Path]]], dict[str, dict[str, int]]]:
+    """One walk of ``<raw>/<singer>/`` (recursively; hidden files and folders left out):
+    ``{singer: [(source relative to raw, absolute path), ...]}`` for every audio file, and
+    ``{singer: {suffix: count}}`` of the files that are not audio by name, reported so that recordings in
+    an unsupported format (.m4a, .aac, ...) are not silently missing from the dataset."""
     if not raw.is_dir():
         raise PreprocessError(f"paths.raw={raw}: folder not found. Put one folder per singer there "
                               f"(<raw>/<singer>/*.wav|flac|ogg|mp3).")
@@ -524,31 +526,28 @@ def find_sources(raw: Path) -> dict[str, list[tuple[str, Path]]]:
         raise PreprocessError(f"paths.raw={raw}: no singer folders. Put one folder per singer there "
                               f"(<raw>/<singer>/*.wav|flac|ogg|mp3).")
     found: dict[str, list[tuple[str, Path]]] = {}
+    ignored: dict[str, dict[str, int]] = {}
     for singer_dir in singers:
-        files = []
+        files, other = [], {}
         for path in sorted(singer_dir.rglob("*")):
-            relative = path.relative_to(raw)
-            if any(part.startswith(".") for part in relative.parts):
-                continue
-            if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
-                files.append((relative.as_posix(), path))
-        found[singer_dir.name] = files
-    return found
-
-
-def find_ignored(raw: Path, singers: Iterable[str]) -> dict[str, int]:
-    """``{suffix: count}`` of the files under ``<raw>/<singer>/`` that are not audio by name (hidden ones
-    left out): reported, so that recordings in an unsupported format (.m4a, .aac, ...) are not silently
-    missing from the dataset."""
-    counts: dict[str, int] = {}
-    for singer in singers:
-        for path in (raw / singer).rglob("*"):
             relative = path.relative_to(raw)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
-            if path.suffix.lower() not in AUDIO_SUFFIXES:
+            if path.suffix.lower() in AUDIO_SUFFIXES:
+                files.append((relative.as_posix(), path))
+            else:
                 suffix = path.suffix.lower() or "(no suffix)"
-                counts[suffix] = counts.get(suffix, 0) + 1
+                other[suffix] = other.get(suffix, 0) + 1
+        found[singer_dir.name], ignored[singer_dir.name] = files, other
+    return found, ignored
+
+
+def count_ignored(ignored: dict[str, dict[str, int]], singers: Iterable[str]) -> dict[str, int]:
+    """``{suffix: count}`` over ``singers`` of :func:`find_sources`'s files that are not audio by name."""
+    counts: dict[str, int] = {}
+    for singer in singers:
+        for suffix, count in ignored.get(singer, {}).items():
+            counts[suffix] = counts.get(suffix, 0) + count
     return dict(sorted(counts.items()))
 
 
@@ -796,11 +795,12 @@ def run_preprocess(cfg: Any) -> PreprocessResult:
     Unusable files never raise: they are listed in ``report.json`` and in ``result.rejected_sources``.
     """
     settings = cfg if isinstance(cfg, PreprocessSettings) else settings_from_config(cfg)
-    sources = select_singers(find_sources(settings.raw), settings)
+    found, ignored = find_sources(settings.raw)
+    sources = select_singers(found, settings)
     _check_folders(settings)
     settings.processed.mkdir(parents=True, exist_ok=True)
     with _exclusive(settings.processed):
-        return _run_locked(settings, sources)
+        return _run_locked(settings, sources, count_ignored(ignored, sources))
 
 
 @contextlib.contextmanager
@@ -824,9 +824,9 @@ def _exclusive(processed: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]]) -> PreprocessResult:
-    result = PreprocessResult(processed_dir=settings.processed,
-                              ignored_files=find_ignored(Path(settings.raw), sources))
+def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]],
+                ignored_files: dict[str, int]) -> PreprocessResult:
+    result = PreprocessResult(processed_dir=settings.processed, ignored_files=ignored_files)
     jobs, records = _plan(settings, sources, result)
     encoder_info = None
     if jobs:
