@@ -669,10 +669,10 @@ class Converter:
             content = encode_audio(self.content_encoder, wav16k)
             if content.shape[0] == 0:
                 content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)
-            content = align_to_frames(content, piece.n_frames, self.hop, self.sample_rate)
-            if index is not None:
+            if index is not None:  # frame by frame, so before alignment repeats frames: fewer to search
                 content = blend(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)), index,
                                 self.settings.retrieval_ratio, self.settings.retrieval_neighbours).numpy()
+            content = align_to_frames(content, piece.n_frames, self.hop, self.sample_rate)
             f0, voiced = prepare_f0(piece.f0_raw, semitones, self.settings.pitch_correction)
             volume = frame_rms(audio, self.hop)
             inputs.append((content, f0, voiced, volume))
