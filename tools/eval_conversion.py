@@ -217,7 +217,6 @@ class PhoneReader:
     the sung (non-silence) frames."""
 
     def __init__(self, encoder, head_path: Path):
-        import torch
         from safetensors import safe_open
 
         with safe_open(str(head_path), framework="pt") as handle:
@@ -226,7 +225,7 @@ class PhoneReader:
         if self.weight.shape[1] != encoder.dim:
             raise EvalError(f"{head_path}: phone head expects {self.weight.shape[1]}-dim features, the content "
                             f"encoder gives {encoder.dim}")
-        self.encoder, self.torch = encoder, torch
+        self.encoder = encoder
         self.silence = self.phones.index("sil") if "sil" in self.phones else 0
 
     @classmethod
@@ -236,10 +235,12 @@ class PhoneReader:
 
     def accuracy(self, audio: np.ndarray, sr: int, labels: np.ndarray) -> float:
         """Share of sung frames (label not silence) whose phone is read correctly; labels at 50 Hz."""
+        import torch
+
         from ai_singer.audio import resample
         from ai_singer.features.content import encode_audio
 
-        features = self.torch.from_numpy(encode_audio(self.encoder, resample(audio, sr, 16000)))
+        features = torch.from_numpy(encode_audio(self.encoder, resample(audio, sr, 16000)))
         predicted = (features @ self.weight.T + self.bias).argmax(dim=1).numpy()
         n = min(len(predicted), len(labels))
         sung = labels[:n] != self.silence
@@ -312,9 +313,14 @@ def evaluate_phrase(converter, classifier: metrics.SpeakerClassifier, corpus: di
     phone_accuracy = {"converted": float("nan"), "source": float("nan"), "target": float("nan")}
     if phones is not None and source_entry.get("labels"):
         labels = np.load(root / source_entry["labels"]).astype(np.int64)
+        for singer, audio in ((pair.source, source), (pair.target, None)):  # renditions: once per phrase
+            key = ("phones", group["phrase_id"], singer)
+            if key not in cache:
+                rendition = audio if audio is not None else read_mono(root / renditions[singer]["audio"], sr)
+                cache[key] = phones.accuracy(rendition, sr, labels)
         phone_accuracy = {"converted": phones.accuracy(converted, sr, labels),
-                          "source": phones.accuracy(source, sr, labels),
-                          "target": phones.accuracy(read_mono(root / target_entry["audio"], sr), sr, labels)}
+                          "source": cache[("phones", group["phrase_id"], pair.source)],
+                          "target": cache[("phones", group["phrase_id"], pair.target)]}
     return {
         "phrase": group["phrase_id"], "seconds": round(len(source) / sr, 3), "convert_s": round(convert_s, 3),
         "phone_accuracy": phone_accuracy,
