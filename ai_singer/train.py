@@ -133,6 +133,7 @@ class TrainConfig:
     seed: int = 1234
     export_dtype: str = "float32"  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
     retrieval_centroids: int = 1024  # finetune: size of the singer's feature-retrieval index (0 = none)
+    init_from: Optional[str] = None  # pretrain: a base folder whose same-named, same-shaped tensors start the run
 
 
 class TrainSetupError(Exception):
@@ -179,6 +180,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.trainer.discriminator not in DISCRIMINATOR_MODES:
         raise TrainSetupError("trainer.discriminator", f"must be one of {DISCRIMINATOR_MODES}, "
                                                        f"not {cfg.trainer.discriminator!r}")
+    if cfg.init_from and cfg.mode != "pretrain":
+        raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
     if cfg.mode == "pretrain" and cfg.trainer.discriminator != "train":
         raise TrainSetupError("trainer.discriminator", f"{cfg.trainer.discriminator!r} is for fine-tuning: a base "
                                                        "is pretrained with its discriminator (train)")
@@ -267,6 +270,8 @@ class Models:
     speakers: list[str]
     base_sha256: str | None = None
     base_path: Path | None = None
+    init_from: dict[str, Any] | None = None  # pretrain warm start: which base, what was taken from it
+
 
 
 def check_framing(stats: DatasetStats, stats_path: Path, sample_rate: int, hop_length: int, content_dim: int,
@@ -294,8 +299,47 @@ def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     check_framing(stats, stats_path, model_config.sample_rate, model_config.hop_length, model_config.content_dim,
                   "the model")
     generator = GeneratorForTraining(SingerVAE(model_config))
-    return Models(generator=generator, discriminator=Discriminator.from_config(model_config),
-                  model_config=model_config, speakers=speakers)
+    discriminator = Discriminator.from_config(model_config)
+    init_from = warm_start(generator.model, discriminator, Path(cfg.init_from)) if cfg.init_from else None
+    return Models(generator=generator, discriminator=discriminator, model_config=model_config, speakers=speakers,
+                  init_from=init_from)
+
+
+def _take_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Copy the tensors of ``state`` whose name and shape match ``module``'s; returns (how many were
+    copied, the module's names left as initialised)."""
+    own = module.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    module.load_state_dict(taken, strict=False)
+    return len(taken), sorted(set(own) - set(taken))
+
+
+def warm_start(generator: SingerVAE, discriminator: nn.Module, base_dir: Path) -> dict[str, Any]:
+    """Start a pretraining run from an existing base (``init_from=pretrain/<base>``): every tensor with the
+    same name and shape is copied (the decoder, flow, posterior and most of the prior encoder when the
+    architecture matches); the rest — typically the content projection for another content encoder and the
+    speaker table for another set of singers — stays freshly initialised. Nothing is silent: the counts and
+    the names left fresh are logged and recorded in the exported base's config."""
+    has_discriminator = (base_dir / ckpt.BASE_DISCRIMINATOR_FILE).is_file()
+    try:
+        base = ckpt.load_base(base_dir, with_discriminator=has_discriminator)
+    except ckpt.ArtifactError as error:
+        raise TrainSetupError("init_from", str(error)) from error
+    copied, fresh = _take_matching(generator, base.generator_state)
+    record: dict[str, Any] = {"name": base.name, "sha256": base.sha256, "generator_copied": copied,
+                              "generator_fresh": fresh}
+    if copied == 0:
+        raise TrainSetupError("init_from", f"{base_dir}: no tensor of that base fits this model "
+                                           f"(architecture {base.model_config.get('hidden_channels')} hidden vs "
+                                           f"{generator.config.hidden_channels}); choose model= like the base's")
+    if base.discriminator_state is not None:
+        d_copied, d_fresh = _take_matching(discriminator, base.discriminator_state)
+        record.update(discriminator_copied=d_copied, discriminator_fresh=d_fresh)
+    log.info("init_from %s: %d generator tensors copied, %d left fresh (%s)%s", base_dir, copied, len(fresh),
+             ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""),
+             f"; discriminator {record['discriminator_copied']} copied, {len(record['discriminator_fresh'])} fresh"
+             if "discriminator_copied" in record else "; the base has no discriminator: it starts fresh")
+    return record
 
 
 def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Path) -> Models:
@@ -557,6 +601,8 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
                   "content_encoder": stats.content_encoder,
                   "sample_rate": models.model_config.sample_rate, "hop_length": models.model_config.hop_length,
                   "speakers": list(models.speakers)}
+        if models.init_from is not None:
+            config["init_from"] = models.init_from
         return ckpt.save_base(Path(cfg.paths.pretrain) / cfg.name, models.generator.model.state_dict(),
                               models.discriminator.state_dict(), config, weights_dtype=cfg.export_dtype)
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}

@@ -336,6 +336,36 @@ def test_checkpoint_of_another_model_size_is_refused(tmp_path, processed):
         run_training(make_config(tmp_path, processed, "trainer.max_steps=2", "model.gin_channels=8"))
 
 
+def test_pretrain_init_from_a_base_copies_what_fits_and_records_the_rest(tmp_path, base_dir):
+    """Warm start for another content encoder and other singers: the content projection and the speaker
+    table start fresh (named in the base's config), every other tensor starts as the base's."""
+    processed8 = write_processed_dataset(tmp_path / "p8", singers=("alto", "bass", "tenor"), sample_rate=SR,
+                                         hop_length=HOP, content_dim=8).parent
+    cfg = make_config(tmp_path, processed8, "trainer.max_steps=1", "trainer.learning_rate=0", "name=warm",
+                      f"init_from={base_dir}")
+    result = run_training(cfg)
+    old = ckpt.load_base(base_dir, with_discriminator=True)
+    new = ckpt.load_base(result.artifact_dir, with_discriminator=True)
+    record = new.config["init_from"]
+    assert record["name"] == base_dir.name and record["sha256"] == old.sha256
+    fresh = set(record["generator_fresh"])
+    assert fresh and all(old.generator_state[k].shape != new.generator_state[k].shape for k in fresh if
+                         k in old.generator_state)
+    assert record["generator_copied"] == len(new.generator_state) - len(fresh)
+    assert record["discriminator_fresh"] == [] and record["discriminator_copied"] == len(old.discriminator_state)
+    # learning rate 0: the copied tensors are exactly the base's after a step
+    for name, tensor in new.generator_state.items():
+        if name not in fresh:
+            torch.testing.assert_close(tensor, old.generator_state[name], msg=name)
+
+
+def test_init_from_is_for_pretraining_and_must_be_a_base(tmp_path, processed, base_dir):
+    with pytest.raises(TrainSetupError, match=r"init_from: is for mode=pretrain"):
+        make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", f"init_from={base_dir}")
+    with pytest.raises(TrainSetupError, match=r"init_from: .*nowhere"):
+        run_training(make_config(tmp_path, processed, "trainer.max_steps=1", f"init_from={tmp_path}/nowhere"))
+
+
 def test_content_dim_that_differs_from_the_base_is_refused(tmp_path, base_dir):
     processed8 = write_processed_dataset(tmp_path / "p8", singers=("alto",), sample_rate=SR, hop_length=HOP,
                                          content_dim=8).parent
