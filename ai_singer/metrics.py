@@ -248,6 +248,9 @@ class F0Error:
     ``median_abs_cents``, ``mean_abs_cents``, ``p90_abs_cents``, ``mean_cents`` (signed: sharp > 0),
     ``within_50_cents`` (fraction of compared frames). ``voicing_agreement``: fraction of all frames where
     both agree on voiced/unvoiced; ``voiced_recall``: fraction of the intended voiced frames found voiced.
+    ``rmse_cents``: root mean square of the signed cents; ``off_50_cents``: fraction of compared frames off
+    by more than 50 cents (``1 - within_50_cents``); ``octave_errors``: fraction off by more than 600 cents,
+    i.e. whose nearest octave is wrong (an octave-shifted copy scores 1.0).
     The cents fields are NaN when no frame is voiced in both.
     """
 
@@ -260,9 +263,16 @@ class F0Error:
     voiced_recall: float
     frames_compared: int
     frames: int
+    rmse_cents: float = float("nan")
+    off_50_cents: float = float("nan")
+    octave_errors: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: An F0 frame off by more than this many cents is an octave error (its nearest octave is wrong).
+OCTAVE_ERROR_CENTS = 600.0
 
 
 def f0_cents_error(f0: np.ndarray, intended_f0: np.ndarray) -> F0Error:
@@ -284,7 +294,9 @@ def f0_cents_error(f0: np.ndarray, intended_f0: np.ndarray) -> F0Error:
     return F0Error(median_abs_cents=float(np.median(error)), mean_abs_cents=float(error.mean()),
                    p90_abs_cents=float(np.percentile(error, 90)), mean_cents=float(cents.mean()),
                    within_50_cents=float(np.mean(error <= 50.0)), voicing_agreement=agreement,
-                   voiced_recall=recall, frames_compared=int(both.sum()), frames=n)
+                   voiced_recall=recall, frames_compared=int(both.sum()), frames=n,
+                   rmse_cents=float(np.sqrt(np.mean(cents ** 2))), off_50_cents=float(np.mean(error > 50.0)),
+                   octave_errors=float(np.mean(error > OCTAVE_ERROR_CENTS)))
 
 
 def f0_error_of_audio(wav: np.ndarray, sr: int, intended_f0: np.ndarray, hop: int, method: str = "harvest",

@@ -105,10 +105,24 @@ def test_f0_cents_error_and_voicing_agreement_on_arrays():
     assert result.mean_cents == pytest.approx((0 + 1200 + 10) / 3, abs=1e-3)
     assert result.voicing_agreement == pytest.approx(6 / 8) and result.voiced_recall == pytest.approx(3 / 4)
     assert result.within_50_cents == pytest.approx(2 / 3)
+    assert result.off_50_cents == pytest.approx(1 / 3) and result.octave_errors == pytest.approx(1 / 3)
+    assert result.rmse_cents == pytest.approx(np.sqrt((1200 ** 2 + 10 ** 2) / 3), abs=1e-3)
     none = metrics.f0_cents_error(np.zeros(4), np.full(4, 100.0))
     assert none.frames_compared == 0 and np.isnan(none.median_abs_cents) and none.voicing_agreement == 0.0
+    assert np.isnan(none.rmse_cents) and np.isnan(none.octave_errors)
     with pytest.raises(ValueError, match="equal lengths"):
         metrics.f0_cents_error(np.zeros(3), np.zeros(4))
+
+
+def test_f0_cents_error_of_an_octave_shifted_contour():
+    intended = np.concatenate([np.zeros(5), np.linspace(180.0, 260.0, 40), np.zeros(5)])
+    for octaves in (1, -1):
+        result = metrics.f0_cents_error(intended * 2.0 ** octaves, intended)
+        assert result.median_abs_cents == pytest.approx(1200.0) and result.mean_cents == pytest.approx(1200.0 * octaves)
+        assert result.rmse_cents == pytest.approx(1200.0)
+        assert result.octave_errors == 1.0 and result.off_50_cents == 1.0 and result.within_50_cents == 0.0
+    slightly = metrics.f0_cents_error(intended * 2.0 ** (30 / 1200), intended)
+    assert slightly.octave_errors == 0.0 and slightly.off_50_cents == 0.0 and slightly.rmse_cents == pytest.approx(30.0)
 
 
 @pytest.mark.parametrize("seed", [7, 8])
