@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
+from ai_singer.atomic import remove_stale_temporaries
 from ai_singer.data import Batch, ManifestDataset, ResumableSampler, collate
 from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
 from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_loss, generator_adversarial_loss,
@@ -723,6 +724,11 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
     run_dir = Path(cfg.paths.runs) / run_name_of(cfg)
     identity = run_identity(cfg, models)
     state = TrainState()
+    if info.is_main:
+        removed = remove_stale_temporaries(run_dir / ckpt.CHECKPOINTS_DIR)
+        if removed:
+            log.info("removed %d unfinished checkpoint file(s) of a killed run: %s", len(removed),
+                     ", ".join(p.name for p in removed))
     latest = ckpt.load_latest_train_state(run_dir)
     if latest is not None:
         saved_step, saved = latest
@@ -855,7 +861,8 @@ def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: Da
 
 def run_cli(cfg: Any) -> int:
     """The command's body: check the config, train, print where the artifact went; returns the exit
-    code (0 done or interrupted-and-saved, 2 for an error in the user's data, artifacts or settings)."""
+    code: 0 done, 130 interrupted (Ctrl-C; the checkpoint is saved, so ``train && convert`` stops there),
+    2 for an error in the user's data, artifacts or settings."""
     from ai_singer.manifest import ManifestError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -870,7 +877,8 @@ def run_cli(cfg: Any) -> int:
     if result.interrupted:
         print(f"train: interrupted at step {result.step}; the checkpoint is in {result.run_dir / 'checkpoints'}. "
               "Run the same command again to resume.")
-    elif result.artifact_dir is not None:
+        return 130
+    if result.artifact_dir is not None:
         print(f"train: {result.step} steps done; artifact in {result.artifact_dir}")
     return 0
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ai_singer.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
+from ai_singer.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text, remove_stale_temporaries
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path):
@@ -39,3 +39,28 @@ def test_json_and_text_round_trip_with_umask_permissions(tmp_path):
     os.umask(umask)
     for name in ("a.json", "b.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_leftovers_of_a_killed_save_are_removed_but_not_a_live_writers(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".step_00000400.{dead_pid}.abcd1234.tmp.pt").write_bytes(b"half")
+    (tmp_path / f".vocals.{dead_pid}.k_9x2zqa.tmp.wav").write_bytes(b"half")
+    live = tmp_path / f".mix.{os.getpid()}.zz99zz99.tmp.wav"
+    live.write_bytes(b"being written")
+    (tmp_path / "vocals.wav").write_bytes(b"done")
+    (tmp_path / ".hidden.tmp").write_bytes(b"not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".step_00000400.{dead_pid}.abcd1234.tmp.pt",
+                                                      f".vocals.{dead_pid}.k_9x2zqa.tmp.wav"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "vocals.wav", ".hidden.tmp"])
+
+
+def test_temporary_names_carry_the_writers_pid(tmp_path):
+    with atomic_path(tmp_path / "clip.wav") as tmp:
+        assert f".{os.getpid()}." in tmp.name
+        tmp.write_bytes(b"x")
+        assert remove_stale_temporaries(tmp_path) == []  # our own, still being written

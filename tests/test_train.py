@@ -456,6 +456,27 @@ def test_command_line_reports_errors_with_exit_code_2(tmp_path):
     assert f"train: error: {tmp_path}/none/manifest.jsonl: manifest not found" in done.stderr
 
 
+def test_an_interrupted_run_exits_130_so_a_following_command_does_not_run(tmp_path, processed, monkeypatch):
+    import ai_singer.train as train_module
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = compose("train", overrides=overrides_for(tmp_path, processed))
+    monkeypatch.setattr(train_module, "run_training",
+                        lambda typed: train_module.TrainResult(run_dir=tmp_path / "runs" / "r", artifact_dir=None,
+                                                               step=3, interrupted=True))
+    assert train_module.run_cli(cfg) == 130
+
+
+def test_a_killed_checkpoint_save_is_cleaned_up_by_the_next_run(tmp_path, processed):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "runs" / "pretrain-base" / "checkpoints" / f".step_00000001.{int(dead.stdout)}.q1w2e3r4.tmp.pt"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a checkpoint")
+    run_training(make_config(tmp_path, processed, "trainer.max_steps=1"))
+    assert not leftover.exists()
+    assert [s for s, _ in ckpt.list_train_states(tmp_path / "runs" / "pretrain-base")] == [1]
+
+
 def test_yaml_defaults_match_the_dataclasses():
     conf = Path(conf_dir())
     for cls, path in ((TrainerSettings, "trainer/default.yaml"), (LossWeights, "loss/default.yaml"),
