@@ -414,9 +414,31 @@ def _load_encoder(settings: PreprocessSettings):
     return load_content_encoder(settings.content.name, settings.content.path, **dict(settings.content.options))
 
 
-def _init_worker(settings: PreprocessSettings, threads: int) -> None:
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """Make this worker end itself once the main process is gone, even killed with SIGKILL (a worker's
+    parent is the fork server, so the kernel's parent-death signal cannot see the main process): a daemon
+    thread checks the main pid every ``every_s`` seconds. Without it, ``kill -9`` of the main process left
+    the workers, the fork server and the resource tracker running for ever."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # pid reused by another user's process: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(settings: PreprocessSettings, threads: int, parent_pid: int) -> None:
     import torch
 
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
     _WORKER_STATE["settings"] = settings
     _WORKER_STATE["encoder"] = _load_encoder(settings)  # once per worker process
@@ -655,7 +677,7 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> l
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = _worker_context()
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=(settings, threads)) as pool:
+                                                    initargs=(settings, threads, os.getpid())) as pool:
             futures = {pool.submit(_run_job, job): job for job in jobs}
             try:
                 for future in concurrent.futures.as_completed(futures):

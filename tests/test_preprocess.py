@@ -354,6 +354,51 @@ def test_command_line_reports_a_missing_input_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]  # only Hydra's log folder in there
 
 
+def _session_processes(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of session ``sid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session ...
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_main_process_is_killed(tmp_path, tiny_hubert_dir):
+    """``kill -9`` of preprocess must not leave its fork server, workers and resource tracker running."""
+    import signal
+    import time
+
+    raw = tmp_path / "raw"
+    for index in range(4):  # enough work that the workers are busy when the main process dies
+        notes = [(220.0 * 2 ** (step / 12), 1.2) if step >= 0 else (0.0, 0.5) for step in [0, 2, 4, -1, 5, 7, -1] * 6]
+        write_source(raw / "alice" / f"take{index}.wav", 44100, 1, "PCM_16", notes)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={raw}", f"paths.processed={tmp_path / 'out'}",
+         f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=2", "f0.method=harvest"],
+        cwd=tmp_path, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_session_processes(run.pid)) < 4 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)  # main + fork server + 2 workers (+ resource tracker)
+        assert run.poll() is None and len(_session_processes(run.pid)) >= 4, "the workers never started"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 20
+        while _session_processes(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _session_processes(run.pid) == []
+    finally:
+        for pid in _session_processes(run.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
     """``python -m ai_singer.preprocess`` runs from any folder and litters none of it."""
