@@ -57,7 +57,7 @@ from ai_singer.device import DeviceError, pick_device
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
-from ai_singer.mix import MixSettings, loudness_match_gain_db, mix_stem_files
+from ai_singer.mix import MixSettings, highpass, match_loudness, mix_stem_files
 from ai_singer.retrieval import blend
 from ai_singer.sections import Section, SectionsError, assign_singers, parse_sections
 
@@ -69,6 +69,8 @@ VOCAL_STEM = "vocals"
 SONG_SECTIONS_FILES = ("sections.txt",)
 #: Content encoders run at this rate.
 CONTENT_SAMPLE_RATE = 16000
+#: The converted vocal stem should end within this many dB of the source's level; a report warns if not.
+LOUDNESS_TOLERANCE_DB = 1.0
 
 
 class InferError(Exception):
@@ -153,6 +155,9 @@ class ConvertSettings:
     retrieval_ratio:     0..1, how far each content frame moves toward the singer's own features (its
                          retrieval index, see :mod:`ai_singer.retrieval`); 0 = off.
     retrieval_neighbours: index entries averaged per frame.
+    highpass_hz:         cutoff of the zero-phase high-pass (4th-order Butterworth, run forward and backward)
+                         on the converted vocal: removes the DC offset and sub-sonic rumble the model can
+                         produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
     """
 
     transpose: float | str = 0.0
@@ -161,6 +166,7 @@ class ConvertSettings:
     seed: int = 0
     retrieval_ratio: float = 0.0
     retrieval_neighbours: int = 8
+    highpass_hz: float = 40.0
     f0: F0Settings = field(default_factory=F0Settings)
     pitch_correction: PitchCorrectionSettings = field(default_factory=PitchCorrectionSettings)
     chunk: ChunkSettings = field(default_factory=ChunkSettings)
@@ -169,6 +175,8 @@ class ConvertSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.retrieval_ratio) <= 1.0:
             raise ValueError(f"retrieval_ratio must be within 0..1, got {self.retrieval_ratio}")
+        if not 0.0 <= float(self.highpass_hz) < 1000.0:
+            raise ValueError(f"highpass_hz must be within 0..1000 Hz (0 = off), got {self.highpass_hz}")
         if int(self.retrieval_neighbours) < 1:
             raise ValueError(f"retrieval_neighbours must be >= 1, got {self.retrieval_neighbours}")
         if isinstance(self.transpose, str) and self.transpose != "auto":
@@ -213,7 +221,7 @@ def _plain(node: Any) -> Any:
 def settings_from_config(cfg: Any) -> ConvertSettings:
     """The typed conversion settings from a composed ``conf/infer.yaml`` (typos are errors)."""
     values = {name: _plain(cfg[name]) for name in ("transpose", "auto_transpose_step", "noise_scale", "seed",
-                                                   "retrieval_ratio", "retrieval_neighbours", "f0",
+                                                   "retrieval_ratio", "retrieval_neighbours", "highpass_hz", "f0",
                                                    "pitch_correction", "chunk", "mix") if name in cfg}
     return _build(ConvertSettings, values, "")
 
@@ -700,6 +708,7 @@ class Converter:
         for row, piece in enumerate(batch):
             window = wav[row, : piece.n_frames * self.hop]
             at_source = resample(window, self.sample_rate, sr) if sr != self.sample_rate else window
+            at_source = highpass(at_source, sr, self.settings.highpass_hz)  # DC and sub-sonic rumble
             length = piece.window_end - piece.window_start
             at_source = at_source[:length] if at_source.shape[0] >= length else \
                 np.pad(at_source, (0, length - at_source.shape[0]))
@@ -854,14 +863,17 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     started = time.perf_counter()
     mix = settings.mix
     vocal = conversion.audio
-    match_db = loudness_match_gain_db(vocal, mono, sr) if mix.match_loudness else 0.0
-    peak = float(np.max(np.abs(vocal))) if vocal.size else 0.0
-    if peak > 0 and 20 * math.log10(peak) + match_db > 0.0:
-        capped = -20 * math.log10(peak)
-        warnings.append(f"loudness match wanted {match_db:+.1f} dB; capped at {capped:+.1f} dB so the vocal "
-                        "stem does not clip")
-        match_db = capped
-    vocal *= np.float32(10.0 ** (match_db / 20.0))
+    loudness = {"vocal_loudness_match_db": 0.0}
+    if mix.match_loudness:  # to the source's level; the limiter takes the peaks that would exceed its ceiling
+        vocal, matched = match_loudness(vocal, mono, sr, mix.limiter)
+        loudness = {"vocal_loudness_match_db": matched.gain_db,
+                    "vocal_limiter_reduction_db": matched.limiter_reduction_db,
+                    "vocal_level_vs_source_db": matched.level_difference_db}
+        if matched.level_difference_db is not None and abs(matched.level_difference_db) > LOUDNESS_TOLERANCE_DB:
+            why = ("mix.limiter is off, so the gain stopped where the stem's peak reaches 0 dBFS"
+                   if not mix.limiter.enabled else "even with its peaks limited to mix.limiter.ceiling_db")
+            warnings.append(f"the converted vocal stem is {matched.level_difference_db:+.1f} dB from the source "
+                            f"vocal's level ({why}); loudness match applied {matched.gain_db:+.1f} dB")
     song_dir = output_dir / song.name
     vocal_path = song_dir / f"vocals.{mix.format}"
     mix_path = song_dir / f"mix.{mix.format}"
@@ -889,7 +901,7 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
         "settings": _settings_report(settings),
         "device": str(converter.device),
         "adapters": "merged" if converter.merge else "unmerged",
-        "mix": {"vocal_loudness_match_db": match_db, "vocal_gain_db": mixed.vocal_gain_db,
+        "mix": {**loudness, "vocal_gain_db": mixed.vocal_gain_db,
                 "stem_gains_db": mixed.stem_gains_db, "limiter_reduction_db": mixed.limiter_reduction_db,
                 "channels": int(mixed.audio.shape[0])},
         "outputs": {"vocals": str(vocal_path), "mix": str(mix_path), "sample_rate": sr,

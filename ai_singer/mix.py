@@ -5,6 +5,9 @@ The signal processing here is plain numpy (no torch); decoding, resampling and w
 
 - :func:`loudness_match_gain_db`: the gain that brings the converted vocal to the source vocal's level,
   measured as gated RMS over the active (sung) parts only, so rests do not dilute the measurement.
+  :func:`match_loudness` applies it and lets the limiter take the peaks that would then exceed the
+  ceiling (rather than giving up level), so the stem ends within a tolerance of the source's level.
+- :func:`highpass`: a zero-phase Butterworth high-pass (removes DC and sub-sonic rumble).
 - :func:`mix_stems`: vocal + accompaniment stems with per-stem gains in dB. Every stem is conformed to the
   mix layout: the vocal's sample rate and length, and the largest channel count among the parts (mono
   parts are up-mixed by copying; nothing is ever down-mixed in a mix).
@@ -189,6 +192,74 @@ def loudness_match_gain_db(converted: np.ndarray, reference: np.ndarray, sr: int
     if level_converted is None or level_reference is None:
         return 0.0
     return float(np.clip(level_reference - level_converted, -max_gain_db, max_gain_db))
+
+
+@dataclass
+class LoudnessMatch:
+    """What :func:`match_loudness` did: the gain applied (dB), the limiter's largest gain reduction (dB)
+    and the level of the result minus the reference's (dB; ``None`` when either is silent)."""
+
+    gain_db: float
+    limiter_reduction_db: float
+    level_difference_db: float | None
+
+
+def match_loudness(x: np.ndarray, reference: np.ndarray, sr: int, limiter: LimiterSettings | None = None,
+                   tolerance_db: float = 0.5, max_rounds: int = 4) -> tuple[np.ndarray, LoudnessMatch]:
+    """Bring ``x`` to ``reference``'s active level (see :func:`loudness_match_gain_db`), limiting peaks.
+
+    The gain is never reduced to avoid clipping: the peaks that the gain pushes above
+    ``limiter.ceiling_db`` go through :func:`limit_peaks` instead. Limiting lowers the level a little, so
+    the gain is raised by the remaining difference and the result limited again, for at most
+    ``max_rounds`` rounds or until it is within ``tolerance_db``. With the limiter disabled the gain is
+    capped so the peak stays at 0 dBFS (the result then falls short; ``level_difference_db`` says by
+    how much). Returns (float32 audio, :class:`LoudnessMatch`); ``x`` itself is not modified.
+    """
+    limiter = limiter or LimiterSettings()
+    x = np.asarray(x, dtype=np.float32)
+    reference_level = active_level_db(reference, sr)
+    gain_db = loudness_match_gain_db(x, reference, sr)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if not limiter.enabled and peak > 0:
+        gain_db = min(gain_db, -20.0 * math.log10(peak))
+    reduction = 0.0
+    out = x
+    for _ in range(max(1, max_rounds)):
+        out, round_reduction = limit_peaks(x * np.float32(db_to_gain(gain_db)), sr, limiter)
+        reduction = max(reduction, round_reduction)
+        level = active_level_db(out, sr)
+        if level is None or reference_level is None or not limiter.enabled:
+            break
+        short = reference_level - level
+        if abs(short) <= tolerance_db:
+            break
+        gain_db += short
+    level = active_level_db(out, sr)
+    difference = None if level is None or reference_level is None else level - reference_level
+    return out, LoudnessMatch(gain_db=float(gain_db), limiter_reduction_db=float(reduction),
+                              level_difference_db=difference)
+
+
+# --------------------------------------------------------------------------------------------------
+# High-pass
+# --------------------------------------------------------------------------------------------------
+
+def highpass(x: np.ndarray, sr: int, cutoff_hz: float, order: int = 4) -> np.ndarray:
+    """Zero-phase Butterworth high-pass of ``x`` (``[samples]`` or ``[channels, samples]``) along its last
+    axis: an ``order``-th order filter run forward and backward (``scipy.signal.sosfiltfilt``), so the
+    response is ``|H|**2`` (-6 dB at ``cutoff_hz``) with no phase shift. Removes DC completely. The
+    ends are extended by odd reflection over one period of the cutoff, so a piece starts and ends
+    without a transient. ``cutoff_hz <= 0`` returns ``x`` unchanged. Returns float32."""
+    from scipy.signal import butter, sosfiltfilt
+
+    x = np.asarray(x, dtype=np.float32)
+    if cutoff_hz <= 0 or x.shape[-1] < 2:
+        return x
+    if cutoff_hz >= sr / 2:
+        raise ValueError(f"high-pass cutoff {cutoff_hz} Hz must be below half the sample rate ({sr / 2} Hz)")
+    sos = butter(order, cutoff_hz, btype="highpass", fs=sr, output="sos")
+    padlen = min(x.shape[-1] - 1, int(math.ceil(sr / cutoff_hz)))
+    return sosfiltfilt(sos, x.astype(np.float64), axis=-1, padlen=padlen).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

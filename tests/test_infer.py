@@ -155,6 +155,37 @@ def test_limiter_holds_the_mix_ceiling(artifacts, tiny_hubert_dir, tmp_path):
     assert json.loads((tmp_path / "out" / "loud" / "report.json").read_text())["mix"]["limiter_reduction_db"] > 3.0
 
 
+def _sub_40hz_share_db(x: np.ndarray, sr: int) -> float:
+    """Energy below 40 Hz relative to the total, in dB."""
+    power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    return 10 * math.log10(power[np.fft.rfftfreq(x.shape[0], 1 / sr) < 40.0].sum() / power.sum())
+
+
+def test_bundled_example_has_no_dc_or_infrasound_and_keeps_the_source_level(tmp_path):
+    """The bundled base + example singer on the example song (issue 9): the converted stem carried a DC
+    offset of -0.003 and sub-40 Hz energy 25 dB above the source's; the high-pass removes both, and the
+    loudness match brings the stem to the source's level (or says why not)."""
+    from ai_singer.mix import active_level_db
+
+    song = REPO / "data" / "examples" / "song01"
+    if not (REPO / "pretrain" / "synth-small" / "config.yaml").is_file() or not (song / "vocals.flac").is_file():
+        pytest.skip("the bundle is not built (python tools/build_bundle.py)")
+    cfg = compose(REPO, REPO / "pretrain" / "content" / "synth-hubert", tmp_path / "out", songs=song,
+                  singer="example", **{"content.layer": 3, "noise_scale": 0.35})
+    result = run_batch(cfg)
+    assert result.exit_code == 0, result.summary()
+    source, sr = sf.read(str(song / "vocals.flac"), dtype="float32")
+    converted, _ = sf.read(str(tmp_path / "out" / "song01" / "vocals.wav"), dtype="float32")
+    note = slice(int(6.3 * sr), int(8.2 * sr))  # a sustained note
+    for part in (slice(None), note):
+        assert _sub_40hz_share_db(converted[part], sr) <= _sub_40hz_share_db(source[part], sr) + 3.0
+        assert abs(float(converted[part].mean())) < 1e-4
+    report = json.loads((tmp_path / "out" / "song01" / "report.json").read_text())
+    difference = active_level_db(converted, sr) - active_level_db(source, sr)
+    assert report["mix"]["vocal_level_vs_source_db"] == pytest.approx(difference, abs=0.05)
+    assert abs(difference) <= 1.0 or any("from the source vocal's level" in w for w in report["warnings"])
+
+
 def test_auto_transpose_moves_a_low_source_toward_the_singer(converter):
     sr = 44100
     low = harmonic(110.0, sr, 1.0, amplitude=0.3)  # source median ~110 Hz, alto median 220 Hz
@@ -376,6 +407,7 @@ def test_yaml_defaults_match_the_dataclasses():
     assert yaml_cfg.noise_scale == defaults.noise_scale and yaml_cfg.seed == defaults.seed
     assert float(yaml_cfg.transpose) == defaults.transpose
     assert yaml_cfg.auto_transpose_step == defaults.auto_transpose_step
+    assert yaml_cfg.highpass_hz == defaults.highpass_hz
     for group in ("chunk", "pitch_correction", "mix"):
         from dataclasses import asdict
 

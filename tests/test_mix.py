@@ -7,7 +7,7 @@ import soundfile as sf
 
 from ai_singer.audio import AudioError
 from ai_singer.mix import (LimiterSettings, MixSettings, active_level_db, concat_tracks, conform_channels,
-                           db_to_gain, limit_peaks, loudness_match_gain_db, mix_stems)
+                           db_to_gain, highpass, limit_peaks, loudness_match_gain_db, match_loudness, mix_stems)
 from conftest import harmonic
 
 SR = 44100
@@ -82,6 +82,51 @@ def test_loudness_match_ignores_rests():
     assert loudness_match_gain_db(quiet, reference, SR) == pytest.approx(20 * np.log10(4.0), abs=0.1)
     assert loudness_match_gain_db(np.zeros(SR, np.float32), reference, SR) == 0.0
     assert active_level_db(np.zeros(SR, np.float32), SR) is None
+
+
+def _spiky(amplitude: float = 0.05) -> np.ndarray:
+    """A quiet tone with a click every 0.25 s: a crest factor of ~25 dB."""
+    x = harmonic(220.0, SR, 2.0, amplitude=amplitude)
+    x[:: SR // 4] += 0.9
+    return x
+
+
+def test_loudness_match_reaches_the_source_level_by_limiting_peaks_not_by_giving_up_gain():
+    converted = _spiky()
+    source = harmonic(220.0, SR, 2.0, amplitude=0.4)  # ~18 dB louder: the clicks would go far over 0 dBFS
+    out, matched = match_loudness(converted, source, SR, LimiterSettings(ceiling_db=-1.0))
+    assert np.abs(out).max() <= db_to_gain(-1.0) + 1e-6
+    assert abs(active_level_db(out, SR) - active_level_db(source, SR)) < 1.0
+    assert matched.level_difference_db == pytest.approx(active_level_db(out, SR) - active_level_db(source, SR))
+    assert matched.limiter_reduction_db > 10.0 and matched.gain_db > 15.0
+    # Nothing to limit: exactly the matching gain, no limiting.
+    quiet = harmonic(220.0, SR, 2.0, amplitude=0.1)
+    out, matched = match_loudness(quiet, source, SR)
+    assert matched.limiter_reduction_db == 0.0 and matched.level_difference_db == pytest.approx(0.0, abs=1e-3)
+    np.testing.assert_allclose(out, quiet * db_to_gain(matched.gain_db), rtol=1e-5)
+
+
+def test_loudness_match_without_limiter_stops_at_full_scale_and_says_how_far_short():
+    source = harmonic(220.0, SR, 2.0, amplitude=0.4)
+    out, matched = match_loudness(_spiky(), source, SR, LimiterSettings(enabled=False))
+    assert np.abs(out).max() <= 1.0 + 1e-6
+    assert matched.level_difference_db < -10.0 and matched.limiter_reduction_db == 0.0
+
+
+def test_highpass_removes_dc_and_infrasound_and_keeps_the_voice():
+    t = np.arange(2 * SR) / SR
+    voice = harmonic(110.0, SR, 2.0, amplitude=0.2)
+    rumble = 0.05 * np.sin(2 * np.pi * 15.0 * t).astype(np.float32)
+    out = highpass(voice + rumble + 0.01, SR, 40.0)
+    assert out.dtype == np.float32 and out.shape == voice.shape
+    assert abs(float(out[SR // 10: -SR // 10].mean())) < 1e-6 and abs(float(out.mean())) < 1e-4  # DC 0.01 gone
+    spectrum = np.abs(np.fft.rfft(out))
+    reference = np.abs(np.fft.rfft(voice))
+    bin_of = lambda hz: int(round(hz * len(out) / SR))  # noqa: E731
+    assert spectrum[bin_of(15.0)] < 1e-2 * 0.05 * len(out) / 2  # 15 Hz: more than 40 dB down
+    assert spectrum[bin_of(110.0)] == pytest.approx(reference[bin_of(110.0)], rel=0.01)  # F0: within 0.1 dB
+    np.testing.assert_array_equal(highpass(voice, SR, 0.0), voice)  # 0 = off
+    assert highpass(np.ones(5, np.float32), SR, 40.0).shape == (5,)  # shorter than the filter's padding
 
 
 def test_conform_channels_up_and_down():
