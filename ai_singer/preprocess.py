@@ -29,7 +29,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -115,6 +115,7 @@ class PreprocessSettings:
     split: SplitSettings
     num_workers: int = 2
     min_clip_seconds: float = 1.0
+    min_voiced_fraction: float = 0.2
     pitch_plots: bool = True
     progress: bool = True
     singers: tuple[str, ...] | None = None   # singer folders to include (None = all)
@@ -132,6 +133,7 @@ class PreprocessSettings:
                         "options": {k: v for k, v in sorted(self.content.options.items()) if k != "device"},
                         "weights": _folder_fingerprint(Path(self.content.path))},
             "min_clip_seconds": self.min_clip_seconds,
+            "min_voiced_fraction": self.min_voiced_fraction,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -160,6 +162,16 @@ def _build(cls, values: Mapping[str, Any], group: str):
         raise PreprocessError(f"conf/{group}: {error}") from error
 
 
+def _fraction(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PreprocessError(f"{key}={value!r}: expected a number between 0 and 1") from None
+    if not 0.0 <= number <= 1.0:
+        raise PreprocessError(f"{key}={value!r}: expected a number between 0 and 1")
+    return number
+
+
 def settings_from_config(cfg: Any) -> PreprocessSettings:
     """Read the composed ``conf/preprocess.yaml`` into typed settings (a typo in a key is an error)."""
     audio = _plain(cfg.audio)
@@ -185,6 +197,7 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
         content=ContentSettings(name=str(name), path=str(path), options=content),
         split=_build(SplitSettings, _plain(cfg.split), "split"),
         num_workers=int(cfg.num_workers), min_clip_seconds=float(cfg.min_clip_seconds),
+        min_voiced_fraction=_fraction(cfg.min_voiced_fraction, "min_voiced_fraction"),
         pitch_plots=bool(cfg.pitch_plots), progress=bool(cfg.progress),
         singers=None if singers is None else tuple(str(name) for name in singers),
         exclude_singers=tuple(str(name) for name in exclude),
@@ -289,6 +302,11 @@ def process_clip(source: Path, start: int, stop: int, settings: PreprocessSettin
     f0, voiced = interpolate_unvoiced(raw_f0)
     if not voiced.any():
         raise ClipRejected("no voiced frames (no singing pitch found)")
+    voiced_fraction = float(np.mean(raw_f0 > 0))
+    if voiced_fraction < settings.min_voiced_fraction:
+        raise ClipRejected(f"too little voiced sound ({voiced_fraction:.0%} of frames have a pitch < "
+                           f"min_voiced_fraction {settings.min_voiced_fraction:.0%}): noise, breath or "
+                           f"instruments rather than singing")
     wav16k = resample(clip, sample_rate, CONTENT_SAMPLE_RATE)
     content = align_to_frames(encode_audio(encoder, wav16k), n_frames, hop, sample_rate)
     volume = frame_rms(clip, hop)
@@ -349,11 +367,13 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def process_source(job: SourceJob, settings: PreprocessSettings, encoder) -> dict:
+def process_source(job: SourceJob, settings: PreprocessSettings, encoder,
+                   on_progress: Callable[[float], None] | None = None) -> dict:
     """Process one source file; write its clips, then its record; return the record.
 
     Sources that cannot be used get a record with ``status: "rejected"`` and the reason (so a re-run
     does not retry an unchanged bad file). Unexpected errors propagate (no record: retried next run).
+    ``on_progress(seconds)`` is called after each slice with the seconds of the source it covered.
     """
     from ai_singer.features.content import describe_encoder
 
@@ -381,6 +401,9 @@ def process_source(job: SourceJob, settings: PreprocessSettings, encoder) -> dic
                 reason = error.reason if isinstance(error, AudioError) else str(error)
                 record["rejected_clips"].append({**span, "reason": reason})
                 continue
+            finally:
+                if on_progress is not None:
+                    on_progress((stop - start) / info.sample_rate)
             stem = clip_id(job.source, index)
             audio_rel, features_rel = f"{job.singer}/{stem}.wav", f"{job.singer}/{stem}.features.safetensors"
             write_clip(processed / audio_rel, processed / features_rel, clip, settings, record["content_encoder"])
@@ -435,18 +458,21 @@ def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(settings: PreprocessSettings, threads: int, parent_pid: int) -> None:
+def _init_worker(settings: PreprocessSettings, threads: int, parent_pid: int, progress_queue) -> None:
     import torch
 
     _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
+    _WORKER_STATE["progress"] = progress_queue
     _WORKER_STATE["settings"] = settings
     _WORKER_STATE["encoder"] = _load_encoder(settings)  # once per worker process
 
 
 def _run_job(job: SourceJob) -> dict:
+    queue = _WORKER_STATE["progress"]
     try:
-        return process_source(job, _WORKER_STATE["settings"], _WORKER_STATE["encoder"])
+        return process_source(job, _WORKER_STATE["settings"], _WORKER_STATE["encoder"],
+                              on_progress=lambda seconds: queue.put((job.source, seconds)))
     except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
         return {"source": job.source, "singer": job.singer, "status": "error",
                 "reason": f"unexpected error: {type(error).__name__}: {error}"}
@@ -657,38 +683,111 @@ def _worker_context():
     return multiprocessing.get_context("spawn")
 
 
+class StageProgress:
+    """Progress of the stage in seconds of audio (a 30-minute file is not one tick): a tqdm bar on a
+    terminal, and where there is none (a log file, CI, ``nohup``) a plain line every ``every_s`` seconds."""
+
+    def __init__(self, jobs: list[SourceJob], enabled: bool, every_s: float = 15.0):
+        import time
+
+        from tqdm import tqdm
+
+        self._clock = time.monotonic
+        self.expected = {job.source: _seconds_of(job.path) for job in jobs}
+        self.reported: dict[str, float] = defaultdict(float)
+        self.total = sum(self.expected.values())
+        self.files, self.files_done = len(jobs), 0
+        self.enabled, self.every_s = enabled, every_s
+        self.started = self.last_line = self._clock()
+        terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=round(self.total, 1), unit="s", unit_scale=True, desc="preprocess (audio)",
+                        disable=not terminal) if enabled else None
+        self.lines = enabled and not terminal
+
+    @property
+    def done(self) -> float:
+        return sum(self.reported.values())
+
+    def advance(self, source: str, seconds: float) -> None:
+        """``seconds`` more of ``source`` processed (capped at its length)."""
+        room = max(0.0, self.expected.get(source, 0.0) - self.reported[source])
+        step = min(seconds, room)
+        self.reported[source] += step
+        if self.bar is not None:
+            self.bar.update(step)
+        self._maybe_line()
+
+    def finish_file(self, source: str) -> None:
+        self.advance(source, self.expected.get(source, 0.0))  # silences skipped by the slicer, rejections
+        self.files_done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.files_done}/{self.files} files", refresh=False)
+        self._maybe_line()
+
+    def _maybe_line(self, force: bool = False) -> None:
+        now = self._clock()
+        if self.lines and (force or now - self.last_line >= self.every_s):
+            self.last_line = now
+            share = self.done / self.total if self.total else 1.0
+            print(f"preprocess: {share:4.0%} ({self.done:.0f}/{self.total:.0f} s of audio, "
+                  f"{self.files_done}/{self.files} files, {now - self.started:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.files:
+            self._maybe_line(force=True)
+
+
+def _seconds_of(path: Path) -> float:
+    try:
+        return audio_info(path).seconds
+    except AudioError:
+        return 0.0
+
+
 def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> list[dict]:
     """Run ``jobs`` in this process (``num_workers <= 1``) or in a pool of worker processes."""
-    from tqdm import tqdm
-
     outcomes = []
-    progress = tqdm(total=len(jobs), unit="file", desc="preprocess", disable=None if settings.progress else True)
+    progress = StageProgress(jobs, settings.progress)
     try:
         if settings.num_workers <= 1 or len(jobs) <= 1:
             for job in jobs:
                 try:
-                    outcomes.append(process_source(job, settings, encoder))
+                    outcomes.append(process_source(job, settings, encoder,
+                                                   on_progress=lambda seconds, s=job.source: progress.advance(s, seconds)))
                 except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
                     outcomes.append({"source": job.source, "singer": job.singer, "status": "error",
                                      "reason": f"unexpected error: {type(error).__name__}: {error}"})
-                progress.update(1)
+                progress.finish_file(job.source)
             return outcomes
         workers = min(settings.num_workers, len(jobs))
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = _worker_context()
+        queue = context.SimpleQueue()
+
+        def drain() -> None:
+            while not queue.empty():
+                progress.advance(*queue.get())
+
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=(settings, threads, os.getpid())) as pool:
-            futures = {pool.submit(_run_job, job): job for job in jobs}
+                                                    initargs=(settings, threads, os.getpid(), queue)) as pool:
+            pending = {pool.submit(_run_job, job): job for job in jobs}
             try:
-                for future in concurrent.futures.as_completed(futures):
-                    try:
-                        outcomes.append(future.result())
-                    except concurrent.futures.process.BrokenProcessPool as error:
-                        raise RuntimeError(
-                            "a preprocess worker process died (out of memory, or a crash inside a decoder); "
-                            "the finished sources are kept: run again to resume, with num_workers=0 to see "
-                            "which file it was") from error
-                    progress.update(1)
+                while pending:
+                    finished, _ = concurrent.futures.wait(pending, timeout=0.5,
+                                                          return_when=concurrent.futures.FIRST_COMPLETED)
+                    drain()
+                    for future in finished:
+                        job = pending.pop(future)
+                        try:
+                            outcomes.append(future.result())
+                        except concurrent.futures.process.BrokenProcessPool as error:
+                            raise RuntimeError(
+                                "a preprocess worker process died (out of memory, or a crash inside a decoder); "
+                                "the finished sources are kept: run again to resume, with num_workers=0 to see "
+                                "which file it was") from error
+                        progress.finish_file(job.source)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

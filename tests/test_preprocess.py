@@ -162,6 +162,8 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     sf.write(str(bad / "nan.wav"), nan, 44100, subtype="FLOAT")
     t = np.arange(int(2.5 * 44100)) / 44100  # a pure sine: WORLD's harvest finds no voiced frame
     sf.write(str(bad / "unvoiced.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    noise = np.random.default_rng(0).normal(0.0, 0.1, 6 * 44100).astype(np.float32)
+    sf.write(str(bad / "noise.wav"), noise, 44100)  # white noise: a few frames get a pitch, most none
     processed = tmp_path / "processed"
     (raw / "carol").mkdir()
     (raw / "carol" / "lyrics.txt").write_text("not audio, and not an audio extension: ignored")
@@ -171,7 +173,9 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     report = json.loads((processed / "report.json").read_text())
     assert report["singers_without_clips"] == ["carol"]
     reasons = {item["source"].rsplit("/", 1)[1]: item["reason"] for item in report["rejected"]}
-    assert set(reasons) == {"not_audio.wav", "empty.wav", "silent.wav", "short.wav", "nan.wav", "unvoiced.wav"}
+    assert set(reasons) == {"not_audio.wav", "empty.wav", "silent.wav", "short.wav", "nan.wav", "unvoiced.wav",
+                            "noise.wav"}
+    assert "too little voiced sound" in reasons["noise.wav"] and "min_voiced_fraction 20%" in reasons["noise.wav"]
     assert "not a readable audio file" in reasons["not_audio.wav"]
     assert "no audio samples" in reasons["empty.wav"]
     assert "silent" in reasons["silent.wav"]
@@ -181,7 +185,7 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     entries = read_manifest(processed / "manifest.jsonl")
     assert len(entries) == CLIPS_PER_FILE and {e.source for e in entries} == {"alice/good.wav"}
     printed = capsys.readouterr().out
-    assert "rejected 6 file(s)" in printed and "alice/bad/nan.wav: contains NaN" in printed
+    assert "rejected 7 file(s)" in printed and "alice/bad/nan.wav: contains NaN" in printed
     assert "carol: no usable clips" in printed
     assert report["ignored_files"] == {".m4a": 1, ".txt": 1}
     assert "ignored 2 file(s) that are not audio by name (.m4a x1, .txt x1)" in printed
@@ -332,11 +336,16 @@ def test_interrupted_run_recovers_to_the_clean_result(reference, dataset, tmp_pa
     assert manifest_lines(processed) == manifest_lines(ref_processed)
 
 
-def test_two_workers_give_the_same_dataset(reference, dataset, tmp_path, tiny_hubert_dir):
+def test_two_workers_give_the_same_dataset_and_report_progress_in_audio_seconds(reference, dataset, tmp_path,
+                                                                              tiny_hubert_dir, capsys):
     ref_processed, _ = reference
     processed = tmp_path / "processed"
-    result = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "num_workers=2"))
+    result = run_preprocess(make_cfg(dataset, processed, tiny_hubert_dir, "num_workers=2", "progress=true"))
     assert len(result.processed_sources) == len(SOURCES)
+    # no terminal here: progress comes as plain lines, counted in seconds of audio, ending at 100 %
+    total = sum(sf.info(str(path)).duration for path in dataset.rglob("*.*"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("preprocess: 100% (") and f"/{total:.0f} s of audio, {len(SOURCES)}/{len(SOURCES)} files" in last
     assert manifest_lines(processed) == manifest_lines(ref_processed)
     assert (processed / "stats.json").read_text() == (ref_processed / "stats.json").read_text()
 
