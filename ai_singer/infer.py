@@ -55,7 +55,7 @@ from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info,
     slice_on_silence, to_mono, write_audio
 from ai_singer.device import DeviceError, pick_device
 from ai_singer.features.content import align_to_frames, encode_audio
-from ai_singer.features.pitch import extract_f0, interpolate_unvoiced, snap_to_scale, transpose
+from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
 from ai_singer.mix import MixSettings, highpass, match_loudness, mix_stem_files
 from ai_singer.retrieval import blend
@@ -147,9 +147,12 @@ class F0Settings:
 class ConvertSettings:
     """Everything that shapes one conversion (the non-path part of ``conf/infer.yaml``).
 
-    transpose:           semitones (a number) or ``"auto"``: the singer's F0 median vs the source's,
-                         rounded to a multiple of ``auto_transpose_step`` (12 = whole octaves, which keeps
-                         the song's key against its accompaniment; 1 = nearest semitone).
+    transpose:           semitones (a number) or ``"auto"``: a multiple of ``auto_transpose_step`` (12 =
+                         whole octaves, which keeps the song's key against its accompaniment; 1 =
+                         semitones) chosen from the singer's F0 median and p05-p95 range (adapter stats)
+                         and the source's median; medians within 3/4 of a step (9 semitones) are not
+                         transposed (:func:`ai_singer.features.pitch.choose_transpose`); report.json's
+                         ``transpose_auto`` records the decision and its reason.
     noise_scale:         sampling temperature of the prior (0 = deterministic).
     seed:                torch seed for the sampling noise (the same settings give the same output).
     retrieval_ratio:     0..1, how far each content frame moves toward the singer's own features (its
@@ -329,11 +332,8 @@ def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_d
 
 
 def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
-    """Semitones that move the source's median F0 to the singer's, rounded to a multiple of ``step``."""
-    if not (singer_median_hz > 0 and source_median_hz > 0):
-        return 0.0
-    exact = 12.0 * math.log2(singer_median_hz / source_median_hz)
-    return float(step * round(exact / step))
+    """The medians-only form of :func:`ai_singer.features.pitch.choose_transpose` (no range check)."""
+    return choose_transpose(np.array([source_median_hz]), singer_median_hz, step=step).semitones
 
 
 def prepare_f0(f0_raw: np.ndarray, semitones: float, correction: PitchCorrectionSettings
@@ -372,6 +372,8 @@ class VocalConversion:
     source_f0_median_hz: float | None
     timings: dict[str, float]
     warnings: list[str]
+    #: per singer, how transpose=auto decided (TransposeDecision fields); empty for a fixed transpose
+    transpose_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Converter:
@@ -550,6 +552,12 @@ class Converter:
         value = stats.get("f0_median_hz")
         return float(value) if value else None
 
+    def singer_f0_range(self, name: str) -> tuple[float, float] | None:
+        """The singer's p05-p95 F0 range (Hz) from its adapter stats, or None when not recorded."""
+        stats = self.adapter(name).config.get("stats") or {}
+        low, high = stats.get("f0_p05_hz"), stats.get("f0_p95_hz")
+        return (float(low), float(high)) if low and high else None
+
     # ---------------------------------------------------------------------------------- convert
     def _window_model_audio(self, mono: np.ndarray, sr: int, piece: _Piece) -> np.ndarray:
         """The piece's window at the model rate, zero-padded to ``n_frames * hop`` samples."""
@@ -608,6 +616,7 @@ class Converter:
         timings["f0_s"] = time.perf_counter() - started
 
         semitones: dict[str, float] = {}
+        decisions: dict[str, dict[str, Any]] = {}
         for name in sorted({p.singer for p in pieces}):
             if settings.transpose == "auto":
                 singer_median = self.singer_f0_median(name)
@@ -616,8 +625,11 @@ class Converter:
                                                          "which this adapter lacks; give transpose in semitones")
                 if source_median is None:
                     warnings.append("transpose=auto: the source has no voiced frames; not transposed")
-                semitones[name] = auto_transpose_semitones(singer_median, source_median or 0.0,
-                                                           settings.auto_transpose_step)
+                decision = choose_transpose(voiced_f0, singer_median, self.singer_f0_range(name),
+                                            settings.auto_transpose_step)
+                semitones[name] = decision.semitones
+                decisions[name] = dataclasses.asdict(decision)
+                log.info("transpose=auto for singer %s: %+g semitones (%s)", name, decision.semitones, decision.reason)
             else:
                 semitones[name] = float(settings.transpose)
 
@@ -646,7 +658,8 @@ class Converter:
         self.apply_rest_gate(output, mono, sr)
         timings["total_s"] = sum(timings.values())
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
-                               source_f0_median_hz=source_median, timings=timings, warnings=warnings)
+                               source_f0_median_hz=source_median, timings=timings, warnings=warnings,
+                               transpose_decisions=decisions)
 
     def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
         """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces and
@@ -897,6 +910,7 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
                       for s in sections] if sections else None),
         "sections_file": str(sections_file) if sections_file else None,
         "transpose_semitones": conversion.transpose,
+        "transpose_auto": conversion.transpose_decisions or None,
         "pieces": conversion.pieces,
         "settings": _settings_report(settings),
         "device": str(converter.device),

@@ -194,12 +194,16 @@ def test_auto_transpose_moves_a_low_source_toward_the_singer(converter):
         result = converter.convert_vocal(low, sr, "alto")
         assert result.source_f0_median_hz == pytest.approx(110.0, rel=0.03)
         assert result.transpose == {"alto": 12.0}
+        decision = result.transpose_decisions["alto"]
+        assert decision["semitones"] == 12.0 and decision["singer_median_hz"] == 220.0
+        assert decision["difference_semitones"] == pytest.approx(12.0, abs=0.6) and "220 Hz" in decision["reason"]
         assert converter.convert_vocal(low, sr, "bass").transpose == {"bass": 0.0}
     finally:
         converter.settings.transpose = 0.0
     assert auto_transpose_semitones(220.0, 110.0, step=1) == 12.0
     assert auto_transpose_semitones(330.0, 220.0, step=1) == 7.0
     assert auto_transpose_semitones(300.0, 220.0, step=12) == 0.0  # +5.4 semitones: nearest octave is 0
+    assert auto_transpose_semitones(360.0, 220.0, step=12) == 0.0  # +8.5: same register, not an octave
     assert auto_transpose_semitones(500.0, 110.0, step=12) == 24.0
 
 

@@ -11,7 +11,8 @@ from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from ai_singer.conf_dir import conf_dir
 from ai_singer.features.pitch import (
-    F0_EXTRACTORS, SCALES, extract_f0, hz_to_midi, interpolate_unvoiced, midi_to_hz, snap_to_scale, transpose,
+    F0_EXTRACTORS, SCALES, choose_transpose, extract_f0, hz_to_midi, interpolate_unvoiced, midi_to_hz, snap_to_scale,
+    transpose,
 )
 
 
@@ -137,3 +138,69 @@ def test_snap_to_scale_pulls_toward_scale_notes():
         snap_to_scale(f0, "C", "dorian")
     with pytest.raises(ValueError, match="H"):
         snap_to_scale(f0, "H", "major")
+
+
+# --------------------------------------------------------------------------------------------------
+# transpose=auto (issue 9: rounding the median difference to the nearest octave flipped octaves between
+# songs of one register)
+
+MALE = (130.0, (100.0, 190.0))     # singer median and p05-p95 range, Hz
+FEMALE = (300.0, (210.0, 430.0))
+
+
+def song_f0(median_hz: float, seed: int = 0, spread_semitones: float = 2.5, frames: int = 3000) -> np.ndarray:
+    """F0 frames of a song: notes scattered around ``median_hz`` (log-normal), a quarter unvoiced."""
+    rng = np.random.default_rng(seed)
+    f0 = median_hz * 2.0 ** (rng.normal(0.0, spread_semitones, frames) / 12.0)
+    f0[rng.random(frames) < 0.25] = 0.0
+    return f0 * median_hz / np.median(f0[f0 > 0])  # exactly this median
+
+
+@pytest.mark.parametrize("singer", [MALE, FEMALE], ids=["male", "female"])
+@pytest.mark.parametrize("apart", [0.0, 2.0, 5.0, 6.5, 7.0])
+@pytest.mark.parametrize("direction", [1, -1], ids=["source-higher", "source-lower"])
+def test_auto_transpose_leaves_a_same_register_pair_alone(singer, apart, direction):
+    median, singer_range = singer
+    decision = choose_transpose(song_f0(median * 2 ** (direction * apart / 12)), median, singer_range)
+    assert decision.semitones == 0.0, decision.reason
+
+
+@pytest.mark.parametrize("apart", [10.0, 11.0, 12.0, 13.0, 14.0])
+def test_auto_transpose_moves_a_cross_register_pair_one_octave(apart):
+    female_song = song_f0(MALE[0] * 2 ** (apart / 12))  # female source, male singer
+    assert choose_transpose(female_song, *MALE).semitones == -12.0
+    male_song = song_f0(FEMALE[0] * 2 ** (-apart / 12))  # male source, female singer
+    decision = choose_transpose(male_song, *FEMALE)
+    assert decision.semitones == 12.0
+    assert decision.in_range > decision.in_range_without  # the octave puts more of the song in her range
+    assert decision.singer_median_hz == FEMALE[0]
+    assert decision.source_median_hz == pytest.approx(FEMALE[0] * 2 ** (-apart / 12))
+    assert f"{FEMALE[0]:.0f} Hz" in decision.reason
+
+
+def test_auto_transpose_gives_songs_of_one_register_one_octave():
+    """A batch of songs by one register whose medians straddle the old 6-semitone rounding boundary."""
+    for singer_median, singer_range in (MALE, FEMALE):
+        for sign in (1, -1):
+            offsets = np.arange(3.0, 9.01, 0.25)  # semitones between each song's median and the singer's
+            songs = [song_f0(singer_median * 2 ** (sign * offset / 12), seed=i) for i, offset in enumerate(offsets)]
+            chosen = {choose_transpose(f0, singer_median, singer_range).semitones for f0 in songs}
+            assert chosen == {0.0}
+            assert len({12 * round(-sign * offset / 12) for offset in offsets}) == 2  # nearest-octave rounding split them
+
+
+def test_auto_transpose_range_check_and_edge_cases():
+    # Medians an octave apart, but most of the source would land outside the singer's range: keep it.
+    f0 = np.concatenate([np.full(40, 60.0), np.full(20, 95.0), np.full(40, 180.0)])
+    decision = choose_transpose(f0, 190.0, (150.0, 230.0))
+    assert decision.semitones == 0.0 and decision.in_range == pytest.approx(0.4)
+    assert decision.in_range_without == pytest.approx(0.4) and "kept" in decision.reason
+    assert choose_transpose(f0, 190.0).semitones == 12.0  # without the range: the medians decide
+    # Several octaves: only as far as needed; semitone steps: (nearly) the nearest semitone.
+    assert choose_transpose(np.array([110.0]), 500.0).semitones == 24.0
+    assert choose_transpose(np.array([220.0]), 330.0, step=1).semitones == 7.0
+    assert choose_transpose(np.array([110.0]), 220.0, step=1).semitones == 12.0
+    # Nothing to compare: 0, with the reason.
+    assert choose_transpose(np.zeros(10), 200.0).semitones == 0.0
+    assert "no voiced" in choose_transpose(np.zeros(10), 200.0).reason
+    assert choose_transpose(np.array([200.0]), None).semitones == 0.0

@@ -9,6 +9,8 @@ F0 is in Hz, float32; ``0`` marks an unvoiced frame in raw extractor output.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -162,6 +164,86 @@ def transpose(f0, semitones: float):
     """Shift pitch by ``semitones`` (F0 * 2^(semitones/12)); 0 Hz stays 0. numpy array or torch tensor in,
     same type out."""
     return f0 * (2.0 ** (float(semitones) / 12.0))
+
+
+#: Automatic transposition leaves the two medians up to this share of a step apart before it moves the
+#: source one step further: 9 semitones for octave steps. Songs of one register scatter a few semitones
+#: around their singer's median (a whole register's phrases by about ±7), so rounding to the nearest
+#: octave (a 6-semitone threshold) flipped octaves between songs of the same register.
+AUTO_TRANSPOSE_DEAD_ZONE = 0.75
+
+
+@dataclass
+class TransposeDecision:
+    """What :func:`choose_transpose` decided and why (for reports and logs).
+
+    semitones:            the transposition (a multiple of ``step``).
+    singer_median_hz / source_median_hz: the two medians compared (the singer's from its adapter stats).
+    difference_semitones: ``12 * log2(singer / source)``: the exact shift that would make them equal.
+    in_range / in_range_without: share of the source's voiced frames inside the singer's p05-p95 range
+                          after this transposition / after one step less (None without the range).
+    reason:               one sentence.
+    """
+
+    semitones: float
+    singer_median_hz: float | None
+    source_median_hz: float | None
+    difference_semitones: float | None
+    in_range: float | None
+    in_range_without: float | None
+    reason: str
+
+
+def _share_in_range(voiced_hz: np.ndarray, semitones: float, low_hz: float, high_hz: float) -> float:
+    shifted = voiced_hz * 2.0 ** (semitones / 12.0)
+    return float(np.mean((shifted >= low_hz) & (shifted <= high_hz)))
+
+
+def choose_transpose(source_f0: np.ndarray, singer_median_hz: float | None,
+                     singer_range_hz: tuple[float, float] | None = None, step: int = 12,
+                     dead_zone: float = AUTO_TRANSPOSE_DEAD_ZONE) -> TransposeDecision:
+    """Automatic transposition of a source (its F0 frames, Hz, 0 = unvoiced) toward a singer.
+
+    The rule, in log frequency: ``d = 12 * log2(singer_median / source_median)``; the transposition is
+    the multiple ``k * step`` of the smallest ``|k|`` that leaves ``|d - k * step| <= dead_zone * step``
+    (9 semitones for octaves). So medians 0-9 semitones apart are not transposed (songs of one register
+    scattered around a boundary all agree), 10-14 apart move one octave, and only as far as needed
+    beyond. With the singer's p05-p95 range, an octave move must also put at least as many of the
+    source's voiced frames inside that range as one octave less; otherwise the smaller move is kept.
+    No voiced frames or no singer median: 0.
+    """
+    voiced = np.asarray(source_f0, dtype=np.float64)
+    voiced = voiced[voiced > 0]
+    source_median = float(np.median(voiced)) if voiced.size else None
+    if not singer_median_hz or singer_median_hz <= 0 or source_median is None:
+        why = "the source has no voiced frames" if source_median is None else "the singer has no F0 median"
+        return TransposeDecision(0.0, singer_median_hz, source_median, None, None, None, f"not transposed: {why}")
+    difference = 12.0 * math.log2(singer_median_hz / source_median)
+    allowed = dead_zone * step
+    k = 0
+    while abs(difference - k * step) > allowed + 1e-9:
+        k += 1 if difference > 0 else -1
+    reason = (f"singer median {singer_median_hz:.0f} Hz vs source median {source_median:.0f} Hz: "
+              f"{difference:+.1f} semitones; ")
+    reason += (f"within ±{allowed:g} semitones of the source, not transposed" if k == 0 else
+               f"moved by the fewest steps of {step} that leave them within ±{allowed:g} semitones")
+    in_range = in_range_without = None
+    if singer_range_hz is not None and all(v and v > 0 for v in singer_range_hz):
+        low, high = sorted(float(v) for v in singer_range_hz)
+        in_range = _share_in_range(voiced, k * step, low, high)
+        if k != 0 and step % 12 == 0:
+            fewer = k - (1 if k > 0 else -1)
+            in_range_without = _share_in_range(voiced, fewer * step, low, high)
+            if in_range < in_range_without:
+                reason += (f"; but then only {in_range:.0%} of the source's voiced frames fall in the singer's "
+                           f"{low:.0f}-{high:.0f} Hz range against {in_range_without:.0%} with {fewer * step:+d}, "
+                           "so that is kept")
+                k, in_range = fewer, in_range_without
+            else:
+                reason += (f"; {in_range:.0%} of the source's voiced frames then fall in the singer's "
+                           f"{low:.0f}-{high:.0f} Hz range (vs {in_range_without:.0%})")
+    return TransposeDecision(float(k * step), float(singer_median_hz), source_median, difference, in_range,
+                             in_range_without, reason)
 
 
 def hz_to_midi(hz) -> np.ndarray:
