@@ -2,6 +2,7 @@
 marked, so a user sees at a glance where a singer sits (and how far a song must be transposed)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -19,6 +20,34 @@ def midi_note_name(midi: float) -> str:
     return f"{NOTE_NAMES[note % 12]}{note // 12 - 1}"
 
 
+@functools.lru_cache(maxsize=None)
+def _charmap(font_path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(font_path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def font_for(text: str) -> tuple[str | None, str]:
+    """``(font file, text to draw)``: the default font when it has every glyph of ``text``, else an
+    installed font that has them all, else the default font with the missing characters written as
+    ``\\uXXXX`` escapes — never matplotlib's "Glyph missing" warning and a row of boxes."""
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    needed = {ord(ch) for ch in text if not ch.isspace()}
+    if needed <= _charmap(default):
+        return None, text
+    for entry in font_manager.fontManager.ttflist:
+        if needed <= _charmap(entry.fname):
+            return entry.fname, text
+    known = _charmap(default)
+    return None, "".join(ch if ord(ch) in known or ch.isspace() else ch.encode("ascii", "backslashreplace").decode()
+                         for ch in text)
+
+
 def plot_pitch_range(voiced_f0_hz: np.ndarray, singer: str, out_path: str | os.PathLike,
                      median_hz: float | None = None) -> Path:
     """Write a PNG histogram (one bar per semitone) of ``voiced_f0_hz`` (float [n], Hz, all > 0) to
@@ -27,6 +56,7 @@ def plot_pitch_range(voiced_f0_hz: np.ndarray, singer: str, out_path: str | os.P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import font_manager
 
     f0 = np.asarray(voiced_f0_hz, dtype=np.float64)
     f0 = f0[np.isfinite(f0) & (f0 > 0)]
@@ -49,8 +79,10 @@ def plot_pitch_range(voiced_f0_hz: np.ndarray, singer: str, out_path: str | os.P
         axes.set_xlim(low, high)
         axes.set_xlabel("note")
         axes.set_ylabel("% of voiced frames")
-        axes.set_title(f"{singer}: pitch range {midi_note_name(np.percentile(midi, 5))}"
-                       f"–{midi_note_name(np.percentile(midi, 95))} (5th–95th percentile)")
+        font_file, shown = font_for(singer)
+        axes.set_title(f"{shown}: pitch range {midi_note_name(np.percentile(midi, 5))}"
+                       f"–{midi_note_name(np.percentile(midi, 95))} (5th–95th percentile)",
+                       **({"fontproperties": font_manager.FontProperties(fname=font_file)} if font_file else {}))
         axes.legend(loc="upper right")
         figure.tight_layout()
         with atomic_path(out_path) as tmp:

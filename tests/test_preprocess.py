@@ -496,3 +496,17 @@ def test_pitch_plot_note_names(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no voiced F0"):
         plot_pitch_range(np.zeros(5), "alice", tmp_path / "q.png")
+
+
+@pytest.mark.parametrize("singer", ["Анна", "李娜", "Zoë 🎤"])
+def test_pitch_plot_of_a_non_latin_name_warns_of_no_missing_glyph(tmp_path, singer):
+    import warnings
+
+    from ai_singer.pitch_plot import font_for, plot_pitch_range
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Glyph ... missing from font(s)" is a UserWarning
+        path = plot_pitch_range(np.array([220.0, 230.0, 440.0]), singer, tmp_path / "p.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    font_file, shown = font_for(singer)
+    assert shown == singer or "\\u" in shown or "\\U" in shown  # a font that has it, or escapes, never boxes
