@@ -41,6 +41,8 @@ def font_for(text: str) -> tuple[str | None, str]:
     if needed <= _charmap(default):
         return None, text
     for entry in font_manager.fontManager.ttflist:
+        if "LastResort" in entry.fname:  # maps every code point to a placeholder box
+            continue
         if needed <= _charmap(entry.fname):
             return entry.fname, text
     known = _charmap(default)

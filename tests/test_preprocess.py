@@ -510,3 +510,4 @@ def test_pitch_plot_of_a_non_latin_name_warns_of_no_missing_glyph(tmp_path, sing
     assert path.read_bytes()[:4] == b"\x89PNG"
     font_file, shown = font_for(singer)
     assert shown == singer or "\\u" in shown or "\\U" in shown  # a font that has it, or escapes, never boxes
+    assert font_file is None or "LastResort" not in font_file
