@@ -105,8 +105,8 @@ def test_tiny_hubert_folder_and_registry(tiny_hubert_dir):
     assert isinstance(encoder, HubertContentEncoder) and encoder.dim == 32 and encoder.name in CONTENT_ENCODERS
     assert encoder.encode(torch.zeros(16000)).shape == (1, 49, 32)
     with pytest.raises(ValueError) as info:
-        load_content_encoder("whisper", tiny_hubert_dir)
-    assert "whisper" in str(info.value) and "hubert" in str(info.value)
+        load_content_encoder("wavlm", tiny_hubert_dir)
+    assert "wavlm" in str(info.value) and "hubert, whisper" in str(info.value)
 
 
 def test_encoder_record_and_mismatches(tiny_hubert_dir):

