@@ -1,0 +1,248 @@
+"""tools/real_metrics.py and tools/eval_real.py on known cases: identical audio -> speaker similarity 1 and
+CER 0, another (synthetic) voice -> lower similarity, text normalisation and edit distance, the Whisper
+folders found in the installed wheels (base joined once, atomically), DNSMOS in range and lower for a noisy
+copy, an octave-shifted F0 -> 1200 cents and 100% octave errors, and the tool's reports (JSON, markdown, the
+BENCHMARKS section keeping other labels' rows). The eval extra is installed in CI: nothing is skipped."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import harmonic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
+
+from tools import eval_real, real_metrics  # noqa: E402
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return real_metrics.SpeakerEmbedder()
+
+
+@pytest.fixture(scope="module")
+def two_voices():
+    """Two synthetic singers (a soprano and a bass: other vocal tract, tilt, range) singing six phrases each."""
+    from tools.synth.corpus import derive_rng
+    from tools.synth.melody import make_phrase
+    from tools.synth.singers import make_singer
+    from tools.synth.voice import render_phrase
+
+    seed = 0
+    singers = [make_singer(i, derive_rng(seed, 1, i)) for i in (0, 1)]
+    phrases = [make_phrase(derive_rng(seed, 2, k), f"p{k}", 2.0) for k in range(6)]
+    return [[render_phrase(phrase, singer, SR, derive_rng(seed, 5, k, i)).audio for k, phrase in enumerate(phrases)]
+            for i, singer in enumerate(singers)]
+
+
+# ------------------------------------------------------------------------------------------- speaker
+
+def test_identical_audio_has_similarity_one(embedder, two_voices):
+    clip = two_voices[0][0]
+    assert embedder.similarity(clip, SR, clip.copy(), SR) == pytest.approx(1.0, abs=1e-6)
+    at_44k = embedder.embed(real_metrics._mono16k(clip, SR), SR)  # the rate is handled (resampled to 16 kHz)
+    assert real_metrics.cosine(at_44k, embedder.embed(clip, SR)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_another_voice_is_less_similar_and_ranks_lower(embedder, two_voices):
+    embeddings = [[embedder.embed(clip, SR) for clip in clips] for clips in two_voices]
+    references = {f"v{i}": real_metrics.mean_embedding(e[:3]) for i, e in enumerate(embeddings)}  # 3 clips each
+    for i in (0, 1):
+        same = np.mean([real_metrics.cosine(e, references[f"v{i}"]) for e in embeddings[i][3:]])
+        other = np.mean([real_metrics.cosine(e, references[f"v{i}"]) for e in embeddings[1 - i][3:]])
+        assert same > other + 0.1, (i, same, other)
+    ranks = [real_metrics.rank_of("v0", e, references)[0] for e in embeddings[0][3:]]
+    assert np.mean(ranks) < 1.5 and real_metrics.rank_of("nobody", embeddings[0][0], references)[0] == 0
+    assert np.linalg.norm(references["v0"]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        real_metrics.mean_embedding([])
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+@pytest.mark.parametrize("text, normalised", [
+    ("Hello,  World!", "hello world"),
+    ("  Vous êtes maintenant en ligne. ", "vous êtes maintenant en ligne"),
+    ("L'appel — n°3?", "lappel n 3"),
+    ("", ""), (None, ""),
+])
+def test_normalize_text(text, normalised):
+    assert real_metrics.normalize_text(text) == normalised
+
+
+def test_levenshtein_and_character_error_rate_of_known_strings():
+    assert real_metrics.levenshtein("kitten", "sitting") == 3
+    assert real_metrics.levenshtein("", "abc") == real_metrics.levenshtein("abc", "") == 3
+    assert real_metrics.levenshtein("flaw", "lawn") == 2 and real_metrics.levenshtein("same", "same") == 0
+    assert real_metrics.character_error_rate("All circuits are busy now.", "all circuits are busy now") == 0.0
+    assert real_metrics.character_error_rate("hello word", "hello world") == pytest.approx(1 / 11)
+    assert real_metrics.character_error_rate("", "abcd") == 1.0
+    assert real_metrics.character_error_rate("abcd abcd", "abcd") == pytest.approx(5 / 4)  # insertions: above 1
+    assert real_metrics.character_error_rate("", "") == 0.0 and real_metrics.character_error_rate("x", "") == 1.0
+    assert eval_real.cer_counts("hello word", "Hello, world!") == {"cer": pytest.approx(1 / 11), "edits": 1, "chars": 11}
+
+
+# ------------------------------------------------------------------------------------------- Whisper
+
+def test_whisper_folders_come_from_the_wheels_and_base_is_joined_once(tmp_path):
+    tiny = real_metrics.whisper_model_dir("tiny.en")
+    assert (tiny / "model.bin").is_file() and (tiny / "config.json").is_file()
+    parts, files_dir = real_metrics.whisper_base_parts()
+    joined = real_metrics.whisper_model_dir("base", cache_dir=tmp_path)
+    assert joined.parent == tmp_path and (joined / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts)
+    assert all((joined / name).is_file() for name in ("config.json", "tokenizer.json", "vocabulary.json"))
+    with open(parts[1], "rb") as handle, open(joined / "model.bin", "rb") as joined_file:
+        joined_file.seek(parts[0].stat().st_size)
+        assert joined_file.read(4096) == handle.read(4096)  # the second part follows the first
+    stamp = (joined / "model.bin").stat().st_mtime_ns
+    assert real_metrics.whisper_model_dir("base", cache_dir=tmp_path) == joined  # reused, not rebuilt
+    assert (joined / "model.bin").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [joined.name]  # no temporary folder left behind
+    with pytest.raises(ValueError, match="unknown Whisper model"):
+        real_metrics.whisper_model_dir("large")
+
+
+def test_joining_is_atomic_and_leaves_nothing_when_a_part_is_missing(tmp_path):
+    parts = [tmp_path / "a.part1", tmp_path / "b.part2"]
+    parts[0].write_bytes(b"first-")
+    parts[1].write_bytes(b"second")
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        (files / name).write_text("{}")
+    target = real_metrics._join_base(parts, files, tmp_path / "cache" / "whisper-base")
+    assert (target / "model.bin").read_bytes() == b"first-second"
+    with pytest.raises(FileNotFoundError):
+        real_metrics._join_base([tmp_path / "missing"], files, tmp_path / "cache" / "other")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["whisper-base"]
+
+
+def test_identical_audio_transcribes_identically_cer_zero(tmp_path, two_voices):
+    transcriber = real_metrics.Transcriber("base", cache_dir=tmp_path, beam_size=1)
+    clip = np.concatenate([two_voices[0][0], two_voices[0][1]])
+    first = transcriber.transcribe(clip, SR, "en")
+    assert isinstance(first, str)
+    assert real_metrics.character_error_rate(transcriber.transcribe(clip.copy(), SR, "en"), first) == 0.0
+    english = real_metrics.Transcriber("tiny.en", beam_size=1)
+    with pytest.raises(ValueError, match="English only"):
+        english.transcribe(clip, SR, "fr")
+
+
+# ------------------------------------------------------------------------------------------- quality
+
+def test_dnsmos_in_range_and_lower_for_a_noisy_copy(two_voices):
+    scorer = real_metrics.QualityScorer()
+    clip = np.concatenate(two_voices[0][:2])
+    clean = scorer.score(clip, SR)
+    assert set(clean) == {"ovrl", "sig", "bak", "p808"}
+    assert all(1.0 <= value <= 5.0 for value in clean.values()), clean
+    noisy = clip + np.random.default_rng(0).normal(0.0, 0.05, clip.shape).astype(np.float32)
+    dirty = scorer.score(noisy, SR)
+    assert dirty["ovrl"] < clean["ovrl"] - 0.3 and dirty["bak"] < clean["bak"], (clean, dirty)
+    assert scorer.score(clip, SR) == clean  # deterministic
+    with pytest.raises(ValueError, match="silent"):
+        scorer.score(np.zeros(SR, dtype=np.float32), SR)
+
+
+# --------------------------------------------------------------------------------------------- pitch
+
+@pytest.mark.parametrize("sr", [44100, 16000])
+def test_octave_shifted_audio_is_1200_cents_off_with_all_frames_octave_errors(sr):
+    f0_sr, hop, intended_hz = 44100, 512, 165.0
+    n_frames = int(1.2 * f0_sr) // hop
+    intended = np.full(n_frames, intended_hz)
+    up = harmonic(2 * intended_hz, sr, 1.2)
+    error = real_metrics.pitch_error(up, sr, intended, hop, f0_sr)
+    assert error.median_abs_cents == pytest.approx(1200.0, abs=10.0) and error.mean_cents > 1150
+    assert error.octave_errors == 1.0 and error.off_50_cents == 1.0 and error.frames_compared > 0.9 * n_frames
+    right = real_metrics.pitch_error(harmonic(intended_hz, sr, 1.2), sr, intended, hop, f0_sr)
+    assert right.median_abs_cents < 10.0 and right.octave_errors == 0.0
+
+
+def test_transpose_is_the_nearest_whole_octave():
+    assert real_metrics.nearest_octave_transpose(110.0, 230.0) == 12.0
+    assert real_metrics.nearest_octave_transpose(220.0, 100.0) == -12.0
+    assert real_metrics.nearest_octave_transpose(200.0, 260.0) == 0.0
+    assert real_metrics.nearest_octave_transpose(0.0, 260.0) == 0.0
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def fake_phrase(phrase: str, mcd: float | None = None) -> dict:
+    row = {"phrase": phrase, "kind": "sung", "language": "fr", "seconds": 3.0, "convert_s": 1.0,
+           "secs": {"converted": 0.71, "source": 0.52}, "reference_clips": ["a", "b"], "target_rank": 1,
+           "voices_ranked": 5, "closest_voices": ["fr_june_f", "en_x", "it_carlo_m"], "text": "bonjour",
+           "transcripts": {"source": "bonjour", "converted": "bon | jour"},
+           "cer": {"converted": {"cer": 0.125, "edits": 1, "chars": 8}, "source": {"cer": 0.0, "edits": 0, "chars": 8},
+                   "converted_vs_source_transcript": {"cer": 0.125, "edits": 1, "chars": 8}},
+           "dnsmos": {"converted": {"ovrl": 2.5, "sig": 3.0, "bak": 3.5, "p808": 3.1},
+                      "source": {"ovrl": 3.1, "sig": 3.4, "bak": 3.9, "p808": 3.6}},
+           "f0": {"median_abs_cents": 12.0, "rmse_cents": float("nan")}, "f0_floor": None,
+           "f0_intended_from": "imposed F0 (.f0.npy)"}
+    if mcd is not None:
+        row["mcd_db"] = mcd
+    return row
+
+
+def fake_document(label: str, secs: float = 0.712) -> dict:
+    summary = {"phrases": 2, "kinds": {"sung": 2}, "secs_converted": secs, "secs_source": 0.52,
+               "mean_target_rank": 1.0, "target_top1_fraction": 1.0, "voices_ranked": 5, "cer_converted": 0.125,
+               "cer_source": 0.0, "f0_median_abs_cents": 12.0, "f0_rmse_cents": 40.0, "f0_off_50_cents": 0.05,
+               "f0_octave_errors": 0.01, "dnsmos_ovrl_converted": 2.5, "dnsmos_ovrl_source": 3.1}
+    adapter = {"name": "fr_june_f", "method": "lora", "steps": 500}
+    return {
+        "label": label, "created": "2026-11-30 18:00 UTC", "machine": "test machine",
+        "load_average": {"before": "1.0 / 1.0 / 1.0", "after": "2.0 / 1.5 / 1.1"}, "run_seconds": 123.0,
+        "command": "tools/eval_real.py --quick", "corpus": {"path": "data/real"},
+        "base": {"path": "pretrain/synth-small", "sha256": "018da9aabf6d4"},
+        "settings": {"content": {"path": "pretrain/content/synth-hubert", "layer": 3}, "quick": True,
+                     "whisper": "base", "ref_clips": 4},
+        "pairs": [
+            {"source": "it_carlo_m", "target": "fr_june_f", "self": False, "adapter": adapter,
+             "transpose_semitones": 12.0, "phrases": [fake_phrase("p1"), fake_phrase("p2")], "summary": summary},
+            {"source": "fr_june_f", "target": "fr_june_f", "self": True, "adapter": adapter,
+             "transpose_semitones": 0.0, "phrases": [fake_phrase("p1", 4.2)], "summary": {**summary, "mcd_db": 4.2}}],
+    }
+
+
+def test_reports_json_markdown_and_benchmarks_rows_per_label(tmp_path):
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\n## Preprocess\n\nkeep me\n\n## Real voices\n\nold text\n\n### Notes\n\n"
+                     "A note kept across runs.\n\n## Inference\n\nkeep me too\n")
+    out = tmp_path / "eval" / "real.json"
+    markdown = eval_real.write_reports(fake_document("first base"), out, bench)
+    document = json.loads(out.read_text())  # strict JSON: NaN written as null
+    assert document["pairs"][0]["phrases"][0]["f0"]["rmse_cents"] is None
+    report = markdown.read_text()
+    assert markdown == out.with_suffix(".md")
+    assert "| it_carlo_m → fr_june_f | +12 | 2 (2 sung) | 0.712 / 0.520 | 1.0 of 5 (100%) | 0.12 / 0.00 |" in report
+    assert "| fr_june_f | 2 (2 sung) | 4.20 | 0.712 / 0.520 |" in report
+    assert "| it_carlo_m → fr_june_f | p1 | sung |" in report and "bon / jour" in report  # '|' escaped
+
+    eval_real.write_reports(fake_document("second base", secs=0.8), out, bench)
+    eval_real.write_reports(fake_document("first base", secs=0.75), out, bench)  # replaces its own rows
+    text = bench.read_text()
+    assert "keep me" in text and "keep me too" in text and "old text" not in text
+    assert text.count("## Real voices") == 1 and "A note kept across runs." in text
+    rows = [line for line in text.splitlines() if line.startswith("| first base") or line.startswith("| second base")]
+    assert len(rows) == 4  # one conversion row and one self-conversion row per label
+    assert "| second base | it_carlo_m → fr_june_f | +12 | 2 (2 sung) | 0.800 / 0.520 |" in text
+    assert "| first base | it_carlo_m → fr_june_f | +12 | 2 (2 sung) | 0.750 / 0.520 |" in text
+    assert "0.712" not in text
+    assert text.index("| second base | it_carlo") < text.index("| first base | it_carlo")  # others' rows stay first
+    assert sum(line.startswith("- **first base**") for line in text.splitlines()) == 1
+    assert "load average 1.0 / 1.0 / 1.0 before, 2.0 / 1.5 / 1.1 after" in text
+
+
+def test_phrases_are_picked_across_kinds():
+    phrases = [eval_real.Phrase("v", f"p{i}", Path(f"p{i}.wav"), "sung" if i < 4 else "speech", "en", None, None,
+                                512, 44100) for i in range(6)]
+    picked = eval_real.pick_phrases(phrases, 3)
+    assert len(picked) == 3 and {p.kind for p in picked} == {"sung", "speech"}
+    assert eval_real.pick_phrases(phrases, None) == phrases
