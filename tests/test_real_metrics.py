@@ -246,3 +246,111 @@ def test_phrases_are_picked_across_kinds():
     picked = eval_real.pick_phrases(phrases, 3)
     assert len(picked) == 3 and {p.kind for p in picked} == {"sung", "speech"}
     assert eval_real.pick_phrases(phrases, None) == phrases
+
+
+# ------------------------------------------------------------------------------------------ the tool
+
+def make_real_corpus(root: Path) -> Path:
+    """The data/real layout with synthetic stand-ins: voices va, vb (held out) and vc (train), two sung eval
+    phrases each with their imposed F0, and a raw clip each."""
+    from tools.synth.corpus import derive_rng
+    from tools.synth.melody import make_phrase
+    from tools.synth.singers import make_singer
+    from tools.synth.voice import render_phrase
+    import soundfile as sf
+
+    sr, hop = 44100, 512
+    voices = {}
+    for i, (voice, role) in enumerate((("va", "heldout"), ("vb", "heldout"), ("vc", "train"))):
+        singer = make_singer(i, derive_rng(3, 1, i))
+        f0s = []
+        for k in range(3):
+            rendition = render_phrase(make_phrase(derive_rng(3, 2, k), f"p{k}", 1.5), singer, sr, derive_rng(3, 5, k, i))
+            folder = root / ("raw" if k == 2 else "eval") / voice / ("sung" if k == 2 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / f"p{k}.wav", rendition.audio, sr)
+            if k < 2:
+                from ai_singer.features.pitch import extract_f0
+
+                f0 = extract_f0(rendition.audio.astype(np.float64), sr, hop, len(rendition.audio) // hop, method="dio")
+                np.save(folder / f"p{k}.f0.npy", f0)
+                (folder / f"p{k}.json").write_text(json.dumps({
+                    "kind": "sung", "language": "en", "text": None if k else "la la", "f0_file": f"p{k}.f0.npy",
+                    "f0_hop": hop, "f0_sr": sr}))
+                f0s.append(f0[f0 > 0])
+        voices[voice] = {"language": "en", "sex": "f", "f0_median_hz": float(np.median(np.concatenate(f0s))),
+                         "role": role}
+    (root / "voices.json").write_text(json.dumps({"voices": voices, "train": ["vc"], "heldout": ["va", "vb"]}))
+    return root
+
+
+def test_the_tool_end_to_end_on_a_tiny_base(tmp_path, tiny_hubert_dir, capsys):
+    import torch
+
+    from test_eval_conversion import make_adapter, make_base
+
+    torch.set_num_threads(1)
+    corpus = make_real_corpus(tmp_path / "real")
+    base_dir = make_base(tmp_path)
+    for voice in ("va", "vb"):
+        make_adapter(tmp_path, base_dir, voice, voice)
+    out = tmp_path / "eval" / "real.json"
+    bench = tmp_path / "BENCHMARKS.md"
+    code = eval_real.main(["--corpus", str(corpus), "--base", str(base_dir), "--singers-dir", str(tmp_path / "singers"),
+                           "--content-path", str(tiny_hubert_dir), "--content-layer", "2", "--f0-method", "dio",
+                           "--noise-scale", "0", "--device", "cpu", "--pairs", "vb:va", "--self", "va",
+                           "--max-phrases", "1", "--whisper", "tiny.en", "--beam-size", "1", "--out", str(out),
+                           "--bench", "--benchmarks", str(bench), "--label", "tiny", "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    cross, own = report["pairs"]
+    assert (cross["source"], cross["target"], cross["self"]) == ("vb", "va", False)
+    assert (own["source"], own["target"], own["self"]) == ("va", "va", True)
+    assert cross["adapter"]["name"] == "va" and cross["adapter"]["method"] == "lora"
+    [row] = cross["phrases"]
+    assert row["phrase"] == "p0" and row["text"] == "la la" and row["voices_ranked"] == 3
+    assert 1 <= row["target_rank"] <= 3 and -1 <= row["secs"]["converted"] <= 1
+    assert row["reference_clips"] == ["p0", "p1"]  # the target's phrases (another voice's phrase is compared)
+    assert row["cer"]["source"] is not None and row["f0_intended_from"] == "imposed F0 (.f0.npy)"
+    assert row["f0_floor"]["median_abs_cents"] < 50 and "octave_errors" in row["f0"]
+    assert set(row["dnsmos"]["source"]) == {"ovrl", "sig", "bak", "p808"}
+    [own_row] = own["phrases"]
+    assert own_row["reference_clips"] == ["p1"]  # leave-one-out: never the compared phrase itself
+    assert own_row["mcd_db"] > 0 and own["summary"]["mcd_db"] == pytest.approx(own_row["mcd_db"])
+    assert cross["transpose_semitones"] % 12 == 0 and own["transpose_semitones"] == 0
+    assert "| tiny | vb → va |" in bench.read_text() and "| tiny | va | 1 (1 sung) |" in bench.read_text()
+    assert "## Conversions" in capsys.readouterr().out and out.with_suffix(".md").is_file()
+
+
+def test_prepare_commands_use_the_base_content_encoder(tmp_path, capsys):
+    corpus = make_corpus_stub(tmp_path)
+    code = eval_real.main(["--prepare", "--dry-run", "--corpus", str(corpus), "--base", "pretrain/synth-small",
+                           "--singers-dir", str(tmp_path / "singers"), "--steps", "700"])
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3  # preprocess, then one fine-tune per held-out voice
+    assert "ai_singer.preprocess" in printed[0] and "'singers=[va,vb]'" in printed[0]
+    assert "content=hubert content.path=pretrain/content/synth-hubert content.layer=3 content.final_proj=false" \
+        in printed[0] and "paths.processed=data/processed_real_synth-small" in printed[0]
+    assert "singer=va" in printed[1] and "trainer.max_steps=700" in printed[1] and "paths.runs=runs/real/synth-small" \
+        in printed[1] and "base=pretrain/synth-small" in printed[1]
+
+
+def make_corpus_stub(root: Path) -> Path:
+    voices = {"va": {"role": "heldout"}, "vb": {"role": "heldout"}, "vc": {"role": "train"}}
+    (root / "voices.json").write_text(json.dumps({"voices": voices}))
+    return root
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pairs", "va:nobody"], "'nobody' is not a voice"),
+    (["--pairs", "va:vc"], "no adapter for singer 'vc'"),
+])
+def test_the_tool_names_bad_input(tmp_path, capsys, argv, message):
+    corpus = make_corpus_stub(tmp_path)
+    (tmp_path / "eval" / "va").mkdir(parents=True)
+    (tmp_path / "eval" / "va" / "p0.json").write_text(json.dumps({"kind": "speech", "language": "en"}))
+    (tmp_path / "eval" / "va" / "p0.wav").write_bytes(b"")
+    code = eval_real.main(["--corpus", str(corpus), "--base", "pretrain/synth-small", "--singers-dir",
+                           str(tmp_path / "singers"), "--self", *argv])
+    assert code == 2 and message in capsys.readouterr().err
