@@ -189,9 +189,15 @@ def test_missing_packages_are_clear_errors(tiny_whisper, monkeypatch):
 def test_a_device_ctranslate2_lacks_is_a_clear_error(tiny_whisper):
     from ai_singer.device import DeviceError
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(DeviceError, match="content.device"):
+    import ctranslate2
+
+    with pytest.raises(DeviceError, match="content.device='mps'.*cpu or cuda"):
+        WhisperContentEncoder(tiny_whisper[0], device="mps")
+    with pytest.raises(DeviceError, match="not a device"):
+        WhisperContentEncoder(tiny_whisper[0], device="gpu")
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("CTranslate2 sees a GPU here")
+    with pytest.raises(DeviceError, match="CTranslate2 sees 0 CUDA GPU"):
         WhisperContentEncoder(tiny_whisper[0], device="cuda")
     assert WhisperContentEncoder(tiny_whisper[0], device="auto").device == torch.device("cpu")
 

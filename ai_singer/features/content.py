@@ -245,7 +245,7 @@ class WhisperContentEncoder:
             ``wheel:base`` finds the model again on another machine.
         compute_type: CTranslate2 compute type: ``float32`` (exact), ``int8`` (faster on CPUs, features
             differ slightly), ``float16`` (CUDA), ``default`` (as stored).
-        device: ``auto`` (CUDA when CTranslate2 and torch both see a GPU), ``cpu``, ``cuda``, ``cuda:N``.
+        device: ``auto`` (CUDA when CTranslate2 sees a GPU), ``cpu``, ``cuda``, ``cuda:N``.
     """
 
     name = "whisper"
@@ -305,17 +305,25 @@ class WhisperContentEncoder:
         self._window = torch.hann_window(self.n_fft)
 
     def _pick_device(self, setting: str | torch.device) -> torch.device:
+        """``auto`` -> the first GPU CTranslate2 sees, else the CPU; ``cuda:N`` is checked against the GPUs
+        CTranslate2 sees (a CPU-only torch does not matter: CTranslate2 has its own CUDA runtime)."""
         from ai_singer.device import DeviceError
 
         text = str(setting).strip()
         gpus = self._ct2.get_cuda_device_count()
         if text == "auto":
-            return torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
-        device = pick_device(text, what="content.device")
-        if device.type == "cuda" and device.index >= gpus:
-            raise DeviceError(f"content.device={setting!r}", f"this ctranslate2 build sees {gpus} CUDA GPU(s); use "
-                                                             f"content.device=cpu or auto")
-        if device.type not in ("cpu", "cuda"):
+            return torch.device("cuda", 0) if gpus > 0 else torch.device("cpu")
+        try:
+            device = torch.device(text)
+        except (RuntimeError, ValueError) as error:
+            raise DeviceError(f"content.device={setting!r}", "not a device (use auto, cpu, cuda or cuda:N)") from error
+        if device.type == "cuda":
+            index = device.index or 0
+            if index >= gpus:
+                raise DeviceError(f"content.device={setting!r}", f"CTranslate2 sees {gpus} CUDA GPU(s) here; use "
+                                                                 f"content.device=cpu or auto")
+            return torch.device("cuda", index)
+        if device.type != "cpu":
             raise DeviceError(f"content.device={setting!r}", "CTranslate2 runs on cpu or cuda only")
         return device
 
