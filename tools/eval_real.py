@@ -626,7 +626,7 @@ def prepare_commands(args: argparse.Namespace, voices: list[str]) -> list[list[s
                          f"peft={args.peft}", f"paths.processed={args.processed}", f"paths.singers={args.singers_dir}",
                          f"paths.runs={args.runs_dir}", f"trainer.max_steps={args.steps}", "trainer.batch_size=4",
                          "trainer.max_frames=128", "trainer.num_workers=0", "trainer.save_every=100",
-                         "trainer.log_every=50", "seed=0", *args.train_arg])
+                         "trainer.log_every=50", "trainer.progress=false", "seed=0", *args.train_arg])
     return commands
 
 
