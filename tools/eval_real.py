@@ -317,7 +317,13 @@ def evaluate_phrase(converter, tools: Instruments, phrase: Phrase, pair: Pair, t
     secs_converted = real_metrics.cosine(converted_embedding, target_ref) if converted_embedding is not None \
         else float("nan")
     secs_source = real_metrics.cosine(tools.phrase_embedding(phrase), target_ref)
-    references = {voice: tools.reference(voice, leave_out)[0] for voice in tools.corpus.voices}
+    references = {pair.target: target_ref}
+    for voice in tools.corpus.voices:
+        if voice != pair.target:
+            try:
+                references[voice] = tools.reference(voice, leave_out)[0]
+            except EvalError:  # a voice with no material left out of the ranking (voices_ranked says so)
+                pass
     rank, order = (real_metrics.rank_of(pair.target, converted_embedding, references)
                    if converted_embedding is not None else (None, []))
 
