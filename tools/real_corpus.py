@@ -107,6 +107,10 @@ CODEC2_SKIP = {
     "m2400": "morig passed through the 2400 bit/s codec",
 }
 CODEC2_SR = 8000
+#: --quick renders at most 4 raw files per voice, none longer than this (s) unless the voice has no other.
+QUICK_MAX_FILE_S = 20.0
+#: Folder inside --out where pass 1 keeps decoded G.722 for pass 2 (removed at the end).
+DECODE_CACHE = ".decoded"
 
 
 class CorpusError(Exception):
@@ -129,8 +133,8 @@ class Settings:
     codec2_dir: Path = Path(DEBIAN["codec2"])
     alsa_dir: Path = Path(DEBIAN["alsa"])
     #: minutes of speech made to sing per train voice / per held-out voice (speech is kept whole)
-    max_sung_minutes: float = 8.0
-    heldout_sung_minutes: float = 12.0
+    max_sung_minutes: float = 4.0
+    heldout_sung_minutes: float = 10.0
     heldout_eval_sung: int = 12
     heldout_eval_speech: int = 6
     train_eval_sung: int = 4
@@ -340,16 +344,30 @@ def collect(settings: Settings) -> Collection:
 # --------------------------------------------------------------------------------------------- audio
 
 
-def decode(source: Source) -> tuple[np.ndarray, int]:
-    """Mono float64 audio at the file's own rate. Raises ValueError naming the reason."""
+def decode(source: Source, cache: str | None = None) -> tuple[np.ndarray, int]:
+    """Mono float64 audio at the file's own rate. Raises ValueError naming the reason.
+
+    G.722 goes through ffmpeg (one process per file: the slow part of reading it); with ``cache`` (a
+    folder) the decoded audio is kept there as 16-bit WAV (exactly the decoder's samples) and read back
+    the next time."""
     if source.decoder == "g722":
+        import soundfile as sf
+
+        cached = Path(cache) / source.voice / f"{source.clip}.wav" if cache else None
+        if cached is not None and cached.is_file():
+            audio, sr = sf.read(str(cached), dtype="int16")
+            return audio.astype(np.float64) / 32768.0, int(sr)
         command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "g722", "-i", source.path,
                    "-ar", "16000", "-ac", "1", "-f", "s16le", "-"]
         result = subprocess.run(command, capture_output=True)
         if result.returncode != 0 or not result.stdout:
             reason = result.stderr.decode(errors="replace").strip().splitlines()
             raise ValueError(f"ffmpeg could not decode it: {reason[-1] if reason else 'no audio'}")
-        return np.frombuffer(result.stdout, dtype="<i2").astype(np.float64) / 32768.0, 16000
+        samples = np.frombuffer(result.stdout, dtype="<i2")
+        if cached is not None:
+            with atomic_path(cached) as tmp:
+                sf.write(str(tmp), samples, 16000, subtype="PCM_16")
+        return samples.astype(np.float64) / 32768.0, 16000
     if source.decoder == "raw8k":
         data = Path(source.path).read_bytes()
         if len(data) < 2:
@@ -393,10 +411,12 @@ def speech_span(x: np.ndarray, sr: int, pad_s: float = 0.1) -> tuple[float, floa
     return start, end
 
 
-def analyse(source: Source) -> dict:
-    """Pass 1 on one file: duration, loudness, voicing, F0 values, speech span; or an error."""
+def analyse(item: tuple[Source, str | None]) -> dict:
+    """Pass 1 on one file (and a decode cache folder): duration, loudness, voicing, F0 values, speech
+    span; or an error."""
+    source, cache = item
     try:
-        x, sr = decode(source)
+        x, sr = decode(source, cache)
         if not np.all(np.isfinite(x)):
             raise ValueError("audio contains NaN or infinite samples")
         seconds = len(x) / sr
@@ -580,12 +600,14 @@ def sing(x: np.ndarray, sr: int, median_hz: float, rng: np.random.Generator) -> 
 @dataclass(frozen=True)
 class Job:
     source: Source
+    name: str            # the voice's name in the corpus
     role: str            # "raw" | "eval"
     kinds: tuple[str, ...]  # raw: ("speech",) or ("speech", "sung"); eval: ("sung",) or ("speech",)
     median_hz: float
     seed: int
     out: str
     span: tuple[float, float] | None = None  # eval: the part of the file used (s)
+    cache: str | None = None  # decode cache folder
 
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
@@ -597,25 +619,25 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
 def run_job(job: Job) -> dict:
     """Pass 2 on one file: write its speech and/or sung renditions. Never raises."""
-    source, out = job.source, Path(job.out)
+    source, out, name = job.source, Path(job.out), job.name
     written: list[dict] = []
     try:
-        x, sr = decode(source)
-        rng = _rng(job.seed, "sing", source.voice, source.clip)
+        x, sr = decode(source, job.cache)
+        rng = _rng(job.seed, "sing", name, source.clip)
         if job.role == "raw":
-            folder = out / "raw" / source.voice
+            folder = out / "raw" / name
             _write_wav(folder / "speech" / f"{source.clip}.wav", x, sr)
-            written.append({"path": f"raw/{source.voice}/speech/{source.clip}.wav", "kind": "speech",
+            written.append({"path": f"raw/{name}/speech/{source.clip}.wav", "kind": "speech",
                             "seconds": len(x) / sr})
             if "sung" in job.kinds:
                 result = sing(x, sr, job.median_hz, rng)
                 _write_wav(folder / "sung" / f"{source.clip}.wav", result["audio"], SUNG_SR)
-                written.append({"path": f"raw/{source.voice}/sung/{source.clip}.wav", "kind": "sung",
+                written.append({"path": f"raw/{name}/sung/{source.clip}.wav", "kind": "sung",
                                 "seconds": len(result["audio"]) / SUNG_SR})
-            return {"clip": source.clip, "voice": source.voice, "written": written}
+            return {"clip": source.clip, "voice": name, "written": written}
         start, end = job.span or (0.0, len(x) / sr)
         x = x[int(round(start * sr)): int(round(end * sr))]
-        folder = out / "eval" / source.voice
+        folder = out / "eval" / name
         kind = job.kinds[0]
         meta = {"kind": kind, "language": source.language, "text": source.text, "source_file": source.path,
                 "f0_file": None, "f0_hop": F0_HOP, "f0_sr": SUNG_SR,
@@ -628,18 +650,18 @@ def run_job(job: Job) -> dict:
             _write_wav(folder / f"{source.clip}.wav", result["audio"], SUNG_SR)
             meta.update(f0_file=np_path.name, sample_rate=SUNG_SR, seconds=round(len(result["audio"]) / SUNG_SR, 3),
                         melody=result["melody"], stretch=round(result["stretch"], 3))
-            written += [{"path": f"eval/{source.voice}/{np_path.name}", "kind": "f0"},
-                        {"path": f"eval/{source.voice}/{source.clip}.wav", "kind": "sung",
+            written += [{"path": f"eval/{name}/{np_path.name}", "kind": "f0"},
+                        {"path": f"eval/{name}/{source.clip}.wav", "kind": "sung",
                          "seconds": len(result["audio"]) / SUNG_SR}]
         else:
             _write_wav(folder / f"{source.clip}.wav", x, sr)
             meta.update(sample_rate=sr, seconds=round(len(x) / sr, 3))
-            written.append({"path": f"eval/{source.voice}/{source.clip}.wav", "kind": "speech", "seconds": len(x) / sr})
+            written.append({"path": f"eval/{name}/{source.clip}.wav", "kind": "speech", "seconds": len(x) / sr})
         atomic_write_json(folder / f"{source.clip}.json", meta)
-        written.append({"path": f"eval/{source.voice}/{source.clip}.json", "kind": "meta"})
-        return {"clip": source.clip, "voice": source.voice, "written": written}
+        written.append({"path": f"eval/{name}/{source.clip}.json", "kind": "meta"})
+        return {"clip": source.clip, "voice": name, "written": written}
     except Exception as error:  # noqa: BLE001 - any failure of one file is reported, the run goes on
-        return {"clip": source.clip, "voice": source.voice, "written": written, "error": f"{source.path}: {error}"}
+        return {"clip": source.clip, "voice": name, "written": written, "error": f"{source.path}: {error}"}
 
 
 def run_parallel(function, items: list, workers: int, desc: str, progress: bool) -> list:
@@ -769,7 +791,7 @@ def build(settings: Settings) -> dict:
     settings.validate()
     started = time.perf_counter()
     out = Path(settings.out)
-    ours = {"raw", "eval", "voices.json", "report.json"}
+    ours = {"raw", "eval", "voices.json", "report.json", DECODE_CACHE}
     if out.exists() and any(p.name not in ours for p in out.iterdir()):
         raise CorpusError(f"{out} holds files other than {', '.join(sorted(ours))}: not a real-corpus folder "
                           f"(stale files under raw/ and eval/ are removed on each run); choose an empty or new --out")
@@ -791,7 +813,10 @@ def build(settings: Settings) -> dict:
             keep = set(rng.permutation(len(files))[: settings.quick_files_per_voice].tolist())
             files = [s for k, s in enumerate(files) if k in keep]
         selected.extend(files)
-    results = run_parallel(analyse, selected, settings.workers, "analyse", settings.progress)
+    cache = out / DECODE_CACHE
+    shutil.rmtree(cache, ignore_errors=True)  # decoded afresh on every run
+    timings = {"collect_s": time.perf_counter() - started}
+    results = run_parallel(analyse, [(s, str(cache)) for s in selected], settings.workers, "analyse", settings.progress)
     errors: list[str] = []
     analyses: dict[tuple[str, str], dict] = {}
     for source, result in zip(selected, results):
@@ -843,12 +868,11 @@ def build(settings: Settings) -> dict:
         n_sung = effective.heldout_eval_sung if held else effective.train_eval_sung
         n_speech = effective.heldout_eval_speech if held else effective.train_eval_speech
         chosen, rest = pick_eval(files, analyses, n_sung, n_speech, rng)
-        if settings.quick:
-            rest = rest[:4]
+        if settings.quick:  # a few short files
+            rest = [s for s in rest if analyses[(voice, s.clip)]["seconds"] <= QUICK_MAX_FILE_S][:4] or rest[:1]
         cap = 60.0 * (effective.heldout_sung_minutes if held else effective.max_sung_minutes)
         sung_budget = 0.0
         name = names[voice]
-        renamed = lambda s: dataclasses.replace(s, voice=name)  # noqa: E731
         for k in rng.permutation(len(rest)).tolist():
             source = rest[k]
             seconds = analyses[(voice, source.clip)]["seconds"]
@@ -856,13 +880,16 @@ def build(settings: Settings) -> dict:
             if sung_budget + seconds <= cap or sung_budget == 0.0 and cap > 0:
                 kinds = ("speech", "sung")
                 sung_budget += seconds
-            jobs.append(Job(renamed(source), "raw", kinds, stats[voice].f0_median, settings.seed, str(out)))
+            jobs.append(Job(source, name, "raw", kinds, stats[voice].f0_median, settings.seed, str(out),
+                            cache=str(cache)))
         for source, kind in chosen:
-            jobs.append(Job(renamed(source), "eval", (kind,), stats[voice].f0_median, settings.seed, str(out),
-                            tuple(analyses[(voice, source.clip)]["span"])))
+            jobs.append(Job(source, name, "eval", (kind,), stats[voice].f0_median, settings.seed, str(out),
+                            tuple(analyses[(voice, source.clip)]["span"]), cache=str(cache)))
         plan[voice] = {"eval": len(chosen), "raw": len(rest)}
     jobs.sort(key=lambda j: -j.source.est_seconds)  # longest first: the pool ends together
+    timings["analyse_s"] = time.perf_counter() - started - sum(timings.values())
     rendered = run_parallel(run_job, jobs, settings.workers, "render", settings.progress)
+    timings["render_s"] = time.perf_counter() - started - sum(timings.values())
 
     written: set[str] = set()
     seconds: dict[str, dict[str, float]] = {}
@@ -874,12 +901,13 @@ def build(settings: Settings) -> dict:
             errors.append(result["error"])
             print(f"real_corpus: failed {result['error']}", file=sys.stderr)
             continue
-        bucket = seconds.setdefault(job.source.voice, {"speech": 0.0, "sung": 0.0})
+        bucket = seconds.setdefault(job.name, {"speech": 0.0, "sung": 0.0})
         if job.role == "raw":
             for item in result["written"]:
                 bucket[item["kind"]] += item["seconds"]
         else:
-            eval_counts[job.source.voice] = eval_counts.get(job.source.voice, 0) + 1
+            eval_counts[job.name] = eval_counts.get(job.name, 0) + 1
+    shutil.rmtree(cache, ignore_errors=True)
     removed = _sweep(out, written) if (out / "raw").exists() or (out / "eval").exists() else 0
 
     voices = {}
@@ -910,7 +938,7 @@ def build(settings: Settings) -> dict:
               "skipped": sorted(collection.skipped, key=lambda s: s["path"]), "removed_stale_files": removed}
     atomic_write_json(out / "report.json", report)
     atomic_write_json(out / "voices.json", document)
-    return {"voices": document, "report": report, "elapsed": time.perf_counter() - started}
+    return {"voices": document, "report": report, "elapsed": time.perf_counter() - started, "timings": timings}
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -964,7 +992,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'':8s}{v['train_seconds'] / 60:6.1f} m {v['sung_train_seconds'] / 60:6.1f} m  {v['eval_phrases']:4d}")
     print(f"held out: {', '.join(document['heldout']) or 'none'} — {document['why_heldout']}")
     problems = len(report["errors"])
-    print(f"wrote {settings.out} in {result['elapsed']:.0f} s; {problems} file(s) failed, "
+    passes = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result["timings"].items())
+    print(f"wrote {settings.out} in {result['elapsed']:.0f} s ({passes}); {problems} file(s) failed, "
           f"{len(report['skipped'])} skipped (reasons in report.json)")
     return 0 if any(v["train_seconds"] > 0 for v in document["voices"].values()) else 1
 
