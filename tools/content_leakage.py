@@ -72,6 +72,31 @@ def find_clips(voices_dir: Path) -> list[dict]:
     return clips
 
 
+def select_clips(clips: list[dict], only: list[str] | None, min_clips: int, max_clips: int | None,
+                 seed: int) -> tuple[list[dict], dict[str, int]]:
+    """The clips of the voices in ``only`` (all when None) that have at least ``min_clips`` clips, at most
+    ``max_clips`` per voice: an equal share per condition (a condition with fewer gives its spare share to
+    the others), chosen at random with ``seed``. Returns (clips, {dropped voice: its clip count})."""
+    by_voice: dict[str, dict[str, list[dict]]] = {}
+    for clip in clips:
+        if only is None or clip["voice"] in only:
+            by_voice.setdefault(clip["voice"], {}).setdefault(clip["condition"], []).append(clip)
+    rng = np.random.default_rng(seed)
+    kept, dropped = [], {}
+    for voice, conditions in sorted(by_voice.items()):
+        total = sum(len(c) for c in conditions.values())
+        if total < min_clips:
+            dropped[voice] = total
+            continue
+        budget = total if max_clips is None else max_clips
+        for index, (condition, members) in enumerate(sorted(conditions.items(), key=lambda item: len(item[1]))):
+            share = budget // (len(conditions) - index)
+            chosen = sorted(rng.choice(len(members), size=min(share, len(members)), replace=False))
+            kept += [members[i] for i in chosen]
+            budget -= len(chosen)
+    return kept, dropped
+
+
 def _clips_key(clips: list[dict]) -> str:
     digest = hashlib.sha256()
     for clip in clips:
@@ -275,6 +300,8 @@ def markdown_table(corpus: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"{first['voices']} voices, {first['clips']} clips ({corpus['audio_minutes']:.1f} min); chance "
              f"{first['chance']:.2f} (majority class {first['majority']:.2f})"]
+    if corpus.get("dropped_voices"):
+        notes.append("left out (too few clips): " + ", ".join(f"{v} ({n})" for v, n in corpus["dropped_voices"].items()))
     if has_cross:
         r = next(r for r in rows.values() if "cross_condition_accuracy" in r)
         notes.append(f"across conditions: chance {r['cross_condition_chance']:.2f}")
@@ -287,15 +314,18 @@ def markdown_table(corpus: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--voices", action="append", type=Path, required=True,
-                        help="a folder with one subfolder of clips per voice (repeatable)")
+    parser.add_argument("--voices", action="append", required=True,
+                        help="a folder with one subfolder of clips per voice, optionally :VOICE,VOICE to keep only "
+                             "those (repeatable)")
     parser.add_argument("--encoders", nargs="+", default=["synth", "tiny.en", "base", "logmel"])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "content_leakage")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--splits", type=int, default=5, help="repeated stratified train/test splits")
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--frames-per-clip", type=int, default=20)
-    parser.add_argument("--max-clips-per-voice", type=int, default=None, help="the first N clips of each voice")
+    parser.add_argument("--max-clips-per-voice", type=int, default=None,
+                        help="at most N clips per voice, split evenly over its conditions (seeded random choice)")
+    parser.add_argument("--min-clips-per-voice", type=int, default=8, help="voices with fewer clips are left out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--bench", action="store_true", help="also write the BENCHMARKS.md section")
@@ -313,19 +343,14 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {k: v for k, v in vars(args).items() if k not in ("voices", "out")} | {"out": str(args.out)},
               "corpora": {}}
     corpora = {}
-    for voices_dir in args.voices:
-        clips = find_clips(voices_dir)
-        if args.max_clips_per_voice:
-            kept, seen = [], {}
-            for clip in clips:
-                seen[clip["voice"]] = seen.get(clip["voice"], 0) + 1
-                if seen[clip["voice"]] <= args.max_clips_per_voice:
-                    kept.append(clip)
-            clips = kept
+    for corpus_arg in args.voices:
+        voices_dir, _, only = corpus_arg.partition(":")
+        clips, dropped = select_clips(find_clips(Path(voices_dir)), only.split(",") if only else None,
+                                      args.min_clips_per_voice, args.max_clips_per_voice, args.seed)
         if len({clip["voice"] for clip in clips}) < 2:
-            raise SystemExit(f"{voices_dir}: needs at least two voice folders with audio clips")
-        corpora[str(voices_dir)] = (clips, _clips_key(clips))
-        report["corpora"][str(voices_dir)] = {"encoders": {}}
+            raise SystemExit(f"{corpus_arg}: needs at least two voices with {args.min_clips_per_voice}+ clips")
+        corpora[corpus_arg] = (clips, _clips_key(clips))
+        report["corpora"][corpus_arg] = {"encoders": {}, "dropped_voices": dropped}
     for spec in args.encoders:
         name, encoder, record = build_encoder(spec)
         for corpus_name, (clips, key) in corpora.items():
