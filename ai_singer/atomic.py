@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -44,21 +46,97 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: A folder set aside while a new one takes its place: ``.<name>.<pid>.old.tmp``.
+_OLD_FOLDER = re.compile(r"^\.(.+)\.(\d+)\.old\.tmp$")
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files in ``folder`` (not below it) that a killed save left behind: those whose
-    writer's process is gone. Files of a writer still running, and anything not named like our
-    temporaries, are left alone. Returns the removed paths."""
+    """Delete the temporaries in ``folder`` (not below it) that a killed writer left behind: those whose
+    writer's process is gone — files of :func:`atomic_write`/:func:`atomic_path` and folders of
+    :func:`atomic_folder`. A folder set aside by :func:`replace_folder` whose replacement never arrived (the
+    writer died between its two renames) is renamed back into place instead. Files and folders of a writer
+    still running, and anything not named like our temporaries, are left alone. Returns the removed paths."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    for path in folder.iterdir():
+    for path in sorted(folder.iterdir()):
         match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not _alive(int(match.group(1))):
-            with contextlib.suppress(FileNotFoundError):
+        if not match or _alive(int(match.group(1))):
+            continue
+        old = _OLD_FOLDER.match(path.name)
+        if old and path.is_dir() and not (folder / old.group(1)).exists():
+            with contextlib.suppress(OSError):
+                os.rename(path, folder / old.group(1))  # the old version is the complete one: put it back
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
                 path.unlink()
-                removed.append(path)
+            removed.append(path)
     return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the OS or the file
+    system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` at ``target`` (same parent), replacing an existing ``target`` as
+    atomically as the OS allows: one swap where Linux offers it, else old -> ``.<name>.<pid>.old.tmp``,
+    new -> target, then the old is deleted. A reader sees the complete old folder or the complete new
+    one; after a kill between the two renames, :func:`remove_stale_temporaries` puts the old one back."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+    elif _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # holds the old version now
+    else:
+        aside = target.parent / f".{target.name}.{os.getpid()}.old.tmp"
+        os.rename(target, aside)
+        os.rename(new, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` (``.<name>.<pid>.<random>.tmp``); on a clean exit it
+    replaces ``path`` (:func:`replace_folder`), on an error it is deleted and ``path`` is left untouched.
+    For outputs that belong together (a song's stems and report): all of them appear, or none."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target.name), suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -191,12 +191,12 @@ def run_stage(stage: str, overrides: Sequence[str], echo: Callable[[str], None] 
 
 
 def _song_outputs(output_dir: Path) -> dict[str, str]:
-    """The first converted song's files from ``<output>/batch_report.json`` ({} if none)."""
+    """The first converted (or already converted) song's files from ``<output>/batch_report.json`` ({} if none)."""
     report = output_dir / "batch_report.json"
     if not report.is_file():
         return {}
     songs = json.loads(report.read_text(encoding="utf-8")).get("songs") or []
-    ok = [song for song in songs if song.get("status") == "ok"]
+    ok = [song for song in songs if song.get("status") in ("ok", "skipped")]
     return dict(ok[0]["outputs"]) if ok else {}
 
 

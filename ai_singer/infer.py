@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ai_singer.atomic import atomic_write_json
+from ai_singer.atomic import atomic_folder, atomic_write_json, remove_stale_temporaries
 from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
     slice_on_silence, to_mono, write_audio
 from ai_singer.device import DeviceError, pick_device
@@ -807,7 +807,8 @@ def apply_rest_gate(output: np.ndarray, mono: np.ndarray, sr: int, threshold_db:
 
 @dataclass
 class SongResult:
-    """How one song went: ``status`` ``ok`` or ``failed`` (with ``reason``), output files, report."""
+    """How one song went: ``status`` ``ok``, ``skipped`` (already converted with the same singer and settings)
+    or ``failed`` (with ``reason``), output files, report."""
 
     song: str
     status: str
@@ -823,17 +824,25 @@ class BatchResult:
 
     @property
     def failed(self) -> list[SongResult]:
-        return [song for song in self.songs if song.status != "ok"]
+        return [song for song in self.songs if song.status not in ("ok", "skipped")]
+
+    @property
+    def skipped(self) -> list[SongResult]:
+        return [song for song in self.songs if song.status == "skipped"]
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
     def summary(self) -> str:
-        lines = [f"converted {len(self.songs) - len(self.failed)} of {len(self.songs)} song(s)"]
+        done = len(self.songs) - len(self.failed) - len(self.skipped)
+        lines = [f"converted {done} of {len(self.songs)} song(s)"
+                 + (f", {len(self.skipped)} already done (skipped; overwrite=true redoes them)" if self.skipped else "")]
         for song in self.songs:
             if song.status == "ok":
                 lines.append(f"  ok      {song.song}: {song.outputs.get('mix', '')}")
+            elif song.status == "skipped":
+                lines.append(f"  skipped {song.song}: {song.outputs.get('mix', '')}")
             else:
                 lines.append(f"  FAILED  {song.song}: {song.reason}")
         if self.report_path:
@@ -846,9 +855,13 @@ def _settings_report(settings: ConvertSettings) -> dict[str, Any]:
 
 
 def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str | None,
-                 sections_path: str | os.PathLike | None = None, chunk_progress: Any = None) -> SongResult:
-    """Convert one song into ``output_dir/<song>/`` (vocal stem, mix, report.json). Raises on bad input
-    (InferError, AudioError, SectionsError); :func:`run_batch` turns that into a failed entry."""
+                 sections_path: str | os.PathLike | None = None, chunk_progress: Any = None,
+                 resume_key: str | None = None) -> SongResult:
+    """Convert one song into ``output_dir/<song>/`` (vocal stem, mix, report.json). The three are written
+    into a temporary folder beside it that then replaces the song's folder: a song folder always holds a
+    complete conversion (the old one or the new one), never a mix of both. ``resume_key`` is recorded in
+    report.json (see :func:`song_resume_key`). Raises on bad input (InferError, AudioError, SectionsError);
+    :func:`run_batch` turns that into a failed entry."""
     settings = converter.settings
     if song.problem:
         raise InferError(f"song {song.name!r}", song.problem)
@@ -890,12 +903,28 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     song_dir = output_dir / song.name
     vocal_path = song_dir / f"vocals.{mix.format}"
     mix_path = song_dir / f"mix.{mix.format}"
-    write_audio(vocal_path, vocal, sr, subtype=mix.subtype)
-    del mono  # only the vocal and one block of a stem at a time while mixing
-    mixed = mix_stem_files(vocal, sr, song.accompaniment, mix)
-    write_audio(mix_path, mixed.audio if mixed.audio.shape[0] > 1 else mixed.audio[0], sr, subtype=mix.subtype)
-    warnings += mixed.warnings
-    mix_s = time.perf_counter() - started
+    with atomic_folder(song_dir) as writing:
+        write_audio(writing / vocal_path.name, vocal, sr, subtype=mix.subtype)
+        del mono  # only the vocal and one block of a stem at a time while mixing
+        mixed = mix_stem_files(vocal, sr, song.accompaniment, mix)
+        write_audio(writing / mix_path.name, mixed.audio if mixed.audio.shape[0] > 1 else mixed.audio[0], sr,
+                    subtype=mix.subtype)
+        warnings += mixed.warnings
+        mix_s = time.perf_counter() - started
+        report = _song_report(converter, song, singer, info, sr, n_samples, conversion, sections, sections_file,
+                              loudness, mixed, vocal_path, mix_path, vocal, load_s, mix_s, warnings, resume_key)
+        atomic_write_json(writing / "report.json", report)
+    return SongResult(song=song.name, status="ok", outputs={"vocals": str(vocal_path), "mix": str(mix_path),
+                                                             "report": str(song_dir / "report.json")},
+                      report=report)
+
+
+def _song_report(converter: Converter, song: Song, singer: str | None, info: Any, sr: int, n_samples: int,
+                 conversion: VocalConversion, sections: list[Section] | None, sections_file: Path | None,
+                 loudness: dict[str, Any], mixed: Any, vocal_path: Path, mix_path: Path, vocal: np.ndarray,
+                 load_s: float, mix_s: float, warnings: list[str], resume_key: str | None) -> dict[str, Any]:
+    """The song's report.json."""
+    settings = converter.settings
 
     timings = {"load_s": load_s, **conversion.timings, "mix_write_s": mix_s}
     timings["total_s"] = load_s + conversion.timings["total_s"] + mix_s
@@ -923,17 +952,91 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
         "timings": timings,
         "real_time_factor": timings["total_s"] / max(n_samples / sr, 1e-9),
         "warnings": warnings,
+        "resume_key": resume_key,
     }
-    atomic_write_json(song_dir / "report.json", report)
-    return SongResult(song=song.name, status="ok", outputs={"vocals": str(vocal_path), "mix": str(mix_path),
-                                                             "report": str(song_dir / "report.json")},
-                      report=report)
+    return report
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, sections_file: Path | None,
+                    singers_dir: str | os.PathLike, base: str | None, adapter_digests: dict[str, str]) -> str | None:
+    """A hash of what shapes the song's outputs: its source files (path, size, modification time), the
+    conversion settings, the default singer, the sections file's bytes, the ``base`` setting and the bytes of
+    every adapter involved (``adapter_digests`` caches them by singer). None when it cannot be known (a song
+    with a problem, an unknown singer): such a song is never skipped."""
+    import hashlib
+
+    if song.problem or song.vocal is None:
+        return None
+    try:
+        singers = {singer} if singer else set()
+        sections_bytes = b""
+        if sections_file is not None:
+            sections_bytes = Path(sections_file).read_bytes()
+            singers |= {section.singer for section in parse_sections(sections_file)}
+        for name in sorted(singers):
+            if name not in adapter_digests:
+                folder = singer_dir(name, singers_dir)
+                adapter_digests[name] = hashlib.sha256("".join(
+                    _file_digest(folder / file) for file in ("adapter.yaml", "adapter.safetensors",
+                                                             "retrieval.safetensors") if (folder / file).is_file()
+                ).encode()).hexdigest()
+        sources = []
+        for path in [song.vocal, *song.accompaniment]:
+            stat = Path(path).stat()
+            sources.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    except (OSError, InferError, SectionsError):
+        return None
+    record = {"sources": sources, "settings": _settings_report(settings), "singer": singer, "base": base,
+              "sections": hashlib.sha256(sections_bytes).hexdigest() if sections_file else None,
+              "adapters": {name: adapter_digests[name] for name in sorted(singers)}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def finished_song(song_dir: Path, resume_key: str | None) -> dict[str, str] | None:
+    """The outputs of a complete conversion in ``song_dir`` made with ``resume_key``, else None."""
+    if resume_key is None:
+        return None
+    try:
+        report = json.loads((song_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("resume_key") != resume_key:
+        return None
+    outputs = report.get("outputs") or {}
+    names = [Path(str(outputs.get(key, ""))).name for key in ("vocals", "mix")]
+    if not all(names) or not all((song_dir / name).is_file() for name in names):
+        return None
+    return {"vocals": str(song_dir / names[0]), "mix": str(song_dir / names[1]), "report": str(song_dir / "report.json")}
+
+
+def write_batch_report(path: Path, results: list[SongResult], total: int) -> None:
+    """``batch_report.json`` (atomically): every song handled so far and a summary; ``total`` songs in the batch."""
+    atomic_write_json(path, {
+        "songs": [{"song": r.song, "status": r.status, "reason": r.reason, "outputs": r.outputs} for r in results],
+        "summary": {"total": len(results), "ok": sum(r.status == "ok" for r in results),
+                    "failed": sum(r.status not in ("ok", "skipped") for r in results),
+                    "skipped": sum(r.status == "skipped" for r in results),
+                    "remaining": total - len(results)},
+    })
 
 
 def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     """Convert every song of ``cfg.songs`` (a composed ``conf/infer.yaml``). A song that fails is recorded
-    with its reason and the batch goes on. Raises InferError for problems that stop everything (no songs,
-    unknown singer, missing base, content encoder mismatch)."""
+    with its reason and the batch goes on; ``batch_report.json`` is rewritten after each song. A song whose
+    output folder holds a complete conversion with the same sources, singer(s) and settings is skipped unless
+    ``overwrite=true`` (so an interrupted batch resumes where it stopped), and the leftovers of a killed run
+    are removed first. The base is loaded only when a song needs converting. Raises InferError for problems
+    that stop everything (no songs, unknown singer, missing base, content encoder mismatch)."""
     from tqdm.auto import tqdm
 
     settings = settings_from_config(cfg)
@@ -945,43 +1048,58 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
         raise InferError("singer", "set singer=<name>; available singers: "
                                    + (", ".join(available_singers(paths.singers)) or "none"))
-    if converter is None:
+    if singer is not None:
+        singer_dir(str(singer), paths.singers)  # an unknown singer stops the batch before anything else
+
+    def load_converter() -> Converter:
         base_name = None
         if singer is not None:
             from ai_singer import checkpoint
 
-            folder = singer_dir(str(singer), paths.singers)
             try:
-                base_name = checkpoint.load_adapter(folder).config.get("base_name")
+                base_name = checkpoint.load_adapter(singer_dir(str(singer), paths.singers)).config.get("base_name")
             except checkpoint.ArtifactError as error:
                 raise InferError(f"singer {singer!r}", f"cannot load the adapter: {error}") from error
         base_dir = resolve_base_dir(cfg.get("base"), base_name, paths.pretrain)
         content = cfg.get("content")
-        converter = Converter(base_dir, None if content is None else _plain(content), settings, paths.singers,
-                              device=str(cfg.device))
+        return Converter(base_dir, None if content is None else _plain(content), settings, paths.singers,
+                         device=str(cfg.device))
+
     output_dir = Path(str(paths.output))
+    for leftover in remove_stale_temporaries(output_dir) + [
+            path for song in songs for path in remove_stale_temporaries(output_dir / song.name)]:
+        log.info("removed %s, left by a conversion that was killed", leftover)
+    overwrite = bool(cfg.get("overwrite", False))
     progress = bool(cfg.get("progress", True))
+    report_path = output_dir / "batch_report.json"
+    adapter_digests: dict[str, str] = {}
     results: list[SongResult] = []
     with tqdm(total=len(songs), desc="songs", unit="song", disable=not progress, position=0) as song_bar, \
             tqdm(total=0, desc="chunks", unit="chunk", disable=not progress, position=1, leave=False) as chunk_bar:
         for song in songs:
             song_bar.set_postfix_str(song.name)
-            try:
-                results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar))
-            except (InferError, AudioError, SectionsError, ValueError) as error:
-                results.append(SongResult(song=song.name, status="failed", reason=str(error)))
-            except Exception as error:  # an unexpected failure of one song must not stop the batch
-                log.debug("song %s failed", song.name, exc_info=True)
-                results.append(SongResult(song=song.name, status="failed",
-                                          reason=f"{type(error).__name__}: {error} "
-                                                 f"({traceback.extract_tb(error.__traceback__)[-1].name})"))
+            sections_file = Path(str(cfg.sections)) if cfg.get("sections") else song.sections
+            key = song_resume_key(song, settings, singer, sections_file, paths.singers, cfg.get("base"),
+                                  adapter_digests)
+            done = None if overwrite else finished_song(output_dir / song.name, key)
+            if done is not None:
+                results.append(SongResult(song=song.name, status="skipped", outputs=done,
+                                          reason="already converted with this singer and these settings"))
+            else:
+                if converter is None:
+                    converter = load_converter()
+                try:
+                    results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar,
+                                                resume_key=key))
+                except (InferError, AudioError, SectionsError, ValueError) as error:
+                    results.append(SongResult(song=song.name, status="failed", reason=str(error)))
+                except Exception as error:  # an unexpected failure of one song must not stop the batch
+                    log.debug("song %s failed", song.name, exc_info=True)
+                    results.append(SongResult(song=song.name, status="failed",
+                                              reason=f"{type(error).__name__}: {error} "
+                                                     f"({traceback.extract_tb(error.__traceback__)[-1].name})"))
+            write_batch_report(report_path, results, len(songs))
             song_bar.update(1)
-    report_path = output_dir / "batch_report.json"
-    atomic_write_json(report_path, {
-        "songs": [{"song": r.song, "status": r.status, "reason": r.reason, "outputs": r.outputs} for r in results],
-        "summary": {"total": len(results), "ok": sum(r.status == "ok" for r in results),
-                    "failed": sum(r.status != "ok" for r in results)},
-    })
     return BatchResult(songs=results, report_path=report_path)
 
 

@@ -64,3 +64,49 @@ def test_temporary_names_carry_the_writers_pid(tmp_path):
         assert f".{os.getpid()}." in tmp.name
         tmp.write_bytes(b"x")
         assert remove_stale_temporaries(tmp_path) == []  # our own, still being written
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path, monkeypatch, exchange):
+    import ai_singer.atomic as atomic
+
+    if not exchange:  # the three-rename path of systems without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "song"
+    with atomic.atomic_folder(target) as folder:
+        (folder / "vocals.wav").write_text("old vocal")
+        (folder / "mix.wav").write_text("old mix")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(target) as folder:
+            (folder / "vocals.wav").write_text("new vocal")
+            raise RuntimeError("killed before the mix")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"vocals.wav": "old vocal", "mix.wav": "old mix"}
+    with atomic.atomic_folder(target) as folder:
+        (folder / "vocals.wav").write_text("new vocal")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"vocals.wav": "new vocal"}
+    assert [p.name for p in tmp_path.iterdir()] == ["song"]
+
+
+def test_stale_temporary_folders_are_removed_and_a_set_aside_song_comes_back(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f".one.{dead}.k2j4_x.tmp").mkdir()
+    (tmp_path / f".one.{dead}.k2j4_x.tmp" / "vocals.wav").write_text("half")
+    aside = tmp_path / f".two.{dead}.old.tmp"  # killed between "old aside" and "new in place"
+    aside.mkdir()
+    (aside / "mix.wav").write_text("old two")
+    (tmp_path / "three").mkdir()
+    (tmp_path / f".three.{dead}.old.tmp").mkdir()  # the new one made it: the old one goes
+    live = tmp_path / f".four.{os.getpid()}.abc.tmp"
+    live.mkdir()
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".one.{dead}.k2j4_x.tmp", f".three.{dead}.old.tmp"])
+    assert (tmp_path / "two" / "mix.wav").read_text() == "old two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["two", "three", live.name])

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from conftest import harmonic, phrase_with_silences
 
+import ai_singer.infer as infer
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
@@ -138,7 +139,7 @@ def test_convert_song_keeps_rate_length_and_silence(artifacts, tiny_hubert_dir, 
     assert report["outputs"]["samples"] == vocal.shape[0] and report["source"]["sample_rate"] == sr
     assert set(report["timings"]) >= {"load_s", "f0_s", "content_s", "model_s", "mix_write_s", "total_s"}
     assert json.loads((tmp_path / "out" / "batch_report.json").read_text())["summary"] == \
-        {"total": 1, "ok": 1, "failed": 0}
+        {"total": 1, "ok": 1, "failed": 0, "skipped": 0, "remaining": 0}
 
 
 def test_limiter_holds_the_mix_ceiling(artifacts, tiny_hubert_dir, tmp_path):
@@ -294,7 +295,7 @@ def test_batch_with_a_broken_song_goes_on_and_fails(artifacts, tiny_hubert_dir, 
     assert (converted.frames, converted.samplerate, converted.channels) == (sr, sr, 1)  # stereo source -> mono stem
     assert (tmp_path / "out" / "good" / "mix.flac").is_file() and (tmp_path / "out" / "lonely" / "mix.flac").is_file()
     batch = json.loads((tmp_path / "out" / "batch_report.json").read_text())
-    assert batch["summary"] == {"total": 4, "ok": 2, "failed": 2}
+    assert batch["summary"] == {"total": 4, "ok": 2, "failed": 2, "skipped": 0, "remaining": 0}
     assert "FAILED  corrupt" in result.summary()
 
 
@@ -585,3 +586,92 @@ def test_feature_retrieval_moves_the_content_toward_the_singer_index(artifacts, 
     assert any("has no retrieval index" in w for w in no_index.warnings)
     with pytest.raises(ValueError, match="retrieval_ratio must be within 0..1"):
         ConvertSettings(retrieval_ratio=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# a song's outputs appear together; a batch resumes
+
+def _two_songs(root: Path, sr: int = 44100) -> Path:
+    write(root / "one" / "vocals.wav", harmonic(220.0, sr, 0.6), sr)
+    write(root / "two" / "vocals.wav", harmonic(262.0, sr, 0.6), sr)
+    return root
+
+
+def test_a_rerun_converts_only_the_missing_songs(artifacts, tiny_hubert_dir, tmp_path, monkeypatch):
+    import shutil
+
+    songs, out = _two_songs(tmp_path / "songs"), tmp_path / "out"
+    cfg = compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="alto")
+    assert [r.status for r in run_batch(cfg).songs] == ["ok", "ok"]
+    shutil.rmtree(out / "two")  # as if the batch had been stopped before it
+    loaded = []
+    original = infer.Converter.__init__
+
+    def counting(self, *args, **kwargs):
+        loaded.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(infer.Converter, "__init__", counting)
+    result = run_batch(cfg)
+    assert [(r.song, r.status) for r in result.songs] == [("one", "skipped"), ("two", "ok")] and result.exit_code == 0
+    batch = json.loads((out / "batch_report.json").read_text())
+    assert batch["songs"][0]["status"] == "skipped" and batch["songs"][0]["outputs"]["mix"].endswith("mix.wav")
+    assert batch["summary"]["skipped"] == 1 and "already done (skipped" in result.summary()
+    assert [r.status for r in run_batch(cfg).songs] == ["skipped", "skipped"] and len(loaded) == 1  # no base loaded
+    # another singer, other settings or overwrite=true: converted again
+    assert [r.status for r in run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="bass")).songs] \
+        == ["ok", "ok"]
+    assert json.loads((out / "one" / "report.json").read_text())["singer"] == "bass"
+    cfg = compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="bass", noise_scale=0.1)
+    assert [r.status for r in run_batch(cfg).songs] == ["ok", "ok"]
+    cfg = compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="bass", noise_scale=0.1, overwrite=True)
+    assert [r.status for r in run_batch(cfg).songs] == ["ok", "ok"]
+
+
+def test_a_conversion_failing_while_writing_the_mix_keeps_the_complete_old_song(artifacts, tiny_hubert_dir, tmp_path,
+                                                                                monkeypatch):
+    songs, out = _two_songs(tmp_path / "songs"), tmp_path / "out"
+    run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="alto"))
+    before = {p.name: p.read_bytes() for p in (out / "one").iterdir()}
+    real_write = infer.write_audio
+
+    def dying_write(path, *args, **kwargs):
+        if Path(path).name.startswith("mix"):
+            raise OSError("disk pulled out")
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "write_audio", dying_write)
+    result = run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="bass"))
+    assert [r.status for r in result.songs] == ["failed", "failed"]
+    assert {p.name: p.read_bytes() for p in (out / "one").iterdir()} == before  # the old song, whole
+    assert sorted(p.name for p in out.iterdir() if p.name != ".logs") == ["batch_report.json", "one", "two"]
+    assert json.loads((out / "batch_report.json").read_text())["summary"]["failed"] == 2
+
+
+def test_a_conversion_killed_mid_song_leaves_the_old_song_and_the_rerun_finishes(artifacts, tiny_hubert_dir,
+                                                                                 tmp_path):
+    import subprocess
+    import sys
+
+    songs, out = _two_songs(tmp_path / "songs"), tmp_path / "out"
+    run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="alto"))
+    before = {p.name: p.read_bytes() for p in (out / "one").iterdir()}
+    overrides = {"paths.pretrain": artifacts / "pretrain", "paths.singers": artifacts / "singers",
+                 "paths.output": out, "content.path": tiny_hubert_dir, "content.layer": 2, "f0.method": "dio",
+                 "device": "cpu", "progress": False, "noise_scale": 0.0, "songs": songs, "singer": "bass"}
+    script = ("import os, signal, sys\nfrom pathlib import Path\nimport ai_singer.infer as infer\n"
+              "real = infer.write_audio\n"
+              "def write(path, *a, **k):\n"
+              "    if Path(path).name.startswith('mix'): os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    real(path, *a, **k)\n"
+              "infer.write_audio = write\nsys.argv = ['infer'] + sys.argv[1:]\ninfer.main()\n")
+    killed = subprocess.run([sys.executable, "-c", script, *[f"{k}={v}" for k, v in overrides.items()]],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (out / "one").iterdir()} == before
+    assert any(p.name.startswith(".one.") for p in out.iterdir())  # the unfinished new song
+    result = run_batch(compose(artifacts, tiny_hubert_dir, out, **{k: v for k, v in overrides.items()
+                                                                   if not k.startswith(("paths.", "content."))}))
+    assert [r.status for r in result.songs] == ["ok", "ok"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".logs") == ["batch_report.json", "one", "two"]
+    assert json.loads((out / "one" / "report.json").read_text())["singer"] == "bass"
