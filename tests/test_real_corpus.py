@@ -55,14 +55,14 @@ def sources(tmp_path_factory) -> dict[str, Path]:
         lines = [f"; Core Asterisk Sounds in {language}", ""]
         for k in range(count):
             key = f"prompt-{k}" if k % 3 else f"digits/{k}"
-            _write(asterisk / language / f"{key}.wav", speechlike(f0, 2.3 + 0.15 * (k % 2), 16000, seed=k), 16000)
+            _write(asterisk / language / f"{key}.wav", speechlike(f0, 2.3 if k % 2 else 1.7, 16000, seed=k), 16000)
             lines.append(f"{key}: frase {language} numero {k}")
         (docs / f"asterisk-core-sounds-{language}").mkdir(parents=True)
         (docs / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt").write_text("\n".join(lines))
     _write(asterisk / "it" / "silence" / "1.wav", np.zeros(16000, dtype=np.float32), 16000)
     festvox = root / "festvox"
     for k in range(1, 4):
-        _write(festvox / "wav" / f"ru_000{k}.wav", speechlike(105.0, 2.3, 16000, seed=20 + k), 16000)
+        _write(festvox / "wav" / f"ru_000{k}.wav", speechlike(105.0, 1.8, 16000, seed=20 + k), 16000)
     (festvox / "etc").mkdir()
     (festvox / "etc" / "txt.done.data").write_text(
         '( ru_0001 "Один, два." )\n( ru_0002 "Три\nчетыре." )\n( ru_0003 "П+ять." )\n', encoding="utf-8")
@@ -79,7 +79,7 @@ def _argv(sources: dict[str, Path], out: Path, workers: int) -> list[str]:
             "--festvox-ru-dir", str(sources["festvox"]), "--alsa-dir", str(sources["alsa"]),
             "--codec2-dir", str(sources["codec2"]),
             "--max-sung-minutes", "0.02", "--heldout-sung-minutes", "0.02", "--min-heldout-minutes", "0.1",
-            "--heldout-eval-sung", "2", "--heldout-eval-speech", "1", "--train-eval-sung", "1",
+            "--heldout-eval-sung", "1", "--heldout-eval-speech", "1", "--train-eval-sung", "1",
             "--train-eval-speech", "0"]
 
 
@@ -125,7 +125,7 @@ def test_layout_and_voices_json(corpus):
         assert voice["eval_phrases"] == len(list((out / "eval" / name).glob("*.json")))
     held = doc["heldout"][0]
     kinds = [json.loads(p.read_text())["kind"] for p in (out / "eval" / held).glob("*.json")]
-    assert sorted(kinds) == ["speech", "sung", "sung"]
+    assert sorted(kinds) == ["speech", "sung"]
 
 
 def test_imposed_f0_is_what_the_sung_audio_carries(corpus):
@@ -150,7 +150,7 @@ def test_imposed_f0_is_what_the_sung_audio_carries(corpus):
         semis = 12 * np.log2(imposed[imposed > 0] / median)
         assert semis.min() > -4.5 and semis.max() < 10.5
         checked += 1
-    assert checked >= 4
+    assert checked >= 3
 
 
 def test_eval_phrases_never_in_raw(corpus):

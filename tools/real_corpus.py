@@ -58,15 +58,18 @@ FORMAT_VERSION = 1
 SUNG_SR = 44100
 F0_HOP = 512
 WORLD_FRAME_MS = 5.0
-#: F0 search range for the speech statistics and the WORLD analysis, Hz.
+#: F0 search range of the WORLD analysis, Hz.
 F0_FLOOR, F0_CEIL = 50.0, 800.0
+#: F0 search range for the speech statistics, Hz (a lower ceiling keeps Praat from octave jumps on
+#: the narrow-band 8 kHz clips).
+SPEECH_F0_FLOOR, SPEECH_F0_CEIL = 55.0, 500.0
 #: A voice of unknown sex (codec2, alsa) whose speech F0 median is below this is taken as male.
 LOW_HIGH_SPLIT_HZ = 165.0
 #: A source file counts as speech when it lasts this long, is this loud and this much of it is voiced.
 MIN_SPEECH_S, MIN_RMS, MIN_VOICED_FRACTION = 0.5, 0.003, 0.2
 #: Speech spans (after trimming silence) eligible for eval phrases, seconds.
 EVAL_SPEECH_SPAN = (2.0, 6.0)
-EVAL_SUNG_SPAN = (1.5, 4.0)  # sung phrases come out ~1.3-2x longer
+EVAL_SUNG_SPAN = (1.6, 3.3)  # the vowel stretch makes sung phrases ~1.3-1.8x longer: 2-6 s
 #: Melody: semitones around the voice's speech F0 median, note lengths, glide, vibrato, vowel stretch.
 RANGE_BELOW, RANGE_ABOVE = 3.0, 9.0
 NOTE_S = (0.25, 1.0)
@@ -251,6 +254,7 @@ def collect_asterisk(settings: Settings, collection: Collection, have_ffmpeg: bo
         spec.origin = "asterisk-" + "+".join(spec.languages)
         spec.package = ", ".join(filter(None, [spec.package, package]))
         files = [p for p in _walk(folder) if p.suffix in (".g722", ".wav")]
+        undecodable = 0
         by_key: dict[str, Path] = {}
         for path in files:  # a prompt shipped as both .g722 and .wav: keep the .wav
             key = path.relative_to(folder).with_suffix("").as_posix()
@@ -262,11 +266,15 @@ def collect_asterisk(settings: Settings, collection: Collection, have_ffmpeg: bo
                 continue
             if path.suffix == ".g722" and not have_ffmpeg:
                 collection.skipped.append({"path": str(path), "reason": "ffmpeg not found (Debian package ffmpeg) to decode G.722"})
+                undecodable += 1
                 continue
             est = path.stat().st_size / 8000.0 if path.suffix == ".g722" else _wav_seconds(path)
             collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path),
                                              "g722" if path.suffix == ".g722" else "soundfile", language,
                                              texts.get(key), est))
+        if undecodable:
+            collection.notes.append(f"asterisk {language}: ffmpeg not found (Debian package ffmpeg); its {undecodable} "
+                                    f"G.722 files are skipped")
 
 
 def _wav_seconds(path: Path) -> float:
@@ -360,6 +368,8 @@ def decode(source: Source, cache: str | None = None) -> tuple[np.ndarray, int]:
         command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "g722", "-i", source.path,
                    "-ar", "16000", "-ac", "1", "-f", "s16le", "-"]
         result = subprocess.run(command, capture_output=True)
+        if result.returncode == 0 and not result.stdout and os.path.getsize(source.path) == 0:
+            raise ValueError("empty file (0 bytes)")
         if result.returncode != 0 or not result.stdout:
             reason = result.stderr.decode(errors="replace").strip().splitlines()
             raise ValueError(f"ffmpeg could not decode it: {reason[-1] if reason else 'no audio'}")
@@ -394,7 +404,8 @@ def speech_f0(x: np.ndarray, sr: int) -> np.ndarray:
 
     if sr > 16000:
         x, sr = soxr.resample(x, sr, 16000).astype(np.float64), 16000
-    _, f0 = F0_EXTRACTORS["parselmouth"](np.ascontiguousarray(x, dtype=np.float64), sr, F0_FLOOR, F0_CEIL, 0.01)
+    _, f0 = F0_EXTRACTORS["parselmouth"](np.ascontiguousarray(x, dtype=np.float64), sr, SPEECH_F0_FLOOR,
+                                       SPEECH_F0_CEIL, 0.01)
     return np.asarray(f0, dtype=np.float64)
 
 
@@ -745,8 +756,9 @@ def choose_heldout(stats: dict[str, VoiceStats], sex: dict[str, str], min_second
         kept = f"; {enough[0]} ({stats[enough[0]].est_total_seconds / 60:.0f} min, the largest) stays in training" \
             if len(enough) > 1 else "; it is the only one"
         lines.append(f"{group} voices (speech F0 median / speech): {described}. With >= {min_seconds / 60:g} min "
-                     f"to spare for an adapter: {', '.join(enough)}{kept}; held out {pick}, the "
-                     f"{'lowest' if is_low else 'highest'} median of the others ({stats[pick].f0_median:.0f} Hz, "
+                     f"to spare for an adapter: {', '.join(enough)}{kept}; held out {pick}"
+                     + (f", the {'lowest' if is_low else 'highest'} median of the others" if len(enough) > 1 else "")
+                     + f" ({stats[pick].f0_median:.0f} Hz, "
                      f"p05-p95 {stats[pick].f0_p05:.0f}-{stats[pick].f0_p95:.0f} Hz, {stats[pick].est_total_seconds / 60:.1f} min).")
     return chosen, " ".join(lines)
 
@@ -986,10 +998,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real_corpus: {error}", file=sys.stderr)
         return 2
     document, report = result["voices"], result["report"]
-    print(f"{'voice':16s} {'role':8s} sex  F0 median [p05-p95] Hz   speech  sung(raw)  eval")
+    print(f"{'voice':16s} {'role':8s} sex {'F0 median [p05-p95] Hz':>23s}  {'raw speech':>10s} {'raw sung':>9s}  eval")
     for name, v in document["voices"].items():
-        print(f"{name:16s} {v['role']:8s} {v['sex']:3s} {v['f0_median_hz']:6.1f} [{v['f0_p05_hz']:.0f}-{v['f0_p95_hz']:.0f}]"
-              f"{'':8s}{v['train_seconds'] / 60:6.1f} m {v['sung_train_seconds'] / 60:6.1f} m  {v['eval_phrases']:4d}")
+        print(f"{name:16s} {v['role']:8s} {v['sex']:3s} {v['f0_median_hz']:8.1f} [{v['f0_p05_hz']:4.0f}-{v['f0_p95_hz']:4.0f}]"
+              f"       {v['train_seconds'] / 60:6.1f} min {v['sung_train_seconds'] / 60:5.1f} min {v['eval_phrases']:5d}")
     print(f"held out: {', '.join(document['heldout']) or 'none'} — {document['why_heldout']}")
     problems = len(report["errors"])
     passes = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result["timings"].items())
