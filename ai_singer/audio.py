@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from ai_singer.atomic import atomic_path
+from ai_singer.errors import UserError
 
 #: Suffixes of the audio files the stages pick up from folders (anything libsndfile decodes).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -39,13 +40,12 @@ _DIGITAL_SILENCE_PEAK = 2.0 ** -23
 _FLOOR_DB = -200.0
 
 
-class AudioError(Exception):
+class AudioError(UserError):
     """Unusable audio: ``AudioError(path, reason)``; ``str()`` is ``"{path}: {reason}"``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(path, reason)
 
     def __reduce__(self):  # keep it picklable for worker processes
         return (type(self), (self.path, self.reason))

@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from ai_singer.atomic import atomic_path, atomic_write_text
+from ai_singer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,12 @@ _STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 
 # ------------------------------------------------------------------------------------------- errors
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """An artifact (base, adapter, training state) that cannot be used; the message names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(path, reason)
 
 
 class ArtifactMissing(ArtifactError, FileNotFoundError):

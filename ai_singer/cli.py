@@ -71,7 +71,7 @@ def _run_hydra_stage(name: str, overrides: Sequence[str]) -> int:
 
 
 def _run_concat(args: argparse.Namespace) -> int:
-    from ai_singer.audio import AudioError
+    from ai_singer.errors import UserError
     from ai_singer.mix import concat_tracks
 
     options = {}
@@ -81,7 +81,7 @@ def _run_concat(args: argparse.Namespace) -> int:
         options["subtype"] = args.subtype
     try:
         result = concat_tracks(args.tracks, args.output, **options)
-    except (AudioError, ValueError) as error:
+    except (UserError, ValueError) as error:
         print(f"concat: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {result.path}: {result.seconds:.2f} s, {result.sample_rate} Hz, {result.channels} channel(s)")

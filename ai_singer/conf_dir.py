@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 #: ``AI_SINGER_CONF`` overrides the location (e.g. for a non-editable install).
 CONF_DIR: Path = Path(os.environ.get("AI_SINGER_CONF", Path(__file__).resolve().parent.parent / "conf"))
@@ -21,17 +22,95 @@ def conf_dir() -> str:
     return str(CONF_DIR)
 
 
-def run_hydra_app(config_name: str, run_cli) -> None:
+#: The command name each config's errors are reported under (``ai-singer convert`` runs ``infer``).
+STAGE_NAMES = {"infer": "convert"}
+
+
+def output_folders(config_name: str, cfg: Any) -> list[tuple[str, str]]:
+    """The folders (setting, path) a stage writes to, Hydra's log folder included (it lives inside them)."""
+    paths = cfg.paths
+    if config_name == "infer":
+        return [("paths.output", str(paths.output))]
+    if config_name == "preprocess":
+        return [("paths.processed", str(paths.processed))]
+    if config_name == "train":
+        artifact = ("paths.pretrain", str(paths.pretrain)) if cfg.get("mode") == "pretrain" else \
+            ("paths.singers", str(paths.singers))
+        return [("paths.runs", str(paths.runs)), artifact]
+    return []
+
+
+def check_writable(setting: str, folder: str | os.PathLike) -> None:
+    """Raise UserError unless ``folder`` is a folder this process can write in, or can be created (its
+    nearest existing ancestor is a writable folder). Probed by creating and deleting a file, so read-only
+    mounts and permissions are both seen; nothing is created when the folder does not exist yet."""
+    import tempfile
+
+    from ai_singer.errors import UserError
+
+    target = Path(folder).expanduser()
+    probe = target.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    where = f"{setting}={folder}"
+    fix = f"choose a writable folder with {setting}=DIR"
+    if not probe.is_dir():
+        raise UserError(where, f"cannot be created: {probe} is a file, not a folder", fix)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ai_singer-write-test.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        what = "is not writable" if probe == target.absolute() else f"cannot be created: {probe} is not writable"
+        raise UserError(where, f"{what} ({error.strerror or error})", fix) from None
+
+
+def _compose_for_checks(config_name: str, argv: list[str]) -> Any:
+    """The config the command line asks for, composed without running anything; None when options other than
+    overrides are given (``--help``, ``--cfg``, ``-m``: left to Hydra) or it does not compose (Hydra reports)."""
+    if any(arg.startswith("-") for arg in argv):
+        return None
+    try:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name=config_name):
+            return compose(config_name, overrides=list(argv))
+    except Exception:  # noqa: BLE001 - Hydra itself reports a bad override when the app runs
+        return None
+
+
+def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     """Run ``run_cli(cfg) -> exit code`` as a Hydra app over ``conf/<config_name>.yaml`` (the command line
     supplies the overrides) and exit with its code when it is non-zero. The one Hydra entry point of
-    ``python -m ai_singer.preprocess|train|infer``."""
+    ``python -m ai_singer.preprocess|train|infer``.
+
+    A user's mistake (:class:`ai_singer.errors.UserError`, raised anywhere in the stage) ends the run here:
+    one line on stderr, ``<stage>: error: <message>``, exit code 2. The stage's output folders are checked
+    for writability first, before Hydra creates its log folder inside them (same one line, exit 2)."""
     import sys
 
     import hydra
 
+    from ai_singer.errors import is_user_error, report
+
+    stage = stage or STAGE_NAMES.get(config_name, config_name)
+    composed = _compose_for_checks(config_name, sys.argv[1:])
+    if composed is not None:
+        try:
+            for setting, folder in output_folders(config_name, composed):
+                check_writable(setting, folder)
+        except Exception as error:  # noqa: BLE001 - anything else (a config that does not resolve): Hydra reports
+            if is_user_error(error):
+                sys.exit(report(stage, error))
+
     @hydra.main(config_path=conf_dir(), config_name=config_name, version_base="1.3")
     def _entry(cfg) -> None:
-        code = run_cli(cfg)
+        try:
+            code = run_cli(cfg)
+        except Exception as error:  # noqa: BLE001 - anything else keeps its traceback
+            if not is_user_error(error):
+                raise
+            code = report(stage, error)
         if code:
             sys.exit(code)
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ai_singer.errors import UserError
+
 # ------------------------------------------------------------------------------------- bundle layout
 
 #: Folders and files of the bundle, relative to its root (tools/build_bundle.py writes them).
@@ -63,16 +65,22 @@ FULL_TRAINER_OVERRIDES = ("trainer.batch_size=4", "trainer.max_frames=128", "tra
                           "trainer.eval_every=0", "trainer.save_every=50", "trainer.log_every=25")
 
 
-class BundleMissing(FileNotFoundError):
+class BundleMissing(UserError, FileNotFoundError):
     """Bundled files the demo needs are missing; ``str()`` names each and says how to rebuild them."""
 
     def __init__(self, root: Path, missing: Sequence[str]):
         self.root = Path(root)
         self.missing = list(missing)
         listing = "\n".join(f"  {self.root / name}" for name in self.missing)
-        super().__init__(f"the demo bundle is incomplete; missing under {self.root}:\n{listing}\n"
-                         f"Rebuild the bundled files with `{REBUILD_COMMAND}` (run in the repository root; "
-                         f"it skips what exists), or point --bundle / {BUNDLE_ENV} at a complete bundle.")
+        super().__init__(self.root, f"the demo bundle is incomplete; missing:\n{listing}",
+                         f"rebuild the bundled files with `{REBUILD_COMMAND}` (run in the repository root; it "
+                         f"skips what exists), or point --bundle / {BUNDLE_ENV} at a complete bundle")
+
+    def message(self) -> str:
+        listing = "\n".join(f"  {self.root / name}" for name in self.missing)
+        return (f"the demo bundle is incomplete; missing under {self.root}:\n{listing}\n"
+                f"Rebuild the bundled files with `{REBUILD_COMMAND}` (run in the repository root; "
+                f"it skips what exists), or point --bundle / {BUNDLE_ENV} at a complete bundle.")
 
 
 @dataclass(frozen=True)
@@ -373,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return run_full(args) if args.full else run_quick(args)
-    except BundleMissing as error:
+    except UserError as error:  # BundleMissing, or a stage's error raised in this process
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
 

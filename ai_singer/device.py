@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ai_singer.errors import UserError
 
-class DeviceError(ValueError):
+
+class DeviceError(UserError, ValueError):
     """A device setting this machine cannot honour; ``str()`` names the setting and what is available."""
-
-    def __init__(self, where: str, reason: str):
-        self.where, self.reason = where, reason
-        super().__init__(f"{where}: {reason}")
 
 
 def available_devices() -> list[str]:

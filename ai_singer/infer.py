@@ -54,6 +54,7 @@ from ai_singer.atomic import atomic_folder, atomic_write_json, remove_stale_temp
 from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, frame_db, load_audio, resample, \
     slice_on_silence, to_mono, write_audio
 from ai_singer.device import DeviceError, pick_device
+from ai_singer.errors import UserError
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
@@ -73,13 +74,12 @@ CONTENT_SAMPLE_RATE = 16000
 LOUDNESS_TOLERANCE_DB = 1.0
 
 
-class InferError(Exception):
+class InferError(UserError):
     """Bad input for conversion: ``str()`` is ``"{what}: {reason}"`` (``what``: a file, song or setting)."""
 
-    def __init__(self, what: str | os.PathLike, reason: str):
+    def __init__(self, what: str | os.PathLike, reason: str, fix: str | None = None):
         self.what = str(what)
-        self.reason = reason
-        super().__init__(f"{self.what}: {reason}")
+        super().__init__(what, reason, fix)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1091,7 +1091,7 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
                 try:
                     results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar,
                                                 resume_key=key))
-                except (InferError, AudioError, SectionsError, ValueError) as error:
+                except (UserError, ValueError) as error:  # bad input of this song: reported, the batch goes on
                     results.append(SongResult(song=song.name, status="failed", reason=str(error)))
                 except Exception as error:  # an unexpected failure of one song must not stop the batch
                     log.debug("song %s failed", song.name, exc_info=True)
@@ -1104,15 +1104,10 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
 
 
 def run_cli(cfg: Any) -> int:
-    """The command's body: run the batch, print the summary, return the exit code (0 all ok, 1 some songs
-    failed, 2 nothing could start)."""
-    from ai_singer.features.content import ContentEncoderMissing
-
-    try:
-        result = run_batch(cfg)
-    except (InferError, ContentEncoderMissing, SectionsError) as error:
-        print(f"convert: error: {error}", file=sys.stderr)
-        return 2
+    """The command's body: run the batch, print the summary, return the exit code (0 all ok or already done,
+    1 some songs failed). A user's mistake that stops everything is raised (a UserError:
+    :func:`ai_singer.conf_dir.run_hydra_app` reports it, exit code 2)."""
+    result = run_batch(cfg)
     print(result.summary())
     return result.exit_code
 

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ai_singer.atomic import atomic_write_json, atomic_write_text
+from ai_singer.errors import UserError
 
 MANIFEST_NAME = "manifest.jsonl"
 STATS_NAME = "stats.json"
@@ -25,13 +26,12 @@ STATS_FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 
 
-class ManifestError(Exception):
+class ManifestError(UserError):
     """A manifest or stats file that cannot be read; ``str()`` names the file, the line and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(path, reason)
 
 
 @dataclass(frozen=True)

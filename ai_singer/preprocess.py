@@ -36,6 +36,7 @@ import numpy as np
 from ai_singer.atomic import atomic_path, atomic_write_json
 from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, to_mono, write_audio)
+from ai_singer.errors import UserError
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
 
@@ -50,8 +51,13 @@ PITCH_PLOT_NAME = "pitch_range.png"
 _CLIP_FILE = re.compile(r"^.+-[0-9a-f]{6}-\d{3,}(\.wav|\.features\.safetensors)$")
 
 
-class PreprocessError(Exception):
-    """The stage cannot start (missing input folder, no singer folders, bad settings)."""
+class PreprocessError(UserError):
+    """The stage cannot start (missing input folder, no singer folders, bad settings). Built from one message
+    ``"<setting or path>: <reason>"``."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        where, sep, reason = str(message).partition(": ")
+        super().__init__(*((where, reason) if sep else ("preprocess", str(message))), fix)
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -977,26 +983,10 @@ def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str,
 
 
 def run_cli(cfg: Any) -> int:
-    """The command's body: run, print the summary, return the exit code (0 when usable clips came out)."""
-    try:
-        result = run_preprocess(cfg)
-    except PreprocessError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
-        from ai_singer.features.content import ContentEncoderMissing  # imports torch: only when needed
-
-        if not isinstance(error, ContentEncoderMissing):
-            raise
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        from ai_singer.device import DeviceError
-
-        if not isinstance(error, DeviceError):
-            raise
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 2
+    """The command's body: run, print the summary, return the exit code (0 when usable clips came out, 1 when
+    none did). A user's mistake is raised (a UserError: :func:`ai_singer.conf_dir.run_hydra_app` reports it,
+    exit code 2)."""
+    result = run_preprocess(cfg)
     print(result.summary())
     return 0 if result.ok else 1
 

@@ -20,16 +20,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai_singer.errors import UserError
+
 _SINGER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-class SectionsError(ValueError):
+class SectionsError(UserError, ValueError):
     """A sections file that cannot be used: ``str()`` is ``"{path}: {reason}"`` (with the line number)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(path, reason)
 
 
 @dataclass(frozen=True)

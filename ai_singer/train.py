@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.atomic import remove_stale_temporaries
+from ai_singer.errors import UserError
 from ai_singer.data import Batch, ManifestDataset, ResumableSampler, collate
 from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
 from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_loss, generator_adversarial_loss,
@@ -137,13 +138,8 @@ class TrainConfig:
     init_from: Optional[str] = None  # pretrain: a base folder whose same-named, same-shaped tensors start the run
 
 
-class TrainSetupError(Exception):
+class TrainSetupError(UserError):
     """A run that cannot start: ``str()`` names the file or setting and the reason."""
-
-    def __init__(self, where: str | os.PathLike, reason: str):
-        self.where = str(where)
-        self.reason = reason
-        super().__init__(f"{self.where}: {reason}")
 
 
 def typed_config(cfg: Any) -> TrainConfig:
@@ -861,16 +857,12 @@ def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: Da
 
 def run_cli(cfg: Any) -> int:
     """The command's body: check the config, train, print where the artifact went; returns the exit
-    code: 0 done, 130 interrupted (Ctrl-C; the checkpoint is saved, so ``train && convert`` stops there),
-    2 for an error in the user's data, artifacts or settings."""
-    from ai_singer.manifest import ManifestError
-
+    code: 0 done, 130 interrupted (Ctrl-C; the checkpoint is saved, so ``train && convert`` stops there).
+    An error in the user's data, artifacts or settings is raised (a UserError:
+    :func:`ai_singer.conf_dir.run_hydra_app` reports it, exit code 2)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_training(typed_config(cfg))
-    except (TrainSetupError, ManifestError, ckpt.ArtifactError) as error:
-        print(f"train: error: {error}", file=sys.stderr)
-        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -22,6 +22,7 @@ from ai_singer.conf_dir import conf_dir
 from ai_singer.features.content import ContentEncoderMissing
 from ai_singer.manifest import read_manifest, read_stats
 from ai_singer import preprocess
+from ai_singer.errors import is_user_error
 from ai_singer.preprocess import PreprocessError, run_cli, run_preprocess
 from conftest import harmonic, phrase_with_silences
 
@@ -203,8 +204,8 @@ def test_exit_code_nonzero_only_when_nothing_usable(tmp_path, tiny_hubert_dir, c
     assert "no usable clips" in capsys.readouterr().out
     assert json.loads((tmp_path / "processed" / "report.json").read_text())["rejected"][0]["source"] == "alice/junk.wav"
     # a missing input folder, or one without singer folders, is a clear error
-    assert run_cli(make_cfg(tmp_path / "nowhere", tmp_path / "p2", tiny_hubert_dir)) != 0
-    assert "paths.raw" in capsys.readouterr().err
+    with pytest.raises(PreprocessError, match="paths.raw"):  # reported by run_hydra_app: one line, exit 2
+        run_cli(make_cfg(tmp_path / "nowhere", tmp_path / "p2", tiny_hubert_dir))
     (tmp_path / "flat").mkdir()
     sf.write(str(tmp_path / "flat" / "song.wav"), harmonic(220.0, 16000, seconds=1.0), 16000)
     with pytest.raises(PreprocessError, match="no singer folders"):
@@ -216,7 +217,9 @@ def test_missing_content_weights_stop_before_any_work(dataset, tmp_path):
     with pytest.raises(ContentEncoderMissing, match=str(tmp_path / "no_hubert")):
         run_preprocess(make_cfg(dataset, processed, tmp_path / "no_hubert"))
     assert not list(processed.rglob("*.wav")) and not (processed / "manifest.jsonl").exists()
-    assert run_cli(make_cfg(dataset, tmp_path / "p2", tmp_path / "no_hubert")) != 0
+    with pytest.raises(ContentEncoderMissing) as raised:  # run_hydra_app reports it: one line, exit 2
+        run_cli(make_cfg(dataset, tmp_path / "p2", tmp_path / "no_hubert"))
+    assert is_user_error(raised.value)
 
 
 def test_resume_skips_unchanged_redoes_changed_forgets_deleted(reference, dataset, tmp_path, tiny_hubert_dir):
@@ -275,7 +278,8 @@ def test_singer_selection(reference, dataset, tmp_path, tiny_hubert_dir):
     assert without_alice.clips_per_singer == {"bob": 6} and sorted(without_alice.processed_sources) == [
         "bob/b2.flac", "bob/sessions/low.wav"]
     assert {e.singer for e in read_manifest(processed / "manifest.jsonl")} == {"bob"}
-    assert run_cli(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[nobody]")) == 2
+    with pytest.raises(PreprocessError, match="nobody"):
+        run_cli(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[nobody]"))
 
 
 def test_default_content_encoder_is_the_bundled_one_and_hubert_selects_real_weights(tmp_path):

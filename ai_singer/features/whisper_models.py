@@ -30,6 +30,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ai_singer.errors import UserError
+
 #: A ``content.path`` (or any model path) starting with this names a wheel-shipped model: ``wheel:tiny.en``.
 WHEEL_PREFIX = "wheel:"
 
@@ -49,12 +51,8 @@ WHEEL_MODELS: tuple[str, ...] = tuple(_WHOLE) + tuple(_SPLIT)
 REQUIRED_FILES = ("config.json", "model.bin")
 
 
-class WhisperModelMissing(FileNotFoundError):
+class WhisperModelMissing(UserError, FileNotFoundError):
     """A wheel-shipped Whisper model whose package is not installed (or whose files are not complete)."""
-
-    def __init__(self, where: str | Path, reason: str):
-        self.where, self.reason = str(where), reason
-        super().__init__(f"{where}: {reason}")
 
 
 def cache_root() -> Path:

@@ -1,0 +1,121 @@
+"""One error type for user mistakes (ai_singer.errors.UserError), reported once by the Hydra entry wrapper:
+one line on stderr, exit code 2, no traceback; output folders are checked before Hydra writes its logs."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from ai_singer import cli
+from ai_singer.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def hydra_clean():
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+
+
+def run(stage: str, *overrides, capsys) -> tuple[int, list[str]]:
+    """``ai-singer <stage> <overrides>`` in this process: (exit code, stderr lines that are not log lines)."""
+    code = cli.main([stage, *[str(o) for o in overrides]])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def assert_one_line(code: int, lines: list[str], stage: str, *needles: str) -> None:
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: error: "), lines
+    assert "Traceback" not in lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_user_error_message_fix_and_pickling():
+    from ai_singer.audio import AudioError
+    from ai_singer.checkpoint import ArtifactError, ArtifactMissing
+    from ai_singer.demo import BundleMissing
+    from ai_singer.device import DeviceError
+    from ai_singer.features.whisper_models import WhisperModelMissing
+    from ai_singer.infer import InferError
+    from ai_singer.manifest import ManifestError
+    from ai_singer.preprocess import PreprocessError
+    from ai_singer.sections import SectionsError
+    from ai_singer.train import TrainSetupError
+
+    error = UserError("transpose=abc", "not a number", "give semitones, e.g. transpose=-12, or transpose=auto")
+    assert str(error) == "transpose=abc: not a number — give semitones, e.g. transpose=-12, or transpose=auto"
+    assert str(UserError("a.wav", "empty")) == "a.wav: empty"
+    examples = [AudioError("a.wav", "empty"), ArtifactError("base/", "bad hash"), ArtifactMissing("base/", "gone"),
+                BundleMissing(Path("/b"), ["x"]), DeviceError("device", "no CUDA"), InferError("song", "bad"),
+                ManifestError("m.jsonl", "line 3: bad"), PreprocessError("paths.raw=x: not found"),
+                SectionsError("s.txt", "line 1: bad"), TrainSetupError("peft.r", "must be >= 1"),
+                WhisperModelMissing("wheel:base", "not installed"), error]
+    for example in examples:
+        assert isinstance(example, UserError)
+        again = pickle.loads(pickle.dumps(example))
+        assert type(again) is type(example) and str(again) == str(example)
+    assert str(PreprocessError("paths.raw=x: not found")) == "paths.raw=x: not found"
+    assert isinstance(SectionsError("s", "r"), ValueError) and isinstance(ArtifactMissing("p", "r"), FileNotFoundError)
+
+
+def test_a_user_error_is_one_line_and_exit_2_for_every_stage(tmp_path, hydra_clean, capsys):
+    code, lines = run("convert", f"songs={tmp_path / 'missing'}", "singer=x", f"paths.output={tmp_path / 'out'}",
+                      capsys=capsys)
+    assert_one_line(code, lines, "convert", "songs path does not exist")
+    code, lines = run("preprocess", f"paths.raw={tmp_path / 'nowhere'}", f"paths.processed={tmp_path / 'p'}",
+                      capsys=capsys)
+    assert_one_line(code, lines, "preprocess", "paths.raw=")
+    code, lines = run("train", "mode=finetune", f"paths.processed={tmp_path / 'nothing'}", "singer=alice",
+                      "base=nowhere", f"paths.runs={tmp_path / 'runs'}", f"paths.singers={tmp_path / 's'}",
+                      capsys=capsys)
+    assert_one_line(code, lines, "train")
+
+
+@pytest.mark.parametrize("stage, setting", [("convert", "paths.output"), ("preprocess", "paths.processed"),
+                                            ("train", "paths.runs"), ("train", "paths.singers")])
+def test_an_output_folder_that_cannot_be_created_is_one_line_before_hydra_writes(tmp_path, hydra_clean, capsys,
+                                                                                  stage, setting):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    overrides = {"convert": ["songs=x", "singer=y"], "preprocess": [f"paths.raw={tmp_path}"],
+                 "train": ["mode=finetune", "singer=y", "base=z"]}[stage]
+    code, lines = run(stage, *overrides, f"{setting}={blocker / 'sub'}", capsys=capsys)
+    assert_one_line(code, lines, stage, f"{setting}=", "is a file, not a folder", f"{setting}=DIR")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty folder this process cannot write in: a read-only tmpfs when running as root (root ignores
+    permissions), else a folder with mode 0555; skipped when neither is possible."""
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("running as root without permission to mount a read-only tmpfs")
+        yield locked
+        subprocess.run(["umount", str(locked)], check=False)
+    else:
+        locked.chmod(0o555)
+        yield locked
+        locked.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_one_line(read_only_dir, hydra_clean, capsys):
+    code, lines = run("convert", "songs=x", "singer=y", f"paths.output={read_only_dir}", capsys=capsys)
+    assert_one_line(code, lines, "convert", "is not writable")
+    code, lines = run("convert", "songs=x", "singer=y", f"paths.output={read_only_dir / 'new'}", capsys=capsys)
+    assert_one_line(code, lines, "convert", "cannot be created", "not writable")
+    assert list(read_only_dir.iterdir()) == []
