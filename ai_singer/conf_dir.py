@@ -5,6 +5,7 @@ Only entry points (``python -m ai_singer.preprocess|train|infer``) and tests imp
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,59 @@ def check_writable(setting: str, folder: str | os.PathLike) -> None:
         raise UserError(where, f"{what} ({error.strerror or error})", fix) from None
 
 
+def _settings_named(config_name: str, leaf: str) -> list[str]:
+    """Full keys of ``conf/<config_name>.yaml`` (defaults composed) whose last part is ``leaf``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
+
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name)
+    except Exception:  # noqa: BLE001 - only a hint
+        return []
+    found = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            value = node._get_node(key)
+            if isinstance(value, DictConfig):
+                walk(value, f"{full}.")
+            elif str(key) == leaf:
+                found.append(full)
+
+    walk(cfg, "")
+    return found
+
+
 def _compose_for_checks(config_name: str, argv: list[str]) -> Any:
     """The config the command line asks for, composed without running anything; None when options other than
     overrides are given (``--help``, ``--cfg``, ``-m``: left to Hydra) or it does not compose (Hydra reports)."""
     if any(arg.startswith("-") for arg in argv):
         return None
-    try:
-        from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    from ai_singer.errors import UserError
+
+    try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name=config_name):
             return compose(config_name, overrides=list(argv))
-    except Exception:  # noqa: BLE001 - Hydra itself reports a bad override when the app runs
+    except (HydraException, OmegaConfBaseException) as error:  # an override that is not in the config, bad syntax
+        lines = [line.strip() for line in str(error).splitlines()
+                 if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
+        fix = f"`python -m ai_singer.{config_name} --cfg job` prints every setting"
+        unknown = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+        if unknown:
+            key = unknown.group(1)
+            near = _settings_named(config_name, key.rsplit(".", 1)[-1])
+            reason = f"{key} is not a setting of {STAGE_NAMES.get(config_name, config_name)}"
+            if near:
+                fix = f"did you mean {' or '.join(near)}? ({fix})"
+            raise UserError("command line", reason, fix) from None
+        raise UserError("command line", " ".join(lines) or type(error).__name__, fix) from None
+    except Exception:  # noqa: BLE001 - anything else (GlobalHydra in use...): Hydra reports when the app runs
         return None
 
 
@@ -94,7 +137,12 @@ def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     from ai_singer.errors import is_user_error, report
 
     stage = stage or STAGE_NAMES.get(config_name, config_name)
-    composed = _compose_for_checks(config_name, sys.argv[1:])
+    try:
+        composed = _compose_for_checks(config_name, sys.argv[1:])
+    except Exception as error:  # noqa: BLE001 - a user's mistake is one line; anything else: Hydra reports
+        if is_user_error(error):
+            sys.exit(report(stage, error))
+        composed = None
     if composed is not None:
         try:
             for setting, folder in output_folders(config_name, composed):

@@ -56,11 +56,13 @@ from ai_singer.audio import AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info,
 from ai_singer.device import DeviceError, pick_device
 from ai_singer.errors import UserError
 from ai_singer.features.content import align_to_frames, encode_audio
-from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
+from ai_singer.features.pitch import F0_EXTRACTORS, SCALES, choose_transpose, extract_f0, interpolate_unvoiced, \
+    key_to_pitch_class, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
 from ai_singer.mix import MixSettings, highpass, match_loudness, mix_stem_files
 from ai_singer.retrieval import blend
 from ai_singer.sections import Section, SectionsError, assign_singers, parse_sections
+from ai_singer.values import as_bool, as_float, as_int, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ SONG_SECTIONS_FILES = ("sections.txt",)
 CONTENT_SAMPLE_RATE = 16000
 #: The converted vocal stem should end within this many dB of the source's level; a report warns if not.
 LOUDNESS_TOLERANCE_DB = 1.0
+#: transpose beyond this many semitones (3 octaves) either way leaves the range of any voice: refused.
+MAX_TRANSPOSE_SEMITONES = 36.0
+#: A warning when the transposed source's p05-p95 range reaches this many semitones beyond the singer's.
+RANGE_MARGIN_SEMITONES = 3.0
 
 
 class InferError(UserError):
@@ -133,6 +139,18 @@ class PitchCorrectionSettings:
     scale: str = "major"
     strength: float = 0.0
 
+    def __post_init__(self) -> None:
+        try:
+            key_to_pitch_class(str(self.key))
+        except ValueError:
+            raise InferError(f"pitch_correction.key={self.key!r}", "not a key",
+                             "use a note name A-G with an optional # or b, e.g. C, F#, Bb") from None
+        if self.scale not in SCALES:
+            raise InferError(f"pitch_correction.scale={self.scale!r}", "unknown scale",
+                             f"use one of {', '.join(SCALES)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise InferError(f"pitch_correction.strength={self.strength:g}", "must be within 0..1 (0 = off)")
+
 
 @dataclass
 class F0Settings:
@@ -141,6 +159,13 @@ class F0Settings:
     method: str = "harvest"
     f0_min: float = 50.0
     f0_max: float = 1100.0
+
+    def __post_init__(self) -> None:
+        if self.method not in F0_EXTRACTORS:
+            raise InferError(f"f0.method={self.method!r}", "unknown F0 method",
+                             f"use one of {', '.join(sorted(F0_EXTRACTORS))}")
+        if not 0.0 < self.f0_min < self.f0_max:
+            raise InferError(f"f0.f0_min={self.f0_min:g} f0.f0_max={self.f0_max:g}", "need 0 < f0_min < f0_max")
 
 
 @dataclass
@@ -182,15 +207,28 @@ class ConvertSettings:
             raise ValueError(f"highpass_hz must be within 0..1000 Hz (0 = off), got {self.highpass_hz}")
         if int(self.retrieval_neighbours) < 1:
             raise ValueError(f"retrieval_neighbours must be >= 1, got {self.retrieval_neighbours}")
-        if isinstance(self.transpose, str) and self.transpose != "auto":
+        if self.transpose != "auto":
             try:
-                self.transpose = float(self.transpose)
-            except ValueError:
-                raise ValueError(f"transpose must be a number of semitones or 'auto', got {self.transpose!r}") from None
+                self.transpose = as_float(self.transpose, "transpose")
+            except UserError as error:
+                raise InferError(error.where, f"{error.reason}; give semitones or 'auto'") from None
+            if abs(self.transpose) > MAX_TRANSPOSE_SEMITONES:
+                raise InferError(f"transpose={self.transpose:g}",
+                                 f"more than {MAX_TRANSPOSE_SEMITONES:g} semitones (3 octaves) leaves the range of "
+                                 "any voice", "give -12 or 12 for an octave, or transpose=auto")
+        if self.noise_scale < 0:
+            raise InferError(f"noise_scale={self.noise_scale:g}", "must be >= 0 (0 = deterministic)")
         if self.auto_transpose_step < 1:
             raise ValueError(f"auto_transpose_step must be >= 1, got {self.auto_transpose_step}")
-        if not 0.0 <= self.pitch_correction.strength <= 1.0:
-            raise ValueError(f"pitch_correction.strength must be in [0, 1], got {self.pitch_correction.strength}")
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what was meant."""
+        found = []
+        correction = self.pitch_correction
+        if correction.strength == 0 and (correction.key, correction.scale) != ("C", "major"):
+            found.append(f"pitch_correction.key={correction.key} scale={correction.scale} is set but "
+                         "pitch_correction.strength is 0, so no pitch correction is applied (set strength 0..1)")
+        return found
 
 
 def _build(cls, values: Mapping[str, Any] | None, group: str):
@@ -204,13 +242,39 @@ def _build(cls, values: Mapping[str, Any] | None, group: str):
     for name, value in values.items():
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
             else fields[name].default
+        key = f"{group}.{name}" if group else name
         if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-            value = _build(type(default), value, f"{group}.{name}" if group else name)
+            value = _build(type(default), value, key)
+        else:
+            value = _typed(value, str(fields[name].type), key)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise InferError(f"config {group or 'infer'}", str(error)) from error
+
+
+def _typed(value: Any, annotation: str, key: str) -> Any:
+    """``value`` checked against a field's annotation (``float``, ``int``, ``bool``, ``str``, ``dict[str, float]``);
+    other annotations pass through (their class checks them). A wrong type is an InferError naming ``key``."""
+    try:
+        if annotation == "float":
+            return as_float(value, key)
+        if annotation == "int":
+            return as_int(value, key)
+        if annotation == "bool":
+            return as_bool(value, key)
+        if annotation == "str":
+            if isinstance(value, (Mapping, list, tuple)):
+                raise UserError(f"{key}={value}", "expected a single value")
+            return str(value)
+        if annotation == "dict[str, float]":
+            if not isinstance(value, Mapping):
+                raise UserError(f"{key}={value}", "expected a mapping of names to numbers, e.g. {drums: -3}")
+            return {str(k): as_float(v, f"{key}.{k}") for k, v in value.items()}
+    except UserError as error:
+        raise InferError(error.where, error.reason, error.fix) from None
+    return value
 
 
 def _plain(node: Any) -> Any:
@@ -632,6 +696,9 @@ class Converter:
                 log.info("transpose=auto for singer %s: %+g semitones (%s)", name, decision.semitones, decision.reason)
             else:
                 semitones[name] = float(settings.transpose)
+            warning = self._range_warning(name, [p for p in pieces if p.singer == name], semitones[name])
+            if warning:
+                warnings.append(warning)
 
         # Pass 2: content + model, singer by singer, batch by batch; overlap-add into the output.
         output = np.zeros(n_samples, dtype=np.float32)
@@ -660,6 +727,24 @@ class Converter:
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings,
                                transpose_decisions=decisions)
+
+    def _range_warning(self, name: str, pieces: list[_Piece], semitones: float) -> str | None:
+        """A warning when the transposed source's p05-p95 F0 range reaches more than
+        :data:`RANGE_MARGIN_SEMITONES` beyond ``name``'s recorded p05-p95 range (adapter stats), else None."""
+        singer_range = self.singer_f0_range(name)
+        voiced = [p.f0_raw[p.f0_raw > 0] for p in pieces if p.f0_raw is not None]
+        voiced = np.concatenate(voiced) if voiced else np.zeros(0)
+        if singer_range is None or voiced.size == 0:
+            return None
+        low, high = np.percentile(voiced, [5, 95]) * 2.0 ** (semitones / 12.0)
+        below = 12.0 * math.log2(singer_range[0] / low)
+        above = 12.0 * math.log2(high / singer_range[1])
+        if max(below, above) <= RANGE_MARGIN_SEMITONES:
+            return None
+        side = f"{above:.1f} semitones above" if above >= below else f"{below:.1f} semitones below"
+        return (f"transposed by {semitones:+g} semitones, the source's p05-p95 range ({low:.0f}-{high:.0f} Hz) reaches "
+                f"{side} singer {name!r}'s recorded range ({singer_range[0]:.0f}-{singer_range[1]:.0f} Hz): expect "
+                "strained or unnatural notes; another transpose (or transpose=auto) may fit better")
 
     def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
         """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces and
@@ -856,7 +941,7 @@ def _settings_report(settings: ConvertSettings) -> dict[str, Any]:
 
 def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str | None,
                  sections_path: str | os.PathLike | None = None, chunk_progress: Any = None,
-                 resume_key: str | None = None) -> SongResult:
+                 resume_key: str | None = None, extra_warnings: list[str] | None = None) -> SongResult:
     """Convert one song into ``output_dir/<song>/`` (vocal stem, mix, report.json). The three are written
     into a temporary folder beside it that then replaces the song's folder: a song folder always holds a
     complete conversion (the old one or the new one), never a mix of both. ``resume_key`` is recorded in
@@ -884,7 +969,7 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
 
     conversion = converter.convert_vocal(mono, sr, singer, sections, on_plan=on_plan,
                                          progress=chunk_progress.update if chunk_progress is not None else None)
-    warnings = list(conversion.warnings)
+    warnings = list(extra_warnings or []) + list(conversion.warnings)
 
     started = time.perf_counter()
     mix = settings.mix
@@ -968,11 +1053,12 @@ def _file_digest(path: Path) -> str:
 
 
 def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, sections_file: Path | None,
-                    singers_dir: str | os.PathLike, base: str | None, adapter_digests: dict[str, str]) -> str | None:
+                    singers_dir: str | os.PathLike, base: str | None, adapter_digests: dict[str, str],
+                    content: Any = None) -> str | None:
     """A hash of what shapes the song's outputs: its source files (path, size, modification time), the
-    conversion settings, the default singer, the sections file's bytes, the ``base`` setting and the bytes of
-    every adapter involved (``adapter_digests`` caches them by singer). None when it cannot be known (a song
-    with a problem, an unknown singer): such a song is never skipped."""
+    conversion settings, the default singer, the sections file's bytes, the ``base`` and ``content`` settings
+    and the bytes of every adapter involved (``adapter_digests`` caches them by singer). None when it cannot
+    be known (a song with a problem, an unknown singer): such a song is never skipped."""
     import hashlib
 
     if song.problem or song.vocal is None:
@@ -997,6 +1083,7 @@ def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, s
     except (OSError, InferError, SectionsError):
         return None
     record = {"sources": sources, "settings": _settings_report(settings), "singer": singer, "base": base,
+              "content": _plain(content) if content is not None else None,
               "sections": hashlib.sha256(sections_bytes).hexdigest() if sections_file else None,
               "adapters": {name: adapter_digests[name] for name in sorted(singers)}}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
@@ -1030,6 +1117,66 @@ def write_batch_report(path: Path, results: list[SongResult], total: int) -> Non
     })
 
 
+def sections_warnings(sections: list[Section], song_seconds: float) -> list[str]:
+    """Sections that cannot take effect: those starting at or after the end of the song."""
+    return [f"sections: {s.start_s:g}-{'end' if math.isinf(s.end_s) else f'{s.end_s:g}'} s ({s.singer}) starts after "
+            f"the song's end ({song_seconds:.2f} s) and is unused" for s in sections if s.start_s >= song_seconds]
+
+
+def check_batch(cfg: Any) -> tuple[ConvertSettings, list[Song], dict[str, list[str]]]:
+    """Every setting of a composed ``conf/infer.yaml`` and every sections file of the batch, checked before
+    anything loads: raises InferError / SectionsError / DeviceError (UserErrors: one line, exit 2) for the
+    first mistake. Returns the settings, the songs and, by song name, warnings for its report.json (settings
+    that do nothing, sections after the song's end); the batch-wide ones are also logged."""
+    import soundfile as sf
+
+    settings = settings_from_config(cfg)
+    as_int(cfg.get("seed", 0), "seed")
+    as_bool(cfg.get("overwrite", False), "overwrite")
+    as_bool(cfg.get("progress", True), "progress")
+    file_format = {"wav": "WAV", "flac": "FLAC"}[settings.mix.format]
+    if not sf.check_format(file_format, settings.mix.subtype):
+        raise InferError(f"mix.subtype={settings.mix.subtype!r}", f"cannot be written as {settings.mix.format}",
+                         "use PCM_16 or PCM_24 (wav and flac), or FLOAT (wav)")
+    pick_device(str(cfg.get("device", "auto")))
+    if cfg.get("songs") in (None, "", "???"):
+        raise InferError("songs", "set songs=PATH (a song folder, a folder of songs, or a vocal file)")
+    paths = cfg.paths
+    singer = cfg.get("singer") or None
+    if singer is not None:
+        try:
+            plain_name(singer, "singer")
+        except UserError as error:
+            raise InferError(error.where, error.reason, error.fix) from None
+        singer_dir(str(singer), paths.singers)  # an unknown singer stops the batch before anything else
+    songs = find_songs(str(cfg.songs))
+    if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
+        raise InferError("singer", "set singer=<name>; available singers: "
+                                   + (", ".join(available_singers(paths.singers)) or "none"))
+    batch_warnings = settings.warnings()
+    for warning in batch_warnings:
+        log.warning("%s", warning)
+    song_warnings: dict[str, list[str]] = {}
+    for song in songs:
+        song_warnings[song.name] = list(batch_warnings)
+        sections_file = Path(str(cfg.sections)) if cfg.get("sections") else song.sections
+        if sections_file is None:
+            continue
+        sections = parse_sections(sections_file)
+        for name in sorted({section.singer for section in sections}):
+            try:
+                singer_dir(name, paths.singers)
+            except InferError as error:
+                raise InferError(f"{sections_file}", f"names singer {name!r}: {error.reason}") from None
+        if song.vocal is not None and not song.problem:
+            try:
+                info = audio_info(song.vocal)
+            except AudioError:  # an unreadable vocal fails that song only, when its turn comes
+                continue
+            song_warnings[song.name] += sections_warnings(sections, info.frames / info.sample_rate)
+    return settings, songs, song_warnings
+
+
 def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     """Convert every song of ``cfg.songs`` (a composed ``conf/infer.yaml``). A song that fails is recorded
     with its reason and the batch goes on; ``batch_report.json`` is rewritten after each song. A song whose
@@ -1039,17 +1186,9 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     that stop everything (no songs, unknown singer, missing base, content encoder mismatch)."""
     from tqdm.auto import tqdm
 
-    settings = settings_from_config(cfg)
-    if cfg.get("songs") in (None, "", "???"):
-        raise InferError("songs", "set songs=PATH (a song folder, a folder of songs, or a vocal file)")
-    songs = find_songs(str(cfg.songs))
+    settings, songs, song_warnings = check_batch(cfg)
     singer = cfg.get("singer") or None
     paths = cfg.paths
-    if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
-        raise InferError("singer", "set singer=<name>; available singers: "
-                                   + (", ".join(available_singers(paths.singers)) or "none"))
-    if singer is not None:
-        singer_dir(str(singer), paths.singers)  # an unknown singer stops the batch before anything else
 
     def load_converter() -> Converter:
         base_name = None
@@ -1069,8 +1208,8 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     for leftover in remove_stale_temporaries(output_dir) + [
             path for song in songs for path in remove_stale_temporaries(output_dir / song.name)]:
         log.info("removed %s, left by a conversion that was killed", leftover)
-    overwrite = bool(cfg.get("overwrite", False))
-    progress = bool(cfg.get("progress", True))
+    overwrite = as_bool(cfg.get("overwrite", False), "overwrite")
+    progress = as_bool(cfg.get("progress", True), "progress")
     report_path = output_dir / "batch_report.json"
     adapter_digests: dict[str, str] = {}
     results: list[SongResult] = []
@@ -1080,7 +1219,7 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
             song_bar.set_postfix_str(song.name)
             sections_file = Path(str(cfg.sections)) if cfg.get("sections") else song.sections
             key = song_resume_key(song, settings, singer, sections_file, paths.singers, cfg.get("base"),
-                                  adapter_digests)
+                                  adapter_digests, cfg.get("content"))
             done = None if overwrite else finished_song(output_dir / song.name, key)
             if done is not None:
                 results.append(SongResult(song=song.name, status="skipped", outputs=done,
@@ -1090,7 +1229,7 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
                     converter = load_converter()
                 try:
                     results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar,
-                                                resume_key=key))
+                                                resume_key=key, extra_warnings=song_warnings.get(song.name, [])))
                 except (UserError, ValueError) as error:  # bad input of this song: reported, the batch goes on
                     results.append(SongResult(song=song.name, status="failed", reason=str(error)))
                 except Exception as error:  # an unexpected failure of one song must not stop the batch

@@ -39,6 +39,7 @@ from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info
 from ai_singer.errors import UserError
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
+from ai_singer.values import as_bool, as_float, as_int
 
 #: Bump when a code change alters what preprocess writes: every source is redone on the next run.
 PIPELINE_VERSION = 1
@@ -202,9 +203,10 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
         f0=_build(F0Settings, _plain(cfg.f0), "f0"),
         content=ContentSettings(name=str(name), path=str(path), options=content),
         split=_build(SplitSettings, _plain(cfg.split), "split"),
-        num_workers=int(cfg.num_workers), min_clip_seconds=float(cfg.min_clip_seconds),
+        num_workers=as_int(cfg.num_workers, "num_workers", minimum=0),
+        min_clip_seconds=as_float(cfg.min_clip_seconds, "min_clip_seconds", minimum=0.0),
         min_voiced_fraction=_fraction(cfg.min_voiced_fraction, "min_voiced_fraction"),
-        pitch_plots=bool(cfg.pitch_plots), progress=bool(cfg.progress),
+        pitch_plots=as_bool(cfg.pitch_plots, "pitch_plots"), progress=as_bool(cfg.progress, "progress"),
         singers=None if singers is None else tuple(str(name) for name in singers),
         exclude_singers=tuple(str(name) for name in exclude),
     )

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_singer.errors import UserError
-
-_SINGER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+from ai_singer.values import SINGER_NAME as _SINGER_NAME
 
 
 class SectionsError(UserError, ValueError):
@@ -86,9 +85,9 @@ def parse_sections(path: str | os.PathLike) -> list[Section]:
             raise SectionsError(path, f"line {number}: a section cannot start at 'end'")
         if not end > start:
             raise SectionsError(path, f"line {number}: end {fields[1]} is not after start {fields[0]}")
-        if not _SINGER_NAME.match(fields[2]):
+        if not _SINGER_NAME.match(fields[2]) or fields[2] in (".", ".."):
             raise SectionsError(path, f"line {number}: {fields[2]!r} is not a singer name "
-                                      "(letters, digits, '_', '-', '.')")
+                                      "(letters, digits, '_', '-', '.'; not starting with '.')")
         sections.append((Section(start, end, fields[2]), number))
     if not sections:
         raise SectionsError(path, "no sections found (expected lines 'START END SINGER')")

@@ -155,7 +155,10 @@ def typed_config(cfg: Any) -> TrainConfig:
         typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "config"
-        raise TrainSetupError(f"train config ({key})", f"{error.msg if hasattr(error, 'msg') else error}") from error
+        message = str(error.msg if hasattr(error, "msg") else error).strip().splitlines()
+        raise TrainSetupError(f"train config ({key})", message[0] if message else type(error).__name__) from None
+    except (ValueError, TypeError) as error:  # a settings class refused a value (peft.r=-1, model.hidden_channels=-3)
+        raise TrainSetupError("train config", str(error)) from None
     assert isinstance(typed, TrainConfig)
     validate_config(typed)
     return typed

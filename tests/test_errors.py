@@ -67,8 +67,8 @@ def test_user_error_message_fix_and_pickling():
 
 
 def test_a_user_error_is_one_line_and_exit_2_for_every_stage(tmp_path, hydra_clean, capsys):
-    code, lines = run("convert", f"songs={tmp_path / 'missing'}", "singer=x", f"paths.output={tmp_path / 'out'}",
-                      capsys=capsys)
+    code, lines = run("convert", f"songs={tmp_path / 'missing'}", "singer=example", f"paths.singers={REPO / 'singers'}",
+                      f"paths.output={tmp_path / 'out'}", capsys=capsys)
     assert_one_line(code, lines, "convert", "songs path does not exist")
     code, lines = run("preprocess", f"paths.raw={tmp_path / 'nowhere'}", f"paths.processed={tmp_path / 'p'}",
                       capsys=capsys)
@@ -119,3 +119,103 @@ def test_a_read_only_output_folder_is_one_line(read_only_dir, hydra_clean, capsy
     code, lines = run("convert", "songs=x", "singer=y", f"paths.output={read_only_dir / 'new'}", capsys=capsys)
     assert_one_line(code, lines, "convert", "cannot be created", "not writable")
     assert list(read_only_dir.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# every setting is checked before any model loads
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Fail the test if a base, an adapter's weights, a content encoder or a training run is loaded/started."""
+    import ai_singer.checkpoint as ckpt
+    import ai_singer.features.content as content
+    import ai_singer.infer as infer
+    import ai_singer.train as train
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(ckpt, "load_base", loaded)
+    monkeypatch.setattr(infer.Converter, "__init__", loaded)
+    monkeypatch.setattr(content, "load_content_encoder", loaded)
+    monkeypatch.setattr(train, "run_training", loaded)
+
+
+def _song_folder(root: Path, sections: str | None = None) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    root.mkdir(parents=True, exist_ok=True)
+    sf.write(str(root / "vocals.wav"), (0.1 * np.sin(np.arange(22050) * 0.05)).astype(np.float32), 22050)
+    if sections is not None:
+        (root / "sections.txt").write_text(sections)
+    return root
+
+
+CONVERT_MISTAKES = [
+    (["noise_scale=abc"], "noise_scale='abc': not a number"),
+    (["transpose=nan"], "transpose=nan: must be a finite number"),
+    (["transpose=100"], "transpose=100: more than 36 semitones"),
+    (["transpose=-100"], "transpose=-100: more than 36 semitones"),
+    (["transpose=high"], "transpose='high': not a number; give semitones or 'auto'"),
+    (["pitch_correction.key=H"], "pitch_correction.key='H': not a key"),
+    (["pitch_correction.scale=blues"], "pitch_correction.scale='blues': unknown scale"),
+    (["pitch_correction.strength=2"], "pitch_correction.strength=2: must be within 0..1"),
+    (["singer=../x"], "singer='../x': a singer is named by its folder name"),
+    (["f0.method=crepe"], "f0.method='crepe': unknown F0 method"),
+    (["chunk.batch_size=many"], "chunk.batch_size='many': not a whole number"),
+    (["mix.subtype=PCM_99"], "mix.subtype='PCM_99': cannot be written as wav"),
+    (["overwrite=maybe"], "overwrite='maybe': expected true or false"),
+    (["strength=1"], "strength is not a setting of convert — did you mean pitch_correction.strength?"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CONVERT_MISTAKES, ids=[m[0][0] for m in CONVERT_MISTAKES])
+def test_each_convert_mistake_is_one_line_before_any_model_loads(tmp_path, hydra_clean, capsys, nothing_loads,
+                                                                 overrides, message):
+    song = _song_folder(tmp_path / "songs" / "one")
+    code, lines = run("convert", f"songs={song.parent}", "singer=example", f"paths.singers={REPO / 'singers'}",
+                      f"paths.pretrain={REPO / 'pretrain'}", f"paths.output={tmp_path / 'out'}", *overrides,
+                      capsys=capsys)
+    assert_one_line(code, lines, "convert", message)
+
+
+def test_every_sections_file_of_the_batch_is_read_before_any_model_loads(tmp_path, hydra_clean, capsys,
+                                                                         nothing_loads):
+    songs = tmp_path / "songs"
+    _song_folder(songs / "a_fine", "0 end example\n")
+    _song_folder(songs / "b_broken", "0 1 example\n0.5 x example\n")
+    common = [f"songs={songs}", f"paths.singers={REPO / 'singers'}", f"paths.pretrain={REPO / 'pretrain'}",
+              f"paths.output={tmp_path / 'out'}"]
+    code, lines = run("convert", *common, capsys=capsys)
+    assert_one_line(code, lines, "convert", "b_broken/sections.txt: line 2")
+    (songs / "b_broken" / "sections.txt").write_text("0 end nobody\n")
+    code, lines = run("convert", *common, capsys=capsys)
+    assert_one_line(code, lines, "convert", "b_broken/sections.txt: names singer 'nobody': unknown singer")
+    (songs / "b_broken" / "sections.txt").write_text("0 end ../example\n")
+    code, lines = run("convert", *common, capsys=capsys)
+    assert_one_line(code, lines, "convert", "line 1: '../example' is not a singer name")
+
+
+TRAIN_MISTAKES = [
+    (["peft.r=-1"], "peft.r must be >= 1"),
+    (["peft.method=nope"], "peft.method must be one of"),
+    (["model.hidden_channels=-3"], "hidden_channels must be positive"),
+    (["num_workers=abc"], "num_workers is not a setting of train — did you mean trainer.num_workers?"),
+    (["trainer.num_workers=abc"], "trainer.num_workers"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", TRAIN_MISTAKES, ids=[m[0][0] for m in TRAIN_MISTAKES])
+def test_each_train_mistake_is_one_line_before_training_starts(tmp_path, hydra_clean, capsys, nothing_loads,
+                                                               overrides, message):
+    code, lines = run("train", "mode=finetune", "singer=alice", "base=pretrain/synth-small",
+                      f"paths.runs={tmp_path / 'runs'}", f"paths.singers={tmp_path / 'singers'}", *overrides,
+                      capsys=capsys)
+    assert_one_line(code, lines, "train", message)
+
+
+def test_preprocess_num_workers_abc_is_one_line_before_any_work(tmp_path, hydra_clean, capsys, nothing_loads):
+    code, lines = run("preprocess", f"paths.raw={tmp_path}", f"paths.processed={tmp_path / 'p'}",
+                      "num_workers=abc", capsys=capsys)
+    assert_one_line(code, lines, "preprocess", "num_workers='abc': not a whole number")

@@ -360,7 +360,7 @@ def test_the_base_names_its_content_encoder(artifacts, tiny_hubert_dir, tmp_path
         run_batch(cfg("content.final_proj=true"))
     shutil.rmtree(work / "encoders")
     with pytest.raises(ContentEncoderMissing, match=rf"the base {base_dir} was trained with.*expected at encoders/tiny"):
-        run_batch(cfg())
+        run_batch(cfg("overwrite=true"))  # (without it the song, converted above, is skipped: nothing loads)
 
 
 def test_fp16_base_converts_like_the_fp32_base(artifacts, tmp_path, converter):
@@ -675,3 +675,28 @@ def test_a_conversion_killed_mid_song_leaves_the_old_song_and_the_rerun_finishes
     assert [r.status for r in result.songs] == ["ok", "ok"]
     assert sorted(p.name for p in out.iterdir() if p.name != ".logs") == ["batch_report.json", "one", "two"]
     assert json.loads((out / "one" / "report.json").read_text())["singer"] == "bass"
+
+
+def test_sections_after_the_end_and_a_key_without_strength_are_warnings_in_the_report(artifacts, tiny_hubert_dir,
+                                                                                      tmp_path):
+    sr = 44100
+    song = tmp_path / "songs" / "short"
+    write(song / "vocals.wav", harmonic(220.0, sr, 1.0), sr)
+    (song / "sections.txt").write_text("0 4 alto\n5 8 bass\n")
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song.parent, singer="null", base="tiny",
+                  **{"pitch_correction.key": "D"})
+    assert run_batch(cfg).exit_code == 0
+    warnings = json.loads((tmp_path / "out" / "short" / "report.json").read_text())["warnings"]
+    assert any("5-8 s (bass) starts after the song's end (1.00 s) and is unused" in w for w in warnings), warnings
+    assert any("pitch_correction.key=D" in w and "strength is 0" in w for w in warnings), warnings
+
+
+def test_a_transposed_source_outside_the_singers_range_is_a_warning(converter, monkeypatch):
+    from ai_singer.infer import _Piece
+
+    monkeypatch.setattr(Converter, "singer_f0_range", lambda self, name: (180.0, 300.0))
+    piece = _Piece(0, 100, "alto", 0, 100, f0_raw=np.array([0.0, 210.0, 220.0, 230.0, 0.0]))
+    assert converter._range_warning("alto", [piece], 0.0) is None
+    high = converter._range_warning("alto", [piece], 12.0)
+    assert "semitones above singer 'alto'" in high and "180-300 Hz" in high
+    assert "below" in converter._range_warning("alto", [piece], -12.0)

@@ -114,7 +114,9 @@ class SingerVAEConfig:
         if self.win_length > self.n_fft:
             problems.append(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
         for name in ("content_dim", "n_speakers", "gin_channels", "segment_frames", "n_layers", "n_flows",
-                     "posterior_layers", "flow_layers", "sample_rate"):
+                     "posterior_layers", "flow_layers", "sample_rate", "hidden_channels", "inter_channels",
+                     "filter_channels", "n_heads", "upsample_initial_channel", "hop_length", "n_fft", "win_length",
+                     "kernel_size", "posterior_kernel_size", "flow_kernel_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if problems:
