@@ -84,6 +84,8 @@ def _run_concat(args: argparse.Namespace) -> int:
     except (UserError, ValueError) as error:
         print(f"concat: error: {error}", file=sys.stderr)
         return 2
+    for warning in result.warnings:
+        print(f"concat: warning: {warning}", file=sys.stderr)
     print(f"wrote {result.path}: {result.seconds:.2f} s, {result.sample_rate} Hz, {result.channels} channel(s)")
     return 0
 

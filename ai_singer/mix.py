@@ -458,6 +458,8 @@ class ConcatResult:
     channels: int
     samples: int
     crossfade_samples: list[int]
+    #: one line per join whose crossfade had to be shorter than asked (a track shorter than the crossfade)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -476,25 +478,30 @@ def concat_tracks(paths: Sequence[str | os.PathLike], out: str | os.PathLike, cr
 
     Every track is converted to the first track's sample rate and channel count (see
     :func:`conform_channels`). Each join overlaps the end of the joined-so-far audio with the start of
-    the next track by ``crossfade_s`` (shortened to the shorter of the two when a track is shorter), so
-    the output has ``sum(lengths) - sum(crossfades)`` samples. Raises AudioError for unreadable inputs and
-    ValueError for an empty list or a negative crossfade.
+    the next track by ``crossfade_s`` (shortened to the shorter of the two when a track is shorter, with a
+    line in ``warnings`` saying so), so the output has ``sum(lengths) - sum(crossfades)`` samples. Raises
+    AudioError for unreadable inputs and ValueError for an empty list or a negative or non-finite crossfade.
     """
     from ai_singer.audio import load_audio, write_audio
 
     if not paths:
         raise ValueError("concat_tracks needs at least one track")
-    if crossfade_s < 0:
-        raise ValueError(f"crossfade must be >= 0 seconds, got {crossfade_s}")
+    if not (math.isfinite(crossfade_s) and crossfade_s >= 0):
+        raise ValueError(f"crossfade must be a number of seconds >= 0, got {crossfade_s}")
     first, sr = load_audio(paths[0])
     channels = first.shape[0]
     pieces: list[np.ndarray] = [first]
     crossfades: list[int] = []
+    warnings: list[str] = []
     want = int(round(crossfade_s * sr))
-    for path in paths[1:]:
+    for index, path in enumerate(paths[1:], start=1):
         audio, track_sr = load_audio(path)
         audio = conform(audio, track_sr, sr, channels)
         n = min(want, pieces[-1].shape[1], audio.shape[1])
+        if n < want:
+            shorter = Path(paths[index - 1]).name if pieces[-1].shape[1] <= audio.shape[1] else Path(path).name
+            warnings.append(f"the crossfade into {Path(path).name} is {n / sr:.2f} s instead of {crossfade_s:g} s: "
+                            f"{shorter} is shorter than the crossfade")
         if n > 0:
             fade_out, fade_in = equal_power_fades(n)
             tail = pieces[-1][:, -n:] * fade_out + audio[:, :n] * fade_in
@@ -506,4 +513,4 @@ def concat_tracks(paths: Sequence[str | os.PathLike], out: str | os.PathLike, cr
     joined = np.concatenate(pieces, axis=1)
     write_audio(out, joined if channels > 1 else joined[0], sr, subtype=subtype)
     return ConcatResult(path=Path(out), sample_rate=sr, channels=channels, samples=int(joined.shape[1]),
-                        crossfade_samples=crossfades)
+                        crossfade_samples=crossfades, warnings=warnings)

@@ -106,3 +106,11 @@ def test_python_dash_m_lists_the_commands():
     assert result.returncode == 0
     for command in ("preprocess", "train", "convert", "concat"):
         assert command in result.stdout
+
+
+def test_concat_command_warns_when_the_crossfade_is_shortened(tmp_path, capsys):
+    a = _write(tmp_path / "a.wav", harmonic(220.0, 44100, 1.0), 44100)
+    b = _write(tmp_path / "b.wav", harmonic(330.0, 44100, 1.0), 44100)
+    assert cli.main(["concat", str(a), str(b), "-o", str(tmp_path / "j.wav"), "--crossfade", "100"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("concat: warning: ") == 1 and "instead of 100 s" in err

@@ -192,3 +192,14 @@ def test_mix_from_files_block_by_block_equals_in_memory_mix(tmp_path):
     in_memory = mix_stems(vocal, SR, [("drums", drums, SR), ("keys", keys_48k, 48000)], settings)
     assert from_files.audio.shape == (2, SR) and from_files.limiter_reduction_db > 0
     np.testing.assert_array_equal(from_files.audio, in_memory.audio)
+
+
+def test_a_crossfade_longer_than_a_track_is_shortened_with_a_warning(tmp_path):
+    a = _write(tmp_path / "a.wav", harmonic(220.0, SR, 1.0), SR)
+    b = _write(tmp_path / "b.wav", harmonic(330.0, SR, 2.0), SR)
+    result = concat_tracks([a, b], tmp_path / "out.wav", crossfade_s=100.0)
+    assert result.crossfade_samples == [SR] and result.samples == 2 * SR
+    assert result.warnings == ["the crossfade into b.wav is 1.00 s instead of 100 s: a.wav is shorter than the crossfade"]
+    assert concat_tracks([a, b], tmp_path / "ok.wav", crossfade_s=0.5).warnings == []
+    with pytest.raises(ValueError, match="crossfade must be"):
+        concat_tracks([a, b], tmp_path / "x.wav", crossfade_s=float("nan"))
