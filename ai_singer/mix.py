@@ -514,3 +514,62 @@ def concat_tracks(paths: Sequence[str | os.PathLike], out: str | os.PathLike, cr
     write_audio(out, joined if channels > 1 else joined[0], sr, subtype=subtype)
     return ConcatResult(path=Path(out), sample_rate=sr, channels=channels, samples=int(joined.shape[1]),
                         crossfade_samples=crossfades, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# The rest gate: the converted vocal is exactly silent where the source rests
+# --------------------------------------------------------------------------------------------------
+
+_GATE_HOP_S = 0.01
+
+
+def _active_frames(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float) -> tuple[np.ndarray, int]:
+    """Per 10 ms frame: the source is at or above ``threshold_db`` there, widened by ``hold_s`` on both
+    sides. Returns (bool [frames], hop samples). Computed block by block (no whole-song temporaries)."""
+    from ai_singer.audio import frame_db
+
+    hop = max(1, int(round(_GATE_HOP_S * sr)))
+    block = hop * max(1, _BLOCK // hop)
+    active = np.concatenate([frame_db(mono[start: start + block], hop) >= threshold_db
+                             for start in range(0, mono.shape[0], block)] or [np.zeros(0, bool)])
+    hold = int(math.ceil(hold_s * sr / hop))
+    if hold and active.any():
+        active = np.convolve(active.astype(np.float32), np.ones(2 * hold + 1, np.float32), mode="same") > 0.5
+    return active, hop
+
+
+def rest_gate(mono: np.ndarray, sr: int, threshold_db: float, hold_s: float, ramp_s: float,
+              start: int = 0, stop: int | None = None, frames: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """The rest gate, float32 ``[stop - start]`` in [0, 1], for samples ``[start, stop)`` of ``mono``.
+
+    1 where the source sings (10 ms frames at or above ``threshold_db``, widened by ``hold_s``), exactly 0 in
+    the rests, with linear fades of ``ramp_s`` centred on the edges of the widened region. The fades
+    reach at most ``ramp_s / 2`` beyond it, so wherever the source stays below the threshold for longer
+    than ``2 * hold_s + ramp_s`` the middle of that rest is exactly 0.
+    """
+    active, hop = frames if frames is not None else _active_frames(mono, sr, threshold_db, hold_s)
+    n_samples = mono.shape[0]
+    stop = n_samples if stop is None else stop
+    ramp = max(1, int(round(ramp_s * sr)))
+    half = ramp // 2
+    # Samples [start - half, stop - half + ramp) of the widened mask, as a running sum over ``ramp``.
+    lo, hi = start - half, stop - half + ramp - 1
+    index = np.arange(lo, hi)
+    inside = (index >= 0) & (index < n_samples)
+    mask = np.zeros(index.shape[0], dtype=np.float32)
+    frame_index = np.clip(index // hop, 0, max(len(active) - 1, 0))
+    if len(active):
+        mask[inside] = active[frame_index[inside]]
+    if ramp == 1:
+        return mask
+    csum = np.concatenate([[0.0], np.cumsum(mask, dtype=np.float64)])
+    return ((csum[ramp:] - csum[:-ramp]) / ramp).astype(np.float32)
+
+
+def apply_rest_gate(output: np.ndarray, mono: np.ndarray, sr: int, threshold_db: float, hold_s: float,
+                    ramp_s: float) -> None:
+    """``output *= rest_gate(mono, ...)`` block by block (bounded temporary memory)."""
+    frames = _active_frames(mono, sr, threshold_db, hold_s)
+    for start in range(0, output.shape[0], _BLOCK):
+        stop = min(start + _BLOCK, output.shape[0])
+        output[start:stop] *= rest_gate(mono, sr, threshold_db, hold_s, ramp_s, start, stop, frames)

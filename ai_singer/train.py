@@ -19,7 +19,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field

@@ -89,3 +89,12 @@ def plain_name(value: Any, key: str) -> str:
                                             "digits, _ - .), not by a path",
                         "copy or link the adapter folder into paths.singers, or set paths.singers=DIR")
     return text
+
+
+def plain(node: Any) -> Any:
+    """An OmegaConf node as plain Python containers (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from conftest import harmonic, phrase_with_silences
 
 import ai_singer.infer as infer
+import ai_singer.songs as songs_module
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
@@ -462,14 +463,15 @@ def _ai_singer_imports(module: str) -> set[str]:
 
 
 def test_infer_never_imports_training_code():
-    seen, todo = set(), ["ai_singer.infer"]
+    stages = ["ai_singer.infer", "ai_singer.convert", "ai_singer.songs", "ai_singer.mix"]
+    seen, todo = set(), list(stages)
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
         todo.extend(_ai_singer_imports(module) - seen)
-    assert {"ai_singer.infer", "ai_singer.mix", "ai_singer.audio", "ai_singer.checkpoint", "ai_singer.adapters",
+    assert {*stages, "ai_singer.audio", "ai_singer.checkpoint", "ai_singer.adapters",
             "ai_singer.model.synthesizer"} <= seen
     assert not (seen & FORBIDDEN), f"inference reaches training code: {sorted(seen & FORBIDDEN)}"
 
@@ -633,14 +635,14 @@ def test_a_conversion_failing_while_writing_the_mix_keeps_the_complete_old_song(
     songs, out = _two_songs(tmp_path / "songs"), tmp_path / "out"
     run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="alto"))
     before = {p.name: p.read_bytes() for p in (out / "one").iterdir()}
-    real_write = infer.write_audio
+    real_write = songs_module.write_audio
 
     def dying_write(path, *args, **kwargs):
         if Path(path).name.startswith("mix"):
             raise OSError("disk pulled out")
         real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(infer, "write_audio", dying_write)
+    monkeypatch.setattr(songs_module, "write_audio", dying_write)
     result = run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="bass"))
     assert [r.status for r in result.songs] == ["failed", "failed"]
     assert {p.name: p.read_bytes() for p in (out / "one").iterdir()} == before  # the old song, whole
@@ -660,11 +662,11 @@ def test_a_conversion_killed_mid_song_leaves_the_old_song_and_the_rerun_finishes
                  "paths.output": out, "content.path": tiny_hubert_dir, "content.layer": 2, "f0.method": "dio",
                  "device": "cpu", "progress": False, "noise_scale": 0.0, "songs": songs, "singer": "bass"}
     script = ("import os, signal, sys\nfrom pathlib import Path\nimport ai_singer.infer as infer\n"
-              "real = infer.write_audio\n"
+              "import ai_singer.songs as songs\nreal = songs.write_audio\n"
               "def write(path, *a, **k):\n"
               "    if Path(path).name.startswith('mix'): os.kill(os.getpid(), signal.SIGKILL)\n"
               "    real(path, *a, **k)\n"
-              "infer.write_audio = write\nsys.argv = ['infer'] + sys.argv[1:]\ninfer.main()\n")
+              "songs.write_audio = write\nsys.argv = ['infer'] + sys.argv[1:]\ninfer.main()\n")
     killed = subprocess.run([sys.executable, "-c", script, *[f"{k}={v}" for k, v in overrides.items()]],
                             capture_output=True, text=True, timeout=300, cwd=REPO)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -1,0 +1,542 @@
+"""The Converter: one frozen base (+ its content encoder) and per-singer adapters turn a vocal into a singer's
+voice (:meth:`Converter.convert_vocal`).
+
+1. The mono vocal is sliced on silence (``chunk``); the pieces are split where the singer changes
+   (``sections``). Everything outside the pieces is written as exact zeros.
+2. Each piece is converted with ``chunk.context_s`` of neighbouring audio on both sides: resampled to the
+   model rate and to 16 kHz, F0 (``f0`` group) + voiced mask + interpolation, transposition, pitch
+   correction (``snap_to_scale``), content features aligned to the model frames, frame volume. Pieces run
+   through the model in padded batches of ``chunk.batch_size``; only one batch of intermediates exists at
+   a time (the whole song is held only as the source and the output at the source rate, plus one small F0
+   array per piece).
+3. Pieces are overlap-added with linear crossfades over the context (abutting pieces, e.g. a long phrase
+   split in two or a change of singer, blend over ``2 * context_s``), resampled back to the source rate.
+4. A gate derived from the source keeps every rest silent (:func:`ai_singer.mix.apply_rest_gate`): where the
+   source stays below ``chunk.threshold_db`` for longer than ``2 * chunk.gate_hold_s`` the output is exactly 0.
+
+Singers share one base in memory: the base is loaded once; for each singer in turn a copy receives the
+adapter, which is merged into its weights (zero inference overhead); the copy serves every following
+song by the same singer and is dropped when another singer's is needed, so at most the base plus one
+merged copy are resident whatever the number of singers.
+The architecture always comes from the base artifact's own config.
+
+Imports audio, features, model, adapters, checkpoint, mix, retrieval and sections only — never the training
+code, the losses or the discriminator (a test checks it). The settings (:class:`ai_singer.infer.ConvertSettings`)
+are built and checked in :mod:`ai_singer.infer`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ai_singer.audio import resample, slice_on_silence
+from ai_singer.device import DeviceError, pick_device
+from ai_singer.errors import UserError
+from ai_singer.features.content import align_to_frames, encode_audio
+from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
+from ai_singer.features.volume import frame_rms
+from ai_singer.mix import apply_rest_gate, highpass
+from ai_singer.retrieval import blend
+from ai_singer.sections import Section, assign_singers
+
+if TYPE_CHECKING:
+    from ai_singer.infer import ConvertSettings, PitchCorrectionSettings
+
+log = logging.getLogger(__name__)
+
+#: Content encoders run at this rate.
+CONTENT_SAMPLE_RATE = 16000
+#: A warning when the transposed source's p05-p95 range reaches this many semitones beyond the singer's.
+RANGE_MARGIN_SEMITONES = 3.0
+
+
+class InferError(UserError):
+    """Bad input for conversion: ``str()`` is ``"{what}: {reason}"`` (``what``: a file, song or setting)."""
+
+    def __init__(self, what: str | os.PathLike, reason: str, fix: str | None = None):
+        self.what = str(what)
+        super().__init__(what, reason, fix)
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts: base, singers, content encoder
+# --------------------------------------------------------------------------------------------------
+
+def available_singers(singers_dir: str | os.PathLike) -> list[str]:
+    """Names of the singer folders under ``singers_dir`` that hold an adapter artifact."""
+    root = Path(singers_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "adapter.yaml").is_file())
+
+
+def singer_dir(name: str, singers_dir: str | os.PathLike) -> Path:
+    """``<singers_dir>/<name>``, or InferError listing the singers that exist."""
+    folder = Path(singers_dir) / name
+    if not (folder / "adapter.yaml").is_file():
+        known = available_singers(singers_dir)
+        listing = ", ".join(known) if known else f"none (no adapter.yaml under {Path(singers_dir)}/*/)"
+        raise InferError(f"singer {name!r}", f"unknown singer: no adapter at {folder}. Available singers: {listing}")
+    return folder
+
+
+def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_dir: str | os.PathLike) -> Path:
+    """The base artifact folder: ``base`` (a path, or a name under ``pretrain_dir``) or else the base the
+    adapter names. Raises InferError when it is missing."""
+    name = base or adapter_base_name
+    if not name:
+        raise InferError("base", "no base given and the adapter does not name one: set base=<name or folder>")
+    candidates = [Path(name), Path(pretrain_dir) / name]
+    for candidate in candidates:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise InferError(f"base {name!r}", f"no base artifact (config.yaml + generator.safetensors) at "
+                                       f"{' or '.join(str(c) for c in candidates)}")
+
+
+def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
+    """The medians-only form of :func:`ai_singer.features.pitch.choose_transpose` (no range check)."""
+    return choose_transpose(np.array([source_median_hz]), singer_median_hz, step=step).semitones
+
+
+def prepare_f0(f0_raw: np.ndarray, semitones: float, correction: PitchCorrectionSettings
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's F0 inputs from raw extractor output ``[n]`` (Hz, 0 = unvoiced): gaps interpolated,
+    transposed, then pulled toward the scale. Returns (f0 float32 [n], voiced bool [n])."""
+    filled, voiced = interpolate_unvoiced(f0_raw)
+    shifted = transpose(filled, semitones)
+    if correction.strength > 0:
+        shifted = snap_to_scale(shifted, correction.key, correction.scale, correction.strength)
+    return np.asarray(shifted, dtype=np.float32), voiced
+
+
+@dataclass
+class _Piece:
+    """One chunk of the vocal: core ``[start, end)`` and converted window ``[window_start, window_end)``
+    in source samples; ``n_frames`` model frames cover the window; ``f0_raw`` from the first pass."""
+
+    start: int
+    end: int
+    singer: str
+    window_start: int
+    window_end: int
+    n_frames: int = 0
+    f0_raw: np.ndarray | None = None
+
+
+@dataclass
+class VocalConversion:
+    """The converted vocal (float32 ``[samples]`` at the source rate) and what was done."""
+
+    audio: np.ndarray
+    sample_rate: int
+    pieces: int
+    transpose: dict[str, float]
+    source_f0_median_hz: float | None
+    timings: dict[str, float]
+    warnings: list[str]
+    #: per singer, how transpose=auto decided (TransposeDecision fields); empty for a fixed transpose
+    transpose_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Converter:
+    """A loaded base (+ content encoder) that converts vocals for any of its singers.
+
+    Args:
+        base_dir: the base artifact folder (``pretrain/<name>/``).
+        content: the ``content`` config group: ``name``, ``path``, ``layer``, ``final_proj``, ``device``;
+            ``None`` values (``conf/content/from_base.yaml``) or a ``None`` group take the settings the base
+            records; given values are checked against the base (InferError on a mismatch).
+        settings: conversion settings.
+        singers_dir: where ``<name>/adapter.{yaml,safetensors}`` live.
+        device: ``auto``, ``cpu``, ``cuda``...
+        merge: merge adapters into a copy of the base (default) or run them unmerged (for comparison).
+    """
+
+    def __init__(self, base_dir: str | os.PathLike, content: Mapping[str, Any] | None, settings: ConvertSettings,
+                 singers_dir: str | os.PathLike, device: str = "auto", merge: bool = True,
+                 content_encoder: Any | None = None):
+        from ai_singer import checkpoint
+        from ai_singer.model import SingerVAE, SingerVAEConfig
+
+        self.settings = settings
+        self.singers_dir = Path(singers_dir)
+        try:
+            self.device = pick_device(device)
+        except DeviceError as error:
+            raise InferError(error.where, error.reason) from error
+        self.merge = merge
+        self.base_dir = Path(base_dir)
+        try:
+            self.base = checkpoint.load_base(self.base_dir)
+            config = SingerVAEConfig.from_dict(self.base.model_config)  # the architecture of the base itself
+            model = SingerVAE(config)
+            checkpoint.load_state_strict(model, self.base.generator_state,
+                                         self.base_dir / checkpoint.BASE_GENERATOR_FILE)
+        except (checkpoint.ArtifactError, ValueError, TypeError) as error:
+            raise InferError(self.base_dir, f"cannot load the base: {error}") from error
+        model.remove_weight_norm()
+        self.model = model.to(self.device).eval()
+        self.base.generator_state = {}  # the weights now live in the model
+        self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
+        self._adapters: dict[str, Any] = {}
+        self._indexes: dict[str, torch.Tensor | None] = {}
+        #: the last singer's model (name, model, g): songs in a row by one singer reuse it
+        self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor] | None = None
+        if content_encoder is None:
+            content_encoder = self._load_content_encoder(content)
+        else:
+            self._check_content_settings(dict(content or {}), content_encoder)
+        if int(content_encoder.dim) != int(config.content_dim):
+            raise InferError(f"content encoder {content_encoder.name!r} at {getattr(content_encoder, 'path', '?')}",
+                             f"gives {content_encoder.dim}-dim features but the base {self.base_dir} expects "
+                             f"{config.content_dim}; use the encoder folder/layer/final_proj the base was trained with")
+        self.content_encoder = content_encoder
+
+    # ---------------------------------------------------------------------------- content encoder
+    def _recorded_encoder(self) -> dict:
+        """The base's ``content_encoder`` record (``None`` values = not recorded, e.g. an older base)."""
+        from ai_singer.features.content import normalize_encoder_record
+
+        return normalize_encoder_record(self.base.config.get("content_encoder") or {})
+
+    def _check_content_settings(self, content: dict, encoder: Any = None) -> None:
+        """Settings given explicitly (``content=<group>``, ``content.layer=...``) or the encoder built from
+        them must be the encoder the base was trained with: name, dim, layer and final_proj are compared
+        where both sides are known (the dim against the base's model right after loading)."""
+        from ai_singer.features.content import describe_encoder, encoder_mismatches
+
+        given = {key: content.get(key) for key in ("name", "layer", "final_proj")}
+        if encoder is not None:
+            given = {**{k: v for k, v in describe_encoder(encoder).items() if v is not None},
+                     **{k: v for k, v in given.items() if v is not None}}
+        recorded = self._recorded_encoder()
+        mismatches = encoder_mismatches(recorded, given, keys=("name", "layer", "final_proj"))  # dim: checked after
+        if mismatches:
+            shown = ", ".join(f"{key}={value}" for key, value in recorded.items() if value is not None)
+            raise InferError(f"content encoder {given.get('name') or recorded['name']!r}",
+                             f"differs from the one the base {self.base_dir} was trained with (base vs given: "
+                             f"{', '.join(mismatches)}); the base records {shown}. Leave content at its default "
+                             f"(from_base) to use it, or select a matching group / content.layer=...")
+
+    def _load_content_encoder(self, content: Mapping[str, Any] | None):
+        """Build the content encoder: the base's recorded settings, each replaced by a value given in
+        ``content`` (a ``conf/content`` group; ``None`` values mean "as recorded") after checking it."""
+        from ai_singer.features.content import ContentEncoderMissing, load_content_encoder
+
+        content = {key: value for key, value in dict(content or {}).items() if value is not None}
+        self._check_content_settings(content)
+        recorded = self._recorded_encoder()
+        name = content.pop("name", None) or recorded["name"]
+        path = content.pop("path", None)
+        from_base = path is None
+        if from_base:
+            path = recorded["path"]
+        if not name or not path:
+            raise InferError(f"base {self.base_dir}", "its config.yaml does not record the content encoder's "
+                             + ("name" if not name else "path") + " (made by an older version); select the encoder "
+                             "it was trained with: content=<group> (e.g. content=hubert content.path=DIR)")
+        for key in ("layer", "final_proj"):
+            if key not in content and recorded[key] is not None:
+                content[key] = recorded[key]
+        try:
+            return load_content_encoder(str(name), path, **content)
+        except ContentEncoderMissing as error:
+            if not from_base:
+                raise
+            raise ContentEncoderMissing(error.path, f"{error.reason}; the base {self.base_dir} was trained with "
+                                        f"this content encoder (content_encoder.path in its config.yaml, relative "
+                                        f"to the working directory {Path.cwd()}); run from the folder it was "
+                                        f"trained in or set content.path=DIR") from error
+
+    # ---------------------------------------------------------------------------------- singers
+    def adapter(self, name: str):
+        """The adapter artifact of ``name`` (cached), checked against this base."""
+        if name not in self._adapters:
+            from ai_singer import checkpoint
+
+            folder = singer_dir(name, self.singers_dir)
+            try:
+                adapter = checkpoint.load_adapter(folder)
+                checkpoint.check_adapter_base(adapter, self.base)
+            except checkpoint.AdapterBaseMismatch as error:
+                raise InferError(f"singer {name!r}", f"adapter for another base: {error}") from error
+            except checkpoint.ArtifactError as error:
+                raise InferError(f"singer {name!r}", f"cannot load the adapter: {error}") from error
+            if "singer_embedding" not in adapter.tensors:
+                raise InferError(folder, "adapter.safetensors has no singer_embedding")
+            self._adapters[name] = adapter
+        return self._adapters[name]
+
+    def retrieval_index(self, name: str) -> torch.Tensor | None:
+        """``name``'s retrieval index ``[K, D]`` (cached), or None when the singer has none."""
+        if name not in self._indexes:
+            from ai_singer import retrieval
+
+            try:
+                index = retrieval.load_index(self.adapter(name).path)
+            except ValueError as error:
+                raise InferError(f"singer {name!r}", str(error)) from error
+            if index is not None and index.shape[1] != self.content_encoder.dim:
+                raise InferError(f"singer {name!r}", f"retrieval index has {index.shape[1]}-dim features, the "
+                                                     f"content encoder gives {self.content_encoder.dim}")
+            self._indexes[name] = index
+        return self._indexes[name]
+
+    @contextlib.contextmanager
+    def singer_model(self, name: str) -> Iterator[tuple[torch.nn.Module, torch.Tensor]]:
+        """A model carrying ``name``'s adapter and that singer's vector ``g [1, gin]``.
+
+        A copy of the base receives the adapter (merged into the weights unless ``merge=False``). That copy
+        is kept for the next song by the same singer and dropped before another singer's copy is made, so
+        at most one singer's copy is alive at a time."""
+        if self._singer_cache is not None and self._singer_cache[0] == name:
+            yield self._singer_cache[1], self._singer_cache[2]
+            return
+        self._singer_cache = None  # free the previous singer's copy before making the next
+        from ai_singer import adapters
+
+        adapter = self.adapter(name)
+        model = copy.deepcopy(self.model)
+        peft = adapter.config.get("peft") or {"method": adapter.method}
+        try:
+            adapters.load_adapter_state(model, peft, adapter.tensors)
+        except ValueError as error:
+            raise InferError(adapter.path, f"adapter does not fit the base: {error}") from error
+        if self.merge:
+            adapters.merge_adapters(model)
+        model = model.to(self.device).eval()
+        g = adapter.tensors["singer_embedding"].to(self.device, torch.float32).reshape(1, -1)
+        self._singer_cache = (name, model, g)
+        yield model, g
+
+    def singer_f0_median(self, name: str) -> float | None:
+        stats = self.adapter(name).config.get("stats") or {}
+        value = stats.get("f0_median_hz")
+        return float(value) if value else None
+
+    def singer_f0_range(self, name: str) -> tuple[float, float] | None:
+        """The singer's p05-p95 F0 range (Hz) from its adapter stats, or None when not recorded."""
+        stats = self.adapter(name).config.get("stats") or {}
+        low, high = stats.get("f0_p05_hz"), stats.get("f0_p95_hz")
+        return (float(low), float(high)) if low and high else None
+
+    # ---------------------------------------------------------------------------------- convert
+    def _window_model_audio(self, mono: np.ndarray, sr: int, piece: _Piece) -> np.ndarray:
+        """The piece's window at the model rate, zero-padded to ``n_frames * hop`` samples."""
+        window = resample(mono[piece.window_start: piece.window_end], sr, self.sample_rate)
+        n_frames = max(1, math.ceil(window.shape[0] / self.hop))
+        piece.n_frames = n_frames
+        return np.pad(window, (0, n_frames * self.hop - window.shape[0]))
+
+    def convert_vocal(self, mono: np.ndarray, sr: int, singer: str | None, sections: list[Section] | None = None,
+                      progress: Callable[[int], Any] | None = None, on_plan: Callable[[int], Any] | None = None
+                      ) -> VocalConversion:
+        """Convert a mono vocal (float32 ``[samples]`` at ``sr``) to ``singer`` (or per ``sections``).
+
+        Returns the converted vocal, float32 ``[samples]`` with the same length and rate, exactly 0 in the
+        rests and wherever no singer is assigned. ``on_plan(n_pieces)`` is called once the vocal is cut and
+        ``progress(n)`` after each batch (for progress bars).
+        """
+        settings, chunk = self.settings, self.settings.chunk
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        n_samples = mono.shape[0]
+        started = time.perf_counter()
+
+        ranges = slice_on_silence(mono, sr, chunk.slice_config())
+        plan = assign_singers(ranges, sr, sections, singer)
+        if any(s is None for _, _, s in plan):
+            warnings.append("parts of the vocal have no singer (not in the sections file and no default "
+                            "singer=): they are left silent")
+        context = int(round(chunk.context_s * sr))
+        min_window = max(int(0.05 * sr), 2 * math.ceil(self.hop * sr / self.sample_rate))
+        pieces: list[_Piece] = []
+        for start, end, name in plan:
+            if name is None:
+                continue
+            window_start, window_end = max(0, start - context), min(n_samples, end + context)
+            if window_end - window_start < min_window:
+                warnings.append(f"a {1000 * (end - start) / sr:.0f} ms sound at {start / sr:.2f} s is too short to "
+                                "convert and is left silent")
+                continue
+            pieces.append(_Piece(start, end, name, window_start, window_end))
+        for name in sorted({p.singer for p in pieces}):
+            self.adapter(name)  # unknown singer / wrong base: fail before the slow part
+        timings["slice_s"] = time.perf_counter() - started
+        if on_plan:
+            on_plan(len(pieces))
+
+        # Pass 1: F0 of every piece (small arrays), for the source median and later the model.
+        started = time.perf_counter()
+        for piece in pieces:
+            audio = self._window_model_audio(mono, sr, piece)
+            piece.f0_raw = extract_f0(audio, self.sample_rate, self.hop, piece.n_frames, method=settings.f0.method,
+                                      f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+        voiced_f0 = [p.f0_raw[p.f0_raw > 0] for p in pieces]
+        voiced_f0 = np.concatenate(voiced_f0) if voiced_f0 else np.zeros(0)
+        source_median = float(np.median(voiced_f0)) if voiced_f0.size else None
+        timings["f0_s"] = time.perf_counter() - started
+
+        semitones: dict[str, float] = {}
+        decisions: dict[str, dict[str, Any]] = {}
+        for name in sorted({p.singer for p in pieces}):
+            if settings.transpose == "auto":
+                singer_median = self.singer_f0_median(name)
+                if singer_median is None:
+                    raise InferError(f"singer {name!r}", "transpose=auto needs the adapter's stats.f0_median_hz, "
+                                                         "which this adapter lacks; give transpose in semitones")
+                if source_median is None:
+                    warnings.append("transpose=auto: the source has no voiced frames; not transposed")
+                decision = choose_transpose(voiced_f0, singer_median, self.singer_f0_range(name),
+                                            settings.auto_transpose_step)
+                semitones[name] = decision.semitones
+                decisions[name] = dataclasses.asdict(decision)
+                log.info("transpose=auto for singer %s: %+g semitones (%s)", name, decision.semitones, decision.reason)
+            else:
+                semitones[name] = float(settings.transpose)
+            warning = self._range_warning(name, [p for p in pieces if p.singer == name], semitones[name])
+            if warning:
+                warnings.append(warning)
+
+        # Pass 2: content + model, singer by singer, batch by batch; overlap-add into the output.
+        output = np.zeros(n_samples, dtype=np.float32)
+        weight_sum = np.zeros(n_samples, dtype=np.float32)
+        timings["content_s"] = timings["model_s"] = 0.0
+        noise = torch.Generator().manual_seed(int(settings.seed))
+        for name in sorted({p.singer for p in pieces}):
+            mine = sorted((p for p in pieces if p.singer == name), key=lambda p: p.n_frames)  # little padding
+            index = None
+            if settings.retrieval_ratio > 0:
+                index = self.retrieval_index(name)
+                if index is None:
+                    warnings.append(f"retrieval_ratio={settings.retrieval_ratio:g}: singer {name!r} has no retrieval "
+                                    "index (fine-tune it again to make one); converted without retrieval")
+            with self.singer_model(name) as (model, g):
+                for batch in self._batches(mine):
+                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise,
+                                                    index=index)
+                    for piece, audio in zip(batch, converted):
+                        self._overlap_add(output, weight_sum, audio, piece, context)
+                    if progress:
+                        progress(len(batch))
+        np.divide(output, weight_sum, out=output, where=weight_sum > 0)
+        self.apply_rest_gate(output, mono, sr)
+        timings["total_s"] = sum(timings.values())
+        return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
+                               source_f0_median_hz=source_median, timings=timings, warnings=warnings,
+                               transpose_decisions=decisions)
+
+    def _range_warning(self, name: str, pieces: list[_Piece], semitones: float) -> str | None:
+        """A warning when the transposed source's p05-p95 F0 range reaches more than
+        :data:`RANGE_MARGIN_SEMITONES` beyond ``name``'s recorded p05-p95 range (adapter stats), else None."""
+        singer_range = self.singer_f0_range(name)
+        voiced = [p.f0_raw[p.f0_raw > 0] for p in pieces if p.f0_raw is not None]
+        voiced = np.concatenate(voiced) if voiced else np.zeros(0)
+        if singer_range is None or voiced.size == 0:
+            return None
+        low, high = np.percentile(voiced, [5, 95]) * 2.0 ** (semitones / 12.0)
+        below = 12.0 * math.log2(singer_range[0] / low)
+        above = 12.0 * math.log2(high / singer_range[1])
+        if max(below, above) <= RANGE_MARGIN_SEMITONES:
+            return None
+        side = f"{above:.1f} semitones above" if above >= below else f"{below:.1f} semitones below"
+        return (f"transposed by {semitones:+g} semitones, the source's p05-p95 range ({low:.0f}-{high:.0f} Hz) reaches "
+                f"{side} singer {name!r}'s recorded range ({singer_range[0]:.0f}-{singer_range[1]:.0f} Hz): expect "
+                "strained or unnatural notes; another transpose (or transpose=auto) may fit better")
+
+    def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+        """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces and
+        at most ``chunk.batch_seconds`` of padded audio each (a longer piece goes alone)."""
+        chunk, batch = self.settings.chunk, []
+        seconds_per_frame = self.hop / self.sample_rate
+        for piece in pieces:
+            longest = max([piece.n_frames] + [p.n_frames for p in batch])
+            if batch and (len(batch) + 1 > chunk.batch_size
+                          or (len(batch) + 1) * longest * seconds_per_frame > chunk.batch_seconds):
+                yield batch
+                batch = []
+            batch.append(piece)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,
+                       batch: list[_Piece], semitones: float, timings: dict[str, float],
+                       noise: torch.Generator | None = None, index: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Convert a batch of pieces; returns each window's audio at the source rate, exact length. With a
+        retrieval ``index`` the content moves ``retrieval_ratio`` of the way toward the singer's own."""
+        started = time.perf_counter()
+        inputs = []
+        for piece in batch:
+            audio = self._window_model_audio(mono, sr, piece)
+            wav16k = resample(mono[piece.window_start: piece.window_end], sr, CONTENT_SAMPLE_RATE)
+            content = encode_audio(self.content_encoder, wav16k)
+            if content.shape[0] == 0:
+                content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)
+            if index is not None:  # frame by frame, so before alignment repeats frames: fewer to search
+                content = blend(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)), index,
+                                self.settings.retrieval_ratio, self.settings.retrieval_neighbours).numpy()
+            content = align_to_frames(content, piece.n_frames, self.hop, self.sample_rate)
+            f0, voiced = prepare_f0(piece.f0_raw, semitones, self.settings.pitch_correction)
+            volume = frame_rms(audio, self.hop)
+            inputs.append((content, f0, voiced, volume))
+        timings["content_s"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        longest = max(p.n_frames for p in batch)
+        size, dim = len(batch), inputs[0][0].shape[1]
+        content_t = torch.zeros(size, dim, longest)
+        f0_t, voiced_t, volume_t = (torch.zeros(size, longest) for _ in range(3))
+        for row, (content, f0, voiced, volume) in enumerate(inputs):
+            n = content.shape[0]
+            content_t[row, :, :n] = torch.from_numpy(np.ascontiguousarray(content.T, dtype=np.float32))
+            f0_t[row, :n] = torch.from_numpy(f0)
+            voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
+            volume_t[row, :n] = torch.from_numpy(volume)
+        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
+        device = self.device
+        wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
+                          g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
+                          generator=noise)
+        wav = wav.float().cpu().numpy()[:, 0]
+        timings["model_s"] += time.perf_counter() - started
+        results = []
+        for row, piece in enumerate(batch):
+            window = wav[row, : piece.n_frames * self.hop]
+            at_source = resample(window, self.sample_rate, sr) if sr != self.sample_rate else window
+            at_source = highpass(at_source, sr, self.settings.highpass_hz)  # DC and sub-sonic rumble
+            length = piece.window_end - piece.window_start
+            at_source = at_source[:length] if at_source.shape[0] >= length else \
+                np.pad(at_source, (0, length - at_source.shape[0]))
+            results.append(np.ascontiguousarray(at_source, dtype=np.float32))
+        return results
+
+    @staticmethod
+    def _overlap_add(output: np.ndarray, weight_sum: np.ndarray, audio: np.ndarray, piece: _Piece,
+                     context: int) -> None:
+        """Add a converted window with a trapezoid weight: linear ramps over ``2 * context`` around the
+        core's edges, so abutting pieces crossfade linearly (their weights sum to 1)."""
+        index = np.arange(piece.window_start, piece.window_end, dtype=np.float64) + 0.5
+        rise = max(1, (piece.start - piece.window_start) + context)
+        fall = max(1, (piece.window_end - piece.end) + context)
+        weight = np.minimum((index - piece.window_start) / rise, (piece.window_end - index) / fall)
+        weight = np.clip(weight, 0.0, 1.0).astype(np.float32)
+        output[piece.window_start: piece.window_end] += audio * weight
+        weight_sum[piece.window_start: piece.window_end] += weight
+
+    def apply_rest_gate(self, output: np.ndarray, mono: np.ndarray, sr: int) -> None:
+        """Multiply ``output`` in place by the rest gate of the source ``mono`` (see :func:`rest_gate`)."""
+        chunk = self.settings.chunk
+        apply_rest_gate(output, mono, sr, chunk.threshold_db, chunk.gate_hold_s, chunk.gate_ramp_s)
