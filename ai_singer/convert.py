@@ -341,13 +341,16 @@ class Converter:
         return np.pad(window, (0, n_frames * self.hop - window.shape[0]))
 
     def convert_vocal(self, mono: np.ndarray, sr: int, singer: str | None, sections: list[Section] | None = None,
-                      progress: Callable[[int], Any] | None = None, on_plan: Callable[[int], Any] | None = None
+                      progress: Callable[[int], Any] | None = None, on_plan: Callable[[int], Any] | None = None,
+                      on_stage: Callable[[str, int], Any] | None = None
                       ) -> VocalConversion:
         """Convert a mono vocal (float32 ``[samples]`` at ``sr``) to ``singer`` (or per ``sections``).
 
         Returns the converted vocal, float32 ``[samples]`` with the same length and rate, exactly 0 in the
         rests and wherever no singer is assigned. ``on_plan(n_pieces)`` is called once the vocal is cut and
-        ``progress(n)`` after each batch (for progress bars).
+        ``progress(n)`` after each batch (for progress bars). With ``on_stage``, both passes report:
+        ``on_stage("F0", n_pieces)`` before the F0 of every piece is extracted (``progress(1)`` after each
+        piece: minutes for a long song) and ``on_stage("convert", n_pieces)`` before the model runs.
         """
         settings, chunk = self.settings, self.settings.chunk
         timings: dict[str, float] = {}
@@ -380,10 +383,14 @@ class Converter:
 
         # Pass 1: F0 of every piece (small arrays), for the source median and later the model.
         started = time.perf_counter()
+        if on_stage:
+            on_stage("F0", len(pieces))
         for piece in pieces:
             audio = self._window_model_audio(mono, sr, piece)
             piece.f0_raw = extract_f0(audio, self.sample_rate, self.hop, piece.n_frames, method=settings.f0.method,
                                       f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+            if on_stage and progress:
+                progress(1)
         voiced_f0 = [p.f0_raw[p.f0_raw > 0] for p in pieces]
         voiced_f0 = np.concatenate(voiced_f0) if voiced_f0 else np.zeros(0)
         source_median = float(np.median(voiced_f0)) if voiced_f0.size else None
@@ -415,6 +422,8 @@ class Converter:
         weight_sum = np.zeros(n_samples, dtype=np.float32)
         timings["content_s"] = timings["model_s"] = 0.0
         noise = torch.Generator().manual_seed(int(settings.seed))
+        if on_stage:
+            on_stage("convert", len(pieces))
         for name in sorted({p.singer for p in pieces}):
             mine = sorted((p for p in pieces if p.singer == name), key=lambda p: p.n_frames)  # little padding
             index = None

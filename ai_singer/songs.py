@@ -187,12 +187,12 @@ def convert_song(converter: Converter, song: Song, output_dir: Path, singer: str
     n_samples = int(mono.shape[0])
     load_s = time.perf_counter() - started
 
-    def on_plan(total: int) -> None:
+    def on_stage(stage: str, total: int) -> None:  # "F0" (extraction, piece by piece), then "convert" (model)
         if chunk_progress is not None:
             chunk_progress.reset(total=total)
-            chunk_progress.set_description(song.name)
+            chunk_progress.set_description(f"{song.name} {stage}")
 
-    conversion = converter.convert_vocal(mono, sr, singer, sections, on_plan=on_plan,
+    conversion = converter.convert_vocal(mono, sr, singer, sections, on_stage=on_stage,
                                          progress=chunk_progress.update if chunk_progress is not None else None)
     warnings = list(extra_warnings or []) + list(conversion.warnings)
 

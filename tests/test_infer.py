@@ -702,3 +702,23 @@ def test_a_transposed_source_outside_the_singers_range_is_a_warning(converter, m
     high = converter._range_warning("alto", [piece], 12.0)
     assert "semitones above singer 'alto'" in high and "180-300 Hz" in high
     assert "below" in converter._range_warning("alto", [piece], -12.0)
+
+
+def test_f0_extraction_reports_progress_before_the_model_runs(converter, monkeypatch):
+    sr = 44100
+    vocal, _ = phrase_with_silences(sr)
+    events = []
+    original = Converter._convert_batch
+
+    def batch_spy(self, *args, **kwargs):
+        events.append("model")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Converter, "_convert_batch", batch_spy)
+    converter.convert_vocal(vocal, sr, "alto", progress=lambda n: events.append(n),
+                            on_stage=lambda stage, total: events.append((stage, total)))
+    n = events[0][1]
+    assert n >= 3 and events[0] == ("F0", n)
+    assert events[1: n + 1] == [1] * n  # one tick per piece while its F0 is extracted
+    assert events[n + 1] == ("convert", n) and events[n + 2] == "model"
+    assert sum(e for e in events[n + 2:] if isinstance(e, int)) == n
