@@ -128,13 +128,14 @@ def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     ``python -m ai_singer.preprocess|train|infer``.
 
     A user's mistake (:class:`ai_singer.errors.UserError`, raised anywhere in the stage) ends the run here:
-    one line on stderr, ``<stage>: error: <message>``, exit code 2. The stage's output folders are checked
+    one line on stderr, ``<stage>: error: <message>``, exit code 2; a full disk
+    (:class:`ai_singer.errors.OutOfSpace`, or ENOSPC from anywhere) likewise with exit code 3. The stage's output folders are checked
     for writability first, before Hydra creates its log folder inside them (same one line, exit 2)."""
     import sys
 
     import hydra
 
-    from ai_singer.errors import is_user_error, report
+    from ai_singer.errors import ENVIRONMENT_EXIT, OutOfSpace, is_out_of_space, is_user_error, report
 
     stage = stage or STAGE_NAMES.get(config_name, config_name)
     try:
@@ -156,9 +157,16 @@ def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
         try:
             code = run_cli(cfg)
         except Exception as error:  # noqa: BLE001 - anything else keeps its traceback
-            if not is_user_error(error):
+            if is_out_of_space(error):  # the environment, not the input: one line too, its own exit code
+                if not isinstance(error, OutOfSpace):
+                    where = getattr(error, "filename", None)
+                    error = OutOfSpace(os.path.dirname(str(where)) if where else os.getcwd())
+                report(stage, error)
+                code = ENVIRONMENT_EXIT
+            elif is_user_error(error):
+                code = report(stage, error)
+            else:
                 raise
-            code = report(stage, error)
         if code:
             sys.exit(code)
 

@@ -10,12 +10,18 @@ No torch, no Hydra here: every module may import this one.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 from typing import Any
 
 #: Exit code of a run stopped by a user's mistake (bad setting, missing or unusable file).
 USER_ERROR_EXIT = 2
+#: Exit code of a run stopped by its environment (a full disk): neither the input's fault nor a bug.
+ENVIRONMENT_EXIT = 3
+#: libsndfile says only "System error." when a write fails; with less than this free it was the full disk.
+NEARLY_FULL_BYTES = 64 << 20
 
 
 class UserError(Exception):
@@ -50,6 +56,73 @@ def _rebuild(cls: type, state: dict) -> UserError:
     error.__dict__.update(state)
     Exception.__init__(error, error.message())
     return error
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space (bytes) of the file system holding ``folder`` (or its nearest existing ancestor)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+class OutOfSpace(Exception):
+    """The disk holding ``folder`` is full: an environment failure, not a bad input file. ``needed_bytes``
+    estimates what finishing the run would take (None when unknown). Picklable (raised in workers)."""
+
+    def __init__(self, folder: str | os.PathLike, needed_bytes: float | None = None, free: int | None = None):
+        self.folder = str(folder)
+        self.needed_bytes = needed_bytes
+        self.free = free_bytes(folder) if free is None else free
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        need = (f"the rest of the run needs about {_size(self.needed_bytes)}" if self.needed_bytes
+                else "more free space is needed")
+        return (f"{self.folder}: out of disk space ({_size(self.free)} free; {need}) — free space there (or choose "
+                "a folder on another disk) and run the same command again: what was finished is kept")
+
+    def __str__(self) -> str:
+        return self.message()
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.folder, self.needed_bytes, self.free))
+
+
+def is_out_of_space(error: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``error`` (or an error it was raised from) means the disk is full: ENOSPC/EDQUOT, a library's
+    "No space left on device" / "StorageFull", or libsndfile's bare "System error" while the disk holding
+    ``folder`` has less than :data:`NEARLY_FULL_BYTES` free."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OutOfSpace):
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if any(marker in text for marker in ("No space left on device", "StorageFull", "os error 28",
+                                             "Disk quota exceeded")):
+            return True
+        if "System error" in text and folder is not None:
+            free = free_bytes(folder)
+            if free is not None and free < NEARLY_FULL_BYTES:
+                return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -36,7 +36,7 @@ import numpy as np
 from ai_singer.atomic import atomic_path, atomic_write_json
 from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, to_mono, write_audio)
-from ai_singer.errors import UserError
+from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
 from ai_singer.values import as_bool, as_float, as_int
@@ -478,12 +478,28 @@ def _init_worker(settings: PreprocessSettings, threads: int, parent_pid: int, pr
 
 def _run_job(job: SourceJob) -> dict:
     queue = _WORKER_STATE["progress"]
+    settings = _WORKER_STATE["settings"]
     try:
-        return process_source(job, _WORKER_STATE["settings"], _WORKER_STATE["encoder"],
+        return process_source(job, settings, _WORKER_STATE["encoder"],
                               on_progress=lambda seconds: queue.put((job.source, seconds)))
     except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+        if is_out_of_space(error, settings.processed):  # the disk, not the file: stops the run
+            raise OutOfSpace(settings.processed) from None
         return {"source": job.source, "singer": job.singer, "status": "error",
                 "reason": f"unexpected error: {type(error).__name__}: {error}"}
+
+
+def _bytes_per_second(settings: PreprocessSettings, encoder: Any) -> float:
+    """What one second of source audio becomes on disk, roughly: the PCM_16 clip and its feature file
+    (content features as float32; 768 dimensions when the encoder is not at hand)."""
+    frames = settings.framing.sample_rate / settings.framing.hop_length
+    dim = int(getattr(encoder, "dim", 0) or 768)
+    return settings.framing.sample_rate * 2 + frames * (dim * 4 + 13)
+
+
+def _out_of_space(settings: PreprocessSettings, encoder: Any, progress: "StageProgress") -> OutOfSpace:
+    remaining = max(0.0, progress.total - progress.done)
+    return OutOfSpace(settings.processed, needed_bytes=1.1 * remaining * _bytes_per_second(settings, encoder))
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -765,6 +781,8 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> l
                     outcomes.append(process_source(job, settings, encoder,
                                                    on_progress=lambda seconds, s=job.source: progress.advance(s, seconds)))
                 except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+                    if is_out_of_space(error, settings.processed):  # the disk, not the file: stop, keep the rest
+                        raise _out_of_space(settings, encoder, progress) from None
                     outcomes.append({"source": job.source, "singer": job.singer, "status": "error",
                                      "reason": f"unexpected error: {type(error).__name__}: {error}"})
                 progress.finish_file(job.source)
@@ -790,6 +808,8 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> l
                         job = pending.pop(future)
                         try:
                             outcomes.append(future.result())
+                        except OutOfSpace:
+                            raise _out_of_space(settings, encoder, progress) from None
                         except concurrent.futures.process.BrokenProcessPool as error:
                             raise RuntimeError(
                                 "a preprocess worker process died (out of memory, or a crash inside a decoder); "

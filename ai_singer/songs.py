@@ -11,6 +11,7 @@ them).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ import numpy as np
 from ai_singer.atomic import atomic_folder, atomic_write_json, remove_stale_temporaries
 from ai_singer.audio import AUDIO_SUFFIXES, audio_info, load_audio, to_mono, write_audio
 from ai_singer.convert import Converter, InferError, VocalConversion, resolve_base_dir, singer_dir
-from ai_singer.errors import UserError
+from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
 from ai_singer.mix import match_loudness, mix_stem_files
 from ai_singer.sections import Section, SectionsError, parse_sections
 from ai_singer.values import as_bool, plain
@@ -331,6 +332,16 @@ def finished_song(song_dir: Path, resume_key: str | None) -> dict[str, str] | No
     return {"vocals": str(song_dir / names[0]), "mix": str(song_dir / names[1]), "report": str(song_dir / "report.json")}
 
 
+def _song_bytes(song: Song, settings: ConvertSettings) -> float | None:
+    """Roughly what one song's outputs take: the vocal stem and a stereo mix at the source's rate."""
+    try:
+        info = audio_info(song.vocal)
+    except Exception:  # noqa: BLE001 - only an estimate
+        return None
+    width = {"PCM_16": 2, "PCM_24": 3}.get(settings.mix.subtype, 4)
+    return info.frames * width * 3.0
+
+
 def write_batch_report(path: Path, results: list[SongResult], total: int) -> None:
     """``batch_report.json`` (atomically): every song handled so far and a summary; ``total`` songs in the batch."""
     atomic_write_json(path, {
@@ -403,13 +414,20 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
                 try:
                     results.append(convert_song(converter, song, output_dir, singer, cfg.get("sections"), chunk_bar,
                                                 resume_key=key, extra_warnings=song_warnings.get(song.name, [])))
-                except (UserError, ValueError) as error:  # bad input of this song: reported, the batch goes on
-                    results.append(SongResult(song=song.name, status="failed", reason=str(error)))
-                except Exception as error:  # an unexpected failure of one song must not stop the batch
-                    log.debug("song %s failed", song.name, exc_info=True)
-                    results.append(SongResult(song=song.name, status="failed",
-                                              reason=f"{type(error).__name__}: {error} "
-                                                     f"({traceback.extract_tb(error.__traceback__)[-1].name})"))
+                except Exception as error:
+                    if is_out_of_space(error, output_dir):  # the disk, not the song: stop (finished songs are kept)
+                        with contextlib.suppress(OSError):
+                            write_batch_report(report_path, results, len(songs))
+                        per_song = _song_bytes(song, settings)
+                        raise OutOfSpace(output_dir, needed_bytes=per_song and per_song * (len(songs) - len(results))
+                                         ) from None
+                    if isinstance(error, (UserError, ValueError)):  # bad input of this song
+                        reason = str(error)
+                    else:  # an unexpected failure of one song must not stop the batch
+                        log.debug("song %s failed", song.name, exc_info=True)
+                        reason = (f"{type(error).__name__}: {error} "
+                                  f"({traceback.extract_tb(error.__traceback__)[-1].name})")
+                    results.append(SongResult(song=song.name, status="failed", reason=reason))
             write_batch_report(report_path, results, len(songs))
             song_bar.update(1)
     return BatchResult(songs=results, report_path=report_path)

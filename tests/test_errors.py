@@ -219,3 +219,44 @@ def test_preprocess_num_workers_abc_is_one_line_before_any_work(tmp_path, hydra_
     code, lines = run("preprocess", f"paths.raw={tmp_path}", f"paths.processed={tmp_path / 'p'}",
                       "num_workers=abc", capsys=capsys)
     assert_one_line(code, lines, "preprocess", "num_workers='abc': not a whole number")
+
+
+# --------------------------------------------------------------------------------------------------
+# a full disk is the environment's failure: one line, exit 3
+
+def test_out_of_space_is_recognised_and_picklable(tmp_path, monkeypatch):
+    import errno
+
+    import ai_singer.errors as errors
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert errors.is_out_of_space(full) and not errors.is_out_of_space(OSError(errno.EACCES, "denied"))
+    try:
+        try:
+            raise full
+        except OSError as inner:
+            raise RuntimeError("could not save") from inner
+    except RuntimeError as outer:
+        assert errors.is_out_of_space(outer)
+    system_error = RuntimeError("Error opening 'x.wav': System error.")  # libsndfile's words for a full disk
+    monkeypatch.setattr(errors, "free_bytes", lambda folder: 10 << 30)
+    assert not errors.is_out_of_space(system_error, tmp_path)
+    monkeypatch.setattr(errors, "free_bytes", lambda folder: 100 << 10)
+    assert errors.is_out_of_space(system_error, tmp_path) and not errors.is_out_of_space(system_error)
+    error = errors.OutOfSpace(tmp_path, needed_bytes=3 << 20, free=100 << 10)
+    assert str(error).startswith(f"{tmp_path}: out of disk space (100.0 KB free; the rest of the run needs about 3.0 MB)")
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+def test_a_full_disk_anywhere_in_a_stage_is_one_line_and_exit_3(tmp_path, hydra_clean, capsys, monkeypatch):
+    import errno
+
+    import ai_singer.infer as infer
+
+    def full(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x" / "vocals.wav"))
+
+    monkeypatch.setattr(infer, "run_batch", full)
+    code, lines = run("convert", "songs=x", "singer=y", f"paths.output={tmp_path / 'out'}", capsys=capsys)
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"convert: error: {tmp_path / 'out' / 'x'}: out of disk space (")

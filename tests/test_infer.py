@@ -722,3 +722,24 @@ def test_f0_extraction_reports_progress_before_the_model_runs(converter, monkeyp
     assert events[1: n + 1] == [1] * n  # one tick per piece while its F0 is extracted
     assert events[n + 1] == ("convert", n) and events[n + 2] == "model"
     assert sum(e for e in events[n + 2:] if isinstance(e, int)) == n
+
+
+def test_a_full_disk_stops_the_batch_and_keeps_the_finished_songs(artifacts, tiny_hubert_dir, tmp_path, monkeypatch):
+    import errno
+
+    from ai_singer.errors import OutOfSpace
+
+    songs, out = _two_songs(tmp_path / "songs"), tmp_path / "out"
+    real_write = songs_module.write_audio
+
+    def full_disk_on_song_two(path, *args, **kwargs):
+        if Path(path).parent.name.startswith(".two."):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(songs_module, "write_audio", full_disk_on_song_two)
+    with pytest.raises(OutOfSpace, match=rf"{out}: out of disk space \(.* free; the rest of the run needs about"):
+        run_batch(compose(artifacts, tiny_hubert_dir, out, songs=songs, singer="alto"))
+    batch = json.loads((out / "batch_report.json").read_text())
+    assert [(s["song"], s["status"]) for s in batch["songs"]] == [("one", "ok")]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".logs") == ["batch_report.json", "one"]

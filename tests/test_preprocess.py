@@ -515,3 +515,49 @@ def test_pitch_plot_of_a_non_latin_name_warns_of_no_missing_glyph(tmp_path, sing
     font_file, shown = font_for(singer)
     assert shown == singer or "\\u" in shown or "\\U" in shown  # a font that has it, or escapes, never boxes
     assert font_file is None or "LastResort" not in font_file
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (root only: mount needs it), remounted larger by the test to finish the run."""
+    import subprocess
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_sources(dataset, tiny_hubert_dir, small_disk,
+                                                                        capsys, workers):
+    import subprocess
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ai_singer import cli
+
+    processed = small_disk / "processed"
+    args = ["preprocess", f"paths.raw={dataset}", f"paths.processed={processed}", f"content.path={tiny_hubert_dir}",
+            "content.layer=2", f"num_workers={workers}", "progress=false", "slicer.min_length_s=1.0",
+            "pitch_plots=false"]
+    GlobalHydra.instance().clear()
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("preprocess: error:")]
+    assert code == 3, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"{processed}: out of disk space (" in errors[0] and "the rest of the run needs about" in errors[0]
+    records = [json.loads(p.read_text()) for p in (processed / ".sources").rglob("*.json")]
+    assert records and all(r["status"] == "ok" for r in records)  # nothing "rejected" for a full disk
+    assert len(records) < len(SOURCES)
+    # with room again, the same command finishes: the finished sources are not redone
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    GlobalHydra.instance().clear()
+    assert cli.main(args) == 0
+    assert len(read_manifest(processed / "manifest.jsonl")) == len(SOURCES) * CLIPS_PER_FILE
+    GlobalHydra.instance().clear()
