@@ -225,3 +225,17 @@ def test_not_our_folder_is_refused(sources, tmp_path, capsys):
     assert real_corpus.main(_argv(sources, tmp_path, workers=1)) == 2
     assert "not a real-corpus folder" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_long_recordings_give_excerpts_cut_at_a_pause():
+    sr = 16000
+    gap = np.zeros(int(0.2 * sr), dtype=np.float32)
+    audio = np.concatenate([speechlike(120.0, 1.5, sr, 1), gap, speechlike(120.0, 1.2, sr, 2), gap,
+                            speechlike(120.0, 4.0, sr, 3)])
+    cuts = real_corpus.pauses(audio, sr)
+    assert any(abs(c - 1.6) < 0.05 for c in cuts) and any(abs(c - 3.0) < 0.05 for c in cuts)
+    span = real_corpus.speech_span(audio, sr)
+    start, end, whole = real_corpus.phrase_span(span, cuts, 1.6, 3.3)
+    assert not whole and abs(end - 3.0) < 0.05  # the latest pause that keeps it under 3.3 s
+    assert real_corpus.phrase_span((0.0, 2.5), [], 1.6, 3.3) == (0.0, 2.5, True)
+    assert real_corpus.phrase_span((0.0, 9.0), [], 1.6, 3.3) is None

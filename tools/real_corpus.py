@@ -422,6 +422,19 @@ def speech_span(x: np.ndarray, sr: int, pad_s: float = 0.1) -> tuple[float, floa
     return start, end
 
 
+def pauses(x: np.ndarray, sr: int, min_pause_s: float = 0.08, below_db: float = 30.0) -> list[float]:
+    """Middles (s) of the quiet stretches inside the speech: at least ``min_pause_s`` long and
+    ``below_db`` under the loudest 10 ms; where a long recording can be cut into a phrase."""
+    hop = max(1, sr // 100)
+    n = len(x) // hop
+    if n == 0:
+        return []
+    energy = 10 * np.log10(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    quiet = energy < energy.max() - below_db
+    return [round((a + b) / 2 * hop / sr, 3) for a, b, q in _segments(quiet)
+            if q and a > 0 and b < n and (b - a) * hop / sr >= min_pause_s]
+
+
 def analyse(item: tuple[Source, str | None]) -> dict:
     """Pass 1 on one file (and a decode cache folder): duration, loudness, voicing, F0 values, speech
     span; or an error."""
@@ -435,7 +448,7 @@ def analyse(item: tuple[Source, str | None]) -> dict:
         start, end = speech_span(x, sr)
         return {"clip": source.clip, "voice": source.voice, "seconds": seconds, "sr": sr,
                 "rms": float(np.sqrt(np.mean(x ** 2))), "voiced_fraction": float(np.mean(f0 > 0)) if len(f0) else 0.0,
-                "f0": f0[f0 > 0].astype(np.float32), "span": (start, end)}
+                "f0": f0[f0 > 0].astype(np.float32), "span": (start, end), "pauses": pauses(x, sr)}
     except Exception as error:  # noqa: BLE001 - any failure of one file is reported, the run goes on
         return {"clip": source.clip, "voice": source.voice, "error": f"{source.path}: {error}"}
 
@@ -619,6 +632,7 @@ class Job:
     out: str
     span: tuple[float, float] | None = None  # eval: the part of the file used (s)
     cache: str | None = None  # decode cache folder
+    whole: bool = True  # eval: the file's whole speech (False: an excerpt, whose text is unknown)
 
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
@@ -650,9 +664,10 @@ def run_job(job: Job) -> dict:
         x = x[int(round(start * sr)): int(round(end * sr))]
         folder = out / "eval" / name
         kind = job.kinds[0]
-        meta = {"kind": kind, "language": source.language, "text": source.text, "source_file": source.path,
+        meta = {"kind": kind, "language": source.language, "text": source.text if job.whole else None,
+                "source_file": source.path,
                 "f0_file": None, "f0_hop": F0_HOP, "f0_sr": SUNG_SR,
-                "source_start_s": round(start, 3), "source_end_s": round(end, 3)}
+                "source_start_s": round(start, 3), "source_end_s": round(end, 3), "excerpt": not job.whole}
         if kind == "sung":
             result = sing(x, sr, job.median_hz, rng)
             np_path = folder / f"{source.clip}.f0.npy"
@@ -763,26 +778,42 @@ def choose_heldout(stats: dict[str, VoiceStats], sex: dict[str, str], min_second
     return chosen, " ".join(lines)
 
 
-def pick_eval(sources: list[Source], analyses: dict, n_sung: int, n_speech: int, rng: np.random.Generator) -> tuple[list[tuple[Source, str]], list[Source]]:
-    """Eval phrases (source, kind) from whole files, transcribed ones first, never more than a third of
-    the voice's files; returns (eval, rest)."""
+def phrase_span(span: tuple[float, float], pause_times: list[float], low: float, high: float) -> tuple[float, float, bool] | None:
+    """The part of a file to use as an eval phrase of ``low``..``high`` seconds: the whole speech span
+    when it fits (whole=True), else from its start to the latest pause that makes it fit (an excerpt of
+    a long recording), else None. Returns (start, end, whole)."""
+    start, end = span
+    if low <= end - start <= high:
+        return start, end, True
+    cuts = [p for p in pause_times if start + low <= p <= min(start + high, end)]
+    return (start, max(cuts), False) if end - start > high and cuts else None
+
+
+def pick_eval(sources: list[Source], analyses: dict, n_sung: int, n_speech: int,
+              rng: np.random.Generator) -> tuple[list[tuple[Source, str, tuple[float, float], bool]], list[Source]]:
+    """Eval phrases (source, kind, (start, end) s, whole) from files that then stay out of raw/: whole
+    transcribed files first, then whole files without a transcript, then excerpts of long files cut at a
+    pause (text null); never more than a third of the voice's files. Returns (eval, rest)."""
     usable = [s for s in sources if analyses[(s.voice, s.clip)].get("speech")]
     budget = len(usable) // 3
-    order = sorted(usable, key=lambda s: (s.text is None, float(rng.random())))
-    chosen: list[tuple[Source, str]] = []
+    draw = {s.clip: float(rng.random()) for s in usable}
+    chosen: list[tuple[Source, str, tuple[float, float], bool]] = []
     taken: set[str] = set()
-
-    def span_of(s: Source) -> float:
-        start, end = analyses[(s.voice, s.clip)]["span"]
-        return end - start
-
     for kind, count, (low, high) in (("sung", n_sung, EVAL_SUNG_SPAN), ("speech", n_speech, EVAL_SPEECH_SPAN)):
-        for s in order:
-            if sum(1 for _, k in chosen if k == kind) >= count or len(chosen) >= budget:
+        candidates = []
+        for s in usable:
+            result = analyses[(s.voice, s.clip)]
+            part = phrase_span(tuple(result["span"]), result.get("pauses", []), low, high)
+            if part is not None and s.clip not in taken:
+                rank = 0 if part[2] and s.text is not None else 1 if part[2] else 2
+                candidates.append(((rank, draw[s.clip]), s, (part[0], part[1]), part[2]))
+        picked = 0
+        for _, s, part, whole in sorted(candidates, key=lambda c: c[0]):
+            if picked >= count or len(chosen) >= budget:
                 break
-            if s.clip not in taken and low <= span_of(s) <= high:
-                chosen.append((s, kind))
-                taken.add(s.clip)
+            chosen.append((s, kind, part, whole))
+            taken.add(s.clip)
+            picked += 1
     rest = [s for s in usable if s.clip not in taken]
     return chosen, rest
 
@@ -894,9 +925,9 @@ def build(settings: Settings) -> dict:
                 sung_budget += seconds
             jobs.append(Job(source, name, "raw", kinds, stats[voice].f0_median, settings.seed, str(out),
                             cache=str(cache)))
-        for source, kind in chosen:
+        for source, kind, part, whole in chosen:
             jobs.append(Job(source, name, "eval", (kind,), stats[voice].f0_median, settings.seed, str(out),
-                            tuple(analyses[(voice, source.clip)]["span"]), cache=str(cache)))
+                            part, cache=str(cache), whole=whole))
         plan[voice] = {"eval": len(chosen), "raw": len(rest)}
     jobs.sort(key=lambda j: -j.source.est_seconds)  # longest first: the pool ends together
     timings["analyse_s"] = time.perf_counter() - started - sum(timings.values())
