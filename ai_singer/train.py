@@ -693,7 +693,41 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
         torch.backends.cudnn.benchmark = was_benchmark
 
 
-def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
+@dataclass
+class TrainSession:
+    """Everything a run holds between its setup, its step loop and its finish (one per process)."""
+
+    cfg: TrainConfig
+    info: Any  # DistributedInfo
+    device: torch.device
+    stats: DatasetStats
+    train_set: ManifestDataset
+    models: Any  # the generator (+ discriminator) and their config, from build_*_models
+    opt: Any  # make_optimisation's optimisers and schedulers
+    run_dir: Path
+    identity: dict[str, Any]
+    state: TrainState
+    resumed: bool
+    sampler: ResumableSampler
+    loader: DataLoader
+    generator: nn.Module  # DDP-wrapped when distributed
+    runner: StepRunner
+    logger: Any = None  # TrainLogger on the main process
+    val_loader: DataLoader | None = None
+    last_saved: int = -1
+
+    def save_checkpoint(self) -> None:
+        """Training state at the current step (main process only)."""
+        if not self.info.is_main:
+            return
+        ckpt.save_train_state(self.run_dir, self.state.step,
+                              make_train_state(self.models, self.opt, self.state, self.identity),
+                              keep_last=self.cfg.trainer.keep_last)
+        self.last_saved = self.state.step
+
+
+def _setup(cfg: TrainConfig) -> TrainSession:
+    """Devices, data, models, optimisers, the newest good checkpoint (resume), loaders, DDP, logger."""
     trainer = cfg.trainer
     info, device = setup_distributed(trainer.device)
     seed_everything(cfg.seed + info.rank)
@@ -753,43 +787,46 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
             discriminator = DistributedDataParallel(discriminator, device_ids=ids)
     runner = StepRunner(generator, discriminator, opt, models.model_config, cfg.audio, cfg.loss, trainer, device)
 
-    logger = None
-    val_loader = None
+    session = TrainSession(cfg=cfg, info=info, device=device, stats=stats, train_set=train_set, models=models,
+                           opt=opt, run_dir=run_dir, identity=identity, state=state, resumed=latest is not None,
+                           sampler=sampler, loader=loader, generator=generator, runner=runner,
+                           last_saved=state.step if latest is not None else -1)
     if info.is_main:
         from ai_singer.train_logging import TrainLogger
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        logger = TrainLogger(run_dir)
+        session.logger = TrainLogger(run_dir)
         if trainer.eval_every > 0:
             val_set = ManifestDataset(manifest_path, "val", singers=singers, max_frames=trainer.max_frames * 4,
                                       speakers=train_set.speakers, hop_length=stats.hop_length, seed=cfg.seed)
             if len(val_set):
-                val_loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate, num_workers=0)
+                session.val_loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate,
+                                                num_workers=0)
+    return session
 
-    def save_checkpoint() -> None:
-        if not info.is_main:
-            return
-        ckpt.save_train_state(run_dir, state.step, make_train_state(models, opt, state, identity),
-                              keep_last=trainer.keep_last)
 
-    progress = None
+def _step_loop(session: TrainSession, on_step: Callable[[int, dict[str, float]], None] | None
+               ) -> tuple[bool, dict[str, float]]:
+    """Train until ``trainer.max_steps`` (checkpoints, logs, validation on the way). Returns (interrupted,
+    the last step's losses); Ctrl-C or a stop request saves a checkpoint and returns interrupted=True."""
+    cfg, info, state = session.cfg, session.info, session.state
+    trainer = cfg.trainer
+    logger, progress = session.logger, None
     if info.is_main and trainer.progress:
         from tqdm import tqdm
 
         progress = tqdm(total=trainer.max_steps, initial=state.step, desc=run_name_of(cfg), unit="step",
                         dynamic_ncols=True)
-
     interrupted = False
     losses: dict[str, float] = {}
-    last_saved = state.step if latest is not None else -1
     tick_time, tick_step = time.perf_counter(), state.step
     with StopRequest() as stop:
         try:
             while state.step < trainer.max_steps:
-                sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
+                session.sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
                 finished_epoch = True
-                for batch in loader:
-                    losses = runner.train_step(batch)
+                for batch in session.loader:
+                    losses = session.runner.train_step(batch)
                     state.step += 1
                     state.batches_in_epoch += 1
                     if logger is not None and state.step % trainer.log_every == 0:
@@ -803,15 +840,15 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
                                  "d": losses.get("loss/discriminator")}
                         progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None},
                                              refresh=False)
-                    if logger is not None and val_loader is not None and state.step % trainer.eval_every == 0:
-                        evaluate(runner, unwrap(generator), val_loader, logger, trainer, state.step,
-                                 models.model_config.sample_rate)
+                    if logger is not None and session.val_loader is not None and state.step % trainer.eval_every == 0:
+                        evaluate(session.runner, unwrap(session.generator), session.val_loader, logger, trainer,
+                                 state.step, session.models.model_config.sample_rate)
                     if state.step % trainer.save_every == 0 or state.step >= trainer.max_steps:
-                        save_checkpoint()
-                        last_saved = state.step
+                        session.save_checkpoint()
+                        session.last_saved = state.step
                     if on_step is not None:
                         on_step(state.step, losses)
-                    if stop.should_stop(info, device):
+                    if stop.should_stop(info, session.device):
                         raise KeyboardInterrupt
                     if state.step >= trainer.max_steps:
                         finished_epoch = False
@@ -823,24 +860,36 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
             interrupted = True
             if info.is_main:
                 log.warning("interrupted at step %d: saving a checkpoint", state.step)
-                if last_saved != state.step:
-                    save_checkpoint()
+                if session.last_saved != state.step:
+                    session.save_checkpoint()
         finally:
             if progress is not None:
                 progress.close()
             if logger is not None:
                 logger.close()
+    return interrupted, losses
 
+
+def _finish(session: TrainSession, interrupted: bool, losses: dict[str, float]) -> TrainResult:
+    """A finished run saves its last step (if not yet saved) and exports the artifact (main process)."""
+    info, state = session.info, session.state
     artifact_dir = None
     if not interrupted and info.is_main:
-        if last_saved != state.step:
-            save_checkpoint()
-        artifact_dir = export_artifact(cfg, models, stats, state.step, train_set)
+        if session.last_saved != state.step:
+            session.save_checkpoint()
+        artifact_dir = export_artifact(session.cfg, session.models, session.stats, state.step, session.train_set)
         log.info("exported %s", artifact_dir)
     if info.enabled:
         dist.barrier()
-    return TrainResult(run_dir=run_dir, artifact_dir=artifact_dir, step=state.step, interrupted=interrupted,
-                       last_losses=losses, models=models)
+    return TrainResult(run_dir=session.run_dir, artifact_dir=artifact_dir, step=state.step, interrupted=interrupted,
+                       last_losses=losses, models=session.models)
+
+
+def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
+    """Setup (resuming from the newest good checkpoint), the step loop, then the finish (export)."""
+    session = _setup(cfg)
+    interrupted, losses = _step_loop(session, on_step)
+    return _finish(session, interrupted, losses)
 
 
 def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: DataLoader, logger, trainer:
