@@ -354,3 +354,17 @@ def test_the_tool_names_bad_input(tmp_path, capsys, argv, message):
     code = eval_real.main(["--corpus", str(corpus), "--base", "pretrain/synth-small", "--singers-dir",
                            str(tmp_path / "singers"), "--self", *argv])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_reports_can_be_rewritten_from_a_json_report(tmp_path, capsys):
+    out = tmp_path / "real.json"
+    document = fake_document("measured")
+    document["pairs"][0]["summary"]["f0_off_50_cents"] = float("nan")  # read back as null
+    eval_real.write_reports(document, out)
+    bench = tmp_path / "BENCHMARKS.md"
+    assert eval_real.main(["--from-json", str(out), "--bench", "--benchmarks", str(bench), "--label", "renamed"]) == 0
+    text = bench.read_text()
+    assert "| renamed | it_carlo_m → fr_june_f | +12 |" in text and "| - / 1.0% |" in text and "measured" not in text
+    assert "renamed" in out.with_suffix(".md").read_text()
+    assert eval_real.main(["--from-json", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the report" in capsys.readouterr().err

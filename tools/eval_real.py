@@ -414,6 +414,11 @@ def summarise(rows: list[dict]) -> dict:
 
 # -------------------------------------------------------------------------------------------- report
 
+def percent(value: float | None, digits: int) -> str:
+    """A share as a percentage; ``-`` for None/NaN (a JSON report read back holds None for NaN)."""
+    return "-" if value is None or not np.isfinite(value) else f"{value * 100:.{digits}f}%"
+
+
 def _kinds(summary: dict) -> str:
     return " + ".join(f"{n} {k}" for k, n in sorted(summary.get("kinds", {}).items()))
 
@@ -429,12 +434,11 @@ def pair_rows(document: dict, label: str | None = None) -> list[str]:
             f"{pair['source']} → {pair['target']}", f"{pair['transpose_semitones']:+.0f}",
             f"{s['phrases']} ({_kinds(s)})",
             f"{fmt(s['secs_converted'], 3)} / {fmt(s['secs_source'], 3)}",
-            f"{fmt(s['mean_target_rank'], 1)} of {s['voices_ranked']} ({s['target_top1_fraction'] * 100:.0f}%)",
+            f"{fmt(s['mean_target_rank'], 1)} of {s['voices_ranked']} ({percent(s['target_top1_fraction'], 0)})",
             f"{fmt(s['cer_converted'])} / {fmt(s['cer_source'])}",
             f"{fmt(s['dnsmos_ovrl_converted'])} / {fmt(s['dnsmos_ovrl_source'])}",
             f"{fmt(s['f0_median_abs_cents'], 1)} / {fmt(s['f0_rmse_cents'], 0)}",
-            f"{s['f0_off_50_cents'] * 100:.0f}% / {s['f0_octave_errors'] * 100:.1f}%"
-            if np.isfinite(s["f0_off_50_cents"]) else "-"]
+            f"{percent(s['f0_off_50_cents'], 0)} / {percent(s['f0_octave_errors'], 1)}"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -659,8 +663,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=Path("data/real"), help="real-voice corpus (voices.json)")
-    parser.add_argument("--base", type=Path, required=True, help="base artifact folder (pretrain/<name>)")
-    parser.add_argument("--singers-dir", type=Path, required=True, help="adapter folders of the target voices")
+    parser.add_argument("--base", type=Path, default=None, help="base artifact folder (pretrain/<name>); required")
+    parser.add_argument("--singers-dir", type=Path, default=None, help="adapter folders of the target voices; required")
     parser.add_argument("--pairs", nargs="*", default=None, metavar="SRC:TGT[=ADAPTER]",
                         help="source voice : target voice (default: every ordered pair of held-out voices)")
     parser.add_argument("--train-sources", action="store_true",
@@ -694,6 +698,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bench", action="store_true", help="add/replace --label's rows in the Real voices section")
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md", help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="JSON",
+                        help="measure nothing: rewrite the .md (and with --bench the BENCHMARKS rows, --label "
+                             "replacing the recorded label) from an earlier run's JSON report")
     prep = parser.add_argument_group("--prepare: preprocess the held-out voices and fine-tune their adapters")
     prep.add_argument("--prepare", action="store_true", help="do that instead of measuring")
     prep.add_argument("--steps", type=int, default=500, help="fine-tuning steps (a larger value resumes the run)")
@@ -704,10 +711,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prep.add_argument("--train-arg", action="append", default=[], help="extra fine-tune override (repeatable)")
     prep.add_argument("--dry-run", action="store_true", help="print the --prepare commands only")
     args = parser.parse_args(argv)
+    if args.from_json is None and (args.base is None or args.singers_dir is None):
+        parser.error("--base and --singers-dir are required (except with --from-json)")
     if args.ref_clips is None:
         args.ref_clips = 4 if args.quick else 8
     if args.max_phrases is None and args.quick:
         args.max_phrases = QUICK_PHRASES
+    if args.base is None:
+        return args
     if args.runs_dir is None:
         args.runs_dir = Path("runs/real") / args.base.name
     if args.processed is None:
@@ -825,11 +836,28 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     return document
 
 
+def rewrite_reports(args: argparse.Namespace) -> int:
+    try:
+        document = json.loads(args.from_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise EvalError(f"{args.from_json}: cannot read the report ({error})") from None
+    if args.label:
+        document["label"] = args.label
+    markdown = args.from_json.with_suffix(".md")
+    atomic_write_text(markdown, markdown_report(document))
+    if args.bench:
+        replace_section(args.benchmarks, SECTION, bench_section(document, read_section(args.benchmarks, SECTION)))
+    print(f"wrote {markdown}" + (f" and the {SECTION} section of {args.benchmarks}" if args.bench else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.prepare:
             return prepare(args, load_corpus(args.corpus))
+        if args.from_json:
+            return rewrite_reports(args)
         run(args, argv)
     except (EvalError, real_metrics.EvalExtraMissing) as error:
         print(f"eval_real: {error}", file=sys.stderr)
