@@ -106,7 +106,7 @@ def read_only_dir(tmp_path):
         if not mounted:
             pytest.skip("running as root without permission to mount a read-only tmpfs")
         yield locked
-        subprocess.run(["umount", str(locked)], check=False)
+        subprocess.run(["umount", "-l", str(locked)], check=False)
     else:
         locked.chmod(0o555)
         yield locked
