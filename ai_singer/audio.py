@@ -216,7 +216,7 @@ def measure_loudness(x: np.ndarray, sr: int) -> float:
     return loudness
 
 
-def normalize_loudness(x: np.ndarray, sr: int, target_lufs: float = -18.0, peak_dbfs: float = -1.0, *,
+def normalize_loudness(x: np.ndarray, sr: int, target_lufs: float, peak_dbfs: float, *,
                        source: str | os.PathLike = "<audio array>") -> np.ndarray:
     """Scale ``x`` (``[samples]`` or ``[channels, samples]``) to ``target_lufs`` integrated loudness.
 
@@ -245,7 +245,7 @@ def normalize_loudness(x: np.ndarray, sr: int, target_lufs: float = -18.0, peak_
 
 @dataclass
 class SliceConfig:
-    """Silence slicer settings (defaults mirror ``conf/slicer/default.yaml``). Times in seconds.
+    """Silence slicer settings, built from ``conf/slicer`` (the values live there only). Times in seconds.
 
     threshold_db:       a frame is silent when its RMS is below this (dB re full scale).
     min_length_s:       shorter clips are merged with a neighbour across a short silence, else dropped.
@@ -255,12 +255,12 @@ class SliceConfig:
     max_length_s:       longer phrases are split at their quietest frame; every clip is at most this.
     """
 
-    threshold_db: float = -40.0
-    min_length_s: float = 3.0
-    min_silence_s: float = 0.3
-    max_silence_kept_s: float = 0.5
-    hop_s: float = 0.01
-    max_length_s: float = 15.0
+    threshold_db: float
+    min_length_s: float
+    min_silence_s: float
+    max_silence_kept_s: float
+    hop_s: float
+    max_length_s: float
 
     def __post_init__(self) -> None:
         if not self.hop_s > 0:
@@ -425,14 +425,13 @@ def _frame_db_blocks(blocks: Iterable[np.ndarray], hop: int) -> tuple[np.ndarray
     return db, n_samples
 
 
-def slice_on_silence(x_mono: np.ndarray, sr: int, cfg: SliceConfig | None = None,
+def slice_on_silence(x_mono: np.ndarray, sr: int, cfg: SliceConfig,
                      block_seconds: float = 60.0) -> list[tuple[int, int]]:
     """Slice a mono recording (float ``[samples]``) on silence: sample ranges ``[(start, end), ...]``.
 
     See :func:`slice_frames` for the rules. The level analysis runs block by block (``block_seconds``),
     like :func:`slice_file`, so the result is the same as slicing the file the signal came from.
     """
-    cfg = cfg or SliceConfig()
     x_mono = np.asarray(x_mono)
     if x_mono.ndim != 1:
         raise ValueError(f"slice_on_silence expects mono [samples], got shape {x_mono.shape}")
@@ -441,16 +440,15 @@ def slice_on_silence(x_mono: np.ndarray, sr: int, cfg: SliceConfig | None = None
     return slice_frames(db, hop, n_samples, sr, cfg)
 
 
-def slice_file(path: str | os.PathLike, cfg: SliceConfig | None = None,
+def slice_file(path: str | os.PathLike, cfg: SliceConfig,
                block_seconds: float = 60.0) -> list[tuple[int, int]]:
     """Slice an audio file on silence without decoding it all at once.
 
     The file is read ``block_seconds`` at a time as float32, each block downmixed to mono, and only the
     per-frame levels (one float per ``hop_s``) are kept, so memory stays at a block plus ~0.3 MB per
-    hour of audio. Returns the same sample ranges as ``slice_on_silence(to_mono(load_audio(path)[0]))``.
+    hour of audio. Returns the same sample ranges as ``slice_on_silence(to_mono(load_audio(path)[0]), sr, cfg)``.
     Raises AudioError for unreadable, empty or non-finite audio.
     """
-    cfg = cfg or SliceConfig()
     with _open(path) as handle:
         sr = handle.samplerate
         if handle.frames <= 0:

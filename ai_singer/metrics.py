@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -36,6 +36,13 @@ MCD_CONSTANT = 10.0 / math.log(10.0) * math.sqrt(2.0)
 ALIGNMENTS = ("frames", "dtw")
 
 
+def _conf_f0() -> dict:
+    """``conf/f0/default.yaml``: the F0 method and search range the toolkit uses."""
+    from ai_singer.config import conf_group
+
+    return conf_group("f0")
+
+
 @dataclass(frozen=True)
 class TimbreSettings:
     """How signals are analysed for MCD and the speaker features.
@@ -44,14 +51,14 @@ class TimbreSettings:
     frame_s:   analysis hop in seconds (frame ``i`` centred at ``(i + 0.5) * hop / sr``).
     f0_method: F0 extractor for the voicing mask and CheapTrick's window (``dio`` is fast; ``harvest``
                is more robust in noise).
-    f0_min, f0_max: F0 search range in Hz.
+    f0_min, f0_max: F0 search range in Hz; by default the range of ``conf/f0`` (the one place it is written).
     """
 
     n_coeffs: int = 24
     frame_s: float = 0.01
     f0_method: str = "dio"
-    f0_min: float = 50.0
-    f0_max: float = 1100.0
+    f0_min: float = field(default_factory=lambda: _conf_f0()["f0_min"])
+    f0_max: float = field(default_factory=lambda: _conf_f0()["f0_max"])
 
     def __post_init__(self) -> None:
         if self.n_coeffs < 1:
@@ -152,7 +159,7 @@ def _as_mono(wav: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def mel_cepstrum(wav: np.ndarray, sr: int, settings: TimbreSettings = TimbreSettings(),
+def mel_cepstrum(wav: np.ndarray, sr: int, settings: TimbreSettings | None = None,
                  what: str = "<audio array>") -> MelCepstrum:
     """WORLD analysis of a mono signal (``[samples]``) into frame-wise mel-cepstra.
 
@@ -162,6 +169,7 @@ def mel_cepstrum(wav: np.ndarray, sr: int, settings: TimbreSettings = TimbreSett
 
     from ai_singer.features.pitch import extract_f0, frame_times
 
+    settings = settings or TimbreSettings()
     x = _as_mono(wav, what)
     hop = settings.hop(sr)
     n_frames = x.shape[0] // hop
@@ -231,9 +239,10 @@ def mcd_between(reference: MelCepstrum, other: MelCepstrum, align: str = "frames
 
 
 def mel_cepstral_distortion(reference: np.ndarray, other: np.ndarray, sr: int,
-                            settings: TimbreSettings = TimbreSettings(), align: str = "frames",
+                            settings: TimbreSettings | None = None, align: str = "frames",
                             voiced_only: bool = True) -> MCDResult:
     """MCD in dB between two mono signals (``[samples]`` each, same rate ``sr``); see :func:`mcd_between`."""
+    settings = settings or TimbreSettings()
     return mcd_between(mel_cepstrum(reference, sr, settings, "reference"), mel_cepstrum(other, sr, settings, "other"),
                        align=align, voiced_only=voiced_only)
 
@@ -299,11 +308,17 @@ def f0_cents_error(f0: np.ndarray, intended_f0: np.ndarray) -> F0Error:
                    octave_errors=float(np.mean(error > OCTAVE_ERROR_CENTS)))
 
 
-def f0_error_of_audio(wav: np.ndarray, sr: int, intended_f0: np.ndarray, hop: int, method: str = "harvest",
-                      f0_min: float = 50.0, f0_max: float = 1100.0) -> F0Error:
+def f0_error_of_audio(wav: np.ndarray, sr: int, intended_f0: np.ndarray, hop: int, method: str | None = None,
+                      f0_min: float | None = None, f0_max: float | None = None) -> F0Error:
     """F0 error of a mono signal against ``intended_f0`` (Hz ``[frames]``, frame ``i`` centred at
-    ``(i + 0.5) * hop / sr``, the convention of ``extract_f0`` and of the synthetic corpus's ``.f0.npy``)."""
+    ``(i + 0.5) * hop / sr``, the convention of ``extract_f0`` and of the synthetic corpus's ``.f0.npy``).
+    ``method``, ``f0_min``, ``f0_max`` not given: those of ``conf/f0``."""
     from ai_singer.features.pitch import extract_f0
+
+    conf = _conf_f0()
+    method = conf["method"] if method is None else method
+    f0_min = conf["f0_min"] if f0_min is None else f0_min
+    f0_max = conf["f0_max"] if f0_max is None else f0_max
 
     x = _as_mono(wav, "converted audio")
     intended = np.asarray(intended_f0)
@@ -322,7 +337,7 @@ def timbre_features(analysis: MelCepstrum) -> np.ndarray:
     return np.concatenate([voiced.mean(axis=0), voiced.std(axis=0)])
 
 
-def clip_timbre_features(wav: np.ndarray, sr: int, settings: TimbreSettings = TimbreSettings(),
+def clip_timbre_features(wav: np.ndarray, sr: int, settings: TimbreSettings | None = None,
                          what: str = "<audio array>") -> np.ndarray:
     """:func:`timbre_features` of a mono signal ``[samples]``; errors name ``what``."""
     analysis = mel_cepstrum(wav, sr, settings, what)

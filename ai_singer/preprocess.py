@@ -76,17 +76,17 @@ class FramingSettings:
 class LoudnessSettings:
     """``conf/loudness``: see ``ai_singer.audio.normalize_loudness``."""
 
-    target_lufs: float = -18.0
-    peak_dbfs: float = -1.0
+    target_lufs: float
+    peak_dbfs: float
 
 
 @dataclass(frozen=True)
 class F0Settings:
     """``conf/f0``: see ``ai_singer.features.pitch.extract_f0``."""
 
-    method: str = "harvest"
-    f0_min: float = 50.0
-    f0_max: float = 1100.0
+    method: str
+    f0_min: float
+    f0_max: float
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,9 @@ class ContentSettings:
 class SplitSettings:
     """``conf/split``: the deterministic train/val split (see ``ai_singer.manifest.assign_splits``)."""
 
-    val_fraction: float = 0.05
-    min_val_clips: int = 1
-    seed: int = 0
+    val_fraction: float
+    min_val_clips: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,13 @@ class PreprocessSettings:
     f0: F0Settings
     content: ContentSettings
     split: SplitSettings
-    num_workers: int = 2
-    min_clip_seconds: float = 1.0
-    min_voiced_fraction: float = 0.2
-    pitch_plots: bool = True
-    progress: bool = True
-    singers: tuple[str, ...] | None = None   # singer folders to include (None = all)
-    exclude_singers: tuple[str, ...] = ()    # singer folders to leave out
+    num_workers: int
+    min_clip_seconds: float
+    min_voiced_fraction: float
+    pitch_plots: bool
+    progress: bool
+    singers: tuple[str, ...] | None   # singer folders to include (None = all)
+    exclude_singers: tuple[str, ...]  # singer folders to leave out
 
     def output_hash(self) -> str:
         """Hash of every setting that changes what is written for a source (not workers, split, plots)."""
@@ -188,10 +188,10 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
                               "content=hubert content.path=DIR for ContentVec/HuBERT weights; content=from_base "
                               "is for inference only)")
     name, path = content.pop("name"), content.pop("path")
-    singers = cfg.get("singers", None)
+    singers = cfg.singers
     if singers is not None and (isinstance(singers, str) or not hasattr(singers, "__iter__")):
         raise PreprocessError(f"singers={singers!r}: expected a list of singer folder names, e.g. singers=[alice,bob]")
-    exclude = cfg.get("exclude_singers", None) or []
+    exclude = cfg.exclude_singers or []
     if isinstance(exclude, str) or not hasattr(exclude, "__iter__"):
         raise PreprocessError(f"exclude_singers={exclude!r}: expected a list of singer folder names, "
                               f"e.g. exclude_singers=[carol]")

@@ -1,8 +1,6 @@
 """ai_singer.audio: decoding every input format, mono, resampling, loudness, the silence slicer, errors."""
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import pickle
 import tracemalloc
 
@@ -10,12 +8,20 @@ import numpy as np
 import pyloudnorm
 import pytest
 import soundfile as sf
-from omegaconf import OmegaConf
 
 from ai_singer.audio import (AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, slice_on_silence, to_mono, write_audio)
-from ai_singer.conf_dir import conf_dir
+from ai_singer.config import conf_group
 from conftest import harmonic
+
+#: conf/loudness, the one place the loudness targets are written.
+LOUDNESS = conf_group("loudness")
+
+
+def slicer(**changes) -> SliceConfig:
+    """The slicer of conf/slicer with ``changes``."""
+    return SliceConfig(**{**conf_group("slicer"), **changes})
+
 
 SR = 16000  # slicer tests: a low rate keeps them fast; the slicer works in seconds
 
@@ -137,7 +143,7 @@ def test_normalize_loudness_reaches_target_and_respects_peak():
     assert 20 * np.log10(np.max(np.abs(out))) <= -1.0 + 1e-4
 
     stereo = np.stack([quiet, 0.5 * quiet])
-    out_stereo = normalize_loudness(stereo, sr, target_lufs=-23.0)
+    out_stereo = normalize_loudness(stereo, sr, target_lufs=-23.0, peak_dbfs=LOUDNESS["peak_dbfs"])
     assert out_stereo.shape == stereo.shape
     assert pyloudnorm.Meter(sr).integrated_loudness(out_stereo.T.astype(np.float64)) == pytest.approx(-23.0, abs=0.5)
 
@@ -172,7 +178,7 @@ def test_slice_boundaries_on_tone_silence_tone():
     parts = [silence(1.003), tone(4.0), silence(1.0), tone(3.5, 330.0), silence(0.8), tone(5.0, 262.0),
              silence(0.5)]
     signal, at = build(parts)
-    cfg = SliceConfig(max_silence_kept_s=0.0, min_length_s=1.0)
+    cfg = slicer(max_silence_kept_s=0.0, min_length_s=1.0)
     clips = slice_on_silence(signal, SR, cfg)
     expected = [(at[1], at[2]), (at[3], at[4]), (at[5], at[6])]
     assert len(clips) == 3
@@ -185,7 +191,7 @@ def test_slice_keeps_at_most_max_silence_on_each_side():
     keep = 0.2
     parts = [silence(1.0), tone(3.5), silence(0.3), tone(3.2, 330.0), silence(1.5), tone(3.0, 262.0), silence(0.05)]
     signal, at = build(parts)
-    clips = slice_on_silence(signal, SR, SliceConfig(max_silence_kept_s=keep, min_silence_s=0.25))
+    clips = slice_on_silence(signal, SR, slicer(max_silence_kept_s=keep, min_silence_s=0.25))
     assert len(clips) == 3
     for start, end in clips:
         sound = np.flatnonzero(np.abs(signal[start:end]) > 0)
@@ -205,7 +211,7 @@ def test_long_phrase_is_split_at_its_quietest_frames():
     for dip_s in (12.0, 26.0):  # short dips (a breath between notes) at known places
         phrase[int(dip_s * SR): int((dip_s + 0.05) * SR)] *= 0.01
     signal, at = build([silence(0.5), phrase, silence(0.5)])
-    clips = slice_on_silence(signal, SR, SliceConfig(max_length_s=15.0, max_silence_kept_s=0.0))
+    clips = slice_on_silence(signal, SR, slicer(max_length_s=15.0, max_silence_kept_s=0.0))
     assert len(clips) == 3
     assert all(end - start <= 15.0 * SR for start, end in clips)
     assert clips[0][1] == clips[1][0] and clips[1][1] == clips[2][0]  # pieces touch: nothing lost
@@ -215,7 +221,7 @@ def test_long_phrase_is_split_at_its_quietest_frames():
 
     # with no quiet frame at all, every piece still fits
     flat, _ = build([tone(37.0)])
-    flat_clips = slice_on_silence(flat, SR, SliceConfig(max_length_s=10.0))
+    flat_clips = slice_on_silence(flat, SR, slicer(max_length_s=10.0))
     assert all(end - start <= 10.0 * SR for start, end in flat_clips)
     assert flat_clips[0][0] == 0 and flat_clips[-1][1] == len(flat) and len(flat_clips) == 4
 
@@ -225,8 +231,8 @@ def test_breaths_at_phrase_edges_kept_with_low_threshold_and_cut_with_higher_one
     rng = np.random.default_rng(1)
     breath = (10 ** (-50 / 20) * rng.standard_normal(int(0.4 * SR))).astype(np.float32)  # -50 dBFS noise
     signal, at = build([silence(1.0), breath, tone(3.5), silence(1.0)])
-    low = slice_on_silence(signal, SR, SliceConfig(threshold_db=-60.0, max_silence_kept_s=0.1))
-    high = slice_on_silence(signal, SR, SliceConfig(threshold_db=-40.0, max_silence_kept_s=0.1))
+    low = slice_on_silence(signal, SR, slicer(threshold_db=-60.0, max_silence_kept_s=0.1))
+    high = slice_on_silence(signal, SR, slicer(threshold_db=-40.0, max_silence_kept_s=0.1))
     assert len(low) == len(high) == 1
     assert abs(low[0][0] - (at[1] - 0.1 * SR)) <= hop  # the whole breath, plus 0.1 s of silence before
     assert abs(high[0][0] - (at[2] - 0.1 * SR)) <= hop  # the breath counts as silence: only 0.1 s of it stays
@@ -237,14 +243,14 @@ def test_short_clips_merge_across_short_silence_and_are_dropped_when_isolated():
     parts = [silence(1.0), tone(4.0), silence(0.4), tone(1.0, 330.0), silence(3.0), tone(1.0, 262.0),
              silence(3.0), tone(4.0, 294.0), silence(1.0)]
     signal, at = build(parts)
-    clips = slice_on_silence(signal, SR, SliceConfig(max_silence_kept_s=0.3, min_length_s=3.0))
+    clips = slice_on_silence(signal, SR, slicer(max_silence_kept_s=0.3, min_length_s=3.0))
     # the 1 s phrase 0.4 s after the first joins it (0.4 <= 2 * 0.3); the isolated 1 s phrase is dropped
     assert len(clips) == 2
     assert abs(clips[0][0] - (at[1] - 0.3 * SR)) <= hop and abs(clips[0][1] - (at[4] + 0.3 * SR)) <= hop
     assert abs(clips[1][0] - (at[7] - 0.3 * SR)) <= hop and abs(clips[1][1] - (at[8] + 0.3 * SR)) <= hop
     assert all(end - start >= 3.0 * SR for start, end in clips)
-    assert slice_on_silence(silence(5.0), SR) == []
-    assert slice_on_silence(tone(1.0), SR) == []  # the only phrase is too short and has no neighbour
+    assert slice_on_silence(silence(5.0), SR, slicer()) == []
+    assert slice_on_silence(tone(1.0), SR, slicer()) == []  # the only phrase is too short and has no neighbour
 
 
 @pytest.mark.parametrize("suffix,subtype", [("wav", "PCM_16"), ("flac", "PCM_24")])
@@ -255,7 +261,7 @@ def test_slice_file_streams_and_matches_in_memory_slicing(tmp_path, suffix, subt
     stereo = np.stack([left, 0.7 * np.roll(left, 37)])
     path = tmp_path / f"take.{suffix}"
     sf.write(path, stereo.T, SR, subtype=subtype)
-    cfg = SliceConfig(max_length_s=7.0)
+    cfg = slicer(max_length_s=7.0)
 
     in_memory = slice_on_silence(to_mono(load_audio(path)[0]), SR, cfg)
     assert len(in_memory) >= 4
@@ -274,7 +280,7 @@ def test_slice_file_memory_stays_far_below_the_decoded_size(tmp_path):
 
     tracemalloc.start()
     try:
-        clips = slice_file(path, SliceConfig(), block_seconds=5.0)
+        clips = slice_file(path, slicer(), block_seconds=5.0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -298,7 +304,7 @@ def test_bad_inputs_raise_audio_error_naming_the_file(tmp_path):
     cases = [(text, "not a readable audio file"), (empty, "no audio samples"), (nan, "NaN"),
              (missing, "does not exist")]
     for path, reason in cases:
-        for reader in (load_audio, slice_file):
+        for reader in (load_audio, lambda source: slice_file(source, slicer())):
             with pytest.raises(AudioError, match=reason) as caught:
                 reader(path)
             assert caught.value.path == str(path) and str(caught.value).startswith(f"{path}: ")
@@ -311,7 +317,7 @@ def test_bad_inputs_raise_audio_error_naming_the_file(tmp_path):
     sf.write(silent, silence(1.0), SR, subtype="PCM_16")
     audio, rate = load_audio(silent)
     with pytest.raises(AudioError, match="digital silence") as caught:
-        normalize_loudness(audio, rate, source=silent)
+        normalize_loudness(audio, rate, **LOUDNESS, source=silent)
     assert str(silent) in str(caught.value)
 
     error = pickle.loads(pickle.dumps(AudioError(text, "why")))  # survives worker processes
@@ -335,10 +341,10 @@ def test_write_audio_round_trip_atomic_and_clipped(tmp_path):
         write_audio(tmp_path / "clip.mp4", signal, 22050)
 
 
-def test_yaml_defaults_match_code_defaults():
-    slicer_yaml = OmegaConf.to_container(OmegaConf.load(f"{conf_dir()}/slicer/default.yaml"))
-    assert slicer_yaml == dataclasses.asdict(SliceConfig())
-    loudness_yaml = OmegaConf.to_container(OmegaConf.load(f"{conf_dir()}/loudness/default.yaml"))
-    parameters = inspect.signature(normalize_loudness).parameters
-    assert loudness_yaml == {name: parameters[name].default for name in ("target_lufs", "peak_dbfs")}
-    assert SliceConfig(**slicer_yaml) == SliceConfig()
+def test_the_slicer_and_loudness_values_come_from_conf():
+    """No defaults in code: the slicer and the loudness targets are conf/'s (tests/test_config.py)."""
+    with pytest.raises(TypeError):
+        SliceConfig()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        normalize_loudness(harmonic(220.0, SR, 0.5), SR)  # type: ignore[call-arg]
+    assert slicer() == SliceConfig(**conf_group("slicer"))

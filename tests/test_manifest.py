@@ -105,8 +105,11 @@ def test_split_fraction_and_stability_when_clips_are_added():
         assign_splits({"s": keys}, 1.0, 1, 0)
 
 
-def test_split_yaml_matches_dataclass_defaults():
+def test_split_settings_come_from_conf_only():
+    from ai_singer.config import conf_group
     from ai_singer.preprocess import SplitSettings
 
+    with pytest.raises(TypeError):
+        SplitSettings()  # type: ignore[call-arg]
     values = yaml.safe_load(open(f"{conf_dir()}/split/default.yaml"))
-    assert SplitSettings(**values) == SplitSettings()
+    assert SplitSettings(**values) == SplitSettings(**conf_group("split"))

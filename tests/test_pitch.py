@@ -1,19 +1,20 @@
 """F0 extraction accuracy on a known sung contour, frame counts, and pitch arithmetic."""
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
-import yaml
 from conftest import harmonic, phrase_with_silences
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
-from ai_singer.conf_dir import conf_dir
+from ai_singer.config import conf_group
 from ai_singer.features.pitch import (
     F0_EXTRACTORS, SCALES, choose_transpose, extract_f0, hz_to_midi, interpolate_unvoiced, midi_to_hz, snap_to_scale,
     transpose,
 )
+
+
+#: The F0 search range of conf/f0 (the only place it is written).
+RANGE = {key: conf_group("f0")[key] for key in ("f0_min", "f0_max")}
 
 
 def cents(a, b):
@@ -32,7 +33,7 @@ def phrase(request):
 @pytest.mark.parametrize("method", sorted(F0_EXTRACTORS))
 def test_f0_follows_a_sung_phrase(phrase, method):
     sr, hop, wav, truth = phrase
-    f0 = extract_f0(wav, sr, hop, len(truth), method=method)
+    f0 = extract_f0(wav, sr, hop, len(truth), method=method, **RANGE)
     assert f0.dtype == np.float32 and f0.shape == truth.shape
 
     truly_voiced = truth > 0
@@ -57,41 +58,39 @@ def test_f0_follows_a_sung_phrase(phrase, method):
 @pytest.mark.parametrize("samples", [512 * 40, 512 * 40 + 1, 512 * 41 - 1, 512 * 87 + 300])
 def test_frame_count_is_samples_over_hop(method, samples):
     wav = harmonic(220.0, 44100, samples / 44100)[:samples]
-    f0 = extract_f0(wav, 44100, 512, method=method)
+    f0 = extract_f0(wav, 44100, 512, None, method=method, **RANGE)
     assert f0.shape == (samples // 512,)
     assert np.median(f0[f0 > 0]) == pytest.approx(220.0, rel=0.01)
     # An explicit n_frames is honoured exactly (e.g. the trimmed clip length).
-    assert extract_f0(wav, 44100, 512, n_frames=17, method=method).shape == (17,)
+    assert extract_f0(wav, 44100, 512, n_frames=17, method=method, **RANGE).shape == (17,)
 
 
 @pytest.mark.parametrize("method", sorted(F0_EXTRACTORS))
 def test_very_short_audio_works(method):
     for samples in (512, 1024, 2048):
         wav = harmonic(220.0, 44100, samples / 44100)[:samples]
-        f0 = extract_f0(wav, 44100, 512, method=method)
+        f0 = extract_f0(wav, 44100, 512, None, method=method, **RANGE)
         assert f0.shape == (samples // 512,)
         assert ((f0 == 0) | (np.abs(f0 - 220.0) < 10.0)).all()
 
 
 def test_unknown_method_lists_the_valid_names():
     with pytest.raises(ValueError) as info:
-        extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, method="crepe")
+        extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, None, method="crepe", **RANGE)
     for name in ("harvest", "dio", "parselmouth", "crepe"):
         assert name in str(info.value)
 
 
 def test_silence_is_unvoiced_and_short_input_gives_no_frames():
-    assert not extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, method="dio").any()
-    assert extract_f0(np.zeros(100, dtype=np.float32), 44100, 512).shape == (0,)
+    assert not extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, None, method="dio", **RANGE).any()
+    assert extract_f0(np.zeros(100, dtype=np.float32), 44100, 512, None, "harvest", **RANGE).shape == (0,)
 
 
-def test_config_defaults_match_the_function():
-    with open(f"{conf_dir()}/f0/default.yaml") as handle:
-        cfg = yaml.safe_load(handle)
-    defaults = inspect.signature(extract_f0).parameters
-    assert cfg["method"] == defaults["method"].default and cfg["method"] in F0_EXTRACTORS
-    assert cfg["f0_min"] == defaults["f0_min"].default == 50.0
-    assert cfg["f0_max"] == defaults["f0_max"].default == 1100.0
+def test_the_method_and_range_are_the_callers():
+    """extract_f0 has no defaults of its own: conf/f0 is the one place (tests/test_config.py)."""
+    with pytest.raises(TypeError):
+        extract_f0(np.zeros(44100, dtype=np.float32), 44100, 512, None)  # type: ignore[call-arg]
+    assert conf_group("f0")["method"] in F0_EXTRACTORS
 
 
 def test_interpolate_unvoiced_fills_gaps_in_log_f0_and_holds_edges():

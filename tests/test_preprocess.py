@@ -428,13 +428,19 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
     assert list((processed / ".logs").glob("*/preprocess.log"))
 
 
-def test_config_yaml_matches_dataclass_defaults():
-    import yaml
+def test_settings_are_built_from_conf_and_have_no_defaults_of_their_own(dataset, tmp_path, tiny_hubert_dir):
+    from ai_singer.config import conf_group
+    from ai_singer.preprocess import F0Settings, LoudnessSettings, settings_from_config
 
-    from ai_singer.preprocess import F0Settings, LoudnessSettings
-
-    assert F0Settings(**yaml.safe_load(open(f"{conf_dir()}/f0/default.yaml"))) == F0Settings()
-    assert LoudnessSettings(**yaml.safe_load(open(f"{conf_dir()}/loudness/default.yaml"))) == LoudnessSettings()
+    for settings_class in (F0Settings, LoudnessSettings):
+        with pytest.raises(TypeError):
+            settings_class()
+    settings = settings_from_config(make_cfg(dataset, tmp_path / "p", tiny_hubert_dir))
+    assert settings.f0 == F0Settings(**conf_group("f0"))
+    assert settings.loudness == LoudnessSettings(**conf_group("loudness"))
+    cfg = make_cfg(dataset, tmp_path / "p", tiny_hubert_dir, "~f0.f0_max")  # a value missing from conf/: an error
+    with pytest.raises(PreprocessError, match="conf/f0.*f0_max"):
+        settings_from_config(cfg)
 
 
 def test_typo_in_a_setting_is_an_error(dataset, tmp_path, tiny_hubert_dir):

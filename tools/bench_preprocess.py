@@ -86,22 +86,26 @@ def run(seconds: float, base_seconds: float) -> tuple[list[tuple[str, float, flo
         source = tmp / "raw" / "bench" / "session.wav"
         source.parent.mkdir(parents=True)
         sung_recording(source, seconds)
-        slicer = SliceConfig()
+        from ai_singer.config import conf_group
+
+        slicer = SliceConfig(**conf_group("slicer"))
+        loudness = conf_group("loudness")
 
         def prepare():
             clips = []
             for start, stop in slice_file(source, slicer):
                 audio, rate = load_audio(source, start, stop)
                 clip = resample(to_mono(audio), rate, SR)
-                clip = normalize_loudness(clip[: len(clip) // HOP * HOP], SR)
+                clip = normalize_loudness(clip[: len(clip) // HOP * HOP], SR, **loudness)
                 clips.append((clip, resample(clip, SR, 16000)))
             return clips
 
         clips, wall = timed(prepare)
         audio_seconds = sum(len(clip) for clip, _ in clips) / SR
         rows.append(("slice + read + resample (48k stereo -> 44.1k, 16k) + loudness", audio_seconds, wall))
+        search = {key: conf_group("f0")[key] for key in ("f0_min", "f0_max")}
         for method in F0_EXTRACTORS:
-            _, wall = timed(lambda: [extract_f0(clip, SR, HOP, None, method=method) for clip, _ in clips])
+            _, wall = timed(lambda: [extract_f0(clip, SR, HOP, None, method=method, **search) for clip, _ in clips])
             rows.append((f"F0 `{method}` (hop {HOP} at {SR} Hz)", audio_seconds, wall))
         for size, limit in (("tiny", seconds), ("base", base_seconds)):
             folder = save_hubert(tmp / f"hubert_{size}", size)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 #: Extractors run on a copy resampled to this rate when the input rate is higher: WORLD and Praat
-#: decimate internally anyway, F0 up to 1100 Hz has its low harmonics far below 8 kHz, and the
+#: decimate internally anyway, F0 up to ~1 kHz has its low harmonics far below 8 kHz, and the
 #: sample-rate-dependent steps (stonemask) get ~3x cheaper at 44.1 kHz.
 ANALYSIS_SAMPLE_RATE = 16000
 
@@ -98,8 +98,8 @@ def _resample_to_frames(times: np.ndarray, f0: np.ndarray, targets: np.ndarray) 
     return out.astype(np.float32)
 
 
-def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None = None, method: str = "harvest",
-               f0_min: float = 50.0, f0_max: float = 1100.0) -> np.ndarray:
+def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, method: str, f0_min: float,
+               f0_max: float) -> np.ndarray:
     """F0 of mono audio at the model frame centres.
 
     Args:
@@ -109,6 +109,8 @@ def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None = None, 
         n_frames: frames wanted; ``None`` means ``len(wav) // hop``.
         method: a key of :data:`F0_EXTRACTORS`.
         f0_min, f0_max: search range in Hz.
+
+    Every argument is required: the method and range come from the settings (``conf/f0``), never from here.
 
     Returns:
         float32 [n_frames], Hz, 0 where unvoiced.
