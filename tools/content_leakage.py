@@ -21,7 +21,7 @@ and ``<voice>/sung/*.wav`` are conditions). For each encoder every clip is encod
 
 A log-mel reference row (80-band log-mel mean + std, no encoder) shows how much plain spectral
 statistics leak. Features and encode times are cached per clip in ``<out>/cache/<encoder>.npz`` (keyed by
-path, size and mtime; ``--no-cache``).
+voice, path under it, size and mtime; ``--no-cache``).
 Writes ``<out>/leakage.json`` and ``<out>/leakage.md``; ``--bench`` also writes the "Content encoders:
 speaker leakage" section of BENCHMARKS.md (other sections are kept).
 
@@ -70,7 +70,7 @@ def find_clips(voices_dir: Path) -> list[dict]:
             relative = path.relative_to(voice_dir)
             labels = path.with_name(path.name[: -len(path.suffix)] + ".labels.npy")
             clips.append({"voice": voice_dir.name, "condition": relative.parts[0] if len(relative.parts) > 1 else "",
-                          "path": path, "labels": labels if labels.is_file() else None})
+                          "path": path, "name": f"{voice_dir.name}/{relative.as_posix()}", "labels": labels if labels.is_file() else None})
     return clips
 
 
@@ -148,9 +148,10 @@ def logmel_features(wav16k: np.ndarray) -> np.ndarray:
 
 
 def clip_key(clip: dict) -> str:
-    """A clip's cache key: its resolved path, size and modification time."""
+    """A clip's cache key: ``<voice>/<path under it>``, size and modification time (a copy of the corpus
+    with the same times, e.g. hard links, shares the cache)."""
     stat = clip["path"].stat()
-    return hashlib.sha256(f"{clip['path'].resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{clip['name']}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
 
 
 def encode_corpus(name: str, encoder, clips: list[dict], cache: Path | None, quiet: bool) -> dict:
