@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -56,23 +56,10 @@ _PREPARED_ATTR = "_ai_singer_peft"
 
 # ----------------------------------------------------------------------------------------- settings
 
-def _default_target_modules() -> list[str]:
-    # SingerVAE's "compact set that adapts every block of the inference path" (see its docstring):
-    # prior-encoder attention + feed-forward, flow WaveNets, decoder resblocks/source convs/input conv.
-    return [
-        r"prior_encoder\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)",
-        r"flow\..*(dilated_convs|res_skip_convs)\.\d+",
-        r"decoder\.(resblocks\.\d+\.(dilated_convs|convs)\.\d+|source_convs\.\d+|input_conv)",
-    ]
-
-
-def _default_freeze_blocks() -> list[str]:
-    return [r"decoder\.resblocks\.\d+", r"decoder\.upsamplers\.\d+"]
-
-
 @dataclass
 class PeftSettings:
-    """How a singer adapter is trained. Mirrors ``conf/peft/<method>.yaml`` (a test keeps them equal).
+    """How a singer adapter is trained: ``conf/peft/<method>.yaml`` (the values live there only; fine-tuning and
+    a stored ``adapter.yaml`` give every field).
 
     ``r``, ``alpha``, ``dropout``: LoRA/DoRA rank, scaling numerator (scaling = alpha / r) and dropout
     on the adapter input. ``target_modules``: patterns of the Conv1d/Linear modules lora/dora/ia3
@@ -81,14 +68,14 @@ class PeftSettings:
     pattern train. Settings a method does not use are ignored.
     """
 
-    method: str = "lora"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=_default_target_modules)
-    bias: str = "none"
-    freeze_blocks: list[str] = field(default_factory=_default_freeze_blocks)
-    freeze_last_n: int = 2
+    method: str
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    bias: str
+    freeze_blocks: list[str]
+    freeze_last_n: int
 
     def __post_init__(self) -> None:
         if self.method not in PEFT_METHODS:

@@ -56,85 +56,86 @@ DISCRIMINATOR_MODES = ("train", "frozen", "off")
 
 @dataclass
 class PathsSettings:
-    """Mirror of ``conf/paths/default.yaml``."""
+    """``conf/paths`` (every value lives there)."""
 
-    raw: str = "data/raw"
-    processed: str = "data/processed"
-    pretrain: str = "pretrain"
-    singers: str = "singers"
-    runs: str = "runs"
-    output: str = "outputs"
+    raw: str
+    processed: str
+    pretrain: str
+    singers: str
+    runs: str
+    output: str
 
 
 @dataclass
 class AudioSettings:
-    """Mirror of ``conf/audio/44k.yaml``: the framing and the mel spectrogram of the losses."""
+    """``conf/audio``: the framing and the mel spectrogram of the losses."""
 
-    sample_rate: int = 44100
-    hop_length: int = 512
-    n_fft: int = 2048
-    win_length: int = 2048
-    n_mels: int = 80
-    mel_fmin: float = 0.0
-    mel_fmax: Optional[float] = None
+    sample_rate: int
+    hop_length: int
+    n_fft: int
+    win_length: int
+    n_mels: int
+    mel_fmin: float
+    mel_fmax: Optional[float]
 
 
 @dataclass
 class TrainerSettings:
-    """Mirror of ``conf/trainer/default.yaml`` (the comments there explain each field)."""
+    """``conf/trainer`` (the comments in ``conf/trainer/default.yaml`` explain each field)."""
 
-    max_steps: int = 20000
-    batch_size: int = 16
-    max_frames: int = 256
-    num_workers: int = 4
-    learning_rate: float = 2.0e-4
-    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
-    eps: float = 1.0e-9
-    weight_decay: float = 0.01
-    lr_decay: float = 0.99999
-    grad_clip: float = 100.0
-    precision: str = "fp32"
-    device: str = "auto"
-    save_every: int = 400
-    keep_last: int = 3
-    log_every: int = 50
-    eval_every: int = 1000
-    eval_clips: int = 3
-    eval_max_batches: int = 8
-    deterministic: bool = False
-    progress: bool = True
-    discriminator: str = "train"
+    max_steps: int
+    batch_size: int
+    max_frames: int
+    num_workers: int
+    learning_rate: float
+    betas: list[float]
+    eps: float
+    weight_decay: float
+    lr_decay: float
+    grad_clip: float
+    precision: str
+    device: str
+    save_every: int
+    keep_last: int
+    log_every: int
+    eval_every: int
+    eval_clips: int
+    eval_max_batches: int
+    deterministic: bool
+    progress: bool
+    discriminator: str
 
 
 @dataclass
 class LossWeights:
-    """Mirror of ``conf/loss/default.yaml``."""
+    """``conf/loss``."""
 
-    mel: float = 45.0
-    kl: float = 1.0
-    feature_matching: float = 1.0
-    adversarial: float = 1.0
+    mel: float
+    kl: float
+    feature_matching: float
+    adversarial: float
 
 
 @dataclass
 class TrainConfig:
-    """The whole composed ``conf/train.yaml``."""
+    """The whole composed ``conf/train.yaml``. No field has a default: a value missing from ``conf/`` is an
+    error naming it (:func:`typed_config`), never a silent fallback."""
 
-    paths: PathsSettings = field(default_factory=PathsSettings)
-    audio: AudioSettings = field(default_factory=AudioSettings)
-    model: SingerVAEConfig = field(default_factory=SingerVAEConfig)
-    peft: PeftSettings = field(default_factory=PeftSettings)
-    trainer: TrainerSettings = field(default_factory=TrainerSettings)
-    loss: LossWeights = field(default_factory=LossWeights)
-    mode: str = "pretrain"
-    name: str = "base"
-    singer: Optional[str] = None
-    base: Optional[str] = None
-    run_name: Optional[str] = None
-    seed: int = 1234
-    export_dtype: str = "float32"  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
-    retrieval_centroids: int = 1024  # finetune: size of the singer's feature-retrieval index (0 = none)
-    init_from: Optional[str] = None  # pretrain: a base folder whose same-named, same-shaped tensors start the run
+    paths: PathsSettings
+    audio: AudioSettings
+    model: SingerVAEConfig
+    peft: PeftSettings
+    trainer: TrainerSettings
+    loss: LossWeights
+    mode: str
+    name: str
+    singer: Optional[str]
+    base: Optional[str]
+    run_name: Optional[str]
+    seed: int
+    export_dtype: str  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
+    retrieval_centroids: int  # finetune: size of the singer's feature-retrieval index (0 = none)
+    init_from: Optional[str]  # pretrain: a base folder whose same-named, same-shaped tensors start the run
 
 
 class TrainSetupError(UserError):

@@ -2,7 +2,6 @@
 adapters round-trip through the artifact files, each method trains what it says, configs agree."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import (PEFT_METHODS, IA3Conv1d, PeftSettings, adapter_state_dict, load_adapter_state,
                                 merge_adapters, prepare_for_finetune, remove_weight_norm_everywhere)
+from ai_singer.config import conf_group
 
 CONF_PEFT = Path(__file__).resolve().parent.parent / "conf" / "peft"
 TOY_TARGETS = ["pre", r"blocks\.\d+", "up", "proj", "post"]
@@ -59,10 +59,15 @@ def toy_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2, 4, 12, generator=generator), torch.tensor([0, 2])
 
 
+def conf_peft(option: str, **changes) -> PeftSettings:
+    """The settings of conf/peft/<option>.yaml with ``changes``."""
+    return PeftSettings(**{**conf_group("peft", option), **changes})
+
+
 def settings(method: str, **overrides) -> PeftSettings:
     values = dict(method=method, r=4, alpha=8.0, target_modules=TOY_TARGETS, freeze_blocks=[r"blocks\.\d+"],
                   freeze_last_n=1)
-    return PeftSettings(**{**values, **overrides})
+    return conf_peft(method, **{**values, **overrides})
 
 
 def plain_toy(seed: int = 0) -> ToyGenerator:
@@ -85,21 +90,20 @@ def train_a_little(model: nn.Module, trainable: list[str], steps: int = 3) -> No
     model.eval()
 
 
-def test_peft_yaml_files_match_the_dataclass():
+def test_peft_settings_come_from_the_conf_peft_files_only():
     from omegaconf import OmegaConf
 
-    defaults = dataclasses.asdict(PeftSettings())
     found = sorted(p.stem for p in CONF_PEFT.glob("*.yaml"))
     assert found == sorted(PEFT_METHODS)
+    with pytest.raises(TypeError):
+        PeftSettings(method="lora")  # no defaults of its own: conf/peft/<method>.yaml gives every value
     for method in PEFT_METHODS:
         values = yaml.safe_load((CONF_PEFT / f"{method}.yaml").read_text())
         assert values["method"] == method
-        assert {k: v for k, v in values.items() if k != "method"} == {k: v for k, v in defaults.items()
-                                                                       if k != "method"}, method
         merged = OmegaConf.merge(OmegaConf.structured(PeftSettings), values)  # typos / wrong types fail here
-        assert OmegaConf.to_object(merged) == PeftSettings(**values)
+        assert OmegaConf.to_object(merged) == PeftSettings(**values) == conf_peft(method)
     with pytest.raises(ValueError, match="peft.method"):
-        PeftSettings(method="lokr")
+        conf_peft("lora", method="lokr")
 
 
 def test_fresh_lora_reproduces_the_base_exactly():
@@ -274,7 +278,7 @@ def test_singer_vae_default_targets_adapt_merge_and_round_trip(method):
     g = torch.randn(1, 16, generator=torch.Generator().manual_seed(3))
 
     model = tiny_singer_vae()
-    peft = PeftSettings(method=method)  # the conf/peft defaults
+    peft = conf_peft(method)  # the conf/peft values
     trainable = prepare_for_finetune(model, peft)
     assert torch.allclose(vae_infer(model, g), vae_infer(reference, g), atol=1e-6)
     parts = {name.split(".")[0] for name in trainable}
@@ -303,7 +307,7 @@ def test_lora_merge_on_a_weight_normed_model_without_its_own_removal_method():
     torch.manual_seed(0)
     model = nn.Sequential(weight_norm(nn.Conv1d(4, 8, 3, padding=2, dilation=2)), nn.Tanh(),
                           weight_norm(nn.Conv1d(8, 2, 1))).eval()
-    trainable = prepare_for_finetune(model, PeftSettings(method="lora", r=2, target_modules=[r"\d+"]))
+    trainable = prepare_for_finetune(model, conf_peft("lora", r=2, target_modules=[r"\d+"]))
     assert len(trainable) == 4 and not any(parametrize.is_parametrized(m) for m in model.modules())
     with torch.no_grad():
         for name in trainable:

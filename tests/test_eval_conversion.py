@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a fol
 
 from ai_singer import checkpoint as ckpt  # noqa: E402
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune  # noqa: E402
+from ai_singer.config import conf_group  # noqa: E402
 from ai_singer.model import SingerVAE, SingerVAEConfig  # noqa: E402
 from tools import build_bundle, eval_conversion  # noqa: E402
 from tools.synth.corpus import CorpusSettings, generate_corpus  # noqa: E402
@@ -40,7 +41,7 @@ def make_adapter(root: Path, base_dir: Path, folder: str, singer: str) -> Path:
     base = ckpt.load_base(base_dir)
     model = SingerVAE(SingerVAEConfig.from_dict(base.model_config))
     ckpt.load_state_strict(model, base.generator_state)
-    settings = PeftSettings(method="lora", r=2, alpha=4.0)
+    settings = PeftSettings(**{**conf_group("peft", "lora"), "r": 2, "alpha": 4.0})
     prepare_for_finetune(model, settings)
     tensors = {name: tensor.detach().clone() for name, tensor in adapter_state_dict(model).items()}
     tensors["singer_embedding"] = torch.randn(TINY["gin_channels"], generator=torch.Generator().manual_seed(1))

@@ -25,6 +25,7 @@ import ai_singer.infer as infer
 import ai_singer.songs as songs_module
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
+from ai_singer.config import conf_group
 from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
                              auto_transpose_semitones, find_songs, prepare_f0, run_batch)
 from ai_singer.mix import db_to_gain
@@ -55,7 +56,7 @@ def make_adapter(root: Path, base_dir: Path, singer: str, f0_median_hz: float = 
     base = ckpt.load_base(base_dir)
     model = SingerVAE(SingerVAEConfig.from_dict(base.model_config))
     ckpt.load_state_strict(model, base.generator_state)
-    settings = PeftSettings(method="lora", r=2, alpha=4.0)
+    settings = PeftSettings(**{**conf_group("peft", "lora"), "r": 2, "alpha": 4.0})
     prepare_for_finetune(model, settings)
     generator = torch.Generator().manual_seed(seed)
     tensors = {name: torch.randn(t.shape, generator=generator) * 0.05 for name, t in adapter_state_dict(model).items()}

@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PEFT_METHODS
 from ai_singer.conf_dir import conf_dir
+from ai_singer.config import compose as compose_config
+from ai_singer.config import load_settings
 from ai_singer.manifest import ManifestError
 from ai_singer.train import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
                              run_training, typed_config)
@@ -477,11 +479,17 @@ def test_a_killed_checkpoint_save_is_cleaned_up_by_the_next_run(tmp_path, proces
     assert [s for s, _ in ckpt.list_train_states(tmp_path / "runs" / "pretrain-base")] == [1]
 
 
-def test_yaml_defaults_match_the_dataclasses():
+def test_settings_have_no_defaults_and_a_value_missing_from_conf_is_an_error(tmp_path):
+    for cls in (TrainerSettings, LossWeights, PathsSettings, AudioSettings):
+        with pytest.raises(TypeError):
+            cls()
+    typed = load_settings("train")  # conf/ is the one source
     conf = Path(conf_dir())
-    for cls, path in ((TrainerSettings, "trainer/default.yaml"), (LossWeights, "loss/default.yaml"),
-                      (PathsSettings, "paths/default.yaml"), (AudioSettings, "audio/44k.yaml")):
-        assert yaml.safe_load((conf / path).read_text()) == dataclasses.asdict(cls()), path
+    for settings, path in ((typed.trainer, "trainer/default.yaml"), (typed.loss, "loss/default.yaml"),
+                           (typed.paths, "paths/default.yaml"), (typed.audio, "audio/44k.yaml")):
+        assert yaml.safe_load((conf / path).read_text()) == dataclasses.asdict(settings), path
+    with pytest.raises(TrainSetupError, match="trainer.max_steps"):
+        typed_config(compose_config("train", ["~trainer.max_steps"]))
 
 
 # ------------------------------------------------------------------------------------------ slow

@@ -90,7 +90,7 @@ def make_artifacts(root: Path, size: str) -> tuple[Path, Path]:
     from omegaconf import OmegaConf
 
     from ai_singer import checkpoint
-    from ai_singer.adapters import PeftSettings, adapter_state_dict, as_peft_settings, prepare_for_finetune
+    from ai_singer.adapters import adapter_state_dict, as_peft_settings, prepare_for_finetune
     from ai_singer.model import SingerVAE, SingerVAEConfig
 
     audio = OmegaConf.load(REPO / "conf" / "audio" / "44k.yaml")
@@ -104,7 +104,7 @@ def make_artifacts(root: Path, size: str) -> tuple[Path, Path]:
         "sample_rate": model.config.sample_rate, "hop_length": model.config.hop_length,
         "speakers": ["a", "b", "c", "d"]})
     peft_yaml = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "peft" / "lora.yaml"))
-    settings = as_peft_settings(peft_yaml) if peft_yaml else PeftSettings()
+    settings = as_peft_settings(peft_yaml)
     prepare_for_finetune(model, settings)
     generator = torch.Generator().manual_seed(1)
     tensors = {k: 0.01 * torch.randn(v.shape, generator=generator) for k, v in adapter_state_dict(model).items()}
