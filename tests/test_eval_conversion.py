@@ -15,12 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a fol
 
 from ai_singer import checkpoint as ckpt  # noqa: E402
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune  # noqa: E402
-from ai_singer.config import conf_group  # noqa: E402
+from ai_singer.config import conf_group, load_settings  # noqa: E402
 from ai_singer.model import SingerVAE, SingerVAEConfig  # noqa: E402
 from tools import build_bundle, eval_conversion  # noqa: E402
 from tools.synth.corpus import CorpusSettings, generate_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# A tiny SingerVAE: these values over conf/model/base.yaml (the model has no defaults of its own).
 TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin_channels=8, f0_bins=32,
             inter_channels=8, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=1, posterior_layers=1,
             n_flows=1, flow_layers=1, upsample_initial_channel=32, upsample_rates=[8, 8, 2, 2, 2],
@@ -30,7 +31,7 @@ TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin
 
 def make_base(root: Path) -> Path:
     torch.manual_seed(0)
-    model = SingerVAE(SingerVAEConfig(**TINY))
+    model = SingerVAE(SingerVAEConfig.from_dict({**load_settings("train", ["model=base"]).model.to_dict(), **TINY}))
     config = {"model": model.config.to_dict(), "content_encoder": {"name": "hubert", "dim": TINY["content_dim"]},
               "sample_rate": TINY["sample_rate"], "hop_length": TINY["hop_length"], "speakers": ["a", "b"]}
     return ckpt.save_base(root / "pretrain" / "tiny", model.state_dict(), None, config)

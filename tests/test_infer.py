@@ -25,7 +25,7 @@ import ai_singer.infer as infer
 import ai_singer.songs as songs_module
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
-from ai_singer.config import conf_group
+from ai_singer.config import conf_group, load_settings
 from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
                              auto_transpose_semitones, find_songs, prepare_f0, run_batch)
 from ai_singer.mix import db_to_gain
@@ -33,6 +33,7 @@ from ai_singer.model import SingerVAE, SingerVAEConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A tiny SingerVAE: these values over conf/model/base.yaml (the model has no defaults of its own).
 TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin_channels=8, f0_bins=32,
             inter_channels=8, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=1, posterior_layers=1,
             n_flows=1, flow_layers=1, upsample_initial_channel=32, upsample_rates=[8, 8, 2, 2, 2],
@@ -44,7 +45,7 @@ def make_base(root: Path, name: str = "tiny", seed: int = 0, encoder: dict | Non
     """A random tiny SingerVAE saved as a base artifact (generator only). ``encoder``: the content encoder
     record; default ``{name, dim}`` only, as bases made before the full record."""
     torch.manual_seed(seed)
-    model = SingerVAE(SingerVAEConfig(**TINY))
+    model = SingerVAE(SingerVAEConfig.from_dict({**load_settings("train", ["model=base"]).model.to_dict(), **TINY}))
     config = {"model": model.config.to_dict(),
               "content_encoder": encoder or {"name": "hubert", "dim": TINY["content_dim"]},
               "sample_rate": TINY["sample_rate"], "hop_length": TINY["hop_length"], "speakers": ["a", "b"]}

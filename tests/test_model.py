@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ai_singer.model import SingerVAE, SingerVAEConfig, SynthOutput
 from ai_singer.model.attention import RelativeMultiHeadAttention
@@ -53,12 +54,18 @@ def make_inputs(config: SingerVAEConfig, batch: int, frames: int, seed: int = 0)
 
 # ------------------------------------------------------------------------------------------ configs
 
-def test_yaml_sizes_compose_and_base_yaml_equals_dataclass_defaults():
-    from omegaconf import OmegaConf
+def base_config(**changes) -> SingerVAEConfig:
+    """conf/model/base.yaml (composed with the audio group) with ``changes``."""
+    return SingerVAEConfig.from_dict({**OmegaConf.to_container(compose_model("base").model, resolve=True), **changes})
 
+
+def test_yaml_sizes_compose_and_the_config_has_no_defaults_of_its_own():
     configs = {name: SingerVAEConfig.from_dict(compose_model(name).model) for name in ("tiny", "small", "base")}
     assert configs["tiny"].hop_length == configs["base"].hop_length == 512  # from the audio group
-    assert configs["base"] == SingerVAEConfig()
+    with pytest.raises(TypeError):
+        SingerVAEConfig()  # conf/model/*.yaml or a base artifact give every value
+    with pytest.raises(ValueError, match=r"keys \['f0_max'\] are missing"):
+        SingerVAEConfig.from_dict({k: v for k, v in configs["base"].to_dict().items() if k != "f0_max"})
     # usable as a Hydra structured config too
     merged = OmegaConf.merge(OmegaConf.structured(SingerVAEConfig),
                              OmegaConf.to_container(compose_model("small").model, resolve=True))
@@ -66,7 +73,7 @@ def test_yaml_sizes_compose_and_base_yaml_equals_dataclass_defaults():
 
 
 def test_config_dict_round_trip_and_unknown_keys():
-    config = SingerVAEConfig(content_dim=256, n_speakers=7)
+    config = base_config(content_dim=256, n_speakers=7)
     assert SingerVAEConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"unknown SingerVAEConfig keys \['hiden_channels'\]"):
         SingerVAEConfig.from_dict({**config.to_dict(), "hiden_channels": 3})
@@ -75,9 +82,9 @@ def test_config_dict_round_trip_and_unknown_keys():
 def test_hop_must_equal_product_of_upsample_rates():
     with pytest.raises(ValueError, match=r"hop_length \(500\) must equal the product of upsample_rates "
                                          r"\[8, 8, 2, 2, 2\] \(= 512\)"):
-        SingerVAEConfig(hop_length=500)
+        base_config(hop_length=500)
     with pytest.raises(ValueError, match="divisible by n_heads"):
-        SingerVAEConfig(hidden_channels=191)
+        base_config(hidden_channels=191)
 
 
 def test_parameter_budgets():
@@ -85,7 +92,7 @@ def test_parameter_budgets():
     assert tiny.parameter_counts()["total"] < 1_000_000
     small = SingerVAE(SingerVAEConfig.from_dict(compose_model("small").model)).parameter_counts()
     assert 1_000_000 < small["total"] < 10_000_000
-    base = SingerVAE(SingerVAEConfig()).parameter_counts()
+    base = SingerVAE(base_config()).parameter_counts()
     # so-vits-svc 4.1 layout with gin 256: ~30 M at inference (prior encoder + flow + decoder), ~39 M in all
     assert 25e6 < base["inference"] < 45e6
     assert 35e6 < base["total"] < 45e6

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -26,57 +26,58 @@ from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all
 class SingerVAEConfig:
     """Every architecture setting of :class:`SingerVAE` (and of the matching discriminator).
 
-    The defaults are the ``base`` size (so-vits-svc 4.1 layout); ``conf/model/*.yaml`` hold the named
-    sizes. ``hop_length`` must equal ``prod(upsample_rates)``.
+    No defaults: the values come from ``conf/model/<size>.yaml`` (``base`` is the so-vits-svc 4.1 layout) when
+    pretraining, and from a base artifact's own ``config.yaml`` when fine-tuning or converting.
+    ``hop_length`` must equal ``prod(upsample_rates)``.
     """
 
     # framing (must agree with the processed dataset)
-    sample_rate: int = 44100
-    hop_length: int = 512
-    n_fft: int = 2048
-    win_length: int = 2048
+    sample_rate: int
+    hop_length: int
+    n_fft: int
+    win_length: int
     # inputs
-    content_dim: int = 768
-    n_speakers: int = 1
-    gin_channels: int = 256
-    f0_bins: int = 256
-    f0_min: float = 50.0
-    f0_max: float = 1100.0
+    content_dim: int
+    n_speakers: int
+    gin_channels: int
+    f0_bins: int
+    f0_min: float
+    f0_max: float
     # latent
-    inter_channels: int = 192
-    hidden_channels: int = 192
+    inter_channels: int
+    hidden_channels: int
     # prior encoder (transformer)
-    filter_channels: int = 768
-    n_heads: int = 2
-    n_layers: int = 6
-    kernel_size: int = 3
-    p_dropout: float = 0.1
-    attention_window: int = 4
-    content_kernel_size: int = 5
+    filter_channels: int
+    n_heads: int
+    n_layers: int
+    kernel_size: int
+    p_dropout: float
+    attention_window: int
+    content_kernel_size: int
     # posterior encoder (WaveNet over the linear spectrogram)
-    posterior_layers: int = 16
-    posterior_kernel_size: int = 5
-    posterior_dilation_rate: int = 1
+    posterior_layers: int
+    posterior_kernel_size: int
+    posterior_dilation_rate: int
     # flow
-    n_flows: int = 4
-    flow_layers: int = 4
-    flow_kernel_size: int = 5
-    flow_dilation_rate: int = 1
+    n_flows: int
+    flow_layers: int
+    flow_kernel_size: int
+    flow_dilation_rate: int
     # NSF-HiFiGAN decoder
-    upsample_initial_channel: int = 512
-    upsample_rates: list[int] = field(default_factory=lambda: [8, 8, 2, 2, 2])
-    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 4, 4, 4])
-    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
-    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
-    harmonic_num: int = 8
-    sine_amp: float = 0.1
-    noise_std: float = 0.003
+    upsample_initial_channel: int
+    upsample_rates: list[int]
+    upsample_kernel_sizes: list[int]
+    resblock_kernel_sizes: list[int]
+    resblock_dilation_sizes: list[list[int]]
+    harmonic_num: int
+    sine_amp: float
+    noise_std: float
     # training
-    segment_frames: int = 20
+    segment_frames: int
     # discriminator (training only; stored here so a fine-tune rebuilds the same one)
-    discriminator_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
-    discriminator_scales: int = 1
-    discriminator_width: float = 1.0
+    discriminator_periods: list[int]
+    discriminator_scales: int
+    discriminator_width: float
 
     def __post_init__(self) -> None:
         self.upsample_rates = [int(r) for r in self.upsample_rates]
@@ -146,6 +147,10 @@ class SingerVAEConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown SingerVAEConfig keys {unknown}; valid keys are {sorted(known)}")
+        missing = sorted(known - set(values))
+        if missing:
+            raise ValueError(f"SingerVAEConfig keys {missing} are missing (conf/model/*.yaml and base artifacts "
+                             "give every key)")
         return cls(**values)
 
 
