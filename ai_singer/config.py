@@ -8,6 +8,7 @@ tests, tools and the demo use the same builders through :func:`load_settings`::
 
     settings = load_settings("preprocess", overrides=["f0.method=dio"])
     f0 = conf_group("f0")          # {'method': 'harvest', 'f0_min': 50.0, 'f0_max': ...}
+    mix = conf_file("infer")["mix"]
 """
 from __future__ import annotations
 
@@ -57,7 +58,28 @@ def load_settings(config_name: str, overrides: Sequence[str] = ()) -> Any:
 def conf_group(group: str, option: str = "default") -> dict[str, Any]:
     """One config group's file, ``conf/<group>/<option>.yaml``, as a plain dict (read without Hydra; for
     library code that needs a default of the config, e.g. the F0 search range of the metrics)."""
-    return dict(_read_group(group, option))
+    import copy
+
+    return copy.deepcopy(_read_group(group, option))
+
+
+def conf_file(config_name: str) -> dict[str, Any]:
+    """A stage's own values, ``conf/<config_name>.yaml`` without its ``defaults`` list and ``hydra`` section
+    (its groups not composed in), as a plain dict: e.g. ``conf_file("infer")["mix"]``."""
+    import copy
+
+    return copy.deepcopy(_read_file(config_name))
+
+
+@lru_cache(maxsize=None)
+def _read_file(config_name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from ai_singer.conf_dir import conf_dir
+
+    values = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / f"{config_name}.yaml"), resolve=False)
+    assert isinstance(values, dict)
+    return {key: value for key, value in values.items() if key not in ("defaults", "hydra")}
 
 
 @lru_cache(maxsize=None)

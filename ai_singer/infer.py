@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,8 +54,25 @@ MAX_TRANSPOSE_SEMITONES = 36.0
 
 
 # --------------------------------------------------------------------------------------------------
-# Settings (defaults mirror conf/infer.yaml; a test checks they agree)
+# Settings: the values live in conf/infer.yaml and conf/f0 only (settings_from_config builds them)
 # --------------------------------------------------------------------------------------------------
+
+def _conf(*keys: str):
+    """A ``default_factory``: the value at ``keys`` of ``conf/infer.yaml`` (or of ``conf/f0`` for ``("f0", key)``).
+
+    Only :class:`ConvertSettings` and :class:`F0Settings` use it, so that ``ConvertSettings()`` (no arguments)
+    still means conf/'s values for ``tools/eval_real.py``; the stage, the tests and the other tools build
+    their settings from the composed config (:func:`settings_from_config`, ``ai_singer.config.load_settings``).
+    Once eval_real does too, these factories go and every field is required."""
+    def read() -> Any:
+        from ai_singer.config import conf_file, conf_group
+
+        value: Any = conf_group("f0") if keys[0] == "f0" else conf_file("infer")[keys[0]]
+        for key in keys[1:]:
+            value = value[key]
+        return value
+
+    return read
 
 @dataclass
 class ChunkSettings:
@@ -72,15 +90,15 @@ class ChunkSettings:
     gate_ramp_s:        length of the gate's linear fades.
     """
 
-    threshold_db: float = -50.0
-    min_silence_s: float = 0.3
-    max_silence_kept_s: float = 0.1
-    max_length_s: float = 15.0
-    context_s: float = 0.1
-    batch_size: int = 4
-    batch_seconds: float = 30.0
-    gate_hold_s: float = 0.05
-    gate_ramp_s: float = 0.01
+    threshold_db: float
+    min_silence_s: float
+    max_silence_kept_s: float
+    max_length_s: float
+    context_s: float
+    batch_size: int
+    batch_seconds: float
+    gate_hold_s: float
+    gate_ramp_s: float
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -99,9 +117,9 @@ class PitchCorrectionSettings:
     """Snap the (transposed) F0 toward ``key``/``scale`` by ``strength`` (0 = off, 1 = hard tune).
     The key is the key of the output, i.e. after transposition."""
 
-    key: str = "C"
-    scale: str = "major"
-    strength: float = 0.0
+    key: str
+    scale: str
+    strength: float
 
     def __post_init__(self) -> None:
         try:
@@ -120,9 +138,9 @@ class PitchCorrectionSettings:
 class F0Settings:
     """The ``f0`` config group (``ai_singer.features.pitch.extract_f0``)."""
 
-    method: str = "harvest"
-    f0_min: float = 50.0
-    f0_max: float = 1100.0
+    method: str = field(default_factory=_conf("f0", "method"))
+    f0_min: float = field(default_factory=_conf("f0", "f0_min"))
+    f0_max: float = field(default_factory=_conf("f0", "f0_max"))
 
     def __post_init__(self) -> None:
         if self.method not in F0_EXTRACTORS:
@@ -152,17 +170,18 @@ class ConvertSettings:
                          produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
     """
 
-    transpose: float | str = 0.0
-    auto_transpose_step: int = 12
-    noise_scale: float = 0.35
-    seed: int = 0
-    retrieval_ratio: float = 0.0
-    retrieval_neighbours: int = 8
-    highpass_hz: float = 40.0
+    transpose: float | str = field(default_factory=_conf("transpose"))
+    auto_transpose_step: int = field(default_factory=_conf("auto_transpose_step"))
+    noise_scale: float = field(default_factory=_conf("noise_scale"))
+    seed: int = field(default_factory=_conf("seed"))
+    retrieval_ratio: float = field(default_factory=_conf("retrieval_ratio"))
+    retrieval_neighbours: int = field(default_factory=_conf("retrieval_neighbours"))
+    highpass_hz: float = field(default_factory=_conf("highpass_hz"))
     f0: F0Settings = field(default_factory=F0Settings)
-    pitch_correction: PitchCorrectionSettings = field(default_factory=PitchCorrectionSettings)
-    chunk: ChunkSettings = field(default_factory=ChunkSettings)
-    mix: MixSettings = field(default_factory=MixSettings)
+    pitch_correction: PitchCorrectionSettings = field(
+        default_factory=lambda: _build(PitchCorrectionSettings, _conf("pitch_correction")(), "pitch_correction"))
+    chunk: ChunkSettings = field(default_factory=lambda: _build(ChunkSettings, _conf("chunk")(), "chunk"))
+    mix: MixSettings = field(default_factory=lambda: _build(MixSettings, _conf("mix")(), "mix"))
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.retrieval_ratio) <= 1.0:
@@ -196,19 +215,23 @@ class ConvertSettings:
 
 
 def _build(cls, values: Mapping[str, Any] | None, group: str):
-    """``cls(**values)`` recursively for nested dataclasses; an unknown key is an error naming the group."""
+    """``cls(**values)`` recursively for nested dataclasses; an unknown or a missing key is an error naming
+    the group (the values come from conf/, never from defaults in code)."""
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InferError(f"config {group}", f"unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    missing = sorted(set(fields) - set(values))
+    if missing:
+        raise InferError(f"config {group or 'infer'}", f"missing key(s) {missing}",
+                         "conf/infer.yaml and conf/f0 hold every setting")
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
-            else fields[name].default
         key = f"{group}.{name}" if group else name
-        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-            value = _build(type(default), value, key)
+        if dataclasses.is_dataclass(types[name]) and isinstance(value, Mapping):
+            value = _build(types[name], value, key)
         else:
             value = _typed(value, str(fields[name].type), key)
         kwargs[name] = value
@@ -243,9 +266,7 @@ def _typed(value: Any, annotation: str, key: str) -> Any:
 
 def settings_from_config(cfg: Any) -> ConvertSettings:
     """The typed conversion settings from a composed ``conf/infer.yaml`` (typos are errors)."""
-    values = {name: plain(cfg[name]) for name in ("transpose", "auto_transpose_step", "noise_scale", "seed",
-                                                   "retrieval_ratio", "retrieval_neighbours", "highpass_hz", "f0",
-                                                   "pitch_correction", "chunk", "mix") if name in cfg}
+    values = {f.name: plain(cfg[f.name]) for f in dataclasses.fields(ConvertSettings) if f.name in cfg}
     return _build(ConvertSettings, values, "")
 
 

@@ -38,7 +38,7 @@ _BLOCK = 1 << 20
 
 @dataclass
 class LimiterSettings:
-    """Peak limiter (defaults mirror ``mix.limiter`` in ``conf/infer.yaml``).
+    """Peak limiter (``mix.limiter`` in ``conf/infer.yaml``, where the values live).
 
     enabled:     off passes the sum through unchanged (it may then exceed 0 dBFS and clip when written).
     ceiling_db:  the output's sample peak never exceeds this (dB re full scale).
@@ -46,15 +46,15 @@ class LimiterSettings:
     release_s:   time constant of the exponential recovery of the gain reduction afterwards.
     """
 
-    enabled: bool = True
-    ceiling_db: float = -1.0
-    lookahead_s: float = 0.005
-    release_s: float = 0.1
+    enabled: bool
+    ceiling_db: float
+    lookahead_s: float
+    release_s: float
 
 
 @dataclass
 class MixSettings:
-    """How the final mix is made and written (defaults mirror ``mix`` in ``conf/infer.yaml``).
+    """How the final mix is made and written (``mix`` in ``conf/infer.yaml``, where the values live).
 
     format:         ``wav`` or ``flac`` (the mix file is ``mix.<format>``; the converted stem too).
     subtype:        sample format written (soundfile subtype, e.g. PCM_16, PCM_24, FLOAT for wav).
@@ -65,12 +65,12 @@ class MixSettings:
     limiter:        see :class:`LimiterSettings`.
     """
 
-    format: str = "wav"
-    subtype: str = "PCM_24"
-    match_loudness: bool = True
-    vocal_gain_db: float = 0.0
-    stem_gains: dict[str, float] = field(default_factory=dict)
-    limiter: LimiterSettings = field(default_factory=LimiterSettings)
+    format: str
+    subtype: str
+    match_loudness: bool
+    vocal_gain_db: float
+    stem_gains: dict[str, float]
+    limiter: LimiterSettings
 
     def __post_init__(self) -> None:
         if self.format not in ("wav", "flac"):
@@ -204,7 +204,7 @@ class LoudnessMatch:
     level_difference_db: float | None
 
 
-def match_loudness(x: np.ndarray, reference: np.ndarray, sr: int, limiter: LimiterSettings | None = None,
+def match_loudness(x: np.ndarray, reference: np.ndarray, sr: int, limiter: LimiterSettings,
                    tolerance_db: float = 0.5, max_rounds: int = 4) -> tuple[np.ndarray, LoudnessMatch]:
     """Bring ``x`` to ``reference``'s active level (see :func:`loudness_match_gain_db`), limiting peaks.
 
@@ -215,7 +215,6 @@ def match_loudness(x: np.ndarray, reference: np.ndarray, sr: int, limiter: Limit
     capped so the peak stays at 0 dBFS (the result then falls short; ``level_difference_db`` says by
     how much). Returns (float32 audio, :class:`LoudnessMatch`); ``x`` itself is not modified.
     """
-    limiter = limiter or LimiterSettings()
     x = np.asarray(x, dtype=np.float32)
     reference_level = active_level_db(reference, sr)
     gain_db = loudness_match_gain_db(x, reference, sr)
@@ -315,7 +314,7 @@ def _trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def limit_peaks(x: np.ndarray, sr: int, settings: LimiterSettings | None = None) -> tuple[np.ndarray, float]:
+def limit_peaks(x: np.ndarray, sr: int, settings: LimiterSettings) -> tuple[np.ndarray, float]:
     """Look-ahead peak limiter.
 
     Args:
@@ -331,7 +330,6 @@ def limit_peaks(x: np.ndarray, sr: int, settings: LimiterSettings | None = None)
         is at least the reduction ``n`` needs, so the ceiling holds. If no sample exceeds the ceiling,
         or the limiter is disabled, ``x`` is returned unchanged (reduction 0).
     """
-    settings = settings or LimiterSettings()
     x = np.asarray(x, dtype=np.float32)
     if not settings.enabled or x.size == 0:
         return x, 0.0
@@ -358,7 +356,7 @@ def limit_peaks(x: np.ndarray, sr: int, settings: LimiterSettings | None = None)
 # --------------------------------------------------------------------------------------------------
 
 def mix_stems(vocal: np.ndarray, sr: int, stems: Iterable[tuple[str, np.ndarray, int]],
-              settings: MixSettings | None = None, channels: int | None = None) -> MixResult:
+              settings: MixSettings, channels: int | None = None) -> MixResult:
     """Sum the vocal and accompaniment stems, then limit.
 
     Args:
@@ -376,7 +374,6 @@ def mix_stems(vocal: np.ndarray, sr: int, stems: Iterable[tuple[str, np.ndarray,
         MixResult with ``audio`` float32 ``[channels, samples]``. With the limiter off (or not engaged)
         ``audio == vocal * g_vocal + sum(stem_i * g_i)`` exactly as computed in float32.
     """
-    settings = settings or MixSettings()
     vocal = as_channels(vocal)
     n_samples = vocal.shape[1]
     n_channels = max(channels or 1, vocal.shape[0])
@@ -399,7 +396,7 @@ def mix_stems(vocal: np.ndarray, sr: int, stems: Iterable[tuple[str, np.ndarray,
 
 
 def mix_stem_files(vocal: np.ndarray, sr: int, paths: Sequence[str | os.PathLike],
-                   settings: MixSettings | None = None, block_seconds: float = 30.0) -> MixResult:
+                   settings: MixSettings, block_seconds: float = 30.0) -> MixResult:
     """:func:`mix_stems` for accompaniment stems on disk, with less memory: a stem at the vocal's sample
     rate is decoded and added ``block_seconds`` at a time (only one block of it is in memory); a stem at
     another rate is decoded whole and resampled. The mix has the most channels among the vocal and the
@@ -407,7 +404,6 @@ def mix_stem_files(vocal: np.ndarray, sr: int, paths: Sequence[str | os.PathLike
     Raises AudioError for an unreadable stem."""
     from ai_singer.audio import audio_info, load_audio
 
-    settings = settings or MixSettings()
     vocal = as_channels(vocal)
     n_samples = vocal.shape[1]
     infos = [audio_info(path) for path in paths]

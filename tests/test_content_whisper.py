@@ -255,7 +255,8 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     Whisper encoder without being told (content=from_base), and another encoder is refused."""
     from hydra import compose, initialize_config_dir
 
-    from ai_singer.infer import ConvertSettings, Converter, InferError, run_batch
+    from ai_singer.config import load_settings
+    from ai_singer.infer import Converter, InferError, run_batch
     from ai_singer.manifest import read_stats
     from ai_singer.preprocess import run_preprocess
     from test_infer import make_adapter, make_base
@@ -285,7 +286,7 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     monkeypatch.chdir(tmp_path)
     base_dir = make_base(tmp_path, "whisper-base", encoder=stats.content_encoder)  # what training records
     make_adapter(tmp_path, base_dir, "alto")
-    converter = Converter(base_dir, None, ConvertSettings(), tmp_path / "singers", device="cpu")
+    converter = Converter(base_dir, None, load_settings("infer"), tmp_path / "singers", device="cpu")
     assert isinstance(converter.content_encoder, WhisperContentEncoder)
     assert converter.content_encoder.path == folder
     sf.write(str(tmp_path / "song.wav"), harmonic(220.0, 44100, 0.8), 44100)
@@ -298,7 +299,7 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     converted, sr = sf.read(str(tmp_path / "out" / "song" / "vocals.wav"))
     assert sr == 44100 and len(converted) == int(0.8 * 44100)
     with pytest.raises(InferError, match="name 'whisper' vs 'hubert'"):
-        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, ConvertSettings(),
+        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, load_settings("infer"),
                   tmp_path / "singers", device="cpu")
 
 

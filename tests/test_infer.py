@@ -8,6 +8,7 @@ training code.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -26,12 +27,17 @@ import ai_singer.songs as songs_module
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.config import conf_group, load_settings
-from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, F0Settings, InferError, PitchCorrectionSettings,
+from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, InferError, PitchCorrectionSettings,
                              auto_transpose_semitones, find_songs, prepare_f0, run_batch)
-from ai_singer.mix import db_to_gain
+from ai_singer.mix import LimiterSettings, MixSettings, db_to_gain
 from ai_singer.model import SingerVAE, SingerVAEConfig
 
 REPO = Path(__file__).resolve().parent.parent
+
+def conf_settings(*overrides: str) -> ConvertSettings:
+    """The conversion settings of conf/ (composed as the stage composes them) with ``overrides``."""
+    return load_settings("infer", list(overrides))
+
 
 # A tiny SingerVAE: these values over conf/model/base.yaml (the model has no defaults of its own).
 TINY = dict(sample_rate=44100, hop_length=512, content_dim=32, n_speakers=2, gin_channels=8, f0_bins=32,
@@ -91,7 +97,7 @@ def compose(artifacts: Path, tiny_hubert_dir: Path, out: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def converter(artifacts, tiny_hubert_dir):
-    settings = ConvertSettings(f0=F0Settings(method="dio"), noise_scale=0.0)
+    settings = conf_settings("f0.method=dio", "noise_scale=0")
     return Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
                      settings, artifacts / "singers", device="cpu")
 
@@ -228,13 +234,14 @@ def test_pitch_correction_reaches_the_model(converter, monkeypatch):
     try:
         converter.convert_vocal(audio, sr, "alto")
     finally:
-        converter.settings.pitch_correction = PitchCorrectionSettings()
+        converter.settings.pitch_correction = conf_settings().pitch_correction
     cents = 1200 * np.log2(torch.cat(seen).numpy() / 220.0)
     assert np.median(np.abs(cents)) < 2.0
     # Without correction the model sees the detuned pitch; half strength lands half way.
-    f0, voiced = prepare_f0(np.full(50, detuned_hz, np.float32), 0.0, PitchCorrectionSettings(strength=0.5))
+    half = dataclasses.replace(conf_settings().pitch_correction, strength=0.5)
+    f0, voiced = prepare_f0(np.full(50, detuned_hz, np.float32), 0.0, half)
     assert voiced.all() and 1200 * np.log2(np.median(f0) / 220.0) == pytest.approx(20.0, abs=0.5)
-    f0, _ = prepare_f0(np.array([0, 0, 110.0, 0, 110.0], np.float32), 12.0, PitchCorrectionSettings())
+    f0, _ = prepare_f0(np.array([0, 0, 110.0, 0, 110.0], np.float32), 12.0, conf_settings().pitch_correction)
     np.testing.assert_allclose(f0, 220.0, rtol=1e-5)  # gaps interpolated, then transposed
 
 
@@ -317,11 +324,11 @@ def test_adapter_for_another_base_is_refused(converter):
 def test_content_encoder_must_match_the_base(artifacts, tiny_hubert_dir):
     with pytest.raises(InferError, match="base vs given: name 'hubert' vs 'contentvec'"):
         Converter(artifacts / "pretrain" / "tiny", {"name": "contentvec", "path": str(tiny_hubert_dir)},
-                  ConvertSettings(), artifacts / "singers", device="cpu")
+                  conf_settings(), artifacts / "singers", device="cpu")
     with pytest.raises(InferError, match="64-dim features but the base .* expects 32"):
         wider = SimpleNamespace(name="hubert", dim=64, sample_rate=16000, hop=320)
         Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir)},
-                  ConvertSettings(), artifacts / "singers", device="cpu", content_encoder=wider)
+                  conf_settings(), artifacts / "singers", device="cpu", content_encoder=wider)
 
 
 def test_the_base_names_its_content_encoder(artifacts, tiny_hubert_dir, tmp_path, monkeypatch):
@@ -349,10 +356,10 @@ def test_the_base_names_its_content_encoder(artifacts, tiny_hubert_dir, tmp_path
                 "f0.method=dio", "device=cpu", "progress=false", *overrides])
 
     assert run_batch(cfg()).exit_code == 0  # no content settings: all from the base
-    converter = Converter(base_dir, None, ConvertSettings(), tmp_path / "singers", device="cpu")
+    converter = Converter(base_dir, None, conf_settings(), tmp_path / "singers", device="cpu")
     assert (str(converter.content_encoder.path), converter.content_encoder.layer) == ("encoders/tiny", 2)
     # an explicit path (the folder moved) keeps the recorded layer and final_proj
-    moved = Converter(base_dir, {"path": str(tiny_hubert_dir), "layer": None}, ConvertSettings(),
+    moved = Converter(base_dir, {"path": str(tiny_hubert_dir), "layer": None}, conf_settings(),
                       tmp_path / "singers", device="cpu")
     assert (moved.content_encoder.path, moved.content_encoder.layer) == (tiny_hubert_dir, 2)
     with pytest.raises(InferError, match=r"base vs given: layer 2 vs 12"):
@@ -409,20 +416,20 @@ def test_find_songs_layouts(tmp_path):
         find_songs(tmp_path / "missing")
 
 
-def test_yaml_defaults_match_the_dataclasses():
+def test_settings_are_conf_s_and_a_missing_value_is_an_error():
+    """conf/ is the one source: the parts have no defaults, a value missing from conf/ is an error naming it."""
+    for cls in (ChunkSettings, PitchCorrectionSettings, MixSettings, LimiterSettings):
+        with pytest.raises(TypeError):
+            cls()
+    settings = conf_settings()
     yaml_cfg = OmegaConf.load(REPO / "conf" / "infer.yaml")
-    defaults = ConvertSettings()
-    assert yaml_cfg.noise_scale == defaults.noise_scale and yaml_cfg.seed == defaults.seed
-    assert float(yaml_cfg.transpose) == defaults.transpose
-    assert yaml_cfg.auto_transpose_step == defaults.auto_transpose_step
-    assert yaml_cfg.highpass_hz == defaults.highpass_hz
+    assert settings.noise_scale == yaml_cfg.noise_scale and float(yaml_cfg.transpose) == settings.transpose
     for group in ("chunk", "pitch_correction", "mix"):
-        from dataclasses import asdict
-
-        assert OmegaConf.to_container(yaml_cfg[group]) == asdict(getattr(defaults, group)), group
-    f0_yaml = OmegaConf.load(REPO / "conf" / "f0" / "default.yaml")
-    assert OmegaConf.to_container(f0_yaml) == {"method": F0Settings().method, "f0_min": F0Settings().f0_min,
-                                               "f0_max": F0Settings().f0_max}
+        assert OmegaConf.to_container(yaml_cfg[group]) == dataclasses.asdict(getattr(settings, group)), group
+    assert dataclasses.asdict(settings.f0) == OmegaConf.to_container(OmegaConf.load(REPO / "conf/f0/default.yaml"))
+    assert ConvertSettings() == settings  # the no-argument form (tools/eval_real.py) reads conf/ too
+    with pytest.raises(InferError, match=r"config chunk: missing key\(s\) \['gate_ramp_s'\]"):
+        conf_settings("~chunk.gate_ramp_s")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,7 +515,7 @@ def test_long_phrase_is_split_and_joined_without_gaps(converter):
     note = harmonic(247.0, sr, 3.0, amplitude=0.3)
     audio = np.concatenate([np.zeros(sr // 2, np.float32), note, np.zeros(sr // 2, np.float32)])
     chunk = converter.settings.chunk
-    converter.settings.chunk = ChunkSettings(max_length_s=1.0, batch_size=2)
+    converter.settings.chunk = dataclasses.replace(chunk, max_length_s=1.0, batch_size=2)
     try:
         result = converter.convert_vocal(audio, sr, "alto")
     finally:
@@ -526,7 +533,7 @@ def test_batches_respect_count_and_seconds(converter):
     lengths = [int(s * frames_per_second) for s in (1, 1, 1, 2, 5, 10, 14, 14)]
     pieces = [_Piece(0, 1, "alto", 0, 1, n_frames=n) for n in lengths]
     saved = converter.settings.chunk
-    converter.settings.chunk = ChunkSettings(batch_size=3, batch_seconds=20.0)
+    converter.settings.chunk = dataclasses.replace(conf_settings().chunk, batch_size=3, batch_seconds=20.0)
     try:
         batches = list(converter._batches(pieces))
     finally:
@@ -557,7 +564,7 @@ def test_consecutive_songs_by_one_singer_reuse_its_model_and_another_singer_repl
 def test_a_gpu_the_machine_lacks_is_a_clear_error(artifacts, tiny_hubert_dir):
     with pytest.raises(InferError, match=r"device='cuda': this machine has no CUDA GPU"):
         Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
-                  ConvertSettings(), artifacts / "singers", device="cuda")
+                  conf_settings(), artifacts / "singers", device="cuda")
 
 
 def test_feature_retrieval_moves_the_content_toward_the_singer_index(artifacts, tiny_hubert_dir, tmp_path):
@@ -572,7 +579,7 @@ def test_feature_retrieval_moves_the_content_toward_the_singer_index(artifacts, 
     torch.manual_seed(0)
 
     def convert(ratio: float, singer: str):
-        settings = ConvertSettings(f0=F0Settings(method="dio"), noise_scale=0.0, retrieval_ratio=ratio)
+        settings = conf_settings("f0.method=dio", "noise_scale=0", f"retrieval_ratio={ratio}")
         converter = Converter(artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir),
                                                                  "layer": 2}, settings, singers, device="cpu")
         return converter.convert_vocal(harmonic(220.0, 44100, 1.0), 44100, singer)
@@ -589,7 +596,7 @@ def test_feature_retrieval_moves_the_content_toward_the_singer_index(artifacts, 
     assert np.array_equal(no_index.audio, convert(0.0, "bass").audio)
     assert any("has no retrieval index" in w for w in no_index.warnings)
     with pytest.raises(ValueError, match="retrieval_ratio must be within 0..1"):
-        ConvertSettings(retrieval_ratio=1.5)
+        dataclasses.replace(conf_settings(), retrieval_ratio=1.5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 from ai_singer.audio import AudioError
+from ai_singer.config import conf_file
 from ai_singer.mix import (LimiterSettings, MixSettings, active_level_db, concat_tracks, conform_channels,
                            db_to_gain, highpass, limit_peaks, loudness_match_gain_db, match_loudness, mix_stems)
 from conftest import harmonic
@@ -13,11 +14,22 @@ from conftest import harmonic
 SR = 44100
 
 
+def limiter(**changes) -> LimiterSettings:
+    """``mix.limiter`` of conf/infer.yaml with ``changes``."""
+    return LimiterSettings(**{**conf_file("infer")["mix"]["limiter"], **changes})
+
+
+def mix_settings(**changes) -> MixSettings:
+    """``mix`` of conf/infer.yaml with ``changes``."""
+    values = conf_file("infer")["mix"]
+    return MixSettings(**{**values, "limiter": limiter(), **changes})
+
+
 def test_mix_equals_sum_of_parts_at_configured_gains():
     vocal = harmonic(220.0, SR, 1.0, amplitude=0.2)
     drums = np.stack([harmonic(110.0, SR, 1.0, amplitude=0.1), harmonic(82.0, SR, 1.0, amplitude=0.1)])
     bass = harmonic(55.0, SR, 1.0, amplitude=0.1)
-    settings = MixSettings(vocal_gain_db=-3.0, stem_gains={"drums": 2.0, "bass": -6.0})
+    settings = mix_settings(vocal_gain_db=-3.0, stem_gains={"drums": 2.0, "bass": -6.0})
     result = mix_stems(vocal, SR, [("drums", drums, SR), ("bass", bass, SR)], settings)
     expected = (vocal[None] * db_to_gain(-3.0) + drums * db_to_gain(2.0) + bass[None] * db_to_gain(-6.0))
     assert result.audio.shape == (2, SR)  # mono parts are up-mixed to the stereo stem's layout
@@ -29,7 +41,7 @@ def test_mix_equals_sum_of_parts_at_configured_gains():
 def test_mix_conforms_stem_rate_and_length_and_warns_about_unknown_gain():
     vocal = harmonic(220.0, SR, 1.0, amplitude=0.2)
     stem_48k = harmonic(110.0, 48000, 1.2, amplitude=0.1)  # other rate, longer
-    result = mix_stems(vocal, SR, [("keys", stem_48k, 48000)], MixSettings(stem_gains={"piano": 3.0}))
+    result = mix_stems(vocal, SR, [("keys", stem_48k, 48000)], mix_settings(stem_gains={"piano": 3.0}))
     assert result.audio.shape == (1, SR)
     assert any("piano" in warning for warning in result.warnings)
     # The resampled stem is still a 110 Hz tone: the residual after removing the vocal peaks there.
@@ -42,7 +54,7 @@ def test_limiter_holds_the_ceiling_and_preserves_waveform_shape():
     t = np.arange(3 * SR) / SR
     envelope = np.where((t > 1.0) & (t < 1.5), 2.5, 0.3)
     x = (np.sin(2 * np.pi * 220 * t) * envelope).astype(np.float32)
-    settings = LimiterSettings(ceiling_db=-1.0, lookahead_s=0.005, release_s=0.1)
+    settings = limiter(ceiling_db=-1.0, lookahead_s=0.005, release_s=0.1)
     y, reduction_db = limit_peaks(np.stack([x, 0.5 * x]), SR, settings)
     ceiling = db_to_gain(-1.0)
     assert np.max(np.abs(y)) <= ceiling + 1e-7
@@ -62,16 +74,16 @@ def test_limiter_holds_the_ceiling_and_preserves_waveform_shape():
 def test_limiter_peak_at_the_very_first_sample():
     x = np.zeros(1000, dtype=np.float32)
     x[0], x[500] = 4.0, -3.0
-    y, _ = limit_peaks(x, SR, LimiterSettings(ceiling_db=-1.0))
+    y, _ = limit_peaks(x, SR, limiter(ceiling_db=-1.0))
     assert np.max(np.abs(y)) <= db_to_gain(-1.0) + 1e-7
 
 
 def test_limiter_not_engaged_or_disabled_is_identity():
     x = harmonic(220.0, SR, 0.5, amplitude=0.5)
-    y, reduction = limit_peaks(x, SR, LimiterSettings(ceiling_db=-1.0))
+    y, reduction = limit_peaks(x, SR, limiter(ceiling_db=-1.0))
     assert reduction == 0.0 and np.array_equal(y, x)
     loud = 3 * x
-    y, reduction = limit_peaks(loud, SR, LimiterSettings(enabled=False))
+    y, reduction = limit_peaks(loud, SR, limiter(enabled=False))
     assert reduction == 0.0 and np.array_equal(y, loud)
 
 
@@ -94,21 +106,21 @@ def _spiky(amplitude: float = 0.05) -> np.ndarray:
 def test_loudness_match_reaches_the_source_level_by_limiting_peaks_not_by_giving_up_gain():
     converted = _spiky()
     source = harmonic(220.0, SR, 2.0, amplitude=0.4)  # ~18 dB louder: the clicks would go far over 0 dBFS
-    out, matched = match_loudness(converted, source, SR, LimiterSettings(ceiling_db=-1.0))
+    out, matched = match_loudness(converted, source, SR, limiter(ceiling_db=-1.0))
     assert np.abs(out).max() <= db_to_gain(-1.0) + 1e-6
     assert abs(active_level_db(out, SR) - active_level_db(source, SR)) < 1.0
     assert matched.level_difference_db == pytest.approx(active_level_db(out, SR) - active_level_db(source, SR))
     assert matched.limiter_reduction_db > 10.0 and matched.gain_db > 15.0
     # Nothing to limit: exactly the matching gain, no limiting.
     quiet = harmonic(220.0, SR, 2.0, amplitude=0.1)
-    out, matched = match_loudness(quiet, source, SR)
+    out, matched = match_loudness(quiet, source, SR, limiter())
     assert matched.limiter_reduction_db == 0.0 and matched.level_difference_db == pytest.approx(0.0, abs=1e-3)
     np.testing.assert_allclose(out, quiet * db_to_gain(matched.gain_db), rtol=1e-5)
 
 
 def test_loudness_match_without_limiter_stops_at_full_scale_and_says_how_far_short():
     source = harmonic(220.0, SR, 2.0, amplitude=0.4)
-    out, matched = match_loudness(_spiky(), source, SR, LimiterSettings(enabled=False))
+    out, matched = match_loudness(_spiky(), source, SR, limiter(enabled=False))
     assert np.abs(out).max() <= 1.0 + 1e-6
     assert matched.level_difference_db < -10.0 and matched.limiter_reduction_db == 0.0
 
@@ -185,8 +197,8 @@ def test_mix_from_files_block_by_block_equals_in_memory_mix(tmp_path):
     keys_48k = harmonic(330.0, 48000, 0.7, amplitude=0.3)  # other rate and shorter: resampled, zero-padded
     _write(tmp_path / "drums.wav", drums, SR)
     _write(tmp_path / "keys.wav", keys_48k, 48000)
-    settings = MixSettings(vocal_gain_db=1.0, stem_gains={"drums": -2.0, "keys": 3.0},
-                           limiter=LimiterSettings(ceiling_db=-6.0))
+    settings = mix_settings(vocal_gain_db=1.0, stem_gains={"drums": -2.0, "keys": 3.0},
+                            limiter=limiter(ceiling_db=-6.0))
     from_files = mix_stem_files(vocal, SR, [tmp_path / "drums.wav", tmp_path / "keys.wav"], settings,
                                 block_seconds=0.1)
     in_memory = mix_stems(vocal, SR, [("drums", drums, SR), ("keys", keys_48k, 48000)], settings)

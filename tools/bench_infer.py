@@ -127,9 +127,10 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    from ai_singer.infer import ConvertSettings, Converter, F0Settings, convert_song, read_song_folder
+    from ai_singer.config import load_settings
+    from ai_singer.infer import Converter, convert_song, read_song_folder
 
-    settings = ConvertSettings(f0=F0Settings(method=args.f0))
+    settings = load_settings("infer", [f"f0.method={args.f0}"])
     root = Path(args.root)
     converter = Converter(root / "pretrain" / args.size, {"name": "hubert", "path": str(root / "hubert"),
                                                           "layer": 12}, settings, root / "singers",

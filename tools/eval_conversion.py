@@ -478,8 +478,9 @@ def bench_section(document: dict) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ai_singer.infer import ConvertSettings, F0Settings
+    from ai_singer.config import conf_file, conf_group
 
+    stage = conf_file("infer")  # the conversion's own settings: conf/ is the one place they are written
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, required=True, help="synthetic corpus folder (corpus.json)")
     parser.add_argument("--base", type=Path, required=True, help="base artifact folder (pretrain/<name>)")
@@ -493,10 +494,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"else {BUNDLED_CONTENT_ENCODER} if present, else conf/content/hubert.yaml)")
     parser.add_argument("--content-layer", type=int, default=None)
     parser.add_argument("--content-final-proj", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-    parser.add_argument("--f0-method", default=F0Settings().method, help="F0 extractor used by the conversion")
+    parser.add_argument("--f0-method", default=conf_group("f0")["method"], help="F0 extractor used by the conversion")
     parser.add_argument("--eval-f0-method", default="harvest", help="F0 extractor that measures the converted audio")
-    parser.add_argument("--noise-scale", type=float, default=ConvertSettings().noise_scale)
-    parser.add_argument("--retrieval-ratio", type=float, default=ConvertSettings().retrieval_ratio,
+    parser.add_argument("--noise-scale", type=float, default=stage["noise_scale"])
+    parser.add_argument("--retrieval-ratio", type=float, default=stage["retrieval_ratio"],
                         help="feature retrieval toward the singer's index, 0..1 (default: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -517,7 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     import torch
 
-    from ai_singer.infer import ConvertSettings, Converter, F0Settings, InferError
+    from ai_singer.config import load_settings
+    from ai_singer.infer import Converter, InferError
 
     log = (lambda *_: None) if args.quiet else (lambda text: print(text, flush=True))
     if args.threads:
@@ -545,8 +547,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                         "python -m ai_singer.train mode=pretrain")
     base_config = read_yaml(args.base / "config.yaml")
     content = content_group(args, base_config)
-    settings = ConvertSettings(f0=F0Settings(method=args.f0_method), noise_scale=args.noise_scale, seed=args.seed,
-                               retrieval_ratio=args.retrieval_ratio)
+    settings = load_settings("infer", [f"f0.method={args.f0_method}", f"noise_scale={args.noise_scale}",
+                                       f"seed={args.seed}", f"retrieval_ratio={args.retrieval_ratio}"])
     started = time.perf_counter()
     try:
         converter = Converter(args.base, content, settings, args.singers_dir, device=args.device)
