@@ -101,6 +101,7 @@ class TrainerSettings:
     eval_every: int
     eval_clips: int
     eval_max_batches: int
+    eval_noise_scale: float
     deterministic: bool
     progress: bool
     discriminator: str
@@ -494,8 +495,8 @@ class StepRunner:
         }
 
     @torch.no_grad()
-    def validate(self, generator: GeneratorForTraining, loader: DataLoader, max_batches: int, n_clips: int
-                 ) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    def validate(self, generator: GeneratorForTraining, loader: DataLoader, max_batches: int, n_clips: int,
+                 noise_scale: float) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """Mean mel L1 of converted validation clips (the prior path, as at inference) and up to
         ``n_clips`` examples ``(target mel [M, T], generated mel [M, T], generated wav [S])``."""
         generator.eval()
@@ -507,7 +508,8 @@ class StepRunner:
             batch = batch.to(self.device)
             with self.autocast():
                 wav = generator.model.infer(batch.content, batch.f0, batch.voiced, batch.volume,
-                                            generator.speaker_vectors(batch.speaker_ids), lengths=batch.lengths)
+                                            generator.speaker_vectors(batch.speaker_ids), lengths=batch.lengths,
+                                            noise_scale=noise_scale)
             wav = wav.float()
             mel_fake, mel_real = self.mel(wav), self.mel(batch.wav)
             for i in range(batch.size):
@@ -896,7 +898,8 @@ def _train(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | 
 def evaluate(runner: StepRunner, generator: GeneratorForTraining, val_loader: DataLoader, logger, trainer:
              TrainerSettings, step: int, sample_rate: int) -> float:
     """Validation mel loss + mel images + audio of a few validation clips, to TensorBoard."""
-    val_mel, examples = runner.validate(generator, val_loader, trainer.eval_max_batches, trainer.eval_clips)
+    val_mel, examples = runner.validate(generator, val_loader, trainer.eval_max_batches, trainer.eval_clips,
+                                        trainer.eval_noise_scale)
     logger.scalars({"val/mel": val_mel}, step)
     for i, (mel_real, mel_fake, wav) in enumerate(examples):
         logger.mel_images(f"val_mel/{i}", mel_real, mel_fake, step)

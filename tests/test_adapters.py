@@ -14,7 +14,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import (PEFT_METHODS, IA3Conv1d, PeftSettings, adapter_state_dict, load_adapter_state,
                                 merge_adapters, prepare_for_finetune, remove_weight_norm_everywhere)
-from ai_singer.config import conf_group
+from ai_singer.config import conf_file, conf_group
 
 CONF_PEFT = Path(__file__).resolve().parent.parent / "conf" / "peft"
 TOY_TARGETS = ["pre", r"blocks\.\d+", "up", "proj", "post"]
@@ -266,7 +266,8 @@ def vae_infer(model, g: torch.Tensor) -> torch.Tensor:
     content = torch.randn(1, 16, frames, generator=inputs)
     f0, voiced, volume = torch.full((1, frames), 220.0), torch.ones(1, frames), torch.full((1, frames), 0.05)
     with torch.no_grad():
-        return model.infer(content, f0, voiced, volume, g, generator=torch.Generator().manual_seed(0))
+        return model.infer(content, f0, voiced, volume, g, noise_scale=conf_file("infer")["noise_scale"],
+                           generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ai_singer.config import conf_file
 from ai_singer.model import SingerVAE, SingerVAEConfig, SynthOutput
 from ai_singer.model.attention import RelativeMultiHeadAttention
 from ai_singer.model.discriminator import Discriminator
@@ -18,6 +19,9 @@ from ai_singer.model.encoders import coarse_f0
 from ai_singer.model.layers import sequence_mask
 
 torch.set_num_threads(1)
+
+#: the prior temperature of a conversion (conf/infer.yaml)
+NOISE = conf_file("infer")["noise_scale"]
 
 
 def compose_model(name: str):
@@ -141,7 +145,8 @@ def test_infer_outputs_exactly_frames_times_hop(tiny_model, tiny_config, frames)
     tiny_model.eval()
     content, f0, voiced, volume, _ = make_inputs(tiny_config, 2, frames)
     with torch.inference_mode():
-        wav = tiny_model.infer(content, f0, voiced, volume, tiny_model.embed_speaker(torch.tensor([0, 1])))
+        wav = tiny_model.infer(content, f0, voiced, volume, tiny_model.embed_speaker(torch.tensor([0, 1])),
+                               noise_scale=NOISE)
     assert wav.shape == (2, 1, frames * tiny_config.hop_length)
     assert torch.isfinite(wav).all() and wav.abs().max() <= 1.0
 
@@ -150,9 +155,9 @@ def test_input_shape_errors_are_clear(tiny_model, tiny_config):
     content, f0, voiced, volume, _ = make_inputs(tiny_config, 1, 10)
     g = tiny_model.embed_speaker(torch.tensor([0]))
     with pytest.raises(ValueError, match="content_dim=24"):
-        tiny_model.infer(content[:, :10], f0, voiced, volume, g)
+        tiny_model.infer(content[:, :10], f0, voiced, volume, g, noise_scale=NOISE)
     with pytest.raises(ValueError, match=r"f0 must have shape \[B, T\] = \[1, 10\]"):
-        tiny_model.infer(content, f0[:, :9], voiced, volume, g)
+        tiny_model.infer(content, f0[:, :9], voiced, volume, g, noise_scale=NOISE)
     with pytest.raises(ValueError, match="speaker ids must lie in"):
         tiny_model.embed_speaker(torch.tensor([3]))
 
@@ -230,7 +235,8 @@ def test_remove_weight_norm_keeps_outputs(tiny_model, tiny_config):
 
     def run():
         with torch.no_grad():
-            return tiny_model.infer(content, f0, voiced, volume, g, generator=torch.Generator().manual_seed(7))
+            return tiny_model.infer(content, f0, voiced, volume, g, noise_scale=NOISE,
+                                    generator=torch.Generator().manual_seed(7))
 
     before = run()
     assert torch.equal(before, run())  # a fixed generator makes inference reproducible

@@ -304,10 +304,11 @@ class SingerVAE(nn.Module):
                            logs_p=logs_p, m_q=m_q, logs_q=logs_q, mask=mask)
 
     def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
-              g: torch.Tensor, lengths: torch.Tensor | None = None, noise_scale: float = 0.35,
+              g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
               generator: torch.Generator | None = None) -> torch.Tensor:
         """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
-        wav [B, 1, T*hop_length] in (-1, 1). Frames past ``lengths`` are zeroed in the latent (their audio is
+        wav [B, 1, T*hop_length] in (-1, 1). ``noise_scale``: the prior's sampling temperature, from the caller's
+        settings (conversion: ``noise_scale`` of ``conf/infer.yaml``; validation: ``trainer.eval_noise_scale``). Frames past ``lengths`` are zeroed in the latent (their audio is
         not meaningful). Call under ``torch.inference_mode()`` and ``eval()``; the NSF source's sines are
         exactly zero where ``voiced`` is 0 (only low-level noise excites those samples).
         """
