@@ -27,6 +27,8 @@ HYDRA_STAGES = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ai_singer.config import conf_group
+
     parser = argparse.ArgumentParser(
         prog="ai-singer", description="Singing-voice conversion: one frozen base, a small adapter per singer.",
         epilog="Hydra stages take key=value overrides, e.g. `ai-singer convert songs=songs/ singer=alice "
@@ -42,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
                                   "adapter fits which base",
                                   description="List pretrain/<base>/ and singers/<name>/ (from their YAML "
                                               "descriptions; weights are not read).")
-    singers.add_argument("--singers-dir", default="singers", help="adapter folders (default: singers)")
-    singers.add_argument("--pretrain-dir", default="pretrain", help="base folders (default: pretrain)")
+    paths = conf_group("paths")  # the folders' defaults are conf/paths's, as for the stages
+    singers.add_argument("--singers-dir", default=paths["singers"],
+                         help=f"adapter folders (default: paths.singers of conf/, {paths['singers']})")
+    singers.add_argument("--pretrain-dir", default=paths["pretrain"],
+                         help=f"base folders (default: paths.pretrain of conf/, {paths['pretrain']})")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
