@@ -208,7 +208,8 @@ class ConvertSettings:
         """Settings that are valid but probably not what was meant."""
         found = []
         correction = self.pitch_correction
-        if correction.strength == 0 and (correction.key, correction.scale) != ("C", "major"):
+        as_written = _conf("pitch_correction")()  # conf/'s key and scale: changed ones are meant to do something
+        if correction.strength == 0 and (correction.key, correction.scale) != (as_written["key"], as_written["scale"]):
             found.append(f"pitch_correction.key={correction.key} scale={correction.scale} is set but "
                          "pitch_correction.strength is 0, so no pitch correction is applied (set strength 0..1)")
         return found
@@ -278,14 +279,14 @@ def check_batch(cfg: Any) -> tuple[ConvertSettings, list[Song], dict[str, list[s
     import soundfile as sf
 
     settings = settings_from_config(cfg)
-    as_int(cfg.get("seed", 0), "seed")
-    as_bool(cfg.get("overwrite", False), "overwrite")
-    as_bool(cfg.get("progress", True), "progress")
+    as_int(cfg.seed, "seed")
+    as_bool(cfg.overwrite, "overwrite")
+    as_bool(cfg.progress, "progress")
     file_format = {"wav": "WAV", "flac": "FLAC"}[settings.mix.format]
     if not sf.check_format(file_format, settings.mix.subtype):
         raise InferError(f"mix.subtype={settings.mix.subtype!r}", f"cannot be written as {settings.mix.format}",
                          "use PCM_16 or PCM_24 (wav and flac), or FLOAT (wav)")
-    pick_device(str(cfg.get("device", "auto")))
+    pick_device(str(cfg.device))
     if cfg.get("songs") in (None, "", "???"):
         raise InferError("songs", "set songs=PATH (a song folder, a folder of songs, or a vocal file)")
     paths = cfg.paths

@@ -392,8 +392,8 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
     for leftover in remove_stale_temporaries(output_dir) + [
             path for song in songs for path in remove_stale_temporaries(output_dir / song.name)]:
         log.info("removed %s, left by a conversion that was killed", leftover)
-    overwrite = as_bool(cfg.get("overwrite", False), "overwrite")
-    progress = as_bool(cfg.get("progress", True), "progress")
+    overwrite = as_bool(cfg.overwrite, "overwrite")
+    progress = as_bool(cfg.progress, "progress")
     report_path = output_dir / "batch_report.json"
     adapter_digests: dict[str, str] = {}
     results: list[SongResult] = []
