@@ -813,7 +813,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "machine": machine_description(),
         "load_average": {"before": load_before, "after": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
                          "note": "1 / 5 / 15 min"},
-        "command": "tools/eval_real.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "tools/eval_real.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "corpus": {"path": str(args.corpus), "voices": corpus.voices},
         "base": {"path": str(args.base), "name": args.base.name, "sha256": converter.base.sha256},
         "settings": {"content": {k: content.get(k) for k in ("name", "path", "layer", "final_proj")},
