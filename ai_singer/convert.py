@@ -258,7 +258,7 @@ class Converter:
             raise ContentEncoderMissing(error.path, f"{error.reason}; the base {self.base_dir} was trained with "
                                         f"this content encoder (content_encoder.path in its config.yaml, relative "
                                         f"to the working directory {Path.cwd()}); run from the folder it was "
-                                        f"trained in or set content.path=DIR") from error
+                                        f"trained in or set content.path=DIR", hint=error.hint) from error
 
     # ---------------------------------------------------------------------------------- singers
     def adapter(self, name: str):

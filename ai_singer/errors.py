@@ -126,14 +126,8 @@ def is_out_of_space(error: BaseException, folder: str | os.PathLike | None = Non
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Whether ``error`` is a user's mistake: a :class:`UserError`, or the content encoder's
-    ``ContentEncoderMissing`` (a FileNotFoundError subclass, defined where torch is imported; checked only
-    when that module is loaded, so this stays import-free)."""
-    if isinstance(error, UserError):
-        return True
-    content = sys.modules.get("ai_singer.features.content")
-    missing = getattr(content, "ContentEncoderMissing", None)
-    return missing is not None and isinstance(error, missing)
+    """Whether ``error`` is a user's mistake (a :class:`UserError` or one of its per-stage subclasses)."""
+    return isinstance(error, UserError)
 
 
 def report(stage: str, error: BaseException) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ai_singer.device import pick_device
+from ai_singer.errors import UserError
 
 #: File names ``from_pretrained`` accepts for the weights, in the order we look for ``final_proj``.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -41,15 +42,17 @@ _WHAT_TO_PUT_THERE_WHISPER = (
 )
 
 
-class ContentEncoderMissing(FileNotFoundError):
+class ContentEncoderMissing(UserError, FileNotFoundError):
     """The content encoder folder, its config, its weights or the package that runs it are not where they
     were expected. ``hint`` says what to put there (default: the HuBERT/ContentVec folder layout)."""
 
     def __init__(self, path: str | Path, reason: str, hint: str | None = None):
         self.path = Path(path)
-        self.reason = reason
         self.hint = _WHAT_TO_PUT_THERE if hint is None else hint
-        super().__init__(f"content encoder not found: {reason} (expected at {self.path}). {self.hint}")
+        super().__init__(self.path, reason, self.hint)
+
+    def message(self) -> str:
+        return f"content encoder not found: {self.reason} (expected at {self.path}). {self.hint}"
 
 
 @runtime_checkable
