@@ -89,6 +89,17 @@ def read_yaml(path: Path) -> dict:
         return yaml.safe_load(handle) or {}
 
 
+def read_json(path: Path, how_to_make: str) -> Any:
+    """The JSON document at ``path``; EvalError naming the file when it is missing (with ``how_to_make``)
+    or not valid JSON."""
+    if not path.is_file():
+        raise EvalError(f"{path}: no {path.name} ({how_to_make})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EvalError(f"{path}: not valid JSON ({error})") from None
+
+
 def find_adapter(target: str, singers_dir: Path, explicit: str | None) -> str:
     """The adapter folder name for corpus singer ``target`` (see the module docstring)."""
     from ai_singer.infer import available_singers
@@ -112,12 +123,7 @@ def find_adapter(target: str, singers_dir: Path, explicit: str | None) -> str:
 
 def load_corpus(root: Path) -> dict:
     path = root / "corpus.json"
-    if not path.is_file():
-        raise EvalError(f"{path}: no corpus.json (make one with tools/synth_corpus.py --out {root})")
-    try:
-        corpus = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvalError(f"{path}: not valid JSON ({error})") from None
+    corpus = read_json(path, f"make one with tools/synth_corpus.py --out {root}")
     for key in ("sample_rate", "label_hop_samples", "singers", "phrases", "parallel"):
         if key not in corpus:
             raise EvalError(f"{path}: missing {key!r} (not a tools/synth_corpus.py corpus?)")

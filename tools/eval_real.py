@@ -60,7 +60,7 @@ from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from tools import real_metrics  # noqa: E402
 from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 from tools.eval_conversion import (EvalError, adapter_steps, content_group, find_adapter, fmt, json_safe,  # noqa: E402
-                                   parse_pair, read_yaml)
+                                   parse_pair, read_json, read_yaml)
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "Real voices"
@@ -105,12 +105,7 @@ class Corpus:
 
 def load_corpus(root: Path) -> Corpus:
     path = root / "voices.json"
-    if not path.is_file():
-        raise EvalError(f"{path}: no voices.json (make the corpus with tools/real_corpus.py)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvalError(f"{path}: not valid JSON ({error})") from None
+    document = read_json(path, "make the corpus with tools/real_corpus.py")
     voices = document.get("voices")
     if not isinstance(voices, dict) or not voices:
         raise EvalError(f"{path}: no 'voices' mapping")
