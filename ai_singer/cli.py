@@ -6,6 +6,7 @@
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
     ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
+    ai-singer import KIND SRC DST ...             = python -m ai_singer.importers KIND SRC DST ...
 
 The Hydra stages receive the remaining arguments unchanged (``--help``, ``--cfg job`` and ``-m`` work as
 with ``python -m``); their defaults live in ``conf/`` only. Stage modules are imported by name when their
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(name, help=summary, add_help=False,
                                     description=f"{summary}. Arguments go to `python -m {module}` unchanged.")
         stage.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
+    commands.add_parser("import", add_help=False, help="turn files of other projects (e.g. a fairseq ContentVec "
+                        "checkpoint) into ai_singer's formats; see `ai-singer import --help`")
     commands.add_parser("demo", add_help=False, help="convert the bundled example song (--full: the whole path on "
                         "a held-out synthetic singer); see `ai-singer demo --help`")
     singers = commands.add_parser("singers", help="list the installed bases and singer adapters, and which "
@@ -120,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ai_singer.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "import":
+        from ai_singer.importers.__main__ import main as import_main
+
+        return import_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "singers":
         return _run_singers(args)

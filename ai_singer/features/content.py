@@ -29,7 +29,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 _WHAT_TO_PUT_THERE = (
     "Put a Hugging Face-format HuBERT/ContentVec folder here: config.json (a HubertConfig) and "
     "model.safetensors or pytorch_model.bin, e.g. ContentVec as published for so-vits-svc-fork "
-    "(768-dim: layer 12, final_proj false; 256-dim: layer 9, final_proj true), "
+    "(768-dim: layer 12, final_proj false; 256-dim: layer 9, final_proj true), or what "
+    "`ai-singer import contentvec checkpoint_best_legacy_500.pt DIR` makes from a fairseq checkpoint, "
     "or point the content encoder's `path` at such a folder. Nothing is downloaded."
 )
 
@@ -153,8 +154,9 @@ class HubertContentEncoder:
         if not folder.exists():
             raise ContentEncoderMissing(folder, "the folder does not exist")
         if not folder.is_dir():
-            raise ContentEncoderMissing(folder, "this is a file, not a folder (fairseq .pt checkpoints are not "
-                                                "supported; use the Hugging Face-format export)")
+            raise ContentEncoderMissing(folder, "this is a file, not a folder (a fairseq .pt checkpoint such as "
+                                                "checkpoint_best_legacy_500.pt is converted once with `ai-singer "
+                                                "import contentvec FILE.pt pretrain/content/contentvec`)")
         if not (folder / "config.json").is_file():
             raise ContentEncoderMissing(folder, "config.json is missing")
         _weight_file(folder)
