@@ -7,6 +7,7 @@ not skipped silently; loading (``checkpoint.load_base`` / ``load_adapter``) stil
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class BaseEntry:
     weights_dtype: str = ""
     content_encoder: str = ""
     error: str = ""
+    bundled: bool = False  # ships with ai_singer (ai_singer.bundle), not in the user's folder
     #: its generator sha256 and those of the bases it was converted from (``convert_base_dtype``)
     lineage: list[str] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ class AdapterEntry:
     seconds: float | None = None
     retrieval_centroids: int | None = None  # size of its feature-retrieval index, None without one
     error: str = ""
+    bundled: bool = False  # ships with ai_singer (ai_singer.bundle), not in the user's folder
     base: BaseEntry | None = None  # the installed base it was trained on, if any
 
 
@@ -140,6 +143,32 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
     return adapters
 
 
+def list_installed(pretrain_dir: str | os.PathLike, singers_dir: str | os.PathLike
+                   ) -> tuple[list[BaseEntry], list[AdapterEntry]]:
+    """What a base or singer name can pick, in the order names are looked up (:mod:`ai_singer.bundle`): the
+    bases and adapters in the user's folders, then the bundled ones (``bundled=True``) that no entry of the
+    user's with the same name shadows. Adapters are matched to the bases of either."""
+    from ai_singer.bundle import PRETRAIN, SINGERS, bundled
+
+    def bundled_folder(kind: str, user_folder: str | os.PathLike) -> Path | None:
+        folder = bundled(kind)
+        same = folder is not None and folder.resolve() == Path(user_folder).absolute().resolve()
+        return None if same else folder  # a checkout's root: the user's folder is the bundle
+
+    bases = list_bases(pretrain_dir)
+    shipped_bases = bundled_folder(PRETRAIN, pretrain_dir)
+    if shipped_bases is not None:
+        taken = {b.name for b in bases}
+        bases += [dataclasses.replace(b, bundled=True) for b in list_bases(shipped_bases) if b.name not in taken]
+    adapters = list_adapters(singers_dir, bases)
+    shipped_singers = bundled_folder(SINGERS, singers_dir)
+    if shipped_singers is not None:
+        taken = {a.name for a in adapters}
+        adapters += [dataclasses.replace(a, bundled=True) for a in list_adapters(shipped_singers, bases)
+                     if a.name not in taken]
+    return bases, adapters
+
+
 def _value(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None or value == "" else fmt.format(value)
 
@@ -147,27 +176,34 @@ def _value(value: Any, fmt: str = "{}") -> str:
 def format_catalog(bases: list[BaseEntry], adapters: list[AdapterEntry], pretrain_dir: Path,
                    singers_dir: Path) -> str:
     """The listing ``ai-singer singers`` prints."""
+    def label(entry: BaseEntry | AdapterEntry) -> str:
+        return f"{entry.name} (bundled)" if entry.bundled else entry.name
+
     lines = [f"bases in {pretrain_dir}:"]
     if not bases:
         lines.append("  (none)")
     for b in bases:
         if b.error:
-            lines.append(f"  {b.name}: {b.error}")
+            lines.append(f"  {label(b)}: {b.error}")
             continue
-        lines.append(f"  {b.name}: sha256 {b.sha256[:12]}, {b.speakers} speakers, {_value(b.steps)} steps, "
+        lines.append(f"  {label(b)}: sha256 {b.sha256[:12]}, {b.speakers} speakers, {_value(b.steps)} steps, "
                      f"{b.weights_dtype or 'float32'}, content encoder {b.content_encoder or '-'}")
     lines.append(f"singers in {singers_dir}:")
     if not adapters:
         lines.append("  (none)")
     for a in adapters:
         if a.error and not a.method:
-            lines.append(f"  {a.name}: {a.error}")
+            lines.append(f"  {label(a)}: {a.error}")
             continue
         fits = (f"base {a.base.name}" if a.base is not None else
                 f"its base ({a.base_name or '?'}, sha256 {a.base_sha256[:12]}) is not installed")
         singer = f" (singer {a.singer})" if a.singer and a.singer != a.name else ""
-        lines.append(f"  {a.name}{singer}: {a.method}, {_value(a.steps)} steps, {a.megabytes:.2f} MB, "
+        lines.append(f"  {label(a)}{singer}: {a.method}, {_value(a.steps)} steps, {a.megabytes:.2f} MB, "
                      f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz, "
                      f"retrieval index {_value(a.retrieval_centroids)}; "
                      f"{fits}" + (f"; {a.error}" if a.error else ""))
+    shipped = [entry.path for entry in [*bases, *adapters] if entry.bundled]
+    if shipped:
+        lines.append(f"(bundled): ships with ai_singer, in {shipped[0].parent.parent}; a folder of the same name in "
+                     f"{pretrain_dir} or {singers_dir} takes its place")
     return "\n".join(lines)

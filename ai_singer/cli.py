@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                         "a held-out synthetic singer); see `ai-singer demo --help`")
     singers = commands.add_parser("singers", help="list the installed bases and singer adapters, and which "
                                   "adapter fits which base",
-                                  description="List pretrain/<base>/ and singers/<name>/ (from their YAML "
+                                  description="List pretrain/<base>/ and singers/<name>/, then the bundled ones "
+                                              "a folder of the same name does not replace (from their YAML "
                                               "descriptions; weights are not read).")
     paths = conf_group("paths")  # the folders' defaults are conf/paths's, as for the stages
     singers.add_argument("--singers-dir", default=paths["singers"],
@@ -101,16 +102,17 @@ def _run_concat(args: argparse.Namespace) -> int:
 def _run_singers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ai_singer.catalog import format_catalog, list_adapters, list_bases
+    from ai_singer.bundle import bundle_root
+    from ai_singer.catalog import format_catalog, list_installed
 
     pretrain_dir, singers_dir = Path(args.pretrain_dir), Path(args.singers_dir)
     missing = [str(p) for p in (pretrain_dir, singers_dir) if not p.is_dir()]
-    if len(missing) == 2:
+    if len(missing) == 2 and bundle_root() is None:
         print(f"singers: error: neither {missing[0]} nor {missing[1]} is a folder (run in the project folder, or "
               "pass --pretrain-dir / --singers-dir)", file=sys.stderr)
         return 2
-    bases = list_bases(pretrain_dir)
-    print(format_catalog(bases, list_adapters(singers_dir, bases), pretrain_dir, singers_dir))
+    bases, adapters = list_installed(pretrain_dir, singers_dir)
+    print(format_catalog(bases, adapters, pretrain_dir, singers_dir))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Where the Hydra configs live: the repository's top-level ``conf/`` folder.
+"""Where the Hydra configs live: ``conf/`` of the bundle (inside an installed wheel, or the checkout's
+top-level ``conf/`` for an editable install; see :mod:`ai_singer.bundle`).
 
 Only entry points (``python -m ai_singer.preprocess|train|infer``) and tests import this.
 """
@@ -9,16 +10,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-#: ``AI_SINGER_CONF`` overrides the location (e.g. for a non-editable install).
-CONF_DIR: Path = Path(os.environ.get("AI_SINGER_CONF", Path(__file__).resolve().parent.parent / "conf"))
+from ai_singer.bundle import bundle_root
+
+#: The environment variable that points ai_singer at another config folder (a copy of ``conf/``).
+CONF_ENV = "AI_SINGER_CONF"
+
+
+def _default_conf_dir() -> Path:
+    root = bundle_root()
+    return Path(os.environ[CONF_ENV]) if os.environ.get(CONF_ENV) else \
+        (root / "conf" if root is not None else Path(__file__).resolve().parent / "_bundle" / "conf")
+
+
+#: ``AI_SINGER_CONF`` overrides the location.
+CONF_DIR: Path = _default_conf_dir()
 
 
 def conf_dir() -> str:
     """Absolute path of the config folder, with a clear error if it is missing."""
-    if not (CONF_DIR / "preprocess.yaml").exists() and not CONF_DIR.is_dir():
+    if not (CONF_DIR / "preprocess.yaml").is_file():
         raise FileNotFoundError(
-            f"ai_singer's config folder was not found at {CONF_DIR}. Install from a checkout with "
-            "`pip install -e .` or point AI_SINGER_CONF at a copy of the repository's conf/ folder."
+            f"ai_singer's config folder was not found at {CONF_DIR} (no preprocess.yaml there). Install a wheel "
+            f"built from the repository (`pip install .`; it carries conf/), or an editable checkout "
+            f"(`pip install -e .`), or point {CONF_ENV} at a copy of the repository's conf/ folder."
         )
     return str(CONF_DIR)
 

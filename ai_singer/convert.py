@@ -81,23 +81,46 @@ def available_singers(singers_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "adapter.yaml").is_file())
 
 
+def singers_listing(singers_dir: str | os.PathLike) -> str:
+    """The singers a name can pick, for messages: ``alto, tenor; bundled: example`` (bundled ones that a
+    singer of the user's shadows left out), or ``none (...)``."""
+    from ai_singer.bundle import SINGERS, bundled
+
+    own = available_singers(singers_dir)
+    bundled_dir = bundled(SINGERS)
+    extra = [name for name in available_singers(bundled_dir) if name not in own] if bundled_dir is not None else []
+    if bundled_dir is not None and bundled_dir.resolve() == Path(singers_dir).absolute().resolve():
+        extra = []
+    parts = ([", ".join(own)] if own else []) + ([f"bundled: {', '.join(extra)}"] if extra else [])
+    return "; ".join(parts) or f"none (no adapter.yaml under {Path(singers_dir)}/*/)"
+
+
 def singer_dir(name: str, singers_dir: str | os.PathLike) -> Path:
-    """``<singers_dir>/<name>``, or InferError listing the singers that exist."""
-    folder = Path(singers_dir) / name
-    if not (folder / "adapter.yaml").is_file():
-        known = available_singers(singers_dir)
-        listing = ", ".join(known) if known else f"none (no adapter.yaml under {Path(singers_dir)}/*/)"
-        raise InferError(f"singer {name!r}", f"unknown singer: no adapter at {folder}. Available singers: {listing}")
+    """The adapter folder of singer ``name``: ``<singers_dir>/<name>``, else the bundled ``singers/<name>``
+    (:mod:`ai_singer.bundle`); InferError listing the singers that exist when neither holds an adapter."""
+    from ai_singer.bundle import SINGERS, locate, lookup_order
+
+    folder = locate(name, singers_dir, SINGERS, accept=lambda path: (path / "adapter.yaml").is_file())
+    if folder is None:
+        tried = " or ".join(str(path) for path in lookup_order(name, singers_dir, SINGERS))
+        raise InferError(f"singer {name!r}", f"unknown singer: no adapter at {tried}. "
+                                             f"Available singers: {singers_listing(singers_dir)}")
     return folder
 
 
 def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_dir: str | os.PathLike) -> Path:
     """The base artifact folder: ``base`` (a path, or a name under ``pretrain_dir``) or else the base the
-    adapter names. Raises InferError when it is missing."""
+    adapter names; each the user's first, then the bundled copy (:mod:`ai_singer.bundle`). Raises InferError
+    when it is missing."""
+    from ai_singer.bundle import PRETRAIN, lookup_order
+
     name = base or adapter_base_name
     if not name:
         raise InferError("base", "no base given and the adapter does not name one: set base=<name or folder>")
-    candidates = [Path(name), Path(pretrain_dir) / name]
+    candidates: list[Path] = []
+    for path in lookup_order(name) + lookup_order(name, pretrain_dir, PRETRAIN):
+        if path not in candidates:
+            candidates.append(path)
     for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate
@@ -257,8 +280,9 @@ class Converter:
                 raise
             raise ContentEncoderMissing(error.path, f"{error.reason}; the base {self.base_dir} was trained with "
                                         f"this content encoder (content_encoder.path in its config.yaml, relative "
-                                        f"to the working directory {Path.cwd()}); run from the folder it was "
-                                        f"trained in or set content.path=DIR", hint=error.hint) from error
+                                        f"to the working directory {Path.cwd()}, else to the bundled files); run "
+                                        f"from the folder it was trained in or set content.path=DIR",
+                                        hint=error.hint) from error
 
     # ---------------------------------------------------------------------------------- singers
     def adapter(self, name: str):

@@ -13,7 +13,9 @@ preprocess|train|convert ARGS`` runs; each stage is printed as that command line
     singers/example/                 the example singer's LoRA adapter
     data/examples/song01/            vocals.flac + accompaniment stems (pad.flac, drums.flac)
 
-The bundle root is the repository by default (``--bundle DIR`` or ``AI_SINGER_BUNDLE`` to change it).
+The bundle root is the one that ships with the package (:func:`ai_singer.bundle.bundle_root`: inside an
+installed wheel, or the checkout of an editable install); ``--bundle DIR`` or ``AI_SINGER_BUNDLE`` change it.
+Outputs go to the current folder (``outputs/demo``), so the demo runs from any folder.
 ``--full`` writes everything under ``outputs/demo_full/`` (its own raw/processed/runs/singers/output
 folders, nothing of the user's is touched) and resumes when run again: the synthetic recordings that exist
 are kept, preprocess skips unchanged files, and training continues from its last checkpoint.
@@ -98,9 +100,15 @@ class Bundle:
 
 
 def default_bundle_root() -> Path:
-    """``$AI_SINGER_BUNDLE`` if set, else the repository that holds this package."""
+    """``$AI_SINGER_BUNDLE`` if set, else the bundle that ships with the package (in an installed wheel, or
+    the checkout of an editable install)."""
+    from ai_singer.bundle import PACKAGE_BUNDLE_DIR, bundle_root
+
     env = os.environ.get(BUNDLE_ENV)
-    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
+    if env:
+        return Path(env).resolve()
+    root = bundle_root()
+    return root.resolve() if root is not None else Path(__file__).resolve().parent / PACKAGE_BUNDLE_DIR
 
 
 def _read_yaml(path: Path) -> dict:
@@ -243,11 +251,16 @@ def run_quick(args: argparse.Namespace, echo: Callable[[str], None] = print) -> 
 # ------------------------------------------------------------------------------------------ --full
 
 def _synth_module():
-    """``tools.synth.corpus`` from the repository checkout (the synthetic singer generator)."""
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / "tools" / "synth" / "corpus.py").is_file():
-        raise FileNotFoundError(f"{repo / 'tools' / 'synth'}: demo --full generates its singer with the "
-                                "repository's tools/synth; run it from a git checkout of ai_singer")
+    """``tools.synth.corpus`` (the synthetic singer generator) from the bundle: the checkout's ``tools/``, or
+    the copy an installed wheel carries."""
+    from ai_singer.bundle import bundled
+
+    synth = bundled("tools/synth/corpus.py")
+    if synth is None:
+        raise FileNotFoundError("tools/synth/corpus.py: demo --full generates its singer with the repository's "
+                                "tools/synth, which this installation does not carry; run it from a git checkout "
+                                "of ai_singer or a wheel built from one")
+    repo = synth.parents[2]
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))
     from tools.synth import corpus
@@ -358,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
                                                      "only base there)")
     parser.add_argument("--song", default=None, help=f"song folder to convert (default <bundle>/{EXAMPLE_SONG_DIR})")
     parser.add_argument("--bundle", default=None,
-                        help=f"bundle root (default ${BUNDLE_ENV}, else the repository)")
+                        help=f"bundle root (default ${BUNDLE_ENV}, else the files that ship with ai_singer)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"torch CPU threads (default {DEFAULT_THREADS}; more helps only on an otherwise idle "
                              "machine)")

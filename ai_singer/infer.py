@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ai_singer.audio import AudioError, SliceConfig, audio_info
+from ai_singer.bundle import locate_path
 from ai_singer.convert import (CONTENT_SAMPLE_RATE, RANGE_MARGIN_SEMITONES, Converter, InferError, VocalConversion,
                                _Piece, auto_transpose_semitones, available_singers, prepare_f0, resolve_base_dir,
-                               singer_dir)
+                               singer_dir, singers_listing)
 from ai_singer.device import pick_device
 from ai_singer.errors import UserError
 from ai_singer.features.pitch import F0_EXTRACTORS, SCALES, key_to_pitch_class
@@ -297,10 +298,10 @@ def check_batch(cfg: Any) -> tuple[ConvertSettings, list[Song], dict[str, list[s
         except UserError as error:
             raise InferError(error.where, error.reason, error.fix) from None
         singer_dir(str(singer), paths.singers)  # an unknown singer stops the batch before anything else
-    songs = find_songs(str(cfg.songs))
+    songs = find_songs(str(locate_path(str(cfg.songs))))  # the user's, else a bundled example song
     if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
         raise InferError("singer", "set singer=<name>; available singers: "
-                                   + (", ".join(available_singers(paths.singers)) or "none"))
+                                   + singers_listing(paths.singers))
     batch_warnings = settings.warnings()
     for warning in batch_warnings:
         log.warning("%s", warning)

@@ -36,6 +36,7 @@ import numpy as np
 from ai_singer.atomic import atomic_path, atomic_write_json
 from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, to_mono, write_audio)
+from ai_singer.bundle import locate_path
 from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
@@ -136,9 +137,9 @@ class PreprocessSettings:
             "slicer": dataclasses.asdict(self.slicer),
             "loudness": dataclasses.asdict(self.loudness),
             "f0": dataclasses.asdict(self.f0),
-            "content": {"name": self.content.name, "path": str(Path(self.content.path).resolve()),
+            "content": {"name": self.content.name, "path": str(locate_path(self.content.path).resolve()),
                         "options": {k: v for k, v in sorted(self.content.options.items()) if k != "device"},
-                        "weights": _folder_fingerprint(Path(self.content.path))},
+                        "weights": _folder_fingerprint(locate_path(self.content.path))},
             "min_clip_seconds": self.min_clip_seconds,
             "min_voiced_fraction": self.min_voiced_fraction,
         }

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.atomic import remove_stale_temporaries
+from ai_singer.bundle import locate_path
 from ai_singer.errors import UserError
 from ai_singer.data import Batch, ManifestDataset, ResumableSampler, collate
 from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
@@ -301,7 +302,7 @@ def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
                   "the model")
     generator = GeneratorForTraining(SingerVAE(model_config))
     discriminator = Discriminator.from_config(model_config)
-    init_from = warm_start(generator.model, discriminator, Path(cfg.init_from)) if cfg.init_from else None
+    init_from = warm_start(generator.model, discriminator, locate_path(cfg.init_from)) if cfg.init_from else None
     return Models(generator=generator, discriminator=discriminator, model_config=model_config, speakers=speakers,
                   init_from=init_from)
 
@@ -347,7 +348,7 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     """Load the base strictly (its own architecture), freeze it, inject the adapter, and add the
     learned singer vector (initialised to the mean of the base's speaker embeddings)."""
     mode = cfg.trainer.discriminator
-    base = ckpt.load_base(cfg.base, with_discriminator=mode != "off")
+    base = ckpt.load_base(locate_path(str(cfg.base)), with_discriminator=mode != "off")  # the user's, else bundled
     config = SingerVAEConfig.from_dict(base.model_config)
     check_framing(stats, stats_path, config.sample_rate, config.hop_length, config.content_dim,
                   f"the base {cfg.base}")
@@ -358,7 +359,7 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
         raise TrainSetupError(stats_path, f"content encoder mismatch with the base {cfg.base} (base vs dataset: "
                                           f"{', '.join(mismatches)}); preprocess this singer with the encoder the "
                                           f"base was trained with (content=<group> / content.layer=... as recorded "
-                                          f"in {Path(str(cfg.base)) / ckpt.BASE_CONFIG_FILE})")
+                                          f"in {base.path / ckpt.BASE_CONFIG_FILE})")
     model = SingerVAE(config)
     ckpt.load_state_strict(model, base.generator_state, base.path / ckpt.BASE_GENERATOR_FILE)
     discriminator = None

@@ -373,10 +373,20 @@ CONTENT_ENCODERS: dict[str, type] = {"hubert": HubertContentEncoder, "whisper": 
 
 def load_content_encoder(name: str, path: str | Path, **kwargs) -> ContentEncoder:
     """Build the content encoder registered as ``name`` from ``path`` (keyword arguments go to its
-    constructor, e.g. ``layer``, ``final_proj``, ``device``)."""
+    constructor, e.g. ``layer``, ``final_proj``, ``device``). A relative ``path`` missing from the current
+    folder is taken from the bundled files when they have it (``pretrain/content/synth-hubert`` from any
+    folder; :mod:`ai_singer.bundle`); the encoder then records ``path`` as given, which finds it the same way."""
+    from ai_singer.bundle import locate_path
+
     if name not in CONTENT_ENCODERS:
         raise ValueError(f"unknown content encoder {name!r}; valid names: {', '.join(sorted(CONTENT_ENCODERS))}")
-    return CONTENT_ENCODERS[name](path, **kwargs)
+    found = locate_path(path)
+    if found == Path(path):
+        return CONTENT_ENCODERS[name](path, **kwargs)
+    encoder = CONTENT_ENCODERS[name](found, **kwargs)
+    if hasattr(encoder, "path"):
+        encoder.path = Path(path)
+    return encoder
 
 
 #: The settings that identify a content encoder's features (the path is where it lives, not what it is).
