@@ -53,4 +53,5 @@ class BuildPyWithBundle(build_py):
             self.copy_file(str(ROOT / relative), str(destination))
 
 
-setup(cmdclass={"build_py": BuildPyWithBundle})
+if __name__ == "__main__":  # setuptools' build backend runs this file as __main__; tests import it
+    setup(cmdclass={"build_py": BuildPyWithBundle})

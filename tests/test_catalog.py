@@ -66,6 +66,9 @@ def test_an_adapter_fits_a_base_converted_from_its_own(tmp_path):
     assert list_adapters(tmp_path / "singers", bases)[0].base.name == "base-a-fp32"  # else the converted copy
 
 
-def test_no_folders_is_a_clear_error(tmp_path, capsys):
+def test_no_folders_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from ai_singer import bundle
+
+    monkeypatch.setattr(bundle, "bundle_root", lambda: None)  # nothing bundled either (else: tests/test_bundle.py)
     code = main(["singers", "--pretrain-dir", str(tmp_path / "p"), "--singers-dir", str(tmp_path / "s")])
     assert code == 2 and "neither" in capsys.readouterr().err
