@@ -265,6 +265,8 @@ def test_wrong_kinds_of_file_are_named(tmp_path):
     text.write_text('{"model_type": "hubert"}')
     bare = tmp_path / "pytorch_model.bin"
     torch.save({"encoder.layer_norm.weight": torch.ones(4)}, bare)
+    sovits = tmp_path / "G_0.pth"  # a so-vits-svc generator checkpoint: a state dict, no fairseq config
+    torch.save({"model": {"enc_p.proj.weight": torch.zeros(2, 2)}, "iteration": 1, "learning_rate": 1e-4}, sovits)
     other = tmp_path / "other.pt"
     torch.save({"step": 3, "weights": [1.0]}, other)
     empty = tmp_path / "empty.pt"
@@ -272,7 +274,7 @@ def test_wrong_kinds_of_file_are_named(tmp_path):
     archive = tmp_path / "songs.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("song.txt", "la la")
-    cases = [(wav, "WAV"), (safetensors, "safetensors"), (text, "JSON"), (bare, "bare state dict"),
+    cases = [(wav, "WAV"), (safetensors, "safetensors"), (text, "JSON"), (bare, "bare state dict"), (sovits, "no model configuration"),
              (other, "no 'model' state dict"), (empty, "empty"), (archive, "zip archive without"), (tmp_path / "missing.pt", "no such file"),
              (tmp_path, "is a folder")]
     for source, fragment in cases:
