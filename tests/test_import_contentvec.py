@@ -253,6 +253,38 @@ def test_foreign_classes_are_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
+class HubertConfig:
+    """Pickled as ``fairseq.models.hubert.hubert.<name>``: a fairseq configuration dataclass is admitted (as
+    an inert record), any other fairseq class is not."""
+
+
+class HubertModel:
+    pass
+
+
+def test_fairseq_config_classes_are_kept_as_data_other_fairseq_classes_refused(tmp_path):
+    tool.write_checkpoint(tmp_path / "plain.pt", tool.TINY, n_clusters=10)
+    for cls, accepted in ((HubertConfig, True), (HubertModel, False)):
+        source = tmp_path / f"{cls.__name__}.pt"
+        with tool.pickled_under(tool.Dictionary, "fairseq.data.dictionary"), \
+                tool.pickled_under(cls, "fairseq.models.hubert.hubert"):
+            torch.save({**_contents(tmp_path / "plain.pt"), "extra_state": {"object_type": cls, "instance": cls()},
+                        "task_state": {"dictionaries": [tool.Dictionary(10)]}}, source)
+        if accepted:
+            assert import_contentvec(source, tmp_path / "accepted")["layers"] == 3
+        else:
+            _assert_refused(source, tmp_path / "out", "fairseq.models.hubert.hubert.HubertModel")
+
+
+def _contents(path: Path) -> dict:
+    """The cfg and model of a checkpoint written by the tool (read back with the importer's own loader)."""
+    from ai_singer.importers.fairseq_checkpoint import ALLOWED
+    from ai_singer.importers.safe_load import load_checkpoint
+
+    checkpoint = load_checkpoint(path, ALLOWED)
+    return {"cfg": checkpoint["cfg"], "model": checkpoint["model"]}
+
+
 def test_wrong_kinds_of_file_are_named(tmp_path):
     import soundfile as sf
     from safetensors.torch import save_file

@@ -139,20 +139,21 @@ class Dictionary:
 
 
 @contextlib.contextmanager
-def _pickled_as_fairseq() -> Iterator[None]:
-    """Let pickle write :class:`Dictionary` as ``fairseq.data.dictionary.Dictionary``."""
-    names = ("fairseq", "fairseq.data", "fairseq.data.dictionary")
+def pickled_under(cls: type, module_name: str) -> Iterator[None]:
+    """Let pickle write ``cls`` as ``module_name.<its name>`` (e.g. :class:`Dictionary` as
+    ``fairseq.data.dictionary.Dictionary``): the module and its parents exist in ``sys.modules`` meanwhile."""
+    parts = module_name.split(".")
+    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
     saved = {name: sys.modules.get(name) for name in names}
-    module = types.ModuleType("fairseq.data.dictionary")
-    module.Dictionary = Dictionary
-    original = Dictionary.__module__
-    Dictionary.__module__ = "fairseq.data.dictionary"
-    sys.modules.update({"fairseq": types.ModuleType("fairseq"), "fairseq.data": types.ModuleType("fairseq.data"),
-                        "fairseq.data.dictionary": module})
+    modules = {name: types.ModuleType(name) for name in names}
+    setattr(modules[module_name], cls.__name__, cls)
+    original = cls.__module__
+    cls.__module__ = module_name
+    sys.modules.update(modules)
     try:
         yield
     finally:
-        Dictionary.__module__ = original
+        cls.__module__ = original
         for name, previous in saved.items():
             if previous is None:
                 sys.modules.pop(name, None)
@@ -198,7 +199,7 @@ def write_checkpoint(path: str | Path, model_cfg: dict, n_clusters: int, seed: i
         checkpoint["args"], checkpoint["cfg"] = argparse.Namespace(**flat), None
     elif cfg_style != "dict":
         raise ValueError(f"cfg_style must be dict, omegaconf or args, not {cfg_style!r}")
-    with _pickled_as_fairseq():
+    with pickled_under(Dictionary, "fairseq.data.dictionary"):
         torch.save(checkpoint, str(path), _use_new_zipfile_serialization=not legacy_format)
     return state
 

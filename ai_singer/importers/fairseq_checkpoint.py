@@ -6,7 +6,7 @@ dict in checkpoints saved by fairseq >= 2021-03, an omegaconf ``DictConfig`` in 
 (an ``argparse.Namespace`` in pre-hydra checkpoints), ``task_state`` (HuBERT's label dictionaries:
 ``fairseq.data.dictionary.Dictionary`` objects), ``optimizer_history``, ``extra_state`` and so on.
 
-Only the classes below may appear (:data:`ALLOWED`). ``argparse.Namespace`` and the builtins are the real,
+Only the classes below may appear (:data:`ALLOWED`, and fairseq's ``...Config`` dataclasses). ``argparse.Namespace`` and the builtins are the real,
 harmless ones; every fairseq and omegaconf class is replaced by a :class:`PickledRecord` stand-in that only
 keeps the pickled data, so neither fairseq nor omegaconf code runs (and neither needs to be installed).
 :func:`plain` turns the omegaconf stand-ins back into dicts and lists.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,17 @@ ALLOWED: dict[str, Any] = {
 }
 
 
+#: fairseq's configuration dataclasses (``fairseq.models.hubert.hubert.HubertConfig``,
+#: ``fairseq.tasks.hubert_pretraining.HubertPretrainingConfig``, ...) that omegaconf containers of older
+#: checkpoints refer to as their ``object_type``: admitted as inert records, by name.
+_FAIRSEQ_CONFIG_CLASS = re.compile(r"fairseq(\.[A-Za-z_][A-Za-z0-9_]*)+\.[A-Za-z0-9_]*Config")
+
+
+def _config_stand_in(name: str) -> type | None:
+    """An inert record class for a fairseq configuration dataclass (None for any other name)."""
+    return _record_class(name) if _FAIRSEQ_CONFIG_CLASS.fullmatch(name) else None
+
+
 def plain(value: Any) -> Any:
     """``value`` with omegaconf stand-ins turned into dicts/lists/values and Namespaces into dicts
     (other stand-ins, e.g. fairseq Dictionaries, stay as they are)."""
@@ -113,7 +125,7 @@ def read_fairseq_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
             checkpoint without a ``model`` state dict or without a configuration.
     """
     path = Path(path)
-    checkpoint = load_checkpoint(path, ALLOWED, what="a fairseq checkpoint")
+    checkpoint = load_checkpoint(path, ALLOWED, what="a fairseq checkpoint", stand_in_for=_config_stand_in)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             raise CheckpointError(path, "is a bare state dict, not a fairseq checkpoint (no 'model' and 'cfg'); a "

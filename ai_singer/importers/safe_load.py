@@ -13,7 +13,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -30,6 +30,9 @@ _KNOWN_HEADERS = ((b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"),
                   (b"ID3", "an MP3 audio file"), (b"\x89HDF", "an HDF5 file"), (b"{", "a JSON/text file"),
                   (b"version https://git-lfs", "a Git LFS pointer (the real file was never downloaded)"),
                   (b"<", "an HTML/XML page (a failed download?)"))
+
+#: How many classes :func:`load_checkpoint` admits through ``stand_in_for`` (each costs one more read).
+_MAX_STAND_INS = 16
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
@@ -54,7 +57,14 @@ def _one_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def load_checkpoint(path: str | Path, allowed: Mapping[str, Any], what: str = "a PyTorch checkpoint") -> Any:
+def _weights_only_reason(text: str) -> str:
+    """The line of torch's weights-only error message that says what was refused."""
+    found = re.search(r"WeightsUnpickler error: (.*)", text)
+    return _one_line(found.group(1) if found else text)
+
+
+def load_checkpoint(path: str | Path, allowed: Mapping[str, Any], what: str = "a PyTorch checkpoint",
+                    stand_in_for: Callable[[str], Any] | None = None) -> Any:
     """The unpickled contents of ``path``, read with ``torch.load(weights_only=True, map_location="cpu")``.
 
     Args:
@@ -62,6 +72,8 @@ def load_checkpoint(path: str | Path, allowed: Mapping[str, Any], what: str = "a
         allowed: pickled global name (``"module.Name"``) -> the object it stands for while loading; nothing
             else beyond torch's own safe set is accepted.
         what: the kind of file expected, for messages ("a fairseq checkpoint").
+        stand_in_for: for a name outside ``allowed`` found in the pickle, the object standing for it, or None
+            to refuse the file (e.g. inert records for a family of harmless configuration classes).
 
     Raises:
         CheckpointError: no such file, a folder, not a checkpoint, truncated/damaged, or a foreign class
@@ -85,22 +97,32 @@ def load_checkpoint(path: str | Path, allowed: Mapping[str, Any], what: str = "a
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") for name in archive.namelist()):
                 raise CheckpointError(path, f"is a zip archive without a pickled data.pkl: not {what}")
-    entries = [(stand_in, name) for name, stand_in in allowed.items()]
-    try:
-        with torch.serialization.safe_globals(entries):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        foreign = _UNSUPPORTED_GLOBAL.search(text)
-        if foreign:
-            raise CheckpointError(path, f"refused: its pickle names {foreign.group(1)}, which is not among the "
-                                        f"classes and functions {what} may hold; nothing from the file was run") from None
-        if any(marker in text for marker in ("reduce", "Can only", "persistent id", "blocked")):
-            raise CheckpointError(path, f"refused: its pickle asks for something weights-only loading does not "
-                                        f"allow ({_one_line(text.splitlines()[-1] if text else text)}); nothing "
-                                        "from the file was run") from None
-        raise CheckpointError(path, f"is truncated or damaged ({_one_line(text)}); download it again") from None
-    except (EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, zipfile.BadZipFile,
-            OSError) as error:
-        reason = _one_line(error) or ("the file ends early" if isinstance(error, EOFError) else type(error).__name__)
-        raise CheckpointError(path, f"is truncated or damaged ({reason}); download it again") from None
+    entries = {name: stand_in for name, stand_in in allowed.items()}
+    for _ in range(_MAX_STAND_INS):
+        try:
+            with torch.serialization.safe_globals([(stand_in, name) for name, stand_in in entries.items()]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            text = str(error)
+            foreign = _UNSUPPORTED_GLOBAL.search(text)
+            if foreign:
+                name = foreign.group(1)
+                stand_in = None if stand_in_for is None or name in entries else stand_in_for(name)
+                if stand_in is not None:
+                    entries[name] = stand_in  # a harmless class met for the first time: load again with it
+                    continue
+                raise CheckpointError(path, f"refused: its pickle names {name}, which is not among the classes and "
+                                            f"functions {what} may hold; nothing from the file was run") from None
+            if any(marker in text for marker in ("reduce", "Can only", "persistent id", "blocked")):
+                raise CheckpointError(path, f"refused: its pickle asks for something weights-only loading does not "
+                                            f"allow ({_weights_only_reason(text)}); nothing from the file was run"
+                                      ) from None
+            raise CheckpointError(path, f"is truncated or damaged ({_weights_only_reason(text)}); download it again"
+                                  ) from None
+        except (EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+                zipfile.BadZipFile, OSError) as error:
+            reason = _one_line(error) or ("the file ends early" if isinstance(error, EOFError)
+                                          else type(error).__name__)
+            raise CheckpointError(path, f"is truncated or damaged ({reason}); download it again") from None
+    raise CheckpointError(path, f"refused: its pickle names more than {_MAX_STAND_INS} different configuration "
+                                "classes; nothing from the file was run")
