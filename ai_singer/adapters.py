@@ -3,10 +3,13 @@
 Methods (``PeftSettings.method``):
 
 * ``lora`` / ``dora``: peft's LoRA (``B`` starts at zero, so a fresh adapter reproduces the base
-  exactly; scaling ``alpha / r``) or DoRA (LoRA plus a learned per-channel magnitude), injected with
-  ``peft.inject_adapter_in_model`` into the ``Conv1d``/``Linear`` modules matched by
-  ``target_modules``. ``ConvTranspose1d`` is not supported by peft and is skipped (logged); grouped
-  convs (``groups > 1``) are skipped too, since peft cannot merge them. peft builds the LoRA ``A``
+  exactly; scaling ``alpha / r``, per module ``alpha / rank_pattern[module]`` where one matches) or DoRA
+  (LoRA plus a learned per-channel magnitude), injected with ``peft.inject_adapter_in_model`` into the
+  ``Conv1d``/``Linear``/``Embedding`` modules matched by ``target_modules``. ``ConvTranspose1d`` is not
+  supported by peft and is skipped (logged); grouped convs (``groups > 1``) are skipped too, since peft
+  cannot merge them. ``full_parameters`` names base parameters that train (and are saved) whole beside
+  the adapter (peft's ``modules_to_save``, per parameter): what LoRA cannot hold, e.g. a norm or a
+  ``ConvTranspose1d``. peft builds the LoRA ``A``
   conv without the base conv's dilation and padding mode; :func:`prepare_for_finetune` copies both
   onto it, so dilated convs (WaveNet, HiFi-GAN resblocks) are adapted correctly.
 * ``ia3``: (IA)^3, a learned per-output-channel scale (initialised to 1). peft provides it for
@@ -50,7 +53,8 @@ PEFT_METHODS = ("lora", "dora", "ia3", "bitfit", "freeze", "full")
 PEFT_LIBRARY_METHODS = ("lora", "dora", "ia3")
 ADAPTER_NAME = "default"
 #: Parameter-name segments that belong to an injected adapter (peft's LoRA/DoRA/IA3 and IA3Conv1d).
-ADAPTER_PARAMETER_SEGMENTS = ("lora_A", "lora_B", "lora_magnitude_vector", "ia3_l")
+ADAPTER_PARAMETER_SEGMENTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+                              "ia3_l")
 _PREPARED_ATTR = "_ai_singer_peft"
 
 
@@ -62,18 +66,23 @@ class PeftSettings:
     a stored ``adapter.yaml`` give every field).
 
     ``r``, ``alpha``, ``dropout``: LoRA/DoRA rank, scaling numerator (scaling = alpha / r) and dropout
-    on the adapter input. ``target_modules``: patterns of the Conv1d/Linear modules lora/dora/ia3
-    adapt. ``bias``: ``"none"`` or ``"all"`` (lora/dora/ia3 also train every bias).
-    ``freeze_blocks`` / ``freeze_last_n``: for ``freeze``, the last N modules matched by each
-    pattern train. Settings a method does not use are ignored.
+    on the adapter input. ``rank_pattern``: {module pattern: rank} for modules whose rank is not ``r``
+    (peft's ``rank_pattern``; their scaling is ``alpha / rank``). ``target_modules``: patterns of the
+    modules lora/dora/ia3 adapt (Conv1d/Linear; lora/dora also Embedding); an empty list adapts none.
+    ``bias``: ``"none"`` or ``"all"`` (lora/dora/ia3 also train every bias). ``full_parameters``: patterns
+    of parameter names, as in the base's state dict (without peft's ``base_layer``), that lora/dora/ia3
+    also train whole. ``freeze_blocks`` / ``freeze_last_n``: for ``freeze``, the last N modules matched
+    by each pattern train. Settings a method does not use are ignored.
     """
 
     method: str
     r: int
     alpha: float
     dropout: float
+    rank_pattern: dict[str, int]
     target_modules: list[str]
     bias: str
+    full_parameters: list[str]
     freeze_blocks: list[str]
     freeze_last_n: int
 
@@ -89,8 +98,13 @@ class PeftSettings:
         if self.method == "freeze" and int(self.freeze_last_n) < 1:
             raise ValueError(f"peft.freeze_last_n must be >= 1, not {self.freeze_last_n}")
         self.target_modules = [str(p) for p in self.target_modules]
+        self.full_parameters = [str(p) for p in self.full_parameters]
         self.freeze_blocks = [str(p) for p in self.freeze_blocks]
-        for pattern in [*self.target_modules, *self.freeze_blocks]:
+        self.rank_pattern = {str(k): int(v) for k, v in dict(self.rank_pattern).items()}
+        bad_ranks = {k: v for k, v in self.rank_pattern.items() if v < 1}
+        if bad_ranks:
+            raise ValueError(f"peft.rank_pattern ranks must be >= 1, not {bad_ranks}")
+        for pattern in [*self.target_modules, *self.full_parameters, *self.freeze_blocks, *self.rank_pattern]:
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -112,6 +126,10 @@ def as_peft_settings(settings: PeftSettings | Mapping[str, Any]) -> PeftSettings
         if isinstance(settings, PeftSettings):
             return settings
     data = dict(settings)
+    # adapter.yaml files written before these settings existed adapted no module with another rank and trained
+    # no whole parameter beside the adapter: their absence means exactly that
+    data.setdefault("rank_pattern", {})
+    data.setdefault("full_parameters", [])
     known = {f.name for f in fields(PeftSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -212,8 +230,11 @@ def _is_bias(name: str) -> bool:
 
 
 def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
-    """Names of the modules the peft-style method adapts (matched and of a supported type)."""
-    supported: tuple[type, ...] = (nn.Linear, nn.Conv1d)
+    """Names of the modules the peft-style method adapts (matched and of a supported type). An empty
+    ``target_modules`` adapts none; patterns that match no supported module are an error."""
+    supported: tuple[type, ...] = (nn.Linear, nn.Conv1d) + ((nn.Embedding,) if settings.method != "ia3" else ())
+    if not settings.target_modules:
+        return []
     chosen, skipped = [], []
     for name, module in model.named_modules():
         if not name or not name_matches(name, settings.target_modules):
@@ -228,9 +249,10 @@ def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
     if skipped:
         log.info("peft %s: skipping %d matched module(s): %s", settings.method, len(skipped), "; ".join(skipped))
     if not chosen:
+        kinds = "Conv1d/Linear" + ("/Embedding" if nn.Embedding in supported else "")
         candidates = [n for n, m in model.named_modules() if isinstance(m, supported)
                       and not isinstance(m, nn.ConvTranspose1d)]
-        raise ValueError(f"peft.target_modules {settings.target_modules} match no Conv1d/Linear module of "
+        raise ValueError(f"peft.target_modules {settings.target_modules} match no {kinds} module of "
                          f"{type(model).__name__}; candidates include: {', '.join(candidates[:12])}"
                          + (" ..." if len(candidates) > 12 else ""))
     return chosen
@@ -239,7 +261,10 @@ def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
 def _inject_lora(model: nn.Module, settings: PeftSettings, targets: list[str]) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
+    if not targets:
+        return
     config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha), lora_dropout=float(settings.dropout),
+                        rank_pattern=dict(settings.rank_pattern),
                         target_modules="(?:" + "|".join(re.escape(t) for t in targets) + ")",
                         use_dora=settings.method == "dora", bias="none", init_lora_weights=True)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
@@ -268,6 +293,12 @@ def _inject_ia3(model: nn.Module, settings: PeftSettings, targets: list[str]) ->
         setattr(parent, child, IA3Conv1d(getattr(parent, child)))
 
 
+def base_parameter_name(name: str) -> str:
+    """``name`` as in the base's state dict: peft's ``.base_layer`` segments removed
+    (``decoder.input_conv.base_layer.bias`` -> ``decoder.input_conv.bias``)."""
+    return ".".join(part for part in name.split(".") if part != "base_layer")
+
+
 def _freeze_block_names(model: nn.Module, settings: PeftSettings) -> list[str]:
     chosen = []
     for pattern in settings.freeze_blocks:
@@ -282,7 +313,8 @@ def _trainable_names(model: nn.Module, settings: PeftSettings) -> list[str]:
     """Parameter names the method trains, in ``named_parameters`` order (model already injected)."""
     names = [name for name, _ in model.named_parameters()]
     if settings.method in PEFT_LIBRARY_METHODS:
-        chosen = [n for n in names if _is_adapter_parameter(n) or (settings.bias == "all" and _is_bias(n))]
+        chosen = [n for n in names if _is_adapter_parameter(n) or (settings.bias == "all" and _is_bias(n))
+                  or (not _is_adapter_parameter(n) and name_matches(base_parameter_name(n), settings.full_parameters))]
     elif settings.method == "bitfit":
         chosen = [n for n in names if _is_bias(n)]
         if not chosen:

@@ -144,7 +144,8 @@ def _save_safetensors(path: Path, state: Mapping[str, torch.Tensor], metadata: d
         save_file(tensors, str(tmp), metadata={"ai_singer": json.dumps(metadata, sort_keys=True)})
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on CPU; :class:`ArtifactError` naming it when it is not one."""
     from safetensors.torch import load_file
 
     try:
@@ -320,8 +321,8 @@ def load_base(directory: str | os.PathLike, with_discriminator: bool = False) ->
     _weights_dtype(str(config.get("weights_dtype", "float32")), directory / BASE_CONFIG_FILE)
     # Stored in float16/bfloat16 to save space: the modules are float32, so give float32 back (exact for
     # both; every consumer then loads, merges and compares weights as before).
-    generator_state = _cast_floating(_load_safetensors(generator_path), torch.float32)
-    discriminator_state = (_cast_floating(_load_safetensors(directory / BASE_DISCRIMINATOR_FILE), torch.float32)
+    generator_state = _cast_floating(load_safetensors(generator_path), torch.float32)
+    discriminator_state = (_cast_floating(load_safetensors(directory / BASE_DISCRIMINATOR_FILE), torch.float32)
                            if with_discriminator else None)
     return BaseArtifact(path=directory, config=config, generator_state=generator_state,
                         discriminator_state=discriminator_state, sha256=actual)
@@ -382,7 +383,7 @@ def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
     _check_header(directory / ADAPTER_CONFIG_FILE, config, "adapter")
     if not config.get("base_sha256"):
         raise ArtifactError(directory / ADAPTER_CONFIG_FILE, "no base_sha256 recorded; cannot tell which base it needs")
-    return AdapterArtifact(path=directory, config=config, tensors=_load_safetensors(directory / ADAPTER_TENSORS_FILE))
+    return AdapterArtifact(path=directory, config=config, tensors=load_safetensors(directory / ADAPTER_TENSORS_FILE))
 
 
 def convert_base_dtype(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, dtype: str) -> Path:

@@ -3,6 +3,7 @@
     ai-singer preprocess [hydra overrides ...]    = python -m ai_singer.preprocess ...
     ai-singer train      [hydra overrides ...]    = python -m ai_singer.train ...
     ai-singer convert    [hydra overrides ...]    = python -m ai_singer.infer ...
+    ai-singer extract-adapter [hydra overrides ...] = python -m ai_singer.extract ...
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
     ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
@@ -24,6 +25,8 @@ HYDRA_STAGES = {
     "preprocess": ("ai_singer.preprocess", "decode, slice, normalise and extract features of raw recordings"),
     "train": ("ai_singer.train", "pretrain a base (mode=pretrain) or fine-tune a singer adapter (mode=finetune)"),
     "convert": ("ai_singer.infer", "convert songs to a singer's voice and remix them (songs=PATH singer=NAME)"),
+    "extract-adapter": ("ai_singer.extract", "turn a full fine-tuned singer model into a LoRA adapter on its base "
+                                             "(base=DIR full=PATH out=singers/NAME rank=16)"),
 }
 
 

@@ -38,11 +38,13 @@ def conf_dir() -> str:
 
 
 #: The command name each config's errors are reported under (``ai-singer convert`` runs ``infer``).
-STAGE_NAMES = {"infer": "convert"}
+STAGE_NAMES = {"infer": "convert", "extract": "extract-adapter"}
 
 
 def output_folders(config_name: str, cfg: Any) -> list[tuple[str, str]]:
     """The folders (setting, path) a stage writes to, Hydra's log folder included (it lives inside them)."""
+    if config_name == "extract":
+        return [("out", str(cfg.out))]
     paths = cfg.paths
     if config_name == "infer":
         return [("paths.output", str(paths.output))]

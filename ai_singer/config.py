@@ -21,6 +21,7 @@ BUILDERS = {
     "preprocess": ("ai_singer.preprocess", "settings_from_config"),
     "infer": ("ai_singer.infer", "settings_from_config"),
     "train": ("ai_singer.train", "typed_config"),
+    "extract": ("ai_singer.extract", "settings_from_config"),
 }
 
 
