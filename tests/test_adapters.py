@@ -317,3 +317,28 @@ def test_lora_merge_on_a_weight_normed_model_without_its_own_removal_method():
         unmerged = model(x)
         merge_adapters(model)
         assert torch.allclose(model(x), unmerged, atol=1e-5)
+
+
+def test_lora_with_embedding_targets_rank_pattern_and_whole_parameters_round_trips(tmp_path):
+    x, ids = toy_inputs()
+    peft = settings("lora", target_modules=["embed", "pre", r"blocks\.\d+"], rank_pattern={r"blocks\.1": 2},
+                    full_parameters=[r"up\.weight", r"blocks\.0\.bias"])
+    model = toy()
+    trainable = prepare_for_finetune(model, peft)
+    assert {"embed.lora_embedding_A.default", "up.weight", "blocks.0.base_layer.bias"} <= set(trainable)
+    assert model.blocks[1].lora_A["default"].weight.shape[0] == 2 and model.blocks[2].lora_A["default"].weight.shape[0] == 4
+    train_a_little(model, trainable)
+    expected = model(x, ids)
+    fresh = toy()
+    load_adapter_state(fresh, peft, adapter_state_dict(model))
+    assert torch.allclose(fresh(x, ids), expected, atol=1e-6)
+    merge_adapters(fresh)
+    assert torch.allclose(fresh(x, ids), expected, atol=1e-5)
+
+
+def test_adapter_yaml_written_before_rank_pattern_and_full_parameters_still_loads():
+    from ai_singer.adapters import as_peft_settings
+
+    old = {k: v for k, v in conf_group("peft", "lora").items() if k not in ("rank_pattern", "full_parameters")}
+    loaded = as_peft_settings(old)
+    assert loaded.rank_pattern == {} and loaded.full_parameters == [] and loaded == conf_peft("lora")

@@ -1,0 +1,164 @@
+"""How much of a full fine-tune an extracted LoRA adapter keeps: error vs rank and adapter size.
+
+    .venv/bin/python tools/bench_extract.py --base pretrain/synth-small --full singers/<name>-full \\
+        [--ranks 4 8 16 32 64] [--energies 0.5 0.8 0.9] [--vocal data/examples/song01/vocals.flac] [--write]
+
+For each rank (and each retained-energy target, ranks capped at the largest of ``--ranks``) the full model is
+extracted with ``ai_singer.extract.extract_adapter`` into a temporary singers folder, and the same vocal is
+converted through the full model (loaded by ``convert`` as the ``peft=full`` adapter it is) and through the
+extracted adapter, with the same settings and no sampling noise (``noise_scale=0``, ``f0.method=dio``). Reported:
+
+* the relative L2 error of the kept weight difference, ``||dW - kept|| / ||dW||``, over all parameters and over
+  those conversion runs (prior encoder, flow, decoder: the posterior encoder is training-only);
+* the converted waveform's relative L2 difference from the full model's, and the mean absolute log-mel
+  difference (dB, 80 mels); the first row, ``base + singer vector``, is the base with the full model's singer
+  vector and nothing else: the difference the adapter has to close;
+* the size of ``adapter.safetensors`` (float32; at ``--fp16-rank`` also float16, and float16 without the
+  posterior encoder, which conversion never runs: ``drop=['posterior_encoder\\..*']``).
+
+``--write`` replaces the "Full model -> adapter" section of BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ai_singer import checkpoint as ckpt  # noqa: E402
+from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
+
+SECTION = "Full model -> adapter"
+N_MELS = 80
+
+
+def log_mel_db(wav: np.ndarray, sr: int) -> torch.Tensor:
+    """[n_mels, frames] 20*log10 of the mel magnitude (floored at 1e-5)."""
+    from ai_singer.features.spectrogram import mel_spectrogram
+
+    mel = mel_spectrogram(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], sr, 2048, 512, 2048,
+                          N_MELS)
+    return 20 * torch.log10(mel.clamp_min(1e-5))[0]
+
+
+def compare(output: np.ndarray, reference: np.ndarray, sr: int) -> tuple[float, float]:
+    """(relative L2 of the waveform difference, mean |log-mel difference| in dB)."""
+    n = min(len(output), len(reference))
+    a, b = output[:n].astype(np.float64), reference[:n].astype(np.float64)
+    wave = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+    return wave, float((log_mel_db(a, sr) - log_mel_db(b, sr)).abs().mean())
+
+
+def inference_error(extraction) -> float:
+    """Relative error of the kept difference over the parameters conversion runs (no posterior encoder)."""
+    used = [layer for layer in extraction.layers if not layer.name.startswith("posterior_encoder.")]
+    total = math.sqrt(sum(layer.delta ** 2 for layer in used))
+    return math.sqrt(sum(layer.error ** 2 for layer in used)) / total if total > 0 else 0.0
+
+
+def base_only(base_dir: Path, full_dir: Path, out: Path) -> None:
+    """An adapter that holds the full model's singer vector and nothing else (the base's own weights)."""
+    from ai_singer.config import conf_group
+    from ai_singer.full_model import base_model, load_full
+    from ai_singer.lora_svd import ExtractSettings, extract, plain_parameters
+
+    base = ckpt.load_base(base_dir)
+    model = base_model(base)
+    full = load_full(full_dir, base, plain_parameters(model))
+    extraction = extract(model, plain_parameters(model), full.singer_vector,
+                         ExtractSettings(rank=1, energy=None, drop=[], dtype="float32"), conf_group("peft", "lora"))
+    ckpt.save_adapter(out, extraction.tensors, {"method": "lora", "peft": extraction.peft.to_dict(),
+                                                "base_sha256": base.sha256, "singer": out.name})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
+    parser.add_argument("--full", type=Path, required=True, help="the full model (a peft=full adapter folder)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--energies", type=float, nargs="*", default=[0.5, 0.8, 0.9])
+    parser.add_argument("--fp16-rank", type=int, default=16, help="also store this rank in float16")
+    parser.add_argument("--vocal", type=Path, default=REPO / "data" / "examples" / "song01" / "vocals.flac")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="a line on how the full model was made (BENCHMARKS.md)")
+    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from ai_singer.audio import load_audio, to_mono
+    from ai_singer.config import load_settings
+    from ai_singer.convert import Converter
+    from ai_singer.extract import extract_adapter
+    from ai_singer.lora_svd import ExtractSettings
+
+    audio, sr = load_audio(args.vocal)
+    mono = to_mono(audio)
+    variants: list[tuple[str, ExtractSettings]] = [
+        (f"r={r}", ExtractSettings(rank=r, energy=None, drop=[], dtype="float32")) for r in args.ranks]
+    variants += [(f"energy {e:g} (r<={max(args.ranks)})", ExtractSettings(rank=max(args.ranks), energy=e, drop=[],
+                                                                          dtype="float32")) for e in args.energies]
+    if args.fp16_rank:
+        variants.append((f"r={args.fp16_rank}, float16", ExtractSettings(rank=args.fp16_rank, energy=None, drop=[],
+                                                                         dtype="float16")))
+        variants.append((f"r={args.fp16_rank}, float16, no posterior encoder",
+                         ExtractSettings(rank=args.fp16_rank, energy=None, drop=[r"posterior_encoder\..*"],
+                                         dtype="float16")))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        singers = Path(tmp) / "singers"
+        singers.mkdir()
+        (singers / "full").symlink_to(args.full.resolve())
+        base_only(args.base, args.full, singers / "base-only")
+        extractions = {}
+        for index, (label, settings) in enumerate(variants):
+            started = time.perf_counter()
+            _, extraction = extract_adapter(args.base, args.full, singers / f"v{index}", settings)
+            extractions[f"v{index}"] = (label, extraction, time.perf_counter() - started)
+        converter = Converter(args.base, None, load_settings("infer", ["noise_scale=0", "f0.method=dio"]), singers,
+                              device="cpu")
+        reference = converter.convert_vocal(mono, sr, "full").audio
+        out_sr = converter.sample_rate
+        wave, mel = compare(converter.convert_vocal(mono, sr, "base-only").audio, reference, out_sr)
+        full_mb = (args.full / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
+        rows.append(("base + singer vector", "-", "1", "1", f"{wave:.4f}", f"{mel:.3f}",
+                     f"{(singers / 'base-only' / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6:.3f}", "-"))
+        for name, (label, extraction, seconds) in extractions.items():
+            wave, mel = compare(converter.convert_vocal(mono, sr, name).audio, reference, out_sr)
+            summary = extraction.summary()
+            ranks = (f"{summary['rank_min']}-{summary['rank_max']}" if summary["rank_min"] != summary["rank_max"]
+                     else str(summary["rank_max"]))
+            megabytes = (singers / name / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
+            rows.append((label, ranks, f"{extraction.relative_error():.4f}", f"{inference_error(extraction):.4f}",
+                         f"{wave:.4f}", f"{mel:.3f}", f"{megabytes:.3f}", f"{seconds:.1f}"))
+            print(" | ".join(rows[-1]), flush=True)
+    header = ("| adapter | LoRA ranks | weight error (all) | weight error (conversion) | waveform rel. L2 vs full "
+              "| log-mel L1 vs full (dB) | adapter MB | extract s |\n|---|---|---|---|---|---|---|---|")
+    table = header + "\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    base = ckpt.load_base(args.base)
+    body = (f"`tools/bench_extract.py` ({datetime.date.today().isoformat()}; {machine_description(args.threads)}). "
+            f"Base `{args.base.name}` ({sum(t.numel() for t in base.generator_state.values()):,} generator numbers); "
+            f"full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). {args.note}\n\n"
+            f"The same vocal (`{args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal}`, "
+            f"{len(mono) / sr:.1f} s) converted through the full model and through each extracted adapter "
+            "(noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` over every parameter, and over the "
+            "prior encoder, flow and decoder only (what conversion runs). Biases, norms, relative-position tables "
+            "and ConvTranspose1d weights are stored whole, so the error is the LoRA layers' truncation.\n\n"
+            + table + "\n")
+    print(table)
+    if args.write:
+        replace_section(REPO / "BENCHMARKS.md", SECTION, body)
+        print(f"wrote the '{SECTION}' section of BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
