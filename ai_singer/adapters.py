@@ -5,9 +5,9 @@ Methods (``PeftSettings.method``):
 * ``lora`` / ``dora``: peft's LoRA (``B`` starts at zero, so a fresh adapter reproduces the base
   exactly; scaling ``alpha / r``, per module ``alpha / rank_pattern[module]`` where one matches) or DoRA
   (LoRA plus a learned per-channel magnitude), injected with ``peft.inject_adapter_in_model`` into the
-  ``Conv1d``/``Linear``/``Embedding`` modules matched by ``target_modules``. ``ConvTranspose1d`` is not
-  supported by peft and is skipped (logged); grouped convs (``groups > 1``) are skipped too, since peft
-  cannot merge them. ``full_parameters`` names base parameters that train (and are saved) whole beside
+  ``Conv1d``/``Linear``/``Embedding`` modules matched by ``target_modules``. peft has no LoRA for
+  ``ConvTranspose1d``: :class:`LoraConvTranspose1d` here does it for ``lora`` (the same parameter names);
+  ``dora`` skips them (logged). Grouped convs (``groups > 1``) are skipped, since peft cannot merge them. ``full_parameters`` names base parameters that train (and are saved) whole beside
   the adapter (peft's ``modules_to_save``, per parameter): what LoRA cannot hold, e.g. a norm or a
   ``ConvTranspose1d``. peft builds the LoRA ``A``
   conv without the base conv's dilation and padding mode; :func:`prepare_for_finetune` copies both
@@ -204,6 +204,55 @@ class IA3Conv1d(nn.Module):
             self.base_layer.bias.mul_(scale.to(self.base_layer.bias.dtype))
 
 
+class LoraConvTranspose1d(nn.Module):
+    """LoRA on a ``ConvTranspose1d`` (peft has none): ``base_layer(x) + lora_B(lora_A(dropout(x))) * scaling``.
+
+    ``lora_A``: a ``ConvTranspose1d`` ``in -> r`` with the base's kernel, stride, padding, output padding and
+    dilation, no bias (parameter ``lora_A.default.weight`` ``[in, r, k]``); ``lora_B``: a 1x1 ``Conv1d``
+    ``r -> out``, no bias (``lora_B.default.weight`` ``[out, r, 1]``), initialised to zero, so a fresh adapter
+    reproduces the base. Merged: ``W[i, o, k] += scaling * sum_r A[i, r, k] B[o, r]``. ``scaling = alpha / r``.
+    ``[B, C_in, T] -> [B, C_out, T']`` like the base layer.
+    """
+
+    def __init__(self, base_layer: nn.ConvTranspose1d, r: int, alpha: float, dropout: float,
+                 adapter_name: str = ADAPTER_NAME):
+        super().__init__()
+        if base_layer.groups != 1:
+            raise ValueError(f"LoraConvTranspose1d needs groups=1, not {base_layer.groups}")
+        weight = base_layer.weight
+        self.base_layer = base_layer
+        self.adapter_name = adapter_name
+        lora_a = nn.ConvTranspose1d(base_layer.in_channels, r, base_layer.kernel_size, base_layer.stride,
+                                    base_layer.padding, base_layer.output_padding, bias=False,
+                                    dilation=base_layer.dilation, device=weight.device, dtype=weight.dtype)
+        lora_b = nn.Conv1d(r, base_layer.out_channels, 1, bias=False, device=weight.device, dtype=weight.dtype)
+        nn.init.zeros_(lora_b.weight)
+        self.lora_A = nn.ModuleDict({adapter_name: lora_a})
+        self.lora_B = nn.ModuleDict({adapter_name: lora_b})
+        self.scaling = {adapter_name: float(alpha) / int(r)}
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def get_base_layer(self) -> nn.ConvTranspose1d:
+        return self.base_layer
+
+    def delta_weight(self) -> torch.Tensor:
+        """``[in, out, k]``: what :meth:`merge` adds to the base weight."""
+        a = self.lora_A[self.adapter_name].weight
+        b = self.lora_B[self.adapter_name].weight[..., 0]
+        return torch.einsum("irk,or->iok", a, b) * self.scaling[self.adapter_name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lora = self.lora_B[self.adapter_name](self.lora_A[self.adapter_name](self.dropout(x)))
+        return self.base_layer(x) + lora * self.scaling[self.adapter_name]
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = True) -> None:
+        delta = self.delta_weight()
+        if safe_merge and not torch.isfinite(delta).all():
+            raise ValueError("NaNs or infinities in the LoRA of a ConvTranspose1d: the adapter is broken")
+        self.base_layer.weight.add_(delta.to(self.base_layer.weight.dtype))
+
+
 # ----------------------------------------------------------------------------------------- helpers
 
 def _parent_and_child(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -212,7 +261,7 @@ def _parent_and_child(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def _is_adapter_layer(module: nn.Module) -> bool:
-    if isinstance(module, IA3Conv1d):
+    if isinstance(module, (IA3Conv1d, LoraConvTranspose1d)):
         return True
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -232,16 +281,17 @@ def _is_bias(name: str) -> bool:
 def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
     """Names of the modules the peft-style method adapts (matched and of a supported type). An empty
     ``target_modules`` adapts none; patterns that match no supported module are an error."""
-    supported: tuple[type, ...] = (nn.Linear, nn.Conv1d) + ((nn.Embedding,) if settings.method != "ia3" else ())
+    supported: tuple[type, ...] = ((nn.Linear, nn.Conv1d) + ((nn.Embedding,) if settings.method != "ia3" else ())
+                                   + ((nn.ConvTranspose1d,) if settings.method == "lora" else ()))
     if not settings.target_modules:
         return []
     chosen, skipped = [], []
     for name, module in model.named_modules():
         if not name or not name_matches(name, settings.target_modules):
             continue
-        if isinstance(module, supported) and not isinstance(module, nn.ConvTranspose1d):
-            if isinstance(module, nn.Conv1d) and module.groups > 1 and settings.method != "ia3":
-                skipped.append(f"{name} (Conv1d with groups={module.groups}: peft cannot merge it)")
+        if isinstance(module, supported):
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and module.groups > 1 and settings.method != "ia3":
+                skipped.append(f"{name} ({type(module).__name__} with groups={module.groups}: cannot be merged)")
                 continue
             chosen.append(name)
         elif isinstance(module, (nn.ConvTranspose1d, nn.Embedding, nn.Conv2d)):
@@ -249,9 +299,8 @@ def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
     if skipped:
         log.info("peft %s: skipping %d matched module(s): %s", settings.method, len(skipped), "; ".join(skipped))
     if not chosen:
-        kinds = "Conv1d/Linear" + ("/Embedding" if nn.Embedding in supported else "")
-        candidates = [n for n, m in model.named_modules() if isinstance(m, supported)
-                      and not isinstance(m, nn.ConvTranspose1d)]
+        kinds = "/".join(["Conv1d", "Linear"] + [t.__name__ for t in supported[2:]])
+        candidates = [n for n, m in model.named_modules() if isinstance(m, supported)]
         raise ValueError(f"peft.target_modules {settings.target_modules} match no {kinds} module of "
                          f"{type(model).__name__}; candidates include: {', '.join(candidates[:12])}"
                          + (" ..." if len(candidates) > 12 else ""))
@@ -261,13 +310,22 @@ def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
 def _inject_lora(model: nn.Module, settings: PeftSettings, targets: list[str]) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    if not targets:
-        return
-    config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha), lora_dropout=float(settings.dropout),
-                        rank_pattern=dict(settings.rank_pattern),
-                        target_modules="(?:" + "|".join(re.escape(t) for t in targets) + ")",
-                        use_dora=settings.method == "dora", bias="none", init_lora_weights=True)
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    transposed = [t for t in targets if isinstance(model.get_submodule(t), nn.ConvTranspose1d)]
+    targets = [t for t in targets if t not in transposed]
+    if targets:
+        config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha),
+                            lora_dropout=float(settings.dropout),
+                            rank_pattern={pattern: rank for pattern, rank in settings.rank_pattern.items()
+                                          if any(name_matches(t, [pattern]) for t in targets)},
+                            target_modules="(?:" + "|".join(re.escape(t) for t in targets) + ")",
+                            use_dora=settings.method == "dora", bias="none", init_lora_weights=True)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    for name in transposed:  # peft has no ConvTranspose1d LoRA: ours, with peft's rank_pattern semantics
+        rank = next((int(r) for pattern, r in settings.rank_pattern.items() if name_matches(name, [pattern])),
+                    int(settings.r))
+        parent, child = _parent_and_child(model, name)
+        setattr(parent, child, LoraConvTranspose1d(getattr(parent, child), rank, float(settings.alpha),
+                                                   float(settings.dropout)))
     for name in targets:
         layer = model.get_submodule(name)
         base = layer.get_base_layer()

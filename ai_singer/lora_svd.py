@@ -3,13 +3,14 @@
 
 Per layer, with the weight norm of both models baked in, ``dW = W_full - W_base``:
 
-* ``Conv1d`` (``groups == 1``) ``[out, in, k]``, ``Linear`` ``[out, in]`` and ``Embedding`` ``[num, dim]``:
-  ``dW`` as peft's LoRA factors it (``[out, in*k]``: ``lora_B`` is a 1x1 conv after a ``lora_A`` conv of
-  the base's kernel; an embedding's ``(B A)^T``) is cut to its leading singular triplets: a fixed rank
+* ``Conv1d`` (``groups == 1``) ``[out, in, k]``, ``Linear`` ``[out, in]``, ``Embedding`` ``[num, dim]`` and
+  ``ConvTranspose1d`` ``[in, out, k]``: ``dW`` as the LoRA layer factors it (:func:`as_matrix`: ``[out, in*k]``
+  for convs, whose ``lora_B`` is a 1x1 conv after a ``lora_A`` conv of the base's kernel; an embedding's
+  ``(B A)^T``) is cut to its leading singular triplets: a fixed rank
   (``rank``) or the smallest rank keeping ``energy`` of ``||dW||^2`` (at most ``rank``). ``B = U sqrt(S) /
   scaling``, ``A = sqrt(S) V^T``. A layer whose factors would hold as many numbers as ``dW`` itself is stored
   whole instead (exact and no larger).
-* Everything LoRA cannot hold (biases, norms, relative position tables, ``ConvTranspose1d``): stored whole
+* Everything LoRA cannot hold (biases, norms, relative position tables, grouped convs): stored whole
   (``peft.full_parameters``), unless ``drop`` names it; dropped differences are reported with their share.
 * The speaker table is not part of an adapter: the caller gives the singer's vector.
 
@@ -33,8 +34,8 @@ from ai_singer.errors import UserError
 
 SPEAKER_TABLE = "speaker_embedding.weight"
 SINGER_VECTOR = "singer_embedding"
-#: Module types whose weight difference becomes LoRA factors (as peft's LoRA layers hold them).
-LORA_TYPES = (nn.Conv1d, nn.Linear, nn.Embedding)
+#: Module types whose weight difference becomes LoRA factors (peft's LoRA layers; ConvTranspose1d: ours).
+LORA_TYPES = (nn.Conv1d, nn.Linear, nn.Embedding, nn.ConvTranspose1d)
 
 
 class ExtractError(UserError):
@@ -117,18 +118,16 @@ class Extraction:
 
 # ------------------------------------------------------------------------------------------ the math
 
-def lora_shape(module: nn.Module) -> tuple[int, int]:
-    """``(rows, cols)`` of the 2-D matrix peft's LoRA factors a layer's weight difference into ``B [rows, r] @
-    A [r, cols]``: Conv1d ``[out, in*k]``, Linear ``[out, in]``, Embedding ``[dim, num]`` (peft's ``(B A)^T``)."""
-    weight = module.weight
-    if isinstance(module, nn.Embedding):
-        return weight.shape[1], weight.shape[0]
-    return weight.shape[0], weight[0].numel()
-
-
 def as_matrix(module: nn.Module, delta: torch.Tensor) -> torch.Tensor:
-    """A weight difference shaped like ``module.weight`` -> its 2-D form :func:`lora_shape`."""
-    return delta.t() if isinstance(module, nn.Embedding) else delta.reshape(delta.shape[0], -1)
+    """A weight difference shaped like ``module.weight`` -> the 2-D matrix ``[rows, cols]`` its LoRA factors into
+    ``B [rows, r] @ A [r, cols]``: Conv1d ``[out, in, k]`` -> ``[out, in*k]``, Linear ``[out, in]`` as is,
+    Embedding ``[num, dim]`` -> ``[dim, num]`` (peft's ``(B A)^T``), ConvTranspose1d ``[in, out, k]`` ->
+    ``[out, in*k]`` (:class:`ai_singer.adapters.LoraConvTranspose1d`)."""
+    if isinstance(module, nn.Embedding):
+        return delta.t()
+    if isinstance(module, nn.ConvTranspose1d):
+        return delta.transpose(0, 1).reshape(delta.shape[1], -1)
+    return delta.reshape(delta.shape[0], -1)
 
 
 def choose_rank(singular_values: torch.Tensor, rank: int, energy: float | None) -> int:
@@ -193,11 +192,10 @@ def extract(base_model: nn.Module, full_parameters: Mapping[str, torch.Tensor], 
             continue
         owner_name, _, leaf = name.rpartition(".")
         owner = modules.get(owner_name)
-        lora_able = (leaf == "weight" and isinstance(owner, LORA_TYPES)
-                     and not isinstance(owner, nn.ConvTranspose1d) and getattr(owner, "groups", 1) == 1)
-        if lora_able:
-            rows, cols = lora_shape(owner)
-            b, a, residual = truncated_factors(as_matrix(owner, delta), settings.rank, settings.energy)
+        if leaf == "weight" and isinstance(owner, LORA_TYPES) and getattr(owner, "groups", 1) == 1:
+            matrix = as_matrix(owner, delta)
+            rows, cols = matrix.shape
+            b, a, residual = truncated_factors(matrix, settings.rank, settings.energy)
             r = a.shape[0]
             if r * (rows + cols) < rows * cols:
                 lora[owner_name] = (b, a)
@@ -234,8 +232,8 @@ def _peft_settings(lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], whole:
 
 
 def _set_factors(layer: nn.Module, b: torch.Tensor, a: torch.Tensor) -> None:
-    """Write ``B [rows, r]``, ``A [r, cols]`` into a peft LoRA layer so that its merged delta is ``B @ A`` in
-    :func:`lora_shape`'s layout (the layer's ``scaling`` divided out of B)."""
+    """Write ``B [rows, r]``, ``A [r, cols]`` into a LoRA layer so that its merged delta is ``B @ A`` in
+    :func:`as_matrix`'s layout (the layer's ``scaling`` divided out of B)."""
     scaling = float(layer.scaling[ADAPTER_NAME])
     base = layer.get_base_layer()
     b = b / scaling
@@ -244,6 +242,8 @@ def _set_factors(layer: nn.Module, b: torch.Tensor, a: torch.Tensor) -> None:
         layer.lora_embedding_B[ADAPTER_NAME].copy_(b)
         return
     lora_a, lora_b = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+    if isinstance(base, nn.ConvTranspose1d):  # lora_A [in, r, k]: A's columns are (in, k)
+        a = a.reshape(a.shape[0], base.in_channels, -1).transpose(0, 1)
     lora_a.copy_(a.reshape(lora_a.shape))
     lora_b.copy_(b.reshape(lora_b.shape))
 

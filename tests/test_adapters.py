@@ -12,8 +12,9 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from ai_singer import checkpoint as ckpt
-from ai_singer.adapters import (PEFT_METHODS, IA3Conv1d, PeftSettings, adapter_state_dict, load_adapter_state,
-                                merge_adapters, prepare_for_finetune, remove_weight_norm_everywhere)
+from ai_singer.adapters import (PEFT_METHODS, IA3Conv1d, LoraConvTranspose1d, PeftSettings, adapter_state_dict,
+                                load_adapter_state, merge_adapters, prepare_for_finetune,
+                                remove_weight_norm_everywhere)
 from ai_singer.config import conf_file, conf_group
 
 CONF_PEFT = Path(__file__).resolve().parent.parent / "conf" / "peft"
@@ -118,7 +119,8 @@ def test_fresh_lora_reproduces_the_base_exactly():
         assert torch.allclose(model(x, ids), weight_normed(x, ids), atol=1e-6)
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     adapted = {n.split(".lora_")[0] for n in trainable}
-    assert adapted == {"pre", "blocks.0", "blocks.1", "blocks.2", "proj", "post"}  # not the ConvTranspose1d
+    assert adapted == {"pre", "blocks.0", "blocks.1", "blocks.2", "up", "proj", "post"}
+    assert isinstance(model.up, LoraConvTranspose1d)  # peft has no ConvTranspose1d LoRA: ours
     # peft builds lora_A without dilation; the adapter path must follow the dilated base conv
     assert model.blocks[2].lora_A["default"].dilation == (3,)
 
@@ -197,6 +199,9 @@ def test_each_method_trains_what_it_says():
         sizes[method] = sum(t.numel() for t in adapter_state_dict(model).values())
         if method == "dora":
             assert any("lora_magnitude_vector" in n for n in trainable)
+            assert not any(n.startswith("up.") for n in trainable)  # no DoRA for ConvTranspose1d
+        if method == "lora":
+            assert {"up.lora_A.default.weight", "up.lora_B.default.weight"} <= set(trainable)
         if method == "ia3":
             assert sorted(trainable) == sorted(f"{m}.ia3_l.default" for m in
                                                ["pre", "blocks.0", "blocks.1", "blocks.2", "proj", "post"])
@@ -209,7 +214,7 @@ def test_each_method_trains_what_it_says():
         if method == "full":
             assert set(trainable) == {n for n, _ in model.named_parameters()}
     full = sizes["full"]
-    assert sizes["ia3"] < sizes["bitfit"] < full and sizes["lora"] < full and sizes["dora"] > sizes["lora"]
+    assert sizes["ia3"] < sizes["bitfit"] < full and sizes["lora"] < full and sizes["dora"] < full
 
 
 def test_strict_adapter_loading_names_the_problem():
@@ -342,3 +347,20 @@ def test_adapter_yaml_written_before_rank_pattern_and_full_parameters_still_load
     old = {k: v for k, v in conf_group("peft", "lora").items() if k not in ("rank_pattern", "full_parameters")}
     loaded = as_peft_settings(old)
     assert loaded.rank_pattern == {} and loaded.full_parameters == [] and loaded == conf_peft("lora")
+
+
+def test_convtranspose_lora_merge_is_the_weight_delta_and_keeps_the_length():
+    torch.manual_seed(0)
+    base = nn.ConvTranspose1d(6, 4, 8, stride=4, padding=2)
+    layer = LoraConvTranspose1d(base, r=3, alpha=6.0, dropout=0.0)
+    x = torch.randn(2, 6, 9)
+    with torch.no_grad():
+        assert torch.equal(layer(x), base(x))  # B = 0
+        layer.lora_B["default"].weight.normal_()
+        expected = layer(x)
+        plain = nn.ConvTranspose1d(6, 4, 8, stride=4, padding=2)
+        plain.load_state_dict(base.state_dict())
+        plain.weight.add_(layer.delta_weight())
+        assert torch.allclose(plain(x), expected, atol=1e-5) and expected.shape == base(x).shape
+        layer.merge()
+        assert torch.allclose(base(x), expected, atol=1e-5)

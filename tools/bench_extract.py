@@ -80,20 +80,44 @@ def base_only(base_dir: Path, full_dir: Path, out: Path) -> None:
                                                 "base_sha256": base.sha256, "singer": out.name})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
-    parser.add_argument("--full", type=Path, required=True, help="the full model (a peft=full adapter folder)")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--energies", type=float, nargs="*", default=[0.5, 0.8, 0.9])
-    parser.add_argument("--fp16-rank", type=int, default=16, help="also store this rank in float16")
-    parser.add_argument("--vocal", type=Path, default=REPO / "data" / "examples" / "song01" / "vocals.flac")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--note", default="", help="a line on how the full model was made (BENCHMARKS.md)")
-    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def size_table(model_option: str, ranks: list[int]) -> str:
+    """Adapter sizes at each rank for the ``conf/model/<model_option>.yaml`` architecture (random weights and a
+    random full-rank difference: the sizes depend on the shapes only, so no trained model is needed)."""
+    from safetensors.torch import save_file
 
+    from ai_singer.config import load_settings
+    from ai_singer.extract import extract_adapter
+    from ai_singer.lora_svd import ExtractSettings
+    from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
+
+    torch.manual_seed(0)
+    config = load_settings("train", [f"model={model_option}"]).model.to_dict()
+    model = SingerVAE(SingerVAEConfig.from_dict({**config, "content_dim": 768}))
+    model.remove_weight_norm()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir = ckpt.save_base(Path(tmp) / "base", model.state_dict(), None, {
+            "model": model.config.to_dict(), "content_encoder": {"name": "hubert", "dim": 768},
+            "sample_rate": model.config.sample_rate, "hop_length": model.config.hop_length, "speakers": ["a"]})
+        generator = torch.Generator().manual_seed(1)
+        full = {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
+        full["singer_embedding"] = torch.randn(model.config.gin_channels, generator=generator)
+        save_file(full, str(Path(tmp) / "full.safetensors"))
+        full_mb = (Path(tmp) / "full.safetensors").stat().st_size / 1e6
+        for rank in ranks:
+            sizes = []
+            for dtype, drop in (("float32", []), ("float16", [r"posterior_encoder\..*"])):
+                out, _ = extract_adapter(base_dir, Path(tmp) / "full.safetensors", Path(tmp) / f"r{rank}{dtype}{len(drop)}",
+                                         ExtractSettings(rank=rank, energy=None, drop=drop, dtype=dtype))
+                sizes.append(f"{(out / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6:.2f}")
+            rows.append(f"| {rank} | " + " | ".join(sizes) + " |")
+    return (f"Adapter size (MB) for the `model={model_option}` architecture with a 768-dim content encoder (so-vits-svc "
+            f"4.x's size; the generator alone is {full_mb:.1f} MB in float32):\n\n"
+            "| rank | float32 | float16, no posterior encoder |\n|---|---|---|\n" + "\n".join(rows))
+
+
+def error_table(args: argparse.Namespace) -> tuple[str, str]:
+    """(intro, markdown table) of the error vs rank on ``args.full``."""
     from ai_singer.audio import load_audio, to_mono
     from ai_singer.config import load_settings
     from ai_singer.convert import Converter
@@ -128,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         reference = converter.convert_vocal(mono, sr, "full").audio
         out_sr = converter.sample_rate
         wave, mel = compare(converter.convert_vocal(mono, sr, "base-only").audio, reference, out_sr)
-        full_mb = (args.full / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
         rows.append(("base + singer vector", "-", "1", "1", f"{wave:.4f}", f"{mel:.3f}",
                      f"{(singers / 'base-only' / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6:.3f}", "-"))
         for name, (label, extraction, seconds) in extractions.items():
@@ -143,17 +166,39 @@ def main(argv: list[str] | None = None) -> int:
     header = ("| adapter | LoRA ranks | weight error (all) | weight error (conversion) | waveform rel. L2 vs full "
               "| log-mel L1 vs full (dB) | adapter MB | extract s |\n|---|---|---|---|---|---|---|---|")
     table = header + "\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
-    base = ckpt.load_base(args.base)
-    body = (f"`tools/bench_extract.py` ({datetime.date.today().isoformat()}; {machine_description(args.threads)}). "
-            f"Base `{args.base.name}` ({sum(t.numel() for t in base.generator_state.values()):,} generator numbers); "
-            f"full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). {args.note}\n\n"
-            f"The same vocal (`{args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal}`, "
-            f"{len(mono) / sr:.1f} s) converted through the full model and through each extracted adapter "
-            "(noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` over every parameter, and over the "
-            "prior encoder, flow and decoder only (what conversion runs). Biases, norms, relative-position tables "
-            "and ConvTranspose1d weights are stored whole, so the error is the LoRA layers' truncation.\n\n"
-            + table + "\n")
+    full_mb = (args.full / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
+    vocal = args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal
+    intro = (f"Base `{args.base.name}`; full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). "
+             f"{args.note}\n\nThe same vocal (`{vocal}`, {len(mono) / sr:.1f} s) converted through the full model "
+             "and through each extracted adapter (noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` "
+             "over every parameter, and over the prior encoder, flow and decoder only (what conversion runs). "
+             "Biases, norms and relative-position tables are stored whole, so the error "
+             "is the LoRA layers' truncation (and what `drop` leaves out).")
+    return intro, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
+    parser.add_argument("--full", type=Path, required=True, help="the full model (a peft=full adapter folder)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--energies", type=float, nargs="*", default=[0.5, 0.8, 0.9])
+    parser.add_argument("--fp16-rank", type=int, default=16, help="also store this rank in float16")
+    parser.add_argument("--vocal", type=Path, default=REPO / "data" / "examples" / "song01" / "vocals.flac")
+    parser.add_argument("--sizes-model", default="base", help="conf/model option whose adapter sizes are tabled "
+                                                               "('' = none)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="a line on how the full model was made (BENCHMARKS.md)")
+    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    intro, table = error_table(args)
     print(table)
+    sizes = size_table(args.sizes_model, args.ranks) if args.sizes_model else ""
+    print(sizes)
+    body = (f"`tools/bench_extract.py` ({datetime.date.today().isoformat()}; {machine_description(args.threads)}). "
+            + intro + "\n\n" + table + "\n\n" + sizes + "\n")
     if args.write:
         replace_section(REPO / "BENCHMARKS.md", SECTION, body)
         print(f"wrote the '{SECTION}' section of BENCHMARKS.md")
