@@ -20,7 +20,10 @@ from ai_singer import checkpoint as ckpt
 from ai_singer.full_model import FullModel, base_model, load_full
 from ai_singer.lora_svd import ExtractError, Extraction, ExtractSettings, extract, plain_parameters
 
-log = logging.getLogger(__name__)
+#: The settings with no default (``???`` in ``conf/extract.yaml``) and what each names.
+REQUIRED = {"base": "the base folder the full model was fine-tuned from",
+            "full": "a peft=full adapter folder, a base-layout folder or a .safetensors generator",
+            "out": "the adapter folder to write, e.g. singers/<name>"}
 
 
 def settings_from_config(cfg: Any) -> ExtractSettings:
@@ -34,7 +37,8 @@ def _check_output(out: Path, full: Path, overwrite: bool) -> None:
     if full.exists() and out.resolve() == full.resolve():
         raise ExtractError(f"out={out}", "is the full model's own folder", "choose another out= folder")
     if (out / ckpt.ADAPTER_CONFIG_FILE).exists() and not overwrite:
-        raise ExtractError(f"out={out}", "already holds an adapter", "overwrite=true replaces it, or choose another out=")
+        raise ExtractError(f"out={out}", "already holds an adapter",
+                           "overwrite=true replaces it, or choose another out=")
 
 
 def extract_adapter(base_dir: str | os.PathLike, full_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -89,7 +93,12 @@ def describe(out: Path, extraction: Extraction) -> str:
 
 def run_cli(cfg: Any) -> int:
     """The command's body; a bad input raises a UserError (reported by the Hydra wrapper, exit code 2)."""
+    from omegaconf import OmegaConf
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for key, what in REQUIRED.items():
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ExtractError(key, f"set {key}=PATH ({what})")
     out, extraction = extract_adapter(cfg.base, cfg.full, cfg.out, settings_from_config(cfg), cfg.speaker,
                                       bool(cfg.overwrite))
     print(describe(out, extraction))

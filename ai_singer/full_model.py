@@ -146,5 +146,6 @@ def _load_full_adapter(path: Path, base: ckpt.BaseArtifact, base_params: Mapping
     from ai_singer import retrieval
 
     return FullModel(path=path, parameters=plain_parameters(model), singer_vector=adapter.tensors[SINGER_VECTOR],
-                     sha256=ckpt.sha256_file(path / ckpt.ADAPTER_TENSORS_FILE), stats=dict(adapter.config.get("stats") or {}),
+                     sha256=ckpt.sha256_file(path / ckpt.ADAPTER_TENSORS_FILE),
+                     stats=dict(adapter.config.get("stats") or {}),
                      steps=adapter.config.get("steps"), retrieval=retrieval.load_index(path))

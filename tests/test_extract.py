@@ -13,12 +13,13 @@ from test_infer import TINY, make_base
 
 from ai_singer import checkpoint as ckpt
 from ai_singer import cli
-from ai_singer.adapters import PeftSettings, adapter_state_dict, load_adapter_state, merge_adapters, prepare_for_finetune
+from ai_singer.adapters import (PeftSettings, adapter_state_dict, load_adapter_state, merge_adapters,
+                                prepare_for_finetune)
 from ai_singer.config import conf_group, load_settings
 from ai_singer.errors import UserError
 from ai_singer.extract import extract_adapter
 from ai_singer.full_model import base_model
-from ai_singer.lora_svd import ExtractSettings, as_matrix, truncated_factors
+from ai_singer.lora_svd import ExtractSettings, truncated_factors
 from ai_singer.model.synthesizer import SingerVAE
 
 
@@ -216,6 +217,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup, tmp_path, hydra
         assert not out.exists()
     code, err = _run([f"base={base_dir}", f"full={full_dir}", f"out={lora}"], capsys)  # would overwrite
     assert code == 2 and "already holds an adapter" in err and "overwrite=true" in err
+    code, err = _run([f"base={base_dir}", f"out={out}"], capsys)
+    assert code == 2 and "full: set full=PATH" in err and not out.exists()
     code, err = _run([f"base={base_dir}", f"full={full_dir}", f"out={out}", "rank=0"], capsys)
     assert code == 2 and "rank=0" in err and not out.exists()
     code, err = _run([f"base={base_dir}", f"full={full_dir}", f"out={out}", "rank=3"], capsys)

@@ -107,12 +107,13 @@ def size_table(model_option: str, ranks: list[int]) -> str:
         for rank in ranks:
             sizes = []
             for dtype, drop in (("float32", []), ("float16", [r"posterior_encoder\..*"])):
-                out, _ = extract_adapter(base_dir, Path(tmp) / "full.safetensors", Path(tmp) / f"r{rank}{dtype}{len(drop)}",
+                out, _ = extract_adapter(base_dir, Path(tmp) / "full.safetensors",
+                                         Path(tmp) / f"r{rank}{dtype}{len(drop)}",
                                          ExtractSettings(rank=rank, energy=None, drop=drop, dtype=dtype))
                 sizes.append(f"{(out / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6:.2f}")
             rows.append(f"| {rank} | " + " | ".join(sizes) + " |")
-    return (f"Adapter size (MB) for the `model={model_option}` architecture with a 768-dim content encoder (so-vits-svc "
-            f"4.x's size; the generator alone is {full_mb:.1f} MB in float32):\n\n"
+    return (f"Adapter size (MB) for the `model={model_option}` architecture with a 768-dim content encoder "
+            f"(so-vits-svc 4.x's size; the generator alone is {full_mb:.1f} MB in float32):\n\n"
             "| rank | float32 | float16, no posterior encoder |\n|---|---|---|\n" + "\n".join(rows))
 
 
