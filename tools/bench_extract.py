@@ -167,15 +167,19 @@ def error_table(args: argparse.Namespace) -> tuple[str, str]:
     header = ("| adapter | LoRA ranks | weight error (all) | weight error (conversion) | waveform rel. L2 vs full "
               "| log-mel L1 vs full (dB) | adapter MB | extract s |\n|---|---|---|---|---|---|---|---|")
     table = header + "\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return intro_text(args, len(mono) / sr), table
+
+
+def intro_text(args: argparse.Namespace, vocal_seconds: float) -> str:
+    """What was measured and how (the section's first paragraphs)."""
     full_mb = (args.full / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
     vocal = args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal
-    intro = (f"Base `{args.base.name}`; full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). "
-             f"{args.note}\n\nThe same vocal (`{vocal}`, {len(mono) / sr:.1f} s) converted through the full model "
-             "and through each extracted adapter (noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` "
-             "over every parameter, and over the prior encoder, flow and decoder only (what conversion runs). "
-             "Biases, norms and relative-position tables are stored whole, so the error "
-             "is the LoRA layers' truncation (and what `drop` leaves out).")
-    return intro, table
+    return (f"Base `{args.base.name}`; full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). "
+            f"{args.note}\n\nThe same vocal (`{vocal}`, {vocal_seconds:.1f} s) converted through the full model "
+            "and through each extracted adapter (noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` "
+            "over every parameter, and over the prior encoder, flow and decoder only (what conversion runs). "
+            "Biases, norms and relative-position tables are stored whole, so the error "
+            "is the LoRA layers' truncation (and what `drop` leaves out).")
 
 
 def main(argv: list[str] | None = None) -> int:
