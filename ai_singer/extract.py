@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_singer import checkpoint as ckpt
+from ai_singer.bundle import locate_path
 from ai_singer.full_model import FullModel, base_model, load_full
 from ai_singer.lora_svd import ExtractError, Extraction, ExtractSettings, extract, plain_parameters
 
@@ -50,7 +51,7 @@ def extract_adapter(base_dir: str | os.PathLike, full_path: str | os.PathLike, o
 
     out, full_path = Path(out_dir), Path(full_path)
     _check_output(out, full_path, overwrite)
-    base = ckpt.load_base(base_dir)
+    base = ckpt.load_base(locate_path(str(base_dir)))  # the user's folder, else the bundled one
     model = base_model(base)
     full = load_full(full_path, base, plain_parameters(model), speaker)
     extraction = extract(model, full.parameters, full.singer_vector, settings, conf_group("peft", "lora"))
