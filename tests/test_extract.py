@@ -187,6 +187,7 @@ def test_safetensors_and_base_layout_inputs_with_a_speaker_table(setup, tmp_path
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()  # only this command's output (a handler left by an earlier test may have written)
     code = cli.main(["extract-adapter", *argv])
     return code, capsys.readouterr().err.strip()
 
