@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,23 +57,6 @@ MAX_TRANSPOSE_SEMITONES = 36.0
 # --------------------------------------------------------------------------------------------------
 # Settings: the values live in conf/infer.yaml and conf/f0 only (settings_from_config builds them)
 # --------------------------------------------------------------------------------------------------
-
-def _conf(*keys: str):
-    """A ``default_factory``: the value at ``keys`` of ``conf/infer.yaml`` (or of ``conf/f0`` for ``("f0", key)``).
-
-    Only :class:`ConvertSettings` and :class:`F0Settings` use it, so that ``ConvertSettings()`` (no arguments)
-    still means conf/'s values for ``tools/eval_real.py``; the stage, the tests and the other tools build
-    their settings from the composed config (:func:`settings_from_config`, ``ai_singer.config.load_settings``).
-    Once eval_real does too, these factories go and every field is required."""
-    def read() -> Any:
-        from ai_singer.config import conf_file, conf_group
-
-        value: Any = conf_group("f0") if keys[0] == "f0" else conf_file("infer")[keys[0]]
-        for key in keys[1:]:
-            value = value[key]
-        return value
-
-    return read
 
 @dataclass
 class ChunkSettings:
@@ -139,9 +122,9 @@ class PitchCorrectionSettings:
 class F0Settings:
     """The ``f0`` config group (``ai_singer.features.pitch.extract_f0``)."""
 
-    method: str = field(default_factory=_conf("f0", "method"))
-    f0_min: float = field(default_factory=_conf("f0", "f0_min"))
-    f0_max: float = field(default_factory=_conf("f0", "f0_max"))
+    method: str
+    f0_min: float
+    f0_max: float
 
     def __post_init__(self) -> None:
         if self.method not in F0_EXTRACTORS:
@@ -171,18 +154,17 @@ class ConvertSettings:
                          produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
     """
 
-    transpose: float | str = field(default_factory=_conf("transpose"))
-    auto_transpose_step: int = field(default_factory=_conf("auto_transpose_step"))
-    noise_scale: float = field(default_factory=_conf("noise_scale"))
-    seed: int = field(default_factory=_conf("seed"))
-    retrieval_ratio: float = field(default_factory=_conf("retrieval_ratio"))
-    retrieval_neighbours: int = field(default_factory=_conf("retrieval_neighbours"))
-    highpass_hz: float = field(default_factory=_conf("highpass_hz"))
-    f0: F0Settings = field(default_factory=F0Settings)
-    pitch_correction: PitchCorrectionSettings = field(
-        default_factory=lambda: _build(PitchCorrectionSettings, _conf("pitch_correction")(), "pitch_correction"))
-    chunk: ChunkSettings = field(default_factory=lambda: _build(ChunkSettings, _conf("chunk")(), "chunk"))
-    mix: MixSettings = field(default_factory=lambda: _build(MixSettings, _conf("mix")(), "mix"))
+    transpose: float | str
+    auto_transpose_step: int
+    noise_scale: float
+    seed: int
+    retrieval_ratio: float
+    retrieval_neighbours: int
+    highpass_hz: float
+    f0: F0Settings
+    pitch_correction: PitchCorrectionSettings
+    chunk: ChunkSettings
+    mix: MixSettings
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.retrieval_ratio) <= 1.0:
@@ -209,7 +191,9 @@ class ConvertSettings:
         """Settings that are valid but probably not what was meant."""
         found = []
         correction = self.pitch_correction
-        as_written = _conf("pitch_correction")()  # conf/'s key and scale: changed ones are meant to do something
+        from ai_singer.config import conf_file
+
+        as_written = conf_file("infer")["pitch_correction"]  # conf/'s key and scale: changed ones mean something
         if correction.strength == 0 and (correction.key, correction.scale) != (as_written["key"], as_written["scale"]):
             found.append(f"pitch_correction.key={correction.key} scale={correction.scale} is set but "
                          "pitch_correction.strength is 0, so no pitch correction is applied (set strength 0..1)")

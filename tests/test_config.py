@@ -15,18 +15,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ai_singer"
 def _settings_classes():
     from ai_singer.adapters import PeftSettings
     from ai_singer.audio import SliceConfig
-    from ai_singer.infer import ChunkSettings, PitchCorrectionSettings
+    from ai_singer.infer import ChunkSettings, ConvertSettings, PitchCorrectionSettings
+    from ai_singer.infer import F0Settings as ConvertF0Settings
     from ai_singer.mix import LimiterSettings, MixSettings
     from ai_singer.model import SingerVAEConfig
     from ai_singer.preprocess import F0Settings, LoudnessSettings, PreprocessSettings, SplitSettings
     from ai_singer.train import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
 
-    return [PeftSettings, SliceConfig, ChunkSettings, PitchCorrectionSettings, LimiterSettings, MixSettings,
-            SingerVAEConfig, F0Settings, LoudnessSettings, PreprocessSettings, SplitSettings, AudioSettings,
-            LossWeights, PathsSettings, TrainConfig, TrainerSettings]
+    return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, ConvertF0Settings, PitchCorrectionSettings,
+            LimiterSettings, MixSettings, SingerVAEConfig, F0Settings, LoudnessSettings, PreprocessSettings,
+            SplitSettings, AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings]
 
 
-@pytest.mark.parametrize("settings_class", _settings_classes(), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("settings_class", _settings_classes(), ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
 def test_a_settings_class_has_no_defaults_of_its_own(settings_class):
     with pytest.raises(TypeError, match="missing"):
         settings_class()

@@ -654,8 +654,6 @@ def prepare(args: argparse.Namespace, corpus: Corpus) -> int:
 # ---------------------------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ai_singer.infer import ConvertSettings, F0Settings
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=Path("data/real"), help="real-voice corpus (voices.json)")
     parser.add_argument("--base", type=Path, default=None, help="base artifact folder (pretrain/<name>); required")
@@ -679,11 +677,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--content-path", default=None, help="content encoder folder (default: the base's record)")
     parser.add_argument("--content-layer", type=int, default=None)
     parser.add_argument("--content-final-proj", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-    parser.add_argument("--f0-method", default=F0Settings().method, help="F0 extractor used by the conversion")
+    parser.add_argument("--f0-method", default=None, help="F0 extractor used by the conversion (default: conf/f0's)")
     parser.add_argument("--eval-f0-method", default="harvest", help="F0 extractor that measures the audio")
-    parser.add_argument("--noise-scale", type=float, default=ConvertSettings().noise_scale)
-    parser.add_argument("--retrieval-ratio", type=float, default=ConvertSettings().retrieval_ratio)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-scale", type=float, default=None, help="default: conf/infer.yaml's")
+    parser.add_argument("--retrieval-ratio", type=float, default=None, help="default: conf/infer.yaml's")
+    parser.add_argument("--seed", type=int, default=None, help="default: conf/infer.yaml's")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (conversion)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch, Whisper and DNSMOS (default 1)")
     parser.add_argument("--runs-dir", type=Path, default=None,
@@ -721,6 +719,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def conversion_settings(args: argparse.Namespace):
+    """The conversion's settings: conf/infer.yaml (and conf/f0) with the options given on the command line;
+    the options left out are filled in from them (the report records what was used)."""
+    from ai_singer.config import load_settings
+
+    given = {"f0.method": args.f0_method, "noise_scale": args.noise_scale, "seed": args.seed,
+             "retrieval_ratio": args.retrieval_ratio}
+    settings = load_settings("infer", [f"{key}={value}" for key, value in given.items() if value is not None])
+    args.f0_method, args.noise_scale = settings.f0.method, settings.noise_scale
+    args.seed, args.retrieval_ratio = settings.seed, settings.retrieval_ratio
+    return settings
+
+
 def select_pairs(args: argparse.Namespace, corpus: Corpus) -> list[tuple[str, str, str | None]]:
     heldout = corpus.heldout
     if args.pairs is None:
@@ -744,7 +755,7 @@ def select_pairs(args: argparse.Namespace, corpus: Corpus) -> list[tuple[str, st
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     import torch
 
-    from ai_singer.infer import ConvertSettings, Converter, F0Settings, InferError
+    from ai_singer.infer import Converter, InferError
 
     log = (lambda *_: None) if args.quiet else (lambda text: print(text, flush=True))
     wall = time.perf_counter()
@@ -756,8 +767,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         raise EvalError(f"{args.base}: no base artifact (config.yaml + generator.safetensors)")
     base_config = read_yaml(args.base / "config.yaml")
     content = content_group(args, base_config)
-    settings = ConvertSettings(f0=F0Settings(method=args.f0_method), noise_scale=args.noise_scale, seed=args.seed,
-                               retrieval_ratio=args.retrieval_ratio)
+    settings = conversion_settings(args)
     timings = Timings()
     started = time.perf_counter()
     try:
