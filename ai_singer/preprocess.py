@@ -6,7 +6,9 @@ Input: ``<raw>/<singer>/**/*.wav|flac|ogg|mp3`` (any rate, channels, depth). For
 slice on silence (streaming), and for each clip read only its range, downmix, resample to the model rate,
 loudness-normalise, trim to ``n_frames * hop``, then F0 (+ voiced mask, gaps interpolated), content
 features (16 kHz encoder aligned to the model frames) and frame volume; write the clip wav and its
-safetensors feature file atomically (formats in ``docs/architecture.md``).
+safetensors feature file atomically (formats in ``docs/architecture.md``). With ``num_workers > 1`` each
+source goes whole to a worker, except sources longer than ``split_seconds``: they are sliced in the main
+process and their clips shared among the workers in pieces (the result is the same).
 
 Resumable: after a source's clips are written, a record ``<processed>/.sources/<key>.json`` stores the
 source's fingerprint, the settings hash and its clips. A re-run skips sources whose record still matches,
@@ -26,7 +28,7 @@ import multiprocessing
 import os
 import re
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -122,6 +124,7 @@ class PreprocessSettings:
     content: ContentSettings
     split: SplitSettings
     num_workers: int
+    split_seconds: float  # with workers, longer sources are sliced first and shared among them in pieces
     min_clip_seconds: float
     min_voiced_fraction: float
     pitch_plots: bool
@@ -130,7 +133,8 @@ class PreprocessSettings:
     exclude_singers: tuple[str, ...]  # singer folders to leave out
 
     def output_hash(self) -> str:
-        """Hash of every setting that changes what is written for a source (not workers, split, plots)."""
+        """Hash of every setting that changes what is written for a source (not workers, split_seconds, the
+        train/val split, plots)."""
         relevant = {
             "pipeline_version": PIPELINE_VERSION,
             "framing": dataclasses.asdict(self.framing),
@@ -205,6 +209,7 @@ def settings_from_config(cfg: Any) -> PreprocessSettings:
         content=ContentSettings(name=str(name), path=str(path), options=content),
         split=_build(SplitSettings, _plain(cfg.split), "split"),
         num_workers=as_int(cfg.num_workers, "num_workers", minimum=0),
+        split_seconds=as_float(cfg.split_seconds, "split_seconds", above=0.0),
         min_clip_seconds=as_float(cfg.min_clip_seconds, "min_clip_seconds", minimum=0.0),
         min_voiced_fraction=_fraction(cfg.min_voiced_fraction, "min_voiced_fraction"),
         pitch_plots=as_bool(cfg.pitch_plots, "pitch_plots"), progress=as_bool(cfg.progress, "progress"),
@@ -360,12 +365,14 @@ def write_clip(audio_path: Path, features_path: Path, clip: ClipFeatures, settin
 
 @dataclass(frozen=True)
 class SourceJob:
-    """A source file to (re)process. ``source`` is relative to ``paths.raw`` (posix separators)."""
+    """A source file to (re)process. ``source`` is relative to ``paths.raw`` (posix separators); ``seconds`` is
+    its duration from the header (0 when unreadable)."""
 
     singer: str
     source: str
     path: Path
     fingerprint: dict
+    seconds: float
     old_files: tuple[str, ...] = ()
 
 
@@ -374,6 +381,81 @@ def _remove_quietly(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _reason(error: Exception) -> str:
+    return error.reason if isinstance(error, AudioError) else str(error)
+
+
+def _new_record(job: SourceJob, settings: PreprocessSettings, encoder_info: Mapping[str, Any]) -> dict:
+    """Forget the source's previous record and clips; return its new record, without clips yet."""
+    processed = settings.processed
+    _remove_quietly(record_path(processed, job.source))
+    for name in job.old_files:
+        _remove_quietly(processed / name)
+    return {"format_version": 1, "source": job.source, "singer": job.singer, "fingerprint": job.fingerprint,
+            "settings_hash": settings.output_hash(), "status": "ok", "reason": None,
+            "content_encoder": dict(encoder_info), "clips": [], "rejected_clips": []}
+
+
+def slice_source(job: SourceJob, settings: PreprocessSettings) -> tuple[int, list[tuple[int, int]]]:
+    """The source's sample rate and its clips' sample ranges ``[(start, stop), ...]`` (one streaming pass over
+    the file). Raises ClipRejected (too short, nothing above the slicer's threshold) or AudioError."""
+    info = audio_info(job.path)
+    if info.seconds < settings.min_clip_seconds:
+        raise ClipRejected(f"too short ({info.seconds:.2f} s < min_clip_seconds {settings.min_clip_seconds} s)")
+    ranges = slice_file(job.path, settings.slicer)
+    if not ranges:
+        raise ClipRejected(f"no sound above the slicer threshold ({settings.slicer.threshold_db} dB) long "
+                           f"enough for a clip: silent, too quiet or too short")
+    return info.sample_rate, ranges
+
+
+def process_ranges(job: SourceJob, settings: PreprocessSettings, encoder, encoder_info: Mapping[str, Any],
+                   sample_rate: int, ranges: Iterable[tuple[int, tuple[int, int]]],
+                   on_progress: Callable[[float], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Process and write the clips ``ranges`` (``(index, (start, stop))``: the clip's index in its source and
+    its samples there) of a source; return their record entries ``(clips, rejected_clips)`` in that order.
+
+    Unusable clips are listed with their reason; an AudioError while writing propagates.
+    ``on_progress(seconds)`` is called after each clip with the seconds of the source it covered."""
+    processed = settings.processed
+    clips, rejected = [], []
+    for index, (start, stop) in ranges:
+        span = {"index": index, "start_s": round(start / sample_rate, 3), "end_s": round(stop / sample_rate, 3)}
+        try:
+            clip = process_clip(job.path, start, stop, settings, encoder)
+        except (ClipRejected, AudioError) as error:
+            rejected.append({**span, "reason": _reason(error)})
+            continue
+        finally:
+            if on_progress is not None:
+                on_progress((stop - start) / sample_rate)
+        stem = clip_id(job.source, index)
+        audio_rel, features_rel = f"{job.singer}/{stem}.wav", f"{job.singer}/{stem}.features.safetensors"
+        write_clip(processed / audio_rel, processed / features_rel, clip, settings, encoder_info)
+        voiced_f0 = clip.f0[clip.voiced.astype(bool)]
+        clips.append({**span, "clip_id": stem, "audio": audio_rel, "features": features_rel,
+                      "n_frames": clip.n_frames,
+                      "seconds": round(clip.n_frames * settings.framing.hop_length / settings.framing.sample_rate, 4),
+                      "f0_median_hz": round(float(np.median(voiced_f0)), 3)})
+    return clips, rejected
+
+
+def _seal_record(record: dict, settings: PreprocessSettings, n_ranges: int = 0,
+                 error: ClipRejected | AudioError | None = None) -> dict:
+    """Finish a source's record and write it (atomically): rejected, its clips removed, when ``error`` is
+    given or none of its ``n_ranges`` clips was usable."""
+    if error is None and not record["clips"]:
+        reasons = sorted({clip["reason"] for clip in record["rejected_clips"]})
+        error = ClipRejected(f"no usable clip ({n_ranges} rejected: {'; '.join(reasons)})")
+    if error is not None:
+        record["status"], record["reason"] = "rejected", _reason(error)
+        for name in _record_files(record):
+            _remove_quietly(settings.processed / name)
+        record["clips"] = []
+    atomic_write_json(record_path(settings.processed, record["source"]), record)
+    return record
 
 
 def process_source(job: SourceJob, settings: PreprocessSettings, encoder,
@@ -386,53 +468,79 @@ def process_source(job: SourceJob, settings: PreprocessSettings, encoder,
     """
     from ai_singer.features.content import describe_encoder
 
-    processed = settings.processed
-    _remove_quietly(record_path(processed, job.source))
-    for name in job.old_files:
-        _remove_quietly(processed / name)
-    record = {"format_version": 1, "source": job.source, "singer": job.singer, "fingerprint": job.fingerprint,
-              "settings_hash": settings.output_hash(), "status": "ok", "reason": None,
-              "content_encoder": describe_encoder(encoder), "clips": [], "rejected_clips": []}
+    record = _new_record(job, settings, describe_encoder(encoder))
     try:
-        info = audio_info(job.path)
-        if info.seconds < settings.min_clip_seconds:
-            raise ClipRejected(f"too short ({info.seconds:.2f} s < min_clip_seconds {settings.min_clip_seconds} s)")
-        ranges = slice_file(job.path, settings.slicer)
-        if not ranges:
-            raise ClipRejected(f"no sound above the slicer threshold ({settings.slicer.threshold_db} dB) long "
-                               f"enough for a clip: silent, too quiet or too short")
-        for index, (start, stop) in enumerate(ranges):
-            span = {"index": index, "start_s": round(start / info.sample_rate, 3),
-                    "end_s": round(stop / info.sample_rate, 3)}
-            try:
-                clip = process_clip(job.path, start, stop, settings, encoder)
-            except (ClipRejected, AudioError) as error:
-                reason = error.reason if isinstance(error, AudioError) else str(error)
-                record["rejected_clips"].append({**span, "reason": reason})
-                continue
-            finally:
-                if on_progress is not None:
-                    on_progress((stop - start) / info.sample_rate)
-            stem = clip_id(job.source, index)
-            audio_rel, features_rel = f"{job.singer}/{stem}.wav", f"{job.singer}/{stem}.features.safetensors"
-            write_clip(processed / audio_rel, processed / features_rel, clip, settings, record["content_encoder"])
-            voiced_f0 = clip.f0[clip.voiced.astype(bool)]
-            record["clips"].append({**span, "clip_id": stem, "audio": audio_rel, "features": features_rel,
-                                    "n_frames": clip.n_frames,
-                                    "seconds": round(clip.n_frames * settings.framing.hop_length
-                                                     / settings.framing.sample_rate, 4),
-                                    "f0_median_hz": round(float(np.median(voiced_f0)), 3)})
-        if not record["clips"]:
-            reasons = sorted({clip["reason"] for clip in record["rejected_clips"]})
-            raise ClipRejected(f"no usable clip ({len(ranges)} rejected: {'; '.join(reasons)})")
+        sample_rate, ranges = slice_source(job, settings)
+        record["clips"], record["rejected_clips"] = process_ranges(
+            job, settings, encoder, record["content_encoder"], sample_rate, enumerate(ranges), on_progress)
     except (ClipRejected, AudioError) as error:
-        record["status"] = "rejected"
-        record["reason"] = error.reason if isinstance(error, AudioError) else str(error)
-        for name in _record_files(record):
-            _remove_quietly(processed / name)
-        record["clips"] = []
-    atomic_write_json(record_path(processed, job.source), record)
-    return record
+        return _seal_record(record, settings, error=error)
+    return _seal_record(record, settings, len(ranges))
+
+
+def _error_outcome(job: SourceJob, error: Exception) -> dict:
+    """What an unexpected error in a source leaves: no record (the source is retried next run)."""
+    return {"source": job.source, "singer": job.singer, "status": "error",
+            "reason": f"unexpected error: {type(error).__name__}: {error}"}
+
+
+def piece_plan(ranges: list[tuple[int, int]], sample_rate: int,
+               seconds: float) -> list[list[tuple[int, tuple[int, int]]]]:
+    """A long source's clips ``ranges`` cut into pieces for the workers: runs of consecutive
+    ``(index, (start, stop))`` of about ``seconds`` of audio each (a piece ends at the first clip that
+    reaches it)."""
+    pieces, current, length = [], [], 0.0
+    for index, (start, stop) in enumerate(ranges):
+        current.append((index, (start, stop)))
+        length += (stop - start) / sample_rate
+        if length >= seconds:
+            pieces.append(current)
+            current, length = [], 0.0
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+class SplitSource:
+    """A long source shared among the workers: sliced here, its pieces processed anywhere, and its record
+    written when every piece is back, exactly as :func:`process_source` would have written it (the clips in
+    the order of the source; a piece's rejection, the first in that order, rejects the whole source)."""
+
+    def __init__(self, job: SourceJob, record: dict, sample_rate: int, ranges: list[tuple[int, int]],
+                 piece_seconds: float):
+        self.job, self.record, self.n_ranges, self.sample_rate = job, record, len(ranges), sample_rate
+        self.pieces = piece_plan(ranges, sample_rate, piece_seconds)
+        self.outstanding = {piece[0][0] for piece in self.pieces}
+        self.results: dict[int, dict] = {}
+        self.workers: set[int] = set()
+        self.failure: dict | None = None
+
+    def add(self, first: int, result: dict) -> bool:
+        """Take the result of the piece starting at clip ``first``; True when no piece is outstanding."""
+        self.outstanding.discard(first)
+        if result["status"] == "error":
+            self.failure = self.failure or result
+        else:
+            self.results[first] = result
+            self.workers.add(result["worker"])
+        return not self.outstanding
+
+    def drop(self, first: int) -> None:
+        """A piece that will not run (an earlier piece failed)."""
+        self.outstanding.discard(first)
+
+    def seal(self, settings: PreprocessSettings) -> dict:
+        """The source's outcome: its written record, or (a piece failed unexpectedly) an error without one."""
+        if self.failure is not None:
+            return self.failure
+        rejection = None
+        for first in sorted(self.results):
+            result = self.results[first]
+            self.record["clips"] += result["clips"]
+            self.record["rejected_clips"] += result["rejected_clips"]
+            if result["status"] == "rejected" and rejection is None:
+                rejection = ClipRejected(result["reason"])
+        return _seal_record(self.record, settings, self.n_ranges, rejection)
 
 
 # --------------------------------------------------------------------------------- worker processes
@@ -477,17 +585,39 @@ def _init_worker(settings: PreprocessSettings, threads: int, parent_pid: int, pr
     _WORKER_STATE["encoder"] = _load_encoder(settings)  # once per worker process
 
 
-def _run_job(job: SourceJob) -> dict:
-    queue = _WORKER_STATE["progress"]
-    settings = _WORKER_STATE["settings"]
+def _in_worker(job: SourceJob, work: Callable[[Callable[[float], None]], dict]) -> dict:
+    """``work(on_progress)`` in a worker: progress goes to the main process; an unexpected error becomes the
+    source's error outcome (the batch goes on); a full disk stops the run."""
+    queue, settings = _WORKER_STATE["progress"], _WORKER_STATE["settings"]
     try:
-        return process_source(job, settings, _WORKER_STATE["encoder"],
-                              on_progress=lambda seconds: queue.put((job.source, seconds)))
+        return work(lambda seconds: queue.put((job.source, seconds)))
     except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
         if is_out_of_space(error, settings.processed):  # the disk, not the file: stops the run
             raise OutOfSpace(settings.processed) from None
-        return {"source": job.source, "singer": job.singer, "status": "error",
-                "reason": f"unexpected error: {type(error).__name__}: {error}"}
+        return _error_outcome(job, error)
+
+
+def _run_job(job: SourceJob) -> dict:
+    """A whole source, in a worker."""
+    return _in_worker(job, lambda on_progress: process_source(job, _WORKER_STATE["settings"],
+                                                              _WORKER_STATE["encoder"], on_progress))
+
+
+def _run_piece(job: SourceJob, sample_rate: int, piece: list[tuple[int, tuple[int, int]]]) -> dict:
+    """A piece of a :class:`SplitSource`, in a worker: ``{status, reason, clips, rejected_clips, worker}``."""
+    from ai_singer.features.content import describe_encoder
+
+    def work(on_progress: Callable[[float], None]) -> dict:
+        settings, encoder = _WORKER_STATE["settings"], _WORKER_STATE["encoder"]
+        outcome = {"status": "ok", "reason": None, "clips": [], "rejected_clips": [], "worker": os.getpid()}
+        try:
+            outcome["clips"], outcome["rejected_clips"] = process_ranges(
+                job, settings, encoder, describe_encoder(encoder), sample_rate, piece, on_progress)
+        except AudioError as error:  # writing a clip: as in process_source, the source is rejected
+            outcome.update(status="rejected", reason=_reason(error))
+        return outcome
+
+    return _in_worker(job, work)
 
 
 def _bytes_per_second(settings: PreprocessSettings, encoder: Any) -> float:
@@ -523,6 +653,8 @@ class PreprocessResult:
     split_counts: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     ignored_files: dict[str, int] = field(default_factory=dict)  # suffix -> files that are not audio by name
+    #: long sources shared among the workers in this run: source -> {"pieces": n, "workers": k}
+    split_sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def n_clips(self) -> int:
@@ -571,6 +703,10 @@ class PreprocessResult:
             lines.append(f"  rejected {len(self.rejected_sources) + len(self.failed_sources)} file(s):")
             for source, reason in sorted({**self.rejected_sources, **self.failed_sources}.items()):
                 lines.append(f"    {source}: {reason}")
+        if self.split_sources:
+            pieces = sum(split["pieces"] for split in self.split_sources.values())
+            lines.append(f"  {len(self.split_sources)} long file(s) (> split_seconds) shared among the workers "
+                         f"in {pieces} pieces")
         if self.rejected_clips:
             lines.append(f"  rejected {self.rejected_clips} clip(s) inside usable files (see {REPORT_NAME})")
         if self.ignored_files:
@@ -688,7 +824,7 @@ def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]
             continue
         old_files = tuple(_record_files(record)) if record else ()
         jobs.append(SourceJob(singer=singer, source=source, path=path, fingerprint=fingerprint,
-                              old_files=old_files))
+                              seconds=_seconds_of(path), old_files=old_files))
     jobs.sort(key=lambda job: -job.fingerprint["size"])  # largest first: better balance across workers
     return jobs, valid
 
@@ -718,7 +854,7 @@ class StageProgress:
         from tqdm import tqdm
 
         self._clock = time.monotonic
-        self.expected = {job.source: _seconds_of(job.path) for job in jobs}
+        self.expected = {job.source: job.seconds for job in jobs}
         self.reported: dict[str, float] = defaultdict(float)
         self.total = sum(self.expected.values())
         self.files, self.files_done = len(jobs), 0
@@ -771,58 +907,135 @@ def _seconds_of(path: Path) -> float:
         return 0.0
 
 
-def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder) -> list[dict]:
-    """Run ``jobs`` in this process (``num_workers <= 1``) or in a pool of worker processes."""
-    outcomes = []
+def _is_long(job: SourceJob, settings: PreprocessSettings) -> bool:
+    return job.seconds > settings.split_seconds
+
+
+def _uses_workers(jobs: list[SourceJob], settings: PreprocessSettings) -> bool:
+    """Whether ``jobs`` run in worker processes: ``num_workers > 1`` and more than one source, or one long
+    enough to be shared among the workers."""
+    return settings.num_workers > 1 and (len(jobs) > 1 or any(_is_long(job, settings) for job in jobs))
+
+
+def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder, encoder_info: Mapping[str, Any],
+              result: PreprocessResult) -> list[dict]:
+    """Run ``jobs`` in this process or (:func:`_uses_workers`) in a pool of worker processes; return the
+    sources' outcomes (their records, or errors)."""
     progress = StageProgress(jobs, settings.progress)
     try:
-        if settings.num_workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                try:
-                    outcomes.append(process_source(job, settings, encoder,
-                                                   on_progress=lambda seconds, s=job.source: progress.advance(s, seconds)))
-                except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
-                    if is_out_of_space(error, settings.processed):  # the disk, not the file: stop, keep the rest
-                        raise _out_of_space(settings, encoder, progress) from None
-                    outcomes.append({"source": job.source, "singer": job.singer, "status": "error",
-                                     "reason": f"unexpected error: {type(error).__name__}: {error}"})
-                progress.finish_file(job.source)
-            return outcomes
-        workers = min(settings.num_workers, len(jobs))
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = _worker_context()
-        queue = context.SimpleQueue()
-
-        def drain() -> None:
-            while not queue.empty():
-                progress.advance(*queue.get())
-
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=(settings, threads, os.getpid(), queue)) as pool:
-            pending = {pool.submit(_run_job, job): job for job in jobs}
+        if _uses_workers(jobs, settings):
+            return _run_in_workers(jobs, settings, encoder, encoder_info, progress, result)
+        outcomes = []
+        for job in jobs:
             try:
-                while pending:
-                    finished, _ = concurrent.futures.wait(pending, timeout=0.5,
-                                                          return_when=concurrent.futures.FIRST_COMPLETED)
-                    drain()
-                    for future in finished:
-                        job = pending.pop(future)
-                        try:
-                            outcomes.append(future.result())
-                        except OutOfSpace:
-                            raise _out_of_space(settings, encoder, progress) from None
-                        except concurrent.futures.process.BrokenProcessPool as error:
-                            raise RuntimeError(
-                                "a preprocess worker process died (out of memory, or a crash inside a decoder); "
-                                "the finished sources are kept: run again to resume, with num_workers=0 to see "
-                                "which file it was") from error
-                        progress.finish_file(job.source)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+                outcomes.append(process_source(job, settings, encoder,
+                                               on_progress=lambda seconds, s=job.source: progress.advance(s, seconds)))
+            except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+                if is_out_of_space(error, settings.processed):  # the disk, not the file: stop, keep the rest
+                    raise _out_of_space(settings, encoder, progress) from None
+                outcomes.append(_error_outcome(job, error))
+            progress.finish_file(job.source)
         return outcomes
     finally:
         progress.close()
+
+
+def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder, encoder_info: Mapping[str, Any],
+                    progress: "StageProgress", result: PreprocessResult) -> list[dict]:
+    """Short sources go whole to a worker. A source longer than ``split_seconds`` is sliced here (a cheap
+    streaming pass) when the workers run out of queued work, and its pieces (about ``split_seconds`` of audio
+    each, at least one per worker) are shared among the workers; its record is written here when every piece
+    is back. At most two tasks per worker are queued, so the pieces do not wait behind the other sources."""
+    workers = settings.num_workers if any(_is_long(job, settings) for job in jobs) else min(settings.num_workers,
+                                                                                           len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = _worker_context()
+    queue = context.SimpleQueue()
+    todo: deque = deque(job for job in jobs if not _is_long(job, settings))  # SourceJob | (SplitSource, piece)
+    unsliced = deque(job for job in jobs if _is_long(job, settings))
+    pending: dict[concurrent.futures.Future, Any] = {}
+    outcomes: list[dict] = []
+
+    def done(source: str, outcome: dict) -> None:
+        outcomes.append(outcome)
+        progress.finish_file(source)
+
+    def here(job: SourceJob, work: Callable[[], dict]) -> dict:
+        """Work on a source in this process: an unexpected error is the source's, a full disk stops the run."""
+        try:
+            return work()
+        except Exception as error:  # noqa: BLE001 - reported per source, the batch goes on
+            if is_out_of_space(error, settings.processed):
+                raise _out_of_space(settings, encoder, progress) from None
+            return _error_outcome(job, error)
+
+    def split(job: SourceJob) -> None:
+        def start() -> dict:
+            record = _new_record(job, settings, encoder_info)
+            try:
+                sample_rate, ranges = slice_source(job, settings)
+            except (ClipRejected, AudioError) as error:
+                return _seal_record(record, settings, error=error)
+            parts = SplitSource(job, record, sample_rate, ranges, min(settings.split_seconds, job.seconds / workers))
+            todo.extend((parts, piece) for piece in parts.pieces)
+            return {"status": "split"}
+
+        outcome = here(job, start)
+        if outcome["status"] != "split":
+            done(job.source, outcome)
+
+    def piece_back(parts: SplitSource, first: int, value: dict) -> None:
+        parts.add(first, value)
+        if parts.failure is not None:  # the source is lost for this run: its queued pieces need not run
+            for task in [task for task in todo if isinstance(task, tuple) and task[0] is parts]:
+                todo.remove(task)
+                parts.drop(task[1][0][0])
+        if not parts.outstanding:
+            outcome = here(parts.job, lambda: parts.seal(settings))
+            result.split_sources[parts.job.source] = {"pieces": len(parts.pieces), "workers": len(parts.workers)}
+            done(parts.job.source, outcome)
+
+    def submit(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        while len(pending) < 2 * workers and (todo or unsliced):
+            if not todo:
+                split(unsliced.popleft())
+                continue
+            task = todo.popleft()
+            if isinstance(task, SourceJob):
+                pending[pool.submit(_run_job, task)] = task
+            else:
+                parts, piece = task
+                pending[pool.submit(_run_piece, parts.job, parts.sample_rate, piece)] = task
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                initargs=(settings, threads, os.getpid(), queue)) as pool:
+        try:
+            submit(pool)
+            while pending:
+                finished, _ = concurrent.futures.wait(pending, timeout=0.5,
+                                                      return_when=concurrent.futures.FIRST_COMPLETED)
+                while not queue.empty():
+                    progress.advance(*queue.get())
+                for future in finished:
+                    task = pending.pop(future)
+                    try:
+                        value = future.result()
+                    except OutOfSpace:
+                        raise _out_of_space(settings, encoder, progress) from None
+                    except concurrent.futures.process.BrokenProcessPool as error:
+                        raise RuntimeError(
+                            "a preprocess worker process died (out of memory, or a crash inside a decoder); "
+                            "the finished sources are kept: run again to resume, with num_workers=0 to see "
+                            "which file it was") from error
+                    if isinstance(task, SourceJob):
+                        done(task.source, value)
+                    else:
+                        piece_back(task[0], task[1][0][0], value)
+                submit(pool)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return outcomes
 
 
 def _sweep(processed: Path, records: dict[str, dict]) -> None:
@@ -984,10 +1197,10 @@ def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str,
 
         encoder = _load_encoder(settings)  # ContentEncoderMissing stops the run before any work
         encoder_info = describe_encoder(encoder)
-        if settings.num_workers > 1 and len(jobs) > 1:
+        if _uses_workers(jobs, settings):
             del encoder  # the workers load their own
             encoder = None
-        outcomes = _run_jobs(jobs, settings, encoder)
+        outcomes = _run_jobs(jobs, settings, encoder, encoder_info, result)
         for outcome in outcomes:
             result.processed_sources.append(outcome["source"])
             if outcome["status"] == "error":

@@ -354,6 +354,66 @@ def test_two_workers_give_the_same_dataset_and_report_progress_in_audio_seconds(
     assert (processed / "stats.json").read_text() == (ref_processed / "stats.json").read_text()
 
 
+def test_a_long_file_is_shared_among_the_workers_with_the_same_result(tmp_path, tiny_hubert_dir):
+    """A recording longer than split_seconds is sliced first and its pieces go to every worker; the dataset and
+    the source's resume record are those of a run in one process, and a second run skips it."""
+    raw = tmp_path / "raw"
+    long_notes = [note for step in range(12) for note in ((220.0 * 2 ** (step / 12), 1.2), (0.0, 0.7))]
+    write_source(raw / "alice" / "session.wav", 44100, 1, "PCM_16", long_notes)       # 22.8 s, 12 clips
+    write_source(raw / "bob" / "short.flac", 32000, 1, "PCM_16", BOB[:3])              # 2.8 s: goes whole
+    settings = ("f0.method=dio", "pitch_plots=false", "split_seconds=4")
+    one = run_preprocess(make_cfg(raw, tmp_path / "one", tiny_hubert_dir, *settings))
+    assert one.split_sources == {} and one.clips_per_singer == {"alice": 12, "bob": 2}
+    shared = run_preprocess(make_cfg(raw, tmp_path / "shared", tiny_hubert_dir, "num_workers=2", *settings))
+    assert list(shared.split_sources) == ["alice/session.wav"]
+    assert shared.split_sources["alice/session.wav"]["pieces"] >= 3
+    assert shared.split_sources["alice/session.wav"]["workers"] == 2
+    assert "1 long file(s) (> split_seconds) shared among the workers" in shared.summary()
+    assert manifest_lines(tmp_path / "shared") == manifest_lines(tmp_path / "one")
+    assert (tmp_path / "shared" / "stats.json").read_text() == (tmp_path / "one" / "stats.json").read_text()
+    for source in ("alice/session.wav", "bob/short.flac"):
+        records = [json.loads(preprocess.record_path(tmp_path / run, source).read_text()) for run in ("one", "shared")]
+        assert records[0] == records[1]
+    for path in (tmp_path / "one").rglob("*.safetensors"):
+        twin = tmp_path / "shared" / path.relative_to(tmp_path / "one")
+        with safe_open(str(path), "numpy") as a, safe_open(str(twin), "numpy") as b:
+            assert a.metadata() == b.metadata()
+            assert all(np.array_equal(a.get_tensor(key), b.get_tensor(key)) for key in a.keys())
+    again = run_preprocess(make_cfg(raw, tmp_path / "shared", tiny_hubert_dir, "num_workers=2", *settings))
+    assert again.processed_sources == [] and len(again.unchanged_sources) == 2 and again.split_sources == {}
+
+
+def test_piece_plan_and_a_split_source_assembled_out_of_order(tmp_path):
+    """Pieces are runs of consecutive clips of about ``seconds``; the record lists the clips in the source's
+    order whatever order the pieces come back in, and a piece's rejection rejects the source."""
+    from ai_singer.config import load_settings
+
+    ranges = [(0, 100), (150, 250), (300, 350), (400, 600), (700, 720)]  # at 100 Hz: 1, 1, 0.5, 2, 0.2 s
+    assert preprocess.piece_plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))],
+                                                      [(2, (300, 350)), (3, (400, 600))], [(4, (700, 720))]]
+    settings = load_settings("preprocess", [f"paths.raw={tmp_path / 'raw'}", f"paths.processed={tmp_path}"])
+    (tmp_path / preprocess.RECORDS_DIR).mkdir()
+    job = preprocess.SourceJob(singer="a", source="a/x.wav", path=tmp_path / "x.wav", fingerprint={}, seconds=7.2)
+
+    def assemble(results: dict[int, dict]) -> dict:
+        parts = preprocess.SplitSource(job, preprocess._new_record(job, settings, {"name": "e"}), 100, ranges, 2.0)
+        for first in (4, 0, 2):
+            assert parts.outstanding
+            parts.add(first, {"worker": first, **results[first]})
+        assert parts.outstanding == set() and parts.workers == {0, 2, 4}
+        return parts.seal(settings)
+
+    def piece(status: str, *indices: int, reason=None) -> dict:
+        return {"status": status, "reason": reason, "rejected_clips": [],
+                "clips": [{"index": i, "audio": f"a/c{i}.wav", "features": f"a/c{i}.f"} for i in indices]}
+
+    record = assemble({0: piece("ok", 0, 1), 2: piece("ok", 3), 4: piece("ok", 4)})
+    assert record["status"] == "ok" and [clip["index"] for clip in record["clips"]] == [0, 1, 3, 4]
+    assert json.loads(preprocess.record_path(tmp_path, job.source).read_text()) == record
+    record = assemble({0: piece("ok", 0, 1), 2: piece("rejected", reason="disk said no"), 4: piece("ok", 4)})
+    assert record["status"] == "rejected" and record["reason"] == "disk said no" and record["clips"] == []
+
+
 def _cli_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
