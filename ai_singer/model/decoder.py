@@ -23,6 +23,39 @@ from ai_singer.model.layers import init_conv_weights, same_padding, with_weight_
 LEAKY_SLOPE = 0.1
 
 
+def harmonic_sines(f0: torch.Tensor, voiced: torch.Tensor, sample_rate: int, hop_length: int, n_harmonics: int,
+                   random_phase: bool = False, generator: torch.Generator | None = None, first_harmonic: int = 1
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-amplitude harmonics of a frame-rate F0: ``f0`` [B, T] Hz, ``voiced`` [B, T] 0/1 ->
+    (sines [B, K, T*hop], row ``i`` the harmonic ``first_harmonic + i`` of F0, exactly 0 where unvoiced or
+    at/above Nyquist; voiced mask per sample [B, 1, T*hop]).
+
+    F0 is constant within a frame. The phase is accumulated per frame in float64 and inside a frame in
+    float32, so long inputs keep an accurate, continuous phase. ``random_phase`` (training) gives every
+    harmonic above the fundamental a random initial phase.
+    """
+    batch, n_frames = f0.shape
+    hop, sr = hop_length, sample_rate
+    is_voiced = ((voiced > 0.5) & (f0 > 0)).to(f0.dtype)
+    harmonics = torch.arange(first_harmonic, first_harmonic + n_harmonics, device=f0.device, dtype=torch.float64)
+    step = (f0.to(torch.float64) * is_voiced.to(torch.float64)) / sr  # cycles per sample, [B, T]
+    # phase (in cycles) at each frame's first sample: exclusive cumulative sum over frames
+    frame_start = torch.cumsum(step * hop, dim=-1) - step * hop
+    start_k = torch.remainder(frame_start.unsqueeze(1) * harmonics.view(1, -1, 1), 1.0)  # [B, K, T]
+    if random_phase:
+        initial = torch.rand(batch, n_harmonics, 1, generator=generator, dtype=torch.float64)
+        if first_harmonic == 1:
+            initial[:, 0] = 0.0
+        start_k = start_k + initial.to(f0.device)
+    step_k = (step.unsqueeze(1) * harmonics.view(1, -1, 1)).to(f0.dtype)  # [B, K, T]
+    within = torch.arange(hop, device=f0.device, dtype=f0.dtype)
+    phase = start_k.to(f0.dtype).unsqueeze(-1) + step_k.unsqueeze(-1) * within  # [B, K, T, hop]
+    below_nyquist = (step_k < 0.5).to(f0.dtype).unsqueeze(-1)
+    sines = torch.sin(2 * math.pi * phase) * below_nyquist * is_voiced.view(batch, 1, n_frames, 1)
+    voiced_samples = is_voiced.repeat_interleave(hop, dim=-1).unsqueeze(1)
+    return sines.reshape(batch, n_harmonics, n_frames * hop), voiced_samples
+
+
 class HarmonicNoiseSource(nn.Module):
     """Excitation from frame-rate F0: ``harmonic_num + 1`` sine harmonics (zero where unvoiced or above
     Nyquist) plus Gaussian noise (``noise_std`` where voiced, ``sine_amp / 3`` where unvoiced, for
@@ -47,26 +80,9 @@ class HarmonicNoiseSource(nn.Module):
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``f0`` [B, T] Hz, ``voiced`` [B, T] -> (sines [B, K, T*hop] with amplitude ``sine_amp`` and exactly
         0 where unvoiced, voiced mask per sample [B, 1, T*hop])."""
-        batch, n_frames = f0.shape
-        hop, sr = self.hop_length, self.sample_rate
-        is_voiced = ((voiced > 0.5) & (f0 > 0)).to(f0.dtype)
-        harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float64)
-        step = (f0.to(torch.float64) * is_voiced.to(torch.float64)) / sr  # cycles per sample, [B, T]
-        # phase (in cycles) at each frame's first sample: exclusive cumulative sum over frames
-        frame_start = torch.cumsum(step * hop, dim=-1) - step * hop
-        start_k = torch.remainder(frame_start.unsqueeze(1) * harmonics.view(1, -1, 1), 1.0)  # [B, K, T]
-        if self.training:
-            initial = torch.rand(batch, self.n_harmonics, 1, generator=generator, dtype=torch.float64)
-            initial[:, 0] = 0.0
-            start_k = start_k + initial.to(f0.device)
-        step_k = (step.unsqueeze(1) * harmonics.view(1, -1, 1)).to(f0.dtype)  # [B, K, T]
-        within = torch.arange(hop, device=f0.device, dtype=f0.dtype)
-        phase = start_k.to(f0.dtype).unsqueeze(-1) + step_k.unsqueeze(-1) * within  # [B, K, T, hop]
-        below_nyquist = (step_k < 0.5).to(f0.dtype).unsqueeze(-1)
-        sines = torch.sin(2 * math.pi * phase) * below_nyquist * is_voiced.view(batch, 1, n_frames, 1)
-        sines = self.sine_amp * sines.reshape(batch, self.n_harmonics, n_frames * hop)
-        voiced_samples = is_voiced.repeat_interleave(hop, dim=-1).unsqueeze(1)
-        return sines, voiced_samples
+        sines, voiced_samples = harmonic_sines(f0, voiced, self.sample_rate, self.hop_length, self.n_harmonics,
+                                               random_phase=self.training, generator=generator)
+        return self.sine_amp * sines, voiced_samples
 
     def forward(self, f0: torch.Tensor, voiced: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,10 +16,18 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ai_singer.model.ddsp import DDSPDecoder
 from ai_singer.model.decoder import NSFHiFiGAN
 from ai_singer.model.encoders import PosteriorEncoder, PriorEncoder
 from ai_singer.model.flow import ResidualCouplingFlow
 from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all_weight_norm, slice_segments
+
+
+#: waveform decoders a SingerVAE can have (``SingerVAEConfig.decoder``)
+DECODERS = ("nsf_hifigan", "ddsp")
+#: keys added to the architecture after bases were saved without them, with the value that reproduces those
+#: bases (only for reading older artifacts; conf/model/*.yaml sets every key)
+LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0}
 
 
 @dataclass
@@ -63,7 +71,13 @@ class SingerVAEConfig:
     flow_layers: int
     flow_kernel_size: int
     flow_dilation_rate: int
-    # NSF-HiFiGAN decoder
+    # waveform decoder: ``nsf_hifigan`` (upsampling convolutions + harmonic source) or ``ddsp`` (a frame-rate
+    # network driving a harmonic-plus-noise synthesiser: learns intelligible speech in far fewer steps)
+    decoder: str
+    ddsp_harmonics: int           # ddsp only: harmonics of F0 synthesised
+    ddsp_noise_bands: int         # ddsp only: noise bands shaped per frame
+    # NSF-HiFiGAN decoder (ddsp uses upsample_initial_channel as its width, the resblocks at frame rate, and
+    # needs prod(upsample_rates) = hop_length like every decoder)
     upsample_initial_channel: int
     upsample_rates: list[int]
     upsample_kernel_sizes: list[int]
@@ -86,6 +100,11 @@ class SingerVAEConfig:
         self.resblock_dilation_sizes = [[int(d) for d in ds] for ds in self.resblock_dilation_sizes]
         self.discriminator_periods = [int(p) for p in self.discriminator_periods]
         problems = []
+        if self.decoder not in DECODERS:
+            problems.append(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        elif self.decoder == "ddsp" and (self.ddsp_harmonics < 1 or self.ddsp_noise_bands < 2):
+            problems.append(f"decoder=ddsp needs ddsp_harmonics >= 1 and ddsp_noise_bands >= 2, got "
+                            f"{self.ddsp_harmonics} and {self.ddsp_noise_bands}")
         if math.prod(self.upsample_rates) != self.hop_length:
             problems.append(
                 f"hop_length ({self.hop_length}) must equal the product of upsample_rates "
@@ -144,6 +163,7 @@ class SingerVAEConfig:
         else:
             values = _plain(values)
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {**LEGACY_DEFAULTS, **values}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown SingerVAEConfig keys {unknown}; valid keys are {sorted(known)}")
@@ -250,10 +270,15 @@ class SingerVAE(nn.Module):
         self.flow = ResidualCouplingFlow(
             c.inter_channels, c.hidden_channels, c.flow_kernel_size, c.flow_dilation_rate, c.flow_layers,
             c.n_flows, c.gin_channels)
-        self.decoder = NSFHiFiGAN(
-            c.inter_channels, c.upsample_initial_channel, c.upsample_rates, c.upsample_kernel_sizes,
-            c.resblock_kernel_sizes, c.resblock_dilation_sizes, c.gin_channels, c.sample_rate, c.harmonic_num,
-            c.sine_amp, c.noise_std)
+        if c.decoder == "ddsp":
+            self.decoder = DDSPDecoder(
+                c.inter_channels, c.upsample_initial_channel, c.resblock_kernel_sizes, c.resblock_dilation_sizes,
+                c.gin_channels, c.sample_rate, c.hop_length, c.ddsp_harmonics, c.ddsp_noise_bands)
+        else:
+            self.decoder = NSFHiFiGAN(
+                c.inter_channels, c.upsample_initial_channel, c.upsample_rates, c.upsample_kernel_sizes,
+                c.resblock_kernel_sizes, c.resblock_dilation_sizes, c.gin_channels, c.sample_rate, c.harmonic_num,
+                c.sine_amp, c.noise_std)
 
     # ----------------------------------------------------------------------------------------------
     def embed_speaker(self, ids: torch.Tensor) -> torch.Tensor:
