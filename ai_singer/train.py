@@ -184,9 +184,9 @@ def validate_config(cfg: TrainConfig) -> None:
                                                        f"not {cfg.trainer.discriminator!r}")
     if cfg.init_from and cfg.mode != "pretrain":
         raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
-    if cfg.mode == "pretrain" and cfg.trainer.discriminator != "train":
-        raise TrainSetupError("trainer.discriminator", f"{cfg.trainer.discriminator!r} is for fine-tuning: a base "
-                                                       "is pretrained with its discriminator (train)")
+    if cfg.mode == "pretrain" and cfg.trainer.discriminator == "frozen":
+        raise TrainSetupError("trainer.discriminator", "frozen is for fine-tuning: a base is pretrained with its "
+                                                       "discriminator (train) or without one (off: mel + KL only)")
     if cfg.trainer.precision not in PRECISIONS:
         raise TrainSetupError("trainer.precision", f"must be one of {PRECISIONS}, not {cfg.trainer.precision!r}")
     for name in ("max_steps", "batch_size", "max_frames", "save_every", "keep_last", "log_every"):
@@ -301,7 +301,7 @@ def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     check_framing(stats, stats_path, model_config.sample_rate, model_config.hop_length, model_config.content_dim,
                   "the model")
     generator = GeneratorForTraining(SingerVAE(model_config))
-    discriminator = Discriminator.from_config(model_config)
+    discriminator = Discriminator.from_config(model_config) if cfg.trainer.discriminator == "train" else None
     init_from = warm_start(generator.model, discriminator, locate_path(cfg.init_from)) if cfg.init_from else None
     return Models(generator=generator, discriminator=discriminator, model_config=model_config, speakers=speakers,
                   init_from=init_from)
@@ -316,7 +316,7 @@ def _take_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[i
     return len(taken), sorted(set(own) - set(taken))
 
 
-def warm_start(generator: SingerVAE, discriminator: nn.Module, base_dir: Path) -> dict[str, Any]:
+def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: Path) -> dict[str, Any]:
     """Start a pretraining run from an existing base (``init_from=pretrain/<base>``): every tensor with the
     same name and shape is copied (the decoder, flow, posterior and most of the prior encoder when the
     architecture matches); the rest — typically the content projection for another content encoder and the
@@ -334,13 +334,14 @@ def warm_start(generator: SingerVAE, discriminator: nn.Module, base_dir: Path) -
         raise TrainSetupError("init_from", f"{base_dir}: no tensor of that base fits this model "
                                            f"(architecture {base.model_config.get('hidden_channels')} hidden vs "
                                            f"{generator.config.hidden_channels}); choose model= like the base's")
-    if base.discriminator_state is not None:
+    if base.discriminator_state is not None and discriminator is not None:
         d_copied, d_fresh = _take_matching(discriminator, base.discriminator_state)
         record.update(discriminator_copied=d_copied, discriminator_fresh=d_fresh)
     log.info("init_from %s: %d generator tensors copied, %d left fresh (%s)%s", base_dir, copied, len(fresh),
              ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""),
              f"; discriminator {record['discriminator_copied']} copied, {len(record['discriminator_fresh'])} fresh"
-             if "discriminator_copied" in record else "; the base has no discriminator: it starts fresh")
+             if "discriminator_copied" in record else
+             "; no discriminator trains" if discriminator is None else "; the base has no discriminator: it starts fresh")
     return record
 
 
@@ -348,7 +349,12 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     """Load the base strictly (its own architecture), freeze it, inject the adapter, and add the
     learned singer vector (initialised to the mean of the base's speaker embeddings)."""
     mode = cfg.trainer.discriminator
-    base = ckpt.load_base(locate_path(str(cfg.base)), with_discriminator=mode != "off")  # the user's, else bundled
+    base_path = locate_path(str(cfg.base))  # the user's, else bundled
+    if mode != "off" and not (Path(base_path) / ckpt.BASE_DISCRIMINATOR_FILE).is_file():
+        raise TrainSetupError(Path(base_path) / ckpt.BASE_DISCRIMINATOR_FILE,
+                              f"trainer.discriminator={mode} needs the base's discriminator, and this base was "
+                              "pretrained without one; fine-tune it with trainer.discriminator=off")
+    base = ckpt.load_base(base_path, with_discriminator=mode != "off")
     config = SingerVAEConfig.from_dict(base.model_config)
     check_framing(stats, stats_path, config.sample_rate, config.hop_length, config.content_dim,
                   f"the base {cfg.base}")
@@ -606,8 +612,9 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
                   "speakers": list(models.speakers)}
         if models.init_from is not None:
             config["init_from"] = models.init_from
+        discriminator_state = models.discriminator.state_dict() if models.discriminator is not None else None
         return ckpt.save_base(Path(cfg.paths.pretrain) / cfg.name, models.generator.model.state_dict(),
-                              models.discriminator.state_dict(), config, weights_dtype=cfg.export_dtype)
+                              discriminator_state, config, weights_dtype=cfg.export_dtype)
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
     tensors = adapter_state_dict(models.generator.model)
     tensors["singer_embedding"] = models.generator.singer_embedding.detach()
