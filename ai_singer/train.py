@@ -185,7 +185,7 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.init_from and cfg.mode != "pretrain":
         raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
     if cfg.mode == "pretrain" and cfg.trainer.discriminator == "frozen":
-        raise TrainSetupError("trainer.discriminator", "frozen is for fine-tuning: a base is pretrained with its "
+        raise TrainSetupError("trainer.discriminator", "'frozen' is for fine-tuning: a base is pretrained with its "
                                                        "discriminator (train) or without one (off: mel + KL only)")
     if cfg.trainer.precision not in PRECISIONS:
         raise TrainSetupError("trainer.precision", f"must be one of {PRECISIONS}, not {cfg.trainer.precision!r}")

@@ -208,6 +208,22 @@ def test_discriminator_setting_errors(tmp_path, processed, base_dir):
         run_training(make_config(tmp_path, processed, *finetune, "trainer.max_steps=2", "trainer.discriminator=off"))
 
 
+def test_a_ddsp_base_pretrained_without_discriminator_fine_tunes_with_off_only(tmp_path, processed):
+    """decoder=ddsp + trainer.discriminator=off: the base has no discriminator file; fine-tuning it with the
+    default (train) is one clear error that names the fix, and with off it trains an adapter."""
+    result = run_training(make_config(tmp_path / "p", processed, "trainer.max_steps=2", "name=ddspbase",
+                                      "model.decoder=ddsp", "model.ddsp_harmonics=16", "model.ddsp_noise_bands=9",
+                                      "trainer.discriminator=off"))
+    base = result.artifact_dir
+    assert not (base / ckpt.BASE_DISCRIMINATOR_FILE).exists()
+    assert ckpt.load_base(base).model_config["decoder"] == "ddsp"
+    finetune = ["mode=finetune", "singer=alto", f"base={base}", "trainer.max_steps=2"]
+    with pytest.raises(TrainSetupError, match=r"pretrained without one; fine-tune it with trainer.discriminator=off"):
+        run_training(make_config(tmp_path / "f", processed, *finetune))
+    adapter = run_training(make_config(tmp_path / "g", processed, *finetune, "trainer.discriminator=off"))
+    assert ckpt.load_adapter(adapter.artifact_dir).tensors
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 
 def final_state(run_dir: Path) -> dict:
