@@ -31,6 +31,8 @@ class BaseEntry:
     steps: int | None = None
     weights_dtype: str = ""
     content_encoder: str = ""
+    #: the ``content_encoder`` record of its config (name, dim, path, layer, final_proj): what to preprocess with
+    content_record: dict = field(default_factory=dict)
     error: str = ""
     bundled: bool = False  # ships with ai_singer (ai_singer.bundle), not in the user's folder
     #: its generator sha256 and those of the bases it was converted from (``convert_base_dtype``)
@@ -105,6 +107,7 @@ def list_bases(pretrain_dir: str | os.PathLike) -> list[BaseEntry]:
         entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
         entry.weights_dtype = str(config.get("weights_dtype") or "")
         entry.content_encoder = f"{encoder.get('name', '?')} ({encoder.get('dim', '?')}-dim)" if encoder else ""
+        entry.content_record = dict(encoder) if isinstance(encoder, dict) else {}
         bases.append(entry)
     return bases
 

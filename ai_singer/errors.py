@@ -130,8 +130,13 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(error, UserError)
 
 
+def one_line(stage: str, error: BaseException) -> str:
+    """``<stage>: error: <message>`` on one line: what the command line prints (and the web page shows)."""
+    text = " ".join(line.strip() for line in str(error).splitlines())
+    return f"{stage}: error: {text}"
+
+
 def report(stage: str, error: BaseException) -> int:
     """Print ``<stage>: error: <message>`` as one line on stderr; returns :data:`USER_ERROR_EXIT`."""
-    text = " ".join(line.strip() for line in str(error).splitlines())
-    print(f"{stage}: error: {text}", file=sys.stderr)
+    print(one_line(stage, error), file=sys.stderr)
     return USER_ERROR_EXIT
