@@ -8,6 +8,7 @@
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
     ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
     ai-singer import KIND SRC DST ...             = python -m ai_singer.importers KIND SRC DST ...
+    ai-singer ui [--host 127.0.0.1] [--port N] [--workdir DIR]   # the web interface (extra: ui)
 
 The Hydra stages receive the remaining arguments unchanged (``--help``, ``--cfg job`` and ``-m`` work as
 with ``python -m``); their defaults live in ``conf/`` only. Stage modules are imported by name when their
@@ -31,7 +32,7 @@ HYDRA_STAGES = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ai_singer.config import conf_group
+    from ai_singer.config import conf_file, conf_group
 
     parser = argparse.ArgumentParser(
         prog="ai-singer", description="Singing-voice conversion: one frozen base, a small adapter per singer.",
@@ -56,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"adapter folders (default: paths.singers of conf/, {paths['singers']})")
     singers.add_argument("--pretrain-dir", default=paths["pretrain"],
                          help=f"base folders (default: paths.pretrain of conf/, {paths['pretrain']})")
+    ui = commands.add_parser("ui", help="the web interface: convert, fine-tune and manage singers in a browser "
+                             "(pip install -e '.[ui]')",
+                             description="Serve the web interface (Gradio) on this machine; defaults in conf/ui.yaml.")
+    ui_conf = conf_file("ui")
+    ui.add_argument("--host", default=None, help=f"address to listen on (default: {ui_conf['host']}, this machine "
+                    "only; 0.0.0.0 exposes the page, which has no login, to the network)")
+    ui.add_argument("--port", type=int, default=None, help=f"port (default: {ui_conf['port']}; 0: any free port)")
+    ui.add_argument("--workdir", default=None, help="folder for the sessions' uploads and outputs (default: a "
+                    "temporary folder, removed on exit)")
+    ui.add_argument("--singers-dir", default=None, help=f"adapter folders (default: {paths['singers']})")
+    ui.add_argument("--pretrain-dir", default=None, help=f"base folders (default: {paths['pretrain']})")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
@@ -119,6 +131,24 @@ def _run_singers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ui(args: argparse.Namespace) -> int:
+    from ai_singer.errors import UserError, report
+
+    try:
+        from ai_singer.webui.app import UiSettings, launch
+
+        settings = UiSettings.from_conf(host=args.host, port=args.port, workdir=args.workdir,
+                                        singers_dir=args.singers_dir, pretrain_dir=args.pretrain_dir)
+        print(f"ai-singer ui: serving on http://{settings.host}:{settings.port or 'a free port'} (Ctrl-C stops)",
+              flush=True)
+        launch(settings)
+    except UserError as error:
+        return report("ui", error)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``ai-singer COMMAND ...``; returns the exit code (also used by ``python -m ai_singer``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "singers":
         return _run_singers(args)
+    if args.command == "ui":
+        return _run_ui(args)
     return _run_concat(args)
 
 
