@@ -75,3 +75,19 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_hubert")
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A Hydra app run inside a test adds a file handler under that test's tmp folder to the root logger; once
+    the folder is gone, any later log record (an HTTP client's, a server's) would fail to open it. Each test
+    leaves the root logger's handlers and level as it found them."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)

@@ -172,12 +172,13 @@ def test_fine_tune_starts_stops_resumes_and_joins_the_singer_list(ui, browser):
     assert _status(driver, "prep-status", 300).startswith("preprocess: done")
     assert "webtest:" in driver.find_element(By.CSS_SELECTOR, "#prep-report textarea").get_attribute("value")
     for elem_id, value in (("train-steps", 400), ("train-batch", 2), ("train-save-every", 200),
-                           ("train-eval-every", 0)):
+                           ("train-eval-every", 2)):
         _set_number(driver, elem_id, value)
     driver.find_element(By.ID, "train-start").click()
     _wait(lambda: "step " in (t := driver.find_element(By.ID, "train-status").text) and not t.startswith(
         "train: queued") and int(t.split("step ")[1].split()[0]) >= 2, 300, "two training steps")
     assert "loss/mel" in driver.find_element(By.ID, "train-losses").text
+    _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#train-sample-image img"), 120, "a validation sample")
     _screenshot(driver, "train")
     driver.find_element(By.ID, "train-stop").click()
     stopped = _status(driver, "train-status", 120, final=("stopped", "error", "failed"))

@@ -189,3 +189,22 @@ def test_the_ui_command_listens_on_this_machine_by_default(capsys):
         main(["ui", "--help"])
     assert stop.value.code == 0
     assert "default: 127.0.0.1, this machine only" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_latest_validation_sample_is_read_back_from_tensorboard(tmp_path):
+    import torch
+
+    from ai_singer.train_logging import TrainLogger
+    from ai_singer.webui.stages import latest_samples
+
+    assert latest_samples(tmp_path) == {}
+    logger = TrainLogger(tmp_path)
+    mel = torch.rand(8, 20)
+    for step in (10, 20):
+        logger.scalars({"val/mel": step / 10}, step)
+        logger.mel_images("val_mel/0", mel, mel, step)
+        logger.audio("val_audio/0", torch.zeros(800), 8000, step)
+    logger.close()
+    sample = latest_samples(tmp_path)
+    assert sample["step"] == 20 and sample["val_mel"] == pytest.approx(2.0)
+    assert sample["image"].startswith(b"\x89PNG") and sample["audio"].startswith(b"RIFF")

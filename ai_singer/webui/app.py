@@ -188,10 +188,6 @@ def build_app(server: Server):
     refresh = float(server.settings.refresh_s)
     audio_types = list(AUDIO_SUFFIXES)
     upload_types = list(UPLOAD_SUFFIXES)
-    css = (".ais-error{color:#b00020;font-weight:600} .ais-done{color:#1b5e20} "
-           ".ais-info{color:#333}")
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])  # no web fonts: nothing leaves the machine
 
     with gr.Blocks(title="ai_singer", analytics_enabled=False,
                    delete_cache=(3600, int(server.settings.session_max_age_h * 3600))) as app:
@@ -285,8 +281,9 @@ def build_app(server: Server):
                         losses = gr.Dataframe(headers=["loss", "value"], label="Losses (last step)",
                                               interactive=False, elem_id="train-losses")
                         sample_image = gr.Image(label="Validation mel (target / generated)", type="filepath",
-                                                interactive=False)
-                        sample_audio = gr.Audio(label="Validation sample", type="filepath", interactive=False)
+                                                interactive=False, elem_id="train-sample-image")
+                        sample_audio = gr.Audio(label="Validation sample", type="filepath", interactive=False,
+                                                elem_id="train-sample-audio")
                 prep_timer = gr.Timer(refresh, active=False)
                 train_timer = gr.Timer(refresh, active=False)
 
@@ -458,7 +455,7 @@ def build_app(server: Server):
             token, _ = server.session(request)
             job = server.jobs.get(job_id, token)
             if job is None:
-                return (gr.skip(),) * 4 + (gr.Timer(active=False),)
+                return (gr.skip(),) * 5 + (gr.Timer(active=False),)
             progress = job.progress
             detail = f"step {progress.get('step', 0)} of {progress.get('max_steps')}"
             if job.status == STOPPED:
@@ -466,19 +463,27 @@ def build_app(server: Server):
             elif job.status == DONE and job.result is not None and job.result.artifact_dir is not None:
                 detail += f"; adapter written to {job.result.artifact_dir} (see Singers)"
             rows = [[k, round(v, 4)] for k, v in sorted(progress.get("losses", {}).items())]
-            sample = stages.latest_samples(Path(progress["run_dir"])) if Path(progress["run_dir"]).is_dir() else {}
             image = audio = gr.skip()
-            if sample.get("image"):
-                image = str(_write_sample(Path(progress["run_dir"]), "sample.png", sample["image"]))
-            if sample.get("audio"):
-                audio = str(_write_sample(Path(progress["run_dir"]), "sample.wav", sample["audio"]))
-            return _job_line(job, detail), rows or gr.skip(), image, audio, gr.Timer(active=not job.final)
+            run_dir = Path(progress["run_dir"])
+            events = sorted(run_dir.glob("events.out.tfevents.*")) if run_dir.is_dir() else []
+            seen = [(p.name, p.stat().st_size) for p in events]
+            if seen != progress.get("events_seen"):  # read TensorBoard's events only when they grew
+                progress["events_seen"] = seen
+                sample = stages.latest_samples(run_dir)
+                if sample.get("image"):
+                    image = str(_write_sample(run_dir, "sample.png", sample["image"]))
+                if sample.get("audio"):
+                    audio = str(_write_sample(run_dir, "sample.wav", sample["audio"]))
+            singers_update = gr.Dropdown(choices=server.singer_choices()) if job.status == DONE else gr.skip()
+            return (_job_line(job, detail), rows or gr.skip(), image, audio, singers_update,
+                    gr.Timer(active=not job.final))
 
         start_button.click(start_training, [train_job, train_singer, train_base, method, steps, batch_size, learning_rate,
                                             discriminator, save_every, eval_every], [train_job, train_status,
                                                                                      train_timer])
         stop_button.click(stop_training, [train_job], [train_status])
-        train_timer.tick(poll_training, [train_job], [train_status, losses, sample_image, sample_audio, train_timer])
+        train_timer.tick(poll_training, [train_job], [train_status, losses, sample_image, sample_audio, singer,
+                                                      train_timer])
 
         # ------------------------------------------------------------------------------ Singers handlers
         def refresh_catalog():
@@ -506,8 +511,15 @@ def build_app(server: Server):
             server.close_session(request)
 
         app.unload(close)
-    app.ais_css, app.ais_theme = css, theme
     return app
+
+
+def page_style(gr) -> tuple[Any, str]:
+    """The theme (system fonts: the page loads nothing from the internet) and the status lines' colours."""
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    css = ".ais-error{color:#b00020;font-weight:600} .ais-done{color:#1b5e20} .ais-info{color:#333}"
+    return theme, css
 
 
 def _write_sample(run_dir: Path, name: str, data: bytes) -> Path:
@@ -528,11 +540,12 @@ def launch(settings: UiSettings, block: bool = True):
     server = Server(settings)
     os.environ["GRADIO_TEMP_DIR"] = str(server.workspace.root / "gradio")  # uploads land in the working folder
     app = build_app(server)
+    theme, css = page_style(_require_gradio())
     app.queue(default_concurrency_limit=8)
     _, url, _ = app.launch(server_name=settings.host, server_port=int(settings.port) or None, share=False,
                            max_file_size=f"{int(settings.max_upload_mb)}mb", prevent_thread_lock=True,
                            allowed_paths=[str(server.workspace.root / "sessions")], ssr_mode=False, quiet=True,
-                           show_error=False, inbrowser=False, theme=app.ais_theme, css=app.ais_css,
+                           show_error=False, inbrowser=False, theme=theme, css=css,
                            footer_links=[])
     if block:
         try:

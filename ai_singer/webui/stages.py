@@ -213,7 +213,8 @@ def latest_samples(run_dir: Path) -> dict[str, Any]:
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 1, "audio": 1, "scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 1, "audio": 1, "scalars": 1, "tensors": 1,
+                                                          "histograms": 1})
     events.Reload()
     tags = events.Tags()
     sample: dict[str, Any] = {}
