@@ -44,16 +44,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """The app on a free port, with a copy of the bundled singer (fine-tunes write beside it) and the bundled
-    bases; run from the repository (the base records its content encoder relative to it)."""
+    """The app on a free port, run from an empty folder: the bundled base and example singer are found through
+    the package, and a fine-tune writes its adapter to that folder's ``singers/``."""
     from ai_singer.webui.app import UiSettings, launch
 
     root = tmp_path_factory.mktemp("ui")
-    shutil.copytree(REPO / "singers" / "example", root / "singers" / "example")
-    settings = UiSettings.from_conf(port=_free_port(), workdir=str(root / "work"), singers_dir=str(root / "singers"),
-                                    pretrain_dir=str(REPO / "pretrain"))
+    settings = UiSettings.from_conf(port=_free_port(), workdir=str(root / "work"))
     previous = os.getcwd()
-    os.chdir(REPO)
+    os.chdir(root)
     app, server, url = launch(settings, block=False)
     try:
         yield server, url
@@ -196,4 +194,9 @@ def test_fine_tune_starts_stops_resumes_and_joins_the_singer_list(ui, browser):
     _tab(driver, "Singers")
     driver.find_element(By.ID, "singers-refresh").click()
     _wait(lambda: "webtest" in driver.find_element(By.ID, "singers-adapters").text, 30, "the new singer")
+    _upload(driver, "concat-tracks", SONG / "pad.flac", SONG / "drums.flac")
+    driver.find_element(By.ID, "concat-button").click()
+    joined = _status(driver, "concat-status", 60, final=("joined", "error"))
+    seconds = 2 * sf.info(str(SONG / "pad.flac")).duration
+    assert joined.startswith(f"joined 2 tracks: {seconds:.2f} s"), joined
     _screenshot(driver, "singers")

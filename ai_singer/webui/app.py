@@ -17,7 +17,7 @@ from typing import Any
 
 from ai_singer.errors import UserError, one_line
 from ai_singer.webui import stages
-from ai_singer.webui.jobs import DONE, FAILED, STOPPED, Job, JobRunner
+from ai_singer.webui.jobs import DONE, FAILED, FINAL, STOPPED, Job, JobRunner
 from ai_singer.webui.workspace import AUDIO_SUFFIXES, UPLOAD_SUFFIXES, Limits, Workspace, display_name, \
     take_audio, take_recordings, take_song_folder, take_songs
 
@@ -118,21 +118,22 @@ class Server:
             if adapter.error and not adapter.method:
                 continue
             fits = f"base {adapter.base.name}" if adapter.base is not None else "its base is not installed"
-            choices.append((f"{adapter.name} ({fits})", adapter.name))
+            shipped = ", bundled" if adapter.bundled else ""
+            choices.append((f"{adapter.name} ({fits}{shipped})", adapter.name))
         return choices
 
     def base_choices(self) -> list[str]:
         return [base.name for base in self.catalog.bases() if not base.error]
 
     def base_rows(self) -> list[list[Any]]:
-        return [[b.name, b.sha256[:12], b.speakers, b.steps, b.weights_dtype or "float32", b.content_encoder,
+        return [[b.name + (" (bundled)" if b.bundled else ""), b.sha256[:12], b.speakers, b.steps, b.weights_dtype or "float32", b.content_encoder,
                  b.error] for b in self.catalog.bases()]
 
     def adapter_rows(self) -> list[list[Any]]:
         rows = []
         for a in self.catalog.adapters():
             fits = a.base.name if a.base is not None else f"not installed ({a.base_name or '?'})"
-            rows.append([a.name, a.method, a.steps, round(a.megabytes, 2),
+            rows.append([a.name + (" (bundled)" if a.bundled else ""), a.method, a.steps, round(a.megabytes, 2),
                          None if a.seconds is None else round(a.seconds), None if a.f0_median_hz is None else
                          round(a.f0_median_hz), a.retrieval_centroids, fits, a.error])
         return rows
@@ -150,13 +151,16 @@ def _escape(text: str) -> str:
     return html.escape(str(text)).replace("\n", "<br>")
 
 
-def _job_line(job: Job, detail: str = "") -> str:
-    if job.status == FAILED:
+def _job_line(job: Job, detail: str = "", status: str | None = None) -> str:
+    """The job's one status line; ``status``: the state the caller read (a poll reads it once, so the line
+    and what the poll did agree while the job moves on)."""
+    status = job.status if status is None else status
+    if status == FAILED:
         return _message(job.error, "error")
     elapsed = f"{job.elapsed():.0f} s"
     text = {DONE: f"{job.stage}: done in {elapsed}", STOPPED: f"{job.stage}: stopped after {elapsed}"}.get(
-        job.status, f"{job.stage}: {job.status} ({elapsed})")
-    return _message(text + (f" — {detail}" if detail else ""), "done" if job.final else "info")
+        status, f"{job.stage}: {status} ({elapsed})")
+    return _message(text + (f" — {detail}" if detail else ""), "done" if status in FINAL else "info")
 
 
 def report_summary(report: dict[str, Any]) -> str:
@@ -416,9 +420,9 @@ def build_app(server: Server):
                     max_steps=int(max_steps or 0), batch_size=int(batch or 0), learning_rate=float(lr or 0),
                     discriminator=str(disc), save_every=int(save or 0), eval_every=int(evaluate or 0),
                     num_workers=int(server.settings.train_num_workers))
-                target = server.catalog.singers_dir / singer_value
-                if target.exists() and not (runs_dir / singer_value).is_dir():
-                    raise UserError(f"singer {singer_value!r}", f"{target} already exists",
+                taken = next((a for a in server.catalog.adapters() if a.name == singer_value), None)
+                if taken is not None and not (runs_dir / singer_value).is_dir():  # not this page's own run
+                    raise UserError(f"singer {singer_value!r}", f"a singer of that name exists ({taken.path})",
                                     "choose another name for the new singer")
                 if not (processed_dir / "manifest.jsonl").is_file():
                     raise UserError("train", "nothing preprocessed yet", "upload recordings and press Preprocess")
@@ -456,11 +460,11 @@ def build_app(server: Server):
             job = server.jobs.get(job_id, token)
             if job is None:
                 return (gr.skip(),) * 5 + (gr.Timer(active=False),)
-            progress = job.progress
+            progress, status = job.progress, job.status
             detail = f"step {progress.get('step', 0)} of {progress.get('max_steps')}"
-            if job.status == STOPPED:
+            if status == STOPPED:
                 detail += "; checkpoint saved — Start / resume continues from it"
-            elif job.status == DONE and job.result is not None and job.result.artifact_dir is not None:
+            elif status == DONE and job.result is not None and job.result.artifact_dir is not None:
                 detail += f"; adapter written to {job.result.artifact_dir} (see Singers)"
             rows = [[k, round(v, 4)] for k, v in sorted(progress.get("losses", {}).items())]
             image = audio = gr.skip()
@@ -474,9 +478,9 @@ def build_app(server: Server):
                     image = str(_write_sample(run_dir, "sample.png", sample["image"]))
                 if sample.get("audio"):
                     audio = str(_write_sample(run_dir, "sample.wav", sample["audio"]))
-            singers_update = gr.Dropdown(choices=server.singer_choices()) if job.status == DONE else gr.skip()
-            return (_job_line(job, detail), rows or gr.skip(), image, audio, singers_update,
-                    gr.Timer(active=not job.final))
+            singers_update = gr.Dropdown(choices=server.singer_choices()) if status == DONE else gr.skip()
+            return (_job_line(job, detail, status), rows or gr.skip(), image, audio, singers_update,
+                    gr.Timer(active=status not in FINAL))
 
         start_button.click(start_training, [train_job, train_singer, train_base, method, steps, batch_size, learning_rate,
                                             discriminator, save_every, eval_every], [train_job, train_status,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ai_singer.catalog import AdapterEntry, BaseEntry, list_adapters, list_bases
+from ai_singer.catalog import AdapterEntry, BaseEntry, list_installed
 from ai_singer.errors import UserError
 from ai_singer.values import plain_name
 
@@ -31,10 +31,12 @@ class Catalog:
     singers_dir: Path
 
     def bases(self) -> list[BaseEntry]:
-        return list_bases(self.pretrain_dir)
+        """The user's bases, then the bundled ones no base of the user's shadows (as names are looked up)."""
+        return list_installed(self.pretrain_dir, self.singers_dir)[0]
 
     def adapters(self) -> list[AdapterEntry]:
-        return list_adapters(self.singers_dir, self.bases())
+        """The user's singers, then the bundled ones, each matched to the base it fits."""
+        return list_installed(self.pretrain_dir, self.singers_dir)[1]
 
     def base(self, name: str) -> BaseEntry:
         """The installed base of that name (UserError when there is none)."""
