@@ -23,20 +23,29 @@ from ai_singer.model.layers import init_conv_weights, same_padding, with_weight_
 LEAKY_SLOPE = 0.1
 
 
+#: Conventions of :class:`HarmonicNoiseSource` (``nsf_source`` of the model config).
+SOURCE_STYLES = ("ai_singer", "sovits")
+
+
 def harmonic_sines(f0: torch.Tensor, voiced: torch.Tensor, sample_rate: int, hop_length: int, n_harmonics: int,
-                   random_phase: bool = False, generator: torch.Generator | None = None, first_harmonic: int = 1
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   random_phase: bool = False, generator: torch.Generator | None = None, first_harmonic: int = 1,
+                   style: str = "ai_singer") -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-amplitude harmonics of a frame-rate F0: ``f0`` [B, T] Hz, ``voiced`` [B, T] 0/1 ->
     (sines [B, K, T*hop], row ``i`` the harmonic ``first_harmonic + i`` of F0, exactly 0 where unvoiced or
     at/above Nyquist; voiced mask per sample [B, 1, T*hop]).
 
     F0 is constant within a frame. The phase is accumulated per frame in float64 and inside a frame in
     float32, so long inputs keep an accurate, continuous phase. ``random_phase`` (training) gives every
-    harmonic above the fundamental a random initial phase.
+    harmonic above the fundamental a random initial phase. ``style="sovits"`` (:data:`SOURCE_STYLES`) follows
+    so-vits-svc's ``SineGen`` instead: voiced where F0 > 0 (``voiced`` not consulted), the phase of sample ``n``
+    includes its own increment (``sum_{i<=n}``), and harmonics above Nyquist are kept (they alias).
     """
+    if style not in SOURCE_STYLES:
+        raise ValueError(f"nsf_source must be one of {SOURCE_STYLES}, got {style!r}")
+    sovits = style == "sovits"
     batch, n_frames = f0.shape
     hop, sr = hop_length, sample_rate
-    is_voiced = ((voiced > 0.5) & (f0 > 0)).to(f0.dtype)
+    is_voiced = ((f0 > 0) if sovits else ((voiced > 0.5) & (f0 > 0))).to(f0.dtype)
     harmonics = torch.arange(first_harmonic, first_harmonic + n_harmonics, device=f0.device, dtype=torch.float64)
     step = (f0.to(torch.float64) * is_voiced.to(torch.float64)) / sr  # cycles per sample, [B, T]
     # phase (in cycles) at each frame's first sample: exclusive cumulative sum over frames
@@ -48,10 +57,11 @@ def harmonic_sines(f0: torch.Tensor, voiced: torch.Tensor, sample_rate: int, hop
             initial[:, 0] = 0.0
         start_k = start_k + initial.to(f0.device)
     step_k = (step.unsqueeze(1) * harmonics.view(1, -1, 1)).to(f0.dtype)  # [B, K, T]
-    within = torch.arange(hop, device=f0.device, dtype=f0.dtype)
+    within = torch.arange(int(sovits), hop + int(sovits), device=f0.device, dtype=f0.dtype)
     phase = start_k.to(f0.dtype).unsqueeze(-1) + step_k.unsqueeze(-1) * within  # [B, K, T, hop]
-    below_nyquist = (step_k < 0.5).to(f0.dtype).unsqueeze(-1)
-    sines = torch.sin(2 * math.pi * phase) * below_nyquist * is_voiced.view(batch, 1, n_frames, 1)
+    sines = torch.sin(2 * math.pi * phase) * is_voiced.view(batch, 1, n_frames, 1)
+    if not sovits:
+        sines = sines * (step_k < 0.5).to(f0.dtype).unsqueeze(-1)  # nothing at or above Nyquist
     voiced_samples = is_voiced.repeat_interleave(hop, dim=-1).unsqueeze(1)
     return sines.reshape(batch, n_harmonics, n_frames * hop), voiced_samples
 
@@ -64,11 +74,20 @@ class HarmonicNoiseSource(nn.Module):
     The phase is accumulated per frame in float64 and inside a frame in float32, so long inputs keep an
     accurate, continuous phase. During training every harmonic above the fundamental gets a random
     initial phase.
+
+    ``style`` (:data:`SOURCE_STYLES`): ``ai_singer`` as above; ``sovits`` follows so-vits-svc's
+    ``SineGen``: a sample is voiced where F0 > 0 (the ``voiced`` flag is not consulted: so-vits-svc feeds
+    interpolated F0, so its source is harmonic through unvoiced frames too), the phase of sample ``n`` includes
+    that sample's own increment (``sum_{i<=n}`` instead of ``sum_{i<n}``), and harmonics above Nyquist are
+    kept (they alias, as in so-vits-svc; none exceed it at 44.1 kHz below 2450 Hz F0 with 9 harmonics).
     """
 
-    def __init__(self, sample_rate: int, hop_length: int, harmonic_num: int = 8, sine_amp: float = 0.1,
-                 noise_std: float = 0.003):
+    def __init__(self, sample_rate: int, hop_length: int, harmonic_num: int, sine_amp: float,
+                 noise_std: float, style: str):
         super().__init__()
+        if style not in SOURCE_STYLES:
+            raise ValueError(f"nsf_source must be one of {SOURCE_STYLES}, got {style!r}")
+        self.style = style
         self.sample_rate = sample_rate
         self.hop_length = hop_length
         self.n_harmonics = harmonic_num + 1
@@ -81,7 +100,7 @@ class HarmonicNoiseSource(nn.Module):
         """``f0`` [B, T] Hz, ``voiced`` [B, T] -> (sines [B, K, T*hop] with amplitude ``sine_amp`` and exactly
         0 where unvoiced, voiced mask per sample [B, 1, T*hop])."""
         sines, voiced_samples = harmonic_sines(f0, voiced, self.sample_rate, self.hop_length, self.n_harmonics,
-                                               random_phase=self.training, generator=generator)
+                                               random_phase=self.training, generator=generator, style=self.style)
         return self.sine_amp * sines, voiced_samples
 
     def forward(self, f0: torch.Tensor, voiced: torch.Tensor,
@@ -126,17 +145,19 @@ class NSFHiFiGAN(nn.Module):
 
     Channels halve at every upsampling stage, starting from ``upsample_initial_channel``. Stage ``i`` adds
     the excitation brought to its rate by ``source_convs.i`` (a conv with stride
-    ``prod(upsample_rates[i+1:])``).
+    ``prod(upsample_rates[i+1:])``). ``source_style``: see :class:`HarmonicNoiseSource`;
+    ``output_bias``: whether ``output_conv`` has a bias (so-vits-svc's ``conv_post`` has one).
     """
 
     def __init__(self, in_channels: int, upsample_initial_channel: int, upsample_rates: list[int],
                  upsample_kernel_sizes: list[int], resblock_kernel_sizes: list[int],
                  resblock_dilation_sizes: list[list[int]], gin_channels: int, sample_rate: int,
-                 harmonic_num: int = 8, sine_amp: float = 0.1, noise_std: float = 0.003):
+                 harmonic_num: int, sine_amp: float, noise_std: float, source_style: str, output_bias: bool):
         super().__init__()
         self.hop_length = math.prod(upsample_rates)
         self.n_kernels = len(resblock_kernel_sizes)
-        self.source = HarmonicNoiseSource(sample_rate, self.hop_length, harmonic_num, sine_amp, noise_std)
+        self.source = HarmonicNoiseSource(sample_rate, self.hop_length, harmonic_num, sine_amp, noise_std,
+                                          source_style)
         self.input_conv = with_weight_norm(nn.Conv1d(in_channels, upsample_initial_channel, 7, padding=3))
         self.speaker_proj = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
         self.upsamplers = nn.ModuleList()
@@ -156,7 +177,7 @@ class NSFHiFiGAN(nn.Module):
             for block_kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(ResBlock(out_channels, block_kernel, dilations))
             channels = out_channels
-        output_conv = nn.Conv1d(channels, 1, 7, padding=3, bias=False)
+        output_conv = nn.Conv1d(channels, 1, 7, padding=3, bias=output_bias)
         init_conv_weights(output_conv)
         self.output_conv = with_weight_norm(output_conv)
 

@@ -32,9 +32,33 @@ def coarse_f0(f0: torch.Tensor, voiced: torch.Tensor, n_bins: int, f0_min: float
     return torch.where(is_voiced, bins, torch.zeros_like(bins))
 
 
+def mel_coarse_f0(f0: torch.Tensor, n_bins: int, f0_min: float, f0_max: float) -> torch.Tensor:
+    """so-vits-svc's quantisation: ``n_bins - 1`` classes evenly spaced on the mel scale
+    (``1127 ln(1 + f / 700)``) between ``f0_min`` (bin 1) and ``f0_max`` (bin ``n_bins - 1``), rounded half
+    up; F0 at or below ``f0_min`` (including 0 Hz) is bin 1 and bin 0 is never used. The voicing flag is not
+    consulted (so-vits-svc feeds interpolated F0 and a separate voiced flag).
+
+    ``f0`` [B, T] Hz -> long [B, T]. The arithmetic follows so-vits-svc's order in float32, so the bins
+    are the same as theirs.
+    """
+    mel_min = 1127 * math.log(1 + f0_min / 700)
+    mel_max = 1127 * math.log(1 + f0_max / 700)
+    mel = 1127 * (1 + f0 / 700).log()
+    scaled = torch.where(mel > 0, (mel - mel_min) * (n_bins - 2) / (mel_max - mel_min) + 1, mel)
+    return torch.floor(scaled.clamp(1.0, float(n_bins - 1)) + 0.5).long()
+
+
 def log_volume(volume: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
     """Frame RMS (linear) -> ``log10(max(volume, floor))``, about -5 (silence) .. 0 (full scale)."""
     return torch.log10(volume.clamp_min(floor))
+
+
+#: How the prior encoder reads the frame volume: ``log10`` (ai_singer: a 1x1 conv of ``log10(RMS)``),
+#: ``linear`` (so-vits-svc 4.1's ``vol_embedding``: a Linear(1, hidden) of the RMS itself), ``none``
+#: (so-vits-svc 4.0 and so-vits-svc-fork: no volume input, no ``volume_proj``).
+VOLUME_EMBEDDINGS = ("log10", "linear", "none")
+#: How F0 becomes the prior's pitch class: ``log`` (:func:`coarse_f0`), ``mel`` (:func:`mel_coarse_f0`).
+F0_COARSE_SCALES = ("log", "mel")
 
 
 class PriorEncoder(nn.Module):
@@ -44,32 +68,45 @@ class PriorEncoder(nn.Module):
     -> (mean [B, I, T], log_std [B, I, T])`` (both masked).
 
     Module names: ``content_proj`` (Conv1d), ``f0_embedding``/``voiced_embedding`` (Embedding),
-    ``volume_proj`` (Conv1d), ``encoder`` (:class:`TransformerEncoder`), ``out_proj`` (Conv1d).
+    ``volume_proj`` (Conv1d; absent with ``volume_embedding="none"``), ``encoder``
+    (:class:`TransformerEncoder`), ``out_proj`` (Conv1d). ``volume_embedding`` and ``f0_coarse`` pick
+    so-vits-svc's conventions (see :data:`VOLUME_EMBEDDINGS`, :data:`F0_COARSE_SCALES`).
     """
 
     def __init__(self, content_dim: int, hidden_channels: int, inter_channels: int, filter_channels: int,
                  n_heads: int, n_layers: int, kernel_size: int, p_dropout: float, window_size: int,
-                 content_kernel_size: int, f0_bins: int, f0_min: float, f0_max: float):
+                 content_kernel_size: int, f0_bins: int, f0_min: float, f0_max: float,
+                 volume_embedding: str, f0_coarse: str):
         super().__init__()
+        if volume_embedding not in VOLUME_EMBEDDINGS:
+            raise ValueError(f"volume_embedding must be one of {VOLUME_EMBEDDINGS}, got {volume_embedding!r}")
+        if f0_coarse not in F0_COARSE_SCALES:
+            raise ValueError(f"f0_coarse must be one of {F0_COARSE_SCALES}, got {f0_coarse!r}")
         self.f0_bins, self.f0_min, self.f0_max = f0_bins, f0_min, f0_max
+        self.volume_embedding, self.f0_coarse = volume_embedding, f0_coarse
         self.inter_channels = inter_channels
         self.content_proj = nn.Conv1d(content_dim, hidden_channels, content_kernel_size,
                                       padding=content_kernel_size // 2)
         self.f0_embedding = nn.Embedding(f0_bins, hidden_channels)
         self.voiced_embedding = nn.Embedding(2, hidden_channels)
-        self.volume_proj = nn.Conv1d(1, hidden_channels, 1)
+        self.volume_proj = nn.Conv1d(1, hidden_channels, 1) if volume_embedding != "none" else None
         self.encoder = TransformerEncoder(hidden_channels, filter_channels, n_heads, n_layers, kernel_size,
                                           p_dropout, window_size)
         self.out_proj = nn.Conv1d(hidden_channels, 2 * inter_channels, 1)
 
     def forward(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pitch_class = coarse_f0(f0, voiced, self.f0_bins, self.f0_min, self.f0_max)
+        if self.f0_coarse == "mel":
+            pitch_class = mel_coarse_f0(f0, self.f0_bins, self.f0_min, self.f0_max)
+        else:
+            pitch_class = coarse_f0(f0, voiced, self.f0_bins, self.f0_min, self.f0_max)
         voiced_class = (voiced > 0.5).long()
         x = self.content_proj(content * mask)
         x = x + self.f0_embedding(pitch_class).transpose(1, 2)
         x = x + self.voiced_embedding(voiced_class).transpose(1, 2)
-        x = x + self.volume_proj(log_volume(volume).unsqueeze(1))
+        if self.volume_proj is not None:
+            level = log_volume(volume) if self.volume_embedding == "log10" else volume
+            x = x + self.volume_proj(level.unsqueeze(1))
         x = self.encoder(x * mask, mask)
         stats = self.out_proj(x) * mask
         mean, log_std = stats.split(self.inter_channels, dim=1)

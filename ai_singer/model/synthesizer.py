@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ai_singer.model.ddsp import DDSPDecoder
-from ai_singer.model.decoder import NSFHiFiGAN
-from ai_singer.model.encoders import PosteriorEncoder, PriorEncoder
+from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
+from ai_singer.model.encoders import F0_COARSE_SCALES, VOLUME_EMBEDDINGS, PosteriorEncoder, PriorEncoder
 from ai_singer.model.flow import ResidualCouplingFlow
 from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all_weight_norm, slice_segments
 
@@ -27,7 +27,9 @@ from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all
 DECODERS = ("nsf_hifigan", "ddsp")
 #: keys added to the architecture after bases were saved without them, with the value that reproduces those
 #: bases (only for reading older artifacts; conf/model/*.yaml sets every key)
-LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0}
+LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0,
+                   "volume_embedding": "log10", "f0_coarse": "log", "nsf_source": "ai_singer",
+                   "decoder_output_bias": False}
 
 
 @dataclass
@@ -37,6 +39,15 @@ class SingerVAEConfig:
     No defaults: the values come from ``conf/model/<size>.yaml`` (``base`` is the so-vits-svc 4.1 layout) when
     pretraining, and from a base artifact's own ``config.yaml`` when fine-tuning or converting.
     ``hop_length`` must equal ``prod(upsample_rates)``.
+
+    Four options select so-vits-svc's conventions, so that its generators load as this model
+    (:mod:`ai_singer.importers.sovits`): ``volume_embedding`` (``log10`` ours, ``linear`` 4.1's
+    ``vol_embedding``, ``none`` 4.0/fork: no ``volume_proj``), ``f0_coarse`` (``log`` ours, ``mel`` their
+    ``f0_to_coarse``), ``nsf_source`` (``ai_singer`` ours, ``sovits`` their ``SineGen``) and
+    ``decoder_output_bias`` (their ``conv_post`` has a bias). so-vits-svc-fork's 44.1 kHz model is
+    ``conf/model/base.yaml`` with ``none``/``mel``/``sovits``/``true`` and its speaker count: the
+    parameter counts then agree part by part (their F0 decoder, used only by ``auto_predict_f0``, is not
+    part of this model).
     """
 
     # framing (must agree with the processed dataset)
@@ -62,6 +73,8 @@ class SingerVAEConfig:
     p_dropout: float
     attention_window: int
     content_kernel_size: int
+    volume_embedding: str  # log10 | linear | none (ai_singer.model.encoders.VOLUME_EMBEDDINGS)
+    f0_coarse: str  # log | mel (ai_singer.model.encoders.F0_COARSE_SCALES)
     # posterior encoder (WaveNet over the linear spectrogram)
     posterior_layers: int
     posterior_kernel_size: int
@@ -86,6 +99,8 @@ class SingerVAEConfig:
     harmonic_num: int
     sine_amp: float
     noise_std: float
+    nsf_source: str  # ai_singer | sovits (ai_singer.model.decoder.SOURCE_STYLES)
+    decoder_output_bias: bool
     # training
     segment_frames: int
     # discriminator (training only; stored here so a fine-tune rebuilds the same one)
@@ -139,6 +154,10 @@ class SingerVAEConfig:
                      "kernel_size", "posterior_kernel_size", "flow_kernel_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name, allowed in (("volume_embedding", VOLUME_EMBEDDINGS), ("f0_coarse", F0_COARSE_SCALES),
+                              ("nsf_source", SOURCE_STYLES)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid SingerVAEConfig: " + "; ".join(problems))
 
@@ -236,7 +255,8 @@ class SingerVAE(nn.Module):
     * prior attention: ``prior_encoder.encoder.layers.N.attention.{query_proj,key_proj,value_proj,out_proj}``
       (regex ``r".*attention\.(query|key|value|out)_proj"``)
     * prior feed-forward: ``prior_encoder.encoder.layers.N.feed_forward.{conv_in,conv_out}``
-    * prior input/output: ``prior_encoder.content_proj``, ``prior_encoder.volume_proj``,
+    * prior input/output: ``prior_encoder.content_proj``, ``prior_encoder.volume_proj`` (unless
+      ``volume_embedding`` is ``none``),
       ``prior_encoder.out_proj``
     * flow couplings: ``flow.couplings.N.{input_proj,out_proj}``,
       ``flow.couplings.N.wavenet.{dilated_convs.M,res_skip_convs.M,speaker_proj}``
@@ -263,7 +283,8 @@ class SingerVAE(nn.Module):
         self.speaker_embedding = nn.Embedding(c.n_speakers, c.gin_channels)
         self.prior_encoder = PriorEncoder(
             c.content_dim, c.hidden_channels, c.inter_channels, c.filter_channels, c.n_heads, c.n_layers,
-            c.kernel_size, c.p_dropout, c.attention_window, c.content_kernel_size, c.f0_bins, c.f0_min, c.f0_max)
+            c.kernel_size, c.p_dropout, c.attention_window, c.content_kernel_size, c.f0_bins, c.f0_min, c.f0_max,
+            c.volume_embedding, c.f0_coarse)
         self.posterior_encoder = PosteriorEncoder(
             c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel_size,
             c.posterior_dilation_rate, c.posterior_layers, c.gin_channels)
@@ -278,7 +299,7 @@ class SingerVAE(nn.Module):
             self.decoder = NSFHiFiGAN(
                 c.inter_channels, c.upsample_initial_channel, c.upsample_rates, c.upsample_kernel_sizes,
                 c.resblock_kernel_sizes, c.resblock_dilation_sizes, c.gin_channels, c.sample_rate, c.harmonic_num,
-                c.sine_amp, c.noise_std)
+                c.sine_amp, c.noise_std, c.nsf_source, c.decoder_output_bias)
 
     # ----------------------------------------------------------------------------------------------
     def embed_speaker(self, ids: torch.Tensor) -> torch.Tensor:
