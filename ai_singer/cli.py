@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         stage = commands.add_parser(name, help=summary, add_help=False,
                                     description=f"{summary}. Arguments go to `python -m {module}` unchanged.")
         stage.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
-    commands.add_parser("import", add_help=False, help="turn files of other projects (e.g. a fairseq ContentVec "
-                        "checkpoint) into ai_singer's formats; see `ai-singer import --help`")
+    commands.add_parser("import", add_help=False, help="turn files of other projects (a fairseq ContentVec "
+                        "checkpoint, a so-vits-svc base) into ai_singer's formats; see `ai-singer import --help`")
     commands.add_parser("demo", add_help=False, help="convert the bundled example song (--full: the whole path on "
                         "a held-out synthetic singer); see `ai-singer demo --help`")
     singers = commands.add_parser("singers", help="list the installed bases and singer adapters, and which "

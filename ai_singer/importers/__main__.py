@@ -2,6 +2,7 @@
 foreign file, each in its own module.
 
     python -m ai_singer.importers contentvec SRC.pt DST_FOLDER    # fairseq HuBERT/ContentVec -> HF folder
+    python -m ai_singer.importers sovits G_0.pth --config config.json --name NAME   # so-vits-svc base
 
 A module registered in :data:`IMPORTERS` provides ``add_arguments(parser)`` and ``run(args) -> int``. A
 user mistake (:class:`~ai_singer.errors.UserError`: a missing, damaged, foreign or mismatched file, an
@@ -22,6 +23,9 @@ IMPORTERS: dict[str, tuple[str, str]] = {
     "contentvec": ("ai_singer.importers.contentvec",
                    "fairseq HuBERT/ContentVec checkpoint (checkpoint_best_legacy_500.pt, hubert_base.pt) -> the "
                    "Hugging Face folder content=hubert reads"),
+    "sovits": ("ai_singer.importers.sovits",
+               "so-vits-svc 4.0/4.1 or so-vits-svc-fork generator (+ discriminator) and config.json -> a base "
+               "in pretrain/<name>/"),
 }
 
 

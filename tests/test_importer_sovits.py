@@ -1,0 +1,261 @@
+"""Importing so-vits-svc generators and discriminators: the same outputs as so-vits-svc-fork's own code.
+
+The reference outputs in tests/fixtures/sovits/ were made by so-vits-svc-fork 4.2.30 itself
+(tools/make_sovits_fixtures.py, in a separate virtual environment): a tiny model of its architecture with
+random weights, saved in its own checkpoint format, run on fixed inputs with its random draws recorded.
+Here the checkpoint goes through the importer, and our model is fed the same inputs and draws.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from ai_singer import checkpoint
+from ai_singer.importers import sovits
+from ai_singer.importers.__main__ import main as importers_main
+from ai_singer.model import SingerVAE
+from ai_singer.model.discriminator import Discriminator
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    return torch.load(FIXTURES / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    rc = importers_main(["sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
+                         "--name", "tiny-sovits", "--pretrain-dir", str(out)])
+    assert rc == 0
+    return out / "tiny-sovits"
+
+
+def load_model(base_dir: Path) -> SingerVAE:
+    base = checkpoint.load_base(base_dir)
+    model = SingerVAE(base.model_config)
+    checkpoint.load_state_strict(model, base.generator_state, base_dir / checkpoint.BASE_GENERATOR_FILE)
+    return model
+
+
+class Replay:
+    """Serves recorded random draws to our model: ``torch.randn``/``randn_like``/``rand`` return the tensor
+    queued for the requested shape (and fail on any draw that was not planned)."""
+
+    def __init__(self, monkeypatch, draws: dict[tuple, list[torch.Tensor]]):
+        self.draws = {shape: list(values) for shape, values in draws.items()}
+        monkeypatch.setattr(torch, "randn", self._serve)
+        monkeypatch.setattr(torch, "rand", self._serve)
+        monkeypatch.setattr(torch, "randn_like", lambda t, **kw: self._serve(t.shape, dtype=t.dtype))
+
+    def _serve(self, *shape, dtype=None, **_):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+            shape = tuple(shape[0])
+        queue = self.draws.get(tuple(shape))
+        assert queue, f"unplanned random draw of shape {tuple(shape)}"
+        value = queue.pop(0)
+        return value.to(dtype) if dtype is not None else value.clone()
+
+    def all_used(self) -> bool:
+        return not any(self.draws.values())
+
+
+def test_import_writes_a_self_describing_base(imported):
+    base = checkpoint.load_base(imported)
+    config = base.config
+    assert config["content_encoder"] == {"name": "hubert", "dim": 256, "path": "pretrain/content/hubert",
+                                         "layer": 9, "final_proj": True}
+    assert config["speakers"] == ["alice", "bob", "carol"]
+    assert config["steps"] == 1234
+    assert config["model"]["volume_embedding"] == "none" and config["model"]["nsf_source"] == "sovits"
+    assert "f0_decoder" in config["imported_from"]["left_out"]
+    assert config["generator_sha256"] == checkpoint.sha256_file(imported / checkpoint.BASE_GENERATOR_FILE)
+    assert not any(key.startswith("f0_decoder") for key in base.generator_state)
+
+
+def test_inference_matches_so_vits_svc(imported, reference, monkeypatch):
+    model = load_model(imported).eval()
+    model.remove_weight_norm()  # as conversion does (and as their Svc.load_model does)
+    content, f0, uv = reference["content"][:1], reference["f0"][:1], reference["uv"][:1]
+    prior_noise = reference["infer_prior_noise"]
+    source_noise = reference["infer_source_noise"].transpose(1, 2)  # theirs [B, L, K], ours [B, K, L]
+    replay = Replay(monkeypatch, {tuple(prior_noise.shape): [prior_noise], tuple(source_noise.shape): [source_noise]})
+    with torch.inference_mode():
+        g = model.embed_speaker(reference["speakers"][:1])
+        wav = model.infer(content, f0, uv, torch.ones_like(f0), g,
+                          noise_scale=float(reference["infer_noise_scale"]))
+    assert replay.all_used()
+    assert wav.shape == reference["infer_wav"].shape
+    assert (wav - reference["infer_wav"]).abs().max() <= TOLERANCE
+    assert reference["infer_wav"].abs().max() > 0.01  # a real signal, not two silences
+
+
+def test_training_forward_matches_so_vits_svc(imported, reference, monkeypatch):
+    model = load_model(imported).train()
+    phases = reference["train_phases"].unsqueeze(-1).double()  # theirs [B, K], ours [B, K, 1]
+    source_noise = reference["train_source_noise"].transpose(1, 2)
+    posterior_noise = reference["train_posterior_noise"]
+    replay = Replay(monkeypatch, {tuple(phases.shape): [phases], tuple(source_noise.shape): [source_noise],
+                                  tuple(posterior_noise.shape): [posterior_noise]})
+    monkeypatch.setattr("ai_singer.model.synthesizer.random_segment_starts",
+                        lambda lengths, segment, generator=None: reference["train_slice_starts"].clone())
+    f0 = reference["f0"]
+    with torch.no_grad():
+        g = model.embed_speaker(reference["speakers"])
+        out = model(reference["content"], f0, reference["uv"], torch.ones_like(f0), reference["spec"],
+                    reference["lengths"], g)
+    assert replay.all_used()
+    for ours, theirs in ((out.wav, "train_wav"), (out.z, "train_z"), (out.z_p, "train_z_p"), (out.m_p, "train_m_p"),
+                         (out.logs_p, "train_logs_p"), (out.m_q, "train_m_q"), (out.logs_q, "train_logs_q")):
+        assert ours.shape == reference[theirs].shape, theirs
+        assert (ours - reference[theirs]).abs().max() <= TOLERANCE, theirs
+
+
+def _fixture_tool():
+    spec = importlib.util.spec_from_file_location(
+        "make_sovits_fixtures", Path(__file__).parents[1] / "tools" / "make_sovits_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # a full-size discriminator (47 M parameters) written, imported and read back: ~10 s
+def test_discriminator_matches_so_vits_svc(reference, tmp_path):
+    layout = json.loads((FIXTURES / "D_layout.json").read_text())["keys"]
+    d_file = tmp_path / "D_0.pth"
+    torch.save({"model": _fixture_tool().discriminator_state(layout), "iteration": 1234, "optimizer": None,
+                "learning_rate": 1e-4}, d_file)
+    rc = importers_main(["sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
+                         "--discriminator", str(d_file), "--name", "with-d", "--pretrain-dir", str(tmp_path)])
+    assert rc == 0
+    base = checkpoint.load_base(tmp_path / "with-d", with_discriminator=True)
+    disc = Discriminator.from_config(SingerVAE(base.model_config).config)
+    checkpoint.load_state_strict(disc, base.discriminator_state)
+    with torch.no_grad():
+        out = disc(reference["disc_real"], reference["disc_fake"])
+    # theirs: [scale, period 2, 3, 5, 7, 11]; ours: [periods..., scale]
+    order = [len(out.real_logits) - 1] + list(range(len(out.real_logits) - 1))
+    for theirs, ours in enumerate(order):
+        for side, logits, maps in (("real", out.real_logits, out.real_features),
+                                   ("fake", out.fake_logits, out.fake_features)):
+            assert (logits[ours] - reference[f"disc_{theirs}_{side}_logits"]).abs().max() <= TOLERANCE
+            energy = torch.stack([m.pow(2).flatten(1).mean(1) for m in maps[ours]])
+            torch.testing.assert_close(energy, reference[f"disc_{theirs}_{side}_energy"], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def _run(capsys, tmp_path, generator, config=FIXTURES / "config.json", *extra) -> tuple[int, str]:
+    rc = importers_main(["sovits", str(generator), "--config", str(config), "--name", "bad",
+                         "--pretrain-dir", str(tmp_path / "pretrain"), *extra])
+    err = capsys.readouterr().err
+    assert not (tmp_path / "pretrain" / "bad").exists()  # nothing written
+    return rc, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+class Payload:  # a class no checkpoint loader may run
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def test_a_pickle_with_foreign_classes_is_refused(tmp_path, capsys):
+    bad = tmp_path / "G_evil.pth"
+    model = torch.load(FIXTURES / "G_0.pth", weights_only=True)["model"]
+    torch.save({"model": model, "extra": Payload()}, bad)
+    rc, err = _run(capsys, tmp_path, bad)
+    line = _one_line(err)
+    assert rc == 2 and str(bad) in line and "print" in line and "refused" in line
+    assert "this would have run" not in err
+
+
+def test_a_truncated_file_is_refused(tmp_path, capsys):
+    cut = tmp_path / "G_cut.pth"
+    data = (FIXTURES / "G_0.pth").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    rc, err = _run(capsys, tmp_path, cut)
+    line = _one_line(err)
+    assert rc == 2 and str(cut) in line and "truncated" in line
+
+
+@pytest.mark.parametrize("kind", ["json", "discriminator", "rvc"])
+def test_a_file_of_the_wrong_kind_is_refused(tmp_path, capsys, kind):
+    wrong = tmp_path / "wrong.pth"
+    if kind == "json":
+        wrong.write_text((FIXTURES / "config.json").read_text())
+        expect = "JSON"
+    elif kind == "discriminator":
+        torch.save({"model": {"discriminators.0.convs.0.bias": torch.zeros(16)}}, wrong)
+        expect = "--discriminator"
+    else:
+        torch.save({"weight": {"emb_g.weight": torch.zeros(1, 2)}, "config": [1, 2], "version": "v2"}, wrong)
+        expect = "RVC"
+    rc, err = _run(capsys, tmp_path, wrong)
+    line = _one_line(err)
+    assert rc == 2 and str(wrong) in line and expect in line
+
+
+def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path, capsys):
+    config = json.loads((FIXTURES / "config.json").read_text())
+    config["model"]["hidden_channels"] = 12
+    other = tmp_path / "config.json"
+    other.write_text(json.dumps(config))
+    rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth", other)
+    line = _one_line(err)
+    assert rc == 2 and "G_0.pth" in line and "do not match" in line and str(other) in line
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"type_": "mb-istft"}, "type_"),
+    ({"resblock": "2"}, "resblock"),
+    ({"ssl_dim": 1024}, "ssl_dim"),
+    ({"speech_encoder": "whisper-ppg"}, "whisper-ppg"),
+])
+def test_unsupported_so_vits_options_are_named(tmp_path, capsys, change, expect):
+    config = json.loads((FIXTURES / "config.json").read_text())
+    config["model"].update(change)
+    other = tmp_path / "config.json"
+    other.write_text(json.dumps(config))
+    rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth", other)
+    line = _one_line(err)
+    assert rc == 2 and str(other) in line and expect in line
+
+
+def test_an_existing_base_is_kept_without_overwrite(imported, capsys):
+    rc = importers_main(["sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
+                         "--name", imported.name, "--pretrain-dir", str(imported.parent)])
+    assert rc == 2 and "--overwrite" in _one_line(capsys.readouterr().err)
+
+
+def test_ai_singer_import_runs_the_importer(tmp_path, capsys):
+    from ai_singer.cli import main as cli_main
+
+    rc = cli_main(["import", "sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
+                   "--name", "via-cli", "--pretrain-dir", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "via-cli" / checkpoint.BASE_CONFIG_FILE).is_file()
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["import", "nosuchkind"])
+    assert stop.value.code == 2 and "nosuchkind" in capsys.readouterr().err
+
+
+def test_key_maps_cover_the_layouts():
+    assert sovits.map_generator_key("flow.flows.6.enc.in_layers.3.weight_g") == \
+        "flow.couplings.3.wavenet.dilated_convs.3.parametrizations.weight.original0"
+    assert sovits.map_generator_key("enc_p.enc_.norm_layers_2.1.gamma") == \
+        "prior_encoder.encoder.layers.1.feed_forward_norm.norm.weight"
+    assert sovits.map_generator_key("f0_decoder.prenet.weight") is None
+    assert sovits.map_discriminator_key("discriminators.3.conv_post.weight_v") == \
+        "period_discriminators.2.output_conv.parametrizations.weight.original1"

@@ -1,0 +1,208 @@
+"""Write the so-vits-svc reference fixtures in tests/fixtures/sovits/ with so-vits-svc-fork's own code.
+
+Run with the Python of a separate virtual environment that has so-vits-svc-fork (never a dependency of
+ai_singer; recipe in README "so-vits-svc bases", installed as in /work/shared/ASSETS.md "Peer toolkits"):
+
+    ~/.cache/fk-venv/bin/python tools/make_sovits_fixtures.py [--out tests/fixtures/sovits]
+
+How the fixtures are made (tests/test_importer_sovits.py compares ai_singer's imported model with them):
+
+* ``config.json``: so-vits-svc-fork's ``so-vits-svc-4.0v1.json`` template with a tiny ``model`` section
+  (hidden 8, 2 attention layers, a decoder with rates [4, 4] from 16 channels, ``ssl_dim`` 256 (ContentVec
+  layer 9 + final_proj), 3 speakers,
+  ``p_dropout`` 0 so the training pass is deterministic) and ``data`` framing (hop 16, filter_length 32).
+  The parts so-vits-svc hard-codes (16 posterior WaveNet layers, 4 couplings of 4 layers, kernel 5, the
+  F0 decoder) keep their original sizes.
+* ``G_0.pth``: ``SynthesizerTrn`` built from that config with random weights (seed 0), saved the way
+  so-vits-svc saves checkpoints (``{"model", "iteration", "optimizer", "learning_rate"}``, a pickle).
+* ``D_layout.json``: the keys and shapes of so-vits-svc's ``MultiPeriodDiscriminator`` (full size; it
+  has no size options). Its weights are not stored (187 MB): they are drawn from a seeded generator in
+  key order (:func:`discriminator_state`, which the test repeats), so the test can write the same
+  ``D_0.pth``.
+* ``reference.pt``: inputs, the random draws so-vits-svc made (recorded by wrapping ``torch.rand`` /
+  ``torch.randn_like`` while its forward ran) and its outputs: the inference waveform
+  (``SynthesizerTrn.infer`` after ``remove_weight_norm``, as ``Svc.load_model`` does), the training forward's
+  outputs (decoded segment, slice starts, z, z_p, prior and posterior statistics) and the discriminator's
+  logits and feature-map energies. Their inference draws random initial phases for the NSF harmonics; ours
+  starts them at 0 at inference, so this script pins their draw to 0 (a value of its range) for the
+  inference pass; the training pass records the draw and the test feeds it to ours.
+
+Everything is float32 on the CPU; the whole folder is well under 2 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+DISCRIMINATOR_SEED = 1234
+
+
+def tiny_config() -> dict:
+    import so_vits_svc_fork
+
+    template = Path(so_vits_svc_fork.__file__).parent / "preprocessing/config_templates/so-vits-svc-4.0v1.json"
+    config = json.loads(template.read_text())
+    config["data"].update(sampling_rate=44100, filter_length=32, hop_length=16, win_length=32,
+                          contentvec_final_proj=True)
+    config["train"]["segment_size"] = 8 * 16
+    model = config["model"]
+    model.update(inter_channels=4, hidden_channels=8, filter_channels=16, n_heads=2, n_layers=2, kernel_size=3,
+                 p_dropout=0.0, resblock="1", resblock_kernel_sizes=[3, 5],
+                 resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], upsample_rates=[4, 4],
+                 upsample_initial_channel=16, upsample_kernel_sizes=[8, 8], gin_channels=8, ssl_dim=256,
+                 n_speakers=3)
+    model.pop("pretrained", None)
+    config["spk"] = {"alice": 0, "bob": 1, "carol": 2}
+    return config
+
+
+def discriminator_state(layout: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Deterministic weights for the discriminator's keys: a seeded normal draw per key, in the given order;
+    ``weight_g`` scaled by 0.5, ``weight_v`` by 1, biases by 0.01."""
+    generator = torch.Generator().manual_seed(DISCRIMINATOR_SEED)
+    state = {}
+    for key, shape in layout:
+        scale = 0.5 if key.endswith("weight_g") else 0.01 if key.endswith("bias") else 1.0
+        state[key] = torch.randn(shape, generator=generator) * scale
+    return state
+
+
+class Recorder:
+    """Wraps ``torch.rand`` and ``torch.randn_like`` to record every draw (and optionally pin the harmonic
+    phase draw ``torch.rand(B, K)`` to zeros)."""
+
+    def __init__(self, harmonics: int, pin_phases: bool):
+        self.harmonics, self.pin_phases = harmonics, pin_phases
+        self.draws: list[tuple[str, torch.Tensor]] = []
+        self._rand, self._randn_like = torch.rand, torch.randn_like
+
+    def rand(self, *shape, **kwargs):
+        value = self._rand(*shape, **kwargs)
+        if self.pin_phases and len(shape) == 2 and shape[1] == self.harmonics:
+            value = torch.zeros_like(value)
+        self.draws.append(("rand", value.clone()))
+        return value
+
+    def randn_like(self, tensor, **kwargs):
+        value = self._randn_like(tensor, **kwargs)
+        self.draws.append(("randn_like", value.clone()))
+        return value
+
+    def __enter__(self):
+        torch.rand, torch.randn_like = self.rand, self.randn_like
+        return self
+
+    def __exit__(self, *exc):
+        torch.rand, torch.randn_like = self._rand, self._randn_like
+
+
+def make_inputs(config: dict) -> dict[str, torch.Tensor]:
+    """Two items of 24 frames, the second 20 frames long (zero-padded like a batch)."""
+    generator = torch.Generator().manual_seed(7)
+    frames, batch = 24, 2
+    model, data = config["model"], config["data"]
+    content = torch.randn(batch, model["ssl_dim"], frames, generator=generator)
+    t = torch.arange(frames, dtype=torch.float32)
+    # item 0: a rising line with vibrato (interpolated through a "breath": uv 0, F0 kept, as so-vits-svc feeds it)
+    f0_a = 220.0 * 2 ** (t / 24) * (1 + 0.01 * torch.sin(2 * math.pi * t / 6))
+    uv_a = torch.ones(frames)
+    uv_a[9:12] = 0.0
+    # item 1: lower, with true zeros (an unvoiced stretch where F0 is 0) and padding after frame 20
+    f0_b = 150.0 + 40.0 * torch.sin(2 * math.pi * t / 12)
+    f0_b[5:8] = 0.0
+    uv_b = (f0_b > 0).float()
+    lengths = torch.tensor([frames, 20])
+    f0 = torch.stack([f0_a, f0_b])
+    uv = torch.stack([uv_a, uv_b])
+    spec = torch.rand(batch, data["filter_length"] // 2 + 1, frames, generator=generator) * 2
+    mask = (torch.arange(frames)[None] < lengths[:, None]).float()
+    content, spec = content * mask[:, None], spec * mask[:, None]
+    f0, uv = f0 * mask, uv * mask
+    return {"content": content, "f0": f0, "uv": uv, "spec": spec, "lengths": lengths,
+            "speakers": torch.tensor([0, 2])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/sovits"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from so_vits_svc_fork.modules.descriminators import MultiPeriodDiscriminator
+    from so_vits_svc_fork.modules.synthesizers import SynthesizerTrn
+
+    config = tiny_config()
+    data, model_cfg = config["data"], config["model"]
+    torch.manual_seed(0)
+    net = SynthesizerTrn(data["filter_length"] // 2 + 1, config["train"]["segment_size"] // data["hop_length"],
+                         **model_cfg)
+    with torch.no_grad():  # their output convs start at zero: give every tensor a visible random value
+        for name, param in net.named_parameters():
+            if name.startswith("flow.flows.") and ".post." in name:
+                param.normal_(0.0, 0.1)
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save({"model": net.state_dict(), "iteration": 1234, "optimizer": optimizer.state_dict(),
+                "learning_rate": 1e-4}, out / "G_0.pth")
+
+    inputs = make_inputs(config)
+    harmonics = 9
+    reference: dict[str, torch.Tensor] = dict(inputs)
+
+    # ---- training forward (train mode, p_dropout 0): record the draws
+    net.train()
+    with torch.no_grad(), Recorder(harmonics, pin_phases=False) as rec:
+        o, _, ids_slice, _, (z, z_p, m_p, logs_p, m_q, logs_q), *_ = net(
+            inputs["content"], inputs["f0"], inputs["uv"], inputs["spec"], g=inputs["speakers"][:, None],
+            c_lengths=inputs["lengths"], spec_lengths=inputs["lengths"])
+    kinds = [(kind, tuple(t.shape)) for kind, t in rec.draws]
+    # enc_p's unused sample, enc_q's posterior noise, the slice draw, the harmonic phases, the source noise,
+    # SourceModuleHnNSF's unused noise
+    assert [k for k, _ in kinds] == ["randn_like", "randn_like", "rand", "rand", "randn_like", "randn_like"], kinds
+    reference.update(train_posterior_noise=rec.draws[1][1], train_slice_starts=ids_slice,
+                     train_phases=rec.draws[3][1], train_source_noise=rec.draws[4][1], train_wav=o, train_z=z,
+                     train_z_p=z_p, train_m_p=m_p, train_logs_p=logs_p, train_m_q=m_q, train_logs_q=logs_q)
+
+    # ---- inference, as Svc.load_model prepares it (eval, weight norm removed)
+    from so_vits_svc_fork import utils as fork_utils
+
+    net.eval()
+    for module in net.modules():  # exactly what Svc.load_model does
+        fork_utils.remove_weight_norm_if_exists(module)
+    noise_scale = 0.35
+    full = inputs["lengths"].max().item()
+    with torch.no_grad(), Recorder(harmonics, pin_phases=True) as rec:
+        wav = net.infer(inputs["content"][:1], inputs["f0"][:1], inputs["uv"][:1], g=inputs["speakers"][:1, None],
+                        noice_scale=noise_scale)
+    assert [k for k, _ in rec.draws] == ["randn_like", "rand", "randn_like", "randn_like"], rec.draws
+    reference.update(infer_prior_noise=rec.draws[0][1], infer_source_noise=rec.draws[2][1], infer_wav=wav,
+                     infer_noise_scale=torch.tensor(noise_scale), infer_frames=torch.tensor(full))
+
+    # ---- discriminator (full size, seeded weights)
+    disc = MultiPeriodDiscriminator(use_spectral_norm=False)
+    layout = [(key, list(value.shape)) for key, value in disc.state_dict().items()]
+    disc.load_state_dict(discriminator_state(layout))
+    (out / "D_layout.json").write_text(json.dumps({"seed": DISCRIMINATOR_SEED, "keys": layout}) + "\n")
+    generator = torch.Generator().manual_seed(11)
+    real = torch.randn(2, 1, 1000, generator=generator) * 0.3
+    fake = torch.randn(2, 1, 1000, generator=generator) * 0.3
+    with torch.no_grad():
+        real_logits, fake_logits, real_maps, fake_maps = disc(real, fake)
+    reference.update(disc_real=real, disc_fake=fake)
+    for i, (r, f, rm, fm) in enumerate(zip(real_logits, fake_logits, real_maps, fake_maps)):
+        reference[f"disc_{i}_real_logits"] = r
+        reference[f"disc_{i}_fake_logits"] = f
+        reference[f"disc_{i}_real_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in rm])
+        reference[f"disc_{i}_fake_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in fm])
+    torch.save({key: value.contiguous() for key, value in reference.items()}, out / "reference.pt")
+    total = sum(path.stat().st_size for path in out.iterdir())
+    print(f"wrote {out} ({total / 1e6:.2f} MB): " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+if __name__ == "__main__":
+    main()
