@@ -28,6 +28,10 @@ How the fixtures are made (tests/test_importer_sovits.py compares ai_singer's im
   inference pass; the training pass records the draw and the test feeds it to ours.
 
 Everything is float32 on the CPU; the whole folder is well under 2 MB.
+
+``--full-size DIR`` instead writes a full-size so-vits-svc-fork 44.1 kHz model (its own template, 200
+speakers, random weights) as a user's training run leaves it: ``G_0.pth`` and ``D_0.pth`` with the AdamW
+state after one step, and ``config.json`` (about 1.2 GB together; for tools/bench_import.py, not committed).
 """
 from __future__ import annotations
 
@@ -126,10 +130,43 @@ def make_inputs(config: dict) -> dict[str, torch.Tensor]:
             "speakers": torch.tensor([0, 2])}
 
 
+def write_full_size(out: Path) -> None:
+    """so-vits-svc-fork's 44.1 kHz template model with random weights and one AdamW step of state, saved as
+    its training saves ``G_*.pth``/``D_*.pth``."""
+    import so_vits_svc_fork
+    from so_vits_svc_fork.modules.descriminators import MultiPeriodDiscriminator
+    from so_vits_svc_fork.modules.synthesizers import SynthesizerTrn
+
+    out.mkdir(parents=True, exist_ok=True)
+    template = Path(so_vits_svc_fork.__file__).parent / "preprocessing/config_templates/so-vits-svc-4.0v1.json"
+    config = json.loads(template.read_text())
+    config["model"].pop("pretrained", None)
+    config["spk"] = {"singer": 0}
+    data = config["data"]
+    torch.manual_seed(0)
+    for name, module in (("G_0.pth", SynthesizerTrn(data["filter_length"] // 2 + 1,
+                                                     config["train"]["segment_size"] // data["hop_length"],
+                                                     **config["model"])),
+                         ("D_0.pth", MultiPeriodDiscriminator())):
+        optimizer = torch.optim.AdamW(module.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+        for param in module.parameters():
+            param.grad = torch.randn_like(param) * 1e-3
+        optimizer.step()
+        torch.save({"model": module.state_dict(), "iteration": 1, "optimizer": optimizer.state_dict(),
+                    "learning_rate": 1e-4}, out / name)
+        print(f"wrote {out / name} ({(out / name).stat().st_size / 1e6:.0f} MB)")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/sovits"))
+    parser.add_argument("--full-size", metavar="DIR", help="write a full-size 44.1 kHz G_0.pth/D_0.pth/config.json "
+                                                            "with optimiser state here instead of the fixtures")
     args = parser.parse_args()
+    if args.full_size:
+        write_full_size(Path(args.full_size))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
