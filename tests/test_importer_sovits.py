@@ -318,3 +318,23 @@ def test_an_imported_base_fine_tunes_and_converts(imported, tmp_path):
     converted = converter.convert_vocal(vocal, 44100, "alto")
     assert converted.audio.shape == vocal.shape and np.isfinite(converted.audio).all()
     assert np.abs(converted.audio).max() > 0
+
+
+def test_the_sovits_layout_differs_from_model_base_by_four_options():
+    """so-vits-svc-fork's 44.1 kHz model vs ``model=base``: flow, posterior encoder and discriminator are the
+    same size; the prior encoder has no volume input (-384 = volume_proj's 192 weights + 192 biases) and the
+    decoder's output conv a bias (+1)."""
+    import yaml
+
+    conf = Path(__file__).parents[1] / "conf" / "model"
+    base = yaml.safe_load((conf / "base.yaml").read_text())
+    layout = yaml.safe_load((conf / "sovits.yaml").read_text())
+    differing = sorted(k for k in base if base[k] != layout[k] and k not in
+                       ("sample_rate", "hop_length", "n_fft", "win_length"))
+    assert differing == ["decoder_output_bias", "f0_coarse", "nsf_source", "volume_embedding"]
+    # (the discriminator settings are among the equal keys above)
+    framing = {k: layout[k] for k in ("sample_rate", "hop_length", "n_fft", "win_length")}
+    a = SingerVAE({**base, **framing}).parameter_counts()
+    b = SingerVAE(layout).parameter_counts()
+    assert a["flow"] == b["flow"] == 8_687_232 and a["posterior_encoder"] == b["posterior_encoder"] == 8_921_472
+    assert a["prior_encoder"] - b["prior_encoder"] == 384 and b["decoder"] - a["decoder"] == 1

@@ -10,7 +10,7 @@ Their generator is :class:`~ai_singer.model.SingerVAE` with four options set to 
 (``volume_embedding`` ``none`` (4.0/fork) or ``linear`` (4.1 ``vol_embedding``), ``f0_coarse: mel``,
 ``nsf_source: sovits``, ``decoder_output_bias: true``) and the sizes so-vits-svc hard-codes (16 posterior
 WaveNet layers, couplings of 4 layers with kernel 5, attention window 4, content conv kernel 5, 256 pitch
-classes from 50 to 1100 Hz, 9 NSF harmonics). Only names and layouts differ (:func:`map_generator_key`):
+classes, 9 NSF harmonics: :data:`SOVITS_FIXED_FIELDS`, read from ``conf/model/sovits.yaml``). Only names and layouts differ (:func:`map_generator_key`):
 old-style weight norm ``weight_g``/``weight_v`` become parametrisations, the relative position tables lose
 their head axis, 4.1's ``emb_vol`` Linear becomes a 1x1 conv. The F0 decoder (``f0_decoder.*``, used only by
 ``auto_predict_f0``) is left out and counted in the base's ``imported_from`` record. Their discriminator is
@@ -34,14 +34,13 @@ from typing import Any, Mapping
 from ai_singer.errors import UserError
 from ai_singer.importers.safe_load import load_checkpoint
 
-#: so-vits-svc's fixed sizes (hard-coded in its SynthesizerTrn, f0_to_coarse and NSF source).
-SOVITS_FIXED = {
-    "f0_bins": 256, "f0_min": 50.0, "f0_max": 1100.0, "attention_window": 4, "content_kernel_size": 5,
-    "posterior_layers": 16, "posterior_kernel_size": 5, "posterior_dilation_rate": 1, "flow_layers": 4,
-    "flow_kernel_size": 5, "flow_dilation_rate": 1, "harmonic_num": 8, "sine_amp": 0.1, "noise_std": 0.003,
-    "f0_coarse": "mel", "nsf_source": "sovits", "decoder_output_bias": True,
-    "discriminator_periods": [2, 3, 5, 7, 11], "discriminator_scales": 1, "discriminator_width": 1.0,
-}
+#: The SingerVAEConfig fields so-vits-svc hard-codes (in its SynthesizerTrn, f0_to_coarse and NSF source),
+#: read from conf/model/sovits.yaml; the other fields come from the imported config.json.
+SOVITS_FIXED_FIELDS = (
+    "f0_bins", "f0_min", "f0_max", "attention_window", "content_kernel_size", "posterior_layers",
+    "posterior_kernel_size", "posterior_dilation_rate", "flow_layers", "flow_kernel_size", "flow_dilation_rate",
+    "harmonic_num", "sine_amp", "noise_std", "f0_coarse", "nsf_source", "decoder_output_bias",
+    "discriminator_periods", "discriminator_scales", "discriminator_width")
 #: Content encoders so-vits-svc 4.1 names in ``model.speech_encoder`` that our ``hubert`` backend reads
 #: (a ContentVec checkpoint converted by ``python -m ai_singer.importers contentvec``): dim, layer, final_proj.
 CONTENT_ENCODERS = {"vec768l12": (768, 12, False), "vec256l9": (256, 9, True)}
@@ -156,8 +155,10 @@ def content_encoder_record(config: Mapping[str, Any], where: Path, content_path:
 
 def model_config(config: Mapping[str, Any], where: Path) -> dict:
     """``SingerVAEConfig`` fields for so-vits-svc's ``config.json`` (raises :class:`SovitsImportError`)."""
+    from ai_singer.config import conf_group
     from ai_singer.model import SingerVAEConfig
 
+    layout = conf_group("model", "sovits")
     model, data = config["model"], config["data"]
     _refuse_unsupported(model, where)
     try:
@@ -178,7 +179,7 @@ def model_config(config: Mapping[str, Any], where: Path) -> dict:
             "resblock_kernel_sizes": list(model["resblock_kernel_sizes"]),
             "resblock_dilation_sizes": [list(d) for d in model["resblock_dilation_sizes"]],
             "segment_frames": max(1, int(config.get("train", {}).get("segment_size", SOVITS_SEGMENT_SIZE)) // hop),
-            **SOVITS_FIXED,
+            **{name: layout[name] for name in SOVITS_FIXED_FIELDS},
         }
         return SingerVAEConfig(**fields).to_dict()
     except KeyError as error:
