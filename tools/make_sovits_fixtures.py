@@ -1,9 +1,18 @@
 """Write the so-vits-svc reference fixtures in tests/fixtures/sovits/ with so-vits-svc-fork's own code.
 
 Run with the Python of a separate virtual environment that has so-vits-svc-fork (never a dependency of
-ai_singer; recipe in README "so-vits-svc bases", installed as in /work/shared/ASSETS.md "Peer toolkits"):
+ai_singer). On a CPU torch it installs offline-capable like this (its own dependencies would pull
+torchaudio's CUDA build):
 
+    FK=~/.cache/fk-venv; python3 -m venv $FK && echo 'torch==2.13.0' > $FK-constraints.txt
+    $FK/bin/pip install torch==2.13.0 && $FK/bin/pip install --no-deps so-vits-svc-fork==4.2.30
+    $FK/bin/pip install -c $FK-constraints.txt click cm-time fastapi librosa lightning matplotlib numpy pebble \
+        praat-parselmouth psutil pysimplegui-4-foss pyworld requests rich scipy sounddevice soundfile \
+        tensorboard tensorboardx torchcrepe tqdm tqdm-joblib transformers 'setuptools<81'
+    rm $FK/lib/python3.11/site-packages/torchaudio/lib/*.so   # CUDA-linked; unused here
     ~/.cache/fk-venv/bin/python tools/make_sovits_fixtures.py [--out tests/fixtures/sovits]
+
+Its ``Svc`` class downloads ContentVec, so this builds ``SynthesizerTrn`` directly from a config.
 
 How the fixtures are made (tests/test_importer_sovits.py compares ai_singer's imported model with them):
 
