@@ -40,7 +40,7 @@ Everything is float32 on the CPU; the whole folder is well under 2 MB.
 
 ``--full-size DIR`` instead writes a full-size so-vits-svc-fork 44.1 kHz model (its own template, 200
 speakers, random weights) as a user's training run leaves it: ``G_0.pth`` and ``D_0.pth`` with the AdamW
-state after one step, and ``config.json`` (about 1.2 GB together; for tools/bench_import.py, not committed).
+state after one step, and ``config.json`` (about 1.2 GB together; for tools/bench_import_sovits.py, not committed).
 """
 from __future__ import annotations
 
