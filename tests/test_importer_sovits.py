@@ -338,3 +338,27 @@ def test_the_sovits_layout_differs_from_model_base_by_four_options():
     b = SingerVAE(layout).parameter_counts()
     assert a["flow"] == b["flow"] == 8_687_232 and a["posterior_encoder"] == b["posterior_encoder"] == 8_921_472
     assert a["prior_encoder"] - b["prior_encoder"] == 384 and b["decoder"] - a["decoder"] == 1
+
+
+def test_a_so_vits_singer_model_becomes_an_adapter(imported, tmp_path):
+    """A singer's G_xxxx.pth (fine-tuned from the base) imports the same way and ``extract-adapter`` turns it
+    into a LoRA adapter on the imported base; at full rank it reproduces the singer's generator."""
+    from ai_singer.config import conf_file
+    from ai_singer.extract import extract_adapter
+    from ai_singer.lora_svd import ExtractSettings
+
+    payload = torch.load(FIXTURES / "G_0.pth", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    payload["model"] = {key: value + 0.02 * value.abs().mean() * torch.randn(value.shape, generator=generator)
+                        for key, value in payload["model"].items()}
+    singer_file = tmp_path / "G_5000.pth"
+    torch.save(payload, singer_file)
+    assert importers_main(["sovits", str(singer_file), "--config", str(FIXTURES / "config.json"),
+                           "--name", "alice-full", "--pretrain-dir", str(tmp_path)]) == 0
+    values = conf_file("extract")
+    settings = ExtractSettings(rank=10_000, energy=None, drop=list(values["drop"]), dtype=values["dtype"])
+    out, extraction = extract_adapter(imported, tmp_path / "alice-full", tmp_path / "singers" / "alice", settings,
+                                      speaker="bob")
+    adapter = checkpoint.load_adapter(out)
+    assert adapter.base_sha256 == checkpoint.load_base(imported).sha256
+    assert extraction.relative_error(("lora",)) < 1e-4  # full rank: the LoRA layers hold the whole difference
