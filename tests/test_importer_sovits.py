@@ -362,3 +362,34 @@ def test_a_so_vits_singer_model_becomes_an_adapter(imported, tmp_path):
     adapter = checkpoint.load_adapter(out)
     assert adapter.base_sha256 == checkpoint.load_base(imported).sha256
     assert extraction.relative_error(("lora",)) < 1e-4  # full rank: the LoRA layers hold the whole difference
+
+
+def test_so_vits_svc_4_1_volume_embedding_becomes_the_linear_volume_input(imported, tmp_path):
+    """4.1's ``vol_embedding``: ``emb_vol`` (a Linear(1, hidden) of the frame RMS, added to the content
+    projection) becomes ``volume_embedding: linear``. Checked by its meaning: the same as the 4.0 model whose
+    content projection's bias absorbed ``emb_vol(v)`` for a constant volume ``v`` (no 4.1 code runs here)."""
+    payload = torch.load(FIXTURES / "G_0.pth", weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(8, 1, generator=generator), torch.randn(8, generator=generator)
+    payload["model"].update({"emb_vol.weight": weight, "emb_vol.bias": bias})
+    torch.save(payload, tmp_path / "G_41.pth")
+    config = json.loads((FIXTURES / "config.json").read_text())
+    config["model"].update(vol_embedding=True, speech_encoder="vec256l9")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert importers_main(["sovits", str(tmp_path / "G_41.pth"), "--config", str(tmp_path / "config.json"),
+                           "--name", "v41", "--pretrain-dir", str(tmp_path)]) == 0
+    base = checkpoint.load_base(tmp_path / "v41")
+    assert base.model_config["volume_embedding"] == "linear"
+    assert base.config["imported_from"]["format"] == "so-vits-svc 4.1"
+    with_volume, without = load_model(tmp_path / "v41").eval(), load_model(imported).eval()
+    level = 0.05
+    with torch.no_grad():
+        without.prior_encoder.content_proj.bias += weight[:, 0] * level + bias
+    content, f0, uv = (torch.load(FIXTURES / "reference.pt", weights_only=True)[k][:1]
+                                          for k in ("content", "f0", "uv"))
+    mask = torch.ones(1, 1, content.shape[-1])
+    with torch.no_grad():
+        a = with_volume.prior_encoder(content, f0, uv, torch.full_like(f0, level), mask)
+        b = without.prior_encoder(content, f0, uv, torch.ones_like(f0), mask)
+    for ours, expected in zip(a, b):
+        assert (ours - expected).abs().max() < 1e-5
