@@ -54,6 +54,7 @@ class AdapterEntry:
     f0_median_hz: float | None = None
     seconds: float | None = None
     retrieval_centroids: int | None = None  # size of its feature-retrieval index, None without one
+    blend: str = ""  # a blend's parents and weights (``alice:0.6,bob:0.4``), "" for a trained adapter
     error: str = ""
     bundled: bool = False  # ships with ai_singer (ai_singer.bundle), not in the user's folder
     base: BaseEntry | None = None  # the installed base it was trained on, if any
@@ -133,6 +134,9 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
         entry.base_name = str(config.get("base_name") or "")
         entry.f0_median_hz = stats.get("f0_median_hz")
         entry.seconds = stats.get("seconds")
+        parents = (config.get("blend") or {}).get("parents") if isinstance(config.get("blend"), dict) else None
+        if isinstance(parents, list):
+            entry.blend = ",".join(f"{p.get('singer')}:{float(p.get('weight') or 0):g}" for p in parents if isinstance(p, dict))
         index = config.get("retrieval_index")
         if isinstance(index, dict) and (folder / str(index.get("file", ""))).is_file():
             entry.retrieval_centroids = int(index.get("centroids") or 0)
@@ -201,7 +205,8 @@ def format_catalog(bases: list[BaseEntry], adapters: list[AdapterEntry], pretrai
         fits = (f"base {a.base.name}" if a.base is not None else
                 f"its base ({a.base_name or '?'}, sha256 {a.base_sha256[:12]}) is not installed")
         singer = f" (singer {a.singer})" if a.singer and a.singer != a.name else ""
-        lines.append(f"  {label(a)}{singer}: {a.method}, {_value(a.steps)} steps, {a.megabytes:.2f} MB, "
+        made = f"blend of {a.blend}" if a.blend else f"{_value(a.steps)} steps"
+        lines.append(f"  {label(a)}{singer}: {a.method}, {made}, {a.megabytes:.2f} MB, "
                      f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz, "
                      f"retrieval index {_value(a.retrieval_centroids)}; "
                      f"{fits}" + (f"; {a.error}" if a.error else ""))

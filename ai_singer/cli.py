@@ -7,6 +7,7 @@
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
     ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
+    ai-singer blend alice:0.6,bob:0.4 out=NAME [--singers-dir singers]   # a blend saved as a new singer
     ai-singer import KIND SRC DST ...             = python -m ai_singer.importers KIND SRC DST ...
     ai-singer ui [--host 127.0.0.1] [--port N] [--workdir DIR]   # the web interface (extra: ui)
 
@@ -68,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                     "temporary folder, removed on exit)")
     ui.add_argument("--singers-dir", default=None, help=f"adapter folders (default: {paths['singers']})")
     ui.add_argument("--pretrain-dir", default=None, help=f"base folders (default: {paths['pretrain']})")
+    blend = commands.add_parser("blend", help="save a weighted blend of singers as a new singer (no training)",
+                                description="Blend adapters of one base with weights (LoRA deltas summed with "
+                                            "their weights, singer vectors interpolated) and save the result as "
+                                            "singers/NAME, which records its parents, weights and base.")
+    blend.add_argument("spec", help="NAME:WEIGHT,NAME:WEIGHT,... e.g. alice:0.6,bob:0.4 (weights > 0, normalised)")
+    blend.add_argument("out", help="out=NAME: the new singer's folder name under --singers-dir")
+    blend.add_argument("--singers-dir", default=paths["singers"],
+                       help=f"adapter folders, read and written (default: paths.singers of conf/, {paths['singers']})")
+    blend.add_argument("--overwrite", action="store_true", help="replace an existing singer NAME")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
@@ -146,6 +156,25 @@ def _run_ui(args: argparse.Namespace) -> int:
         return report("ui", error)
     except KeyboardInterrupt:
         return 130
+def _run_blend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ai_singer.errors import UserError
+    from ai_singer.singer_spec import parse_singer_spec
+    from ai_singer.values import plain_name
+
+    try:
+        spec = parse_singer_spec(args.spec, "spec")
+        out = plain_name(args.out[len("out="):] if args.out.startswith("out=") else args.out, "out")
+        from ai_singer.blend import write_blend
+        from ai_singer.convert import singer_dir
+
+        parents = [singer_dir(name, args.singers_dir) for name in spec.names]
+        folder = write_blend(spec, parents, Path(args.singers_dir) / out, overwrite=args.overwrite)
+    except UserError as error:
+        print(f"blend: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder}: {spec.describe()}")
     return 0
 
 
@@ -167,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_singers(args)
     if args.command == "ui":
         return _run_ui(args)
+    if args.command == "blend":
+        return _run_blend(args)
     return _run_concat(args)
 
 

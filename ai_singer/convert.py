@@ -20,7 +20,7 @@ song by the same singer and is dropped when another singer's is needed, so at mo
 merged copy are resident whatever the number of singers.
 The architecture always comes from the base artifact's own config.
 
-Imports audio, features, model, adapters, checkpoint, mix, retrieval and sections only — never the training
+Imports audio, features, model, adapters, blend, checkpoint, mix, retrieval and sections only — never the training
 code, the losses or the discriminator (a test checks it). The settings (:class:`ai_singer.infer.ConvertSettings`)
 are built and checked in :mod:`ai_singer.infer`.
 """
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ai_singer.audio import resample, slice_on_silence
+from ai_singer.blend import blend_adapters
 from ai_singer.device import DeviceError, pick_device
 from ai_singer.errors import UserError
 from ai_singer.features.content import align_to_frames, encode_audio
@@ -49,6 +50,7 @@ from ai_singer.features.volume import frame_rms
 from ai_singer.mix import apply_rest_gate, highpass
 from ai_singer.retrieval import blend
 from ai_singer.sections import Section, assign_singers
+from ai_singer.singer_spec import parse_singer_spec
 
 if TYPE_CHECKING:
     from ai_singer.infer import ConvertSettings, PitchCorrectionSettings
@@ -286,7 +288,17 @@ class Converter:
 
     # ---------------------------------------------------------------------------------- singers
     def adapter(self, name: str):
-        """The adapter artifact of ``name`` (cached), checked against this base."""
+        """The adapter artifact of ``name`` (cached), checked against this base. ``name`` may be a blend,
+        ``alice:0.6,bob:0.4`` (:mod:`ai_singer.singer_spec`): the parents' adapters blended in memory
+        (:func:`ai_singer.blend.blend_adapters`; InferError when they cannot be blended exactly)."""
+        spec = parse_singer_spec(name, "singer")
+        if spec.is_blend:
+            if name not in self._adapters:
+                parents = [self.adapter(parent) for parent in spec.names]
+                self._adapters[name] = blend_adapters(parents, spec.weights, spec.names, where=f"singer={name!r}")
+            return self._adapters[name]
+        if spec.names[0] != name:  # "alice:1"
+            return self.adapter(spec.names[0])
         if name not in self._adapters:
             from ai_singer import checkpoint
 
@@ -305,6 +317,8 @@ class Converter:
 
     def retrieval_index(self, name: str) -> torch.Tensor | None:
         """``name``'s retrieval index ``[K, D]`` (cached), or None when the singer has none."""
+        if name not in self._indexes and "blend" in self.adapter(name).config:
+            self._indexes[name] = None  # a blend has no features of its own to retrieve
         if name not in self._indexes:
             from ai_singer import retrieval
 

@@ -33,10 +33,11 @@ from ai_singer.errors import UserError
 from ai_singer.features.pitch import F0_EXTRACTORS, SCALES, key_to_pitch_class
 from ai_singer.mix import MixSettings, apply_rest_gate, rest_gate
 from ai_singer.sections import SectionsError, parse_sections
+from ai_singer.singer_spec import parse_singer_spec
 from ai_singer.songs import (LOUDNESS_TOLERANCE_DB, SONG_SECTIONS_FILES, VOCAL_STEM, BatchResult, Song, SongResult,
                              convert_song, find_songs, finished_song, read_song_folder, run_batch, sections_warnings,
                              song_resume_key, write_batch_report)
-from ai_singer.values import as_bool, as_float, as_int, plain, plain_name
+from ai_singer.values import as_bool, as_float, as_int, plain
 
 __all__ = [  # the settings and entry point, and the names of convert/songs/mix that callers import from here
     "AudioError", "BatchResult", "CONTENT_SAMPLE_RATE", "ChunkSettings", "ConvertSettings", "Converter", "F0Settings",
@@ -278,10 +279,11 @@ def check_batch(cfg: Any) -> tuple[ConvertSettings, list[Song], dict[str, list[s
     singer = cfg.get("singer") or None
     if singer is not None:
         try:
-            plain_name(singer, "singer")
+            names = parse_singer_spec(str(singer), "singer").names  # a name, or a blend alice:0.6,bob:0.4
         except UserError as error:
             raise InferError(error.where, error.reason, error.fix) from None
-        singer_dir(str(singer), paths.singers)  # an unknown singer stops the batch before anything else
+        for name in names:
+            singer_dir(name, paths.singers)  # an unknown singer stops the batch before anything else
     songs = find_songs(str(locate_path(str(cfg.songs))))  # the user's, else a bundled example song
     if singer is None and not cfg.get("sections") and not any(song.sections for song in songs):
         raise InferError("singer", "set singer=<name>; available singers: "
@@ -296,7 +298,7 @@ def check_batch(cfg: Any) -> tuple[ConvertSettings, list[Song], dict[str, list[s
         if sections_file is None:
             continue
         sections = parse_sections(sections_file)
-        for name in sorted({section.singer for section in sections}):
+        for name in sorted({name for section in sections for name in parse_singer_spec(section.singer).names}):
             try:
                 singer_dir(name, paths.singers)
             except InferError as error:
@@ -336,11 +338,27 @@ def limit_allocator_retention(threshold_bytes: int = 1 << 20) -> bool:
         return False
 
 
+def quote_singer_blend(argv: list[str]) -> list[str]:
+    """``singer=alice:0.6,bob:0.4`` as Hydra reads it unambiguously (``singer='alice:0.6,bob:0.4'``): unquoted,
+    Hydra takes the commas for a sweep and refuses. Left alone with ``-m``/``--multirun`` (a sweep over singers
+    is then meant) and when already quoted or a list."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return list(argv)
+    quoted = []
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if equals and key.lstrip("+~") == "singer" and "," in value and value[:1] not in ("'", '"', "["):
+            arg = f"{key}='{value}'"
+        quoted.append(arg)
+    return quoted
+
+
 def main() -> None:
     """``python -m ai_singer.infer songs=PATH singer=NAME [overrides]`` (Hydra)."""
     from ai_singer.conf_dir import run_hydra_app
 
     limit_allocator_retention()
+    sys.argv[1:] = quote_singer_blend(sys.argv[1:])
     run_hydra_app("infer", run_cli)
 
 

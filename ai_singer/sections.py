@@ -7,8 +7,10 @@ the song). Sections must not overlap. Example::
     # start  end     singer
     0:00     0:31.5  alice
     0:31.5   1:02    bob
-    1:02     end     alice
+    1:02     1:30    alice:0.5,bob:0.5
+    1:30     end     alice
 
+A singer may be a blend, ``NAME:WEIGHT,NAME:WEIGHT`` without spaces (:mod:`ai_singer.singer_spec`).
 Parts of the song that no section covers are sung by the default singer (``singer=`` in the config);
 with no default singer they are left silent (a warning in the song's report says so).
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_singer.errors import UserError
+from ai_singer.singer_spec import parse_singer_spec
 from ai_singer.values import SINGER_NAME as _SINGER_NAME
 
 
@@ -85,9 +88,13 @@ def parse_sections(path: str | os.PathLike) -> list[Section]:
             raise SectionsError(path, f"line {number}: a section cannot start at 'end'")
         if not end > start:
             raise SectionsError(path, f"line {number}: end {fields[1]} is not after start {fields[0]}")
-        if not _SINGER_NAME.match(fields[2]) or fields[2] in (".", ".."):
+        if ":" not in fields[2] and (not _SINGER_NAME.match(fields[2]) or fields[2] in (".", "..")):
             raise SectionsError(path, f"line {number}: {fields[2]!r} is not a singer name "
                                       "(letters, digits, '_', '-', '.'; not starting with '.')")
+        try:
+            parse_singer_spec(fields[2], "singer")  # a blend: NAME:WEIGHT,NAME:WEIGHT
+        except UserError as error:
+            raise SectionsError(path, f"line {number}: {error.reason}") from None
         sections.append((Section(start, end, fields[2]), number))
     if not sections:
         raise SectionsError(path, "no sections found (expected lines 'START END SINGER')")

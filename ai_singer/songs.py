@@ -30,7 +30,8 @@ from ai_singer.audio import AUDIO_SUFFIXES, audio_info, load_audio, to_mono, wri
 from ai_singer.convert import Converter, InferError, VocalConversion, resolve_base_dir, singer_dir
 from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
 from ai_singer.mix import match_loudness, mix_stem_files
-from ai_singer.sections import Section, SectionsError, parse_sections
+from ai_singer.sections import Section, parse_sections
+from ai_singer.singer_spec import parse_singer_spec
 from ai_singer.values import as_bool, plain
 
 if TYPE_CHECKING:
@@ -295,6 +296,7 @@ def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, s
         if sections_file is not None:
             sections_bytes = Path(sections_file).read_bytes()
             singers |= {section.singer for section in parse_sections(sections_file)}
+        singers = {name for spec in singers for name in parse_singer_spec(spec).names}  # a blend's parents
         for name in sorted(singers):
             if name not in adapter_digests:
                 folder = singer_dir(name, singers_dir)
@@ -306,7 +308,7 @@ def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, s
         for path in [song.vocal, *song.accompaniment]:
             stat = Path(path).stat()
             sources.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    except (OSError, InferError, SectionsError):
+    except (OSError, UserError):
         return None
     record = {"sources": sources, "settings": _settings_report(settings), "singer": singer, "base": base,
               "content": plain(content) if content is not None else None,
@@ -380,7 +382,8 @@ def run_batch(cfg: Any, converter: Converter | None = None) -> BatchResult:
             from ai_singer import checkpoint
 
             try:
-                base_name = checkpoint.load_adapter(singer_dir(str(singer), paths.singers)).config.get("base_name")
+                first = parse_singer_spec(str(singer)).names[0]  # a blend's parents share one base
+                base_name = checkpoint.load_adapter(singer_dir(first, paths.singers)).config.get("base_name")
             except checkpoint.ArtifactError as error:
                 raise InferError(f"singer {singer!r}", f"cannot load the adapter: {error}") from error
         base_dir = resolve_base_dir(cfg.get("base"), base_name, paths.pretrain)

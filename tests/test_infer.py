@@ -751,3 +751,33 @@ def test_a_full_disk_stops_the_batch_and_keeps_the_finished_songs(artifacts, tin
     batch = json.loads((out / "batch_report.json").read_text())
     assert [(s["song"], s["status"]) for s in batch["songs"]] == [("one", "ok")]
     assert sorted(p.name for p in out.iterdir() if p.name != ".logs") == ["batch_report.json", "one"]
+
+
+def test_a_blend_of_singers_converts_between_them(converter, artifacts, tiny_hubert_dir, tmp_path):
+    sr = 44100
+    audio = harmonic(196.0, sr, 0.8, amplitude=0.3)
+    alto, bass = (converter.convert_vocal(audio, sr, name).audio for name in ("alto", "bass"))
+    assert np.allclose(converter.convert_vocal(audio, sr, "alto:1").audio, alto)
+    blend = converter.convert_vocal(audio, sr, "alto:0.5,bass:0.5").audio
+    gap = np.linalg.norm(alto - bass)
+    assert np.linalg.norm(blend - alto) < gap and np.linalg.norm(blend - bass) < gap
+    assert converter.retrieval_index("alto:0.5,bass:0.5") is None
+    with pytest.raises(InferError, match="unknown singer"):
+        converter.adapter("alto:0.5,nobody:0.5")
+    with pytest.raises(InferError, match="another base"):  # each parent is checked against the base
+        converter.adapter("alto:0.5,stranger:0.5")
+
+    # the command line as typed (Hydra would take the comma for a sweep) and a blend in a sections file
+    assert infer.quote_singer_blend(["singer=alto:0.6,bass:0.4", "x=1"]) == ["singer='alto:0.6,bass:0.4'", "x=1"]
+    assert infer.quote_singer_blend(["singer=alto,bass", "-m"]) == ["singer=alto,bass", "-m"]
+    song = tmp_path / "songs" / "duet"
+    write(song / "vocals.wav", np.concatenate([audio, np.zeros(sr // 2, np.float32), audio]), sr)
+    (song / "sections.txt").write_text("0 1.0 alto:0.5,bass:0.5\n1.0 end bass\n")
+    cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="'alto:0.7,bass:0.3'")
+    result = run_batch(cfg, converter=converter)
+    assert result.exit_code == 0, result.summary()
+    report = json.loads((tmp_path / "out" / "duet" / "report.json").read_text())
+    assert report["singer"] == "alto:0.7,bass:0.3" and report["sections"][0]["singer"] == "alto:0.5,bass:0.5"
+    (song / "sections.txt").write_text("0 1.0 alto:0.5,nobody:0.5\n")
+    with pytest.raises(InferError, match="names singer 'nobody'"):
+        run_batch(cfg, converter=converter)
