@@ -18,6 +18,16 @@ Methods (``PeftSettings.method``):
 * ``bitfit``: every bias trains, nothing else.
 * ``freeze``: the last ``freeze_last_n`` blocks matched by each ``freeze_blocks`` pattern train fully.
 * ``full``: everything trains (the adapter is then as large as the model).
+* ``adapter``: bottleneck adapters (:mod:`ai_singer.bottleneck`, width ``r``) on the output of the blocks
+  matched by ``target_modules`` (conf: the prior encoder's attention and feed-forward sub-layers, the
+  decoder's resblocks); not mergeable.
+* ``prefix`` / ``prompt``: ``prefix_length`` gated key/value vectors per attention layer of the prior
+  encoder, learned directly (prefix) or read from one set of learned hidden vectors through each layer's
+  frozen projections (prompt) (:mod:`ai_singer.prefix`); not mergeable.
+* ``diff``: diff pruning (:mod:`ai_singer.diff_pruning`): a learned difference on the weights of the
+  ``target_modules``, kept to its top ``diff_density`` fraction, stored sparsely.
+* ``qlora``: the frozen base's Conv1d/Linear/ConvTranspose1d weights held in int8 (:mod:`ai_singer.int8`),
+  LoRA as ``lora`` on top; merging dequantises first.
 
 Patterns (``target_modules``, ``freeze_blocks``) are regular expressions matched against the whole
 module name or a dotted suffix of it: ``query_proj`` matches ``prior_encoder.encoder.layers.0.attention
@@ -45,16 +55,24 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ai_singer import diff_pruning, int8
+from ai_singer.bottleneck import BOTTLENECK_SEGMENTS, Bottleneck
 from ai_singer.checkpoint import state_dict_diff
+from ai_singer.diff_pruning import DIFF_SEGMENTS
+from ai_singer.prefix import PREFIX_SEGMENTS, MemoryAttention, PromptEncoder
 
 log = logging.getLogger(__name__)
 
-PEFT_METHODS = ("lora", "dora", "ia3", "bitfit", "freeze", "full")
-PEFT_LIBRARY_METHODS = ("lora", "dora", "ia3")
+PEFT_METHODS = ("lora", "dora", "ia3", "bitfit", "freeze", "full", "adapter", "prefix", "prompt", "diff", "qlora")
+#: Methods that inject modules of their own (whose parameters are the adapter, plus biases with bias=all).
+PEFT_LIBRARY_METHODS = ("lora", "dora", "ia3", "adapter", "prefix", "prompt", "diff", "qlora")
+#: Methods whose adapter stays a separate module at inference (merge_adapters leaves it in place).
+UNMERGEABLE_METHODS = ("adapter", "prefix", "prompt")
 ADAPTER_NAME = "default"
-#: Parameter-name segments that belong to an injected adapter (peft's LoRA/DoRA/IA3 and IA3Conv1d).
+#: Parameter-name segments that belong to an injected adapter (peft's LoRA/DoRA/IA3, IA3Conv1d, bottleneck,
+#: prefix/prompt, diff pruning).
 ADAPTER_PARAMETER_SEGMENTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
-                              "ia3_l")
+                              "ia3_l", *BOTTLENECK_SEGMENTS, *PREFIX_SEGMENTS, *DIFF_SEGMENTS)
 _PREPARED_ATTR = "_ai_singer_peft"
 
 
@@ -72,7 +90,10 @@ class PeftSettings:
     ``bias``: ``"none"`` or ``"all"`` (lora/dora/ia3 also train every bias). ``full_parameters``: patterns
     of parameter names, as in the base's state dict (without peft's ``base_layer``), that lora/dora/ia3
     also train whole. ``freeze_blocks`` / ``freeze_last_n``: for ``freeze``, the last N modules matched
-    by each pattern train. Settings a method does not use are ignored.
+    by each pattern train. ``r`` is also the bottleneck width of ``adapter``; ``target_modules`` names the
+    blocks ``adapter`` follows, the attention layers ``prefix`` and the encoder ``prompt`` adapt, the weights
+    ``diff`` changes. ``prefix_length``: memory vectors per layer (prefix/prompt); ``diff_density``: the
+    fraction of each targeted weight's entries ``diff`` may change. Settings a method does not use are ignored.
     """
 
     method: str
@@ -85,16 +106,22 @@ class PeftSettings:
     full_parameters: list[str]
     freeze_blocks: list[str]
     freeze_last_n: int
+    prefix_length: int
+    diff_density: float
 
     def __post_init__(self) -> None:
         if self.method not in PEFT_METHODS:
             raise ValueError(f"peft.method must be one of {', '.join(PEFT_METHODS)}, not {self.method!r}")
-        if self.method in ("lora", "dora") and int(self.r) < 1:
+        if self.method in ("lora", "dora", "adapter", "qlora") and int(self.r) < 1:
             raise ValueError(f"peft.r must be >= 1, not {self.r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"peft.dropout must be in [0, 1), not {self.dropout}")
         if self.bias not in ("none", "all"):
             raise ValueError(f"peft.bias must be 'none' or 'all', not {self.bias!r}")
+        if self.method in ("prefix", "prompt") and int(self.prefix_length) < 1:
+            raise ValueError(f"peft.prefix_length must be >= 1, not {self.prefix_length}")
+        if self.method == "diff" and not 0.0 < float(self.diff_density) <= 1.0:
+            raise ValueError(f"peft.diff_density must be in (0, 1], not {self.diff_density}")
         if self.method == "freeze" and int(self.freeze_last_n) < 1:
             raise ValueError(f"peft.freeze_last_n must be >= 1, not {self.freeze_last_n}")
         self.target_modules = [str(p) for p in self.target_modules]
@@ -130,6 +157,8 @@ def as_peft_settings(settings: PeftSettings | Mapping[str, Any]) -> PeftSettings
     # no whole parameter beside the adapter: their absence means exactly that
     data.setdefault("rank_pattern", {})
     data.setdefault("full_parameters", [])
+    data.setdefault("prefix_length", 0)  # likewise: no prefix, no diff
+    data.setdefault("diff_density", 0.0)
     known = {f.name for f in fields(PeftSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -282,7 +311,7 @@ def _resolve_targets(model: nn.Module, settings: PeftSettings) -> list[str]:
     """Names of the modules the peft-style method adapts (matched and of a supported type). An empty
     ``target_modules`` adapts none; patterns that match no supported module are an error."""
     supported: tuple[type, ...] = ((nn.Linear, nn.Conv1d) + ((nn.Embedding,) if settings.method != "ia3" else ())
-                                   + ((nn.ConvTranspose1d,) if settings.method == "lora" else ()))
+                                   + ((nn.ConvTranspose1d,) if settings.method in ("lora", "qlora", "diff") else ()))
     if not settings.target_modules:
         return []
     chosen, skipped = [], []
@@ -357,6 +386,53 @@ def base_parameter_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "base_layer")
 
 
+def _wrap_blocks(model: nn.Module, settings: PeftSettings, kind: type | tuple[type, ...], wrap) -> list[str]:
+    """Replace each module matched by ``target_modules`` (of type ``kind``, outermost matches only) by
+    ``wrap(module)``; returns their names. ValueError when nothing matches."""
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if name and isinstance(module, kind) and name_matches(name, settings.target_modules) \
+                and not any(name.startswith(outer + ".") for outer in chosen):
+            chosen.append(name)
+    if not chosen:
+        kinds = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ValueError(f"peft.target_modules {settings.target_modules} match no {kinds} module of "
+                         f"{type(model).__name__} for peft {settings.method}")
+    for name in chosen:
+        parent, child = _parent_and_child(model, name)
+        setattr(parent, child, wrap(getattr(parent, child)))
+    return chosen
+
+
+def _inject(model: nn.Module, settings: PeftSettings) -> list[str]:
+    """Inject the method's modules into ``model`` (frozen, weight norm removed); the adapted module names."""
+    from ai_singer.model.attention import RelativeMultiHeadAttention, TransformerEncoder
+
+    method = settings.method
+    if method == "qlora":
+        log.info("peft qlora: %d frozen layers held in int8", int8.quantize(model))
+    if method in ("lora", "dora", "qlora"):
+        adapted = _resolve_targets(model, settings)
+        _inject_lora(model, settings, adapted)
+    elif method == "ia3":
+        adapted = _resolve_targets(model, settings)
+        _inject_ia3(model, settings, adapted)
+    elif method == "diff":
+        adapted = _resolve_targets(model, settings)
+        diff_pruning.inject(model, adapted, float(settings.diff_density))
+    elif method == "adapter":
+        adapted = _wrap_blocks(model, settings, nn.Module, lambda block: Bottleneck(block, int(settings.r)))
+    elif method == "prefix":
+        adapted = _wrap_blocks(model, settings, RelativeMultiHeadAttention,
+                               lambda attention: MemoryAttention(attention, int(settings.prefix_length)))
+    elif method == "prompt":
+        adapted = _wrap_blocks(model, settings, TransformerEncoder,
+                               lambda encoder: PromptEncoder(encoder, int(settings.prefix_length)))
+    else:
+        adapted = []
+    return adapted
+
+
 def _freeze_block_names(model: nn.Module, settings: PeftSettings) -> list[str]:
     chosen = []
     for pattern in settings.freeze_blocks:
@@ -400,13 +476,7 @@ def prepare_for_finetune(model: nn.Module, settings: PeftSettings | Mapping[str,
                            f"({getattr(model, _PREPARED_ATTR)['method']}); build a fresh base instead")
     remove_weight_norm_everywhere(model)
     model.requires_grad_(False)
-    adapted: list[str] = []
-    if settings.method in ("lora", "dora"):
-        adapted = _resolve_targets(model, settings)
-        _inject_lora(model, settings, adapted)
-    elif settings.method == "ia3":
-        adapted = _resolve_targets(model, settings)
-        _inject_ia3(model, settings, adapted)
+    adapted = _inject(model, settings)
     trainable = _trainable_names(model, settings)
     trainable_set = set(trainable)
     for name, parameter in model.named_parameters():
@@ -438,6 +508,11 @@ def adapter_state_dict(model: nn.Module, settings: PeftSettings | Mapping[str, A
                            + (" (its adapter was already merged)" if info else ""))
     if settings is not None and as_peft_settings(settings).method != info["method"]:
         raise ValueError(f"model was prepared with {info['method']}, not {as_peft_settings(settings).method}")
+    if info["method"] == "diff":  # the kept entries only
+        deltas = [n for n in info["trainable"] if n.rpartition(".")[2] in DIFF_SEGMENTS]
+        rest = [n for n in info["trainable"] if n not in deltas]
+        return {**diff_pruning.pack(model, deltas),
+                **{name: model.get_parameter(name).detach().to("cpu").clone() for name in rest}}
     return {name: model.get_parameter(name).detach().to("cpu").clone() for name in info["trainable"]}
 
 
@@ -458,6 +533,8 @@ def load_adapter_state(model: nn.Module, settings: PeftSettings | Mapping[str, A
         raise ValueError(f"model was prepared with {info['method']}, the adapter uses {settings.method}")
     ignored = set(ignore)
     given = {k: v for k, v in state.items() if k not in ignored}
+    if settings.method == "diff":
+        given = diff_pruning.unpack(given)
     expected = {name: model.get_parameter(name) for name in info["trainable"]}
     diff = state_dict_diff(expected, given)
     if diff:
@@ -469,11 +546,17 @@ def load_adapter_state(model: nn.Module, settings: PeftSettings | Mapping[str, A
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:
-    """Fold injected LoRA/DoRA/(IA)^3 adapters into the base weights and remove the adapter layers,
-    leaving a plain model with the base's module structure (no inference overhead). For bitfit/
-    freeze/full there is nothing to fold (their tensors already are base parameters). Returns
-    ``model`` (changed in place)."""
-    merged = 0
+    """Fold injected LoRA/DoRA/(IA)^3/diff adapters into the base weights and remove the adapter layers,
+    leaving a plain model with the base's module structure (no inference overhead); qlora's int8 layers
+    are dequantised first. For bitfit/freeze/full there is nothing to fold (their tensors already are base
+    parameters). adapter/prefix/prompt cannot be folded: the model is left as it is (still unmerged).
+    Returns ``model`` (changed in place)."""
+    info = getattr(model, _PREPARED_ATTR, None)
+    if info is not None and info["method"] in UNMERGEABLE_METHODS:
+        log.info("peft %s cannot be merged into the weights: it runs as separate layers", info["method"])
+        return model
+    int8.dequantize(model)  # qlora: LoRA merges into the dequantised weights
+    merged = diff_pruning.merge(model)
     for name, module in list(model.named_modules()):
         if not name or not _is_adapter_layer(module):
             continue
@@ -484,7 +567,6 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         parent, child = _parent_and_child(model, name)
         setattr(parent, child, module.get_base_layer())
         merged += 1
-    info = getattr(model, _PREPARED_ATTR, None)
     if info is not None:
         setattr(model, _PREPARED_ATTR, {**info, "method": "merged", "trainable": []})
     log.info("merged %d adapter layer(s)", merged)

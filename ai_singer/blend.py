@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from ai_singer import checkpoint
+from ai_singer import checkpoint, diff_pruning
 from ai_singer.errors import UserError
 from ai_singer.singer_spec import SingerSpec
 
@@ -87,7 +87,7 @@ def _check_parents(parents: Sequence[checkpoint.AdapterArtifact], names: Sequenc
             raise BlendError(where, f"{names[0]!r} and {name!r} adapt different parts of the base "
                                     f"(other target_modules, bias or freeze settings): {', '.join(extra[:4])}"
                              + (" ..." if len(extra) > 4 else ""))
-        if method not in ("lora", "qlora"):  # LoRA ranks may differ: the stacked rank is their sum
+        if method not in ("lora", "qlora", "diff"):  # LoRA ranks may differ (stacked: their sum), diff supports too
             shapes = [k for k in first if layout[k] != layouts[0][k]]
             if shapes:
                 raise BlendError(where, f"{names[0]!r} and {name!r} have tensors of other shapes: {shapes[:4]}")
@@ -170,11 +170,21 @@ def blend_adapters(parents: Sequence[checkpoint.AdapterArtifact], weights: Seque
                 raise BlendError(where, f"the parents' LoRA ranks differ per module ({sorted(odd)[:3]}) and this "
                                         "version's peft settings have no rank_pattern to record it")
             peft["rank_pattern"] = odd
+    elif method == "diff":  # dense differences averaged, stored sparsely again with a density that keeps them all
+        dense = [diff_pruning.unpack({k: v for k, v in p.tensors.items() if k != SINGER_VECTOR}) for p in parents]
+        if any({k: tuple(v.shape) for k, v in d.items()} != {k: tuple(v.shape) for k, v in dense[0].items()}
+               for d in dense):
+            raise BlendError(where, "the singers' diff tensors have other shapes (another architecture?)")
+        mean = {key: sum(w * d[key].float() for w, d in zip(weights, dense)) for key in dense[0]}
+        deltas = {k: v for k, v in mean.items() if k.rpartition(".")[2] in diff_pruning.DIFF_SEGMENTS}
+        tensors = {**diff_pruning.pack_dense(deltas), **{k: v for k, v in mean.items() if k not in deltas}}
+        peft["diff_density"] = max(float(peft.get("diff_density") or 0.0), diff_pruning.needed_density(deltas))
     else:
         tensors = {key: sum(w * p.tensors[key].float() for w, p in zip(weights, parents))
                    for key in parents[0].tensors if key != SINGER_VECTOR}
     tensors[SINGER_VECTOR] = sum(w * p.tensors[SINGER_VECTOR].float() for w, p in zip(weights, parents))
-    tensors = {k: v.to(parents[0].tensors.get(k, v).dtype).contiguous() for k, v in tensors.items()}
+    tensors = {k: v.to(parents[0].tensors[k].dtype if k in parents[0].tensors and v.is_floating_point() else v.dtype)
+               .contiguous() for k, v in tensors.items()}
     config = {"method": method, "peft": peft, "base_sha256": parents[0].base_sha256,
               "base_name": parents[0].config.get("base_name"), "stats": _blend_stats(parents, weights),
               "blend": {"parents": [{"singer": n, "weight": round(w, 6),

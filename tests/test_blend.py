@@ -70,7 +70,7 @@ def test_weights_1_0_give_the_parent(lora_pair):
     assert blend.config["stats"]["f0_median_hz"] == pytest.approx(200.0)
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit", "full"])
+@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit", "full", "diff", "qlora"])
 def test_a_blend_is_the_weighted_mean_of_the_parents_merged_weights(method, tmp_path):
     overrides = {"bias": "all"} if method == "lora" else {}
     alice = trained(method, 1, tmp_path / "alice", **overrides)
@@ -82,6 +82,9 @@ def test_a_blend_is_the_weighted_mean_of_the_parents_merged_weights(method, tmp_
         assert torch.allclose(mixed[key], 0.75 * a[key] + 0.25 * b[key], atol=1e-6), key
     expected_g = 0.75 * alice.tensors["singer_embedding"] + 0.25 * bob.tensors["singer_embedding"]
     assert torch.allclose(blend.tensors["singer_embedding"], expected_g)
+    if method == "diff":  # the union of the parents' supports, still stored sparsely
+        assert blend.config["peft"]["diff_density"] >= alice.config["peft"]["diff_density"]
+        assert blend.tensors["pre.parametrizations.weight.0.delta.indices"].dtype == torch.int32
     if method == "lora":  # rank r_a + r_b: the stacked factors, not the mean of A times the mean of B
         assert blend.config["peft"]["r"] == 8
         naive = {k: 0.75 * alice.tensors[k] + 0.25 * bob.tensors[k] for k in alice.tensors}
@@ -107,6 +110,9 @@ def test_what_cannot_be_blended_exactly_is_a_clear_error(lora_pair, tmp_path):
     dora = [trained("dora", s, tmp_path / f"d{s}") for s in (1, 2)]
     with pytest.raises(BlendError, match="method 'dora' cannot be blended exactly"):
         blend_adapters(dora, [0.5, 0.5])
+    bottlenecks = [trained("adapter", s, tmp_path / f"a{s}", target_modules=["pre"]) for s in (1, 2)]
+    with pytest.raises(BlendError, match="method 'adapter' cannot be blended exactly: bottleneck adapters are non-linear"):
+        blend_adapters(bottlenecks, [0.5, 0.5])
     ia3 = trained("ia3", 3, tmp_path / "carol")
     with pytest.raises(BlendError, match="different PEFT methods"):
         blend_adapters([alice, ia3], [0.5, 0.5], ["alice", "carol"])
