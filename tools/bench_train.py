@@ -30,6 +30,33 @@ METHODS = ("pretrain", "full", "lora", "dora", "ia3", "bitfit", "freeze")
 DISCRIMINATORS = ("train", "frozen", "off")
 
 
+def synthetic_batch(config, batch_size: int, frames: int):
+    """A training :class:`ai_singer.data.Batch` of ``batch_size`` x ``frames``: random content of the model's
+    ``content_dim``, a steady 220 Hz F0, a sine plus a little noise as audio (a step costs what a real one does)."""
+    import torch
+
+    from ai_singer.data import Batch
+
+    hop, sr = config.hop_length, config.sample_rate
+    t = torch.arange(frames * hop) / sr
+    wav = (0.3 * torch.sin(2 * torch.pi * 220.0 * t) + 0.01 * torch.randn(frames * hop)).expand(batch_size, 1, -1)
+    return Batch(content=torch.randn(batch_size, config.content_dim, frames),
+                 f0=torch.full((batch_size, frames), 220.0), voiced=torch.ones(batch_size, frames),
+                 volume=torch.full((batch_size, frames), 0.2), wav=wav.contiguous(),
+                 lengths=torch.full((batch_size,), frames, dtype=torch.long),
+                 speaker_ids=torch.zeros(batch_size, dtype=torch.long))
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the tensors in an optimiser's state (0 for None)."""
+    import torch
+
+    if optimizer is None:
+        return 0
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+
+
 def one_configuration(size: str, method: str, steps: int, warmup: int, batch_size: int, frames: int,
                       threads: int, device: str, precision: str, discriminator_mode: str = "train") -> dict:
     import torch
@@ -38,7 +65,6 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
 
     from ai_singer.adapters import adapter_state_dict, prepare_for_finetune
     from ai_singer.conf_dir import conf_dir
-    from ai_singer.data import Batch
     from ai_singer.model.discriminator import Discriminator
     from ai_singer.model.synthesizer import SingerVAE
     from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation, typed_config
@@ -71,13 +97,7 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
     opt = make_optimisation(generator, discriminator, cfg.trainer)
     runner = StepRunner(generator, discriminator, opt, config, cfg.audio, cfg.loss, cfg.trainer, dev)
 
-    hop, sr = config.hop_length, config.sample_rate
-    t = torch.arange(frames * hop) / sr
-    wav = (0.3 * torch.sin(2 * torch.pi * 220.0 * t) + 0.01 * torch.randn(frames * hop)).expand(batch_size, 1, -1)
-    batch = Batch(content=torch.randn(batch_size, 768, frames), f0=torch.full((batch_size, frames), 220.0),
-                  voiced=torch.ones(batch_size, frames), volume=torch.full((batch_size, frames), 0.2),
-                  wav=wav.contiguous(), lengths=torch.full((batch_size,), frames, dtype=torch.long),
-                  speaker_ids=torch.zeros(batch_size, dtype=torch.long))
+    batch = synthetic_batch(config, batch_size, frames)
     for _ in range(warmup):
         runner.train_step(batch)
     if dev.type == "cuda":
@@ -89,12 +109,6 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
     if dev.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - started) / steps
-
-    def state_bytes(optimizer) -> int:
-        if optimizer is None:
-            return 0
-        return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                   if isinstance(v, torch.Tensor))
 
     with tempfile.TemporaryDirectory() as tmp:
         if method == "pretrain":
@@ -116,8 +130,9 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "trainable_params": sum(p.numel() for p in generator.parameters() if p.requires_grad),
         "generator_params": generator_params,
-        "optimizer_state_mb": round((state_bytes(opt.generator) + state_bytes(opt.discriminator)) / 2**20, 2),
-        "generator_optimizer_state_mb": round(state_bytes(opt.generator) / 2**20, 2),
+        "optimizer_state_mb": round((optimizer_state_bytes(opt.generator)
+                                     + optimizer_state_bytes(opt.discriminator)) / 2**20, 2),
+        "generator_optimizer_state_mb": round(optimizer_state_bytes(opt.generator) / 2**20, 2),
         "artifact_mb": round(artifact_bytes / 2**20, 3),
         "full_generator_mb": round(generator_bytes / 2**20, 2),
     }

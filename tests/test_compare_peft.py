@@ -1,0 +1,50 @@
+"""tools/compare_peft.py: one method's cost row on a tiny base (and its adapter loads), the commands of the
+real-voice runs (per method, seed and step count), the summary of an eval_real report and the tables."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
+
+from test_infer import make_base  # noqa: E402
+
+from ai_singer import checkpoint as ckpt  # noqa: E402
+from tools import compare_peft  # noqa: E402
+
+
+def test_cost_of_one_method_on_a_tiny_base(tmp_path):
+    torch.set_num_threads(1)
+    base_dir = make_base(tmp_path)
+    row = compare_peft.measure_method(base_dir, "qlora", steps=1, warmup=0, batch_size=1, frames=16,
+                                      discriminator_mode="off", adapter_dir=tmp_path / "singers" / "qlora")
+    assert row["method"] == "qlora" and row["trainable_params"] > 0 and row["step_s"] > 0
+    assert row["frozen_weights_mb"] < 0.4 * row["float_generator_mb"]  # the int8 base
+    adapter = ckpt.load_adapter(tmp_path / "singers" / "qlora")
+    assert adapter.method == "qlora" and adapter.base_sha256 == ckpt.load_base(base_dir).sha256
+    assert 0 < row["artifact_mb"] < row["float_generator_mb"]
+    table = compare_peft.cost_table([row], {"qlora": 0.25})
+    assert "| qlora | " in table and "0.250 |" in table
+
+
+def test_real_voice_runs_are_one_fine_tune_and_one_measure_per_method_seed_and_steps(tmp_path, capsys):
+    args = compare_peft.parse_args(["--real", "--dry-run", "--methods", "lora", "diff", "--seeds", "0", "1",
+                                    "--steps", "1500", "500", "--work", str(tmp_path), "--base", "pretrain/x"])
+    assert compare_peft.run_real(args) == []
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 2 * 2 * 2 * 2
+    assert "--prepare" in commands[0] and "--peft lora --steps 500 --train-arg seed=0" in commands[0]
+    assert "diff-seed1-1500.json" in commands[-1] and "--prepare" not in commands[-1]
+
+
+def test_real_summary_and_table():
+    summary = {"secs_converted": 0.7, "secs_source": 0.6, "cer_converted": 0.5, "f0_median_abs_cents": 20.0}
+    document = {"pairs": [{"self": False, "summary": summary},
+                          {"self": False, "summary": {**summary, "secs_converted": 0.8, "cer_converted": float("nan")}},
+                          {"self": True, "summary": {**summary, "mcd_db": 4.0}}]}
+    got = compare_peft.real_summary(document)
+    assert got["secs_converted"] == 0.75 and got["cer_converted"] == 0.5 and got["self_mcd_db"] == 4.0
+    table = compare_peft.real_table([{"method": "lora", "seed": 0, "steps": 500, **got}])
+    assert "| lora | 500 | 0 | 0.750 / 0.600 | 0.50 | 20.0 | 4.00 |" in table

@@ -1,0 +1,341 @@
+"""Compare every PEFT method of ``conf/peft/`` on one base: what it costs, and (``--real``) how it sounds.
+
+    .venv/bin/python tools/compare_peft.py --base pretrain/synth-small --out runs/peft/compare.json [--bench]
+    .venv/bin/python tools/compare_peft.py --base pretrain/real-small --real --steps 500 1500 --seeds 0 1 \\
+        --out runs/peft/real.json --bench                                          # hours on a CPU
+
+Cost (always; synthetic batches on the given base, each method in its own process so peak RSS is its own):
+trainable parameters, the artifact as saved (``adapter.safetensors``: the method's tensors + singer vector),
+seconds per optimiser step after warm-up (``trainer.discriminator=off`` by default: mel + KL, so the
+generator's cost is not hidden behind the discriminator's), peak RSS, the generator's weights as held in memory
+(qlora: the int8 base), and seconds of model time per second of audio when converting the bundled example
+vocal with the method's (fresh) adapter through the real Converter (merged where the method merges).
+qlora's quality cost: the bundled example singer's LoRA converted on the int8 base against the same LoRA on
+the float base (mel-cepstral distortion between the two conversions, dB).
+
+``--real``: for each method, seed and step count, fine-tune adapters of the held-out voices of ``--corpus``
+(``tools/eval_real.py --prepare --peft M``; a larger step count resumes the run) and measure them
+(``tools/eval_real.py``): speaker similarity (SECS), CER and F0 error of the cross conversions, MCD of the
+self-conversions. Rows not measured are not written (``--bench`` says which were).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `ai_singer` importable
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "PEFT methods compared"
+EXAMPLE_VOCAL = REPO / "data" / "examples" / "song01" / "vocals.flac"
+EXAMPLE_SINGER = REPO / "singers" / "example"
+
+
+def methods() -> list[str]:
+    from ai_singer.adapters import PEFT_METHODS
+
+    return list(PEFT_METHODS)
+
+
+# ------------------------------------------------------------------------------------- one method (cost)
+
+def measure_method(base_dir: Path, method: str, steps: int, warmup: int, batch_size: int, frames: int,
+                   discriminator_mode: str, adapter_dir: Path) -> dict:
+    """Fine-tune ``method`` for ``warmup + steps`` synthetic steps on the base at ``base_dir``; save the
+    adapter at ``adapter_dir`` (for the conversion timing) and return the cost row."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ai_singer import checkpoint, int8
+    from ai_singer.adapters import adapter_state_dict, prepare_for_finetune
+    from ai_singer.config import load_settings
+    from ai_singer.model.discriminator import Discriminator
+    from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
+    from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation
+    from tools.bench_train import optimizer_state_bytes, synthetic_batch
+
+    torch.manual_seed(0)
+    cfg = load_settings("train", ["mode=finetune", "singer=peft_compare", f"base={base_dir}", f"peft={method}",
+                                  f"trainer.discriminator={discriminator_mode}"])
+    base = checkpoint.load_base(base_dir, with_discriminator=discriminator_mode != "off")
+    config = SingerVAEConfig.from_dict(base.model_config)
+    model = SingerVAE(config)
+    checkpoint.load_state_strict(model, base.generator_state)
+    float_bytes = int8.weight_bytes(model)
+    singer = model.embed_speaker(torch.arange(config.n_speakers)).mean(0).detach()
+    prepare_for_finetune(model, cfg.peft)
+    generator = GeneratorForTraining(model, singer_embedding=singer)
+    discriminator = None
+    if discriminator_mode != "off":
+        discriminator = Discriminator.from_config(config)
+        checkpoint.load_state_strict(discriminator, base.discriminator_state)
+        discriminator.requires_grad_(discriminator_mode == "train")
+    optimisation = make_optimisation(generator, discriminator, cfg.trainer)
+    runner = StepRunner(generator, discriminator, optimisation, config, cfg.audio, cfg.loss, cfg.trainer,
+                        torch.device("cpu"))
+    batch = synthetic_batch(config, batch_size, frames)
+    for _ in range(warmup):
+        runner.train_step(batch)
+    started = time.perf_counter()
+    for _ in range(steps):
+        runner.train_step(batch)
+    step_s = (time.perf_counter() - started) / steps
+    trainable = sum(p.numel() for p in generator.parameters() if p.requires_grad)
+    trainable_bytes = sum(p.numel() * p.element_size() for p in generator.parameters() if p.requires_grad)
+    tensors = {**adapter_state_dict(model), "singer_embedding": generator.singer_embedding.detach()}
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_adapter(adapter_dir, tensors, {"singer": adapter_dir.name, "method": method,
+                                                   "peft": cfg.peft.to_dict(), "base_sha256": base.sha256,
+                                                   "base_name": base_dir.name, "steps": warmup + steps})
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = Path(tmp) / "adapter.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(artifact))
+        artifact_bytes = artifact.stat().st_size
+    return {
+        "method": method, "base": str(base_dir), "discriminator": discriminator_mode, "batch_size": batch_size,
+        "frames": frames, "steps": steps, "step_s": round(step_s, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trainable_params": trainable,
+        "generator_optimizer_state_mb": round(optimizer_state_bytes(optimisation.generator) / 2**20, 2),
+        "artifact_mb": round(artifact_bytes / 2**20, 4),
+        "frozen_weights_mb": round((int8.weight_bytes(model) - trainable_bytes) / 2**20, 2),
+        "float_generator_mb": round(float_bytes / 2**20, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------- conversions (main process)
+
+def convert_with(base_dir: Path, singers_dir: Path, singer: str, seconds: float, merge: bool = True
+                 ) -> tuple[object, float]:
+    """Convert the first ``seconds`` of the bundled example vocal with ``singer``; (audio float32, model s / s)."""
+    import numpy as np
+    import soundfile as sf
+
+    from ai_singer.config import load_settings
+    from ai_singer.convert import Converter
+
+    audio, sr = sf.read(str(EXAMPLE_VOCAL), dtype="float32", always_2d=True)
+    mono = np.ascontiguousarray(audio[: int(seconds * sr)].mean(axis=1))
+    settings = load_settings("infer", ["noise_scale=0", "f0.method=dio"])
+    converter = Converter(base_dir, None, settings, singers_dir, device="cpu", merge=merge)
+    result = converter.convert_vocal(mono, sr, singer)
+    return result, result.timings["model_s"] / (mono.shape[0] / sr)
+
+
+def qlora_quality(base_dir: Path, work: Path, seconds: float) -> dict:
+    """The example singer's LoRA converted on the int8 base vs on the float base (qlora's rounding cost)."""
+    import shutil
+
+    import yaml
+
+    from ai_singer import metrics
+
+    singers = work / "quality"
+    shutil.rmtree(singers, ignore_errors=True)
+    shutil.copytree(EXAMPLE_SINGER, singers / "float")
+    shutil.copytree(EXAMPLE_SINGER, singers / "int8")
+    config = yaml.safe_load((singers / "int8" / "adapter.yaml").read_text())
+    config["method"] = config["peft"]["method"] = "qlora"
+    (singers / "int8" / "adapter.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (float_result, _), (int8_result, _) = (convert_with(base_dir, singers, name, seconds) for name in ("float", "int8"))
+    sr = float_result.sample_rate
+    mcd = metrics.mel_cepstral_distortion(float_result.audio, int8_result.audio, sr)
+    rel = float(((float_result.audio - int8_result.audio) ** 2).sum() ** 0.5 / max(1e-12, (float_result.audio ** 2)
+                                                                                    .sum() ** 0.5))
+    return {"singer": "example (LoRA trained on the float base)", "seconds": seconds,
+            "mcd_int8_vs_float_db": round(float(mcd.mcd_db), 3), "mcd_frames": mcd.frames,
+            "relative_l2": round(rel, 4)}
+
+
+# ------------------------------------------------------------------------------------------- real voices
+
+def real_commands(args: argparse.Namespace, method: str, seed: int, steps: int) -> tuple[list[str], list[str], Path]:
+    """The eval_real.py commands that fine-tune (resuming) and measure ``method`` / ``seed`` at ``steps``."""
+    tag = f"{method}-seed{seed}"
+    root = args.work / "real" / args.base.name / tag
+    out = args.work / "real" / args.base.name / f"{tag}-{steps}.json"
+    python, tool = sys.executable, str(REPO / "tools" / "eval_real.py")
+    common = ["--corpus", str(args.corpus), "--base", str(args.base), "--singers-dir", str(root / "singers"),
+              "--runs-dir", str(root / "runs")]
+    prepare = [python, tool, "--prepare", *common, "--peft", method, "--steps", str(steps),
+               "--train-arg", f"seed={seed}"]
+    measure = [python, tool, *common, "--out", str(out), "--label", f"{args.base.name} + {method} {steps} seed {seed}",
+               *(["--quick"] if args.quick else [])]
+    return prepare, measure, out
+
+
+def real_summary(document: dict) -> dict:
+    """Means over the report's cross pairs (SECS, CER, F0) and self-conversions (MCD)."""
+    def mean(values):
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return round(sum(values) / len(values), 4) if values else None
+
+    cross = [p["summary"] for p in document["pairs"] if not p["self"]]
+    selfs = [p["summary"] for p in document["pairs"] if p["self"]]
+    return {"secs_converted": mean(s["secs_converted"] for s in cross),
+            "secs_source": mean(s["secs_source"] for s in cross),
+            "cer_converted": mean(s["cer_converted"] for s in cross),
+            "f0_median_abs_cents": mean(s["f0_median_abs_cents"] for s in cross),
+            "self_mcd_db": mean(s.get("mcd_db") for s in selfs),
+            "self_secs": mean(s["secs_converted"] for s in selfs)}
+
+
+def run_real(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for method in args.methods:
+        for seed in args.seeds:
+            for steps in sorted(args.steps):
+                prepare, measure, out = real_commands(args, method, seed, steps)
+                for command in (prepare, measure):
+                    print("+ " + shlex.join(command), flush=True)
+                    if args.dry_run:
+                        continue
+                    code = subprocess.run(command, env=env, cwd=REPO).returncode
+                    if code != 0:
+                        raise SystemExit(f"{method} seed {seed} at {steps} steps: exit {code}")
+                if not args.dry_run:
+                    rows.append({"method": method, "seed": seed, "steps": steps, "report": str(out),
+                                 **real_summary(json.loads(out.read_text()))})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cost_table(rows: list[dict], inference: dict) -> str:
+    lines = ["| method | trainable params | artifact MB | s/step | peak RSS MB | weights held MB | model s per s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speed = inference.get(r["method"])
+        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['artifact_mb']:.3f} | {r['step_s']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['frozen_weights_mb']:.1f} | {fmt(speed, 3)} |")
+    return "\n".join(lines)
+
+
+def real_table(rows: list[dict]) -> str:
+    lines = ["| method | steps | seed | SECS conv / src | CER conv | F0 median (cents) | self MCD (dB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['steps']} | {r['seed']} | {fmt(r['secs_converted'], 3)} / "
+                     f"{fmt(r['secs_source'], 3)} | {fmt(r['cer_converted'])} | {fmt(r['f0_median_abs_cents'], 1)} | "
+                     f"{fmt(r['self_mcd_db'])} |")
+    return "\n".join(lines)
+
+
+def report(document: dict) -> str:
+    parts = [f"Measured with `{document['command']}` on {document['created']}.",
+             f"- Machine: {document['machine']}. Load average {document['load_average']} (1/5/15 min) before the run.",
+             f"- Cost: {document['settings']['steps']} synthetic steps after {document['settings']['warmup']} warm-up, "
+             f"batch {document['settings']['batch_size']} x {document['settings']['frames']} frames, "
+             f"trainer.discriminator={document['settings']['discriminator']}, default `conf/peft/<method>.yaml`; "
+             "each method in its own process (peak RSS includes ~0.5 GB of imports). 'weights held' = the "
+             "generator's parameters and buffers in memory while fine-tuning, less the trainable ones; 'model s "
+             "per s' = model time per second of audio converting the example vocal with the fresh adapter "
+             "(merged unless adapter/prefix/prompt).", "", cost_table(document["cost"], document["inference"])]
+    quality = document.get("qlora_quality")
+    if quality:
+        parts += ["", f"qlora's rounding cost: the example singer's LoRA on the int8 base vs the float base over "
+                      f"{quality['seconds']:g} s of the example vocal: MCD {quality['mcd_int8_vs_float_db']:.2f} dB "
+                      f"between the two conversions (relative L2 {quality['relative_l2']:.3f})."]
+    if document.get("real"):
+        parts += ["", "Real voices (tools/eval_real.py on the held-out voices; cross pairs averaged):", "",
+                  real_table(document["real"])]
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every conf/peft method")
+    parser.add_argument("--cost-steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--discriminator", default="off", choices=["train", "frozen", "off"])
+    parser.add_argument("--convert-seconds", type=float, default=6.0, help="seconds of the example vocal converted")
+    parser.add_argument("--no-convert", action="store_true", help="skip the conversion timings and qlora's quality")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "peft_compare")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default <work>/compare.json)")
+    parser.add_argument("--bench", action="store_true", help=f"write the '{SECTION}' section of BENCHMARKS.md")
+    real = parser.add_argument_group("--real: fine-tune and measure on the held-out real voices (hours on a CPU)")
+    real.add_argument("--real", action="store_true")
+    real.add_argument("--corpus", type=Path, default=REPO / "data" / "real")
+    real.add_argument("--steps", type=int, nargs="+", default=[500, 1500])
+    real.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    real.add_argument("--quick", action="store_true", help="eval_real.py --quick (fewer phrases)")
+    real.add_argument("--dry-run", action="store_true", help="print the --real commands only")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.methods = args.methods or methods()
+    args.out = args.out or args.work / "compare.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    if args.one:
+        row = measure_method(args.base, args.one, args.cost_steps, args.warmup, args.batch_size, args.frames,
+                             args.discriminator, args.work / "singers" / args.one)
+        print("RESULT " + json.dumps(row))
+        return 0
+    from tools.benchmarks_md import machine_description, replace_section
+
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    cost, inference = [], {}
+    if not args.dry_run:
+        for method in args.methods:
+            command = [sys.executable, __file__, "--one", method, "--base", str(args.base), "--work", str(args.work),
+                       "--cost-steps", str(args.cost_steps), "--warmup", str(args.warmup), "--batch-size",
+                       str(args.batch_size), "--frames", str(args.frames), "--discriminator", args.discriminator]
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                print(f"{method} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+                continue
+            cost.append(json.loads(lines[-1][len("RESULT "):]))
+            print(json.dumps(cost[-1]), flush=True)
+            if not args.no_convert:
+                _, inference[method] = convert_with(args.base, args.work / "singers", method, args.convert_seconds)
+                print(f"  {method}: {inference[method]:.3f} s of model time per s of audio", flush=True)
+    quality = None if args.no_convert or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
+    real_rows = run_real(args) if args.real else []
+    document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": machine_description(threads=1), "load_average": load,
+                "settings": {"steps": args.cost_steps, "warmup": args.warmup, "batch_size": args.batch_size,
+                             "frames": args.frames, "discriminator": args.discriminator, "base": str(args.base)},
+                "cost": cost, "inference": inference, "qlora_quality": quality, "real": real_rows}
+    if args.dry_run:
+        return 0
+    from ai_singer.atomic import atomic_write_json
+
+    atomic_write_json(args.out, document)
+    text = report(document)
+    print(text)
+    if args.bench:
+        replace_section(REPO / "BENCHMARKS.md", SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
