@@ -156,6 +156,9 @@ def _run_ui(args: argparse.Namespace) -> int:
         return report("ui", error)
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
 def _run_blend(args: argparse.Namespace) -> int:
     from pathlib import Path
 
