@@ -115,9 +115,11 @@ def measure_method(base_dir: Path, method: str, steps: int, warmup: int, batch_s
 
 # ---------------------------------------------------------------------------------- conversions (main process)
 
-def convert_with(base_dir: Path, singers_dir: Path, singer: str, seconds: float, merge: bool = True
-                 ) -> tuple[object, float]:
-    """Convert the first ``seconds`` of the bundled example vocal with ``singer``; (audio float32, model s / s)."""
+def convert_with(base_dir: Path, singers_dir: Path, singers: list[str], seconds: float, repeats: int = 2
+                 ) -> dict[str, tuple[object, float]]:
+    """Convert the first ``seconds`` of the bundled example vocal with each of ``singers`` through one
+    Converter (after a warm-up conversion); per singer (the VocalConversion, the least model seconds per
+    second of audio over ``repeats`` conversions)."""
     import numpy as np
     import soundfile as sf
 
@@ -127,9 +129,13 @@ def convert_with(base_dir: Path, singers_dir: Path, singer: str, seconds: float,
     audio, sr = sf.read(str(EXAMPLE_VOCAL), dtype="float32", always_2d=True)
     mono = np.ascontiguousarray(audio[: int(seconds * sr)].mean(axis=1))
     settings = load_settings("infer", ["noise_scale=0", "f0.method=dio"])
-    converter = Converter(base_dir, None, settings, singers_dir, device="cpu", merge=merge)
-    result = converter.convert_vocal(mono, sr, singer)
-    return result, result.timings["model_s"] / (mono.shape[0] / sr)
+    converter = Converter(base_dir, None, settings, singers_dir, device="cpu")
+    converter.convert_vocal(mono, sr, singers[0])  # warm-up: first-call costs belong to no method
+    results = {}
+    for singer in singers:
+        runs = [converter.convert_vocal(mono, sr, singer) for _ in range(repeats)]
+        results[singer] = (runs[-1], min(r.timings["model_s"] for r in runs) / (mono.shape[0] / sr))
+    return results
 
 
 def qlora_quality(base_dir: Path, work: Path, seconds: float) -> dict:
@@ -147,7 +153,8 @@ def qlora_quality(base_dir: Path, work: Path, seconds: float) -> dict:
     config = yaml.safe_load((singers / "int8" / "adapter.yaml").read_text())
     config["method"] = config["peft"]["method"] = "qlora"
     (singers / "int8" / "adapter.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (float_result, _), (int8_result, _) = (convert_with(base_dir, singers, name, seconds) for name in ("float", "int8"))
+    converted = convert_with(base_dir, singers, ["float", "int8"], seconds, repeats=1)
+    float_result, int8_result = converted["float"][0], converted["int8"][0]
     sr = float_result.sample_rate
     mcd = metrics.mel_cepstral_distortion(float_result.audio, int8_result.audio, sr)
     rel = float(((float_result.audio - int8_result.audio) ** 2).sum() ** 0.5 / max(1e-12, (float_result.audio ** 2)
@@ -245,7 +252,7 @@ def report(document: dict) -> str:
              "each method in its own process (peak RSS includes ~0.5 GB of imports). 'weights held' = the "
              "generator's parameters and buffers in memory while fine-tuning, less the trainable ones; 'model s "
              "per s' = model time per second of audio converting the example vocal with the fresh adapter "
-             "(merged unless adapter/prefix/prompt).", "", cost_table(document["cost"], document["inference"])]
+             "(merged unless adapter/prefix/prompt; least of 2 conversions after a warm-up).", "", cost_table(document["cost"], document["inference"])]
     quality = document.get("qlora_quality")
     if quality:
         parts += ["", f"qlora's rounding cost: the example singer's LoRA on the int8 base vs the float base over "
@@ -314,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cost.append(json.loads(lines[-1][len("RESULT "):]))
             print(json.dumps(cost[-1]), flush=True)
-            if not args.no_convert:
-                _, inference[method] = convert_with(args.base, args.work / "singers", method, args.convert_seconds)
-                print(f"  {method}: {inference[method]:.3f} s of model time per s of audio", flush=True)
+        if not args.no_convert and cost:
+            converted = convert_with(args.base, args.work / "singers", [row["method"] for row in cost],
+                                     args.convert_seconds)
+            inference = {method: round(speed, 4) for method, (_, speed) in converted.items()}
+            print(f"model s per s of audio: {inference}", flush=True)
     quality = None if args.no_convert or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
     document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
