@@ -425,8 +425,7 @@ class Converter:
             on_stage("F0", len(pieces))
         for piece in pieces:
             audio = self._window_model_audio(mono, sr, piece)
-            piece.f0_raw = extract_f0(audio, self.sample_rate, self.hop, piece.n_frames, method=settings.f0.method,
-                                      f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+            piece.f0_raw = extract_f0(audio, self.sample_rate, self.hop, piece.n_frames, settings.f0)
             if on_stage and progress:
                 progress(1)
         voiced_f0 = [p.f0_raw[p.f0_raw > 0] for p in pieces]

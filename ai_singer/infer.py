@@ -30,7 +30,8 @@ from ai_singer.convert import (CONTENT_SAMPLE_RATE, RANGE_MARGIN_SEMITONES, Conv
                                singer_dir, singers_listing)
 from ai_singer.device import pick_device
 from ai_singer.errors import UserError
-from ai_singer.features.pitch import F0_EXTRACTORS, SCALES, key_to_pitch_class
+from ai_singer.features.f0_settings import F0Settings
+from ai_singer.features.pitch import SCALES, key_to_pitch_class
 from ai_singer.mix import MixSettings, apply_rest_gate, rest_gate
 from ai_singer.sections import SectionsError, parse_sections
 from ai_singer.singer_spec import parse_singer_spec
@@ -117,22 +118,6 @@ class PitchCorrectionSettings:
                              f"use one of {', '.join(SCALES)}")
         if not 0.0 <= self.strength <= 1.0:
             raise InferError(f"pitch_correction.strength={self.strength:g}", "must be within 0..1 (0 = off)")
-
-
-@dataclass
-class F0Settings:
-    """The ``f0`` config group (``ai_singer.features.pitch.extract_f0``)."""
-
-    method: str
-    f0_min: float
-    f0_max: float
-
-    def __post_init__(self) -> None:
-        if self.method not in F0_EXTRACTORS:
-            raise InferError(f"f0.method={self.method!r}", "unknown F0 method",
-                             f"use one of {', '.join(sorted(F0_EXTRACTORS))}")
-        if not 0.0 < self.f0_min < self.f0_max:
-            raise InferError(f"f0.f0_min={self.f0_min:g} f0.f0_max={self.f0_max:g}", "need 0 < f0_min < f0_max")
 
 
 @dataclass

@@ -167,6 +167,7 @@ def mel_cepstrum(wav: np.ndarray, sr: int, settings: TimbreSettings | None = Non
     """
     import pyworld
 
+    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.features.pitch import extract_f0, frame_times
 
     settings = settings or TimbreSettings()
@@ -175,7 +176,8 @@ def mel_cepstrum(wav: np.ndarray, sr: int, settings: TimbreSettings | None = Non
     n_frames = x.shape[0] // hop
     if n_frames < 1:
         raise ValueError(f"{what}: {x.shape[0]} samples is shorter than one {settings.frame_s * 1000:.0f} ms frame")
-    f0 = extract_f0(x, sr, hop, n_frames, method=settings.f0_method, f0_min=settings.f0_min, f0_max=settings.f0_max)
+    f0 = extract_f0(x, sr, hop, n_frames, F0Settings.from_conf(method=settings.f0_method, f0_min=settings.f0_min,
+                                                                f0_max=settings.f0_max))
     envelope = pyworld.cheaptrick(x, f0.astype(np.float64), frame_times(n_frames, hop, sr), int(sr),
                                   f0_floor=float(min(settings.f0_min, 71.0)))
     coefficients = envelope_to_mel_cepstrum(envelope, sr, settings.n_coeffs)
@@ -313,16 +315,12 @@ def f0_error_of_audio(wav: np.ndarray, sr: int, intended_f0: np.ndarray, hop: in
     """F0 error of a mono signal against ``intended_f0`` (Hz ``[frames]``, frame ``i`` centred at
     ``(i + 0.5) * hop / sr``, the convention of ``extract_f0`` and of the synthetic corpus's ``.f0.npy``).
     ``method``, ``f0_min``, ``f0_max`` not given: those of ``conf/f0``."""
+    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.features.pitch import extract_f0
-
-    conf = _conf_f0()
-    method = conf["method"] if method is None else method
-    f0_min = conf["f0_min"] if f0_min is None else f0_min
-    f0_max = conf["f0_max"] if f0_max is None else f0_max
 
     x = _as_mono(wav, "converted audio")
     intended = np.asarray(intended_f0)
-    f0 = extract_f0(x, sr, hop, int(intended.shape[0]), method=method, f0_min=f0_min, f0_max=f0_max)
+    f0 = extract_f0(x, sr, hop, int(intended.shape[0]), F0Settings.from_conf(method=method, f0_min=f0_min, f0_max=f0_max))
     return f0_cents_error(f0, intended)
 
 

@@ -40,6 +40,7 @@ from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info
                              slice_file, to_mono, write_audio)
 from ai_singer.bundle import locate_path
 from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
+from ai_singer.features.f0_settings import F0Settings
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
 from ai_singer.values import as_bool, as_float, as_int
@@ -81,15 +82,6 @@ class LoudnessSettings:
 
     target_lufs: float
     peak_dbfs: float
-
-
-@dataclass(frozen=True)
-class F0Settings:
-    """``conf/f0``: see ``ai_singer.features.pitch.extract_f0``."""
-
-    method: str
-    f0_min: float
-    f0_max: float
 
 
 @dataclass(frozen=True)
@@ -140,7 +132,7 @@ class PreprocessSettings:
             "framing": dataclasses.asdict(self.framing),
             "slicer": dataclasses.asdict(self.slicer),
             "loudness": dataclasses.asdict(self.loudness),
-            "f0": dataclasses.asdict(self.f0),
+            "f0": self.f0.identity(),
             "content": {"name": self.content.name, "path": str(locate_path(self.content.path).resolve()),
                         "options": {k: v for k, v in sorted(self.content.options.items()) if k != "device"},
                         "weights": _folder_fingerprint(locate_path(self.content.path))},
@@ -311,8 +303,7 @@ def process_clip(source: Path, start: int, stop: int, settings: PreprocessSettin
                                   source=source)
     except AudioError as error:
         raise ClipRejected(error.reason) from error
-    raw_f0 = extract_f0(clip, sample_rate, hop, n_frames, method=settings.f0.method,
-                        f0_min=settings.f0.f0_min, f0_max=settings.f0.f0_max)
+    raw_f0 = extract_f0(clip, sample_rate, hop, n_frames, settings.f0)
     f0, voiced = interpolate_unvoiced(raw_f0)
     if not voiced.any():
         raise ClipRejected("no voiced frames (no singing pitch found)")

@@ -19,7 +19,8 @@ def _settings_classes():
     from ai_singer.infer import F0Settings as ConvertF0Settings
     from ai_singer.mix import LimiterSettings, MixSettings
     from ai_singer.model import SingerVAEConfig
-    from ai_singer.preprocess import F0Settings, LoudnessSettings, PreprocessSettings, SplitSettings
+    from ai_singer.features.f0_settings import F0Settings
+    from ai_singer.preprocess import LoudnessSettings, PreprocessSettings, SplitSettings
     from ai_singer.train import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
 
     return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, ConvertF0Settings, PitchCorrectionSettings,

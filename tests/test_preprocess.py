@@ -490,13 +490,14 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
 
 def test_settings_are_built_from_conf_and_have_no_defaults_of_their_own(dataset, tmp_path, tiny_hubert_dir):
     from ai_singer.config import conf_group
-    from ai_singer.preprocess import F0Settings, LoudnessSettings, settings_from_config
+    from ai_singer.features.f0_settings import F0Settings
+    from ai_singer.preprocess import LoudnessSettings, settings_from_config
 
     for settings_class in (F0Settings, LoudnessSettings):
         with pytest.raises(TypeError):
             settings_class()
     settings = settings_from_config(make_cfg(dataset, tmp_path / "p", tiny_hubert_dir))
-    assert settings.f0 == F0Settings(**conf_group("f0"))
+    assert settings.f0 == F0Settings.from_values(conf_group("f0"))
     assert settings.loudness == LoudnessSettings(**conf_group("loudness"))
     cfg = make_cfg(dataset, tmp_path / "p", tiny_hubert_dir, "~f0.f0_max")  # a value missing from conf/: an error
     with pytest.raises(PreprocessError, match="conf/f0.*f0_max"):

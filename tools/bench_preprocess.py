@@ -77,7 +77,8 @@ def run(seconds: float, base_seconds: float) -> tuple[list[tuple[str, float, flo
     import torch
 
     from ai_singer.features.content import encode_audio, load_content_encoder
-    from ai_singer.features.pitch import F0_EXTRACTORS, extract_f0
+    from ai_singer.features.f0_settings import F0Settings
+    from ai_singer.features.pitch import BUILT_IN_F0, extract_f0
 
     rows: list[tuple[str, float, float]] = []  # (step, audio seconds, wall seconds)
     load_before = os.getloadavg()[0]
@@ -103,9 +104,9 @@ def run(seconds: float, base_seconds: float) -> tuple[list[tuple[str, float, flo
         clips, wall = timed(prepare)
         audio_seconds = sum(len(clip) for clip, _ in clips) / SR
         rows.append(("slice + read + resample (48k stereo -> 44.1k, 16k) + loudness", audio_seconds, wall))
-        search = {key: conf_group("f0")[key] for key in ("f0_min", "f0_max")}
-        for method in F0_EXTRACTORS:
-            _, wall = timed(lambda: [extract_f0(clip, SR, HOP, None, method=method, **search) for clip, _ in clips])
+        for method in BUILT_IN_F0:
+            f0_settings = F0Settings.from_conf(method=method)
+            _, wall = timed(lambda: [extract_f0(clip, SR, HOP, None, f0_settings) for clip, _ in clips])
             rows.append((f"F0 `{method}` (hop {HOP} at {SR} Hz)", audio_seconds, wall))
         for size, limit in (("tiny", seconds), ("base", base_seconds)):
             folder = save_hubert(tmp / f"hubert_{size}", size)

@@ -307,12 +307,12 @@ def evaluate_phrase(converter, classifier: metrics.SpeakerClassifier, corpus: di
             guesses[name] = None
 
     intended = np.where(source_f0 > 0, source_f0 * 2.0 ** (semitones / 12.0), 0.0)
-    from ai_singer.config import conf_group
+    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.features.pitch import extract_f0
 
-    search = {key: conf_group("f0")[key] for key in ("f0_min", "f0_max")}  # the toolkit's range (conf/f0)
-    converted_f0 = extract_f0(converted, sr, label_hop, len(intended), method=args.eval_f0_method, **search)
-    source_est = extract_f0(source, sr, label_hop, len(source_f0), method=args.eval_f0_method, **search)
+    measuring = F0Settings.from_conf(method=args.eval_f0_method)  # the toolkit's range and post-processing (conf/f0)
+    converted_f0 = extract_f0(converted, sr, label_hop, len(intended), measuring)
+    source_est = extract_f0(source, sr, label_hop, len(source_f0), measuring)
     f0 = metrics.f0_cents_error(converted_f0, intended)
     floor = metrics.f0_cents_error(source_est, source_f0)
     target_f0 = np.load(root / target_entry["f0"]).astype(np.float64)

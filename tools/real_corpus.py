@@ -404,7 +404,7 @@ def speech_f0(x: np.ndarray, sr: int) -> np.ndarray:
 
     if sr > 16000:
         x, sr = soxr.resample(x, sr, 16000).astype(np.float64), 16000
-    _, f0 = F0_EXTRACTORS["parselmouth"](np.ascontiguousarray(x, dtype=np.float64), sr, SPEECH_F0_FLOOR,
+    _, f0, _ = F0_EXTRACTORS["parselmouth"](np.ascontiguousarray(x, dtype=np.float64), sr, SPEECH_F0_FLOOR,
                                        SPEECH_F0_CEIL, 0.01)
     return np.asarray(f0, dtype=np.float64)
 

@@ -212,13 +212,14 @@ def f0_track(audio: np.ndarray, sr: int, n_frames: int, hop: int, f0_sr: int, me
     """F0 (Hz, 0 = unvoiced) ``[n_frames]`` of a mono clip on the grid of ``hop`` samples at ``f0_sr``
     (frame ``i`` centred at ``(i + 0.5) * hop / f0_sr``); the clip is resampled to ``f0_sr`` first."""
     from ai_singer.audio import resample
+    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.features.pitch import extract_f0
 
     x = np.asarray(audio, dtype=np.float32)
     if int(sr) != int(f0_sr):
         x = resample(x, int(sr), int(f0_sr))
-    return extract_f0(x.astype(np.float64), int(f0_sr), int(hop), int(n_frames), method=method, f0_min=f0_min,
-                      f0_max=f0_max)
+    return extract_f0(x.astype(np.float64), int(f0_sr), int(hop), int(n_frames),
+                      F0Settings.from_conf(method=method, f0_min=f0_min, f0_max=f0_max))
 
 
 def pitch_error(audio: np.ndarray, sr: int, intended_f0: np.ndarray, hop: int, f0_sr: int,

@@ -1,8 +1,11 @@
 """F0 (fundamental frequency) extraction on the model's frame grid, and pitch arithmetic.
 
 One registry, :data:`F0_EXTRACTORS`, maps a method name to a function that returns F0 on the
-extractor's *own* time axis. :func:`extract_f0` runs one of them and resamples the result onto the
-model frames with a single shared function (:func:`_resample_to_frames`): frame ``i`` is centred at
+extractor's *own* time axis: the WORLD and Praat trackers here, the neural ones (``swift``, ``fcpe``) in
+their own modules behind optional extras. :func:`extract_f0` runs one of them, decides voicing (a neural
+tracker's confidence against ``f0.voicing_threshold``), post-processes the track on its own grid
+(``ai_singer.features.f0_postprocess``: octave repair, median smoothing) and resamples it onto the model
+frames with a single shared function (:func:`_resample_to_frames`): frame ``i`` is centred at
 ``(i + 0.5) * hop / sr`` seconds and a clip of ``N`` samples has ``N // hop`` frames.
 
 F0 is in Hz, float32; ``0`` marks an unvoiced frame in raw extractor output.
@@ -11,9 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ai_singer.features.f0_settings import F0Settings
 
 #: Extractors run on a copy resampled to this rate when the input rate is higher: WORLD and Praat
 #: decimate internally anyway, F0 up to ~1 kHz has its low harmonics far below 8 kHz, and the
@@ -24,28 +30,30 @@ ANALYSIS_SAMPLE_RATE = 16000
 #: resampling onto frame centres interpolates between close neighbours.
 ANALYSIS_STEP_S = 0.005
 
-# An extractor: (wav float64 [samples], sr, f0_min, f0_max, step_s) -> (times_s [T], f0_hz [T], 0 = unvoiced)
-Extractor = Callable[[np.ndarray, int, float, float, float], "tuple[np.ndarray, np.ndarray]"]
+# An extractor: (wav float64 [samples], sr, f0_min, f0_max, step_s) -> (times_s [T], f0_hz [T], confidence [T]
+# or None). Without a confidence, 0 Hz marks an unvoiced frame; with one, f0_hz holds a pitch for every frame
+# and the frame is voiced when its confidence reaches the method's f0.voicing_threshold.
+Extractor = Callable[[np.ndarray, int, float, float, float], "tuple[np.ndarray, np.ndarray, np.ndarray | None]"]
 
 
-def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
     """WORLD Harvest: robust, the slowest of the three."""
     import pyworld
 
     f0, times = pyworld.harvest(wav, sr, f0_floor=f0_min, f0_ceil=f0_max, frame_period=step_s * 1000.0)
-    return times, f0
+    return times, f0, None
 
 
-def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
     """WORLD DIO, refined by StoneMask: fast, less robust in noise."""
     import pyworld
 
     f0, times = pyworld.dio(wav, sr, f0_floor=f0_min, f0_ceil=f0_max, frame_period=step_s * 1000.0)
     f0 = pyworld.stonemask(wav, f0, times, sr)
-    return times, f0
+    return times, f0, None
 
 
-def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
     """Praat's autocorrelation pitch tracker (``To Pitch (ac)``) through praat-parselmouth."""
     import parselmouth
 
@@ -56,7 +64,14 @@ def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s:
     pitch = sound.to_pitch_ac(time_step=step_s, pitch_floor=f0_min, pitch_ceiling=f0_max, voicing_threshold=0.6)
     times = np.asarray(pitch.xs(), dtype=np.float64) - pad / sr
     f0 = np.nan_to_num(np.asarray(pitch.selected_array["frequency"], dtype=np.float64))
-    return times, f0
+    return times, f0, None
+
+
+def _swift(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+    """SwiftF0 (ONNX, 16 ms frames; the ``swift`` extra)."""
+    from ai_singer.features import f0_swift
+
+    return f0_swift.track(wav, sr, f0_min, f0_max)
 
 
 #: The F0 methods by name. Every place that offers a choice of method reads this dict.
@@ -64,7 +79,11 @@ F0_EXTRACTORS: dict[str, Extractor] = {
     "harvest": _harvest,
     "dio": _dio,
     "parselmouth": _parselmouth,
+    "swift": _swift,
 }
+
+#: The methods that need no optional package (the others name their extra when it is missing).
+BUILT_IN_F0 = ("harvest", "dio", "parselmouth")
 
 
 def frame_times(n_frames: int, hop: int, sr: int) -> np.ndarray:
@@ -98,8 +117,7 @@ def _resample_to_frames(times: np.ndarray, f0: np.ndarray, targets: np.ndarray) 
     return out.astype(np.float32)
 
 
-def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, method: str, f0_min: float,
-               f0_max: float) -> np.ndarray:
+def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, settings: "F0Settings") -> np.ndarray:
     """F0 of mono audio at the model frame centres.
 
     Args:
@@ -107,18 +125,15 @@ def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, method:
         sr: its sample rate.
         hop: model hop in samples (frame ``i`` is centred at ``(i + 0.5) * hop / sr``).
         n_frames: frames wanted; ``None`` means ``len(wav) // hop``.
-        method: a key of :data:`F0_EXTRACTORS`.
-        f0_min, f0_max: search range in Hz.
-
-    Every argument is required: the method and range come from the settings (``conf/f0``), never from here.
+        settings: the ``f0`` settings (``conf/f0``): method, search range, voicing threshold and
+            post-processing (:class:`ai_singer.features.f0_settings.F0Settings`; ``F0Settings.from_conf()``).
 
     Returns:
         float32 [n_frames], Hz, 0 where unvoiced.
     """
+    method, f0_min, f0_max = settings.method, float(settings.f0_min), float(settings.f0_max)
     if method not in F0_EXTRACTORS:
         raise ValueError(f"unknown F0 method {method!r}; valid methods: {', '.join(sorted(F0_EXTRACTORS))}")
-    if not 0 < f0_min < f0_max:
-        raise ValueError(f"need 0 < f0_min < f0_max, got f0_min={f0_min}, f0_max={f0_max}")
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise ValueError(f"extract_f0 needs mono audio [samples], got shape {wav.shape}")
@@ -135,11 +150,26 @@ def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, method:
 
         analysis = soxr.resample(analysis, sr, ANALYSIS_SAMPLE_RATE).astype(np.float64)
         analysis_sr = ANALYSIS_SAMPLE_RATE
-    times, f0 = F0_EXTRACTORS[method](np.ascontiguousarray(analysis), analysis_sr, float(f0_min), float(f0_max),
-                                      ANALYSIS_STEP_S)
+    times, f0, confidence = F0_EXTRACTORS[method](np.ascontiguousarray(analysis), analysis_sr, f0_min, f0_max,
+                                                  ANALYSIS_STEP_S)
+    times, f0 = np.asarray(times, dtype=np.float64), np.asarray(f0, dtype=np.float64)
+    if confidence is not None:
+        f0 = np.where(np.asarray(confidence) >= settings.threshold(), f0, 0.0)
     f0 = np.where((f0 >= f0_min * 0.9) & (f0 <= f0_max * 1.1), f0, 0.0)  # drop stray out-of-range values
-    return _resample_to_frames(np.asarray(times, dtype=np.float64), np.asarray(f0, dtype=np.float64),
-                               frame_times(n_frames, hop, sr))
+    f0 = postprocess(f0, times, settings)
+    return _resample_to_frames(times, f0, frame_times(n_frames, hop, sr))
+
+
+def postprocess(f0: np.ndarray, times: np.ndarray, settings: "F0Settings") -> np.ndarray:
+    """Octave repair, then median smoothing (``settings.octave_repair_ms`` / ``median_ms``; 0 = off) of a
+    track [T] (Hz, 0 = unvoiced) at ``times`` [T] (seconds, regular steps): float64 [T]."""
+    from ai_singer.features.f0_postprocess import median_smooth, repair_octaves
+
+    if len(times) < 2:
+        return f0
+    step_s = float(np.median(np.diff(times)))
+    f0 = repair_octaves(f0, step_s, settings.octave_repair_ms / 1000.0)
+    return median_smooth(f0, step_s, settings.median_ms / 1000.0)
 
 
 def interpolate_unvoiced(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

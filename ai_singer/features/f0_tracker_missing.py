@@ -1,0 +1,15 @@
+"""The error for an F0 tracker whose optional package is not installed (one message for all of them)."""
+from __future__ import annotations
+
+from ai_singer.errors import UserError
+
+
+class F0TrackerMissing(UserError, ImportError):
+    """``f0.method=<method>`` needs ``package``, which the ``extra`` extra installs."""
+
+    def __init__(self, method: str, package: str, extra: str, detail: str = ""):
+        from ai_singer.features.pitch import BUILT_IN_F0
+
+        super().__init__(f"f0.method={method}", f"needs the {package} package, which is not installed{detail}",
+                         f"pip install 'ai_singer[{extra}]' (or choose another f0.method: {', '.join(BUILT_IN_F0)} "
+                         "need nothing more)")
