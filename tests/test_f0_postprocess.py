@@ -71,7 +71,7 @@ def test_a_threshold_missing_for_a_confidence_tracker_is_named():
         extract_f0(harmonic(220.0, 16000, 0.5), 16000, 160, None, settings)
 
 
-def test_a_missing_optional_tracker_says_which_extra_to_install(monkeypatch):
+def test_a_missing_swift_f0_says_which_extra_to_install(monkeypatch):
     from ai_singer.features import f0_swift
 
     f0_swift._detector.cache_clear()
@@ -83,3 +83,17 @@ def test_a_missing_optional_tracker_says_which_extra_to_install(monkeypatch):
         f0_swift._detector.cache_clear()
     assert info.value.where == "f0.method=swift"
     assert "pip install 'ai_singer[swift]'" in str(info.value)
+
+
+def test_a_missing_torchfcpe_says_how_to_install_it_without_its_dependencies(monkeypatch):
+    from ai_singer.features import f0_fcpe
+
+    f0_fcpe._model.cache_clear()
+    monkeypatch.setattr(f0_fcpe.importlib.util, "find_spec", lambda name: None)
+    try:
+        with pytest.raises(UserError) as info:
+            extract_f0(harmonic(220.0, 16000, 0.5), 16000, 160, None, F0Settings.from_conf(method="fcpe"))
+    finally:
+        f0_fcpe._model.cache_clear()
+    assert info.value.where == "f0.method=fcpe"
+    assert "pip install --no-deps torchfcpe==0.0.4" in str(info.value)

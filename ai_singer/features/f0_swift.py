@@ -22,7 +22,7 @@ def _detector(threads: int):
     try:
         from swift_f0 import SwiftF0
     except ImportError as error:
-        raise F0TrackerMissing("swift", "swift-f0", "swift") from error
+        raise F0TrackerMissing("swift", "swift-f0", "pip install 'ai_singer[swift]'") from error
     return SwiftF0(threads=threads, spin=False)
 
 

@@ -5,11 +5,10 @@ from ai_singer.errors import UserError
 
 
 class F0TrackerMissing(UserError, ImportError):
-    """``f0.method=<method>`` needs ``package``, which the ``extra`` extra installs."""
+    """``f0.method=<method>`` needs ``package``, which ``install`` (a pip command) installs."""
 
-    def __init__(self, method: str, package: str, extra: str, detail: str = ""):
+    def __init__(self, method: str, package: str, install: str, detail: str = ""):
         from ai_singer.features.pitch import BUILT_IN_F0
 
         super().__init__(f"f0.method={method}", f"needs the {package} package, which is not installed{detail}",
-                         f"pip install 'ai_singer[{extra}]' (or choose another f0.method: {', '.join(BUILT_IN_F0)} "
-                         "need nothing more)")
+                         f"{install} (or choose another f0.method: {', '.join(BUILT_IN_F0)} need nothing more)")

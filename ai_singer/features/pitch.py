@@ -74,12 +74,20 @@ def _swift(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float
     return f0_swift.track(wav, sr, f0_min, f0_max)
 
 
+def _fcpe(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+    """FCPE (torch, 10 ms frames; weights from the torchfcpe wheel)."""
+    from ai_singer.features import f0_fcpe
+
+    return f0_fcpe.track(wav, sr, f0_min, f0_max)
+
+
 #: The F0 methods by name. Every place that offers a choice of method reads this dict.
 F0_EXTRACTORS: dict[str, Extractor] = {
     "harvest": _harvest,
     "dio": _dio,
     "parselmouth": _parselmouth,
     "swift": _swift,
+    "fcpe": _fcpe,
 }
 
 #: The methods that need no optional package (the others name their extra when it is missing).
