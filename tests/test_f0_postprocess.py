@@ -71,7 +71,7 @@ def test_a_threshold_missing_for_a_confidence_tracker_is_named():
         extract_f0(harmonic(220.0, 16000, 0.5), 16000, 160, None, settings)
 
 
-def test_a_missing_swift_f0_says_which_extra_to_install(monkeypatch):
+def test_a_missing_swift_f0_says_how_to_install_it(monkeypatch):
     from ai_singer.features import f0_swift
 
     f0_swift._detector.cache_clear()
@@ -82,7 +82,7 @@ def test_a_missing_swift_f0_says_which_extra_to_install(monkeypatch):
     finally:
         f0_swift._detector.cache_clear()
     assert info.value.where == "f0.method=swift"
-    assert "pip install 'ai_singer[swift]'" in str(info.value)
+    assert "pip install 'swift-f0>=0.3,<0.4'" in str(info.value)
 
 
 def test_a_missing_torchfcpe_says_how_to_install_it_without_its_dependencies(monkeypatch):

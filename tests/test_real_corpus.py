@@ -20,6 +20,7 @@ from conftest import harmonic  # noqa: E402
 from tools import real_corpus  # noqa: E402
 from tools.real_corpus import VoiceStats, choose_heldout, make_melody, melody_contour  # noqa: E402
 
+from ai_singer.features.f0_settings import F0Settings  # noqa: E402
 from ai_singer.features.pitch import extract_f0  # noqa: E402
 
 
@@ -140,7 +141,7 @@ def test_imposed_f0_is_what_the_sung_audio_carries(corpus):
         imposed = np.load(meta_path.parent / meta["f0_file"])
         assert (sr, meta["f0_hop"], meta["f0_sr"]) == (44100, 512, 44100)
         assert len(imposed) == len(audio) // 512 and imposed.dtype == np.float32
-        measured = extract_f0(audio, sr, 512, len(imposed), "harvest", 50.0, 1100.0)
+        measured = extract_f0(audio, sr, 512, len(imposed), F0Settings.from_conf(method="harvest"))
         both = (imposed > 0) & (measured > 0)
         assert both.sum() > 0.5 * (imposed > 0).sum()
         cents = 1200 * np.abs(np.log2(measured[both] / imposed[both]))

@@ -251,11 +251,11 @@ def make_real_corpus(root: Path) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             sf.write(folder / f"p{k}.wav", rendition.audio, sr)
             if k < 2:
-                from ai_singer.config import conf_group
+                from ai_singer.features.f0_settings import F0Settings
                 from ai_singer.features.pitch import extract_f0
 
-                f0 = extract_f0(rendition.audio.astype(np.float64), sr, hop, len(rendition.audio) // hop, method="dio",
-                                f0_min=conf_group("f0")["f0_min"], f0_max=conf_group("f0")["f0_max"])
+                f0 = extract_f0(rendition.audio.astype(np.float64), sr, hop, len(rendition.audio) // hop,
+                                F0Settings.from_conf(method="dio"))
                 np.save(folder / f"p{k}.f0.npy", f0)
                 (folder / f"p{k}.json").write_text(json.dumps({
                     "kind": "sung", "language": "en", "text": None if k else "la la", "f0_file": f"p{k}.f0.npy",

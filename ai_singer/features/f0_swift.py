@@ -1,4 +1,4 @@
-"""SwiftF0 (``pip install 'ai_singer[swift]'``, MIT): a 135 KB convolutional F0 model on onnxruntime.
+"""SwiftF0 (``swift-f0``, MIT, a dependency of ai_singer): a 135 KB convolutional F0 model on onnxruntime.
 
 The ``swift-f0`` wheel ships the model; it scores every 256-sample hop of 16 kHz audio (16 ms) with a
 pitch and a confidence calibrated so that 0.5 separates voiced from unvoiced. It runs on the CPU only.
@@ -22,7 +22,7 @@ def _detector(threads: int):
     try:
         from swift_f0 import SwiftF0
     except ImportError as error:
-        raise F0TrackerMissing("swift", "swift-f0", "pip install 'ai_singer[swift]'") from error
+        raise F0TrackerMissing("swift", "swift-f0", "pip install 'swift-f0>=0.3,<0.4' (a dependency of ai_singer)") from error
     return SwiftF0(threads=threads, spin=False)
 
 

@@ -11,4 +11,5 @@ class F0TrackerMissing(UserError, ImportError):
         from ai_singer.features.pitch import BUILT_IN_F0
 
         super().__init__(f"f0.method={method}", f"needs the {package} package, which is not installed{detail}",
-                         f"{install} (or choose another f0.method: {', '.join(BUILT_IN_F0)} need nothing more)")
+                         f"{install} (or choose another f0.method: "
+                         f"{', '.join(name for name in BUILT_IN_F0 if name != method)} need nothing more)")

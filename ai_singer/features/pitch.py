@@ -68,7 +68,7 @@ def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s:
 
 
 def _swift(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
-    """SwiftF0 (ONNX, 16 ms frames; the ``swift`` extra)."""
+    """SwiftF0 (ONNX, 16 ms frames; the default)."""
     from ai_singer.features import f0_swift
 
     return f0_swift.track(wav, sr, f0_min, f0_max)
@@ -90,8 +90,8 @@ F0_EXTRACTORS: dict[str, Extractor] = {
     "fcpe": _fcpe,
 }
 
-#: The methods that need no optional package (the others name their extra when it is missing).
-BUILT_IN_F0 = ("harvest", "dio", "parselmouth")
+#: The methods whose packages are dependencies of ai_singer (the others say how to install theirs).
+BUILT_IN_F0 = ("swift", "harvest", "dio", "parselmouth")
 
 
 def frame_times(n_frames: int, hop: int, sr: int) -> np.ndarray:
