@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
 from ai_singer.conf_dir import conf_dir
+from ai_singer.config import conf_group
 from ai_singer.features.content import ContentEncoderMissing
 from ai_singer.manifest import read_manifest, read_stats
 from ai_singer import preprocess
@@ -120,7 +121,7 @@ def test_end_to_end_outputs(reference, dataset, tiny_hubert_dir):
         assert meta == {"format_version": "1", "sample_rate": "44100", "hop_length": "512",
                         "n_frames": str(entry.n_frames), "content_encoder": "hubert", "content_dim": "32",
                         "content_path": str(tiny_hubert_dir), "content_layer": "2", "content_final_proj": "false",
-                        "f0_method": "harvest"}
+                        "f0_method": conf_group("f0")["method"]}
         assert entry.f0_median_hz == pytest.approx(np.median(tensors["f0"][tensors["voiced"] == 1]), abs=0.01)
     # each file's three clips hold its three notes (within 50 cents)
     alice_notes = sorted(e.f0_median_hz for e in entries if e.source == "alice/take1.wav")
@@ -169,7 +170,9 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     (raw / "carol").mkdir()
     (raw / "carol" / "lyrics.txt").write_text("not audio, and not an audio extension: ignored")
     (raw / "alice" / "phone_take.m4a").write_bytes(b"\x00" * 64)  # a format we do not read: named, not lost
-    code = run_cli(make_cfg(raw, processed, tiny_hubert_dir))
+    # harvest: it calls a pure sine unvoiced (a neural tracker rightly hears its pitch), which is the
+    # "no voiced frames" path under test
+    code = run_cli(make_cfg(raw, processed, tiny_hubert_dir, "f0.method=harvest"))
     assert code == 0
     report = json.loads((processed / "report.json").read_text())
     assert report["singers_without_clips"] == ["carol"]
@@ -191,7 +194,7 @@ def test_bad_inputs_are_reported_and_good_files_still_processed(tmp_path, tiny_h
     assert report["ignored_files"] == {".m4a": 1, ".txt": 1}
     assert "ignored 2 file(s) that are not audio by name (.m4a x1, .txt x1)" in printed
     # rejected files are remembered: a re-run does not retry them, and still reports them
-    again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir))
+    again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir, "f0.method=harvest"))
     assert again.processed_sources == [] and set(again.rejected_sources) == {f"alice/bad/{n}" for n in reasons}
 
 
@@ -489,7 +492,6 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
 
 
 def test_settings_are_built_from_conf_and_have_no_defaults_of_their_own(dataset, tmp_path, tiny_hubert_dir):
-    from ai_singer.config import conf_group
     from ai_singer.features.f0_settings import F0Settings
     from ai_singer.preprocess import LoudnessSettings, settings_from_config
 
