@@ -16,14 +16,13 @@ def _settings_classes():
     from ai_singer.adapters import PeftSettings
     from ai_singer.audio import SliceConfig
     from ai_singer.infer import ChunkSettings, ConvertSettings, PitchCorrectionSettings
-    from ai_singer.infer import F0Settings as ConvertF0Settings
+    from ai_singer.features.f0_settings import F0Settings  # preprocess's and conversion's f0 settings
     from ai_singer.mix import LimiterSettings, MixSettings
     from ai_singer.model import SingerVAEConfig
-    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.preprocess import LoudnessSettings, PreprocessSettings, SplitSettings
     from ai_singer.train import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
 
-    return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, ConvertF0Settings, PitchCorrectionSettings,
+    return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, PitchCorrectionSettings,
             LimiterSettings, MixSettings, SingerVAEConfig, F0Settings, LoudnessSettings, PreprocessSettings,
             SplitSettings, AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings]
 
