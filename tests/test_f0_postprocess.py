@@ -89,7 +89,9 @@ def test_a_missing_torchfcpe_says_how_to_install_it_without_its_dependencies(mon
     from ai_singer.features import f0_fcpe
 
     f0_fcpe._model.cache_clear()
-    monkeypatch.setattr(f0_fcpe.importlib.util, "find_spec", lambda name: None)
+    from ai_singer.features import wheel_weights
+
+    monkeypatch.setattr(wheel_weights.importlib.util, "find_spec", lambda name: None)
     try:
         with pytest.raises(UserError) as info:
             extract_f0(harmonic(220.0, 16000, 0.5), 16000, 160, None, F0Settings.from_conf(method="fcpe"))

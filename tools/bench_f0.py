@@ -331,7 +331,8 @@ def main() -> None:
     rows = methods()
     table = accuracy(cases, rows)
     sweep = threshold_sweep({case: items for case, items in cases.items() if case != HIGH},
-                            {"swift": [0.2, 0.3, 0.4, 0.5, 0.6], "fcpe": [0.006, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+                            {"swift": [0.2, 0.3, 0.4, 0.5, 0.6], "fcpe": [0.006, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                             "crepe_tiny": [0.1, 0.2, 0.3, 0.4, 0.5]})
     speeds = speed(rows)
     load_after = os.getloadavg()[0]
     synthetic = [c for c in cases if c != "real voices, sung (WORLD)"]

