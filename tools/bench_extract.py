@@ -6,7 +6,9 @@
 For each rank (and each retained-energy target, ranks capped at the largest of ``--ranks``) the full model is
 extracted with ``ai_singer.extract.extract_adapter`` into a temporary singers folder, and the same vocal is
 converted through the full model (loaded by ``convert`` as the ``peft=full`` adapter it is) and through the
-extracted adapter, with the same settings and no sampling noise (``noise_scale=0``, ``f0.method=dio``). Reported:
+extracted adapter, with the same settings and no sampling noise (``noise_scale=0``, ``f0.method=dio``); with
+``--features DIR`` (a base whose content encoder is not installed, e.g. an imported so-vits-svc base with random
+ContentVec), the stored features of that processed dataset's first clips are rendered instead. Reported:
 
 * the relative L2 error of the kept weight difference, ``||dW - kept|| / ||dW||``, over all parameters and over
   those conversion runs (prior encoder, flow, decoder: the posterior encoder is training-only);
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -117,16 +120,71 @@ def size_table(model_option: str, ranks: list[int]) -> str:
             "| rank | float32 | float16, no posterior encoder |\n|---|---|---|\n" + "\n".join(rows))
 
 
-def error_table(args: argparse.Namespace) -> tuple[str, str]:
-    """(intro, markdown table) of the error vs rank on ``args.full``."""
+def adapted_model(base_dir: Path, adapter_dir: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The base with the adapter loaded and merged and the singer vector ``g [1, gin]``, as ``convert`` makes
+    them (the adapter's base hash checked)."""
+    from ai_singer.adapters import load_adapter_state, merge_adapters
+    from ai_singer.full_model import base_model
+
+    base = ckpt.load_base(base_dir)
+    adapter = ckpt.load_adapter(adapter_dir)
+    ckpt.check_adapter_base(adapter, base)
+    model = base_model(base)
+    load_adapter_state(model, adapter.config.get("peft") or {"method": adapter.method}, adapter.tensors)
+    return merge_adapters(model).eval(), adapter.tensors["singer_embedding"].float().reshape(1, -1)
+
+
+def vocal_renderer(args: argparse.Namespace, singers: Path) -> tuple[Callable[[str], np.ndarray], int, str]:
+    """Conversion of ``args.vocal`` by ``convert``'s Converter (needs the base's content encoder)."""
     from ai_singer.audio import load_audio, to_mono
     from ai_singer.config import load_settings
     from ai_singer.convert import Converter
-    from ai_singer.extract import extract_adapter
-    from ai_singer.lora_svd import ExtractSettings
 
     audio, sr = load_audio(args.vocal)
     mono = to_mono(audio)
+    converter = Converter(args.base, None, load_settings("infer", ["noise_scale=0", "f0.method=dio"]), singers,
+                          device="cpu")
+    vocal = args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal
+    what = (f"The same vocal (`{vocal}`, {len(mono) / sr:.1f} s) converted through the full model and through each "
+            "extracted adapter (noise_scale=0, dio F0)")
+    return (lambda name: converter.convert_vocal(mono, sr, name).audio), converter.sample_rate, what
+
+
+def features_renderer(args: argparse.Namespace, singers: Path) -> tuple[Callable[[str], np.ndarray], int, str]:
+    """``model.infer`` on the stored features (content, F0, voicing, volume) of ``args.features``'s clips: for a
+    base whose content encoder is not installed."""
+    from safetensors.torch import load_file
+
+    from ai_singer.data import read_clips
+
+    clips = [load_file(str(clip.features)) for clip in read_clips(args.features / "manifest.jsonl")[:args.clips]]
+    sr = int(ckpt.load_base(args.base).model_config["sample_rate"])
+
+    def render(name: str) -> np.ndarray:
+        model, g = adapted_model(args.base, singers / name)
+        outputs = []
+        with torch.inference_mode():
+            for clip in clips:
+                content = clip["content"].float().t()[None]
+                f0, voiced, volume = (clip[key].float()[None] for key in ("f0", "voiced", "volume"))
+                wav = model.infer(content, f0, voiced, volume, g, noise_scale=0.0,
+                                  generator=torch.Generator().manual_seed(0))
+                outputs.append(wav.reshape(-1).numpy())
+        return np.concatenate(outputs)
+
+    frames = sum(int(clip["f0"].shape[0]) for clip in clips)
+    hop = int(ckpt.load_base(args.base).model_config["hop_length"])
+    what = (f"The stored features (content, F0, voicing, volume) of {len(clips)} processed clips (`{args.features}`, "
+            f"{frames * hop / sr:.1f} s) rendered by the full model and by each extracted adapter (`model.infer`, "
+            "noise_scale=0, on the base loaded and the adapter merged as `convert` does)")
+    return render, sr, what
+
+
+def error_table(args: argparse.Namespace) -> tuple[str, str]:
+    """(intro, markdown table) of the error vs rank on ``args.full``."""
+    from ai_singer.extract import extract_adapter
+    from ai_singer.lora_svd import ExtractSettings
+
     variants: list[tuple[str, ExtractSettings]] = [
         (f"r={r}", ExtractSettings(rank=r, energy=None, drop=[], dtype="float32")) for r in args.ranks]
     variants += [(f"energy {e:g} (r<={max(args.ranks)})", ExtractSettings(rank=max(args.ranks), energy=e, drop=[],
@@ -148,15 +206,13 @@ def error_table(args: argparse.Namespace) -> tuple[str, str]:
             started = time.perf_counter()
             _, extraction = extract_adapter(args.base, args.full, singers / f"v{index}", settings)
             extractions[f"v{index}"] = (label, extraction, time.perf_counter() - started)
-        converter = Converter(args.base, None, load_settings("infer", ["noise_scale=0", "f0.method=dio"]), singers,
-                              device="cpu")
-        reference = converter.convert_vocal(mono, sr, "full").audio
-        out_sr = converter.sample_rate
-        wave, mel = compare(converter.convert_vocal(mono, sr, "base-only").audio, reference, out_sr)
+        render, out_sr, what = (features_renderer if args.features else vocal_renderer)(args, singers)
+        reference = render("full")
+        wave, mel = compare(render("base-only"), reference, out_sr)
         rows.append(("base + singer vector", "-", "1", "1", f"{wave:.4f}", f"{mel:.3f}",
                      f"{(singers / 'base-only' / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6:.3f}", "-"))
         for name, (label, extraction, seconds) in extractions.items():
-            wave, mel = compare(converter.convert_vocal(mono, sr, name).audio, reference, out_sr)
+            wave, mel = compare(render(name), reference, out_sr)
             summary = extraction.summary()
             ranks = (f"{summary['rank_min']}-{summary['rank_max']}" if summary["rank_min"] != summary["rank_max"]
                      else str(summary["rank_max"]))
@@ -167,16 +223,14 @@ def error_table(args: argparse.Namespace) -> tuple[str, str]:
     header = ("| adapter | LoRA ranks | weight error (all) | weight error (conversion) | waveform rel. L2 vs full "
               "| log-mel L1 vs full (dB) | adapter MB | extract s |\n|---|---|---|---|---|---|---|---|")
     table = header + "\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
-    return intro_text(args, len(mono) / sr), table
+    return intro_text(args, what), table
 
 
-def intro_text(args: argparse.Namespace, vocal_seconds: float) -> str:
-    """What was measured and how (the section's first paragraphs)."""
+def intro_text(args: argparse.Namespace, what: str) -> str:
+    """What was measured and how (the section's first paragraphs); ``what``: the input and how it was rendered."""
     full_mb = (args.full / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
-    vocal = args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal
     return (f"Base `{args.base.name}`; full model `{args.full}` ({full_mb:.1f} MB as a peft=full adapter). "
-            f"{args.note}\n\nThe same vocal (`{vocal}`, {vocal_seconds:.1f} s) converted through the full model "
-            "and through each extracted adapter (noise_scale=0, dio F0). Weight error: `||dW - kept|| / ||dW||` "
+            f"{args.note}\n\n{what}. Weight error: `||dW - kept|| / ||dW||` "
             "over every parameter, and over the prior encoder, flow and decoder only (what conversion runs). "
             "Biases, norms and relative-position tables are stored whole, so the error "
             "is the LoRA layers' truncation (and what `drop` leaves out).")
@@ -190,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energies", type=float, nargs="*", default=[0.5, 0.8, 0.9])
     parser.add_argument("--fp16-rank", type=int, default=16, help="also store this rank in float16")
     parser.add_argument("--vocal", type=Path, default=REPO / "data" / "examples" / "song01" / "vocals.flac")
+    parser.add_argument("--features", type=Path, default=None,
+                        help="a processed dataset folder: render its clips' stored features instead of converting "
+                             "--vocal (for a base whose content encoder is not installed)")
+    parser.add_argument("--clips", type=int, default=4, help="with --features: how many clips")
     parser.add_argument("--sizes-model", default="base", help="conf/model option whose adapter sizes are tabled "
                                                                "('' = none)")
     parser.add_argument("--threads", type=int, default=2)
