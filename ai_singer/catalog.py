@@ -129,6 +129,12 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
         stats = config.get("stats") or {}
         entry.singer = str(config.get("singer") or "")
         entry.method = str(config.get("method") or "")
+        extraction = config.get("extraction")
+        if isinstance(extraction, dict):  # made by extract-adapter from a full model
+            how = f"energy {extraction.get('energy')}" if extraction.get("energy") else f"r={extraction.get('rank')}"
+            error = extraction.get("relative_error")
+            entry.method += f" (extracted from a full model, {how}" + (
+                f", weight error {error:.2f})" if isinstance(error, (int, float)) else ")")
         entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
         entry.base_sha256 = str(config.get("base_sha256") or "")
         entry.base_name = str(config.get("base_name") or "")

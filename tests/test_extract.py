@@ -133,6 +133,10 @@ def test_full_rank_reproduces_the_full_model_and_the_artifact_describes_itself(s
     assert config["extraction"]["method"] == "truncated_svd" and config["extraction"]["rank"] == 10_000
     assert config["extraction"]["from_sha256"] == ckpt.sha256_file(full_dir / ckpt.ADAPTER_TENSORS_FILE)
     assert config["stats"] == {"f0_median_hz": 200.0}  # the singer's statistics travel with it
+    from ai_singer.catalog import list_adapters
+
+    listed = list_adapters(tmp_path, [])
+    assert listed[0].method == "lora (extracted from a full model, r=10000, weight error 0.00)"
 
 
 def test_error_decreases_with_rank_and_energy_picks_ranks_per_layer(setup, tmp_path):
