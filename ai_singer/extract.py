@@ -83,9 +83,9 @@ def describe(out: Path, extraction: Extraction) -> str:
     summary = extraction.summary()
     megabytes = (out / ckpt.ADAPTER_TENSORS_FILE).stat().st_size / 1e6
     kinds = ", ".join(f"{kind} {entry['parameters']}" for kind, entry in sorted(summary["kinds"].items()))
-    ranks = (f"ranks {summary['rank_min']}-{summary['rank_max']}" if summary["rank_min"] != summary["rank_max"]
-             else f"rank {summary['rank_max']}")
-    text = (f"extract-adapter: wrote {out} ({megabytes:.2f} MB): {summary['lora_layers']} LoRA layers ({ranks}); "
+    ranks = ("" if not summary["lora_layers"] else f" (ranks {summary['rank_min']}-{summary['rank_max']})"
+             if summary["rank_min"] != summary["rank_max"] else f" (rank {summary['rank_max']})")
+    text = (f"extract-adapter: wrote {out} ({megabytes:.2f} MB): {summary['lora_layers']} LoRA layers{ranks}; "
             f"parameters: {kinds}; relative error of the weight difference {summary['relative_error']:.4f}")
     if summary["dropped"]:
         text += f" (dropped: {summary['dropped_share']:.4f} of it, {len(summary['dropped'])} parameters)"

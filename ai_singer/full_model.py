@@ -54,7 +54,9 @@ def base_model(base: ckpt.BaseArtifact) -> SingerVAE:
 def _pick_speaker(table: torch.Tensor, speakers: list[str], speaker: Any, where: Path) -> torch.Tensor:
     """The row of a speaker table ``[n, gin]`` chosen by ``speaker`` (a name of ``speakers`` or an index)."""
     n = table.shape[0]
-    listing = ", ".join(f"{i}={s}" for i, s in enumerate(speakers)) if speakers else f"0..{n - 1}"
+    shown = 8
+    listing = (", ".join(f"{i}={s}" for i, s in enumerate(speakers[:shown]))
+               + (f", ... ({len(speakers) - shown} more)" if len(speakers) > shown else "")) if speakers else f"0..{n - 1}"
     if speaker is None:
         if n == 1:
             return table[0]
