@@ -47,6 +47,7 @@ class AdapterEntry:
     path: Path
     singer: str = ""
     method: str = ""
+    extracted: str = ""  # made by extract-adapter from a full model: "r=16, weight error 0.42"
     steps: int | None = None
     base_sha256: str = ""
     base_name: str = ""
@@ -130,11 +131,10 @@ def list_adapters(singers_dir: str | os.PathLike, bases: list[BaseEntry] | None 
         entry.singer = str(config.get("singer") or "")
         entry.method = str(config.get("method") or "")
         extraction = config.get("extraction")
-        if isinstance(extraction, dict):  # made by extract-adapter from a full model
+        if isinstance(extraction, dict):
             how = f"energy {extraction.get('energy')}" if extraction.get("energy") else f"r={extraction.get('rank')}"
             error = extraction.get("relative_error")
-            entry.method += f" (extracted from a full model, {how}" + (
-                f", weight error {error:.2f})" if isinstance(error, (int, float)) else ")")
+            entry.extracted = how + (f", weight error {error:.2f}" if isinstance(error, (int, float)) else "")
         entry.steps = config.get("steps") if isinstance(config.get("steps"), int) else None
         entry.base_sha256 = str(config.get("base_sha256") or "")
         entry.base_name = str(config.get("base_name") or "")
@@ -212,7 +212,8 @@ def format_catalog(bases: list[BaseEntry], adapters: list[AdapterEntry], pretrai
                 f"its base ({a.base_name or '?'}, sha256 {a.base_sha256[:12]}) is not installed")
         singer = f" (singer {a.singer})" if a.singer and a.singer != a.name else ""
         made = f"blend of {a.blend}" if a.blend else f"{_value(a.steps)} steps"
-        lines.append(f"  {label(a)}{singer}: {a.method}, {made}, {a.megabytes:.2f} MB, "
+        method = a.method + (f" (extracted from a full model, {a.extracted})" if a.extracted else "")
+        lines.append(f"  {label(a)}{singer}: {method}, {made}, {a.megabytes:.2f} MB, "
                      f"{_value(a.seconds, '{:.0f}')} s of singing, F0 median {_value(a.f0_median_hz, '{:.0f}')} Hz, "
                      f"retrieval index {_value(a.retrieval_centroids)}; "
                      f"{fits}" + (f"; {a.error}" if a.error else ""))

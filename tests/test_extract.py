@@ -136,7 +136,7 @@ def test_full_rank_reproduces_the_full_model_and_the_artifact_describes_itself(s
     from ai_singer.catalog import list_adapters
 
     listed = list_adapters(tmp_path, [])
-    assert listed[0].method == "lora (extracted from a full model, r=10000, weight error 0.00)"
+    assert listed[0].method == "lora" and listed[0].extracted == "r=10000, weight error 0.00"
 
 
 def test_error_decreases_with_rank_and_energy_picks_ranks_per_layer(setup, tmp_path):
