@@ -128,8 +128,8 @@ def load_full(path: str | os.PathLike, base: ckpt.BaseArtifact, base_params: Map
     if not path.exists():
         raise ExtractError(path, "no such file or folder")
     raise ExtractError(path, "not a generator this project reads: give a .safetensors file of generator weights in "
-                             "this project's naming, a peft=full adapter folder or a base-layout folder (other "
-                             "toolkits' .pth files: import them first)")
+                             "this project's naming, a peft=full adapter folder or a base-layout folder (a so-vits-svc "
+                             "G_*.pth: `ai-singer import sovits` it first and give the folder it writes)")
 
 
 def _load_full_adapter(path: Path, base: ckpt.BaseArtifact, base_params: Mapping[str, torch.Tensor]) -> FullModel:
