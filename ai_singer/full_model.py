@@ -55,8 +55,10 @@ def _pick_speaker(table: torch.Tensor, speakers: list[str], speaker: Any, where:
     """The row of a speaker table ``[n, gin]`` chosen by ``speaker`` (a name of ``speakers`` or an index)."""
     n = table.shape[0]
     shown = 8
-    listing = (", ".join(f"{i}={s}" for i, s in enumerate(speakers[:shown]))
-               + (f", ... ({len(speakers) - shown} more)" if len(speakers) > shown else "")) if speakers else f"0..{n - 1}"
+    listing = f"0..{n - 1}"
+    if speakers:
+        listing = (", ".join(f"{i}={s}" for i, s in enumerate(speakers[:shown]))
+                   + (f", ... ({len(speakers) - shown} more)" if len(speakers) > shown else ""))
     if speaker is None:
         if n == 1:
             return table[0]
