@@ -482,7 +482,8 @@ class StepRunner:
         loss_gen = w.mel * loss_mel + w.kl * loss_kl.float()
         if self.discriminator is not None:
             with self.autocast():
-                _, d_fake, fmap_real, fmap_fake = self.discriminator(real, fake)
+                # no discriminator-parameter gradients in the generator's backward (unwrapped: nothing to sync)
+                _, d_fake, fmap_real, fmap_fake = unwrap(self.discriminator).for_generator(real, fake)
             loss_fm = feature_matching_loss(fmap_real, fmap_fake)
             loss_adv, _ = generator_adversarial_loss(d_fake)
             loss_gen = loss_gen + w.feature_matching * loss_fm.float() + w.adversarial * loss_adv.float()

@@ -342,6 +342,35 @@ def test_discriminator_shapes(tiny_config):
     assert len(out.real_logits) == n
 
 
+def test_discriminator_for_generator_gives_the_same_losses_and_generator_gradients(tiny_config):
+    """The generator step's view of the discriminator: the same feature-matching and adversarial losses and the
+    same gradient reaching the generated audio as ``forward``, no gradient for the discriminator's parameters
+    (their requires_grad comes back afterwards, also for a frozen one)."""
+    from ai_singer.losses import feature_matching_loss, generator_adversarial_loss
+
+    torch.manual_seed(0)
+    discriminator = Discriminator.from_config(tiny_config)
+    real, source = torch.randn(2, 1, 4096), torch.randn(2, 1, 4096)
+    results = []
+    for view in (discriminator.forward, discriminator.for_generator):
+        discriminator.zero_grad(set_to_none=True)
+        gain = torch.tensor(0.7, requires_grad=True)  # a one-parameter "generator"
+        _, fake_logits, real_maps, fake_maps = view(real, gain * source)
+        loss = feature_matching_loss(real_maps, fake_maps) + generator_adversarial_loss(fake_logits)[0]
+        loss.backward()
+        d_grads = [p.grad for p in discriminator.parameters()]
+        results.append((loss.item(), gain.grad.item(), d_grads))
+    (loss_full, grad_full, d_full), (loss_gen, grad_gen, d_gen) = results
+    assert loss_gen == pytest.approx(loss_full, rel=1e-5)
+    assert grad_gen == pytest.approx(grad_full, rel=1e-4)
+    assert any(g is not None for g in d_full)  # forward: the discriminator's weights got gradients (wasted)
+    assert all(g is None for g in d_gen)
+    assert all(p.requires_grad for p in discriminator.parameters())
+    discriminator.requires_grad_(False)  # a frozen discriminator stays frozen
+    discriminator.for_generator(real, source)
+    assert not any(p.requires_grad for p in discriminator.parameters())
+
+
 # ------------------------------------------------------------------------------------- learning
 
 def test_tiny_model_fits_one_clip(tiny_config):

@@ -6,7 +6,8 @@ the waveform and on average-pooled copies of it, HiFi-GAN's MSD; so-vits-svc use
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -126,10 +127,27 @@ class Discriminator(nn.Module):
             features.append(feats)
         return logits, features
 
-    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorOutput:
+    @staticmethod
+    def _check_pair(real: torch.Tensor, fake: torch.Tensor) -> None:
         if real.shape != fake.shape or real.dim() != 3 or real.shape[1] != 1:
             raise ValueError(f"real and fake audio must both be [B, 1, L]; got {tuple(real.shape)} and "
                              f"{tuple(fake.shape)}")
+
+    def for_generator(self, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorOutput:
+        """What the generator's losses read (``real``/``fake`` [B, 1, L]): the same values as ``forward``, but
+        the discriminator's parameters get no gradient and the real audio (only a target) builds no graph, so
+        the generator's backward pass skips the discriminator's weight gradients and the real half entirely.
+        Gradients reaching ``fake`` are those of ``forward``."""
+        self._check_pair(real, fake)
+        with torch.no_grad():
+            real_logits, real_features = self._run(real)
+        with _parameters_frozen(self):
+            fake_logits, fake_features = self._run(fake)
+        return DiscriminatorOutput(real_logits=real_logits, fake_logits=fake_logits, real_features=real_features,
+                                   fake_features=fake_features)
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorOutput:
+        self._check_pair(real, fake)
         both = torch.cat([real, fake], dim=0)
         logits, features = self._run(both)
         batch = real.shape[0]
@@ -137,3 +155,17 @@ class Discriminator(nn.Module):
             real_logits=[l[:batch] for l in logits], fake_logits=[l[batch:] for l in logits],
             real_features=[[f[:batch] for f in feats] for feats in features],
             fake_features=[[f[batch:] for f in feats] for feats in features])
+
+
+@contextlib.contextmanager
+def _parameters_frozen(module: nn.Module) -> Iterator[None]:
+    """Within the block, ``module``'s parameters do not require grad (ops recorded then never compute their
+    gradients); each parameter's own flag comes back afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
