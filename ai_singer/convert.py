@@ -6,9 +6,12 @@ voice (:meth:`Converter.convert_vocal`).
 2. Each piece is converted with ``chunk.context_s`` of neighbouring audio on both sides: resampled to the
    model rate and to 16 kHz, F0 (``f0`` group) + voiced mask + interpolation, transposition, pitch
    correction (``snap_to_scale``), content features aligned to the model frames, frame volume. Pieces run
-   through the model in padded batches of ``chunk.batch_size``; only one batch of intermediates exists at
+   through the model in padded batches of ``chunk.batch_size`` (``auto``: one piece per call on a CPU,
+   several on a GPU), the decoder over windows of ``chunk.decode_window_s`` (``auto``: 2 s on a CPU, where
+   cache-sized tensors are faster; the same audio either way); only one batch of intermediates exists at
    a time (the whole song is held only as the source and the output at the source rate, plus one small F0
-   array per piece).
+   array per piece). Each piece's sampling noise comes from its own generator, seeded by ``seed`` and the
+   piece's position: a piece converts the same whatever the batching.
 3. Pieces are overlap-added with linear crossfades over the context (abutting pieces, e.g. a long phrase
    split in two or a change of singer, blend over ``2 * context_s``), resampled back to the source rate.
 4. A gate derived from the source keeps every rest silent (:func:`ai_singer.mix.apply_rest_gate`): where the
@@ -458,7 +461,6 @@ class Converter:
         output = np.zeros(n_samples, dtype=np.float32)
         weight_sum = np.zeros(n_samples, dtype=np.float32)
         timings["content_s"] = timings["model_s"] = 0.0
-        noise = torch.Generator().manual_seed(int(settings.seed))
         if on_stage:
             on_stage("convert", len(pieces))
         for name in sorted({p.singer for p in pieces}):
@@ -471,8 +473,7 @@ class Converter:
                                     "index (fine-tune it again to make one); converted without retrieval")
             with self.singer_model(name) as (model, g):
                 for batch in self._batches(mine):
-                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, noise,
-                                                    index=index)
+                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, index=index)
                     for piece, audio in zip(batch, converted):
                         self._overlap_add(output, weight_sum, audio, piece, context)
                     if progress:
@@ -503,13 +504,14 @@ class Converter:
                 "strained or unnatural notes; another transpose (or transpose=auto) may fit better")
 
     def _batches(self, pieces: list[_Piece]) -> Iterator[list[_Piece]]:
-        """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces and
-        at most ``chunk.batch_seconds`` of padded audio each (a longer piece goes alone)."""
+        """Consecutive groups of ``pieces`` (sorted by length) with at most ``chunk.batch_size`` pieces (for
+        this device) and at most ``chunk.batch_seconds`` of padded audio each (a longer piece goes alone)."""
         chunk, batch = self.settings.chunk, []
+        batch_size = chunk.batch_size_for(self.device.type)
         seconds_per_frame = self.hop / self.sample_rate
         for piece in pieces:
             longest = max([piece.n_frames] + [p.n_frames for p in batch])
-            if batch and (len(batch) + 1 > chunk.batch_size
+            if batch and (len(batch) + 1 > batch_size
                           or (len(batch) + 1) * longest * seconds_per_frame > chunk.batch_seconds):
                 yield batch
                 batch = []
@@ -520,7 +522,7 @@ class Converter:
     @torch.inference_mode()
     def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,
                        batch: list[_Piece], semitones: float, timings: dict[str, float],
-                       noise: torch.Generator | None = None, index: torch.Tensor | None = None) -> list[np.ndarray]:
+                       index: torch.Tensor | None = None) -> list[np.ndarray]:
         """Convert a batch of pieces; returns each window's audio at the source rate, exact length. With a
         retrieval ``index`` the content moves ``retrieval_ratio`` of the way toward the singer's own."""
         started = time.perf_counter()
@@ -553,9 +555,11 @@ class Converter:
             volume_t[row, :n] = torch.from_numpy(volume)
         lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
         device = self.device
+        window_frames = int(round(self.settings.chunk.decode_window_s_for(device.type) * self.sample_rate / self.hop))
         wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
                           g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
-                          generator=noise)
+                          generator=[self.piece_generator(piece) for piece in batch],
+                          decode_window_frames=window_frames)
         wav = wav.float().cpu().numpy()[:, 0]
         timings["model_s"] += time.perf_counter() - started
         results = []
@@ -568,6 +572,11 @@ class Converter:
                 np.pad(at_source, (0, length - at_source.shape[0]))
             results.append(np.ascontiguousarray(at_source, dtype=np.float32))
         return results
+
+    def piece_generator(self, piece: _Piece) -> torch.Generator:
+        """The sampling noise's generator for one piece: seeded by ``seed`` and the piece's first sample, so
+        the noise does not depend on the batching or on the other pieces."""
+        return torch.Generator().manual_seed((int(self.settings.seed) * (1 << 40) + piece.window_start) % (1 << 63))
 
     @staticmethod
     def _overlap_add(output: np.ndarray, weight_sum: np.ndarray, audio: np.ndarray, piece: _Piece,

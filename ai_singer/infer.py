@@ -69,9 +69,14 @@ class ChunkSettings:
     max_silence_kept_s: silence kept at each side of a piece.
     max_length_s:       longer phrases are split at their quietest frame (bounds memory per piece).
     context_s:          audio converted on each side of a piece; joins crossfade over twice this.
-    batch_size:         at most this many pieces per model call (padded to the longest) ...
+    batch_size:         at most this many pieces per model call (padded to the longest) ..., or ``"auto"``:
+                        ``auto_batch_size`` of the device type (:meth:`batch_size_for`).
     batch_seconds:      ... and at most this much padded audio per call: the model's activation memory
                         grows with it (on CPU roughly 20-40 MB per second of audio for small/base).
+    decode_window_s:    the decoder runs over windows this long (+ its receptive field on each side: the same
+                        audio); 0 = a whole piece at once; ``"auto"``: ``auto_decode_window_s`` of the device type.
+    auto_batch_size, auto_decode_window_s: what ``auto`` means per device type (keys ``cpu`` and ``cuda``;
+                        another accelerator takes the ``cuda`` entry).
     gate_hold_s:        the rest gate opens this long before and closes this long after the source.
     gate_ramp_s:        length of the gate's linear fades.
     """
@@ -81,16 +86,41 @@ class ChunkSettings:
     max_silence_kept_s: float
     max_length_s: float
     context_s: float
-    batch_size: int
+    batch_size: int | str
     batch_seconds: float
+    decode_window_s: float | str
+    auto_batch_size: dict[str, float]
+    auto_decode_window_s: dict[str, float]
     gate_hold_s: float
     gate_ramp_s: float
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"chunk.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("auto_batch_size", "auto_decode_window_s"):
+            missing = sorted({"cpu", "cuda"} - set(getattr(self, name)))
+            if missing:
+                raise ValueError(f"chunk.{name} needs an entry for {missing} (device types cpu and cuda)")
+        if min(self.auto_batch_size.values()) < 1 or any(v != int(v) for v in self.auto_batch_size.values()):
+            raise ValueError(f"chunk.auto_batch_size must hold whole numbers >= 1, got {self.auto_batch_size}")
+        if min(self.auto_decode_window_s.values()) < 0:
+            raise ValueError(f"chunk.auto_decode_window_s must be >= 0, got {self.auto_decode_window_s}")
+        if self.batch_size != "auto":
+            self.batch_size = as_int(self.batch_size, "chunk.batch_size", minimum=1)
+        if self.decode_window_s != "auto":
+            self.decode_window_s = as_float(self.decode_window_s, "chunk.decode_window_s", minimum=0.0)
         if self.context_s < 0 or self.gate_hold_s < 0 or self.gate_ramp_s < 0:
             raise ValueError("chunk.context_s, gate_hold_s and gate_ramp_s must be >= 0")
+
+    def batch_size_for(self, device_type: str) -> int:
+        """Pieces per model call on a device of this type (``"cpu"``, ``"cuda"``, ...)."""
+        if self.batch_size == "auto":
+            return int(self.auto_batch_size["cpu" if device_type == "cpu" else "cuda"])
+        return int(self.batch_size)
+
+    def decode_window_s_for(self, device_type: str) -> float:
+        """Seconds per decoder window on a device of this type (0 = whole pieces)."""
+        if self.decode_window_s == "auto":
+            return float(self.auto_decode_window_s["cpu" if device_type == "cpu" else "cuda"])
+        return float(self.decode_window_s)
 
     def slice_config(self) -> SliceConfig:
         """The slicer settings: nothing is dropped for being short (``min_length_s=0``)."""

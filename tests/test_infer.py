@@ -27,6 +27,7 @@ import ai_singer.songs as songs_module
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PeftSettings, adapter_state_dict, prepare_for_finetune
 from ai_singer.config import conf_group, load_settings
+from ai_singer.errors import UserError
 from ai_singer.infer import (ChunkSettings, ConvertSettings, Converter, InferError, PitchCorrectionSettings,
                              auto_transpose_semitones, find_songs, prepare_f0, run_batch)
 from ai_singer.mix import LimiterSettings, MixSettings, db_to_gain
@@ -262,9 +263,9 @@ def test_sections_assign_singers_by_time(converter, artifacts, tiny_hubert_dir, 
     plan_seen = []
     original_batch = Converter._convert_batch
 
-    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, noise=None, **options):
+    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, **options):
         plan_seen.extend((p.start / sr_, p.end / sr_, p.singer) for p in batch)
-        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, noise, **options)
+        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, **options)
 
     monkeypatch.setattr(Converter, "_convert_batch", batch_spy)
     cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="null")
@@ -541,6 +542,49 @@ def test_batches_respect_count_and_seconds(converter):
     assert sum(len(b) for b in batches) == len(pieces)
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(p.n_frames for p in batch) / frames_per_second <= 20.0
+
+
+def test_auto_batch_size_and_decode_window_follow_the_device_type():
+    """auto: one piece per call and 2 s decoder windows on a CPU, batches and whole pieces on a GPU (the
+    values of conf/infer.yaml's auto tables); a number applies to every device; bad values are named."""
+    chunk = conf_settings().chunk
+    assert chunk.batch_size == "auto" and chunk.decode_window_s == "auto"
+    assert (chunk.batch_size_for("cpu"), chunk.decode_window_s_for("cpu")) == (1, 2.0)
+    assert (chunk.batch_size_for("cuda"), chunk.decode_window_s_for("cuda")) == (4, 0.0)
+    fixed = conf_settings("chunk.batch_size=3", "chunk.decode_window_s=0").chunk
+    assert [fixed.batch_size_for(d) for d in ("cpu", "cuda")] == [3, 3]
+    assert [fixed.decode_window_s_for(d) for d in ("cpu", "cuda")] == [0.0, 0.0]
+    tuned = conf_settings("chunk.auto_batch_size.cpu=2").chunk
+    assert tuned.batch_size_for("cpu") == 2
+    for override, message in (("chunk.decode_window_s=-1", "chunk.decode_window_s=-1: must be >= 0"),
+                              ("chunk.batch_size=0", "chunk.batch_size=0: must be >= 1"),
+                              ("~chunk.auto_batch_size.cuda", r"auto_batch_size needs an entry for \['cuda'\]")):
+        with pytest.raises(UserError, match=message):
+            conf_settings(override)
+
+
+def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artifacts, tiny_hubert_dir):
+    """Per-piece noise (seeded by the seed and the piece's position) and exact windowed decoding: batching
+    equal-length pieces or decoding in windows does not change the converted vocal (noise_scale > 0)."""
+    sr = 44100
+    note = harmonic(220.0, sr, 1.0)
+    gap = np.zeros(sr // 2, np.float32)
+    vocal = np.concatenate([gap, note, gap, note, gap, note, gap])  # three pieces of the same length
+    results = {}
+    for name, overrides in (("alone", ["chunk.batch_size=1", "chunk.decode_window_s=0"]),
+                            ("batched", ["chunk.batch_size=3", "chunk.decode_window_s=0"]),
+                            ("windows", ["chunk.batch_size=1", "chunk.decode_window_s=0.3"])):
+        converter = Converter(artifacts / "pretrain" / "tiny",
+                              {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
+                              conf_settings("f0.method=dio", "noise_scale=0.5", *overrides), artifacts / "singers",
+                              device="cpu")
+        results[name] = converter.convert_vocal(vocal, sr, "alto")
+    alone = results["alone"].audio
+    peak = np.abs(alone).max()  # the random tiny model is quiet: compare relative to its level
+    assert results["alone"].pieces == 3 and peak > 0
+    for name in ("batched", "windows"):
+        assert np.abs(results[name].audio - alone).max() <= 1e-4 * peak, name
+    assert np.abs(alone[: len(alone) // 2] - alone[len(alone) // 2:][: len(alone) // 2]).max() > 1e-3 * peak
 
 
 def test_consecutive_songs_by_one_singer_reuse_its_model_and_another_singer_replaces_it(converter):

@@ -342,6 +342,58 @@ def test_discriminator_shapes(tiny_config):
     assert len(out.real_logits) == n
 
 
+def test_windowed_decoding_gives_the_whole_sequence_output(tiny_config):
+    """The decoder over windows (with its receptive field of context on each side) writes the audio of one
+    pass over the whole sequence, for any window length; the receptive field bounds how far a change in
+    the decoder's input reaches."""
+    torch.manual_seed(0)
+    decoder = SingerVAE(tiny_config).decoder.eval()
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.mul_(3.0)  # louder than the initialisation, so differences would show
+    frames, hop = 90, decoder.hop_length
+    z = torch.randn(2, tiny_config.inter_channels, frames)
+    f0, voiced = torch.full((2, frames), 220.0), (torch.rand(2, frames) > 0.2).float()
+    g = torch.randn(2, tiny_config.gin_channels)
+    with torch.inference_mode():
+        whole = decoder(z, f0, voiced, g, torch.Generator().manual_seed(1))
+        assert whole.abs().max() > 0.05
+        for window in (7, 32, 89):
+            windowed = decoder(z, f0, voiced, g, torch.Generator().manual_seed(1), window_frames=window)
+            assert windowed.shape == whole.shape
+            assert torch.allclose(windowed, whole, atol=1e-5), window
+        reach = decoder.receptive_field_frames()
+        x = decoder.input_conv(z) + decoder.speaker_proj(g.unsqueeze(-1))
+        source = decoder.source(f0, voiced, torch.Generator().manual_seed(1))
+        nudged = x.clone()
+        nudged[..., 45] += 1.0
+        change = (decoder._upsample(nudged, source) - decoder._upsample(x, source)).abs()[0, 0].reshape(frames, hop)
+        changed = torch.nonzero(change.amax(dim=1) > 0).flatten()
+        assert 0 < changed.max() - 45 <= reach and 0 < 45 - changed.min() <= reach
+
+
+def test_a_batch_row_converts_as_it_would_alone(tiny_model, tiny_config):
+    """With one generator per row, each row of a padded batch gets the audio of a call with that row alone,
+    except within the decoder's receptive field of a padded row's end (the padding is not silence to it)."""
+    tiny_model.eval()
+    content, f0, voiced, volume, _ = make_inputs(tiny_config, 3, 70)
+    g = torch.randn(3, tiny_config.gin_channels)
+    lengths = torch.tensor([70, 40, 55])
+    hop, reach = tiny_config.hop_length, tiny_model.decoder.receptive_field_frames()
+    with torch.inference_mode():
+        batched = tiny_model.infer(content, f0, voiced, volume, g, lengths, noise_scale=NOISE,
+                                   generator=[torch.Generator().manual_seed(10 + row) for row in range(3)])
+        for row, n in enumerate(lengths.tolist()):
+            alone = tiny_model.infer(content[row:row + 1, :, :n], f0[row:row + 1, :n], voiced[row:row + 1, :n],
+                                     volume[row:row + 1, :n], g[row:row + 1], noise_scale=NOISE,
+                                     generator=[torch.Generator().manual_seed(10 + row)])
+            exact = n if n == 70 else n - reach  # the longest row has no padding
+            assert torch.allclose(batched[row, :, : exact * hop], alone[0, :, : exact * hop], atol=1e-5), row
+    with pytest.raises(ValueError, match="one generator per row"):
+        tiny_model.infer(content, f0, voiced, volume, g, lengths, noise_scale=NOISE,
+                         generator=[torch.Generator()])
+
+
 def test_discriminator_for_generator_gives_the_same_losses_and_generator_gradients(tiny_config):
     """The generator step's view of the discriminator: the same feature-matching and adversarial losses and the
     same gradient reaching the generated audio as ``forward``, no gradient for the discriminator's parameters

@@ -13,12 +13,13 @@ not adapt.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ai_singer.model.layers import init_conv_weights, same_padding, with_weight_norm
+from ai_singer.model.layers import init_conv_weights, randn_rows, same_padding, with_weight_norm
 
 LEAKY_SLOPE = 0.1
 
@@ -104,13 +105,19 @@ class HarmonicNoiseSource(nn.Module):
         return self.sine_amp * sines, voiced_samples
 
     def forward(self, f0: torch.Tensor, voiced: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """``f0`` [B, T] Hz, ``voiced`` [B, T] -> excitation [B, 1, T*hop] in (-1, 1)."""
-        sines, voiced_samples = self.sine_waves(f0, voiced, generator)
+                generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``f0`` [B, T] Hz, ``voiced`` [B, T] -> excitation [B, 1, T*hop] in (-1, 1). ``generator``: one, or
+        one per row with ``lengths`` [B] valid frames (see :func:`~ai_singer.model.layers.randn_rows`;
+        inference only: training's random phases need a single generator)."""
+        single = generator is None or isinstance(generator, torch.Generator)
+        if self.training and not single:
+            raise ValueError("training draws the source's phases from one generator, not one per row")
+        sines, voiced_samples = self.sine_waves(f0, voiced, generator if single else None)
         noise_amp = voiced_samples * self.noise_std + (1 - voiced_samples) * (self.sine_amp / 3)
-        noise = torch.randn(sines.shape, generator=generator, dtype=sines.dtype,
-                            device="cpu" if generator is not None else sines.device)
-        excitation = sines + noise_amp * noise.to(sines.device)
+        noise = randn_rows(tuple(sines.shape), generator, None if lengths is None else lengths * self.hop_length,
+                           sines.dtype, sines.device)
+        excitation = sines + noise_amp * noise
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
 
 
@@ -130,6 +137,10 @@ class ResBlock(nn.Module):
             init_conv_weights(plain)
             self.dilated_convs.append(with_weight_norm(dilated))
             self.convs.append(with_weight_norm(plain))
+
+    def reach(self) -> int:
+        """Samples on either side of a sample that can change its output (the convs' half-widths summed)."""
+        return sum((conv.kernel_size[0] - 1) * conv.dilation[0] // 2 for conv in [*self.dilated_convs, *self.convs])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for dilated, plain in zip(self.dilated_convs, self.convs):
@@ -181,14 +192,53 @@ class NSFHiFiGAN(nn.Module):
         init_conv_weights(output_conv)
         self.output_conv = with_weight_norm(output_conv)
 
+    def receptive_field_frames(self) -> int:
+        """How many frames on either side of a frame can change its output samples through the upsampling
+        stages (upsamplers, residual blocks, the output conv; everything after ``input_conv``), rounded up,
+        plus one frame for the source convs' edges. An upper bound: windows decoded with this much context
+        on each side give the whole sequence's output (see :meth:`forward`)."""
+        reach = (self.output_conv.kernel_size[0] - 1) // 2  # samples at the current rate, walking back
+        stages = list(zip(self.upsamplers, self.resblocks_per_stage()))
+        for upsampler, blocks in reversed(stages):
+            reach += max(block.reach() for block in blocks)
+            stride, kernel = upsampler.stride[0], upsampler.kernel_size[0]
+            reach = math.ceil(reach / stride) + math.ceil(kernel / stride)
+        return reach + 1
+
+    def resblocks_per_stage(self) -> list[nn.ModuleList]:
+        """The residual blocks of each upsampling stage (``n_kernels`` per stage)."""
+        return [self.resblocks[i * self.n_kernels:(i + 1) * self.n_kernels] for i in range(len(self.upsamplers))]
+
     def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        source = self.source(f0, voiced, generator)  # [B, 1, T*hop]
+                generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                lengths: torch.Tensor | None = None, window_frames: int = 0) -> torch.Tensor:
+        """``z`` [B, I, T], ``f0``/``voiced`` [B, T], ``g`` [B, gin] -> audio [B, 1, T*hop].
+
+        ``generator`` / ``lengths`` [B]: the excitation's noise (see :class:`HarmonicNoiseSource`).
+        ``window_frames`` > 0: the upsampling stages run over windows of that many frames, each with
+        :meth:`receptive_field_frames` of context on both sides that is cut off afterwards: the same audio
+        up to float rounding, with intermediate tensors small enough to stay in a CPU's caches (a long
+        sequence at once is slower per frame there). 0: the whole sequence in one pass.
+        """
+        source = self.source(f0, voiced, generator, lengths)  # [B, 1, T*hop]
         x = self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1))
-        for i, upsampler in enumerate(self.upsamplers):
+        n_frames = z.shape[-1]
+        if window_frames <= 0 or window_frames >= n_frames:
+            return self._upsample(x, source)
+        context, hop = self.receptive_field_frames(), self.hop_length
+        pieces = []
+        for start in range(0, n_frames, window_frames):
+            end = min(n_frames, start + window_frames)
+            low, high = max(0, start - context), min(n_frames, end + context)
+            out = self._upsample(x[..., low:high], source[..., low * hop: high * hop])
+            pieces.append(out[..., (start - low) * hop: (end - low) * hop])
+        return torch.cat(pieces, dim=-1)
+
+    def _upsample(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The upsampling stages: ``x`` [B, C, T] (after ``input_conv``), ``source`` [B, 1, T*hop] -> [B, 1, T*hop]."""
+        for upsampler, source_conv, blocks in zip(self.upsamplers, self.source_convs, self.resblocks_per_stage()):
             x = upsampler(F.leaky_relu(x, LEAKY_SLOPE))
-            x = x + self.source_convs[i](source)
-            blocks = self.resblocks[i * self.n_kernels:(i + 1) * self.n_kernels]
+            x = x + source_conv(source)
             x = sum(block(x) for block in blocks) / self.n_kernels
         x = self.output_conv(F.leaky_relu(x))
         return torch.tanh(x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ from ai_singer.model.ddsp import DDSPDecoder
 from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
 from ai_singer.model.encoders import F0_COARSE_SCALES, VOLUME_EMBEDDINGS, PosteriorEncoder, PriorEncoder
 from ai_singer.model.flow import ResidualCouplingFlow
-from ai_singer.model.layers import frame_mask, random_segment_starts, remove_all_weight_norm, slice_segments
+from ai_singer.model.layers import (frame_mask, random_segment_starts, randn_rows, remove_all_weight_norm,
+                                    slice_segments)
 
 
 #: waveform decoders a SingerVAE can have (``SingerVAEConfig.decoder``)
@@ -351,22 +352,27 @@ class SingerVAE(nn.Module):
 
     def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
               g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | Sequence[torch.Generator] | None = None,
+              decode_window_frames: int = 0) -> torch.Tensor:
         """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
         wav [B, 1, T*hop_length] in (-1, 1). ``noise_scale``: the prior's sampling temperature, from the caller's
         settings (conversion: ``noise_scale`` of ``conf/infer.yaml``; validation: ``trainer.eval_noise_scale``). Frames past ``lengths`` are zeroed in the latent (their audio is
         not meaningful). Call under ``torch.inference_mode()`` and ``eval()``; the NSF source's sines are
         exactly zero where ``voiced`` is 0 (only low-level noise excites those samples).
+
+        ``generator``: one CPU generator, or one per row (each row's noise is then drawn for its own
+        ``lengths`` only, so a row converts the same alone or in a batch, except within the decoder's
+        receptive field of its padded end). ``decode_window_frames`` > 0 decodes in windows of that many
+        frames (the same audio, cache-sized tensors: see :meth:`NSFHiFiGAN.forward`); 0 at once.
         """
         self._check_inputs(content, f0, voiced, volume, g)
         batch, _, n_frames = content.shape
         mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
-        noise = torch.randn(m_p.shape, generator=generator, dtype=m_p.dtype,
-                            device="cpu" if generator is not None else m_p.device).to(m_p.device)
+        noise = randn_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
         z = self.flow(z_p, mask, g, reverse=True)
-        return self.decoder(z * mask, f0, voiced, g, generator)
+        return self.decoder(z * mask, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames)
 
     # ----------------------------------------------------------------------------------------------
     def remove_weight_norm(self) -> int:
