@@ -57,21 +57,22 @@ def optimizer_state_bytes(optimizer) -> int:
                if isinstance(v, torch.Tensor))
 
 
-def one_configuration(size: str, method: str, steps: int, warmup: int, batch_size: int, frames: int,
-                      threads: int, device: str, precision: str, discriminator_mode: str = "train") -> dict:
+def make_runner(size: str, method: str, batch_size: int, frames: int, device: str, precision: str,
+                discriminator_mode: str = "train", overrides: tuple[str, ...] = ()):
+    """The trainer's StepRunner for ``size`` (conf/model/<size>.yaml, 768-dim content, random weights) fine-tuned
+    with ``method`` (or ``pretrain``) and ``discriminator_mode`` (and further conf/train.yaml ``overrides``), and
+    one synthetic Batch of ``batch_size`` x ``frames``. Returns (runner, batch, model, generator, opt, config, cfg)."""
     import torch
     from hydra import compose, initialize_config_dir
-    from safetensors.torch import save_file
 
-    from ai_singer.adapters import adapter_state_dict, prepare_for_finetune
+    from ai_singer.adapters import prepare_for_finetune
     from ai_singer.conf_dir import conf_dir
     from ai_singer.model.discriminator import Discriminator
     from ai_singer.model.synthesizer import SingerVAE
     from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation, typed_config
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    overrides = [f"model={size}", f"trainer.precision={precision}"]
+    overrides = [f"model={size}", f"trainer.precision={precision}", *overrides]
     if method != "pretrain":
         overrides.append(f"peft={method}")
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
@@ -97,15 +98,29 @@ def one_configuration(size: str, method: str, steps: int, warmup: int, batch_siz
     opt = make_optimisation(generator, discriminator, cfg.trainer)
     runner = StepRunner(generator, discriminator, opt, config, cfg.audio, cfg.loss, cfg.trainer, dev)
 
-    batch = synthetic_batch(config, batch_size, frames)
-    for _ in range(warmup):
-        runner.train_step(batch)
+    return runner, synthetic_batch(config, batch_size, frames), model, generator, opt, config, cfg
+
+
+def one_configuration(size: str, method: str, steps: int, warmup: int, batch_size: int, frames: int,
+                      threads: int, device: str, precision: str, discriminator_mode: str = "train") -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from ai_singer.adapters import adapter_state_dict
+    from ai_singer.model.synthesizer import SingerVAE
+
+    torch.set_num_threads(threads)
+    runner, batch, model, generator, opt, config, cfg = make_runner(size, method, batch_size, frames, device, precision,
+                                                                    discriminator_mode)
+    dev = runner.device
+    for step in range(warmup):
+        runner.train_step(batch, step)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    for _ in range(steps):
-        runner.train_step(batch)
+    for step in range(warmup, warmup + steps):
+        runner.train_step(batch, step)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - started) / steps

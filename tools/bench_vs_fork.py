@@ -1,0 +1,358 @@
+"""Side by side with so-vits-svc-fork: conversion, a fine-tuning step and harvest F0 on the same audio.
+
+    .venv/bin/python tools/bench_vs_fork.py [--fork-python ~/.cache/fk-venv/bin/python] [--seconds 30]
+                                            [--threads 1 2] [--repeats 5] [--tasks convert train harvest]
+                                            [--out results.json] [--bench]
+
+so-vits-svc-fork (4.2.x) lives in its own virtual environment (install recipe: the project's ASSETS notes,
+"Peer toolkits"); nothing of it is imported here. Each (task, thread count) starts two persistent workers,
+this toolkit's and the fork's, each with ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` = the thread count;
+they set up once (untimed), then the runs alternate between them (ours, fork, fork, ours, ...) so that a
+shared, loaded machine slows both alike; the medians and their ratio are reported. Peak memory is each
+worker's ``VmHWM`` (imports, model, optimiser, audio included).
+
+Tasks (random weights on both sides: only the time is compared):
+- ``convert``: a synthetic vocal (``--seconds`` of a tools/synth song, 44.1 kHz) converted end to end minus
+  the content encoder. Ours: ``Converter.convert_vocal`` at ``model=base`` with a merged LoRA adapter and
+  conf/infer.yaml's settings (``f0.method`` from ``--f0``). Theirs: ``Svc.infer_silence`` with the 44 kHz
+  ``so-vits-svc-4.0v1`` model (built directly: ``Svc.__init__`` would download ContentVec) with weight norm
+  removed as its loader does. Both content encoders are replaced by random 768-dim features at 50 Hz
+  (resampling to 16 kHz is kept on both sides).
+- ``train``: one optimiser step on a batch of 2 x 64 frames (segment 20 frames on both sides). Ours: the
+  trainer's step for a LoRA fine-tune of ``base`` with ``trainer.discriminator`` from ``--discriminator``.
+  Theirs: the body of its ``VitsLightning.training_step`` (generator with the discriminator toggled off as
+  Lightning's ``toggle_optimizer`` does, then the discriminator), full fine-tuning, without its logging.
+- ``harvest``: F0 of the whole vocal with WORLD Harvest. Ours: ``extract_f0(method=harvest)`` as preprocess
+  and conversion call it; theirs: ``compute_f0_pyworld(..., "harvest")`` (Harvest + StoneMask at 44.1 kHz).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FORK_PYTHON = Path("~/.cache/fk-venv/bin/python").expanduser()
+TASKS = ("convert", "train", "harvest")
+SAMPLE_RATE, HOP, CONTENT_DIM = 44100, 512, 768
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def read_vocal(path: Path):
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return np.ascontiguousarray(audio.mean(axis=1)), sr
+
+
+# ------------------------------------------------------------------------------------- our worker
+class RandomContent:
+    """A content encoder of HuBERT's framing (16 kHz, hop 320, 768-dim) that returns random features (named
+    ``hubert``, the encoder the random base records)."""
+
+    name, dim, hop, sample_rate, receptive_field = "hubert", CONTENT_DIM, 320, 16000, 400
+
+    def encode(self, audio):
+        import torch
+
+        frames = (audio.shape[-1] - self.receptive_field) // self.hop + 1
+        return torch.randn(audio.shape[0], frames, self.dim)
+
+
+def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str):
+    """Set up this toolkit for ``task``; returns the function one timed run calls."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    if task == "convert":
+        from ai_singer.config import load_settings
+        from ai_singer.convert import Converter
+        from tools.bench_infer import make_artifacts
+
+        base_dir, singer = make_artifacts(workdir, "base")
+        settings = load_settings("infer", [f"f0.method={f0}"])
+        converter = Converter(base_dir, None, settings, singer.parent, device="cpu", content_encoder=RandomContent())
+        mono, sr = read_vocal(vocal)
+        return lambda: converter.convert_vocal(mono, sr, singer.name)
+    if task == "train":
+        from tools.bench_train import make_runner
+
+        runner, batch, *_ = make_runner("base", "lora", 2, 64, "cpu", "fp32", discriminator)
+        return lambda: runner.train_step(batch)
+    from ai_singer.config import conf_group
+    from ai_singer.features.pitch import extract_f0
+
+    settings = conf_group("f0")
+    mono, sr = read_vocal(vocal)
+    torch.manual_seed(0)
+    return lambda: extract_f0(mono, sr, HOP, None, method="harvest", f0_min=settings["f0_min"],
+                              f0_max=settings["f0_max"])
+
+
+# ------------------------------------------------------------------------------------ fork worker
+def fork_model():
+    """so-vits-svc-fork's 44 kHz SynthesizerTrn (so-vits-svc-4.0v1 template, random weights) and its hparams."""
+    import so_vits_svc_fork
+    from so_vits_svc_fork import utils
+    from so_vits_svc_fork.modules.synthesizers import SynthesizerTrn
+
+    template = Path(so_vits_svc_fork.__file__).parent / "preprocessing" / "config_templates" / "so-vits-svc-4.0v1.json"
+    hps = utils.get_hparams(template)
+    model = SynthesizerTrn(hps.data.filter_length // 2 + 1, hps.train.segment_size // hps.data.hop_length,
+                           **hps.model)
+    return model, hps
+
+
+def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str):
+    """Set up so-vits-svc-fork for ``task``; returns the function one timed run calls."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    if task == "convert":
+        import torchaudio
+        from so_vits_svc_fork import utils
+        from so_vits_svc_fork.hparams import HParams
+        from so_vits_svc_fork.inference.core import Svc
+
+        model, hps = fork_model()
+        model.eval()
+        for module in model.modules():
+            utils.remove_weight_norm_if_exists(module)
+        svc = Svc.__new__(Svc)  # Svc.__init__ downloads ContentVec: set what infer needs instead
+        svc.hps, svc.net_g, svc.device, svc.dtype = hps, model, torch.device("cpu"), torch.float32
+        svc.target_sample, svc.hop_size = hps.data.sampling_rate, hps.data.hop_length
+        svc.spk2id, svc.hubert_model, svc.contentvec_final_proj = HParams(singer=0), None, False
+
+        def random_content(cmodel, audio, device, sr, legacy_final_proj=False):
+            audio = torch.as_tensor(audio)
+            audio = torchaudio.transforms.Resample(sr, 16000)(audio)  # as its get_content does
+            return torch.randn(1, CONTENT_DIM, audio.shape[-1] // 320)
+
+        utils.get_content = random_content
+        mono, _ = read_vocal(vocal)
+        return lambda: svc.infer_silence(mono, speaker=0, f0_method=f0)
+    if task == "train":
+        return fork_train_step()
+    from so_vits_svc_fork.f0 import compute_f0_pyworld
+
+    mono, sr = read_vocal(vocal)
+    return lambda: compute_f0_pyworld(mono, None, sr, HOP, "harvest")
+
+
+def fork_train_step():
+    """The body of so-vits-svc-fork's ``VitsLightning.training_step`` (full fine-tuning, AdamW as it configures
+    it) on a synthetic batch of 2 x 64 frames; returns the step."""
+    import torch
+    from torch.nn import functional as F
+    from so_vits_svc_fork.modules import commons
+    from so_vits_svc_fork.modules.descriminators import MultiPeriodDiscriminator
+    from so_vits_svc_fork.modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+    from so_vits_svc_fork.modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+
+    net_g, hps = fork_model()
+    net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm)
+    t = hps.train
+    optim_g = torch.optim.AdamW(net_g.parameters(), t.learning_rate, betas=t.betas, eps=t.eps)
+    optim_d = torch.optim.AdamW(net_d.parameters(), t.learning_rate, betas=t.betas, eps=t.eps)
+    batch, frames, hop = 2, 64, hps.data.hop_length
+    time_s = torch.arange(frames * hop) / hps.data.sampling_rate
+    y = (0.3 * torch.sin(2 * torch.pi * 220.0 * time_s) + 0.01 * torch.randn(frames * hop)).expand(batch, 1, -1)
+    y = y.contiguous()
+    spec = torch.rand(batch, hps.data.filter_length // 2 + 1, frames)
+    mel = spec_to_mel_torch(spec, hps)
+    c, f0 = torch.randn(batch, CONTENT_DIM, frames), torch.full((batch, frames), 220.0)
+    uv, g = torch.ones(batch, frames), torch.zeros(batch, 1, dtype=torch.long)
+    lengths = torch.full((batch,), frames, dtype=torch.long)
+    segment = t.segment_size // hop
+
+    def toggle(trainable, frozen):  # Lightning's toggle_optimizer: only the stepping model's parameters train
+        for p in trainable.parameters():
+            p.requires_grad_(True)
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+
+    def step():
+        net_g.train()
+        net_d.train()
+        toggle(net_g, net_d)
+        y_hat, _, ids_slice, z_mask, (z, z_p, m_p, logs_p, m_q, logs_q), pred_lf0, norm_lf0, lf0 = net_g(
+            c, f0, uv, spec, g=g, c_lengths=lengths, spec_lengths=lengths)
+        y_mel = commons.slice_segments(mel, ids_slice, segment)
+        y_hat_mel = mel_spectrogram_torch(y_hat.squeeze(1), hps)
+        y_mel = y_mel[..., : y_hat_mel.shape[-1]]
+        y_seg = commons.slice_segments(y, ids_slice * hop, t.segment_size)[..., : y_hat.shape[-1]]
+        _, y_d_hat_g, fmap_r, fmap_g = net_d(y_seg, y_hat)
+        loss_mel = F.l1_loss(y_mel, y_hat_mel) * t.c_mel
+        loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * t.c_kl
+        loss_gen, _ = generator_loss(y_d_hat_g)
+        loss = loss_gen + feature_loss(fmap_r, fmap_g) + loss_mel + loss_kl + F.mse_loss(pred_lf0, lf0)
+        loss.backward()
+        commons.clip_grad_value_(net_g.parameters(), None)
+        optim_g.step()
+        optim_g.zero_grad()
+        toggle(net_d, net_g)
+        y_d_hat_r, y_d_hat_g, _, _ = net_d(y_seg, y_hat.detach())
+        loss_disc, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+        loss_disc.backward()
+        commons.clip_grad_value_(net_d.parameters(), None)
+        optim_d.step()
+        optim_d.zero_grad()
+
+    return step
+
+
+def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str, discriminator: str) -> None:
+    """Line protocol on stdin/stdout: prints {"ready": setup_s}; each "run" line -> {"s": seconds};
+    "quit" -> {"peak_rss_mb": ...}."""
+    import torch
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    run = (ours if side == "ours" else fork)(task, vocal, workdir, f0, discriminator)
+    run()  # warm-up (first-call allocations, oneDNN primitive caches)
+    print(json.dumps({"ready": time.perf_counter() - started}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "run":
+            started = time.perf_counter()
+            run()
+            print(json.dumps({"s": time.perf_counter() - started}), flush=True)
+        else:
+            break
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+
+
+# ------------------------------------------------------------------------------------ orchestrator
+class Worker:
+    def __init__(self, python: str, side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str,
+                 discriminator: str):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONWARNINGS": "ignore"}
+        if side == "fork":
+            env.pop("PYTHONPATH", None)
+        command = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--threads", str(threads),
+                   "--vocal", str(vocal), "--workdir", str(workdir), "--f0", f0, "--discriminator", discriminator]
+        self.side = side
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                        cwd=str(REPO))
+        self.setup_s = self.read()["ready"]
+
+    def read(self) -> dict:
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {self.side} worker stopped (exit code {self.process.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return self.read()["s"]
+
+    def close(self) -> float:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        peak = self.read()["peak_rss_mb"]
+        self.process.wait()
+        return peak
+
+
+def make_vocal(folder: Path, seconds: float) -> Path:
+    """``seconds`` of a synthetic song's vocal stem (tools/synth, 44.1 kHz), from a quarter of the way in."""
+    sys.path.insert(0, str(REPO))
+    from tools.bench_infer import excerpt, make_song
+
+    song = make_song(folder / "song", max(seconds * 2, 60.0))
+    return excerpt(song, folder / "excerpt", seconds) / "vocals.wav"
+
+
+def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path, workdir: Path, f0: str,
+            discriminator: str) -> dict:
+    workers = {side: Worker(python, side, task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0, discriminator)
+               for side, python in (("ours", sys.executable), ("fork", fork_python))}
+    times: dict[str, list[float]] = {"ours": [], "fork": []}
+    for round_ in range(repeats):
+        order = ("ours", "fork") if round_ % 2 == 0 else ("fork", "ours")
+        for side in order:
+            times[side].append(workers[side].run())
+    peaks = {side: w.close() for side, w in workers.items()}
+    medians = {side: statistics.median(v) for side, v in times.items()}
+    return {"task": task, "threads": threads, "repeats": repeats, "times_s": times, "median_s": medians,
+            "fork_over_ours": medians["fork"] / medians["ours"], "peak_rss_mb": peaks,
+            "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None}
+
+
+def markdown(results: list[dict], seconds: float) -> str:
+    what = {"convert": f"conversion of a {seconds:g} s vocal, minus the content encoder (RTF)",
+            "train": "fine-tuning step, batch 2 x 64 frames (s/step)", "harvest": f"harvest F0 of the {seconds:g} s vocal (s)"}
+    lines = ["| task | threads | ours (median) | so-vits-svc-fork (median) | fork / ours (higher: we are faster) | "
+             "peak RSS MiB ours / fork |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        scale = seconds if r["task"] == "convert" else 1.0
+        detail = (f" ({r['f0']})" if r["f0"] else "") + (f" (ours: LoRA, discriminator {r['discriminator']}; "
+                                                        "theirs: full)" if r["discriminator"] else "")
+        lines.append(f"| {what[r['task']]}{detail} | {r['threads']} | {r['median_s']['ours'] / scale:.3f} | "
+                     f"{r['median_s']['fork'] / scale:.3f} | {r['fork_over_ours']:.2f}x | "
+                     f"{r['peak_rss_mb']['ours']:.0f} / {r['peak_rss_mb']['fork']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fork-python", default=str(DEFAULT_FORK_PYTHON),
+                        help="python of the virtual environment holding so-vits-svc-fork")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the vocal")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (after one warm-up each)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--f0", default="dio", help="F0 method of the conversion task (both sides)")
+    parser.add_argument("--discriminator", default="train", choices=["train", "frozen", "off"],
+                        help="our trainer.discriminator in the train task")
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--worker", choices=["ours", "fork"], help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
+    parser.add_argument("--vocal", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.task, args.threads[0], args.vocal, args.workdir, args.f0, args.discriminator)
+        return
+    if not Path(args.fork_python).is_file():
+        sys.exit(f"bench_vs_fork: no so-vits-svc-fork environment at {args.fork_python}: install it as ASSETS notes "
+                 "describe (its own venv), or give --fork-python")
+    load_before = os.getloadavg()[0]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_vs_fork_") as tmp:
+        vocal = make_vocal(Path(tmp), args.seconds)
+        for task in args.tasks:
+            for threads in args.threads:
+                result = compare(task, threads, args.repeats, args.fork_python, vocal, Path(tmp), args.f0,
+                                 args.discriminator)
+                print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
+                results.append(result)
+    report = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before,
+              "load_after": os.getloadavg()[0], "cpus": os.cpu_count(), "seconds": args.seconds, "results": results}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(markdown(results, args.seconds))
+    print(f"load average {load_before:.1f} before / {report['load_after']:.1f} after on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
