@@ -106,6 +106,7 @@ class TrainerSettings:
     deterministic: bool
     progress: bool
     discriminator: str
+    discriminator_every: int
 
 
 @dataclass
@@ -184,6 +185,9 @@ def validate_config(cfg: TrainConfig) -> None:
                                                        f"not {cfg.trainer.discriminator!r}")
     if cfg.init_from and cfg.mode != "pretrain":
         raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
+    if cfg.trainer.discriminator_every < 1:
+        raise TrainSetupError("trainer.discriminator_every", f"must be >= 1 (1 = every step), not "
+                                                             f"{cfg.trainer.discriminator_every}")
     if cfg.mode == "pretrain" and cfg.trainer.discriminator == "frozen":
         raise TrainSetupError("trainer.discriminator", "'frozen' is for fine-tuning: a base is pretrained with its "
                                                        "discriminator (train) or without one (off: mel + KL only)")
@@ -454,9 +458,10 @@ class StepRunner:
             return torch.zeros(())
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """Discriminator (LSGAN, when it trains) then generator (mel L1, KL and, with a discriminator,
-        feature matching and LSGAN); returns the losses."""
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """Step ``step`` (0-based, the global count): discriminator (LSGAN, when it trains, on every
+        ``trainer.discriminator_every``-th step) then generator (mel L1, KL and, with a discriminator, feature
+        matching and LSGAN); returns the losses."""
         batch = self.with_spec(batch.to(self.device, non_blocking=True))
         self.generator.train()
         with self.autocast():
@@ -465,7 +470,7 @@ class StepRunner:
         real = out.slice_audio(batch.wav)
         logged: dict[str, float] = {}
 
-        if self.opt.discriminator is not None:
+        if self.opt.discriminator is not None and step % self.trainer.discriminator_every == 0:
             self.discriminator.train()
             with self.autocast():
                 d_real, d_fake, _, _ = self.discriminator(real, fake.detach())
@@ -838,7 +843,7 @@ def _step_loop(session: TrainSession, on_step: Callable[[int, dict[str, float]],
                 session.sampler.set_position(state.epoch, state.batches_in_epoch * trainer.batch_size)
                 finished_epoch = True
                 for batch in session.loader:
-                    losses = session.runner.train_step(batch)
+                    losses = session.runner.train_step(batch, state.step)
                     state.step += 1
                     state.batches_in_epoch += 1
                     if logger is not None and state.step % trainer.log_every == 0:

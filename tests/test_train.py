@@ -22,7 +22,7 @@ from ai_singer.config import compose as compose_config
 from ai_singer.config import load_settings
 from ai_singer.manifest import ManifestError
 from ai_singer.train import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
-                             run_training, typed_config)
+                             run_training, typed_config, validate_config)
 from processed_fixture import write_processed_dataset
 
 SR, HOP = 16000, 512  # the tiny model's decoder upsamples 8 x 8 x 8 = 512
@@ -193,6 +193,27 @@ def test_finetune_with_a_frozen_or_no_discriminator(tmp_path, processed, base_di
     a, b = final_state(straight.run_dir), final_state(resumed.run_dir)
     assert a["step"] == b["step"] == 4
     assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+
+
+def test_discriminator_every_n_steps():
+    """trainer.discriminator_every=2: the discriminator steps on steps 0, 2, 4, ... only; the generator on every
+    step; a value below 1 is refused."""
+    from tools.bench_train import make_runner
+
+    runner, batch, _, generator, *_ = make_runner("tiny", "lora", 2, 32, "cpu", "fp32", "train",
+                                                  ("trainer.discriminator_every=2",))
+
+    def snapshot(module):
+        return [p.detach().clone() for p in module.parameters() if p.requires_grad]
+
+    for step in range(3):
+        d_before, g_before = snapshot(runner.discriminator), snapshot(generator)
+        runner.train_step(batch, step)
+        d_moved = any(not torch.equal(a, b) for a, b in zip(d_before, snapshot(runner.discriminator)))
+        assert d_moved == (step % 2 == 0), step
+        assert any(not torch.equal(a, b) for a, b in zip(g_before, snapshot(generator))), step
+    with pytest.raises(TrainSetupError, match="trainer.discriminator_every"):
+        validate_config(typed_config(compose_config("train", ["trainer.discriminator_every=0"])))
 
 
 def test_discriminator_setting_errors(tmp_path, processed, base_dir):
