@@ -556,10 +556,11 @@ class Converter:
         lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
         device = self.device
         window_frames = int(round(self.settings.chunk.decode_window_s_for(device.type) * self.sample_rate / self.hop))
-        wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
-                          g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
-                          generator=[self.piece_generator(piece) for piece in batch],
-                          decode_window_frames=window_frames)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
+                              g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
+                              generator=[self.piece_generator(piece) for piece in batch],
+                              decode_window_frames=window_frames)
         wav = wav.float().cpu().numpy()[:, 0]
         timings["model_s"] += time.perf_counter() - started
         results = []

@@ -52,6 +52,8 @@ __all__ = [  # the settings and entry point, and the names of convert/songs/mix 
 
 log = logging.getLogger(__name__)
 
+#: ``precision``: the SingerVAE's arithmetic during conversion.
+PRECISIONS = ("fp32", "bf16")
 #: transpose beyond this many semitones (3 octaves) either way leaves the range of any voice: refused.
 MAX_TRANSPOSE_SEMITONES = 36.0
 
@@ -168,6 +170,8 @@ class ConvertSettings:
     highpass_hz:         cutoff of the zero-phase high-pass (4th-order Butterworth, run forward and backward)
                          on the converted vocal: removes the DC offset and sub-sonic rumble the model can
                          produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
+    precision:           ``fp32``, or ``bf16``: the SingerVAE runs under bfloat16 autocast (faster on CPUs with
+                         AVX512-BF16 or AMX and on GPUs; the audio differs by rounding: BENCHMARKS.md measures it).
     """
 
     transpose: float | str
@@ -177,6 +181,7 @@ class ConvertSettings:
     retrieval_ratio: float
     retrieval_neighbours: int
     highpass_hz: float
+    precision: str
     f0: F0Settings
     pitch_correction: PitchCorrectionSettings
     chunk: ChunkSettings
@@ -202,6 +207,8 @@ class ConvertSettings:
             raise InferError(f"noise_scale={self.noise_scale:g}", "must be >= 0 (0 = deterministic)")
         if self.auto_transpose_step < 1:
             raise ValueError(f"auto_transpose_step must be >= 1, got {self.auto_transpose_step}")
+        if self.precision not in PRECISIONS:
+            raise InferError(f"precision={self.precision!r}", "unknown precision", f"use one of {', '.join(PRECISIONS)}")
 
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what was meant."""

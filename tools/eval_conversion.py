@@ -506,6 +506,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrieval-ratio", type=float, default=stage["retrieval_ratio"],
                         help="feature retrieval toward the singer's index, 0..1 (default: off)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="further conf/infer.yaml overrides of the conversion, e.g. precision=bf16")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--align", choices=metrics.ALIGNMENTS, default="frames",
                         help="frames: the renditions share their timing (default); dtw: align first")
@@ -554,7 +556,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     base_config = read_yaml(args.base / "config.yaml")
     content = content_group(args, base_config)
     settings = load_settings("infer", [f"f0.method={args.f0_method}", f"noise_scale={args.noise_scale}",
-                                       f"seed={args.seed}", f"retrieval_ratio={args.retrieval_ratio}"])
+                                       f"seed={args.seed}", f"retrieval_ratio={args.retrieval_ratio}", *args.set])
     started = time.perf_counter()
     try:
         converter = Converter(args.base, content, settings, args.singers_dir, device=args.device)
