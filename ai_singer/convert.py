@@ -577,7 +577,9 @@ class Converter:
     def piece_generator(self, piece: _Piece) -> torch.Generator:
         """The sampling noise's generator for one piece: seeded by ``seed`` and the piece's first sample, so
         the noise does not depend on the batching or on the other pieces."""
-        return torch.Generator().manual_seed((int(self.settings.seed) * (1 << 40) + piece.window_start) % (1 << 63))
+        # torch's CPU generator keeps 32 bits of a seed: mix both numbers into 32 well-spread bits
+        mixed = np.random.SeedSequence([int(self.settings.seed) % (1 << 32), piece.window_start]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(mixed))
 
     @staticmethod
     def _overlap_add(output: np.ndarray, weight_sum: np.ndarray, audio: np.ndarray, piece: _Piece,

@@ -566,7 +566,7 @@ def test_auto_batch_size_and_decode_window_follow_the_device_type():
 def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artifacts, tiny_hubert_dir):
     """Per-piece noise (seeded by the seed and the piece's position) and exact windowed decoding: batching
     equal-length pieces or decoding in windows does not change the converted vocal (noise_scale > 0);
-    precision=bf16 runs the model in bfloat16 (close, not equal)."""
+    precision=bf16 runs the model in bfloat16 (close, not equal); another seed gives other noise."""
     sr = 44100
     note = harmonic(220.0, sr, 1.0)
     gap = np.zeros(sr // 2, np.float32)
@@ -575,7 +575,8 @@ def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artif
     for name, overrides in (("alone", ["chunk.batch_size=1", "chunk.decode_window_s=0"]),
                             ("batched", ["chunk.batch_size=3", "chunk.decode_window_s=0"]),
                             ("windows", ["chunk.batch_size=1", "chunk.decode_window_s=0.3"]),
-                            ("bf16", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=bf16"])):
+                            ("bf16", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=bf16"]),
+                            ("seed", ["chunk.batch_size=1", "chunk.decode_window_s=0", "seed=1"])):
         converter = Converter(artifacts / "pretrain" / "tiny",
                               {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
                               conf_settings("f0.method=dio", "noise_scale=0.5", *overrides), artifacts / "singers",
@@ -586,6 +587,7 @@ def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artif
     assert results["alone"].pieces == 3 and peak > 0
     for name in ("batched", "windows"):
         assert np.abs(results[name].audio - alone).max() <= 1e-4 * peak, name
+    assert np.abs(results["seed"].audio - alone).max() > 1e-2 * peak  # another seed, other noise
     bf16 = results["bf16"].audio  # precision=bf16: bfloat16 autocast, rounding only (this random model is quiet)
     assert np.abs(bf16 - alone).max() > 1e-4 * peak and np.corrcoef(bf16, alone)[0, 1] > 0.9
     assert np.abs(alone[: len(alone) // 2] - alone[len(alone) // 2:][: len(alone) // 2]).max() > 1e-3 * peak
