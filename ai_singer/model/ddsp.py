@@ -23,13 +23,14 @@ names as the NSF-HiFiGAN decoder's, so the same adapter target patterns apply).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ai_singer.model.decoder import LEAKY_SLOPE, ResBlock
-from ai_singer.model.layers import init_conv_weights, with_weight_norm
+from ai_singer.model.layers import init_conv_weights, noise_rows, with_weight_norm
 
 #: harmonics synthesised per pass (bounds the memory of long pieces: [B, group, T*hop] at a time)
 HARMONIC_GROUP = 32
@@ -128,13 +129,15 @@ class DDSPDecoder(nn.Module):
         out = held * (1 - ramp) + moving * ramp
         return out.reshape(batch, 1, n_frames * hop)
 
-    def noise_part(self, magnitudes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """magnitudes [B, N, T] -> [B, 1, T*hop]: white noise filtered frame by frame (STFT, overlap-add)."""
+    def noise_part(self, magnitudes: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """magnitudes [B, N, T] -> [B, 1, T*hop]: white noise filtered frame by frame (STFT, overlap-add).
+        ``generator``: one, or one per row with ``lengths`` [B] valid frames (see ``noise_rows``)."""
         hop = self.hop_length
         batch, _, n_frames = magnitudes.shape
         length = n_frames * hop
-        noise = torch.rand(batch, length, generator=generator, dtype=magnitudes.dtype,
-                           device="cpu" if generator is not None else magnitudes.device).to(magnitudes.device)
+        noise = noise_rows((batch, length), generator, None if lengths is None else lengths * hop, magnitudes.dtype,
+                           magnitudes.device, draw=torch.rand)
         noise = noise * 2 - 1
         n_fft = 2 * hop
         window = self.noise_window.to(magnitudes.dtype)
@@ -148,7 +151,11 @@ class DDSPDecoder(nn.Module):
         return shaped.unsqueeze(1)
 
     def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                lengths: torch.Tensor | None = None, window_frames: int = 0) -> torch.Tensor:
+        """``generator`` / ``lengths``: the noise, as :meth:`noise_part` takes them. ``window_frames`` is the
+        NSF-HiFiGAN decoder's option (see its ``forward``); this decoder's network runs at the frame rate and
+        its synthesis is cheap signal processing, so it always runs over the whole sequence."""
         amplitudes, noise = self.synth_params(z, f0, voiced, g)
-        wav = self.harmonic_part(amplitudes, f0, voiced) + self.noise_part(noise, generator)
+        wav = self.harmonic_part(amplitudes, f0, voiced) + self.noise_part(noise, generator, lengths)
         return wav.clamp(-1.0, 1.0)

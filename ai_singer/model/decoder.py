@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ai_singer.model.layers import init_conv_weights, randn_rows, same_padding, with_weight_norm
+from ai_singer.model.layers import init_conv_weights, noise_rows, same_padding, with_weight_norm
 
 LEAKY_SLOPE = 0.1
 
@@ -108,14 +108,14 @@ class HarmonicNoiseSource(nn.Module):
                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``f0`` [B, T] Hz, ``voiced`` [B, T] -> excitation [B, 1, T*hop] in (-1, 1). ``generator``: one, or
-        one per row with ``lengths`` [B] valid frames (see :func:`~ai_singer.model.layers.randn_rows`;
+        one per row with ``lengths`` [B] valid frames (see :func:`~ai_singer.model.layers.noise_rows`;
         inference only: training's random phases need a single generator)."""
         single = generator is None or isinstance(generator, torch.Generator)
         if self.training and not single:
             raise ValueError("training draws the source's phases from one generator, not one per row")
         sines, voiced_samples = self.sine_waves(f0, voiced, generator if single else None)
         noise_amp = voiced_samples * self.noise_std + (1 - voiced_samples) * (self.sine_amp / 3)
-        noise = randn_rows(tuple(sines.shape), generator, None if lengths is None else lengths * self.hop_length,
+        noise = noise_rows(tuple(sines.shape), generator, None if lengths is None else lengths * self.hop_length,
                            sines.dtype, sines.device)
         excitation = sines + noise_amp * noise
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
@@ -138,10 +138,6 @@ class ResBlock(nn.Module):
             self.dilated_convs.append(with_weight_norm(dilated))
             self.convs.append(with_weight_norm(plain))
 
-    def reach(self) -> int:
-        """Samples on either side of a sample that can change its output (the convs' half-widths summed)."""
-        return sum((conv.kernel_size[0] - 1) * conv.dilation[0] // 2 for conv in [*self.dilated_convs, *self.convs])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for dilated, plain in zip(self.dilated_convs, self.convs):
             residual = x
@@ -160,6 +156,8 @@ class NSFHiFiGAN(nn.Module):
     ``output_bias``: whether ``output_conv`` has a bias (so-vits-svc's ``conv_post`` has one).
     """
 
+    OUTPUT_KERNEL = 7
+
     def __init__(self, in_channels: int, upsample_initial_channel: int, upsample_rates: list[int],
                  upsample_kernel_sizes: list[int], resblock_kernel_sizes: list[int],
                  resblock_dilation_sizes: list[list[int]], gin_channels: int, sample_rate: int,
@@ -167,6 +165,8 @@ class NSFHiFiGAN(nn.Module):
         super().__init__()
         self.hop_length = math.prod(upsample_rates)
         self.n_kernels = len(resblock_kernel_sizes)
+        self.upsample_rates, self.upsample_kernel_sizes = list(upsample_rates), list(upsample_kernel_sizes)
+        self.resblock_kernel_sizes, self.resblock_dilation_sizes = list(resblock_kernel_sizes), resblock_dilation_sizes
         self.source = HarmonicNoiseSource(sample_rate, self.hop_length, harmonic_num, sine_amp, noise_std,
                                           source_style)
         self.input_conv = with_weight_norm(nn.Conv1d(in_channels, upsample_initial_channel, 7, padding=3))
@@ -188,7 +188,7 @@ class NSFHiFiGAN(nn.Module):
             for block_kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(ResBlock(out_channels, block_kernel, dilations))
             channels = out_channels
-        output_conv = nn.Conv1d(channels, 1, 7, padding=3, bias=output_bias)
+        output_conv = nn.Conv1d(channels, 1, self.OUTPUT_KERNEL, padding=self.OUTPUT_KERNEL // 2, bias=output_bias)
         init_conv_weights(output_conv)
         self.output_conv = with_weight_norm(output_conv)
 
@@ -196,13 +196,13 @@ class NSFHiFiGAN(nn.Module):
         """How many frames on either side of a frame can change its output samples through the upsampling
         stages (upsamplers, residual blocks, the output conv; everything after ``input_conv``), rounded up,
         plus one frame for the source convs' edges. An upper bound: windows decoded with this much context
-        on each side give the whole sequence's output (see :meth:`forward`)."""
-        reach = (self.output_conv.kernel_size[0] - 1) // 2  # samples at the current rate, walking back
-        stages = list(zip(self.upsamplers, self.resblocks_per_stage()))
-        for upsampler, blocks in reversed(stages):
-            reach += max(block.reach() for block in blocks)
-            stride, kernel = upsampler.stride[0], upsampler.kernel_size[0]
-            reach = math.ceil(reach / stride) + math.ceil(kernel / stride)
+        on each side give the whole sequence's output (see :meth:`forward`). From the architecture, so
+        adapters wrapped around the convs do not matter."""
+        reach = self.OUTPUT_KERNEL // 2  # samples at the current rate, walking back from the output
+        block_reach = max(sum((kernel - 1) * dilation // 2 + (kernel - 1) // 2 for dilation in dilations)
+                          for kernel, dilations in zip(self.resblock_kernel_sizes, self.resblock_dilation_sizes))
+        for rate, kernel in reversed(list(zip(self.upsample_rates, self.upsample_kernel_sizes))):
+            reach = math.ceil((reach + block_reach) / rate) + math.ceil(kernel / rate)
         return reach + 1
 
     def resblocks_per_stage(self) -> list[nn.ModuleList]:

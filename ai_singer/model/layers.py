@@ -5,7 +5,7 @@ Shapes use ``B`` batch, ``C`` channels, ``T`` frames. Masks are float ``[B, 1, T
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,9 +40,11 @@ def frame_mask(lengths: torch.Tensor | None, batch_size: int, n_frames: int, dev
     return sequence_mask(lengths.to(device), n_frames).unsqueeze(1).to(dtype)
 
 
-def randn_rows(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None,
-               lengths: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Standard normal noise of ``shape`` = [B, ..., L] on ``device``.
+def noise_rows(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None,
+               lengths: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
+               draw: Callable[..., torch.Tensor] = torch.randn) -> torch.Tensor:
+    """Random noise of ``shape`` = [B, ..., L] on ``device``: standard normal, or what ``draw`` (a torch sampler
+    taking ``size, generator=, dtype=, device=``, e.g. ``torch.rand``) gives.
 
     ``generator``: ``None`` (torch's global generator, drawn on ``device``), one CPU generator for the whole
     tensor, or one CPU generator per row: then row ``b`` is drawn from ``generator[b]`` for its first
@@ -50,14 +52,14 @@ def randn_rows(shape: tuple[int, ...], generator: torch.Generator | Sequence[tor
     depend on which other rows share the batch or how far it is padded.
     """
     if generator is None or isinstance(generator, torch.Generator):
-        noise = torch.randn(shape, generator=generator, dtype=dtype, device="cpu" if generator is not None else device)
+        noise = draw(shape, generator=generator, dtype=dtype, device="cpu" if generator is not None else device)
         return noise.to(device)
     if len(generator) != shape[0]:
         raise ValueError(f"one generator per row: got {len(generator)} generators for {shape[0]} rows")
     noise = torch.zeros(shape, dtype=dtype)
     for row, row_generator in enumerate(generator):
         n = shape[-1] if lengths is None else int(lengths[row])
-        noise[row, ..., :n] = torch.randn((*shape[1:-1], n), generator=row_generator, dtype=dtype)
+        noise[row, ..., :n] = draw((*shape[1:-1], n), generator=row_generator, dtype=dtype)
     return noise.to(device)
 
 

@@ -20,7 +20,7 @@ from ai_singer.model.ddsp import DDSPDecoder
 from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
 from ai_singer.model.encoders import F0_COARSE_SCALES, VOLUME_EMBEDDINGS, PosteriorEncoder, PriorEncoder
 from ai_singer.model.flow import ResidualCouplingFlow
-from ai_singer.model.layers import (frame_mask, random_segment_starts, randn_rows, remove_all_weight_norm,
+from ai_singer.model.layers import (frame_mask, random_segment_starts, noise_rows, remove_all_weight_norm,
                                     slice_segments)
 
 
@@ -369,7 +369,7 @@ class SingerVAE(nn.Module):
         batch, _, n_frames = content.shape
         mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
-        noise = randn_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
+        noise = noise_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
         z = self.flow(z_p, mask, g, reverse=True)
         return self.decoder(z * mask, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames)
