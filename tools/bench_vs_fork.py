@@ -22,6 +22,7 @@ Tasks (random weights on both sides: only the time is compared):
   trainer's step for a LoRA fine-tune of ``base`` with ``trainer.discriminator`` from ``--discriminator``.
   Theirs: the body of its ``VitsLightning.training_step`` (generator with the discriminator toggled off as
   Lightning's ``toggle_optimizer`` does, then the discriminator), full fine-tuning, without its logging.
+  ``--ours-set`` passes overrides to our side (conf/infer.yaml for convert, conf/train.yaml for train).
 - ``harvest``: F0 of the whole vocal with WORLD Harvest. Ours: ``extract_f0(method=harvest)`` as preprocess
   and conversion call it; theirs: ``compute_f0_pyworld(..., "harvest")`` (Harvest + StoneMask at 44.1 kHz).
 """
@@ -73,7 +74,7 @@ class RandomContent:
         return torch.randn(audio.shape[0], frames, self.dim)
 
 
-def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str):
+def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str]):
     """Set up this toolkit for ``task``; returns the function one timed run calls."""
     sys.path.insert(0, str(REPO))
     import torch
@@ -84,14 +85,14 @@ def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str):
         from tools.bench_infer import make_artifacts
 
         base_dir, singer = make_artifacts(workdir, "base")
-        settings = load_settings("infer", [f"f0.method={f0}"])
+        settings = load_settings("infer", [f"f0.method={f0}", *settings_overrides])
         converter = Converter(base_dir, None, settings, singer.parent, device="cpu", content_encoder=RandomContent())
         mono, sr = read_vocal(vocal)
         return lambda: converter.convert_vocal(mono, sr, singer.name)
     if task == "train":
         from tools.bench_train import make_runner
 
-        runner, batch, *_ = make_runner("base", "lora", 2, 64, "cpu", "fp32", discriminator)
+        runner, batch, *_ = make_runner("base", "lora", 2, 64, "cpu", "fp32", discriminator, tuple(settings_overrides))
         steps = iter(range(1 << 30))
         return lambda: runner.train_step(batch, next(steps))
     from ai_singer.config import conf_group
@@ -118,7 +119,7 @@ def fork_model():
     return model, hps
 
 
-def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str):
+def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str]):
     """Set up so-vits-svc-fork for ``task``; returns the function one timed run calls."""
     import numpy as np
     import torch
@@ -217,14 +218,15 @@ def fork_train_step():
     return step
 
 
-def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str, discriminator: str) -> None:
+def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str, discriminator: str,
+           settings_overrides: list[str]) -> None:
     """Line protocol on stdin/stdout: prints {"ready": setup_s}; each "run" line -> {"s": seconds};
     "quit" -> {"peak_rss_mb": ...}."""
     import torch
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    run = (ours if side == "ours" else fork)(task, vocal, workdir, f0, discriminator)
+    run = (ours if side == "ours" else fork)(task, vocal, workdir, f0, discriminator, settings_overrides)
     run()  # warm-up (first-call allocations, oneDNN primitive caches)
     print(json.dumps({"ready": time.perf_counter() - started}), flush=True)
     for line in sys.stdin:
@@ -240,13 +242,14 @@ def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: s
 # ------------------------------------------------------------------------------------ orchestrator
 class Worker:
     def __init__(self, python: str, side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str,
-                 discriminator: str):
+                 discriminator: str, settings_overrides: list[str]):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONWARNINGS": "ignore"}
         if side == "fork":
             env.pop("PYTHONPATH", None)
         command = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--threads", str(threads),
-                   "--vocal", str(vocal), "--workdir", str(workdir), "--f0", f0, "--discriminator", discriminator]
+                   "--vocal", str(vocal), "--workdir", str(workdir), "--f0", f0, "--discriminator", discriminator,
+                   "--ours-set", *settings_overrides]
         self.side = side
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=str(REPO))
@@ -283,8 +286,9 @@ def make_vocal(folder: Path, seconds: float) -> Path:
 
 
 def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path, workdir: Path, f0: str,
-            discriminator: str) -> dict:
-    workers = {side: Worker(python, side, task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0, discriminator)
+            discriminator: str, settings_overrides: list[str]) -> dict:
+    workers = {side: Worker(python, side, task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0, discriminator,
+                            settings_overrides)
                for side, python in (("ours", sys.executable), ("fork", fork_python))}
     times: dict[str, list[float]] = {"ours": [], "fork": []}
     for round_ in range(repeats):
@@ -295,7 +299,8 @@ def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path
     medians = {side: statistics.median(v) for side, v in times.items()}
     return {"task": task, "threads": threads, "repeats": repeats, "times_s": times, "median_s": medians,
             "fork_over_ours": medians["fork"] / medians["ours"], "peak_rss_mb": peaks,
-            "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None}
+            "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None,
+            "ours_settings": settings_overrides if task != "harvest" else []}
 
 
 def markdown(results: list[dict], seconds: float) -> str:
@@ -305,7 +310,8 @@ def markdown(results: list[dict], seconds: float) -> str:
              "peak RSS MiB ours / fork |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         scale = seconds if r["task"] == "convert" else 1.0
-        detail = (f" ({r['f0']})" if r["f0"] else "") + (f" (ours: LoRA, discriminator {r['discriminator']}; "
+        extra = "".join(", " + o for o in r.get("ours_settings") or [])
+        detail = (f" ({r['f0']}{extra})" if r["f0"] else "") + (f" (ours: LoRA, discriminator {r['discriminator']}{extra}; "
                                                         "theirs: full)" if r["discriminator"] else "")
         lines.append(f"| {what[r['task']]}{detail} | {r['threads']} | {r['median_s']['ours'] / scale:.3f} | "
                      f"{r['median_s']['fork'] / scale:.3f} | {r['fork_over_ours']:.2f}x | "
@@ -324,6 +330,9 @@ def main() -> None:
     parser.add_argument("--f0", default="dio", help="F0 method of the conversion task (both sides)")
     parser.add_argument("--discriminator", default="train", choices=["train", "frozen", "off"],
                         help="our trainer.discriminator in the train task")
+    parser.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of our side: conf/infer.yaml for convert (e.g. precision=bf16), conf/train.yaml "
+                             "for train (e.g. trainer.discriminator_every=2)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--worker", choices=["ours", "fork"], help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
@@ -331,7 +340,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.task, args.threads[0], args.vocal, args.workdir, args.f0, args.discriminator)
+        worker(args.worker, args.task, args.threads[0], args.vocal, args.workdir, args.f0, args.discriminator,
+               args.ours_set)
         return
     if not Path(args.fork_python).is_file():
         sys.exit(f"bench_vs_fork: no so-vits-svc-fork environment at {args.fork_python}: install it as ASSETS notes "
@@ -344,7 +354,7 @@ def main() -> None:
         for task in args.tasks:
             for threads in args.threads:
                 result = compare(task, threads, args.repeats, args.fork_python, vocal, Path(tmp), args.f0,
-                                 args.discriminator)
+                                 args.discriminator, args.ours_set)
                 print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
                 results.append(result)
     report = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before,
