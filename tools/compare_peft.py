@@ -84,11 +84,11 @@ def measure_method(base_dir: Path, method: str, steps: int, warmup: int, batch_s
     runner = StepRunner(generator, discriminator, optimisation, config, cfg.audio, cfg.loss, cfg.trainer,
                         torch.device("cpu"))
     batch = synthetic_batch(config, batch_size, frames)
-    for _ in range(warmup):
-        runner.train_step(batch)
+    for step in range(warmup):
+        runner.train_step(batch, step)
     started = time.perf_counter()
-    for _ in range(steps):
-        runner.train_step(batch)
+    for step in range(warmup, warmup + steps):
+        runner.train_step(batch, step)
     step_s = (time.perf_counter() - started) / steps
     trainable = sum(p.numel() for p in generator.parameters() if p.requires_grad)
     trainable_bytes = sum(p.numel() * p.element_size() for p in generator.parameters() if p.requires_grad)
