@@ -42,15 +42,16 @@ def frame_mask(lengths: torch.Tensor | None, batch_size: int, n_frames: int, dev
 
 def noise_rows(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None,
                lengths: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
-               draw: Callable[..., torch.Tensor] = torch.randn) -> torch.Tensor:
-    """Random noise of ``shape`` = [B, ..., L] on ``device``: standard normal, or what ``draw`` (a torch sampler
-    taking ``size, generator=, dtype=, device=``, e.g. ``torch.rand``) gives.
+               draw: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """Random noise of ``shape`` = [B, ..., L] on ``device``: standard normal (``torch.randn``, looked up at call
+    time), or what ``draw`` (a torch sampler taking ``size, generator=, dtype=, device=``, e.g. ``torch.rand``) gives.
 
     ``generator``: ``None`` (torch's global generator, drawn on ``device``), one CPU generator for the whole
     tensor, or one CPU generator per row: then row ``b`` is drawn from ``generator[b]`` for its first
     ``lengths[b]`` positions only (zeros past them; all ``L`` without ``lengths``), so a row's noise does not
     depend on which other rows share the batch or how far it is padded.
     """
+    draw = draw if draw is not None else torch.randn
     if generator is None or isinstance(generator, torch.Generator):
         noise = draw(shape, generator=generator, dtype=dtype, device="cpu" if generator is not None else device)
         return noise.to(device)
