@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                     "temporary folder, removed on exit)")
     ui.add_argument("--singers-dir", default=None, help=f"adapter folders (default: {paths['singers']})")
     ui.add_argument("--pretrain-dir", default=None, help=f"base folders (default: {paths['pretrain']})")
+    ui.add_argument("--raw-dir", default=None, help=f"recordings folders the Train page may pick (default: "
+                    f"{paths['raw']})")
     blend = commands.add_parser("blend", help="save a weighted blend of singers as a new singer (no training)",
                                 description="Blend adapters of one base with weights (LoRA deltas summed with "
                                             "their weights, singer vectors interpolated) and save the result as "
@@ -148,7 +150,8 @@ def _run_ui(args: argparse.Namespace) -> int:
         from ai_singer.webui.app import UiSettings, launch
 
         settings = UiSettings.from_conf(host=args.host, port=args.port, workdir=args.workdir,
-                                        singers_dir=args.singers_dir, pretrain_dir=args.pretrain_dir)
+                                        singers_dir=args.singers_dir, pretrain_dir=args.pretrain_dir,
+                                        raw_dir=args.raw_dir)
         print(f"ai-singer ui: serving on http://{settings.host}:{settings.port or 'a free port'} (Ctrl-C stops)",
               flush=True)
         launch(settings)

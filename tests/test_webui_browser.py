@@ -200,3 +200,46 @@ def test_fine_tune_starts_stops_resumes_and_joins_the_singer_list(ui, browser):
     seconds = 2 * sf.info(str(SONG / "pad.flac")).duration
     assert joined.startswith(f"joined 2 tracks: {seconds:.2f} s"), joined
     _screenshot(driver, "singers")
+
+
+@pytest.mark.slow
+def test_a_recordings_folder_of_the_machine_is_picked_by_name(ui, browser):
+    server, url = ui
+    driver, _ = browser
+    picked = Path(server.settings.raw_dir) / "picked"
+    picked.mkdir(parents=True)
+    shutil.copy(SONG / "vocals.flac", picked / "take.flac")
+    _page(driver, url)
+    _tab(driver, "Train")
+    driver.find_element(By.CSS_SELECTOR, "#train-raw-pick input").click()
+    _wait(lambda: next((o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text == "picked"),
+                       None), 30, "the folder in the list").click()
+    driver.find_element(By.ID, "prep-button").click()
+    assert _status(driver, "prep-status", 300).startswith("preprocess: done")
+    assert "picked:" in driver.find_element(By.CSS_SELECTOR, "#prep-report textarea").get_attribute("value")
+    assert driver.find_element(By.CSS_SELECTOR, "#train-singer textarea, #train-singer input").get_attribute(
+        "value") == "picked"
+    assert sorted(p.name for p in picked.iterdir()) == ["take.flac"]  # read only
+
+
+@pytest.mark.slow
+def test_a_batch_of_songs_shows_each_songs_status(ui, browser, tmp_path):
+    import zipfile
+
+    driver, _ = browser
+    archive = tmp_path / "album.zip"
+    with zipfile.ZipFile(archive, "w") as album:
+        for stem in ("vocals", "pad", "drums"):
+            album.write(SONG / f"{stem}.flac", f"album/first song/{stem}.flac")
+    loose = tmp_path / "second take.flac"
+    shutil.copy(SONG / "vocals.flac", loose)
+    _page(driver, ui[1])
+    _upload(driver, "convert-batch", archive, loose)
+    driver.find_element(By.ID, "convert-button").click()
+    _wait(lambda: "waiting" in driver.find_element(By.ID, "convert-songs").text
+          or "ok" in driver.find_element(By.ID, "convert-songs").text, 60, "the songs' table")
+    message = _status(driver, "convert-status", 600)
+    assert "converted 2 of 2 song(s)" in message, message
+    rows = driver.find_element(By.ID, "convert-songs").text
+    assert "first_song" in rows and "second_take" in rows and rows.count("ok") >= 2, rows
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#convert-downloads a")) == 6

@@ -46,13 +46,15 @@ class UiSettings:
     refresh_s: float
     pretrain_dir: str
     singers_dir: str
+    raw_dir: str
 
     @classmethod
     def from_conf(cls, **given: Any) -> "UiSettings":
         from ai_singer.config import conf_file, conf_group
 
         paths = conf_group("paths")
-        values = {**conf_file("ui"), "pretrain_dir": paths["pretrain"], "singers_dir": paths["singers"]}
+        values = {**conf_file("ui"), "pretrain_dir": paths["pretrain"], "singers_dir": paths["singers"],
+                  "raw_dir": paths["raw"]}
         values.update({key: value for key, value in given.items() if value is not None})
         return cls(**values)
 
@@ -121,6 +123,12 @@ class Server:
             shipped = ", bundled" if adapter.bundled else ""
             choices.append((f"{adapter.name} ({fits}{shipped})", adapter.name))
         return choices
+
+    def raw_choices(self) -> list[str]:
+        """The singer folders of the server's recordings folder (``paths.raw``): names the page may pick."""
+        raw = Path(self.settings.raw_dir)
+        return sorted(p.name for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if raw.is_dir() else []
 
     def base_choices(self) -> list[str]:
         return [base.name for base in self.catalog.bases() if not base.error]
@@ -255,6 +263,9 @@ def build_app(server: Server):
                                                  elem_id="train-base")
                         recordings = gr.File(label="Recordings", file_count="multiple", file_types=upload_types,
                                              elem_id="train-recordings")
+                        raw_pick = gr.Dropdown(server.raw_choices(), value=None, elem_id="train-raw-pick",
+                                               label=f"… or a singer folder of this machine's "
+                                                     f"{server.settings.raw_dir}/ (used as it is, read only)")
                         prep_button = gr.Button("Preprocess", elem_id="prep-button")
                         prep_status = gr.HTML(elem_id="prep-status")
                         prep_report = gr.Textbox(label="Preprocess report", lines=6, interactive=False,
@@ -377,21 +388,35 @@ def build_app(server: Server):
             train_dir = folder / "train"
             return train_dir / "raw", train_dir / "processed", train_dir / "runs"
 
-        def start_preprocess(name, base_name, files, request: gr.Request):
+        def start_preprocess(name, base_name, files, picked, request: gr.Request):
             token, folder = server.session(request)
             raw_dir, processed_dir, _ = train_folders(folder)
             try:
-                singer_value = stages.singer_name(name)
                 base = server.catalog.base(str(base_name or ""))
                 uploads = _uploads(files)
-                if not uploads and not (raw_dir / singer_value).is_dir():
-                    raise UserError("recordings", "none uploaded", "upload audio files (or zips of them)")
-                take_recordings(uploads, raw_dir / singer_value, server.settings.limits)
+                if picked:  # a folder the server listed, linked into the session's recordings under its name
+                    if picked not in server.raw_choices():
+                        raise UserError(f"recordings folder {picked!r}", f"not a singer folder of "
+                                        f"{server.settings.raw_dir}", "pick one from the list")
+                    singer_value = stages.singer_name(picked)
+                    link = raw_dir / singer_value
+                    if uploads or (link.exists() and not link.is_symlink()):
+                        raise UserError(f"recordings folder {picked!r}", "recordings were also uploaded for "
+                                        "this singer", "upload recordings or pick a folder, not both")
+                    raw_dir.mkdir(parents=True, exist_ok=True)
+                    if not link.is_symlink():
+                        link.symlink_to((Path(server.settings.raw_dir) / picked).resolve(), target_is_directory=True)
+                else:
+                    singer_value = stages.singer_name(name)
+                    if not uploads and not (raw_dir / singer_value).is_dir():
+                        raise UserError("recordings", "none uploaded", "upload audio files (or zips of them), or "
+                                        "pick a folder")
+                    take_recordings(uploads, raw_dir / singer_value, server.settings.limits)
             except UserError as error:
-                return None, _message(one_line("preprocess", error), "error"), gr.Timer(active=False)
+                return None, _message(one_line("preprocess", error), "error"), gr.Timer(active=False), gr.skip()
             job = server.jobs.start("preprocess", token, lambda job: stages.preprocess(raw_dir, processed_dir, base))
             job.progress.update(singer=singer_value, processed=str(processed_dir))
-            return job.id, _job_line(job), gr.Timer(active=True)
+            return job.id, _job_line(job), gr.Timer(active=True), singer_value
 
         def poll_preprocess(job_id, request: gr.Request):
             token, _ = server.session(request)
@@ -406,7 +431,8 @@ def build_app(server: Server):
             return (_job_line(job, f"{result.n_clips} clips" if result is not None else ""), summary,
                     str(plot) if plot.is_file() else None, gr.Timer(active=False))
 
-        prep_button.click(start_preprocess, [train_singer, train_base, recordings], [prep_job, prep_status, prep_timer])
+        prep_button.click(start_preprocess, [train_singer, train_base, recordings, raw_pick],
+                          [prep_job, prep_status, prep_timer, train_singer])
         prep_timer.tick(poll_preprocess, [prep_job], [prep_status, prep_report, pitch_plot, prep_timer])
 
         def start_training(current, name, base_name, method_name, max_steps, batch, lr, disc, save, evaluate,
@@ -492,10 +518,10 @@ def build_app(server: Server):
         # ------------------------------------------------------------------------------ Singers handlers
         def refresh_catalog():
             return (server.base_rows(), server.adapter_rows(), gr.Dropdown(choices=server.singer_choices()),
-                    gr.Dropdown(choices=server.base_choices()))
+                    gr.Dropdown(choices=server.base_choices()), gr.Dropdown(choices=server.raw_choices()))
 
-        refresh_button.click(refresh_catalog, None, [base_table, adapter_table, singer, train_base])
-        app.load(refresh_catalog, None, [base_table, adapter_table, singer, train_base])
+        refresh_button.click(refresh_catalog, None, [base_table, adapter_table, singer, train_base, raw_pick])
+        app.load(refresh_catalog, None, [base_table, adapter_table, singer, train_base, raw_pick])
 
         def join_tracks(files, seconds, request: gr.Request):
             _, _ = server.session(request)
