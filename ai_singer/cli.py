@@ -154,6 +154,9 @@ def _run_ui(args: argparse.Namespace) -> int:
                                         raw_dir=args.raw_dir)
         print(f"ai-singer ui: serving on http://{settings.host}:{settings.port or 'a free port'} (Ctrl-C stops)",
               flush=True)
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"ai-singer ui: warning: --host {settings.host} lets other machines reach the page, which has no "
+                  "login: anyone who reaches it can use this machine's CPU/GPU and disk", file=sys.stderr, flush=True)
         launch(settings)
     except UserError as error:
         return report("ui", error)
