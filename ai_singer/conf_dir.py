@@ -138,6 +138,10 @@ def _compose_for_checks(config_name: str, argv: list[str]) -> Any:
         return None
 
 
+#: Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT = 130
+
+
 def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     """Run ``run_cli(cfg) -> exit code`` as a Hydra app over ``conf/<config_name>.yaml`` (the command line
     supplies the overrides) and exit with its code when it is non-zero. The one Hydra entry point of
@@ -146,7 +150,8 @@ def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     A user's mistake (:class:`ai_singer.errors.UserError`, raised anywhere in the stage) ends the run here:
     one line on stderr, ``<stage>: error: <message>``, exit code 2; a full disk
     (:class:`ai_singer.errors.OutOfSpace`, or ENOSPC from anywhere) likewise with exit code 3. The stage's output folders are checked
-    for writability first, before Hydra creates its log folder inside them (same one line, exit 2)."""
+    for writability first, before Hydra creates its log folder inside them (same one line, exit 2). A Ctrl-C
+    that reaches here (preprocess, convert; train saves and returns 130 itself) is one line too, exit 130."""
     import sys
 
     import hydra
@@ -172,6 +177,10 @@ def run_hydra_app(config_name: str, run_cli, stage: str | None = None) -> None:
     def _entry(cfg) -> None:
         try:
             code = run_cli(cfg)
+        except KeyboardInterrupt:  # Ctrl-C: what was finished is kept (atomic writes); non-zero, so `a && b` stops
+            print(f"{stage}: interrupted; what was finished is kept: run the same command again to resume",
+                  file=sys.stderr)
+            code = INTERRUPTED_EXIT
         except Exception as error:  # noqa: BLE001 - anything else keeps its traceback
             if is_out_of_space(error):  # the environment, not the input: one line too, its own exit code
                 if not isinstance(error, OutOfSpace):

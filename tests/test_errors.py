@@ -221,6 +221,25 @@ def test_preprocess_num_workers_abc_is_one_line_before_any_work(tmp_path, hydra_
     assert_one_line(code, lines, "preprocess", "num_workers='abc': not a whole number")
 
 
+@pytest.mark.parametrize("stage, module, function, overrides", [
+    ("preprocess", "ai_singer.preprocess", "run_preprocess", ["paths.raw={tmp}", "paths.processed={tmp}/p"]),
+    ("convert", "ai_singer.infer", "check_batch", ["songs={tmp}", "singer=x", "paths.output={tmp}/o"]),
+])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, hydra_clean, capsys, monkeypatch, stage, module, function,
+                                        overrides):
+    """A Ctrl-C in preprocess or convert (whose writes are atomic and resume) ends with one line and exit 130,
+    so ``preprocess && train`` stops there; train saves and returns 130 itself (tests/test_train.py)."""
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    code, lines = run(stage, *[o.format(tmp=tmp_path) for o in overrides], capsys=capsys)
+    assert code == 130 and lines == [f"{stage}: interrupted; what was finished is kept: run the same command "
+                                     "again to resume"]
+
+
 # --------------------------------------------------------------------------------------------------
 # a full disk is the environment's failure: one line, exit 3
 
