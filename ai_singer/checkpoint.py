@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from ai_singer.atomic import atomic_path, atomic_write_text
+from ai_singer.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from ai_singer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,7 @@ def save_base(directory: str | os.PathLike, generator_state: Mapping[str, torch.
     if discriminator_state is not None:
         discriminator_state = _cast_floating(discriminator_state, dtype)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)  # files of an export that was killed
     generator_path = directory / BASE_GENERATOR_FILE
     _save_safetensors(generator_path, generator_state, {"format_version": str(FORMAT_VERSION), "part": "generator"})
     if discriminator_state is not None:
@@ -358,7 +359,8 @@ def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tenso
 
     ``config`` must hold ``method`` and ``base_sha256`` and should hold ``singer``, ``peft`` (the
     method's settings), ``base_name`` and ``stats``; this adds ``format_version``, ``kind: adapter``,
-    ``created``. ``adapter.yaml`` is written last.
+    ``tensors_sha256`` and ``created``. ``adapter.yaml`` is written last: an export killed after the tensors
+    leaves new tensors beside the old yaml, which :func:`load_adapter` refuses (the hash differs).
     """
     directory = Path(directory)
     plain = _plain(dict(config))
@@ -366,11 +368,13 @@ def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tenso
         if not plain.get(key):
             raise ValueError(f"{directory}: adapter config needs {key!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(directory / ADAPTER_TENSORS_FILE, tensors,
-                      {"format_version": str(FORMAT_VERSION), "method": str(plain["method"]),
-                       "base_sha256": str(plain["base_sha256"])})
-    body = {k: v for k, v in plain.items() if k not in ("format_version", "kind", "created")}
-    full = {"format_version": FORMAT_VERSION, "kind": "adapter", **body, "created": _now_iso()}
+    remove_stale_temporaries(directory)  # files of an export that was killed
+    tensors_path = directory / ADAPTER_TENSORS_FILE
+    _save_safetensors(tensors_path, tensors, {"format_version": str(FORMAT_VERSION), "method": str(plain["method"]),
+                                              "base_sha256": str(plain["base_sha256"])})
+    body = {k: v for k, v in plain.items() if k not in ("format_version", "kind", "created", "tensors_sha256")}
+    full = {"format_version": FORMAT_VERSION, "kind": "adapter", **body, "tensors_sha256": sha256_file(tensors_path),
+            "created": _now_iso()}
     atomic_write_text(directory / ADAPTER_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
     return directory
 
@@ -383,7 +387,15 @@ def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
     _check_header(directory / ADAPTER_CONFIG_FILE, config, "adapter")
     if not config.get("base_sha256"):
         raise ArtifactError(directory / ADAPTER_CONFIG_FILE, "no base_sha256 recorded; cannot tell which base it needs")
-    return AdapterArtifact(path=directory, config=config, tensors=load_safetensors(directory / ADAPTER_TENSORS_FILE))
+    tensors = load_safetensors(directory / ADAPTER_TENSORS_FILE)
+    recorded = config.get("tensors_sha256")  # absent in adapters exported before it was recorded
+    if recorded is not None and sha256_file(directory / ADAPTER_TENSORS_FILE) != recorded:
+        raise ArtifactHashMismatch(
+            directory / ADAPTER_TENSORS_FILE, f"sha256 differs from the tensors_sha256 that {ADAPTER_CONFIG_FILE} "
+                                              "records: an export was interrupted, or the file was changed after it; "
+                                              "fine-tune this singer again (the run resumes from its checkpoint and "
+                                              "exports again)")
+    return AdapterArtifact(path=directory, config=config, tensors=tensors)
 
 
 def convert_base_dtype(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, dtype: str) -> Path:

@@ -203,6 +203,30 @@ def test_adapter_round_trip_and_base_mismatch(base_dir, tmp_path):
         ckpt.save_adapter(tmp_path / "bad", tensors, {"method": "lora"})
 
 
+def test_an_export_killed_between_its_files_is_refused_and_its_leftovers_go(base_dir, tmp_path, monkeypatch):
+    """Re-exporting an adapter writes the tensors, then adapter.yaml: killed in between, the new tensors beside
+    the old yaml are refused (not a silent mix of two exports); the dead writer's temporaries go at the next export."""
+    directory, _, _ = base_dir
+    base = ckpt.load_base(directory)
+    config = {"singer": "carol", "method": "lora", "base_sha256": base.sha256}
+    folder = ckpt.save_adapter(tmp_path / "carol", {"w": torch.zeros(3)}, config)
+    assert ckpt.load_adapter(folder).config["tensors_sha256"] == ckpt.sha256_file(folder / ckpt.ADAPTER_TENSORS_FILE)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the kill: the yaml is never written
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_adapter(folder, {"w": torch.ones(3)}, config)
+    monkeypatch.undo()
+    with pytest.raises(ckpt.ArtifactHashMismatch, match="export was interrupted"):
+        ckpt.load_adapter(folder)
+    leftover = folder / ".adapter.999999999.abcd1234.tmp.safetensors"  # of a writer that is gone
+    leftover.write_bytes(b"half")
+    ckpt.save_adapter(folder, {"w": torch.ones(3)}, config)
+    assert torch.equal(ckpt.load_adapter(folder).tensors["w"], torch.ones(3)) and not leftover.exists()
+
+
 def test_train_state_keeps_last_k_and_loads_weights_only(tmp_path):
     run = tmp_path / "runs" / "carol"
     assert ckpt.load_latest_train_state(run) is None
