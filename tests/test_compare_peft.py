@@ -37,6 +37,9 @@ def test_real_voice_runs_are_one_fine_tune_and_one_measure_per_method_seed_and_s
     assert len(commands) == 2 * 2 * 2 * 2
     assert "--prepare" in commands[0] and "--peft lora --steps 500 --train-arg seed=0" in commands[0]
     assert "diff-seed1-1500.json" in commands[-1] and "--prepare" not in commands[-1]
+    args.processed = tmp_path / "processed"  # already preprocessed: the fine-tunes read it as it is
+    prepare, _, _ = compare_peft.real_commands(args, "lora", 0, 500)
+    assert prepare[-3:] == ["--processed", str(tmp_path / "processed"), "--no-preprocess"]
 
 
 def test_real_summary_and_table():

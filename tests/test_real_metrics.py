@@ -317,6 +317,10 @@ def test_prepare_commands_use_the_base_content_encoder(tmp_path, capsys):
         in printed[0] and "paths.processed=data/processed_real_synth-small" in printed[0]
     assert "singer=va" in printed[1] and "trainer.max_steps=700" in printed[1] and "paths.runs=runs/real/synth-small" \
         in printed[1] and "base=pretrain/synth-small" in printed[1]
+    code = eval_real.main(["--prepare", "--dry-run", "--no-preprocess", "--peft", "adapter", "--corpus", str(corpus),
+                           "--base", "pretrain/synth-small", "--singers-dir", str(tmp_path / "singers")])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(printed) == 2 and all("peft=adapter" in line for line in printed)  # fine-tunes only
 
 
 def make_corpus_stub(root: Path) -> Path:

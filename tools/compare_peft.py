@@ -175,7 +175,8 @@ def real_commands(args: argparse.Namespace, method: str, seed: int, steps: int) 
     common = ["--corpus", str(args.corpus), "--base", str(args.base), "--singers-dir", str(root / "singers"),
               "--runs-dir", str(root / "runs")]
     prepare = [python, tool, "--prepare", *common, "--peft", method, "--steps", str(steps),
-               "--train-arg", f"seed={seed}"]
+               "--train-arg", f"seed={seed}",
+               *(["--processed", str(args.processed), "--no-preprocess"] if args.processed else [])]
     measure = [python, tool, *common, "--out", str(out), "--label", f"{args.base.name} + {method} {steps} seed {seed}",
                *(["--quick"] if args.quick else [])]
     return prepare, measure, out
@@ -289,6 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     real.add_argument("--steps", type=int, nargs="+", default=[500, 1500])
     real.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     real.add_argument("--quick", action="store_true", help="eval_real.py --quick (fewer phrases)")
+    real.add_argument("--processed", type=Path, default=None,
+                      help="the held-out voices' data, already preprocessed with the base's content encoder (default: "
+                           "eval_real.py's folder, preprocessed first)")
     real.add_argument("--dry-run", action="store_true", help="print the --real commands only")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -620,12 +620,13 @@ def content_overrides(base_config: dict, args: argparse.Namespace) -> list[str]:
 
 
 def prepare_commands(args: argparse.Namespace, voices: list[str]) -> list[list[str]]:
-    """Preprocess the voices' raw recordings with the base's content encoder, then one LoRA fine-tune each."""
+    """Preprocess the voices' raw recordings with the base's content encoder (unless ``--no-preprocess``), then
+    one fine-tune each (``--peft``)."""
     base_config = read_yaml(args.base / "config.yaml")
     python = sys.executable
-    commands = [[python, "-m", "ai_singer.preprocess", f"paths.raw={args.corpus / 'raw'}",
-                 f"paths.processed={args.processed}", f"singers=[{','.join(voices)}]",
-                 *content_overrides(base_config, args), *args.preprocess_arg]]
+    commands = [] if args.no_preprocess else [
+        [python, "-m", "ai_singer.preprocess", f"paths.raw={args.corpus / 'raw'}", f"paths.processed={args.processed}",
+         f"singers=[{','.join(voices)}]", *content_overrides(base_config, args), *args.preprocess_arg]]
     for voice in voices:
         commands.append([python, "-m", "ai_singer.train", "mode=finetune", f"singer={voice}", f"base={args.base}",
                          f"peft={args.peft}", f"paths.processed={args.processed}", f"paths.singers={args.singers_dir}",
@@ -701,6 +702,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prep.add_argument("--processed", type=Path, default=None,
                       help="processed data folder (default data/processed_real_<base name>)")
     prep.add_argument("--preprocess-arg", action="append", default=[], help="extra preprocess override (repeatable)")
+    prep.add_argument("--no-preprocess", action="store_true",
+                      help="use --processed as it is (already preprocessed with the base's content encoder)")
     prep.add_argument("--train-arg", action="append", default=[], help="extra fine-tune override (repeatable)")
     prep.add_argument("--dry-run", action="store_true", help="print the --prepare commands only")
     args = parser.parse_args(argv)
