@@ -188,7 +188,7 @@ def blend_adapters(parents: Sequence[checkpoint.AdapterArtifact], weights: Seque
     config = {"method": method, "peft": peft, "base_sha256": parents[0].base_sha256,
               "base_name": parents[0].config.get("base_name"), "stats": _blend_stats(parents, weights),
               "blend": {"parents": [{"singer": n, "weight": round(w, 6),
-                                     "adapter_sha256": p.config.get("adapter_sha256")
+                                     "adapter_sha256": p.config.get("tensors_sha256")
                                      or _tensors_sha256(p)} for n, w, p in zip(names, weights, parents)]}}
     return checkpoint.AdapterArtifact(path=Path(parents[0].path), config=config, tensors=tensors)
 
