@@ -370,7 +370,9 @@ def test_a_long_file_is_shared_among_the_workers_with_the_same_result(tmp_path, 
     shared = run_preprocess(make_cfg(raw, tmp_path / "shared", tiny_hubert_dir, "num_workers=2", *settings))
     assert list(shared.split_sources) == ["alice/session.wav"]
     assert shared.split_sources["alice/session.wav"]["pieces"] >= 3
-    assert shared.split_sources["alice/session.wav"]["workers"] == 2
+    # the pieces are queued to both workers; which process takes each is the pool's scheduling (on an idle
+    # machine one worker may drain the queue before the other has started), so only the bound is fixed
+    assert 1 <= shared.split_sources["alice/session.wav"]["workers"] <= 2
     assert "1 long file(s) (> split_seconds) shared among the workers" in shared.summary()
     assert manifest_lines(tmp_path / "shared") == manifest_lines(tmp_path / "one")
     assert (tmp_path / "shared" / "stats.json").read_text() == (tmp_path / "one" / "stats.json").read_text()
