@@ -354,8 +354,9 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     learned singer vector (initialised to the mean of the base's speaker embeddings)."""
     mode = cfg.trainer.discriminator
     base_path = locate_path(str(cfg.base))  # the user's, else bundled
-    if mode != "off" and not (Path(base_path) / ckpt.BASE_DISCRIMINATOR_FILE).is_file():
-        raise TrainSetupError(Path(base_path) / ckpt.BASE_DISCRIMINATOR_FILE,
+    discriminator_file = base_path / ckpt.BASE_DISCRIMINATOR_FILE
+    if mode != "off" and not discriminator_file.is_file():
+        raise TrainSetupError(discriminator_file,
                               f"trainer.discriminator={mode} needs the base's discriminator, and this base was "
                               "pretrained without one; fine-tune it with trainer.discriminator=off")
     base = ckpt.load_base(base_path, with_discriminator=mode != "off")

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ai_singer.model.decoder import LEAKY_SLOPE, ResBlock
-from ai_singer.model.layers import init_conv_weights, noise_rows, with_weight_norm
+from ai_singer.model.layers import init_conv_weights, noise_rows, voiced_frames, with_weight_norm
 
 #: harmonics synthesised per pass (bounds the memory of long pieces: [B, group, T*hop] at a time)
 HARMONIC_GROUP = 32
@@ -75,7 +75,7 @@ class DDSPDecoder(nn.Module):
     def synth_params(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(harmonic amplitudes [B, K, T], 0 above Nyquist and where unvoiced; noise band magnitudes [B, N, T])."""
-        is_voiced = ((voiced > 0.5) & (f0 > 0)).to(z.dtype)
+        is_voiced = voiced_frames(f0, voiced).to(z.dtype)
         log_f0 = torch.log(f0.clamp_min(1.0) / PITCH_REFERENCE_HZ) * is_voiced
         x = self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1)) \
             + self.pitch_proj(torch.stack([log_f0, is_voiced], dim=1))
@@ -103,7 +103,7 @@ class DDSPDecoder(nn.Module):
         """
         hop, sr = self.hop_length, self.sample_rate
         batch, n_harmonics, n_frames = amplitudes.shape
-        is_voiced = ((voiced > 0.5) & (f0 > 0)).to(torch.float64)
+        is_voiced = voiced_frames(f0, voiced).to(torch.float64)
         step = f0.to(torch.float64) * is_voiced / sr  # cycles per sample [B, T]
         frame_start = torch.remainder(torch.cumsum(step * hop, dim=-1) - step * hop, 1.0)
         within = torch.arange(hop, device=f0.device, dtype=amplitudes.dtype)

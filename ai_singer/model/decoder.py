@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ai_singer.model.layers import init_conv_weights, noise_rows, same_padding, with_weight_norm
+from ai_singer.model.layers import init_conv_weights, noise_rows, same_padding, voiced_frames, with_weight_norm
 
 LEAKY_SLOPE = 0.1
 
@@ -46,7 +46,7 @@ def harmonic_sines(f0: torch.Tensor, voiced: torch.Tensor, sample_rate: int, hop
     sovits = style == "sovits"
     batch, n_frames = f0.shape
     hop, sr = hop_length, sample_rate
-    is_voiced = ((f0 > 0) if sovits else ((voiced > 0.5) & (f0 > 0))).to(f0.dtype)
+    is_voiced = ((f0 > 0) if sovits else voiced_frames(f0, voiced)).to(f0.dtype)
     harmonics = torch.arange(first_harmonic, first_harmonic + n_harmonics, device=f0.device, dtype=torch.float64)
     step = (f0.to(torch.float64) * is_voiced.to(torch.float64)) / sr  # cycles per sample, [B, T]
     # phase (in cycles) at each frame's first sample: exclusive cumulative sum over frames

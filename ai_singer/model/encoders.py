@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ai_singer.model.attention import TransformerEncoder
-from ai_singer.model.layers import WaveNet
+from ai_singer.model.layers import WaveNet, voiced_frames
 
 
 def coarse_f0(f0: torch.Tensor, voiced: torch.Tensor, n_bins: int, f0_min: float, f0_max: float) -> torch.Tensor:
@@ -28,8 +28,7 @@ def coarse_f0(f0: torch.Tensor, voiced: torch.Tensor, n_bins: int, f0_min: float
     low, high = math.log(f0_min), math.log(f0_max)
     position = (log_f0 - low) / (high - low)  # 0 at f0_min, 1 at f0_max
     bins = 1 + torch.round(position.clamp(0.0, 1.0) * (n_bins - 2)).long()
-    is_voiced = (voiced > 0.5) & (f0 > 0)
-    return torch.where(is_voiced, bins, torch.zeros_like(bins))
+    return torch.where(voiced_frames(f0, voiced), bins, torch.zeros_like(bins))
 
 
 def mel_coarse_f0(f0: torch.Tensor, n_bins: int, f0_min: float, f0_max: float) -> torch.Tensor:

@@ -19,6 +19,11 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
+def voiced_frames(f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """Bool [B, T]: the frames that sound a pitch (``voiced`` flag set and F0 above 0)."""
+    return (voiced > 0.5) & (f0 > 0)
+
+
 def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
     """``lengths`` [B] (long) -> bool [B, max_length], True on the first ``lengths[b]`` positions."""
     if max_length is None:
