@@ -306,7 +306,8 @@ def build_pretrain_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
                   "the model")
     generator = GeneratorForTraining(SingerVAE(model_config))
     discriminator = Discriminator.from_config(model_config) if cfg.trainer.discriminator == "train" else None
-    init_from = warm_start(generator.model, discriminator, locate_path(cfg.init_from)) if cfg.init_from else None
+    init_from = (warm_start(generator.model, discriminator, locate_path(cfg.init_from), speakers)
+                 if cfg.init_from else None)
     return Models(generator=generator, discriminator=discriminator, model_config=model_config, speakers=speakers,
                   init_from=init_from)
 
@@ -320,12 +321,30 @@ def _take_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[i
     return len(taken), sorted(set(own) - set(taken))
 
 
-def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: Path) -> dict[str, Any]:
+def _take_speaker_rows(generator: SingerVAE, table: torch.Tensor, base_speakers: list[str],
+                       speakers: list[str]) -> int:
+    """Copy the base's speaker vectors ``table [n_base, gin]`` into ``generator``'s table row by singer name;
+    singers the base does not know start at the mean of its vectors. Returns how many rows were copied."""
+    own = generator.speaker_embedding.weight
+    if table.ndim != 2 or table.shape[1] != own.shape[1] or table.shape[0] != len(base_speakers):
+        return 0
+    rows = {name: index for index, name in enumerate(base_speakers)}
+    with torch.no_grad():
+        mean = table.float().mean(dim=0)
+        for index, name in enumerate(speakers):
+            own[index] = table[rows[name]].float() if name in rows else mean
+    return sum(name in rows for name in speakers)
+
+
+def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: Path,
+               speakers: list[str] | None = None) -> dict[str, Any]:
     """Start a pretraining run from an existing base (``init_from=pretrain/<base>``): every tensor with the
     same name and shape is copied (the decoder, flow, posterior and most of the prior encoder when the
-    architecture matches); the rest — typically the content projection for another content encoder and the
-    speaker table for another set of singers — stays freshly initialised. Nothing is silent: the counts and
-    the names left fresh are logged and recorded in the exported base's config."""
+    architecture matches); the rest — typically the content projection for another content encoder — stays
+    freshly initialised. The speaker table is taken row by singer name (``speakers``, this run's singers in
+    table order): a singer the base knows keeps its vector, a new one starts at the mean of the base's.
+    Nothing is silent: the counts and the names left fresh are logged and recorded in the exported base's
+    config."""
     has_discriminator = (base_dir / ckpt.BASE_DISCRIMINATOR_FILE).is_file()
     try:
         base = ckpt.load_base(base_dir, with_discriminator=has_discriminator)
@@ -334,6 +353,12 @@ def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: 
     copied, fresh = _take_matching(generator, base.generator_state)
     record: dict[str, Any] = {"name": base.name, "sha256": base.sha256, "generator_copied": copied,
                               "generator_fresh": fresh}
+    table_name = "speaker_embedding.weight"
+    if speakers is not None and table_name in fresh and table_name in base.generator_state:
+        record["speakers_copied"] = _take_speaker_rows(generator, base.generator_state[table_name],
+                                                       base.speakers, speakers)
+        fresh.remove(table_name)
+        copied = record["generator_copied"] = copied + 1
     if copied == 0:
         raise TrainSetupError("init_from", f"{base_dir}: no tensor of that base fits this model "
                                            f"(architecture {base.model_config.get('hidden_channels')} hidden vs "
@@ -341,6 +366,9 @@ def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: 
     if base.discriminator_state is not None and discriminator is not None:
         d_copied, d_fresh = _take_matching(discriminator, base.discriminator_state)
         record.update(discriminator_copied=d_copied, discriminator_fresh=d_fresh)
+    if "speakers_copied" in record:
+        log.info("init_from %s: speaker table taken by name: %d of %d singers known to the base, the rest start "
+                 "at the mean of its vectors", base_dir, record["speakers_copied"], len(speakers or []))
     log.info("init_from %s: %d generator tensors copied, %d left fresh (%s)%s", base_dir, copied, len(fresh),
              ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""),
              f"; discriminator {record['discriminator_copied']} copied, {len(record['discriminator_fresh'])} fresh"

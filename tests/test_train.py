@@ -376,8 +376,9 @@ def test_checkpoint_of_another_model_size_is_refused(tmp_path, processed):
 
 
 def test_pretrain_init_from_a_base_copies_what_fits_and_records_the_rest(tmp_path, base_dir):
-    """Warm start for another content encoder and other singers: the content projection and the speaker
-    table start fresh (named in the base's config), every other tensor starts as the base's."""
+    """Warm start for another content encoder and other singers: the content projection starts fresh (named
+    in the base's config), the speaker table is taken by singer name (a new singer starts at the mean of the
+    base's vectors), every other tensor starts as the base's."""
     processed8 = write_processed_dataset(tmp_path / "p8", singers=("alto", "bass", "tenor"), sample_rate=SR,
                                          hop_length=HOP, content_dim=8).parent
     cfg = make_config(tmp_path, processed8, "trainer.max_steps=1", "trainer.learning_rate=0", "name=warm",
@@ -393,9 +394,16 @@ def test_pretrain_init_from_a_base_copies_what_fits_and_records_the_rest(tmp_pat
     assert record["generator_copied"] == len(new.generator_state) - len(fresh)
     assert record["discriminator_fresh"] == [] and record["discriminator_copied"] == len(old.discriminator_state)
     # learning rate 0: the copied tensors are exactly the base's after a step
+    table = "speaker_embedding.weight"
     for name, tensor in new.generator_state.items():
-        if name not in fresh:
+        if name not in fresh and name != table:
             torch.testing.assert_close(tensor, old.generator_state[name], msg=name)
+    assert old.speakers == ["alto", "tenor"] and new.speakers == ["alto", "bass", "tenor"]
+    assert record["speakers_copied"] == 2
+    old_rows, new_rows = old.generator_state[table], new.generator_state[table]
+    torch.testing.assert_close(new_rows[0], old_rows[0])  # alto
+    torch.testing.assert_close(new_rows[2], old_rows[1])  # tenor
+    torch.testing.assert_close(new_rows[1], old_rows.mean(dim=0))  # bass: new, the mean
 
 
 def test_init_from_is_for_pretraining_and_must_be_a_base(tmp_path, processed, base_dir):
