@@ -12,6 +12,9 @@ and median smoothing on (``+post``). Speed: x real time of ``extract_f0`` on 30 
 the model framing (hop 512), with 1 and 2 torch / onnxruntime threads.
 
 Prints a markdown table and writes it into BENCHMARKS.md under "## F0" (other sections are kept).
+``rmvpe`` is measured when the user's ``rmvpe.pt`` is at ``f0.rmvpe_path`` (it ships in no package);
+``--rmvpe-speed`` times it without one, on a random network of the published size (speed does not depend on
+the weights' values; accuracy does, so nothing else is measured), prints the numbers and writes nothing.
 """
 from __future__ import annotations
 
@@ -227,10 +230,10 @@ def threshold_sweep(cases: dict[str, list], thresholds: dict[str, list[float]]) 
     for method, values in thresholds.items():
         tracker, memo = pitch.F0_EXTRACTORS[method], {}
 
-        def cached(wav, sr, f0_min, f0_max, step_s, tracker=tracker, memo=memo):
+        def cached(wav, sr, f0_min, f0_max, step_s, settings=None, tracker=tracker, memo=memo):
             key = (len(wav), float(np.sum(wav[::101])))
             if key not in memo:
-                memo[key] = tracker(wav, sr, f0_min, f0_max, step_s)
+                memo[key] = tracker(wav, sr, f0_min, f0_max, step_s, settings)
             return memo[key]
 
         pitch.F0_EXTRACTORS[method] = cached
@@ -254,6 +257,20 @@ def sweep_table(sweep: dict[str, dict[float, dict]]) -> str:
             r = rates(counts)
             lines.append(f"| {method} | {value:g} | {_pct(r['rpa'])} | {_pct(r['recall'])} | {_pct(r['false_alarm'])} |")
     return "\n".join(lines)
+
+
+def random_rmvpe_rows(folder: Path) -> list[tuple[str, object]]:
+    """A row timing RMVPE with random weights of the published size and format (float16, 181 MB) written to
+    ``folder``: for speed only."""
+    import torch
+
+    from ai_singer.features.f0_settings import F0Settings
+    from ai_singer.features.rmvpe_model import Rmvpe
+
+    torch.manual_seed(0)
+    state = {key: value.half() if value.is_floating_point() else value for key, value in Rmvpe().state_dict().items()}
+    torch.save(state, folder / "rmvpe.pt")
+    return [("rmvpe (random weights)", F0Settings.from_conf(method="rmvpe", rmvpe_path=str(folder / "rmvpe.pt")))]
 
 
 def speed(rows: list, seconds: float = 30.0) -> dict[str, dict[int, float]]:
@@ -318,11 +335,22 @@ def main() -> None:
                         help="real-voice corpus folder (tools/real_corpus.py); skipped when missing")
     parser.add_argument("--json", type=Path, help="also write every number here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--rmvpe-speed", action="store_true",
+                        help="only time rmvpe on a random network of the published size (no rmvpe.pt needed)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
+    if args.rmvpe_speed:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            for label, by_threads in speed(random_rmvpe_rows(Path(folder))).items():
+                print(f"{label}: x real time {by_threads[1]:.1f} (1 thread) / {by_threads[2]:.1f} (2 threads); "
+                      f"load average {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+                      f"{machine_description(threads=1)}")
+        return
     cases = synthetic_cases(args.phrases)
     cases[HIGH] = cases["soprano above C6"]  # the same audio, searched up to HIGH_F0_MAX
     real = real_cases(args.real) if (args.real / "eval").is_dir() else []
@@ -332,7 +360,7 @@ def main() -> None:
     table = accuracy(cases, rows)
     sweep = threshold_sweep({case: items for case, items in cases.items() if case != HIGH},
                             {"swift": [0.2, 0.3, 0.4, 0.5, 0.6], "fcpe": [0.006, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                             "crepe_tiny": [0.1, 0.2, 0.3, 0.4, 0.5]})
+                             "crepe_tiny": [0.1, 0.2, 0.3, 0.4, 0.5], "rmvpe": [0.01, 0.03, 0.05, 0.1, 0.2, 0.3]})
     speeds = speed(rows)
     load_after = os.getloadavg()[0]
     synthetic = [c for c in cases if c != "real voices, sung (WORLD)"]

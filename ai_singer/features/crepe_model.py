@@ -86,7 +86,7 @@ class Crepe(nn.Module):
         hz = 10.0 * 2.0 ** (self.cents / 1200.0)
         allowed = (hz >= f0_min) & (hz <= f0_max)
         confidence, best = torch.where(allowed, scores, torch.zeros_like(scores)).max(dim=-1)
-        around = (best[:, None] + torch.arange(-LOCAL_BINS, LOCAL_BINS + 1)).clamp(0, BINS - 1)
+        around = (best[:, None] + torch.arange(-LOCAL_BINS, LOCAL_BINS + 1, device=best.device)).clamp(0, BINS - 1)
         weights = scores.gather(-1, around) * allowed[around]
         cents = (self.cents[around] * weights).sum(-1) / weights.sum(-1).clamp(min=1e-12)
         return 10.0 * 2.0 ** (cents / 1200.0), confidence

@@ -25,14 +25,15 @@ def weights_path() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _model():
+def _model(device: str = "cpu"):
     from ai_singer.features.crepe_model import load_crepe_tiny
 
-    return load_crepe_tiny(str(weights_path()))
+    return load_crepe_tiny(str(weights_path())).to(device)
 
 
-def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CREPE tiny on mono audio [samples] at ``sr`` (resampled to 16 kHz).
+def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, device: str = "cpu"
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CREPE tiny on mono audio [samples] at ``sr`` (resampled to 16 kHz) on the torch ``device``.
 
     Returns ``(times_s [T], f0_hz [T], confidence [T])``, ``T = samples_16k // 160 + 1``, frame ``i`` centred
     at ``i * 10`` ms: a pitch (searched within ``f0_min..f0_max``) for every frame and its score in 0..1."""
@@ -45,6 +46,6 @@ def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float) -> tuple[np.nd
         import soxr
 
         wav = soxr.resample(wav, sr, SAMPLE_RATE)
-    f0, confidence = _model().track(torch.from_numpy(np.ascontiguousarray(wav)), f0_min, f0_max)
+    f0, confidence = _model(device).track(torch.from_numpy(np.ascontiguousarray(wav)).to(device), f0_min, f0_max)
     times = np.arange(f0.shape[0]) * HOP / SAMPLE_RATE
-    return times, f0.numpy().astype(np.float64), confidence.numpy().astype(np.float64)
+    return times, f0.cpu().numpy().astype(np.float64), confidence.cpu().numpy().astype(np.float64)

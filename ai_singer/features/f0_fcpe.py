@@ -28,14 +28,15 @@ def weights_path() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _model():
+def _model(device: str = "cpu"):
     from ai_singer.features.fcpe_model import load_fcpe
 
-    return load_fcpe(str(weights_path()))
+    return load_fcpe(str(weights_path())).to(device)
 
 
-def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FCPE on mono audio [samples] at ``sr`` (resampled to 16 kHz).
+def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, device: str = "cpu"
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FCPE on mono audio [samples] at ``sr`` (resampled to 16 kHz) on the torch ``device``.
 
     Returns ``(times_s [T], f0_hz [T], confidence [T])``, ``T = samples_16k // 160 + 1``, frame ``i`` centred
     at ``(i + 0.5) * 10`` ms: a pitch for every frame and the best bin's score in 0..1. ``f0_min`` /
@@ -49,6 +50,6 @@ def track(wav: np.ndarray, sr: int, f0_min: float, f0_max: float) -> tuple[np.nd
         import soxr
 
         wav = soxr.resample(wav, sr, SAMPLE_RATE)
-    f0, confidence = _model().track(torch.from_numpy(np.ascontiguousarray(wav))[None])
+    f0, confidence = _model(device).track(torch.from_numpy(np.ascontiguousarray(wav))[None].to(device))
     times = (np.arange(f0.shape[1]) + 0.5) * HOP / SAMPLE_RATE
-    return times, f0[0].numpy().astype(np.float64), confidence[0].numpy().astype(np.float64)
+    return times, f0[0].cpu().numpy().astype(np.float64), confidence[0].cpu().numpy().astype(np.float64)

@@ -25,6 +25,9 @@ class F0Settings:
                        last more than half the window to count as a real octave leap.
     median_ms:         median smoothing of log-F0 over this window within each voiced run (removes
                        single-frame spikes, keeps vibrato, whose period is ~150 ms); 0 = off.
+    rmvpe_path:        the user's copy of RVC's ``rmvpe.pt`` (method ``rmvpe``; relative to the working folder).
+    device:            where the torch trackers (rmvpe, fcpe, crepe_tiny) run: ``auto`` (a GPU when there is
+                       one), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
     """
 
     method: str
@@ -33,6 +36,8 @@ class F0Settings:
     voicing_threshold: Mapping[str, float]
     octave_repair_ms: float
     median_ms: float
+    rmvpe_path: str
+    device: str
 
     def __post_init__(self) -> None:
         from ai_singer.features.pitch import F0_EXTRACTORS
@@ -56,6 +61,12 @@ class F0Settings:
                             f"add it to conf/f0 (e.g. f0.voicing_threshold.{self.method}=0.5)")
         return float(self.voicing_threshold[self.method])
 
+    def torch_device(self):
+        """``device`` as a ``torch.device`` checked against this machine (a DeviceError naming ``f0.device``)."""
+        from ai_singer.device import pick_device
+
+        return pick_device(self.device, what="f0.device")
+
     def identity(self) -> dict[str, Any]:
         """The settings that change this method's output (for hashes of processed data): method and range,
         plus the method's voicing threshold and each post-processing step only when they apply (so adding
@@ -78,7 +89,8 @@ class F0Settings:
                             f"the keys are {', '.join(sorted(names))}")
         return cls(method=str(values["method"]), f0_min=float(values["f0_min"]), f0_max=float(values["f0_max"]),
                    voicing_threshold={str(k): float(v) for k, v in dict(values["voicing_threshold"]).items()},
-                   octave_repair_ms=float(values["octave_repair_ms"]), median_ms=float(values["median_ms"]))
+                   octave_repair_ms=float(values["octave_repair_ms"]), median_ms=float(values["median_ms"]),
+                   rmvpe_path=str(values["rmvpe_path"]), device=str(values["device"]))
 
     @classmethod
     def from_conf(cls, **overrides: Any) -> "F0Settings":

