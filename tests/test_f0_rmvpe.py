@@ -135,3 +135,15 @@ def test_a_file_that_is_not_rmvpe_is_a_user_error(tmp_path, content):
 def test_a_gpu_device_on_a_cpu_machine_names_the_setting(weights):
     with pytest.raises(UserError, match="f0.device='cuda'"):
         extract_f0(np.zeros(16000, dtype=np.float32), 16000, 160, None, settings_for(weights, device="cuda"))
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "infer"])
+def test_preprocess_and_conversion_take_f0_method_rmvpe(stage, weights):
+    import importlib
+
+    from ai_singer.config import compose
+
+    cfg = compose(stage, ["f0.method=rmvpe", f"f0.rmvpe_path={weights}", "f0.device=cpu"])
+    settings = importlib.import_module(f"ai_singer.{stage}").settings_from_config(cfg).f0
+    assert (settings.method, settings.rmvpe_path, settings.threshold()) == ("rmvpe", str(weights), THRESHOLD)
+    assert extract_f0(np.zeros(4410, dtype=np.float32), 44100, 512, None, settings).shape == (8,)
