@@ -51,6 +51,10 @@ MODES = ("pretrain", "finetune")
 PRECISIONS = ("fp32", "bf16")
 #: ``trainer.discriminator``: what fine-tuning does with the base's discriminator (pretrain always trains it).
 DISCRIMINATOR_MODES = ("train", "frozen", "off")
+#: fine-tuning: where the singer vector starts (see start_singer_vector)
+SINGER_INITS = ("nearest", "mean")
+#: batches scored per candidate vector by trainer.singer_init=nearest
+SINGER_INIT_BATCHES = 4
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -107,6 +111,7 @@ class TrainerSettings:
     progress: bool
     discriminator: str
     discriminator_every: int
+    singer_init: str
 
 
 @dataclass
@@ -185,6 +190,8 @@ def validate_config(cfg: TrainConfig) -> None:
                                                        f"not {cfg.trainer.discriminator!r}")
     if cfg.init_from and cfg.mode != "pretrain":
         raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
+    if cfg.trainer.singer_init not in SINGER_INITS:
+        raise TrainSetupError("trainer.singer_init", f"must be one of {SINGER_INITS}, not {cfg.trainer.singer_init!r}")
     if cfg.trainer.discriminator_every < 1:
         raise TrainSetupError("trainer.discriminator_every", f"must be >= 1 (1 = every step), not "
                                                              f"{cfg.trainer.discriminator_every}")
@@ -277,6 +284,7 @@ class Models:
     base_sha256: str | None = None
     base_path: Path | None = None
     init_from: dict[str, Any] | None = None  # pretrain warm start: which base, what was taken from it
+    singer_start: dict[str, Any] | None = None  # fine-tune: where the singer vector started (trainer.singer_init)
 
 
 
@@ -487,6 +495,30 @@ class StepRunner:
             return torch.zeros(())
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
+    @torch.no_grad()
+    def score_singer_vectors(self, generator: "GeneratorForTraining", batches: list[Batch],
+                             candidates: torch.Tensor, seed: int) -> list[float]:
+        """Mean training loss (mel L1 and KL, weighted as in training) of ``batches`` with each row of
+        ``candidates [N, gin]`` as the singer vector; every candidate sees the same segments and noise
+        (``seed``). The generator's singer vector is left as it was."""
+        kept = generator.singer_embedding.detach().clone()
+        generator.eval()
+        scores = []
+        try:
+            for vector in candidates:
+                generator.singer_embedding.copy_(vector)
+                torch.manual_seed(seed)
+                total = 0.0
+                for batch in batches:
+                    batch = self.with_spec(batch.to(self.device))
+                    out = generator(batch)
+                    total += float(self.weights.mel * mel_l1_loss(self.mel(out.wav), self.mel(out.slice_audio(batch.wav)))
+                                   + self.weights.kl * kl_loss(out).float())
+                scores.append(total / max(1, len(batches)))
+        finally:
+            generator.singer_embedding.copy_(kept)
+        return scores
+
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         """Step ``step`` (0-based, the global count): discriminator (LSGAN, when it trains, on every
         ``trainer.discriminator_every``-th step) then generator (mel L1, KL and, with a discriminator, feature
@@ -593,7 +625,7 @@ def make_train_state(models: Models, opt: Optimisation, state: TrainState, ident
         "scheduler_generator": opt.generator_schedule.state_dict(),
         "scheduler_discriminator": opt.discriminator_schedule.state_dict() if trains_d else None,
         "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
-        "rng": ckpt.capture_rng_state(),
+        "rng": ckpt.capture_rng_state(), "singer_start": models.singer_start,
     }
 
 
@@ -629,6 +661,7 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
         opt.discriminator.load_state_dict(saved["optimizer_discriminator"])
         opt.discriminator_schedule.load_state_dict(saved["scheduler_discriminator"])
     ckpt.restore_rng_state(saved["rng"])
+    models.singer_start = saved.get("singer_start")
     return TrainState(step=int(saved["step"]), epoch=int(saved["epoch"]),
                       batches_in_epoch=int(saved["batches_in_epoch"]))
 
@@ -665,7 +698,7 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
     elif (singer_dir / retrieval.RETRIEVAL_FILE).is_file():
         (singer_dir / retrieval.RETRIEVAL_FILE).unlink()  # an index left from an earlier export is stale
     config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
-              "retrieval_index": retrieval_info,
+              "retrieval_index": retrieval_info, "singer_start": models.singer_start,
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
               "stats": singer_stats}
     return ckpt.save_adapter(singer_dir, tensors, config)
@@ -832,6 +865,12 @@ def _setup(cfg: TrainConfig) -> TrainSession:
         if opt.discriminator is not None:  # a frozen one has nothing to synchronise
             discriminator = DistributedDataParallel(discriminator, device_ids=ids)
     runner = StepRunner(generator, discriminator, opt, models.model_config, cfg.audio, cfg.loss, trainer, device)
+    if cfg.mode == "finetune" and latest is None:
+        models.singer_start = start_singer_vector(runner, models, train_set, cfg)
+        if info.is_main:
+            start = models.singer_start
+            log.info("singer vector starts at %s (loss %.4f; the base's mean vector: %.4f)",
+                     start["from"], start["loss"], start["mean_loss"])
 
     session = TrainSession(cfg=cfg, info=info, device=device, stats=stats, train_set=train_set, models=models,
                            opt=opt, run_dir=run_dir, identity=identity, state=state, resumed=latest is not None,
@@ -849,6 +888,30 @@ def _setup(cfg: TrainConfig) -> TrainSession:
                 session.val_loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate,
                                                 num_workers=0)
     return session
+
+
+def start_singer_vector(runner: StepRunner, models: Models, train_set: ManifestDataset, cfg: TrainConfig
+                        ) -> dict[str, Any]:
+    """Set where a fine-tuned singer's vector starts (``trainer.singer_init``): ``mean``, the mean of the
+    base's speaker vectors; ``nearest``, the base speaker whose vector gives the singer's clips the lowest
+    training loss (the first :data:`SINGER_INIT_BATCHES` batches of a seeded shuffle), or the mean if that
+    scores lower. A real voice is then modelled from a vector the decoder was trained on, not from the mean
+    (which lies far from every speaker's vector). Returns the record kept in ``adapter.yaml``."""
+    generator = models.generator
+    mean = generator.singer_embedding.detach().clone()
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    size = cfg.trainer.batch_size
+    batches = [collate([train_set[i] for i in order[start:start + size]])
+               for start in range(0, min(len(order), SINGER_INIT_BATCHES * size), size)]
+    table = generator.model.speaker_embedding.weight.detach()
+    candidates = torch.cat([mean[None], table]) if cfg.trainer.singer_init == "nearest" else mean[None]
+    scores = runner.score_singer_vectors(generator, batches, candidates.to(mean.device), seed=cfg.seed)
+    best = int(np.argmin(scores))
+    with torch.no_grad():
+        generator.singer_embedding.copy_(candidates[best])
+    chosen = "mean" if best == 0 else f"speaker {models.speakers[best - 1]}"
+    return {"method": cfg.trainer.singer_init, "from": chosen, "loss": round(scores[best], 5),
+            "mean_loss": round(scores[0], 5), "batches": len(batches)}
 
 
 def _step_loop(session: TrainSession, on_step: Callable[[int, dict[str, float]], None] | None

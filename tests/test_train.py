@@ -99,6 +99,31 @@ def test_pretrain_exports_a_base_and_logs(tmp_path, processed):
     assert "val_mel/0" in tags["images"] and "val_audio/0" in tags["audio"]
 
 
+@pytest.mark.parametrize("init", ["nearest", "mean"])
+def test_finetune_singer_vector_starts_where_singer_init_says_and_the_adapter_records_it(tmp_path, processed,
+                                                                                         base_dir, init):
+    """nearest: the base speaker vector (or the mean) with the lowest loss on the singer's clips; mean: the
+    mean of the base's vectors. With learning rate 0 the exported vector is exactly that start."""
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}", "trainer.max_steps=1",
+                      "trainer.learning_rate=0", f"trainer.singer_init={init}")
+    adapter = ckpt.load_adapter(run_training(cfg).artifact_dir)
+    start = adapter.config["singer_start"]
+    table = ckpt.load_base(base_dir).generator_state["speaker_embedding.weight"].float()
+    vector = adapter.tensors["singer_embedding"].float()
+    assert start["method"] == init and start["batches"] >= 1 and start["loss"] <= start["mean_loss"]
+    if start["from"] == "mean":
+        torch.testing.assert_close(vector, table.mean(dim=0))
+        assert start["loss"] == start["mean_loss"]
+    else:
+        assert init == "nearest" and start["from"] in ("speaker alto", "speaker tenor")
+        torch.testing.assert_close(vector, table[["alto", "tenor"].index(start["from"].split()[1])])
+
+
+def test_singer_init_must_be_known():
+    with pytest.raises(TrainSetupError, match="trainer.singer_init"):
+        validate_config(typed_config(compose_config("train", ["trainer.singer_init=closest"])))
+
+
 def test_finetune_exports_a_small_adapter_and_leaves_the_base_alone(tmp_path, processed, base_dir):
     generator_file = base_dir / ckpt.BASE_GENERATOR_FILE
     before_hash = ckpt.sha256_file(generator_file)
