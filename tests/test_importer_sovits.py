@@ -20,6 +20,7 @@ from ai_singer.importers import sovits
 from ai_singer.importers.__main__ import main as importers_main
 from ai_singer.model import SingerVAE
 from ai_singer.model.discriminator import Discriminator
+from imported_model import Replay, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
 TOLERANCE = 1e-4
@@ -37,35 +38,6 @@ def imported(tmp_path_factory) -> Path:
                          "--name", "tiny-sovits", "--pretrain-dir", str(out)])
     assert rc == 0
     return out / "tiny-sovits"
-
-
-def load_model(base_dir: Path) -> SingerVAE:
-    base = checkpoint.load_base(base_dir)
-    model = SingerVAE(base.model_config)
-    checkpoint.load_state_strict(model, base.generator_state, base_dir / checkpoint.BASE_GENERATOR_FILE)
-    return model
-
-
-class Replay:
-    """Serves recorded random draws to our model: ``torch.randn``/``randn_like``/``rand`` return the tensor
-    queued for the requested shape (and fail on any draw that was not planned)."""
-
-    def __init__(self, monkeypatch, draws: dict[tuple, list[torch.Tensor]]):
-        self.draws = {shape: list(values) for shape, values in draws.items()}
-        monkeypatch.setattr(torch, "randn", self._serve)
-        monkeypatch.setattr(torch, "rand", self._serve)
-        monkeypatch.setattr(torch, "randn_like", lambda t, **kw: self._serve(t.shape, dtype=t.dtype))
-
-    def _serve(self, *shape, dtype=None, **_):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
-            shape = tuple(shape[0])
-        queue = self.draws.get(tuple(shape))
-        assert queue, f"unplanned random draw of shape {tuple(shape)}"
-        value = queue.pop(0)
-        return value.to(dtype) if dtype is not None else value.clone()
-
-    def all_used(self) -> bool:
-        return not any(self.draws.values())
 
 
 def test_import_writes_a_self_describing_base(imported):

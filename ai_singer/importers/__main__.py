@@ -3,6 +3,7 @@ foreign file, each in its own module.
 
     python -m ai_singer.importers contentvec SRC.pt DST_FOLDER    # fairseq HuBERT/ContentVec -> HF folder
     python -m ai_singer.importers sovits G_0.pth --config config.json --name NAME   # so-vits-svc base
+    python -m ai_singer.importers rvc f0G40k.pth --discriminator f0D40k.pth --name NAME   # RVC base
 
 A module registered in :data:`IMPORTERS` provides ``add_arguments(parser)`` and ``run(args) -> int``. A
 user mistake (:class:`~ai_singer.errors.UserError`: a missing, damaged, foreign or mismatched file, an
@@ -26,6 +27,9 @@ IMPORTERS: dict[str, tuple[str, str]] = {
     "sovits": ("ai_singer.importers.sovits",
                "so-vits-svc 4.0/4.1 or so-vits-svc-fork generator (+ discriminator) and config.json -> a base "
                "in pretrain/<name>/"),
+    "rvc": ("ai_singer.importers.rvc",
+            "RVC v1/v2 base (f0G40k.pth, + f0D40k.pth) or exported singer model (NAME.pth, with --base) -> a base "
+            "in pretrain/<name>/"),
 }
 
 

@@ -1,6 +1,6 @@
 """The two encoders of the VAE.
 
-* :class:`PriorEncoder` (used at inference): content features + coarse F0 + voicing + volume ->
+* :class:`PriorEncoder` (used at inference): content features + coarse F0 (+ voicing, volume) ->
   transformer -> mean and log-std of the prior over the latent ``z_p``.
 * :class:`PosteriorEncoder` (training only): linear spectrogram -> speaker-conditioned WaveNet ->
   mean and log-std of the posterior, and a sample ``z``.
@@ -13,6 +13,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ai_singer.model.attention import TransformerEncoder
 from ai_singer.model.layers import WaveNet, voiced_frames
@@ -58,6 +59,12 @@ def log_volume(volume: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
 VOLUME_EMBEDDINGS = ("log10", "linear", "none")
 #: How F0 becomes the prior's pitch class: ``log`` (:func:`coarse_f0`), ``mel`` (:func:`mel_coarse_f0`).
 F0_COARSE_SCALES = ("log", "mel")
+#: How the summed inputs (content projection + pitch (+ voicing, volume) embeddings) enter the transformer:
+#: ``sum`` as they are (ai_singer, so-vits-svc); ``scaled_leaky_relu`` multiplied by ``sqrt(hidden_channels)``
+#: and passed through LeakyReLU(0.1) (RVC's ``TextEncoder``).
+PRIOR_INPUTS = ("sum", "scaled_leaky_relu")
+#: Slope of the LeakyReLU of ``prior_input: scaled_leaky_relu``.
+PRIOR_INPUT_SLOPE = 0.1
 
 
 class PriorEncoder(nn.Module):
@@ -66,28 +73,32 @@ class PriorEncoder(nn.Module):
     ``forward(content [B, D, T], f0 [B, T], voiced [B, T], volume [B, T], mask [B, 1, T])
     -> (mean [B, I, T], log_std [B, I, T])`` (both masked).
 
-    Module names: ``content_proj`` (Conv1d), ``f0_embedding``/``voiced_embedding`` (Embedding),
-    ``volume_proj`` (Conv1d; absent with ``volume_embedding="none"``), ``encoder``
-    (:class:`TransformerEncoder`), ``out_proj`` (Conv1d). ``volume_embedding`` and ``f0_coarse`` pick
-    so-vits-svc's conventions (see :data:`VOLUME_EMBEDDINGS`, :data:`F0_COARSE_SCALES`).
+    Module names: ``content_proj`` (Conv1d), ``f0_embedding``/``voiced_embedding`` (Embedding; the latter
+    absent with ``voiced_embedding=False``), ``volume_proj`` (Conv1d; absent with ``volume_embedding="none"``),
+    ``encoder`` (:class:`TransformerEncoder`), ``out_proj`` (Conv1d). ``volume_embedding`` and ``f0_coarse``
+    pick so-vits-svc's conventions (see :data:`VOLUME_EMBEDDINGS`, :data:`F0_COARSE_SCALES`);
+    ``voiced_embedding=False`` and ``prior_input="scaled_leaky_relu"`` (:data:`PRIOR_INPUTS`) RVC's.
     """
 
     def __init__(self, content_dim: int, hidden_channels: int, inter_channels: int, filter_channels: int,
                  n_heads: int, n_layers: int, kernel_size: int, p_dropout: float, window_size: int,
                  content_kernel_size: int, f0_bins: int, f0_min: float, f0_max: float,
-                 volume_embedding: str, f0_coarse: str):
+                 volume_embedding: str, f0_coarse: str, voiced_embedding: bool, prior_input: str):
         super().__init__()
         if volume_embedding not in VOLUME_EMBEDDINGS:
             raise ValueError(f"volume_embedding must be one of {VOLUME_EMBEDDINGS}, got {volume_embedding!r}")
         if f0_coarse not in F0_COARSE_SCALES:
             raise ValueError(f"f0_coarse must be one of {F0_COARSE_SCALES}, got {f0_coarse!r}")
+        if prior_input not in PRIOR_INPUTS:
+            raise ValueError(f"prior_input must be one of {PRIOR_INPUTS}, got {prior_input!r}")
         self.f0_bins, self.f0_min, self.f0_max = f0_bins, f0_min, f0_max
-        self.volume_embedding, self.f0_coarse = volume_embedding, f0_coarse
+        self.volume_embedding, self.f0_coarse, self.prior_input = volume_embedding, f0_coarse, prior_input
+        self.input_scale = math.sqrt(hidden_channels)
         self.inter_channels = inter_channels
         self.content_proj = nn.Conv1d(content_dim, hidden_channels, content_kernel_size,
                                       padding=content_kernel_size // 2)
         self.f0_embedding = nn.Embedding(f0_bins, hidden_channels)
-        self.voiced_embedding = nn.Embedding(2, hidden_channels)
+        self.voiced_embedding = nn.Embedding(2, hidden_channels) if voiced_embedding else None
         self.volume_proj = nn.Conv1d(1, hidden_channels, 1) if volume_embedding != "none" else None
         self.encoder = TransformerEncoder(hidden_channels, filter_channels, n_heads, n_layers, kernel_size,
                                           p_dropout, window_size)
@@ -99,13 +110,15 @@ class PriorEncoder(nn.Module):
             pitch_class = mel_coarse_f0(f0, self.f0_bins, self.f0_min, self.f0_max)
         else:
             pitch_class = coarse_f0(f0, voiced, self.f0_bins, self.f0_min, self.f0_max)
-        voiced_class = (voiced > 0.5).long()
         x = self.content_proj(content * mask)
         x = x + self.f0_embedding(pitch_class).transpose(1, 2)
-        x = x + self.voiced_embedding(voiced_class).transpose(1, 2)
+        if self.voiced_embedding is not None:
+            x = x + self.voiced_embedding((voiced > 0.5).long()).transpose(1, 2)
         if self.volume_proj is not None:
             level = log_volume(volume) if self.volume_embedding == "log10" else volume
             x = x + self.volume_proj(level.unsqueeze(1))
+        if self.prior_input == "scaled_leaky_relu":
+            x = F.leaky_relu(x * self.input_scale, PRIOR_INPUT_SLOPE)
         x = self.encoder(x * mask, mask)
         stats = self.out_proj(x) * mask
         mean, log_std = stats.split(self.inter_channels, dim=1)

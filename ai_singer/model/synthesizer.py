@@ -18,19 +18,25 @@ from torch import nn
 
 from ai_singer.model.ddsp import DDSPDecoder
 from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
-from ai_singer.model.encoders import F0_COARSE_SCALES, VOLUME_EMBEDDINGS, PosteriorEncoder, PriorEncoder
+from ai_singer.model.encoders import (F0_COARSE_SCALES, PRIOR_INPUTS, VOLUME_EMBEDDINGS, PosteriorEncoder,
+                                      PriorEncoder)
 from ai_singer.model.flow import ResidualCouplingFlow
 from ai_singer.model.layers import (frame_mask, random_segment_starts, noise_rows, remove_all_weight_norm,
-                                    slice_segments)
+                                    slice_segments, voiced_frames)
 
 
 #: waveform decoders a SingerVAE can have (``SingerVAEConfig.decoder``)
 DECODERS = ("nsf_hifigan", "ddsp")
+#: What the model does with F0 in unvoiced frames (``SingerVAEConfig.unvoiced_f0``): ``interpolated`` uses the
+#: interpolated F0 it is fed (ai_singer, so-vits-svc); ``zero`` sets it to 0 Hz wherever ``voiced`` is 0 before
+#: the pitch classes and the NSF source see it (RVC feeds 0 Hz there: pitch class 1 and no sine).
+UNVOICED_F0 = ("interpolated", "zero")
 #: keys added to the architecture after bases were saved without them, with the value that reproduces those
 #: bases (only for reading older artifacts; conf/model/*.yaml sets every key)
 LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0,
                    "volume_embedding": "log10", "f0_coarse": "log", "nsf_source": "ai_singer",
-                   "decoder_output_bias": False}
+                   "decoder_output_bias": False, "voiced_embedding": True, "prior_input": "sum",
+                   "unvoiced_f0": "interpolated"}
 
 
 @dataclass
@@ -49,6 +55,11 @@ class SingerVAEConfig:
     ``conf/model/base.yaml`` with ``none``/``mel``/``sovits``/``true`` and its speaker count: the
     parameter counts then agree part by part (their F0 decoder, used only by ``auto_predict_f0``, is not
     part of this model).
+
+    Three more select RVC's (:mod:`ai_singer.importers.rvc`): ``voiced_embedding`` (``false``: no voicing
+    embedding in the prior), ``prior_input`` (``scaled_leaky_relu``: RVC's TextEncoder scales the summed inputs by
+    ``sqrt(hidden_channels)`` and applies LeakyReLU(0.1)) and ``unvoiced_f0`` (``zero``: 0 Hz in unvoiced
+    frames, as RVC's pipeline feeds it). ``conf/model/rvc.yaml`` is RVC v2's 40 kHz model.
     """
 
     # framing (must agree with the processed dataset)
@@ -76,6 +87,9 @@ class SingerVAEConfig:
     content_kernel_size: int
     volume_embedding: str  # log10 | linear | none (ai_singer.model.encoders.VOLUME_EMBEDDINGS)
     f0_coarse: str  # log | mel (ai_singer.model.encoders.F0_COARSE_SCALES)
+    voiced_embedding: bool  # an embedding of the voiced flag added to the prior's input (RVC has none)
+    prior_input: str  # sum | scaled_leaky_relu (ai_singer.model.encoders.PRIOR_INPUTS)
+    unvoiced_f0: str  # interpolated | zero (UNVOICED_F0)
     # posterior encoder (WaveNet over the linear spectrogram)
     posterior_layers: int
     posterior_kernel_size: int
@@ -156,7 +170,8 @@ class SingerVAEConfig:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name, allowed in (("volume_embedding", VOLUME_EMBEDDINGS), ("f0_coarse", F0_COARSE_SCALES),
-                              ("nsf_source", SOURCE_STYLES)):
+                              ("nsf_source", SOURCE_STYLES), ("prior_input", PRIOR_INPUTS),
+                              ("unvoiced_f0", UNVOICED_F0)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if problems:
@@ -269,7 +284,7 @@ class SingerVAE(nn.Module):
       ``decoder.source.merge`` is an ``nn.Linear``. ``decoder.upsamplers.N`` are ConvTranspose1d (peft cannot
       adapt them: train them fully, freeze them, or rely on the adapted convs around them).
     * embeddings (``nn.Embedding``, usually left frozen): ``speaker_embedding``,
-      ``prior_encoder.f0_embedding``, ``prior_encoder.voiced_embedding``.
+      ``prior_encoder.f0_embedding``, ``prior_encoder.voiced_embedding`` (unless ``voiced_embedding`` is false).
 
     A compact set that adapts every block of the inference path:
     ``r"(prior_encoder\..*(query_proj|key_proj|value_proj|out_proj|conv_in|conv_out)|flow\..*(dilated_convs|res_skip_convs)\.\d+|decoder\.(resblocks\.\d+\.(dilated_convs|convs)\.\d+|source_convs\.\d+|input_conv))"``.
@@ -285,7 +300,7 @@ class SingerVAE(nn.Module):
         self.prior_encoder = PriorEncoder(
             c.content_dim, c.hidden_channels, c.inter_channels, c.filter_channels, c.n_heads, c.n_layers,
             c.kernel_size, c.p_dropout, c.attention_window, c.content_kernel_size, c.f0_bins, c.f0_min, c.f0_max,
-            c.volume_embedding, c.f0_coarse)
+            c.volume_embedding, c.f0_coarse, c.voiced_embedding, c.prior_input)
         self.posterior_encoder = PosteriorEncoder(
             c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel_size,
             c.posterior_dilation_rate, c.posterior_layers, c.gin_channels)
@@ -324,6 +339,13 @@ class SingerVAE(nn.Module):
             raise ValueError(f"g must have shape [B, gin_channels] = [{batch}, {self.config.gin_channels}], "
                              f"got {tuple(g.shape)}")
 
+    def model_f0(self, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        """The F0 [B, T] the prior encoder and decoder see: as fed, or 0 Hz in unvoiced frames with
+        ``unvoiced_f0: zero``."""
+        if self.config.unvoiced_f0 == "zero":
+            return torch.where(voiced_frames(f0, voiced), f0, torch.zeros_like(f0))
+        return f0
+
     def forward(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
                 spec: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
                 generator: torch.Generator | None = None) -> SynthOutput:
@@ -339,6 +361,7 @@ class SingerVAE(nn.Module):
             raise ValueError(f"spec must have shape [B, n_fft//2+1, T] = [{batch}, {self.config.spec_channels}, "
                              f"{n_frames}], got {tuple(spec.shape)}")
         mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
+        f0 = self.model_f0(f0, voiced)
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
         z, m_q, logs_q = self.posterior_encoder(spec, mask, g)
         z_p = self.flow(z, mask, g)
@@ -368,6 +391,7 @@ class SingerVAE(nn.Module):
         self._check_inputs(content, f0, voiced, volume, g)
         batch, _, n_frames = content.shape
         mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
+        f0 = self.model_f0(f0, voiced)
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
         noise = noise_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask

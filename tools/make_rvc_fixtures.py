@@ -1,0 +1,287 @@
+"""Write the RVC reference fixtures in tests/fixtures/rvc/ with RVC's own code (the ``rvc`` package on PyPI).
+
+Run with the Python of a separate virtual environment that has ``rvc`` 0.3.5 (the RVC-Project's own package
+of the Retrieval-based-Voice-Conversion library: its ``rvc/lib/infer_pack/models.py`` holds the v1/v2
+synthesizers and discriminators); never a dependency of ai_singer. On a CPU torch it installs offline-capable
+like this (its own dependencies would pull fairseq, faiss, numba, ...; the model code needs only numpy and
+scipy):
+
+    RV=~/.cache/rvc-venv; python3 -m venv $RV && echo 'torch==2.13.0' > $RV-constraints.txt
+    $RV/bin/pip install torch==2.13.0 && $RV/bin/pip install --no-deps rvc==0.3.5
+    $RV/bin/pip install -c $RV-constraints.txt numpy scipy
+    ~/.cache/rvc-venv/bin/python tools/make_rvc_fixtures.py [--out tests/fixtures/rvc]
+
+How the fixtures are made (tests/test_importer_rvc.py compares ai_singer's imported model with them):
+
+* ``config.json``: the package's ``rvc/configs/v2/48k.json`` with a tiny ``model`` section (hidden 8,
+  2 attention layers, a decoder with rates [4, 4] from 16 channels, 3 speakers, ``p_dropout`` 0 so the
+  training pass is deterministic) and ``data`` framing (40 kHz, hop 16, filter_length 32, segment 8 frames).
+  The content dim (768, v2) and what RVC hard-codes (16 posterior WaveNet layers, couplings of 3 layers,
+  kernel 5, 256 pitch classes) keep their original sizes.
+* ``G_0.pth``: ``SynthesizerTrnMs768NSFsid`` built from that config with random weights (seed 0; the flow's
+  zero-initialised output convs drawn too), saved as RVC's training saves ``G_*.pth``
+  (``{"model", "iteration", "optimizer", "learning_rate"}``).
+* ``singer.pth``: a "fine-tuned singer": the same weights, each tensor moved by 2 % of its mean magnitude
+  (seed 1), exported by RVC's own ``rvc.lib.train.process_ckpt.savee`` (float16, ``enc_q`` left out,
+  the ``config`` list, ``sr``/``f0``/``version``). ``savee`` imports a translation helper the package does not
+  ship (``i18n``), so this script puts an inert stand-in for it in ``sys.modules`` first.
+* ``D_layout.json``: the keys and shapes of RVC v2's ``MultiPeriodDiscriminatorV2`` (full size, no size
+  options). Its weights are drawn in key order from a seeded generator
+  (``make_sovits_fixtures.discriminator_state``), which the test repeats.
+* ``reference.pt``: inputs, the random draws RVC made (recorded by wrapping ``torch.rand`` /
+  ``torch.randn_like`` while its forward ran) and its outputs: the base's inference waveform (``infer`` in eval
+  mode with weight norm in place, as RVC's VC.get_vc runs a model; prior noise at RVC's fixed 0.66666), the
+  singer model's inference waveform (loaded from ``singer.pth`` the way get_vc loads it: built from its config
+  list, ``enc_q`` deleted, ``load_state_dict(strict=False)``, ``float()``), the training forward's outputs
+  (decoded segment, slice starts, z, z_p, prior and posterior statistics) and the discriminator's logits and
+  feature-map energies. The coarse pitch is computed from the frame F0 by the formula of the package's
+  ``Pipeline.get_f0`` (restated below: that module imports faiss, librosa, parselmouth, pyworld and torchcrepe).
+  RVC's source has one sine (harmonic_num 0): its random initial phase is always 0, nothing to pin.
+
+Everything is float32 on the CPU; the whole folder is under 1 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_sovits_fixtures import DISCRIMINATOR_SEED, discriminator_state  # noqa: E402  (same folder)
+
+SPEC_ARGS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size", "p_dropout",
+             "resblock", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
+             "upsample_initial_channel", "upsample_kernel_sizes", "spk_embed_dim", "gin_channels")
+
+
+def tiny_config() -> dict:
+    import rvc
+
+    template = Path(rvc.__file__).parent / "configs" / "v2" / "48k.json"
+    config = json.loads(template.read_text())
+    config["data"].update(sampling_rate=40000, filter_length=32, hop_length=16, win_length=32)
+    config["train"]["segment_size"] = 8 * 16
+    config["model"].update(inter_channels=4, hidden_channels=8, filter_channels=16, n_heads=2, n_layers=2,
+                           kernel_size=3, p_dropout=0, resblock="1", resblock_kernel_sizes=[3, 5],
+                           resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], upsample_rates=[4, 4],
+                           upsample_initial_channel=16, upsample_kernel_sizes=[8, 8], gin_channels=8, spk_embed_dim=3)
+    return config
+
+
+def build(config: dict):
+    """RVC v2's synthesizer as its train.py builds it (segment in frames, sr from the config)."""
+    from rvc.lib.infer_pack.models import SynthesizerTrnMs768NSFsid
+
+    data = config["data"]
+    return SynthesizerTrnMs768NSFsid(data["filter_length"] // 2 + 1,
+                                     config["train"]["segment_size"] // data["hop_length"],
+                                     *[config["model"][k] for k in SPEC_ARGS], sr=data["sampling_rate"], is_half=False)
+
+
+def coarse_pitch(f0: np.ndarray) -> np.ndarray:
+    """RVC's coarse pitch of frame F0 (Hz, 0 = unvoiced): its Pipeline.get_f0, restated."""
+    f0_min, f0_max = 50, 1100
+    f0_mel_min = 1127 * np.log(1 + f0_min / 700)
+    f0_mel_max = 1127 * np.log(1 + f0_max / 700)
+    f0_mel = 1127 * np.log(1 + f0 / 700)
+    f0_mel[f0_mel > 0] = (f0_mel[f0_mel > 0] - f0_mel_min) * 254 / (f0_mel_max - f0_mel_min) + 1
+    f0_mel[f0_mel <= 1] = 1
+    f0_mel[f0_mel > 255] = 255
+    return np.rint(f0_mel).astype(np.int32)
+
+
+class Recorder:
+    """Wraps ``torch.rand`` and ``torch.randn_like`` to record every draw."""
+
+    def __init__(self):
+        self.draws: list[tuple[str, torch.Tensor]] = []
+        self._rand, self._randn_like = torch.rand, torch.randn_like
+
+    def rand(self, *shape, **kwargs):
+        value = self._rand(*shape, **kwargs)
+        self.draws.append(("rand", value.clone()))
+        return value
+
+    def randn_like(self, tensor, **kwargs):
+        value = self._randn_like(tensor, **kwargs)
+        self.draws.append(("randn_like", value.clone()))
+        return value
+
+    def __enter__(self):
+        torch.rand, torch.randn_like = self.rand, self.randn_like
+        return self
+
+    def __exit__(self, *exc):
+        torch.rand, torch.randn_like = self._rand, self._randn_like
+
+
+def make_inputs(config: dict) -> dict[str, torch.Tensor]:
+    """Two items of 24 frames, the second 20 frames long (zero-padded like a batch); F0 is 0 Hz in unvoiced
+    frames (as RVC's pipeline feeds it), ``f0_interpolated`` is the same F0 with its gaps filled (as
+    ai_singer's pipeline feeds it, beside the voiced flag)."""
+    generator = torch.Generator().manual_seed(7)
+    frames, batch = 24, 2
+    content = torch.randn(batch, frames, 768, generator=generator)  # RVC's layout [B, T, D]
+    t = torch.arange(frames, dtype=torch.float32)
+    f0_a = 220.0 * 2 ** (t / 24) * (1 + 0.01 * torch.sin(2 * math.pi * t / 6))
+    f0_a[9:12] = 0.0
+    f0_b = 150.0 + 40.0 * torch.sin(2 * math.pi * t / 12)
+    f0_b[5:8] = 0.0
+    lengths = torch.tensor([frames, 20])
+    f0 = torch.stack([f0_a, f0_b])
+    mask = (torch.arange(frames)[None] < lengths[:, None]).float()
+    f0 = f0 * mask
+    filled = f0.clone()
+    filled[0, 9:12] = 260.0
+    filled[1, 5:8] = 170.0
+    filled[1, 20:] = 0.0
+    spec = torch.rand(batch, config["data"]["filter_length"] // 2 + 1, frames, generator=generator) * 2
+    content, spec = content * mask[:, :, None], spec * mask[:, None]
+    pitch = torch.from_numpy(coarse_pitch(f0.double().numpy())).long()
+    return {"content": content, "f0": f0, "f0_interpolated": filled, "voiced": (f0 > 0).float(), "pitch": pitch,
+            "spec": spec, "lengths": lengths, "speakers": torch.tensor([0, 2])}
+
+
+def export_singer(state: dict, config: dict, out: Path) -> None:
+    """``singer.pth`` written by RVC's own process_ckpt.savee (with an inert stand-in for its i18n helper)."""
+    i18n = types.ModuleType("i18n")
+    i18n_module = types.ModuleType("i18n.i18n")
+    i18n_module.I18nAuto = lambda *a, **k: (lambda text: text)
+    i18n.i18n = i18n_module
+    sys.modules.setdefault("i18n", i18n)
+    sys.modules.setdefault("i18n.i18n", i18n_module)
+    from rvc.lib.train.process_ckpt import savee
+
+    hps = SimpleNamespace(data=SimpleNamespace(**config["data"]), model=SimpleNamespace(**config["model"]))
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            Path("assets/weights").mkdir(parents=True)
+            message = savee(state, "40k", 1, "singer", 100, "v2", hps)
+            assert Path("assets/weights/singer.pth").is_file(), message
+            (out / "singer.pth").write_bytes(Path("assets/weights/singer.pth").read_bytes())
+        finally:
+            os.chdir(here)
+
+
+def load_singer_as_rvc(path: Path):
+    """The singer model as RVC's VC.get_vc loads it for inference (float, enc_q deleted, non-strict)."""
+    from rvc.lib.infer_pack.models import SynthesizerTrnMs768NSFsid
+
+    cpt = torch.load(path, map_location="cpu", weights_only=False)
+    cpt["config"][-3] = cpt["weight"]["emb_g.weight"].shape[0]
+    net = SynthesizerTrnMs768NSFsid(*cpt["config"], is_half=False)
+    del net.enc_q
+    net.load_state_dict(cpt["weight"], strict=False)
+    return net.eval().float()
+
+
+def infer(net, inputs: dict, draws: list[str]) -> tuple[torch.Tensor, list]:
+    """RVC's inference on item 0 (all 24 frames) with its draws recorded."""
+    with torch.no_grad(), Recorder() as rec:
+        wav, _, _ = net.infer(inputs["content"][:1], inputs["lengths"][:1], inputs["pitch"][:1], inputs["f0"][:1],
+                              inputs["speakers"][:1])
+    assert [k for k, _ in rec.draws] == draws, rec.draws
+    return wav, rec.draws
+
+
+def full_size_config(version: str, rate: str) -> dict:
+    """RVC's own training config for a published layout (v2 40k uses v1/40k.json, as RVC does)."""
+    import rvc
+
+    folder = "v1" if (version, rate) == ("v2", "40k") else version
+    return json.loads((Path(rvc.__file__).parent / "configs" / folder / f"{rate}.json").read_text())
+
+
+def print_counts() -> None:
+    """Parameters per part of RVC v2 40k's generator (for tests/test_importer_rvc.py)."""
+    net = build(full_size_config("v2", "40k"))
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in net.named_children()}
+    print(json.dumps(counts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/rvc"))
+    parser.add_argument("--counts", action="store_true", help="print RVC v2 40k's parameter counts per part")
+    args = parser.parse_args()
+    if args.counts:
+        print_counts()
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from rvc.lib.infer_pack.models import MultiPeriodDiscriminatorV2
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    net = build(config)
+    with torch.no_grad():  # the couplings' output convs start at zero: give every tensor a visible value
+        for name, param in net.named_parameters():
+            if name.startswith("flow.flows.") and ".post." in name:
+                param.normal_(0.0, 0.1)
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save({"model": net.state_dict(), "iteration": 1234, "optimizer": optimizer.state_dict(),
+                "learning_rate": 1e-4}, out / "G_0.pth")
+
+    generator = torch.Generator().manual_seed(1)
+    singer_state = {k: v + 0.02 * v.float().abs().mean() * torch.randn(v.shape, generator=generator)
+                    for k, v in net.state_dict().items()}
+    export_singer(singer_state, config, out)
+
+    inputs = make_inputs(config)
+    reference: dict[str, torch.Tensor] = dict(inputs)
+
+    # ---- training forward (train mode, p_dropout 0): record the draws
+    net.train()
+    with torch.no_grad(), Recorder() as rec:
+        o, ids_slice, _, _, (z, z_p, m_p, logs_p, m_q, logs_q) = net(
+            inputs["content"], inputs["lengths"], inputs["pitch"], inputs["f0"], inputs["spec"], inputs["lengths"],
+            inputs["speakers"])
+    # enc_q's posterior noise, the slice draw, the sine's initial phase (zeroed: one harmonic), the source noise
+    assert [k for k, _ in rec.draws] == ["randn_like", "rand", "rand", "randn_like"], rec.draws
+    reference.update(train_posterior_noise=rec.draws[0][1], train_slice_starts=ids_slice,
+                     train_phases=rec.draws[2][1], train_source_noise=rec.draws[3][1], train_wav=o, train_z=z,
+                     train_z_p=z_p, train_m_p=m_p, train_logs_p=logs_p, train_m_q=m_q, train_logs_q=logs_q)
+
+    # ---- inference, as RVC's VC.get_vc runs a model (eval; it keeps weight norm)
+    net.eval()
+    wav, draws = infer(net, inputs, ["randn_like", "rand", "randn_like"])
+    reference.update(infer_prior_noise=draws[0][1], infer_source_noise=draws[2][1], infer_wav=wav)
+    singer = load_singer_as_rvc(out / "singer.pth")
+    wav, draws = infer(singer, inputs, ["randn_like", "rand", "randn_like"])
+    reference.update(singer_prior_noise=draws[0][1], singer_source_noise=draws[2][1], singer_wav=wav)
+
+    # ---- discriminator (full size, seeded weights)
+    disc = MultiPeriodDiscriminatorV2(use_spectral_norm=False)
+    layout = [(key, list(value.shape)) for key, value in disc.state_dict().items()]
+    disc.load_state_dict(discriminator_state(layout))
+    (out / "D_layout.json").write_text(json.dumps({"seed": DISCRIMINATOR_SEED, "keys": layout}) + "\n")
+    generator = torch.Generator().manual_seed(11)
+    real = torch.randn(2, 1, 1000, generator=generator) * 0.3
+    fake = torch.randn(2, 1, 1000, generator=generator) * 0.3
+    with torch.no_grad():
+        real_logits, fake_logits, real_maps, fake_maps = disc(real, fake)
+    reference.update(disc_real=real, disc_fake=fake)
+    for i, (r, f, rm, fm) in enumerate(zip(real_logits, fake_logits, real_maps, fake_maps)):
+        reference[f"disc_{i}_real_logits"] = r
+        reference[f"disc_{i}_fake_logits"] = f
+        reference[f"disc_{i}_real_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in rm])
+        reference[f"disc_{i}_fake_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in fm])
+    torch.save({key: value.contiguous() for key, value in reference.items()}, out / "reference.pt")
+    total = sum(path.stat().st_size for path in out.iterdir())
+    print(f"wrote {out} ({total / 1e6:.2f} MB): " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+if __name__ == "__main__":
+    main()
