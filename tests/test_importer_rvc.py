@@ -20,7 +20,7 @@ from ai_singer.importers.__main__ import main as importers_main
 from ai_singer.model import SingerVAE
 from ai_singer.model.discriminator import Discriminator
 from ai_singer.model.encoders import mel_coarse_f0
-from imported_model import Replay, load_model
+from imported_model import Replay, fine_tune_and_convert, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rvc"
 TOLERANCE = 1e-4
@@ -121,6 +121,11 @@ def test_training_forward_matches_rvc(imported, reference, monkeypatch):
                          (out.logs_p, "train_logs_p"), (out.m_q, "train_m_q"), (out.logs_q, "train_logs_q")):
         assert ours.shape == reference[theirs].shape, theirs
         assert (ours - reference[theirs]).abs().max() <= TOLERANCE, theirs
+
+
+def test_an_imported_rvc_base_fine_tunes_and_converts(imported, tmp_path):
+    """train mode=finetune (LoRA) on the imported RVC base, then convert with the adapter."""
+    fine_tune_and_convert(imported, tmp_path, sample_rate=40000, content_dim=768, layer=12, final_proj=False)
 
 
 def _discriminator_state() -> dict[str, torch.Tensor]:

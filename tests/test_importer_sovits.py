@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from ai_singer.importers import sovits
 from ai_singer.importers.__main__ import main as importers_main
 from ai_singer.model import SingerVAE
 from ai_singer.model.discriminator import Discriminator
-from imported_model import Replay, load_model
+from imported_model import Replay, fine_tune_and_convert, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
 TOLERANCE = 1e-4
@@ -235,61 +234,9 @@ def test_key_maps_cover_the_layouts():
 
 # ------------------------------------------------------------------------------ used like any base
 
-class FrameEncoder:
-    """A stand-in for ContentVec layer 9 + final_proj (256-dim, 50 frames a second): a fixed random
-    projection of each 320-sample frame."""
-
-    name, dim, layer, final_proj, sample_rate, hop, receptive_field = "hubert", 256, 9, True, 16000, 320, 400
-    path = "pretrain/content/hubert"
-
-    def __init__(self):
-        self.projection = torch.randn(400, 256, generator=torch.Generator().manual_seed(3)) * 0.05
-
-    def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
-        frames = wav16k.unfold(-1, 400, 320)  # [B, frames, 400]
-        return torch.tanh(frames @ self.projection)
-
-
 def test_an_imported_base_fine_tunes_and_converts(imported, tmp_path):
     """train mode=finetune (LoRA) on the imported so-vits-svc base, then convert with the adapter."""
-    import numpy as np
-    from hydra import compose, initialize_config_dir
-
-    from ai_singer.conf_dir import conf_dir
-    from ai_singer.config import load_settings
-    from ai_singer.convert import Converter
-    from ai_singer.train import run_training, typed_config
-    from processed_fixture import write_processed_dataset
-
-    processed = tmp_path / "processed"
-    write_processed_dataset(processed, singers=("alto",), train_clips=2, val_clips=1, seconds=0.1,
-                            sample_rate=44100, hop_length=16, content_dim=256, encoder_name="hubert",
-                            encoder_path="pretrain/content/hubert", encoder_layer=9, encoder_final_proj=True)
-    overrides = [f"paths.processed={processed}", f"paths.pretrain={tmp_path}/pretrain",
-                 f"paths.singers={tmp_path}/singers", f"paths.runs={tmp_path}/runs", "trainer=tiny",
-                 "audio.sample_rate=44100", "audio.hop_length=16", "audio.n_fft=32", "audio.win_length=32",
-                 "audio.n_mels=8", "mode=finetune", "singer=alto", f"base={imported}", "peft=lora",
-                 "trainer.max_steps=2", "trainer.discriminator=off",
-                 # conf/model is not used by a fine-tune (the base's own config is) but must fit the framing
-                 "model=tiny", "model.upsample_rates=[4,4]", "model.upsample_kernel_sizes=[8,8]"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-            result = run_training(typed_config(compose("train", overrides=overrides)))
-    finally:
-        torch.set_num_threads(threads)
-    adapter = checkpoint.load_adapter(result.artifact_dir)
-    assert adapter.base_sha256 == checkpoint.load_base(imported).sha256
-
-    settings = load_settings("infer", ["f0.method=dio", "noise_scale=0"])
-    converter = Converter(imported, None, settings, tmp_path / "singers", device="cpu",
-                          content_encoder=FrameEncoder())
-    t = np.arange(44100 // 4) / 44100
-    vocal = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    converted = converter.convert_vocal(vocal, 44100, "alto")
-    assert converted.audio.shape == vocal.shape and np.isfinite(converted.audio).all()
-    assert np.abs(converted.audio).max() > 0
+    fine_tune_and_convert(imported, tmp_path, sample_rate=44100, content_dim=256, layer=9, final_proj=True)
 
 
 def test_the_sovits_layout_differs_from_model_base_by_four_options():

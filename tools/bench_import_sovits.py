@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,29 @@ SECTION = "Import: so-vits-svc base"
 
 
 def run_import(source: Path, with_discriminator: bool) -> tuple[float, float, float]:
-    """One import in a fresh process: (wall seconds, peak RSS MB, MB written)."""
+    """One so-vits-svc import in a fresh process: (wall seconds, peak RSS MB, MB written)."""
+    arguments = ["sovits", str(source / "G_0.pth"), "--config", str(source / "config.json")]
+    if with_discriminator:
+        arguments += ["--discriminator", str(source / "D_0.pth")]
+    return timed_import(arguments)
+
+
+def timed_import(arguments: list[str], pretrain_dir: Path | None = None) -> tuple[float, float, float]:
+    """``python -m ai_singer.importers *arguments --name bench --pretrain-dir DIR`` in a fresh process (DIR a
+    temporary folder unless given): (wall seconds, peak RSS MB, MB written)."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "ai_singer.importers", "sovits", str(source / "G_0.pth"), "--config",
-                   str(source / "config.json"), "--name", "bench", "--pretrain-dir", tmp]
-        if with_discriminator:
-            command += ["--discriminator", str(source / "D_0.pth")]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        tmp = str(pretrain_dir or tmp)
+        command = [sys.executable, "-m", "ai_singer.importers", *arguments, "--name", "bench", "--pretrain-dir", tmp,
+                   "--overwrite"]
         started = time.perf_counter()
-        subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                       stdout=subprocess.DEVNULL)
+        child = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                 stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS (not the largest child's so far)
         wall = time.perf_counter() - started
-        peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, command)
+        peak = usage.ru_maxrss / 1024
         written = sum(f.stat().st_size for f in (Path(tmp) / "bench").iterdir()) / 1e6
     return wall, peak, written
 

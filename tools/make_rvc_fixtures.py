@@ -39,6 +39,11 @@ How the fixtures are made (tests/test_importer_rvc.py compares ai_singer's impor
   RVC's source has one sine (harmonic_num 0): its random initial phase is always 0, nothing to pin.
 
 Everything is float32 on the CPU; the whole folder is under 1 MB.
+
+``--full-size DIR`` instead writes RVC v2's full-size 40 kHz files with random weights as a user has them:
+``f0G40k.pth`` and ``f0D40k.pth`` as RVC's ``pretrained_v2`` folder holds them (``{"model": state dict}`` in
+float16), ``singer.pth`` (a perturbed copy exported by ``savee``) and ``reference_full.pt`` (RVC's inference
+output of both on 200 frames, with its draws): about 250 MB, for tools/bench_import_rvc.py, not committed.
 """
 from __future__ import annotations
 
@@ -151,7 +156,7 @@ def make_inputs(config: dict) -> dict[str, torch.Tensor]:
             "spec": spec, "lengths": lengths, "speakers": torch.tensor([0, 2])}
 
 
-def export_singer(state: dict, config: dict, out: Path) -> None:
+def export_singer(state: dict, config: dict, out: Path, rate: str = "40k") -> None:
     """``singer.pth`` written by RVC's own process_ckpt.savee (with an inert stand-in for its i18n helper)."""
     i18n = types.ModuleType("i18n")
     i18n_module = types.ModuleType("i18n.i18n")
@@ -167,7 +172,7 @@ def export_singer(state: dict, config: dict, out: Path) -> None:
         os.chdir(tmp)
         try:
             Path("assets/weights").mkdir(parents=True)
-            message = savee(state, "40k", 1, "singer", 100, "v2", hps)
+            message = savee(state, rate, 1, "singer", 100, "v2", hps)
             assert Path("assets/weights/singer.pth").is_file(), message
             (out / "singer.pth").write_bytes(Path("assets/weights/singer.pth").read_bytes())
         finally:
@@ -187,7 +192,7 @@ def load_singer_as_rvc(path: Path):
 
 
 def infer(net, inputs: dict, draws: list[str]) -> tuple[torch.Tensor, list]:
-    """RVC's inference on item 0 (all 24 frames) with its draws recorded."""
+    """RVC's inference on item 0 (all its frames) with its draws recorded."""
     with torch.no_grad(), Recorder() as rec:
         wav, _, _ = net.infer(inputs["content"][:1], inputs["lengths"][:1], inputs["pitch"][:1], inputs["f0"][:1],
                               inputs["speakers"][:1])
@@ -203,6 +208,49 @@ def full_size_config(version: str, rate: str) -> dict:
     return json.loads((Path(rvc.__file__).parent / "configs" / folder / f"{rate}.json").read_text())
 
 
+def perturbed(state: dict, seed: int) -> dict:
+    """Each tensor moved by 2 % of its mean magnitude: a "fine-tuned singer" of the model ``state``."""
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + 0.02 * v.float().abs().mean() * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+
+
+def write_full_size(out: Path) -> None:
+    """RVC v2 40k with random weights as its pretrained_v2 files, an exported singer, and reference outputs."""
+    from rvc.lib.infer_pack.models import MultiPeriodDiscriminatorV2
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = full_size_config("v2", "40k")
+    torch.manual_seed(0)
+    net = build(config)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith("flow.flows.") and ".post." in name:
+                param.normal_(0.0, 0.01)
+        for param in net.parameters():  # what is stored is float16: compute with exactly those values
+            param.copy_(param.half().float())
+    torch.save({"model": {k: v.half() for k, v in net.state_dict().items()}}, out / "f0G40k.pth")
+    disc = MultiPeriodDiscriminatorV2(use_spectral_norm=False)
+    torch.save({"model": {k: v.half() for k, v in disc.state_dict().items()}}, out / "f0D40k.pth")
+    export_singer(perturbed(net.state_dict(), 1), config, out, "40k")
+    generator = torch.Generator().manual_seed(7)
+    frames = 200
+    t = torch.arange(frames, dtype=torch.float32)
+    f0 = (200.0 * 2 ** (t / 100)).unsqueeze(0)
+    f0[:, 50:60] = 0.0
+    inputs = {"content": torch.randn(1, frames, 768, generator=generator), "f0": f0,
+              "pitch": torch.from_numpy(coarse_pitch(f0.double().numpy())).long(),
+              "lengths": torch.tensor([frames]), "speakers": torch.tensor([5])}
+    reference = dict(inputs)
+    net.eval()
+    wav, draws = infer(net, inputs, ["randn_like", "rand", "randn_like"])
+    reference.update(infer_prior_noise=draws[0][1], infer_source_noise=draws[2][1], infer_wav=wav)
+    wav, draws = infer(load_singer_as_rvc(out / "singer.pth"), inputs, ["randn_like", "rand", "randn_like"])
+    reference.update(singer_prior_noise=draws[0][1], singer_source_noise=draws[2][1], singer_wav=wav)
+    torch.save(reference, out / "reference_full.pt")
+    for path in sorted(out.iterdir()):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")
+
+
 def print_counts() -> None:
     """Parameters per part of RVC v2 40k's generator (for tests/test_importer_rvc.py)."""
     net = build(full_size_config("v2", "40k"))
@@ -214,9 +262,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/rvc"))
     parser.add_argument("--counts", action="store_true", help="print RVC v2 40k's parameter counts per part")
+    parser.add_argument("--full-size", metavar="DIR", help="write full-size RVC v2 40k files (f0G40k.pth, "
+                                                            "f0D40k.pth, singer.pth, reference_full.pt) here")
     args = parser.parse_args()
     if args.counts:
         print_counts()
+        return
+    if args.full_size:
+        write_full_size(Path(args.full_size))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,10 +287,7 @@ def main() -> None:
     torch.save({"model": net.state_dict(), "iteration": 1234, "optimizer": optimizer.state_dict(),
                 "learning_rate": 1e-4}, out / "G_0.pth")
 
-    generator = torch.Generator().manual_seed(1)
-    singer_state = {k: v + 0.02 * v.float().abs().mean() * torch.randn(v.shape, generator=generator)
-                    for k, v in net.state_dict().items()}
-    export_singer(singer_state, config, out)
+    export_singer(perturbed(net.state_dict(), 1), config, out)
 
     inputs = make_inputs(config)
     reference: dict[str, torch.Tensor] = dict(inputs)
