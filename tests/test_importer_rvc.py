@@ -70,11 +70,11 @@ def test_pitch_classes_are_rvcs(reference):
     assert torch.equal(ours, reference["pitch"])
 
 
-def _infer(model: SingerVAE, reference, monkeypatch, prefix: str) -> torch.Tensor:
+def _infer(model: SingerVAE, reference, monkeypatch, prefix: str, content: str = "content") -> torch.Tensor:
     prior_noise = reference[f"{prefix}_prior_noise"]
     source_noise = reference[f"{prefix}_source_noise"].transpose(1, 2)  # theirs [B, L, 1], ours [B, 1, L]
     replay = Replay(monkeypatch, {tuple(prior_noise.shape): [prior_noise], tuple(source_noise.shape): [source_noise]})
-    content = reference["content"][:1].transpose(1, 2)  # theirs [B, T, D]
+    content = reference[content][:1].transpose(1, 2)  # theirs [B, T, D]
     f0, voiced = reference["f0_interpolated"][:1], reference["voiced"][:1]
     with torch.inference_mode():
         wav = model.infer(content, f0, voiced, torch.ones_like(f0), model.embed_speaker(reference["speakers"][:1]),
@@ -90,6 +90,16 @@ def test_inference_matches_rvc(imported, reference, monkeypatch):
     assert wav.shape == reference["infer_wav"].shape
     assert (wav - reference["infer_wav"]).abs().max() <= TOLERANCE
     assert reference["infer_wav"].abs().max() > 0.01  # a real signal, not two silences
+
+
+def test_an_rvc_v1_model_matches_rvc(tmp_path, reference, monkeypatch):
+    """RVC v1 (256-d content: ContentVec layer 9 + final_proj, periods up to 17) from the same tiny config."""
+    assert _import(tmp_path, "v1", "--config", str(FIXTURES / "config.json"), model=FIXTURES / "G_v1.pth") == 0
+    base = checkpoint.load_base(tmp_path / "v1")
+    assert base.config["content_encoder"]["layer"] == 9 and base.config["content_encoder"]["final_proj"]
+    assert base.model_config["discriminator_periods"] == [2, 3, 5, 7, 11, 17]
+    wav = _infer(load_model(tmp_path / "v1").eval(), reference, monkeypatch, "v1", "content_v1")
+    assert (wav - reference["v1_wav"]).abs().max() <= TOLERANCE
 
 
 def test_an_exported_singer_model_matches_rvc(singer, reference, monkeypatch):
@@ -296,6 +306,16 @@ def test_a_base_without_config_must_be_a_published_layout(tmp_path, capsys):
 def test_a_singer_model_needs_its_base(tmp_path, capsys):
     rc, err = _run(capsys, tmp_path, FIXTURES / "singer.pth")
     assert rc == 2 and "--base" in _one_line(err)
+
+
+def test_a_singer_model_on_a_base_of_another_architecture_is_refused(tmp_path, capsys):
+    sovits = Path(__file__).parent / "fixtures" / "sovits"
+    assert importers_main(["sovits", str(sovits / "G_0.pth"), "--config", str(sovits / "config.json"),
+                           "--name", "other", "--pretrain-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    rc, err = _run(capsys, tmp_path, FIXTURES / "singer.pth", "--base", str(tmp_path / "other"))
+    line = _one_line(err)
+    assert rc == 2 and "singer.pth" in line and "architecture" in line and "other" in line
 
 
 def test_an_existing_base_is_kept_without_overwrite(imported, capsys):

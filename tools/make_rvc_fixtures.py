@@ -25,6 +25,9 @@ How the fixtures are made (tests/test_importer_rvc.py compares ai_singer's impor
   (seed 1), exported by RVC's own ``rvc.lib.train.process_ckpt.savee`` (float16, ``enc_q`` left out,
   the ``config`` list, ``sr``/``f0``/``version``). ``savee`` imports a translation helper the package does not
   ship (``i18n``), so this script puts an inert stand-in for it in ``sys.modules`` first.
+* ``G_v1.pth``: the same tiny config as RVC v1's ``SynthesizerTrnMs256NSFsid`` (256-d content), random
+  weights (seed 3), saved like ``G_0.pth``; only its inference is recorded (``v1_*`` in ``reference.pt``, on
+  ``content_v1``).
 * ``D_layout.json``: the keys and shapes of RVC v2's ``MultiPeriodDiscriminatorV2`` (full size, no size
   options). Its weights are drawn in key order from a seeded generator
   (``make_sovits_fixtures.discriminator_state``), which the test repeats.
@@ -82,12 +85,14 @@ def tiny_config() -> dict:
     return config
 
 
-def build(config: dict):
-    """RVC v2's synthesizer as its train.py builds it (segment in frames, sr from the config)."""
-    from rvc.lib.infer_pack.models import SynthesizerTrnMs768NSFsid
+def build(config: dict, version: str = "v2"):
+    """RVC's synthesizer (v2: 768-d content, v1: 256-d) as its train.py builds it (segment in frames, sr from
+    the config)."""
+    from rvc.lib.infer_pack.models import SynthesizerTrnMs256NSFsid, SynthesizerTrnMs768NSFsid
 
     data = config["data"]
-    return SynthesizerTrnMs768NSFsid(data["filter_length"] // 2 + 1,
+    synthesizer = SynthesizerTrnMs768NSFsid if version == "v2" else SynthesizerTrnMs256NSFsid
+    return synthesizer(data["filter_length"] // 2 + 1,
                                      config["train"]["segment_size"] // data["hop_length"],
                                      *[config["model"][k] for k in SPEC_ARGS], sr=data["sampling_rate"], is_half=False)
 
@@ -311,6 +316,18 @@ def main() -> None:
     singer = load_singer_as_rvc(out / "singer.pth")
     wav, draws = infer(singer, inputs, ["randn_like", "rand", "randn_like"])
     reference.update(singer_prior_noise=draws[0][1], singer_source_noise=draws[2][1], singer_wav=wav)
+
+    # ---- v1: 256-d content, inference only
+    torch.manual_seed(3)
+    net_v1 = build(config, "v1")
+    with torch.no_grad():
+        for name, param in net_v1.named_parameters():
+            if name.startswith("flow.flows.") and ".post." in name:
+                param.normal_(0.0, 0.1)
+    torch.save({"model": net_v1.state_dict(), "iteration": 77}, out / "G_v1.pth")
+    content_v1 = torch.randn(1, 24, 256, generator=torch.Generator().manual_seed(8))
+    wav, draws = infer(net_v1.eval(), {**inputs, "content": content_v1}, ["randn_like", "rand", "randn_like"])
+    reference.update(content_v1=content_v1, v1_prior_noise=draws[0][1], v1_source_noise=draws[2][1], v1_wav=wav)
 
     # ---- discriminator (full size, seeded weights)
     disc = MultiPeriodDiscriminatorV2(use_spectral_norm=False)
