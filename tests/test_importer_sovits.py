@@ -162,7 +162,7 @@ def test_a_truncated_file_is_refused(tmp_path, capsys):
     assert rc == 2 and str(cut) in line and "truncated" in line
 
 
-@pytest.mark.parametrize("kind", ["json", "discriminator", "rvc"])
+@pytest.mark.parametrize("kind", ["json", "discriminator", "rvc", "rvc-base"])
 def test_a_file_of_the_wrong_kind_is_refused(tmp_path, capsys, kind):
     wrong = tmp_path / "wrong.pth"
     if kind == "json":
@@ -171,9 +171,12 @@ def test_a_file_of_the_wrong_kind_is_refused(tmp_path, capsys, kind):
     elif kind == "discriminator":
         torch.save({"model": {"discriminators.0.convs.0.bias": torch.zeros(16)}}, wrong)
         expect = "--discriminator"
-    else:
+    elif kind == "rvc":
         torch.save({"weight": {"emb_g.weight": torch.zeros(1, 2)}, "config": [1, 2], "version": "v2"}, wrong)
-        expect = "RVC"
+        expect = "import rvc"
+    else:
+        wrong.write_bytes((Path(__file__).parent / "fixtures" / "rvc" / "G_0.pth").read_bytes())
+        expect = "import rvc"
     rc, err = _run(capsys, tmp_path, wrong)
     line = _one_line(err)
     assert rc == 2 and str(wrong) in line and expect in line

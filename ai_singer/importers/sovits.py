@@ -246,7 +246,7 @@ def state_dict_of(payload: Any, path: Path, what: str) -> dict:
     state = payload.get("model") if isinstance(payload, dict) and isinstance(payload.get("model"), dict) else payload
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = sorted(payload)[:6] if isinstance(payload, dict) else type(payload).__name__
-        hint = " (it looks like an RVC model: \"weight\" and \"config\")" if (
+        hint = " (it looks like an RVC model: \"weight\" and \"config\"; use `ai-singer import rvc`)" if (
             isinstance(payload, dict) and "weight" in payload and "config" in payload) else ""
         raise SovitsImportError(path, f"not {what}: expected {{\"model\": state dict of tensors, ...}}, found "
                                       f"{keys}{hint}")
@@ -257,6 +257,8 @@ def state_dict_of(payload: Any, path: Path, what: str) -> dict:
 
 def convert_generator(state: Mapping[str, Any], path: Path) -> tuple[dict, dict]:
     """so-vits-svc generator tensors -> (our state dict, what was left out: ``{"f0_decoder": n_params}``)."""
+    if "enc_p.emb_phone.weight" in state:
+        raise SovitsImportError(path, "is an RVC generator, not a so-vits-svc one: use `ai-singer import rvc`")
     if "emb_g.weight" not in state:
         kind = " (it is a discriminator: pass it with --discriminator)" if any(
             k.startswith("discriminators.") for k in state) else ""
