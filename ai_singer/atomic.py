@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -66,9 +67,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             continue
         old = _OLD_FOLDER.match(path.name)
         if old and path.is_dir() and not (folder / old.group(1)).exists():
-            with contextlib.suppress(OSError):
-                os.rename(path, folder / old.group(1))  # the old version is the complete one: put it back
-                continue
+            _put_back(path, folder / old.group(1))  # never deleted: it is the only complete version
+            continue
         with contextlib.suppress(FileNotFoundError):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -76,6 +76,31 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
                 path.unlink()
             removed.append(path)
     return removed
+
+
+def _put_back(aside: Path, target: Path) -> bool:
+    """Rename the set-aside folder ``aside`` back to the missing ``target`` (its replacement never arrived);
+    False where the rename failed (a read-only folder: left for a run that can write there)."""
+    try:
+        os.rename(aside, target)  # the old version is the complete one: put it back
+    except OSError:
+        return False
+    return True
+
+
+def restore_set_aside(target: str | os.PathLike) -> bool:
+    """Where a :func:`replace_folder` was killed between its two renames, ``target`` is missing and its
+    complete old version waits beside it as ``.<name>.<pid>.old.tmp``: rename that back (only when its
+    writer is gone). For readers that look for ``target`` before any writer has cleaned up; True when a
+    folder came back."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return False
+    for aside in sorted(target.parent.glob(f".{glob_escape(target.name)}.*.old.tmp")):
+        match = _OLD_FOLDER.match(aside.name)
+        if match and match.group(1) == target.name and aside.is_dir() and not _alive(int(match.group(2))):
+            return _put_back(aside, target)
+    return False
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -204,8 +204,6 @@ def write_blend(spec: SingerSpec, parent_dirs: Sequence[str | os.PathLike], out_
     """Blend the adapters in ``parent_dirs`` (one per name of ``spec``) and save the result at ``out_dir``
     as an adapter named after the folder (all files appear together, or none). BlendError for an existing
     ``out_dir`` (unless ``overwrite``), an output that is one of its parents, or singers that do not blend."""
-    from ai_singer.atomic import atomic_folder
-
     out_dir = Path(out_dir)
     where = f"blend {spec.describe()}"
     if any(Path(d).resolve() == out_dir.resolve() for d in parent_dirs):
@@ -220,6 +218,4 @@ def write_blend(spec: SingerSpec, parent_dirs: Sequence[str | os.PathLike], out_
             raise BlendError(f"singer {name!r}", f"cannot load the adapter: {error}") from error
     blended = blend_adapters(parents, spec.weights, spec.names, where)
     config = {"singer": out_dir.name, **blended.config}
-    with atomic_folder(out_dir) as tmp:
-        checkpoint.save_adapter(tmp, blended.tensors, config)
-    return out_dir
+    return checkpoint.save_adapter(out_dir, blended.tensors, config)  # all files appear together, or none

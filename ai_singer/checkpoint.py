@@ -17,6 +17,7 @@ tensors with a readable list instead of silently keeping random layers.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -24,17 +25,19 @@ import logging
 import os
 import random
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 import yaml
 
-from ai_singer.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from ai_singer.atomic import atomic_folder, atomic_path, atomic_write_text, remove_stale_temporaries, restore_set_aside
 from ai_singer.errors import UserError
+from ai_singer.retrieval import RETRIEVAL_FILE, save_index
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ BASE_DISCRIMINATOR_FILE = "discriminator.safetensors"
 BASE_CONFIG_FILE = "config.yaml"
 ADAPTER_TENSORS_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter.yaml"
+#: What an export writes into an artifact folder: a re-export replaces these (one left from an earlier export
+#: and not written again, e.g. a retrieval index, goes); the folder's other files are kept.
+BASE_FILES = (BASE_GENERATOR_FILE, BASE_DISCRIMINATOR_FILE, BASE_CONFIG_FILE)
+ADAPTER_FILES = (ADAPTER_TENSORS_FILE, ADAPTER_CONFIG_FILE, RETRIEVAL_FILE)
 CHECKPOINTS_DIR = "checkpoints"
 #: Dtypes a base artifact's floating-point tensors may be stored in (``weights_dtype`` in its config.yaml).
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -182,6 +189,35 @@ def _require_files(directory: Path, names: list[str], what: str, hint: str) -> N
         raise ArtifactMissing(directory, f"not a complete {what}: missing {', '.join(missing)}; {hint}")
 
 
+@contextlib.contextmanager
+def _export_folder(directory: Path, artifact_files: tuple[str, ...]) -> Iterator[Path]:
+    """Yield an empty folder to write a whole artifact into; on a clean exit it replaces ``directory`` in one
+    swap (:func:`ai_singer.atomic.atomic_folder`), so a reader, or a run after a kill at any moment, finds the
+    complete old artifact or the complete new one, never files of two exports side by side. Before writing,
+    an earlier export killed mid-swap is undone (its set-aside folder put back) and killed exports'
+    temporary folders beside ``directory`` are removed. Files of the old folder that are not
+    ``artifact_files`` (the user's own: notes, samples) are carried over (hard-linked, else copied)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory.parent)
+    with atomic_folder(directory) as folder:
+        if directory.is_dir():
+            for path in sorted(directory.iterdir()):
+                if path.name in artifact_files or path.name.startswith("."):
+                    continue
+                if path.is_dir():
+                    shutil.copytree(path, folder / path.name, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(path, folder / path.name)
+        yield folder
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 # ----------------------------------------------------------------------------------- strict loading
 
 def state_dict_diff(expected: Mapping[str, torch.Tensor | torch.Size | tuple],
@@ -275,27 +311,28 @@ def save_base(directory: str | os.PathLike, generator_state: Mapping[str, torch.
     final_proj}), ``sample_rate``, ``hop_length``, ``speakers``; this adds ``format_version``, ``kind:
     base``, ``weights_dtype``, ``generator_sha256`` and ``created``. The floating-point tensors are stored
     in ``weights_dtype`` (``float32``, ``float16`` or ``bfloat16``; :func:`load_base` gives them back as
-    float32). ``config.yaml`` is written last, so a folder whose config exists is complete.
-    ``discriminator_state=None`` writes a generator-only (inference) base.
+    float32). The folder is written whole and swapped in (:func:`_export_folder`): a kill at any moment
+    leaves the complete old base or the complete new one. ``discriminator_state=None`` writes a
+    generator-only (inference) base.
     """
     directory = Path(directory)
     dtype = _weights_dtype(weights_dtype, directory)
     generator_state = _cast_floating(generator_state, dtype)
     if discriminator_state is not None:
         discriminator_state = _cast_floating(discriminator_state, dtype)
-    directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory)  # files of an export that was killed
-    generator_path = directory / BASE_GENERATOR_FILE
-    _save_safetensors(generator_path, generator_state, {"format_version": str(FORMAT_VERSION), "part": "generator"})
-    if discriminator_state is not None:
-        _save_safetensors(directory / BASE_DISCRIMINATOR_FILE, discriminator_state,
-                          {"format_version": str(FORMAT_VERSION), "part": "discriminator"})
-    header = {"format_version": FORMAT_VERSION, "kind": "base"}
-    body = {k: v for k, v in _plain(dict(config)).items() if k not in ("format_version", "kind", "generator_sha256",
-                                                                        "created", "weights_dtype")}
-    full = {**header, **body, "weights_dtype": weights_dtype, "generator_sha256": sha256_file(generator_path),
-            "created": _now_iso()}
-    atomic_write_text(directory / BASE_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
+    with _export_folder(directory, BASE_FILES) as folder:
+        generator_path = folder / BASE_GENERATOR_FILE
+        _save_safetensors(generator_path, generator_state, {"format_version": str(FORMAT_VERSION),
+                                                            "part": "generator"})
+        if discriminator_state is not None:
+            _save_safetensors(folder / BASE_DISCRIMINATOR_FILE, discriminator_state,
+                              {"format_version": str(FORMAT_VERSION), "part": "discriminator"})
+        header = {"format_version": FORMAT_VERSION, "kind": "base"}
+        body = {k: v for k, v in _plain(dict(config)).items() if k not in ("format_version", "kind", "generator_sha256",
+                                                                            "created", "weights_dtype")}
+        full = {**header, **body, "weights_dtype": weights_dtype, "generator_sha256": sha256_file(generator_path),
+                "created": _now_iso()}
+        atomic_write_text(folder / BASE_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
     return directory
 
 
@@ -354,34 +391,42 @@ class AdapterArtifact:
 
 
 def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                 config: Mapping[str, Any]) -> Path:
+                 config: Mapping[str, Any], retrieval_index: torch.Tensor | None = None) -> Path:
     """Write an adapter artifact into ``directory``; returns the folder.
 
     ``config`` must hold ``method`` and ``base_sha256`` and should hold ``singer``, ``peft`` (the
     method's settings), ``base_name`` and ``stats``; this adds ``format_version``, ``kind: adapter``,
-    ``tensors_sha256`` and ``created``. ``adapter.yaml`` is written last: an export killed after the tensors
-    leaves new tensors beside the old yaml, which :func:`load_adapter` refuses (the hash differs).
+    ``tensors_sha256`` and ``created``. ``retrieval_index`` (centroids ``[K, D]``) is written beside as
+    ``retrieval.safetensors`` and described in ``retrieval_index``; without it the folder has no index.
+    Every writer of adapters comes here: the folder is written whole and swapped in (:func:`_export_folder`),
+    so a kill at any moment leaves the complete old adapter or the complete new one.
     """
     directory = Path(directory)
     plain = _plain(dict(config))
     for key in ("method", "base_sha256"):
         if not plain.get(key):
             raise ValueError(f"{directory}: adapter config needs {key!r}")
-    directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory)  # files of an export that was killed
-    tensors_path = directory / ADAPTER_TENSORS_FILE
-    _save_safetensors(tensors_path, tensors, {"format_version": str(FORMAT_VERSION), "method": str(plain["method"]),
-                                              "base_sha256": str(plain["base_sha256"])})
-    body = {k: v for k, v in plain.items() if k not in ("format_version", "kind", "created", "tensors_sha256")}
-    full = {"format_version": FORMAT_VERSION, "kind": "adapter", **body, "tensors_sha256": sha256_file(tensors_path),
-            "created": _now_iso()}
-    atomic_write_text(directory / ADAPTER_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
+    with _export_folder(directory, ADAPTER_FILES) as folder:
+        if retrieval_index is not None:
+            index_path = save_index(folder, retrieval_index)
+            plain["retrieval_index"] = {"file": index_path.name, "centroids": int(retrieval_index.shape[0]),
+                                        "dim": int(retrieval_index.shape[1]), "sha256": sha256_file(index_path)}
+        tensors_path = folder / ADAPTER_TENSORS_FILE
+        _save_safetensors(tensors_path, tensors, {"format_version": str(FORMAT_VERSION),
+                                                  "method": str(plain["method"]),
+                                                  "base_sha256": str(plain["base_sha256"])})
+        body = {k: v for k, v in plain.items() if k not in ("format_version", "kind", "created", "tensors_sha256")}
+        full = {"format_version": FORMAT_VERSION, "kind": "adapter", **body,
+                "tensors_sha256": sha256_file(tensors_path), "created": _now_iso()}
+        atomic_write_text(folder / ADAPTER_CONFIG_FILE, yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
     return directory
 
 
 def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
-    """Read an adapter artifact written by :func:`save_adapter` (format and kind checked)."""
+    """Read an adapter artifact written by :func:`save_adapter` (format and kind checked). An export killed
+    between the two renames of its swap left the folder set aside: it is put back first."""
     directory = Path(directory)
+    restore_set_aside(directory)
     _require_files(directory, [ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE], "adapter artifact", _FINETUNE_HINT)
     config = _read_yaml(directory / ADAPTER_CONFIG_FILE)
     _check_header(directory / ADAPTER_CONFIG_FILE, config, "adapter")
@@ -392,9 +437,9 @@ def load_adapter(directory: str | os.PathLike) -> AdapterArtifact:
     if recorded is not None and sha256_file(directory / ADAPTER_TENSORS_FILE) != recorded:
         raise ArtifactHashMismatch(
             directory / ADAPTER_TENSORS_FILE, f"sha256 differs from the tensors_sha256 that {ADAPTER_CONFIG_FILE} "
-                                              "records: an export was interrupted, or the file was changed after it; "
-                                              "fine-tune this singer again (the run resumes from its checkpoint and "
-                                              "exports again)")
+                                              "records: the file was changed or damaged after the export (or "
+                                              "copied in from another one); restore the folder, or fine-tune this "
+                                              "singer again (the run resumes from its checkpoint and exports again)")
     return AdapterArtifact(path=directory, config=config, tensors=tensors)
 
 

@@ -103,8 +103,10 @@ def singers_listing(singers_dir: str | os.PathLike) -> str:
 def singer_dir(name: str, singers_dir: str | os.PathLike) -> Path:
     """The adapter folder of singer ``name``: ``<singers_dir>/<name>``, else the bundled ``singers/<name>``
     (:mod:`ai_singer.bundle`); InferError listing the singers that exist when neither holds an adapter."""
+    from ai_singer.atomic import restore_set_aside
     from ai_singer.bundle import SINGERS, locate, lookup_order
 
+    restore_set_aside(Path(singers_dir) / name)  # an export killed in the middle of its swap: the old one back
     folder = locate(name, singers_dir, SINGERS, accept=lambda path: (path / "adapter.yaml").is_file())
     if folder is None:
         tried = " or ".join(str(path) for path in lookup_order(name, singers_dir, SINGERS))

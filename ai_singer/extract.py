@@ -60,22 +60,13 @@ def extract_adapter(base_dir: str | os.PathLike, full_path: str | os.PathLike, o
 
 def _write(out: Path, base: ckpt.BaseArtifact, full: FullModel, settings: ExtractSettings,
            extraction: Extraction) -> Path:
-    from ai_singer import retrieval
-
-    retrieval_info = None
-    if full.retrieval is not None:
-        path = retrieval.save_index(out, full.retrieval)
-        retrieval_info = {"file": path.name, "centroids": int(full.retrieval.shape[0]),
-                          "dim": int(full.retrieval.shape[1]), "sha256": ckpt.sha256_file(path)}
-    elif (out / retrieval.RETRIEVAL_FILE).is_file():
-        (out / retrieval.RETRIEVAL_FILE).unlink()  # left from an earlier adapter in this folder: stale
     config = {"singer": out.name, "method": extraction.peft.method, "peft": extraction.peft.to_dict(),
-              "steps": full.steps, "retrieval_index": retrieval_info, "base_sha256": base.sha256,
+              "steps": full.steps, "retrieval_index": None, "base_sha256": base.sha256,
               "base_name": base.name, "stats": full.stats,
               "extraction": {"method": "truncated_svd", "from": str(full.path), "from_sha256": full.sha256,
                              "rank": settings.rank, "energy": settings.energy, "drop": settings.drop,
                              "dtype": settings.dtype, **extraction.summary()}}
-    return ckpt.save_adapter(out, extraction.tensors, config)
+    return ckpt.save_adapter(out, extraction.tensors, config, retrieval_index=full.retrieval)
 
 
 def describe(out: Path, extraction: Extraction) -> str:

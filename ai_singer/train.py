@@ -686,22 +686,16 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
     singer_stats = dataclasses.asdict(stats.singers[cfg.singer]) if cfg.singer in stats.singers else {}
     tensors = adapter_state_dict(models.generator.model)
     tensors["singer_embedding"] = models.generator.singer_embedding.detach()
-    from ai_singer import retrieval
-
-    singer_dir = Path(cfg.paths.singers) / str(cfg.singer)
-    retrieval_info = None
+    centroids = None
     if cfg.retrieval_centroids > 0 and train_set is not None:
+        from ai_singer import retrieval
+
         centroids = retrieval.build_index(train_set.all_content(), cfg.retrieval_centroids, seed=cfg.seed)
-        path = retrieval.save_index(singer_dir, centroids)
-        retrieval_info = {"file": path.name, "centroids": int(centroids.shape[0]), "dim": int(centroids.shape[1]),
-                          "sha256": ckpt.sha256_file(path)}
-    elif (singer_dir / retrieval.RETRIEVAL_FILE).is_file():
-        (singer_dir / retrieval.RETRIEVAL_FILE).unlink()  # an index left from an earlier export is stale
     config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
-              "retrieval_index": retrieval_info, "singer_start": models.singer_start,
+              "retrieval_index": None, "singer_start": models.singer_start,
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
               "stats": singer_stats}
-    return ckpt.save_adapter(singer_dir, tensors, config)
+    return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config, retrieval_index=centroids)
 
 
 # --------------------------------------------------------------------------------------------- loop

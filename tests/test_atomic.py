@@ -110,3 +110,18 @@ def test_stale_temporary_folders_are_removed_and_a_set_aside_song_comes_back(tmp
     assert sorted(p.name for p in removed) == sorted([f".one.{dead}.k2j4_x.tmp", f".three.{dead}.old.tmp"])
     assert (tmp_path / "two" / "mix.wav").read_text() == "old two"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["two", "three", live.name])
+
+
+def test_a_reader_puts_back_a_folder_set_aside_by_a_killed_swap(tmp_path):
+    """restore_set_aside (called by load_adapter and convert's singer lookup): the old folder of a swap whose
+    writer died between its renames comes back; one of a writer still running is left to it."""
+    from ai_singer.atomic import restore_set_aside
+
+    aside = tmp_path / f".carol.{_dead_pid()}.old.tmp"
+    aside.mkdir()
+    (aside / "adapter.yaml").write_text("old")
+    live = tmp_path / f".dave.{os.getpid()}.old.tmp"
+    live.mkdir()
+    assert restore_set_aside(tmp_path / "carol") and (tmp_path / "carol" / "adapter.yaml").read_text() == "old"
+    assert not restore_set_aside(tmp_path / "carol")  # already there
+    assert not restore_set_aside(tmp_path / "dave") and live.is_dir()

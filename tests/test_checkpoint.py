@@ -203,28 +203,107 @@ def test_adapter_round_trip_and_base_mismatch(base_dir, tmp_path):
         ckpt.save_adapter(tmp_path / "bad", tensors, {"method": "lora"})
 
 
-def test_an_export_killed_between_its_files_is_refused_and_its_leftovers_go(base_dir, tmp_path, monkeypatch):
-    """Re-exporting an adapter writes the tensors, then adapter.yaml: killed in between, the new tensors beside
-    the old yaml are refused (not a silent mix of two exports); the dead writer's temporaries go at the next export."""
+def _export_killed_at(step: int, exchange: bool, folder, tensors, config, index) -> int:
+    """``save_adapter`` in a forked child that dies (``os._exit``: no cleanup, like ``kill -9``) just before
+    its ``step``-th rename, replace, folder swap or folder removal; the child's exit code (0: the export
+    finished first, 9: killed)."""
+    import os
+    import shutil
+
+    import ai_singer.atomic as atomic
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            calls = [0]
+
+            def dying(real):
+                def call(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == step:
+                        os._exit(9)
+                    return real(*args, **kwargs)
+                return call
+
+            os.rename, os.replace, shutil.rmtree = dying(os.rename), dying(os.replace), dying(shutil.rmtree)
+            atomic._exchange = dying(atomic._exchange if exchange else lambda a, b: False)
+            ckpt.save_adapter(folder, tensors, config, retrieval_index=index)
+        except BaseException:  # noqa: BLE001 - any other ending is a failure of the test
+            os._exit(1)
+        os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("exchange", [True, False], ids=["one-swap", "two-renames"])
+def test_an_export_killed_at_any_step_leaves_the_whole_old_or_the_whole_new_adapter(base_dir, tmp_path, exchange):
+    """An adapter folder (tensors, yaml, retrieval index, and a file of the user's) re-exported, with the
+    writer killed before each of its renames in turn: loading finds the complete old adapter or the complete
+    new one (never a mix; a folder set aside by a swap killed half-way is put back), and the next export
+    removes every leftover."""
     directory, _, _ = base_dir
     base = ckpt.load_base(directory)
     config = {"singer": "carol", "method": "lora", "base_sha256": base.sha256}
+    old_tensors, new_tensors = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    singers = tmp_path / "singers"
+    seen, step = set(), 0
+    while True:
+        step += 1
+        if singers.exists():
+            import shutil
+
+            shutil.rmtree(singers)
+        folder = ckpt.save_adapter(singers / "carol", old_tensors, config, retrieval_index=torch.ones(2, 4))
+        (folder / "notes.txt").write_text("mine")
+        code = _export_killed_at(step, exchange, folder, new_tensors, config, None)
+        assert code in (0, 9), f"step {step}: the export failed with exit code {code}"
+        if not folder.exists():
+            seen.add("set aside")  # killed between the two renames: the old folder waits beside it
+        adapter = ckpt.load_adapter(folder)
+        files = sorted(p.name for p in folder.iterdir())
+        if torch.equal(adapter.tensors["w"], old_tensors["w"]):
+            seen.add("old")
+            assert files == ["adapter.safetensors", "adapter.yaml", "notes.txt", "retrieval.safetensors"]
+            assert adapter.config["retrieval_index"]["sha256"] == ckpt.sha256_file(folder / "retrieval.safetensors")
+        else:
+            seen.add("new")
+            assert torch.equal(adapter.tensors["w"], new_tensors["w"])
+            assert files == ["adapter.safetensors", "adapter.yaml", "notes.txt"]  # the stale index went
+            assert adapter.config.get("retrieval_index") is None
+        ckpt.save_adapter(folder, new_tensors, config)  # the next export cleans up after the killed one
+        assert sorted(p.name for p in singers.iterdir()) == ["carol"], f"step {step}: leftovers"
+        assert torch.equal(ckpt.load_adapter(folder).tensors["w"], new_tensors["w"])
+        if code == 0:
+            break
+    assert step > 4 and {"old", "new"} <= seen
+    assert ("set aside" in seen) == (not exchange)
+
+
+def test_an_adapter_changed_after_export_is_refused(base_dir, tmp_path):
+    """adapter.yaml records the tensors' sha256: tensors swapped or damaged after the export are refused."""
+    directory, _, _ = base_dir
+    config = {"singer": "carol", "method": "lora", "base_sha256": ckpt.load_base(directory).sha256}
     folder = ckpt.save_adapter(tmp_path / "carol", {"w": torch.zeros(3)}, config)
-    assert ckpt.load_adapter(folder).config["tensors_sha256"] == ckpt.sha256_file(folder / ckpt.ADAPTER_TENSORS_FILE)
+    other = ckpt.save_adapter(tmp_path / "other", {"w": torch.ones(3)}, config)
+    (other / ckpt.ADAPTER_TENSORS_FILE).replace(folder / ckpt.ADAPTER_TENSORS_FILE)
+    with pytest.raises(ckpt.ArtifactHashMismatch, match="changed or damaged after the export"):
+        ckpt.load_adapter(folder)
+
+
+def test_a_base_export_is_swapped_in_whole(base_dir, monkeypatch):
+    """save_base writes the folder whole and swaps it in: an export that fails half-way leaves the old base."""
+    directory, generator, _ = base_dir
+    before = ckpt.load_base(directory).sha256
 
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # stands for the kill: the yaml is never written
+        raise KeyboardInterrupt  # stands for the kill, after the weights and before config.yaml
 
     monkeypatch.setattr(ckpt, "atomic_write_text", killed)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_adapter(folder, {"w": torch.ones(3)}, config)
+        ckpt.save_base(directory, {k: v + 1 for k, v in generator.state_dict().items()}, None, BASE_CONFIG)
     monkeypatch.undo()
-    with pytest.raises(ckpt.ArtifactHashMismatch, match="export was interrupted"):
-        ckpt.load_adapter(folder)
-    leftover = folder / ".adapter.999999999.abcd1234.tmp.safetensors"  # of a writer that is gone
-    leftover.write_bytes(b"half")
-    ckpt.save_adapter(folder, {"w": torch.ones(3)}, config)
-    assert torch.equal(ckpt.load_adapter(folder).tensors["w"], torch.ones(3)) and not leftover.exists()
+    assert ckpt.load_base(directory, with_discriminator=True).sha256 == before
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["base"]
 
 
 def test_train_state_keeps_last_k_and_loads_weights_only(tmp_path):
