@@ -339,10 +339,7 @@ def import_sovits(generator: str | Path, config: str | Path, name_dir: str | Pat
     base_config = {"model": fields, "steps": record["iteration"], "content_encoder": content,
                    "sample_rate": fields["sample_rate"], "hop_length": fields["hop_length"],
                    "speakers": speaker_names(raw_config, fields["n_speakers"]), "imported_from": record}
-    from ai_singer.atomic import atomic_folder
-
-    with atomic_folder(name_dir) as tmp:  # all files appear together, or none
-        checkpoint.save_base(tmp, model.state_dict(), d_state, base_config)
+    checkpoint.save_base(name_dir, model.state_dict(), d_state, base_config)  # all files appear together, or none
     return {**record, "seconds": time.perf_counter() - started}
 
 
