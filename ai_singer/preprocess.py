@@ -8,7 +8,8 @@ loudness-normalise, trim to ``n_frames * hop``, then F0 (+ voiced mask, gaps int
 features (16 kHz encoder aligned to the model frames) and frame volume; write the clip wav and its
 safetensors feature file atomically (formats in ``docs/architecture.md``). With ``num_workers > 1`` each
 source goes whole to a worker, except sources longer than ``split_seconds``: they are sliced in the main
-process and their clips shared among the workers in pieces (the result is the same).
+process and their clips shared among the workers in pieces (the result is the same); each finished piece is
+recorded (:mod:`ai_singer.preprocess_pieces`), so a killed run resumes inside a long file.
 
 Resumable: after a source's clips are written, a record ``<processed>/.sources/<key>.json`` stores the
 source's fingerprint, the settings hash and its clips. A re-run skips sources whose record still matches,
@@ -43,6 +44,7 @@ from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
 from ai_singer.features.f0_settings import F0Settings
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
+from ai_singer import preprocess_pieces as pieces_store
 from ai_singer.values import as_bool, as_float, as_int
 
 #: Bump when a code change alters what preprocess writes: every source is redone on the next run.
@@ -445,7 +447,9 @@ def _seal_record(record: dict, settings: PreprocessSettings, n_ranges: int = 0,
         for name in _record_files(record):
             _remove_quietly(settings.processed / name)
         record["clips"] = []
-    atomic_write_json(record_path(settings.processed, record["source"]), record)
+    path = record_path(settings.processed, record["source"])
+    atomic_write_json(path, record)
+    pieces_store.remove_pieces(path)  # the record has them now
     return record
 
 
@@ -475,13 +479,19 @@ def _error_outcome(job: SourceJob, error: Exception) -> dict:
             "reason": f"unexpected error: {type(error).__name__}: {error}"}
 
 
-def piece_plan(ranges: list[tuple[int, int]], sample_rate: int,
-               seconds: float) -> list[list[tuple[int, tuple[int, int]]]]:
+def piece_plan(ranges: list[tuple[int, int]], sample_rate: int, seconds: float,
+               done: Iterable[int] = ()) -> list[list[tuple[int, tuple[int, int]]]]:
     """A long source's clips ``ranges`` cut into pieces for the workers: runs of consecutive
     ``(index, (start, stop))`` of about ``seconds`` of audio each (a piece ends at the first clip that
-    reaches it)."""
+    reaches it), leaving out the clips ``done`` (indices; a piece also ends where they begin)."""
+    done = set(done)
     pieces, current, length = [], [], 0.0
     for index, (start, stop) in enumerate(ranges):
+        if index in done:
+            if current:
+                pieces.append(current)
+            current, length = [], 0.0
+            continue
         current.append((index, (start, stop)))
         length += (stop - start) / sample_rate
         if length >= seconds:
@@ -495,14 +505,19 @@ def piece_plan(ranges: list[tuple[int, int]], sample_rate: int,
 class SplitSource:
     """A long source shared among the workers: sliced here, its pieces processed anywhere, and its record
     written when every piece is back, exactly as :func:`process_source` would have written it (the clips in
-    the order of the source; a piece's rejection, the first in that order, rejects the whole source)."""
+    the order of the source; a piece's rejection, the first in that order, rejects the whole source).
+    ``done``: pieces finished by an earlier run (:func:`ai_singer.preprocess_pieces.load_pieces`), not planned
+    again."""
 
     def __init__(self, job: SourceJob, record: dict, sample_rate: int, ranges: list[tuple[int, int]],
-                 piece_seconds: float):
+                 piece_seconds: float, done: Mapping[int, dict] | None = None):
         self.job, self.record, self.n_ranges, self.sample_rate = job, record, len(ranges), sample_rate
-        self.pieces = piece_plan(ranges, sample_rate, piece_seconds)
+        done = dict(done or {})
+        self.resumed = len(done)
+        self.pieces = piece_plan(ranges, sample_rate, piece_seconds,
+                                 {index for entry in done.values() for index in pieces_store.piece_indices(entry)})
         self.outstanding = {piece[0][0] for piece in self.pieces}
-        self.results: dict[int, dict] = {}
+        self.results: dict[int, dict] = done
         self.workers: set[int] = set()
         self.failure: dict | None = None
 
@@ -531,6 +546,8 @@ class SplitSource:
             self.record["rejected_clips"] += result["rejected_clips"]
             if result["status"] == "rejected" and rejection is None:
                 rejection = ClipRejected(result["reason"])
+        for key in ("clips", "rejected_clips"):  # pieces kept from an earlier run may interleave with new ones
+            self.record[key].sort(key=lambda clip: clip["index"])
         return _seal_record(self.record, settings, self.n_ranges, rejection)
 
 
@@ -696,8 +713,9 @@ class PreprocessResult:
                 lines.append(f"    {source}: {reason}")
         if self.split_sources:
             pieces = sum(split["pieces"] for split in self.split_sources.values())
+            resumed = sum(split.get("resumed", 0) for split in self.split_sources.values())
             lines.append(f"  {len(self.split_sources)} long file(s) (> split_seconds) shared among the workers "
-                         f"in {pieces} pieces")
+                         f"in {pieces} pieces" + (f" ({resumed} kept from an interrupted run)" if resumed else ""))
         if self.rejected_clips:
             lines.append(f"  rejected {self.rejected_clips} clip(s) inside usable files (see {REPORT_NAME})")
         if self.ignored_files:
@@ -802,6 +820,9 @@ def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]
             _remove_quietly(processed / name)
         _remove_quietly(record_path(processed, source))
         result.removed_sources.append(source)
+    for folder, source in pieces_store.piece_folders(records_dir):
+        if source not in current:  # pieces of a deleted source: its clips are swept at the end
+            pieces_store.remove_pieces(folder.with_suffix(".json"))
     jobs, valid = [], {}
     for source, (singer, path) in sorted(current.items()):
         fingerprint = source_fingerprint(path)
@@ -967,7 +988,16 @@ def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder
                 sample_rate, ranges = slice_source(job, settings)
             except (ClipRejected, AudioError) as error:
                 return _seal_record(record, settings, error=error)
-            parts = SplitSource(job, record, sample_rate, ranges, min(settings.split_seconds, job.seconds / workers))
+            done = pieces_store.load_pieces(record_path(settings.processed, job.source), record, ranges,
+                                            settings.processed)  # finished by a run that was killed
+            done_seconds = sum((stop - start) / sample_rate for entry in done.values()
+                               for _, start, stop in entry["ranges"])
+            progress.advance(job.source, done_seconds)
+            parts = SplitSource(job, record, sample_rate, ranges,
+                                min(settings.split_seconds, max(job.seconds - done_seconds, 0.0) / workers), done)
+            if not parts.pieces:  # every piece was done: only the record was missing
+                result.split_sources[job.source] = {"pieces": parts.resumed, "workers": 0, "resumed": parts.resumed}
+                return parts.seal(settings)
             todo.extend((parts, piece) for piece in parts.pieces)
             return {"status": "split"}
 
@@ -975,15 +1005,22 @@ def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder
         if outcome["status"] != "split":
             done(job.source, outcome)
 
-    def piece_back(parts: SplitSource, first: int, value: dict) -> None:
-        parts.add(first, value)
+    def keep(parts: SplitSource, piece: list, value: dict) -> dict:
+        pieces_store.save_piece(record_path(settings.processed, parts.job.source), parts.record, piece, value)
+        return value
+
+    def piece_back(parts: SplitSource, piece: list, value: dict) -> None:
+        if value["status"] != "error":  # recorded, so that a run after a kill does not redo its clips
+            value = here(parts.job, lambda: keep(parts, piece, value))
+        parts.add(piece[0][0], value)
         if parts.failure is not None:  # the source is lost for this run: its queued pieces need not run
             for task in [task for task in todo if isinstance(task, tuple) and task[0] is parts]:
                 todo.remove(task)
                 parts.drop(task[1][0][0])
         if not parts.outstanding:
             outcome = here(parts.job, lambda: parts.seal(settings))
-            result.split_sources[parts.job.source] = {"pieces": len(parts.pieces), "workers": len(parts.workers)}
+            result.split_sources[parts.job.source] = {"pieces": len(parts.pieces) + parts.resumed,
+                                                      "workers": len(parts.workers), "resumed": parts.resumed}
             done(parts.job.source, outcome)
 
     def submit(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -1021,7 +1058,7 @@ def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder
                     if isinstance(task, SourceJob):
                         done(task.source, value)
                     else:
-                        piece_back(task[0], task[1][0][0], value)
+                        piece_back(task[0], task[1], value)
                 submit(pool)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -1033,6 +1070,10 @@ def _sweep(processed: Path, records: dict[str, dict]) -> None:
     """Remove clip files no record refers to (left by an interrupted run or a deleted singer) and
     leftover temporary files. Only files named like our clips or temporaries are ever touched."""
     referenced = {name for record in records.values() for name in _record_files(record)}
+    for folder, source in pieces_store.piece_folders(processed / RECORDS_DIR):
+        if source is None or source in records:  # unreadable, or its record was written
+            pieces_store.remove_pieces(folder.with_suffix(".json"))
+    referenced |= pieces_store.kept_files(processed / RECORDS_DIR)  # pieces of a source that failed: resumed later
     singers_with_clips = {record["singer"] for record in records.values() if record.get("clips")}
     for folder in [processed, processed / RECORDS_DIR] + sorted(
             p for p in processed.iterdir() if p.is_dir() and not p.name.startswith(".")):

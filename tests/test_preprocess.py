@@ -388,6 +388,79 @@ def test_a_long_file_is_shared_among_the_workers_with_the_same_result(tmp_path, 
     assert again.processed_sources == [] and len(again.unchanged_sources) == 2 and again.split_sources == {}
 
 
+def test_a_run_killed_inside_a_long_file_keeps_its_finished_pieces(tmp_path, tiny_hubert_dir, monkeypatch):
+    """Killed after two pieces of a long file came back, the next run redoes only the other pieces (the kept
+    pieces' clip files are not written again), and the dataset and record are those of an uninterrupted run."""
+    from ai_singer import preprocess_pieces
+
+    raw = tmp_path / "raw"
+    long_notes = [note for step in range(12) for note in ((220.0 * 2 ** (step / 12), 1.2), (0.0, 0.7))]
+    write_source(raw / "alice" / "session.wav", 44100, 1, "PCM_16", long_notes)       # 22.8 s, 12 clips
+    settings = ("f0.method=dio", "pitch_plots=false", "split_seconds=4")
+    run_preprocess(make_cfg(raw, tmp_path / "one", tiny_hubert_dir, *settings))        # uninterrupted, one process
+    save_piece, saved = preprocess_pieces.save_piece, []
+
+    def killed_after_two(*args, **kwargs):
+        save_piece(*args, **kwargs)
+        saved.append(args[2])
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # stands for the kill: the other pieces and the record never arrive
+
+    monkeypatch.setattr(preprocess_pieces, "save_piece", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(make_cfg(raw, tmp_path / "resumed", tiny_hubert_dir, "num_workers=2", *settings))
+    monkeypatch.undo()
+    processed = tmp_path / "resumed"
+    assert not preprocess.record_path(processed, "alice/session.wav").exists()
+    kept = {processed / "alice" / f"{preprocess.clip_id('alice/session.wav', index)}.wav": None
+            for piece in saved for index, _ in piece}
+    kept = {path: path.stat().st_mtime_ns for path in kept}
+    again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir, "num_workers=2", *settings))
+    split = again.split_sources["alice/session.wav"]
+    assert split["resumed"] == 2 and split["pieces"] > 2 and "(2 kept from an interrupted run)" in again.summary()
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # not written again
+    assert manifest_lines(processed) == manifest_lines(tmp_path / "one")
+    assert (processed / "stats.json").read_text() == (tmp_path / "one" / "stats.json").read_text()
+    records = [json.loads(preprocess.record_path(tmp_path / run, "alice/session.wav").read_text())
+               for run in ("one", "resumed")]
+    assert records[0] == records[1]
+    for path in (tmp_path / "one").rglob("*.safetensors"):
+        with safe_open(str(path), "numpy") as a, safe_open(str(processed / path.relative_to(tmp_path / "one")),
+                                                           "numpy") as b:
+            assert all(np.array_equal(a.get_tensor(key), b.get_tensor(key)) for key in a.keys())
+    assert sorted(p.name for p in (processed / preprocess.RECORDS_DIR).iterdir()) == [
+        preprocess.record_path(processed, "alice/session.wav").name]  # the pieces went with the record
+
+
+def test_kept_pieces_are_dropped_when_their_source_changes_or_goes(tmp_path):
+    """A recorded piece is kept only for the same source, fingerprint, settings and clip ranges, with its
+    files present; the pieces of a source that is no longer there are forgotten by the next run."""
+    from ai_singer import preprocess_pieces as store
+
+    record_file = tmp_path / preprocess.RECORDS_DIR / "k.json"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "c0.wav").write_text("x")
+    (tmp_path / "a" / "c0.f").write_text("x")
+    record = {"source": "a/x.wav", "singer": "a", "fingerprint": {"size": 1}, "settings_hash": "h"}
+    result = {"status": "ok", "reason": None, "rejected_clips": [],
+              "clips": [{"index": 0, "audio": "a/c0.wav", "features": "a/c0.f"}]}
+    ranges = [(0, 100), (150, 250)]
+    store.save_piece(record_file, record, [(0, (0, 100))], result)
+    store.save_piece(record_file, record, [(1, (150, 250))], {**result, "clips": []})
+    assert sorted(store.load_pieces(record_file, record, ranges, tmp_path)) == [0, 1]
+    assert store.kept_files(record_file.parent) == {"a/c0.wav", "a/c0.f"}
+    assert sorted(store.load_pieces(record_file, record, [(0, 100), (150, 260)], tmp_path)) == [0]  # sliced anew
+    assert store.load_pieces(record_file, {**record, "settings_hash": "other"}, ranges, tmp_path) == {}
+    store.save_piece(record_file, record, [(0, (0, 100))], result)
+    (tmp_path / "a" / "c0.f").unlink()
+    assert store.load_pieces(record_file, record, ranges, tmp_path) == {}  # a clip file is gone: redone
+    store.save_piece(record_file, record, [(0, (0, 100))], result)
+    assert list(store.piece_folders(record_file.parent)) == [(store.pieces_folder(record_file), "a/x.wav")]
+    preprocess._plan(preprocess.settings_from_config(make_cfg(tmp_path / "raw", tmp_path, tmp_path)), {},
+                     preprocess.PreprocessResult(processed_dir=tmp_path))
+    assert not store.pieces_folder(record_file).exists()
+
+
 def test_piece_plan_and_a_split_source_assembled_out_of_order(tmp_path):
     """Pieces are runs of consecutive clips of about ``seconds``; the record lists the clips in the source's
     order whatever order the pieces come back in, and a piece's rejection rejects the source."""
@@ -396,6 +469,8 @@ def test_piece_plan_and_a_split_source_assembled_out_of_order(tmp_path):
     ranges = [(0, 100), (150, 250), (300, 350), (400, 600), (700, 720)]  # at 100 Hz: 1, 1, 0.5, 2, 0.2 s
     assert preprocess.piece_plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))],
                                                       [(2, (300, 350)), (3, (400, 600))], [(4, (700, 720))]]
+    assert preprocess.piece_plan(ranges, 100, 2.0, done={1, 2}) == [[(0, (0, 100))],  # kept clips end a piece
+                                                                    [(3, (400, 600))], [(4, (700, 720))]]
     settings = load_settings("preprocess", [f"paths.raw={tmp_path / 'raw'}", f"paths.processed={tmp_path}"])
     (tmp_path / preprocess.RECORDS_DIR).mkdir()
     job = preprocess.SourceJob(singer="a", source="a/x.wav", path=tmp_path / "x.wav", fingerprint={}, seconds=7.2)
