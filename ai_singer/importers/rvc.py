@@ -330,7 +330,6 @@ def import_rvc(model_file: str | Path, name_dir: str | Path, discriminator: str 
     import torch
 
     from ai_singer import checkpoint
-    from ai_singer.atomic import atomic_folder
     from ai_singer.model import SingerVAE
     from ai_singer.model.discriminator import Discriminator
 
@@ -383,8 +382,7 @@ def import_rvc(model_file: str | Path, name_dir: str | Path, discriminator: str 
                    "content_encoder": content_encoder_record(config["version"], content_path),
                    "sample_rate": fields["sample_rate"], "hop_length": fields["hop_length"],
                    "speakers": [f"speaker_{i}" for i in range(fields["n_speakers"])], "imported_from": record}
-    with atomic_folder(name_dir) as tmp:  # all files appear together, or none
-        checkpoint.save_base(tmp, model.state_dict(), d_state, base_config)
+    checkpoint.save_base(name_dir, model.state_dict(), d_state, base_config)  # all files appear together, or none
     return {**record, "kind": kind, "seconds": time.perf_counter() - started}
 
 
