@@ -188,15 +188,8 @@ def blend_adapters(parents: Sequence[checkpoint.AdapterArtifact], weights: Seque
     config = {"method": method, "peft": peft, "base_sha256": parents[0].base_sha256,
               "base_name": parents[0].config.get("base_name"), "stats": _blend_stats(parents, weights),
               "blend": {"parents": [{"singer": n, "weight": round(w, 6),
-                                     "adapter_sha256": p.config.get("tensors_sha256")
-                                     or _tensors_sha256(p)} for n, w, p in zip(names, weights, parents)]}}
+                                     "adapter_sha256": p.tensors_sha256()} for n, w, p in zip(names, weights, parents)]}}
     return checkpoint.AdapterArtifact(path=Path(parents[0].path), config=config, tensors=tensors)
-
-
-def _tensors_sha256(adapter: checkpoint.AdapterArtifact) -> str | None:
-    """sha256 of the parent's ``adapter.safetensors`` (None for one built in memory)."""
-    file = Path(adapter.path) / checkpoint.ADAPTER_TENSORS_FILE
-    return checkpoint.sha256_file(file) if file.is_file() else None
 
 
 def write_blend(spec: SingerSpec, parent_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -389,6 +389,15 @@ class AdapterArtifact:
     def singer(self) -> str:
         return str(self.config.get("singer", self.path.name))
 
+    def tensors_sha256(self) -> str | None:
+        """sha256 of ``adapter.safetensors``: the ``tensors_sha256`` that ``adapter.yaml`` records, hashed from the
+        file for adapters saved before it was recorded (None when the folder has no such file)."""
+        recorded = self.config.get("tensors_sha256")
+        if recorded:
+            return str(recorded)
+        file = Path(self.path) / ADAPTER_TENSORS_FILE
+        return sha256_file(file) if file.is_file() else None
+
 
 def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  config: Mapping[str, Any], retrieval_index: torch.Tensor | None = None) -> Path:

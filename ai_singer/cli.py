@@ -4,6 +4,7 @@
     ai-singer train      [hydra overrides ...]    = python -m ai_singer.train ...
     ai-singer convert    [hydra overrides ...]    = python -m ai_singer.infer ...
     ai-singer extract-adapter [hydra overrides ...] = python -m ai_singer.extract ...
+    ai-singer export singer=NAME [hydra overrides ...] = python -m ai_singer.onnx_export ...
     ai-singer concat A.wav B.wav ... -o OUT.wav [--crossfade SECONDS]
     ai-singer demo [--full [--steps N]] [options]   = python -m ai_singer.demo ...
     ai-singer singers [--singers-dir singers] [--pretrain-dir pretrain]   # installed bases and adapters
@@ -29,6 +30,8 @@ HYDRA_STAGES = {
     "convert": ("ai_singer.infer", "convert songs to a singer's voice and remix them (songs=PATH singer=NAME)"),
     "extract-adapter": ("ai_singer.extract", "turn a full fine-tuned singer model into a LoRA adapter on its base "
                                              "(base=DIR full=PATH out=singers/NAME rank=16)"),
+    "export": ("ai_singer.onnx_export", "write a singer (base + adapter, merged) as ONNX for conversion with ONNX "
+                                        "Runtime (singer=NAME; then convert engine=onnx or auto)"),
 }
 
 

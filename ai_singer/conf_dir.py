@@ -45,6 +45,8 @@ def output_folders(config_name: str, cfg: Any) -> list[tuple[str, str]]:
     """The folders (setting, path) a stage writes to, Hydra's log folder included (it lives inside them)."""
     if config_name == "extract":
         return [("out", str(cfg.out))]
+    if config_name == "export":
+        return [("out", str(cfg.out))] if cfg.get("out") else []
     paths = cfg.paths
     if config_name == "infer":
         return [("paths.output", str(paths.output))]

@@ -135,6 +135,40 @@ def resolve_base_dir(base: str | None, adapter_base_name: str | None, pretrain_d
                                        f"{' or '.join(str(c) for c in candidates)}")
 
 
+def load_base_model(base_dir: Path) -> tuple[Any, Any]:
+    """The base artifact of ``base_dir`` and its generator (a SingerVAE built from the base's own config, loaded
+    strictly, weight norm removed, in eval mode, on the CPU); InferError when it cannot be loaded. The artifact's
+    ``generator_state`` is emptied (the weights live in the model)."""
+    from ai_singer import checkpoint
+    from ai_singer.model import SingerVAE, SingerVAEConfig
+
+    try:
+        base = checkpoint.load_base(base_dir)
+        model = SingerVAE(SingerVAEConfig.from_dict(base.model_config))  # the architecture of the base itself
+        checkpoint.load_state_strict(model, base.generator_state, base_dir / checkpoint.BASE_GENERATOR_FILE)
+    except (checkpoint.ArtifactError, ValueError, TypeError) as error:
+        raise InferError(base_dir, f"cannot load the base: {error}") from error
+    model.remove_weight_norm()
+    base.generator_state = {}
+    return base, model.eval()
+
+
+def with_adapter(model: torch.nn.Module, adapter: Any, merge: bool = True) -> torch.nn.Module:
+    """A copy of the base ``model`` carrying ``adapter`` (an AdapterArtifact), merged into the weights unless
+    ``merge`` is False; InferError when the adapter does not fit the base."""
+    from ai_singer import adapters
+
+    model = copy.deepcopy(model)
+    peft = adapter.config.get("peft") or {"method": adapter.method}
+    try:
+        adapters.load_adapter_state(model, peft, adapter.tensors)
+    except ValueError as error:
+        raise InferError(adapter.path, f"adapter does not fit the base: {error}") from error
+    if merge:
+        adapters.merge_adapters(model)
+    return model
+
+
 def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
     """The medians-only form of :func:`ai_singer.features.pitch.choose_transpose` (no range check)."""
     return choose_transpose(np.array([source_median_hz]), singer_median_hz, step=step).semitones
@@ -178,6 +212,8 @@ class VocalConversion:
     warnings: list[str]
     #: per singer, how transpose=auto decided (TransposeDecision fields); empty for a fixed transpose
     transpose_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per singer, what ran the model: ``torch`` or ``onnx`` (the ``engine`` setting)
+    engines: dict[str, str] = field(default_factory=dict)
 
 
 class Converter:
@@ -197,9 +233,6 @@ class Converter:
     def __init__(self, base_dir: str | os.PathLike, content: Mapping[str, Any] | None, settings: ConvertSettings,
                  singers_dir: str | os.PathLike, device: str = "auto", merge: bool = True,
                  content_encoder: Any | None = None):
-        from ai_singer import checkpoint
-        from ai_singer.model import SingerVAE, SingerVAEConfig
-
         self.settings = settings
         self.singers_dir = Path(singers_dir)
         try:
@@ -208,22 +241,16 @@ class Converter:
             raise InferError(error.where, error.reason) from error
         self.merge = merge
         self.base_dir = Path(base_dir)
-        try:
-            self.base = checkpoint.load_base(self.base_dir)
-            config = SingerVAEConfig.from_dict(self.base.model_config)  # the architecture of the base itself
-            model = SingerVAE(config)
-            checkpoint.load_state_strict(model, self.base.generator_state,
-                                         self.base_dir / checkpoint.BASE_GENERATOR_FILE)
-        except (checkpoint.ArtifactError, ValueError, TypeError) as error:
-            raise InferError(self.base_dir, f"cannot load the base: {error}") from error
-        model.remove_weight_norm()
+        self.base, model = load_base_model(self.base_dir)
+        config = model.config
         self.model = model.to(self.device).eval()
-        self.base.generator_state = {}  # the weights now live in the model
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
         self._indexes: dict[str, torch.Tensor | None] = {}
         #: the last singer's model (name, model, g): songs in a row by one singer reuse it
         self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor] | None = None
+        #: the last singer's ONNX export (name, OnnxSinger or None when that singer converts with torch)
+        self._onnx_cache: tuple[str, Any] | None = None
         if content_encoder is None:
             content_encoder = self._load_content_encoder(content)
         else:
@@ -348,21 +375,98 @@ class Converter:
             yield self._singer_cache[1], self._singer_cache[2]
             return
         self._singer_cache = None  # free the previous singer's copy before making the next
-        from ai_singer import adapters
-
         adapter = self.adapter(name)
-        model = copy.deepcopy(self.model)
-        peft = adapter.config.get("peft") or {"method": adapter.method}
-        try:
-            adapters.load_adapter_state(model, peft, adapter.tensors)
-        except ValueError as error:
-            raise InferError(adapter.path, f"adapter does not fit the base: {error}") from error
-        if self.merge:
-            adapters.merge_adapters(model)
-        model = model.to(self.device).eval()
+        model = with_adapter(self.model, adapter, self.merge).to(self.device).eval()
         g = adapter.tensors["singer_embedding"].to(self.device, torch.float32).reshape(1, -1)
         self._singer_cache = (name, model, g)
         yield model, g
+
+    @contextlib.contextmanager
+    def singer_runner(self, name: str) -> Iterator[Callable[..., np.ndarray]]:
+        """What runs the model for singer ``name``: ``run(inputs, pieces, window_frames) -> wav`` float32
+        [B, L] (L >= each piece's ``n_frames * hop``), ``inputs`` one (content [T, D], f0, voiced, volume [T]) per
+        piece. The ONNX export when ``engine`` selects it (:meth:`onnx_singer`), else the torch model of
+        :meth:`singer_model`."""
+        onnx = self.onnx_singer(name)
+        if onnx is not None:
+            yield lambda inputs, pieces, window_frames: self._run_onnx(onnx, inputs, pieces, window_frames)
+            return
+        with self.singer_model(name) as (model, g):
+            yield lambda inputs, pieces, window_frames: self._run_torch(model, g, inputs, pieces, window_frames)
+
+    def _run_torch(self, model: torch.nn.Module, g: torch.Tensor, inputs: list[tuple[np.ndarray, ...]],
+                   batch: list[_Piece], window_frames: int) -> np.ndarray:
+        """The pieces padded into one batch through the torch model (see :meth:`singer_runner`)."""
+        longest = max(p.n_frames for p in batch)
+        size, dim = len(batch), inputs[0][0].shape[1]
+        content_t = torch.zeros(size, dim, longest)
+        f0_t, voiced_t, volume_t = (torch.zeros(size, longest) for _ in range(3))
+        for row, (content, f0, voiced, volume) in enumerate(inputs):
+            n = content.shape[0]
+            content_t[row, :, :n] = torch.from_numpy(np.ascontiguousarray(content.T, dtype=np.float32))
+            f0_t[row, :n] = torch.from_numpy(f0)
+            voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
+            volume_t[row, :n] = torch.from_numpy(volume)
+        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
+        device = self.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
+                              g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
+                              generator=[self.piece_generator(piece) for piece in batch],
+                              decode_window_frames=window_frames)
+        return wav.float().cpu().numpy()[:, 0]
+
+    def _run_onnx(self, onnx: Any, inputs: list[tuple[np.ndarray, ...]], batch: list[_Piece],
+                  window_frames: int) -> np.ndarray:
+        """The pieces one by one through the ONNX export (see :meth:`singer_runner`)."""
+        wav = np.zeros((len(batch), max(p.n_frames for p in batch) * self.hop), dtype=np.float32)
+        for row, (piece, (content, f0, voiced, volume)) in enumerate(zip(batch, inputs)):
+            wav[row, : piece.n_frames * self.hop] = onnx.convert(
+                content.T, f0, voiced.astype(np.float32), volume, self.settings.noise_scale,
+                self.piece_generator(piece), window_frames)
+        return wav
+
+    def onnx_singer(self, name: str) -> Any:
+        """Singer ``name``'s ONNX export (an :class:`ai_singer.onnx_singer.OnnxSinger`, cached for the next song)
+        when ``engine`` selects it, else None. ``auto``: the export when one fits (fp32 on the CPU, adapters merged,
+        made from this base and the singer's current adapter), else torch; ``onnx``: the export, InferError naming
+        the fix when none fits; ``torch``: None."""
+        if self._onnx_cache is not None and self._onnx_cache[0] == name:
+            return self._onnx_cache[1]
+        self._onnx_cache = None
+        engine = self.settings.engine
+        if engine == "torch":
+            return None
+        from ai_singer import onnx_singer
+
+        problem, fix, folder = None, "or engine=torch", None
+        if self.device.type != "cpu":
+            problem = f"ONNX Runtime runs on the CPU here, the device is {self.device}"
+        elif self.settings.precision != "fp32":
+            problem = f"precision={self.settings.precision} runs with torch only"
+        elif not self.merge:
+            problem = "unmerged adapters run with torch only"
+        elif parse_singer_spec(name).is_blend:
+            problem, fix = "a blend has no export", f"save it as a singer (ai-singer blend {name} out=NAME), export " \
+                                                     "that (ai-singer export singer=NAME), or use engine=torch"
+        else:
+            folder = singer_dir(parse_singer_spec(name).names[0], self.singers_dir) / onnx_singer.EXPORT_DIR
+            fix = f"make one with `ai-singer export singer={name}`, or use engine=torch"
+            try:
+                problem = onnx_singer.stale_reason(onnx_singer.read_export(folder), self.base.sha256,
+                                                   self.adapter(name).tensors_sha256())
+            except onnx_singer.OnnxExportError as error:
+                problem = error.reason
+        if problem is None:
+            runner = onnx_singer.OnnxSinger(folder)
+        elif engine == "onnx":
+            raise InferError(f"engine=onnx for singer {name!r}", f"cannot run: {problem}"
+                             + (f" ({folder})" if folder is not None else ""), fix)
+        else:
+            log.info("engine=auto: singer %s converts with torch (%s)", name, problem)
+            runner = None
+        self._onnx_cache = (name, runner)
+        return runner
 
     def singer_f0_median(self, name: str) -> float | None:
         stats = self.adapter(name).config.get("stats") or {}
@@ -420,6 +524,8 @@ class Converter:
             pieces.append(_Piece(start, end, name, window_start, window_end))
         for name in sorted({p.singer for p in pieces}):
             self.adapter(name)  # unknown singer / wrong base: fail before the slow part
+            if settings.engine == "onnx":
+                self.onnx_singer(name)  # no usable export: likewise
         timings["slice_s"] = time.perf_counter() - started
         if on_plan:
             on_plan(len(pieces))
@@ -463,6 +569,7 @@ class Converter:
         output = np.zeros(n_samples, dtype=np.float32)
         weight_sum = np.zeros(n_samples, dtype=np.float32)
         timings["content_s"] = timings["model_s"] = 0.0
+        engines: dict[str, str] = {}
         if on_stage:
             on_stage("convert", len(pieces))
         for name in sorted({p.singer for p in pieces}):
@@ -473,9 +580,10 @@ class Converter:
                 if index is None:
                     warnings.append(f"retrieval_ratio={settings.retrieval_ratio:g}: singer {name!r} has no retrieval "
                                     "index (fine-tune it again to make one); converted without retrieval")
-            with self.singer_model(name) as (model, g):
+            with self.singer_runner(name) as run:
+                engines[name] = "torch" if self.onnx_singer(name) is None else "onnx"
                 for batch in self._batches(mine):
-                    converted = self._convert_batch(model, g, mono, sr, batch, semitones[name], timings, index=index)
+                    converted = self._convert_batch(run, mono, sr, batch, semitones[name], timings, index=index)
                     for piece, audio in zip(batch, converted):
                         self._overlap_add(output, weight_sum, audio, piece, context)
                     if progress:
@@ -485,7 +593,7 @@ class Converter:
         timings["total_s"] = sum(timings.values())
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings,
-                               transpose_decisions=decisions)
+                               transpose_decisions=decisions, engines=engines)
 
     def _range_warning(self, name: str, pieces: list[_Piece], semitones: float) -> str | None:
         """A warning when the transposed source's p05-p95 F0 range reaches more than
@@ -522,7 +630,7 @@ class Converter:
             yield batch
 
     @torch.inference_mode()
-    def _convert_batch(self, model: torch.nn.Module, g: torch.Tensor, mono: np.ndarray, sr: int,
+    def _convert_batch(self, run: Callable[..., np.ndarray], mono: np.ndarray, sr: int,
                        batch: list[_Piece], semitones: float, timings: dict[str, float],
                        index: torch.Tensor | None = None) -> list[np.ndarray]:
         """Convert a batch of pieces; returns each window's audio at the source rate, exact length. With a
@@ -545,25 +653,9 @@ class Converter:
         timings["content_s"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        longest = max(p.n_frames for p in batch)
-        size, dim = len(batch), inputs[0][0].shape[1]
-        content_t = torch.zeros(size, dim, longest)
-        f0_t, voiced_t, volume_t = (torch.zeros(size, longest) for _ in range(3))
-        for row, (content, f0, voiced, volume) in enumerate(inputs):
-            n = content.shape[0]
-            content_t[row, :, :n] = torch.from_numpy(np.ascontiguousarray(content.T, dtype=np.float32))
-            f0_t[row, :n] = torch.from_numpy(f0)
-            voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
-            volume_t[row, :n] = torch.from_numpy(volume)
-        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
-        device = self.device
-        window_frames = int(round(self.settings.chunk.decode_window_s_for(device.type) * self.sample_rate / self.hop))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
-            wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
-                              g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
-                              generator=[self.piece_generator(piece) for piece in batch],
-                              decode_window_frames=window_frames)
-        wav = wav.float().cpu().numpy()[:, 0]
+        window_frames = int(round(self.settings.chunk.decode_window_s_for(self.device.type) * self.sample_rate
+                                  / self.hop))
+        wav = run(inputs, batch, window_frames)
         timings["model_s"] += time.perf_counter() - started
         results = []
         for row, piece in enumerate(batch):

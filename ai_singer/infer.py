@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: ``precision``: the SingerVAE's arithmetic during conversion.
 PRECISIONS = ("fp32", "bf16")
+#: ``engine``: what runs the SingerVAE (:meth:`ai_singer.convert.Converter.onnx_singer`).
+ENGINES = ("auto", "torch", "onnx")
 #: transpose beyond this many semitones (3 octaves) either way leaves the range of any voice: refused.
 MAX_TRANSPOSE_SEMITONES = 36.0
 
@@ -172,6 +174,9 @@ class ConvertSettings:
                          produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
     precision:           ``fp32``, or ``bf16``: the SingerVAE runs under bfloat16 autocast (faster on CPUs with
                          AVX512-BF16 or AMX and on GPUs; the audio differs by rounding: BENCHMARKS.md measures it).
+    engine:              ``torch``, ``onnx`` (the singer's ONNX export, ``ai-singer export``, run by ONNX Runtime on
+                         the CPU; the same audio up to float rounding) or ``auto`` (the export when the singer has
+                         a current one and the conversion is fp32 on the CPU, else torch).
     """
 
     transpose: float | str
@@ -182,6 +187,7 @@ class ConvertSettings:
     retrieval_neighbours: int
     highpass_hz: float
     precision: str
+    engine: str
     f0: F0Settings
     pitch_correction: PitchCorrectionSettings
     chunk: ChunkSettings
@@ -209,6 +215,8 @@ class ConvertSettings:
             raise ValueError(f"auto_transpose_step must be >= 1, got {self.auto_transpose_step}")
         if self.precision not in PRECISIONS:
             raise InferError(f"precision={self.precision!r}", "unknown precision", f"use one of {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES:
+            raise InferError(f"engine={self.engine!r}", "unknown engine", f"use one of {', '.join(ENGINES)}")
 
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what was meant."""

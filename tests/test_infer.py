@@ -263,9 +263,9 @@ def test_sections_assign_singers_by_time(converter, artifacts, tiny_hubert_dir, 
     plan_seen = []
     original_batch = Converter._convert_batch
 
-    def batch_spy(self, model, g, mono, sr_, batch, semitones, timings, **options):
+    def batch_spy(self, run, mono, sr_, batch, semitones, timings, **options):
         plan_seen.extend((p.start / sr_, p.end / sr_, p.singer) for p in batch)
-        return original_batch(self, model, g, mono, sr_, batch, semitones, timings, **options)
+        return original_batch(self, run, mono, sr_, batch, semitones, timings, **options)
 
     monkeypatch.setattr(Converter, "_convert_batch", batch_spy)
     cfg = compose(artifacts, tiny_hubert_dir, tmp_path / "out", songs=song, singer="null")

@@ -367,7 +367,7 @@ def test_windowed_decoding_gives_the_whole_sequence_output(tiny_config):
         source = decoder.source(f0, voiced, torch.Generator().manual_seed(1))
         nudged = x.clone()
         nudged[..., 45] += 1.0
-        change = (decoder._upsample(nudged, source) - decoder._upsample(x, source)).abs()[0, 0].reshape(frames, hop)
+        change = (decoder.upsample(nudged, source) - decoder.upsample(x, source)).abs()[0, 0].reshape(frames, hop)
         changed = torch.nonzero(change.amax(dim=1) > 0).flatten()
         assert 0 < changed.max() - 45 <= reach and 0 < 45 - changed.min() <= reach
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_vs_fork.py [--fork-python ~/.cache/fk-venv/bin/python] [--seconds 30]
                                             [--threads 1 2] [--repeats 5] [--tasks convert train harvest]
+                                            [--engines torch onnx] [--ours-set KEY=VALUE ...]
                                             [--out results.json] [--bench]
 
 so-vits-svc-fork (4.2.x) lives in its own virtual environment (install recipe: the project's ASSETS notes,
@@ -23,6 +24,8 @@ Tasks (random weights on both sides: only the time is compared):
   Theirs: the body of its ``VitsLightning.training_step`` (generator with the discriminator toggled off as
   Lightning's ``toggle_optimizer`` does, then the discriminator), full fine-tuning, without its logging.
   ``--ours-set`` passes overrides to our side (conf/infer.yaml for convert, conf/train.yaml for train).
+  ``--engines torch onnx`` runs our conversion once per engine (``engine=onnx`` exports the singer first, untimed, as
+  ``ai-singer export`` does), all sides interleaved with the same fork runs.
 - ``harvest``: F0 of the whole vocal with WORLD Harvest. Ours: ``extract_f0(method=harvest)`` as preprocess
   and conversion call it; theirs: ``compute_f0_pyworld(..., "harvest")`` (Harvest + StoneMask at 44.1 kHz).
 """
@@ -86,6 +89,10 @@ def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, set
 
         base_dir, singer = make_artifacts(workdir, "base")
         settings = load_settings("infer", [f"f0.method={f0}", *settings_overrides])
+        if settings.engine != "torch":  # the singer's ONNX export (untimed setup, as `ai-singer export` once)
+            from ai_singer.onnx_export import export_singer
+
+            export_singer(singer.name, singer.parent, base_dir.parent)
         converter = Converter(base_dir, None, settings, singer.parent, device="cpu", content_encoder=RandomContent())
         mono, sr = read_vocal(vocal)
         return lambda: converter.convert_vocal(mono, sr, singer.name)
@@ -286,21 +293,31 @@ def make_vocal(folder: Path, seconds: float) -> Path:
 
 
 def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path, workdir: Path, f0: str,
-            discriminator: str, settings_overrides: list[str]) -> dict:
-    workers = {side: Worker(python, side, task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0, discriminator,
-                            settings_overrides)
-               for side, python in (("ours", sys.executable), ("fork", fork_python))}
-    times: dict[str, list[float]] = {"ours": [], "fork": []}
+            discriminator: str, settings_overrides: list[str], engines: list[str]) -> list[dict]:
+    """Our side once per conversion engine in ``engines`` (other tasks: once) and the fork's, the runs of all of
+    them interleaved (the order rotates every round); one result per our side, each against the same fork runs."""
+    ours_sides = {f"ours-{engine}": [*settings_overrides, f"engine={engine}"] for engine in engines} \
+        if task == "convert" and engines else {"ours": list(settings_overrides)}
+    workers = {side: Worker(sys.executable, "ours", task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0,
+                            discriminator, overrides) for side, overrides in ours_sides.items()}
+    workers["fork"] = Worker(fork_python, "fork", task, threads, vocal, workdir / f"{task}-{threads}-fork", f0,
+                             discriminator, settings_overrides)
+    sides = list(workers)
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(repeats):
-        order = ("ours", "fork") if round_ % 2 == 0 else ("fork", "ours")
-        for side in order:
+        shift = round_ % len(sides)
+        order = sides[shift:] + sides[:shift]
+        for side in (order if round_ % 2 == 0 else order[::-1]):
             times[side].append(workers[side].run())
     peaks = {side: w.close() for side, w in workers.items()}
     medians = {side: statistics.median(v) for side, v in times.items()}
-    return {"task": task, "threads": threads, "repeats": repeats, "times_s": times, "median_s": medians,
-            "fork_over_ours": medians["fork"] / medians["ours"], "peak_rss_mb": peaks,
-            "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None,
-            "ours_settings": settings_overrides if task != "harvest" else []}
+    return [{"task": task, "threads": threads, "repeats": repeats,
+             "times_s": {"ours": times[side], "fork": times["fork"]},
+             "median_s": {"ours": medians[side], "fork": medians["fork"]},
+             "fork_over_ours": medians["fork"] / medians[side],
+             "peak_rss_mb": {"ours": peaks[side], "fork": peaks["fork"]},
+             "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None,
+             "ours_settings": overrides if task != "harvest" else []} for side, overrides in ours_sides.items()]
 
 
 def markdown(results: list[dict], seconds: float) -> str:
@@ -333,6 +350,9 @@ def main() -> None:
     parser.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of our side: conf/infer.yaml for convert (e.g. precision=bf16), conf/train.yaml "
                              "for train (e.g. trainer.discriminator_every=2)")
+    parser.add_argument("--engines", nargs="*", default=[], choices=["torch", "onnx", "auto"],
+                        help="convert: our side once per conversion engine (engine=...; onnx/auto export the singer "
+                             "first, untimed), all interleaved with the same fork runs; default: conf/infer.yaml's")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--worker", choices=["ours", "fork"], help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
@@ -353,10 +373,10 @@ def main() -> None:
         vocal = make_vocal(Path(tmp), args.seconds)
         for task in args.tasks:
             for threads in args.threads:
-                result = compare(task, threads, args.repeats, args.fork_python, vocal, Path(tmp), args.f0,
-                                 args.discriminator, args.ours_set)
-                print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
-                results.append(result)
+                for result in compare(task, threads, args.repeats, args.fork_python, vocal, Path(tmp), args.f0,
+                                      args.discriminator, args.ours_set, args.engines):
+                    print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
+                    results.append(result)
     report = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before,
               "load_after": os.getloadavg()[0], "cpus": os.cpu_count(), "seconds": args.seconds, "results": results}
     if args.out:

@@ -114,11 +114,30 @@ class HarmonicNoiseSource(nn.Module):
         if self.training and not single:
             raise ValueError("training draws the source's phases from one generator, not one per row")
         sines, voiced_samples = self.sine_waves(f0, voiced, generator if single else None)
-        noise_amp = voiced_samples * self.noise_std + (1 - voiced_samples) * (self.sine_amp / 3)
         noise = noise_rows(tuple(sines.shape), generator, None if lengths is None else lengths * self.hop_length,
                            sines.dtype, sines.device)
+        return self.excite(sines, voiced_samples, noise)
+
+    def excite(self, sines: torch.Tensor, voiced_samples: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The excitation from :meth:`sine_waves`' output and ``noise`` [B, K, T*hop] (standard normal, one row per
+        harmonic) -> [B, 1, T*hop] in (-1, 1)."""
+        noise_amp = voiced_samples * self.noise_std + (1 - voiced_samples) * (self.sine_amp / 3)
         excitation = sines + noise_amp * noise
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
+
+
+def decode_windows(n_frames: int, window_frames: int, context: int) -> list[tuple[int, int, int, int]]:
+    """How :meth:`NSFHiFiGAN.forward` cuts ``n_frames`` into windows of ``window_frames`` (<= 0: one window), each
+    decoded with up to ``context`` frames on both sides: ``(low, high, keep, n)`` per window, frames ``[low, high)``
+    decoded, of whose output the ``n`` frames from ``keep`` on are kept (in order they tile ``[0, n_frames)``)."""
+    if window_frames <= 0 or window_frames >= n_frames:
+        return [(0, n_frames, 0, n_frames)]
+    windows = []
+    for start in range(0, n_frames, window_frames):
+        end = min(n_frames, start + window_frames)
+        low, high = max(0, start - context), min(n_frames, end + context)
+        windows.append((low, high, start - low, end - start))
+    return windows
 
 
 class ResBlock(nn.Module):
@@ -221,20 +240,17 @@ class NSFHiFiGAN(nn.Module):
         sequence at once is slower per frame there). 0: the whole sequence in one pass.
         """
         source = self.source(f0, voiced, generator, lengths)  # [B, 1, T*hop]
-        x = self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1))
-        n_frames = z.shape[-1]
-        if window_frames <= 0 or window_frames >= n_frames:
-            return self._upsample(x, source)
-        context, hop = self.receptive_field_frames(), self.hop_length
-        pieces = []
-        for start in range(0, n_frames, window_frames):
-            end = min(n_frames, start + window_frames)
-            low, high = max(0, start - context), min(n_frames, end + context)
-            out = self._upsample(x[..., low:high], source[..., low * hop: high * hop])
-            pieces.append(out[..., (start - low) * hop: (end - low) * hop])
-        return torch.cat(pieces, dim=-1)
+        x = self.frame_input(z, g)
+        hop = self.hop_length
+        pieces = [self.upsample(x[..., low:high], source[..., low * hop: high * hop])[..., keep * hop: (keep + n) * hop]
+                  for low, high, keep, n in decode_windows(z.shape[-1], window_frames, self.receptive_field_frames())]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
-    def _upsample(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    def frame_input(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """What the upsampling stages start from: ``input_conv(z)`` + the singer's projection, [B, C, T]."""
+        return self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1))
+
+    def upsample(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """The upsampling stages: ``x`` [B, C, T] (after ``input_conv``), ``source`` [B, 1, T*hop] -> [B, 1, T*hop]."""
         for upsampler, source_conv, blocks in zip(self.upsamplers, self.source_convs, self.resblocks_per_stage()):
             x = upsampler(F.leaky_relu(x, LEAKY_SLOPE))

@@ -394,9 +394,16 @@ class SingerVAE(nn.Module):
         f0 = self.model_f0(f0, voiced)
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
         noise = noise_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
+        z = self.latent_from_prior(m_p, logs_p, noise, noise_scale, mask, g)
+        return self.decoder(z, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames)
+
+    def latent_from_prior(self, m_p: torch.Tensor, logs_p: torch.Tensor, noise: torch.Tensor,
+                          noise_scale: float | torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The decoder's latent in :meth:`infer`: the prior's mean ``m_p`` + ``noise`` (standard normal) x its std
+        ``exp(logs_p)`` x ``noise_scale``, through the inverted flow, masked. All [B, I, T]; ``mask`` [B, 1, T],
+        ``g`` [B, gin] -> z [B, I, T]."""
         z_p = (m_p + noise * torch.exp(logs_p) * noise_scale) * mask
-        z = self.flow(z_p, mask, g, reverse=True)
-        return self.decoder(z * mask, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames)
+        return self.flow(z_p, mask, g, reverse=True) * mask
 
     # ----------------------------------------------------------------------------------------------
     def remove_weight_norm(self) -> int:
