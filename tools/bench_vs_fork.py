@@ -10,7 +10,9 @@ so-vits-svc-fork (4.2.x) lives in its own virtual environment (install recipe: t
 this toolkit's and the fork's, each with ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` = the thread count;
 they set up once (untimed), then the runs alternate between them (ours, fork, fork, ours, ...) so that a
 shared, loaded machine slows both alike; the medians and their ratio are reported. Peak memory is each
-worker's ``VmHWM`` (imports, model, optimiser, audio included).
+worker's ``VmHWM`` (imports, model, optimiser, audio included). Each run's CPU time (``time.process_time`` of the
+worker) is reported beside its wall time: with one thread on a machine loaded by other work, the CPU time is the
+steadier measure of the work done (the wall time mostly measures the scheduler's share).
 
 Tasks (random weights on both sides: only the time is compared):
 - ``convert``: a synthetic vocal (``--seconds`` of a tools/synth song, 44.1 kHz) converted end to end minus
@@ -102,14 +104,13 @@ def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, set
         runner, batch, *_ = make_runner("base", "lora", 2, 64, "cpu", "fp32", discriminator, tuple(settings_overrides))
         steps = iter(range(1 << 30))
         return lambda: runner.train_step(batch, next(steps))
-    from ai_singer.config import conf_group
+    from ai_singer.features.f0_settings import F0Settings
     from ai_singer.features.pitch import extract_f0
 
-    settings = conf_group("f0")
+    settings = F0Settings.from_conf(method="harvest")
     mono, sr = read_vocal(vocal)
     torch.manual_seed(0)
-    return lambda: extract_f0(mono, sr, HOP, None, method="harvest", f0_min=settings["f0_min"],
-                              f0_max=settings["f0_max"])
+    return lambda: extract_f0(mono, sr, HOP, None, settings)
 
 
 # ------------------------------------------------------------------------------------ fork worker
@@ -238,9 +239,9 @@ def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: s
     print(json.dumps({"ready": time.perf_counter() - started}), flush=True)
     for line in sys.stdin:
         if line.strip() == "run":
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             run()
-            print(json.dumps({"s": time.perf_counter() - started}), flush=True)
+            print(json.dumps({"s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}), flush=True)
         else:
             break
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
@@ -270,10 +271,12 @@ class Worker:
             if line.startswith("{"):
                 return json.loads(line)
 
-    def run(self) -> float:
+    def run(self) -> tuple[float, float]:
+        """One timed run: (wall seconds, CPU seconds of the worker process)."""
         self.process.stdin.write("run\n")
         self.process.stdin.flush()
-        return self.read()["s"]
+        result = self.read()
+        return result["s"], result["cpu_s"]
 
     def close(self) -> float:
         self.process.stdin.write("quit\n")
@@ -304,15 +307,20 @@ def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path
                              discriminator, settings_overrides)
     sides = list(workers)
     times: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(repeats):
         shift = round_ % len(sides)
         order = sides[shift:] + sides[:shift]
         for side in (order if round_ % 2 == 0 else order[::-1]):
-            times[side].append(workers[side].run())
+            wall, cpu_s = workers[side].run()
+            times[side].append(wall)
+            cpu[side].append(cpu_s)
     peaks = {side: w.close() for side, w in workers.items()}
     medians = {side: statistics.median(v) for side, v in times.items()}
     return [{"task": task, "threads": threads, "repeats": repeats,
              "times_s": {"ours": times[side], "fork": times["fork"]},
+             "cpu_s": {"ours": cpu[side], "fork": cpu["fork"]},
+             "median_cpu_s": {"ours": statistics.median(cpu[side]), "fork": statistics.median(cpu["fork"])},
              "median_s": {"ours": medians[side], "fork": medians["fork"]},
              "fork_over_ours": medians["fork"] / medians[side],
              "peak_rss_mb": {"ours": peaks[side], "fork": peaks["fork"]},
@@ -324,7 +332,8 @@ def markdown(results: list[dict], seconds: float) -> str:
     what = {"convert": f"conversion of a {seconds:g} s vocal, minus the content encoder (RTF)",
             "train": "fine-tuning step, batch 2 x 64 frames (s/step)", "harvest": f"harvest F0 of the {seconds:g} s vocal (s)"}
     lines = ["| task | threads | ours (median) | so-vits-svc-fork (median) | fork / ours (higher: we are faster) | "
-             "peak RSS MiB ours / fork |", "|---|---:|---:|---:|---:|---:|"]
+             "CPU s per run ours / fork (median) | fork / ours by CPU time | peak RSS MiB ours / fork |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         scale = seconds if r["task"] == "convert" else 1.0
         extra = "".join(", " + o for o in r.get("ours_settings") or [])
@@ -332,6 +341,8 @@ def markdown(results: list[dict], seconds: float) -> str:
                                                         "theirs: full)" if r["discriminator"] else "")
         lines.append(f"| {what[r['task']]}{detail} | {r['threads']} | {r['median_s']['ours'] / scale:.3f} | "
                      f"{r['median_s']['fork'] / scale:.3f} | {r['fork_over_ours']:.2f}x | "
+                     f"{r['median_cpu_s']['ours']:.2f} / {r['median_cpu_s']['fork']:.2f} | "
+                     f"{r['median_cpu_s']['fork'] / r['median_cpu_s']['ours']:.2f}x | "
                      f"{r['peak_rss_mb']['ours']:.0f} / {r['peak_rss_mb']['fork']:.0f} |")
     return "\n".join(lines)
 
