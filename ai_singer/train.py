@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("pretrain", "finetune")
 PRECISIONS = ("fp32", "bf16")
-#: ``trainer.discriminator``: what fine-tuning does with the base's discriminator (pretrain always trains it).
-DISCRIMINATOR_MODES = ("train", "frozen", "off")
+#: ``trainer.discriminator``: what fine-tuning does with the base's discriminator (pretrain: train or off);
+#: ``auto`` is ``train`` when the base has one (and for pretraining), ``off`` when it was pretrained without.
+DISCRIMINATOR_MODES = ("auto", "train", "frozen", "off")
 #: fine-tuning: where the singer vector starts (see start_singer_vector)
 SINGER_INITS = ("nearest", "mean")
 #: batches scored per candidate vector by trainer.singer_init=nearest
@@ -205,6 +206,15 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError(f"trainer.{name}", f"must be >= 1, got {getattr(cfg.trainer, name)}")
     if len(cfg.trainer.betas) != 2:
         raise TrainSetupError("trainer.betas", f"needs two values, got {cfg.trainer.betas}")
+
+
+def resolve_discriminator(cfg: TrainConfig) -> TrainConfig:
+    """``trainer.discriminator=auto`` made concrete: ``off`` when fine-tuning a base that has no discriminator
+    (a DDSP base pretrained on mel + KL alone), else ``train``. Other values are returned unchanged."""
+    if cfg.trainer.discriminator != "auto":
+        return cfg
+    has_one = cfg.mode != "finetune" or (locate_path(str(cfg.base)) / ckpt.BASE_DISCRIMINATOR_FILE).is_file()
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, discriminator="train" if has_one else "off"))
 
 
 def run_name_of(cfg: TrainConfig) -> str:
@@ -754,6 +764,7 @@ def run_training(cfg: TrainConfig, on_step: Callable[[int, dict[str, float]], No
     ``trainer.deterministic`` switches torch to deterministic algorithms for the run only.
     """
     validate_config(cfg)
+    cfg = resolve_discriminator(cfg)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_benchmark = torch.backends.cudnn.benchmark
     if cfg.trainer.deterministic:

