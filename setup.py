@@ -1,9 +1,10 @@
 """Build step that puts the bundled files into the wheel; everything else is in pyproject.toml.
 
-The repository's top-level ``conf/``, ``pretrain/synth-small`` ... (the list is ``ai_singer.bundle.BUNDLED``)
-stay the only copies in the source tree; building a wheel copies them to ``ai_singer/_bundle/`` inside it,
-where ``ai_singer.bundle.bundle_root`` finds them. An editable install (``pip install -e .``) copies nothing:
-the package finds them in the checkout.
+The repository's top-level ``conf/``, the bundled base ... (the list is ``ai_singer.bundle.bundled_entries``:
+fixed folders plus those ``tools/build_bundle.py`` names in ``pretrain/bundle.json``) stay the only copies in
+the source tree; building a wheel copies them to ``ai_singer/_bundle/`` inside it, where
+``ai_singer.bundle.bundle_root`` finds them, and an sdist carries them too. An editable install
+(``pip install -e .``) copies nothing: the package finds them in the checkout.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
 #: ai_singer/bundle.py is stdlib-only, so the build reads its list without importing the package.
@@ -23,7 +25,7 @@ SKIPPED = ("__pycache__", ".DS_Store")
 def bundled_files(root: Path = ROOT) -> list[Path]:
     """The files of ``BUNDLED`` under ``root`` (relative paths), hidden files and caches left out."""
     files: list[Path] = []
-    for entry in _LAYOUT["BUNDLED"]:
+    for entry in _LAYOUT["bundled_entries"](root):
         source = root / entry
         if not source.exists():
             raise FileNotFoundError(f"{source}: bundled in the wheel but missing (python tools/build_bundle.py "
@@ -53,5 +55,16 @@ class BuildPyWithBundle(build_py):
             self.copy_file(str(ROOT / relative), str(destination))
 
 
+class SdistWithBundle(sdist):
+    """``sdist`` plus the bundled files (a wheel built from the sdist then has them too)."""
+
+    def add_bundle(self) -> None:
+        self.filelist.extend(str(relative) for relative in bundled_files())
+
+    def make_distribution(self) -> None:
+        self.add_bundle()
+        super().make_distribution()
+
+
 if __name__ == "__main__":  # setuptools' build backend runs this file as __main__; tests import it
-    setup(cmdclass={"build_py": BuildPyWithBundle})
+    setup(cmdclass={"build_py": BuildPyWithBundle, "sdist": SdistWithBundle})

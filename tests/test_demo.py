@@ -75,18 +75,18 @@ def test_missing_bundle_says_which_file_and_how_to_rebuild(bundle, tmp_path, cap
     assert "python tools/build_bundle.py" in err and "adapter" not in err
     assert not (tmp_path / "out").exists()
 
-    # --full fine-tunes on the base, so it also needs the base's discriminator (and no adapter)
+    # --full fine-tunes on the base (no adapter needed); the base's content encoder folder is needed
     shutil.copytree(bundle / demo.EXAMPLE_SONG_DIR, partial / demo.EXAMPLE_SONG_DIR)
     shutil.rmtree(partial / "singers")
-    (partial / "pretrain/synth-tiny/discriminator.safetensors").unlink()
+    shutil.rmtree(partial / "pretrain/content")
     code = demo.main(["--full", "--bundle", str(partial), "--out", str(tmp_path / "full")])
     err = capsys.readouterr().err
-    assert code == 2 and "pretrain/synth-tiny/discriminator.safetensors" in err and "adapter" not in err
+    assert code == 2 and "pretrain/content/synth-hubert/config.json" in err and "adapter" not in err
     assert not (tmp_path / "full").exists()
 
     code = demo.main(["--bundle", str(tmp_path / "nothing")])
     err = capsys.readouterr().err
-    assert code == 2 and "singers/example/adapter.yaml" in err and "content/synth-hubert/model.safetensors" in err
+    assert code == 2 and "singers/example/adapter.yaml" in err and "pretrain/bundle.json" in err
 
 
 def test_synth_recordings_are_the_corpus_voice(bundle, tmp_path):

@@ -1,6 +1,6 @@
 """How much of a full fine-tune an extracted LoRA adapter keeps: error vs rank and adapter size.
 
-    .venv/bin/python tools/bench_extract.py --base pretrain/synth-small --full singers/<name>-full \\
+    .venv/bin/python tools/bench_extract.py --base pretrain/real-ddsp --full singers/<name>-full \\
         [--ranks 4 8 16 32 64] [--energies 0.5 0.8 0.9] [--vocal data/examples/song01/vocals.flac] [--write]
 
 For each rank (and each retained-energy target, ranks capped at the largest of ``--ranks``) the full model is
@@ -238,7 +238,10 @@ def intro_text(args: argparse.Namespace, what: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
+    from ai_singer.bundle import read_index
+
+    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / str(read_index(REPO).get("base")),
+                        help="base folder (default: the bundled base, pretrain/bundle.json)")
     parser.add_argument("--full", type=Path, required=True, help="the full model (a peft=full adapter folder)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--energies", type=float, nargs="*", default=[0.5, 0.8, 0.9])

@@ -1,6 +1,6 @@
 """Compare every PEFT method of ``conf/peft/`` on one base: what it costs, and (``--real``) how it sounds.
 
-    .venv/bin/python tools/compare_peft.py --base pretrain/synth-small --out runs/peft/compare.json [--bench]
+    .venv/bin/python tools/compare_peft.py --base pretrain/real-ddsp --out runs/peft/compare.json [--bench]
     .venv/bin/python tools/compare_peft.py --base pretrain/real-small --real --steps 500 1500 --seeds 0 1 \\
         --out runs/peft/real.json --bench                                          # hours on a CPU
 
@@ -272,7 +272,10 @@ def report(document: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / "synth-small")
+    from ai_singer.bundle import read_index
+
+    parser.add_argument("--base", type=Path, default=REPO / "pretrain" / str(read_index(REPO).get("base")),
+                        help="base folder (default: the bundled base, pretrain/bundle.json)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every conf/peft method")
     parser.add_argument("--cost-steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

@@ -1,6 +1,6 @@
 """Measure how well a fine-tuned singer adapter really converts, on parallel synthetic renditions.
 
-    .venv/bin/python tools/eval_conversion.py --corpus data/synth --base pretrain/synth-small \\
+    .venv/bin/python tools/eval_conversion.py --corpus data/synth --base pretrain/real-ddsp \\
         --singers-dir singers --pairs s03_alto:s11_mezzo s04_baritone:s10_baritone \\
         --out runs/eval/conversion.json [--bench]
 
@@ -142,13 +142,16 @@ def read_mono(path: Path, expected_sr: int) -> np.ndarray:
 
 
 def content_group(args: argparse.Namespace, base_config: dict) -> dict:
-    """The ``content`` group for the Converter: command line, else the base's config, else the bundled
-    encoder folder (its ``training.json`` gives layer/final_proj), else ``conf/content/hubert.yaml``."""
+    """The ``content`` group for the Converter: command line, else the base's config (its encoder's group,
+    ``conf/content/<name>.yaml``, with the recorded values), else the bundled encoder folder (its
+    ``training.json`` gives layer/final_proj), else ``conf/content/hubert.yaml``."""
     from ai_singer.conf_dir import conf_dir
 
-    group = dict(read_yaml(Path(conf_dir()) / "content" / "hubert.yaml"))
     recorded = dict(base_config.get("content_encoder") or {})
-    group["name"] = str(recorded.get("name", group.get("name", "hubert")))
+    name = str(recorded.get("name") or "hubert")
+    group_file = Path(conf_dir()) / "content" / f"{name}.yaml"
+    group = dict(read_yaml(group_file if group_file.is_file() else Path(conf_dir()) / "content" / "hubert.yaml"))
+    group["name"] = name
     path = args.content_path or recorded.get("path")
     if path is None and (REPO / BUNDLED_CONTENT_ENCODER / "config.json").is_file():
         path = REPO / BUNDLED_CONTENT_ENCODER
@@ -159,7 +162,7 @@ def content_group(args: argparse.Namespace, base_config: dict) -> dict:
             overrides = json.loads(training.read_text(encoding="utf-8")).get("content_overrides") or {}
             group.update({k: overrides[k] for k in ("layer", "final_proj") if k in overrides})
     for key in ("layer", "final_proj"):
-        if key in recorded:
+        if recorded.get(key) is not None or (key in recorded and key in group):
             group[key] = recorded[key]
     if args.content_layer is not None:
         group["layer"] = args.content_layer
@@ -235,7 +238,20 @@ class PhoneReader:
         self.silence = self.phones.index("sil") if "sil" in self.phones else 0
 
     @classmethod
-    def for_encoder(cls, encoder, content_path: str | None) -> "PhoneReader | None":
+    def for_encoder(cls, encoder, content_path: str | None, reader: Path | None = None) -> "PhoneReader | None":
+        """The conversion's own encoder when its folder has a phone head; with ``reader`` (``--phone-reader``,
+        e.g. the bundled ``pretrain/content/synth-hubert``), that encoder folder (its training.json's layer) and
+        its head instead: the same reader for every base, so articulation stays comparable when the base's
+        encoder (e.g. Whisper) has no phone head."""
+        if reader is not None:
+            from ai_singer.features.content import load_content_encoder
+
+            if not (reader / "phone_head.safetensors").is_file():
+                raise EvalError(f"--phone-reader {reader}: no phone_head.safetensors there")
+            training = json.loads((reader / "training.json").read_text(encoding="utf-8")).get("content_overrides") or {}
+            own = load_content_encoder("hubert", str(reader), layer=training.get("layer"),
+                                       final_proj=bool(training.get("final_proj", False)), device="cpu")
+            return cls(own, reader / "phone_head.safetensors")
         head = Path(content_path or "") / "phone_head.safetensors"
         return cls(encoder, head) if content_path and head.is_file() else None
 
@@ -499,6 +515,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--content-path", default=None, help="content encoder folder (default: the base's config, "
                         f"else {BUNDLED_CONTENT_ENCODER} if present, else conf/content/hubert.yaml)")
     parser.add_argument("--content-layer", type=int, default=None)
+    parser.add_argument("--phone-reader", type=Path, default=None,
+                        help="encoder folder with a phone head that reads articulation (default: the conversion's "
+                             f"encoder when it has one; {BUNDLED_CONTENT_ENCODER} for a base on Whisper features)")
     parser.add_argument("--content-final-proj", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     parser.add_argument("--f0-method", default=conf_group("f0")["method"], help="F0 extractor used by the conversion")
     parser.add_argument("--eval-f0-method", default="harvest", help="F0 extractor that measures the converted audio")
@@ -565,7 +584,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     log(f"loaded {args.base} with content encoder {content.get('path')} (layer {content.get('layer')}) in "
         f"{time.perf_counter() - started:.1f} s")
 
-    phones = PhoneReader.for_encoder(converter.content_encoder, content.get("path"))
+    phones = PhoneReader.for_encoder(converter.content_encoder, content.get("path"), args.phone_reader)
     timbre = metrics.TimbreSettings()
     classifier, classifier_info = train_classifier(corpus, args.corpus, args.classifier_clips or None, timbre, log)
 
