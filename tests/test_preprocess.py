@@ -57,7 +57,7 @@ def make_dataset(raw: Path) -> Path:
 def make_cfg(raw: Path, processed: Path, hubert: Path, *overrides: str):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return compose("preprocess", overrides=[
-            f"paths.raw={raw}", f"paths.processed={processed}", f"content.path={hubert}", "content.layer=2",
+            f"paths.raw={raw}", f"paths.processed={processed}", "content=hubert", f"content.path={hubert}", "content.layer=2",
             "num_workers=0", "progress=false", "slicer.min_length_s=1.0", *overrides])
 
 
@@ -285,12 +285,20 @@ def test_singer_selection(reference, dataset, tmp_path, tiny_hubert_dir):
         run_cli(make_cfg(dataset, processed, tiny_hubert_dir, "singers=[nobody]"))
 
 
-def test_default_content_encoder_is_the_bundled_one_and_hubert_selects_real_weights(tmp_path):
+def test_default_content_encoder_is_the_bundled_bases_and_hubert_selects_real_weights(tmp_path):
+    import yaml
+
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         default = compose("preprocess", overrides=[f"paths.raw={tmp_path}"])
         real = compose("preprocess", overrides=["content=hubert", "content.path=/weights/contentvec"])
-    assert dict(default.content) == {"name": "hubert", "path": "pretrain/content/synth-hubert", "layer": 3,
-                                     "final_proj": False, "device": "cpu"}
+    assert dict(default.content) == {"name": "whisper", "path": "wheel:base", "compute_type": "float32",
+                                     "device": "cpu"}
+    from ai_singer.bundle import bundle_root, default_base
+
+    base = bundle_root() / "pretrain" / str(default_base()) / "config.yaml"
+    if base.is_file():  # the default's features are the ones the bundled base was trained on
+        recorded = yaml.safe_load(base.read_text())["content_encoder"]
+        assert (recorded["name"], recorded["path"]) == (default.content.name, default.content.path)
     assert default.singers is None and list(default.exclude_singers) == []
     assert (real.content.path, real.content.layer) == ("/weights/contentvec", 12)
     with pytest.raises(ContentEncoderMissing, match="synth-hubert"):  # not trained yet in a fresh clone
@@ -302,6 +310,7 @@ def compose_missing(tmp_path: Path):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return compose("preprocess", overrides=[f"paths.raw={tmp_path / 'raw'}",
                                                 f"paths.processed={tmp_path / 'processed'}",
+                                                "content=synth",
                                                 f"content.path={tmp_path / 'pretrain/content/synth-hubert'}",
                                                 "num_workers=0", "progress=false"])
 
@@ -534,7 +543,7 @@ def test_workers_end_when_the_main_process_is_killed(tmp_path, tiny_hubert_dir):
         write_source(raw / "alice" / f"take{index}.wav", 44100, 1, "PCM_16", notes)
     run = subprocess.Popen(
         [sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={raw}", f"paths.processed={tmp_path / 'out'}",
-         f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=2", "f0.method=harvest"],
+         "content=hubert", f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=2", "f0.method=harvest"],
         cwd=tmp_path, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -559,7 +568,8 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
     env = _cli_env()
     run = subprocess.run(
         [sys.executable, "-m", "ai_singer.preprocess", f"paths.raw={dataset}", f"paths.processed={processed}",
-         f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=0", "slicer.min_length_s=1.0"],
+         "content=hubert", f"content.path={tiny_hubert_dir}", "content.layer=2", "num_workers=0",
+         "slicer.min_length_s=1.0"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "alice: 6 clips" in run.stdout
@@ -688,8 +698,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_sources(dataset,
     from ai_singer import cli
 
     processed = small_disk / "processed"
-    args = ["preprocess", f"paths.raw={dataset}", f"paths.processed={processed}", f"content.path={tiny_hubert_dir}",
-            "content.layer=2", f"num_workers={workers}", "progress=false", "slicer.min_length_s=1.0",
+    args = ["preprocess", f"paths.raw={dataset}", f"paths.processed={processed}", "content=hubert",
+            f"content.path={tiny_hubert_dir}", "content.layer=2", f"num_workers={workers}", "progress=false", "slicer.min_length_s=1.0",
             "pitch_plots=false"]
     GlobalHydra.instance().clear()
     code = cli.main(args)

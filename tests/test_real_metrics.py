@@ -307,7 +307,11 @@ def test_the_tool_end_to_end_on_a_tiny_base(tmp_path, tiny_hubert_dir, capsys):
 
 def test_prepare_commands_use_the_base_content_encoder(tmp_path, capsys):
     corpus = make_corpus_stub(tmp_path)
-    code = eval_real.main(["--prepare", "--dry-run", "--corpus", str(corpus), "--base", "pretrain/synth-small",
+    base = tmp_path / "pretrain" / "synth-small"  # a base trained on the synthetic encoder records it so
+    base.mkdir(parents=True)
+    (base / "config.yaml").write_text(json.dumps({"kind": "base", "content_encoder": {
+        "name": "hubert", "dim": 128, "path": "pretrain/content/synth-hubert", "layer": 3, "final_proj": False}}))
+    code = eval_real.main(["--prepare", "--dry-run", "--corpus", str(corpus), "--base", str(base),
                            "--singers-dir", str(tmp_path / "singers"), "--steps", "700"])
     assert code == 0
     printed = capsys.readouterr().out.splitlines()
@@ -316,9 +320,9 @@ def test_prepare_commands_use_the_base_content_encoder(tmp_path, capsys):
     assert "content=hubert content.path=pretrain/content/synth-hubert content.layer=3 content.final_proj=false" \
         in printed[0] and "paths.processed=data/processed_real_synth-small" in printed[0]
     assert "singer=va" in printed[1] and "trainer.max_steps=700" in printed[1] and "paths.runs=runs/real/synth-small" \
-        in printed[1] and "base=pretrain/synth-small" in printed[1]
+        in printed[1] and f"base={base}" in printed[1]
     code = eval_real.main(["--prepare", "--dry-run", "--no-preprocess", "--peft", "adapter", "--corpus", str(corpus),
-                           "--base", "pretrain/synth-small", "--singers-dir", str(tmp_path / "singers")])
+                           "--base", str(base), "--singers-dir", str(tmp_path / "singers")])
     printed = capsys.readouterr().out.splitlines()
     assert code == 0 and len(printed) == 2 and all("peft=adapter" in line for line in printed)  # fine-tunes only
 

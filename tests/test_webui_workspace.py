@@ -172,12 +172,12 @@ def test_the_page_values_reach_the_stage_config_typed_and_checked(tmp_path):
         stages.singer_name("../x")
     catalog = stages.Catalog(Path("pretrain"), tmp_path / "singers")
     config = stages.train_config(tmp_path / "processed", tmp_path / "runs", stages.TrainChoices(
-        singer="bob", base="synth-small", method="lora", max_steps=10, batch_size=2, learning_rate=1e-4,
+        singer="bob", base="real-ddsp", method="lora", max_steps=10, batch_size=2, learning_rate=1e-4,
         discriminator="off", save_every=5, eval_every=0, num_workers=0), catalog)
     assert (config.mode, config.singer, config.trainer.max_steps, config.paths.singers) == (
         "finetune", "bob", 10, str(tmp_path / "singers"))
-    groups, values = stages.content_choices(catalog.base("synth-small"))
-    assert groups == {"content": "hubert"} and values["content.path"] == "pretrain/content/synth-hubert"
+    groups, values = stages.content_choices(catalog.base("real-ddsp"))  # the bundled base
+    assert groups == {"content": "whisper"} and values == {"content.path": "wheel:base"}
     with pytest.raises(UserError, match="base 'nope': no usable base"):
         catalog.base("nope")
 

@@ -83,7 +83,9 @@ def test_the_wheel_carries_the_bundle_and_imports_from_the_venv(installed, tmp_p
     venv = bin_dir.parent
     assert Path(package).is_relative_to(venv) and Path(root) == Path(package).parent / "_bundle"
     assert Path(conf) == Path(root) / "conf" and torch_version == torch.__version__
-    for entry in ("pretrain/synth-small/generator.safetensors", "pretrain/content/synth-hubert/model.safetensors",
+    from ai_singer.bundle import default_base
+
+    for entry in (f"pretrain/{default_base()}/generator.safetensors", "pretrain/content/synth-hubert/model.safetensors",
                   "singers/example/adapter.safetensors", "data/examples/song01/vocals.flac", "tools/synth/corpus.py"):
         assert (Path(root) / entry).is_file(), entry
 
@@ -98,7 +100,9 @@ def test_the_demo_runs_from_an_empty_folder(installed, tmp_path):
     assert rate == source.samplerate and abs(len(audio) - source.frames) <= rate // 100
     assert np.sqrt(np.mean(np.square(audio))) > 1e-3  # not silent
     listing = _run([bin_dir / "ai-singer", "singers"], tmp_path, env)
-    assert "synth-small (bundled)" in listing and "example (bundled)" in listing
+    from ai_singer.bundle import default_base
+
+    assert f"{default_base()} (bundled)" in listing and "example (bundled)" in listing
 
 
 def test_the_whole_path_runs_from_an_empty_folder(installed, tmp_path):
@@ -113,7 +117,9 @@ def test_the_whole_path_runs_from_an_empty_folder(installed, tmp_path):
     _run([cli, "preprocess", "paths.raw=outputs/demo_full/recordings/raw", "num_workers=0", "progress=false"],
          tmp_path, env)
     singer = next(p.name for p in (tmp_path / "data/processed").iterdir() if (p / "pitch_range.png").is_file())
-    _run([cli, "train", "mode=finetune", f"singer={singer}", "base=pretrain/synth-small", "trainer.max_steps=2",
+    from ai_singer.bundle import default_base
+
+    _run([cli, "train", "mode=finetune", f"singer={singer}", f"base=pretrain/{default_base()}", "trainer.max_steps=2",
           "trainer.batch_size=2", "trainer.num_workers=0", "trainer.eval_every=0", "retrieval_centroids=0"],
          tmp_path, env)
     _run([cli, "convert", "songs=data/examples/song01", f"singer={singer}", "progress=false"], tmp_path, env)
