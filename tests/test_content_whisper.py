@@ -175,7 +175,8 @@ def test_missing_or_incomplete_folder_names_the_path_and_what_to_put_there(tiny_
 
 def test_missing_packages_are_clear_errors(tiny_whisper, monkeypatch):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 -> ImportError
-    with pytest.raises(ContentEncoderMissing, match=r"ctranslate2 is not installed.*pip install -e '\.\[whisper\]'"):
+    with pytest.raises(ContentEncoderMissing,
+                       match=r"ctranslate2 is not installed.*a dependency of ai_singer: reinstall it \(pip install -e \.\)"):
         WhisperContentEncoder(tiny_whisper[0])
     monkeypatch.undo()
     real_find_spec = whisper_models.importlib.util.find_spec
