@@ -10,12 +10,14 @@ when the largest difference exceeds ``tolerance``; ``export.yaml`` records it. C
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -128,10 +130,7 @@ def _export(prior: torch.nn.Module, decoder: torch.nn.Module, inputs: tuple[np.n
     window = torch.export.Dim("window", min=2, max=1 << 20)
     decoder_shapes = dict(zip(DECODER_INPUTS, ({2: window}, {2: window * hop})))
     metadata = json.dumps(description)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the exporter's notes about torchvision ops
-    try:
+    with quiet_exporter():
         for graph, graph_args, shapes, names, file in (
                 (prior, args, prior_shapes, (PRIOR_INPUTS, PRIOR_OUTPUTS), PRIOR_FILE),
                 (decoder, (frame_input, source), decoder_shapes, (DECODER_INPUTS, DECODER_OUTPUTS), DECODER_FILE)):
@@ -139,8 +138,23 @@ def _export(prior: torch.nn.Module, decoder: torch.nn.Module, inputs: tuple[np.n
                                         output_names=names[1], verbose=False, optimize=True)
             program.model.metadata_props[METADATA_KEY] = metadata
             program.save(folder / file, external_data=False)
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """torch.onnx's exporter and its optimiser without their notes: hundreds of INFO log lines, warnings about
+    torchvision ops and deprecations of torch internals (errors still raise)."""
+    root, exporter = logging.getLogger(), logging.getLogger("torch.onnx")
+    levels = root.level, exporter.level
+    root.setLevel(max(logging.WARNING, root.level))
+    exporter.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        quiet.setLevel(level)
+        root.setLevel(levels[0])
+        exporter.setLevel(levels[1])
 
 
 @torch.inference_mode()
