@@ -401,7 +401,7 @@ def build_finetune_models(cfg: TrainConfig, stats: DatasetStats, stats_path: Pat
     mode = cfg.trainer.discriminator
     base_path = locate_path(str(cfg.base))  # the user's, else bundled
     discriminator_file = base_path / ckpt.BASE_DISCRIMINATOR_FILE
-    if mode != "off" and not discriminator_file.is_file():
+    if mode != "off" and (base_path / ckpt.BASE_CONFIG_FILE).is_file() and not discriminator_file.is_file():
         raise TrainSetupError(discriminator_file,
                               f"trainer.discriminator={mode} needs the base's discriminator, and this base was "
                               "pretrained without one; fine-tune it with trainer.discriminator=off")

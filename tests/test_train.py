@@ -247,6 +247,8 @@ def test_discriminator_setting_errors(tmp_path, processed, base_dir):
     with pytest.raises(TrainSetupError, match=r"trainer.discriminator: must be one of"):
         make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}",
                     "trainer.discriminator=fixed")
+    with pytest.raises(ckpt.ArtifactMissing, match="no base artifact folder here"):  # not "has no discriminator"
+        run_training(make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={tmp_path / 'nowhere'}"))
     # a run cannot switch mid-way: its checkpoint says how the discriminator was handled
     finetune = ["mode=finetune", "singer=alto", f"base={base_dir}"]
     run_training(make_config(tmp_path, processed, *finetune, "trainer.max_steps=1"))
