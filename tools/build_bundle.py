@@ -654,8 +654,8 @@ class Builder:
                 continue
             record = records.get(step.name)
             commands = record.commands if record else self.command_lines(step)
-            note = "" if record is None or record.status == "ran" else \
-                " (not run in this build: its outputs were there or nothing needed them)"
+            note = "" if record is not None and record.status == "ran" else \
+                " (not run by the build that wrote this file: its outputs were already there, or nothing needed them)"
             lines += [f"{step.name}: {step.title}{note}", "", "```bash", *commands, "```", ""]
         lines += ["## Versions", "", *[f"- {line}" for line in versions()], ""]
         path = self.root / MANIFEST_FILE
