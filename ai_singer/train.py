@@ -340,12 +340,13 @@ def _take_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[i
 
 
 def _take_speaker_rows(generator: SingerVAE, table: torch.Tensor, base_speakers: list[str],
-                       speakers: list[str]) -> int:
+                       speakers: list[str]) -> int | None:
     """Copy the base's speaker vectors ``table [n_base, gin]`` into ``generator``'s table row by singer name;
-    singers the base does not know start at the mean of its vectors. Returns how many rows were copied."""
+    singers the base does not know start at the mean of its vectors. Returns how many rows were copied, or
+    None (nothing taken) when the table does not fit (another vector size, or no name per row)."""
     own = generator.speaker_embedding.weight
     if table.ndim != 2 or table.shape[1] != own.shape[1] or table.shape[0] != len(base_speakers):
-        return 0
+        return None
     rows = {name: index for index, name in enumerate(base_speakers)}
     with torch.no_grad():
         mean = table.float().mean(dim=0)
@@ -373,10 +374,11 @@ def warm_start(generator: SingerVAE, discriminator: nn.Module | None, base_dir: 
                               "generator_fresh": fresh}
     table_name = "speaker_embedding.weight"
     if speakers is not None and table_name in fresh and table_name in base.generator_state:
-        record["speakers_copied"] = _take_speaker_rows(generator, base.generator_state[table_name],
-                                                       base.speakers, speakers)
-        fresh.remove(table_name)
-        copied = record["generator_copied"] = copied + 1
+        taken = _take_speaker_rows(generator, base.generator_state[table_name], base.speakers, speakers)
+        if taken is not None:  # a table that does not fit stays fresh, and is listed so
+            record["speakers_copied"] = taken
+            fresh.remove(table_name)
+            copied = record["generator_copied"] = copied + 1
     if copied == 0:
         raise TrainSetupError("init_from", f"{base_dir}: no tensor of that base fits this model "
                                            f"(architecture {base.model_config.get('hidden_channels')} hidden vs "
@@ -505,6 +507,13 @@ class StepRunner:
             return torch.zeros(())
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
+    def reconstruction_losses(self, out, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The generator's mel L1 of ``out.wav`` against ``real`` [B, 1, S], its KL, and the two weighted as
+        in training (``loss.mel``, ``loss.kl``)."""
+        loss_mel = mel_l1_loss(self.mel(out.wav), self.mel(real))
+        loss_kl = kl_loss(out)
+        return loss_mel, loss_kl, self.weights.mel * loss_mel + self.weights.kl * loss_kl.float()
+
     @torch.no_grad()
     def score_singer_vectors(self, generator: "GeneratorForTraining", batches: list[Batch],
                              candidates: torch.Tensor, seed: int) -> list[float]:
@@ -522,8 +531,7 @@ class StepRunner:
                 for batch in batches:
                     batch = self.with_spec(batch.to(self.device))
                     out = generator(batch)
-                    total += float(self.weights.mel * mel_l1_loss(self.mel(out.wav), self.mel(out.slice_audio(batch.wav)))
-                                   + self.weights.kl * kl_loss(out).float())
+                    total += float(self.reconstruction_losses(out, out.slice_audio(batch.wav))[2])
                 scores.append(total / max(1, len(batches)))
         finally:
             generator.singer_embedding.copy_(kept)
@@ -552,10 +560,8 @@ class StepRunner:
             self.opt.discriminator.step()
             logged.update({"loss/discriminator": loss_disc.item(), "grad_norm/discriminator": float(grad_norm_d)})
 
-        loss_mel = mel_l1_loss(self.mel(fake), self.mel(real))
-        loss_kl = kl_loss(out)
+        loss_mel, loss_kl, loss_gen = self.reconstruction_losses(out, real)
         w = self.weights
-        loss_gen = w.mel * loss_mel + w.kl * loss_kl.float()
         if self.discriminator is not None:
             with self.autocast():
                 # no discriminator-parameter gradients in the generator's backward (unwrapped: nothing to sync)

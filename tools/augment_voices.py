@@ -83,11 +83,6 @@ def resynthesise(analysis: dict, sr: int, variant: Variant) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def perturb(audio: np.ndarray, sr: int, variant: Variant) -> np.ndarray:
-    """Mono float audio -> the same speech with warped formants and scaled F0 (same length, same peak)."""
-    return resynthesise(analyse(audio, sr), sr, variant)
-
-
 def pick_clips(voice_dir: Path, seconds: float, seed: int) -> list[Path]:
     """A seeded shuffle of the voice's speech + sung clips, taken until ``seconds`` of audio."""
     clips = sorted(voice_dir.glob("*/*.wav"))
