@@ -401,9 +401,8 @@ def _read_discriminator(path: Path) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``rvc`` sub-command's arguments (defaults of the folders: conf/)."""
-    from ai_singer.config import conf_group
+    from ai_singer.importers.base_arguments import add_base_output_arguments
 
-    paths, hubert = conf_group("paths"), conf_group("content", "hubert")
     parser.add_argument("model", type=Path, help="an RVC generator: a base (f0G40k.pth, f0G48k.pth, a training "
                                                  "G_*.pth) or an exported singer model (assets/weights/NAME.pth)")
     parser.add_argument("--discriminator", type=Path, help="the base's discriminator (f0D40k.pth), for "
@@ -414,14 +413,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "published ones: its training config.json (an exported singer model carries its own)")
     parser.add_argument("--sample-rate", choices=sorted(_SAMPLE_RATES), help="for a base or checkpoint whose "
                         "rate its tensors do not tell (v1 32k/48k): RVC's rate, as in its file name")
-    parser.add_argument("--name", required=True, help="the base's name: written to <pretrain-dir>/<name>/")
-    parser.add_argument("--pretrain-dir", type=Path, default=Path(paths["pretrain"]),
-                        help=f"where bases live (default: paths.pretrain of conf/, {paths['pretrain']})")
-    parser.add_argument("--content-path", default=hubert["path"],
-                        help="the ContentVec/HuBERT folder (Hugging Face format, e.g. written by `ai-singer import "
-                             "contentvec hubert_base.pt ...`) recorded as the base's content encoder (default: "
-                             f"content/hubert's path in conf/, {hubert['path']})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing base of that name")
+    add_base_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

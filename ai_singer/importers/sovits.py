@@ -345,21 +345,13 @@ def import_sovits(generator: str | Path, config: str | Path, name_dir: str | Pat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``sovits`` sub-command's arguments (defaults of the folders: conf/)."""
-    from ai_singer.config import conf_group
+    from ai_singer.importers.base_arguments import add_base_output_arguments
 
-    paths, hubert = conf_group("paths"), conf_group("content", "hubert")
     parser.add_argument("generator", type=Path, help="the generator checkpoint, e.g. G_0.pth")
     parser.add_argument("--config", required=True, type=Path, help="its config.json")
     parser.add_argument("--discriminator", type=Path, help="the discriminator checkpoint (D_0.pth), for "
                                                            "fine-tuning with a trained discriminator")
-    parser.add_argument("--name", required=True, help="the base's name: written to <pretrain-dir>/<name>/")
-    parser.add_argument("--pretrain-dir", type=Path, default=Path(paths["pretrain"]),
-                        help=f"where bases live (default: paths.pretrain of conf/, {paths['pretrain']})")
-    parser.add_argument("--content-path", default=hubert["path"],
-                        help="the ContentVec folder (Hugging Face format, e.g. written by `ai-singer import "
-                             "contentvec`) recorded as the base's content encoder (default: content/hubert's "
-                             f"path in conf/, {hubert['path']})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing base of that name")
+    add_base_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
