@@ -205,7 +205,10 @@ def run_real(args: argparse.Namespace) -> list[dict]:
         for seed in args.seeds:
             for steps in sorted(args.steps):
                 prepare, measure, out = real_commands(args, method, seed, steps)
-                for command in (prepare, measure):
+                done = args.resume and out.exists()
+                if done:
+                    print(f"= {out} exists (--resume): kept", flush=True)
+                for command in () if done else (prepare, measure):
                     print("+ " + shlex.join(command), flush=True)
                     if args.dry_run:
                         continue
@@ -297,6 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="the held-out voices' data, already preprocessed with the base's content encoder (default: "
                            "eval_real.py's folder, preprocessed first)")
     real.add_argument("--dry-run", action="store_true", help="print the --real commands only")
+    real.add_argument("--resume", action="store_true",
+                      help="keep the reports of (method, seed, steps) already measured; run only the missing ones")
+    real.add_argument("--no-cost", action="store_true", help="skip the synthetic cost rows (real rows only)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.methods = args.methods or methods()
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     cost, inference = [], {}
-    if not args.dry_run:
+    if not args.dry_run and not args.no_cost:
         for method in args.methods:
             command = [sys.executable, __file__, "--one", method, "--base", str(args.base), "--work", str(args.work),
                        "--cost-steps", str(args.cost_steps), "--warmup", str(args.warmup), "--batch-size",
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                                      args.convert_seconds)
             inference = {method: round(speed, 4) for method, (_, speed) in converted.items()}
             print(f"model s per s of audio: {inference}", flush=True)
-    quality = None if args.no_convert or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
+    quality = None if args.no_convert or args.no_cost or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
     document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
