@@ -2,6 +2,7 @@
 real-voice runs (per method, seed and step count), the summary of an eval_real report and the tables."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,3 +52,33 @@ def test_real_summary_and_table():
     assert got["secs_converted"] == 0.75 and got["cer_converted"] == 0.5 and got["self_mcd_db"] == 4.0
     table = compare_peft.real_table([{"method": "lora", "seed": 0, "steps": 500, **got}])
     assert "| lora | 500 | 0 | 0.750 / 0.600 | 0.50 | 20.0 | 4.00 |" in table
+
+
+def test_one_table_holds_each_methods_cost_and_its_real_metrics_averaged_over_seeds():
+    cost = [{"method": "lora", "trainable_params": 1000, "artifact_mb": 0.5, "step_s": 0.3, "peak_rss_mb": 600.0},
+            {"method": "ia3", "trainable_params": 10, "artifact_mb": 0.01, "step_s": 0.2, "peak_rss_mb": 590.0}]
+    metrics = {"secs_source": 0.6, "f0_median_abs_cents": 6.0, "self_mcd_db": 3.0}
+    real = [{"method": "lora", "seed": 0, "steps": 500, "secs_converted": 0.8, "cer_converted": 0.3, **metrics},
+            {"method": "lora", "seed": 1, "steps": 500, "secs_converted": 0.7, "cer_converted": 0.5, **metrics},
+            {"method": "lora", "seed": 0, "steps": 1500, "secs_converted": 0.9, "cer_converted": 0.2, **metrics}]
+    table = compare_peft.combined_table(cost, real)
+    lines = table.splitlines()
+    assert "SECS conv @500" in lines[0] and "CER @1500" in lines[0]
+    lora = next(line for line in lines if line.startswith("| lora |"))
+    assert "| 1,000 | 0.500 | 0.30 | 600 | 0.750 | 0.40 | 6.0 | 3.00 | 0.900 | 0.20 |" in lora
+    assert lora.endswith("| 2 @500, 1 @1500 |")
+    ia3 = next(line for line in lines if line.startswith("| ia3 |"))  # costed, not yet measured on real voices
+    assert ia3.endswith("| - | - | - | - | - | - | - | - | 0 @500, 0 @1500 |")
+
+
+def test_collect_runs_nothing_and_tables_only_the_reports_that_exist(tmp_path, capsys):
+    args = compare_peft.parse_args(["--real", "--collect", "--methods", "lora", "diff", "--seeds", "0",
+                                    "--steps", "500", "--work", str(tmp_path), "--base", "pretrain/x"])
+    _, _, out = compare_peft.real_commands(args, "lora", 0, 500)
+    out.parent.mkdir(parents=True)
+    summary = {"secs_converted": 0.7, "secs_source": 0.6, "cer_converted": 0.5, "f0_median_abs_cents": 20.0}
+    out.write_text(json.dumps({"pairs": [{"self": False, "summary": summary}]}))
+    rows = compare_peft.run_real(args)
+    assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [("lora", 0, 500)]
+    printed = capsys.readouterr().out
+    assert "not measured yet" in printed and "diff-seed0-500.json" in printed and "+ " not in printed

@@ -205,9 +205,12 @@ def run_real(args: argparse.Namespace) -> list[dict]:
         for seed in args.seeds:
             for steps in sorted(args.steps):
                 prepare, measure, out = real_commands(args, method, seed, steps)
-                done = args.resume and out.exists()
+                done = (args.resume or args.collect) and out.exists()
                 if done:
-                    print(f"= {out} exists (--resume): kept", flush=True)
+                    print(f"= {out} exists: kept", flush=True)
+                elif args.collect:
+                    print(f"- {out}: not measured yet (--collect runs nothing)", flush=True)
+                    continue
                 for command in () if done else (prepare, measure):
                     print("+ " + shlex.join(command), flush=True)
                     if args.dry_run:
@@ -247,6 +250,43 @@ def real_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mean_over_seeds(rows: list[dict], method: str, steps: int, key: str) -> tuple[float | None, int]:
+    """The mean of ``key`` over the seeds measured for ``method`` at ``steps``, and how many seeds that is."""
+    values = [r[key] for r in rows if r["method"] == method and r["steps"] == steps and r.get(key) is not None]
+    return (sum(values) / len(values), len(values)) if values else (None, 0)
+
+
+def combined_table(cost: list[dict], real: list[dict]) -> str:
+    """One row per method: what it costs (synthetic steps on the base) and how it sounds on the held-out real
+    voices at each step count (means over the seeds measured; their number in the last column)."""
+    steps = sorted({r["steps"] for r in real})
+    methods_seen = [r["method"] for r in cost] + [r["method"] for r in real if r["method"] not in
+                                                  {c["method"] for c in cost}]
+    methods_seen = list(dict.fromkeys(methods_seen))
+    by_cost = {r["method"]: r for r in cost}
+    head = "| method | trainable params | artifact MB | s/step | peak RSS MB |"
+    rule = "|---|---:|---:|---:|---:|"
+    for n in steps:
+        head += f" SECS conv @{n} | CER @{n} | F0 cents @{n} | self MCD dB @{n} |"
+        rule += "---:|---:|---:|---:|"
+    head += " seeds |"
+    rule += "---|"
+    lines = [head, rule]
+    for method in methods_seen:
+        c = by_cost.get(method)
+        line = (f"| {method} | {c['trainable_params']:,} | {c['artifact_mb']:.3f} | {c['step_s']:.2f} | "
+                f"{c['peak_rss_mb']:.0f} |" if c else f"| {method} | - | - | - | - |")
+        counts = []
+        for n in steps:
+            for key, digits in (("secs_converted", 3), ("cer_converted", 2), ("f0_median_abs_cents", 1),
+                                ("self_mcd_db", 2)):
+                value, count = mean_over_seeds(real, method, n, key)
+                line += f" {fmt(value, digits)} |"
+            counts.append(f"{mean_over_seeds(real, method, n, 'secs_converted')[1]} @{n}")
+        lines.append(line + f" {', '.join(counts)} |")
+    return "\n".join(lines)
+
+
 def report(document: dict) -> str:
     parts = [f"Measured with `{document['command']}` on {document['created']}.",
              f"- Machine: {document['machine']}. Load average {document['load_average']} (1/5/15 min) before the run.",
@@ -263,8 +303,12 @@ def report(document: dict) -> str:
                       f"{quality['seconds']:g} s of the example vocal: MCD {quality['mcd_int8_vs_float_db']:.2f} dB "
                       f"between the two conversions (relative L2 {quality['relative_l2']:.3f})."]
     if document.get("real"):
-        parts += ["", "Real voices (tools/eval_real.py on the held-out voices; cross pairs averaged):", "",
-                  real_table(document["real"])]
+        parts += ["", "All methods on one table: the cost columns above and the real-voice metrics (tools/eval_real.py "
+                      "on the held-out voices; cross pairs averaged; means over the seeds measured, counted in the "
+                      "last column):", "", combined_table(document["cost"], document["real"]),
+                  "", "Every real-voice run (one row per method, steps and seed):", "", real_table(document["real"])]
+        if document.get("real_missing"):
+            parts += ["", "Not measured yet: " + ", ".join(document["real_missing"]) + "."]
     else:
         parts += ["", "Real-voice rows (SECS, CER, F0 error at 500 and 1500 steps, two seeds; `--real`): not measured "
                       "in this run."]
@@ -303,6 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     real.add_argument("--resume", action="store_true",
                       help="keep the reports of (method, seed, steps) already measured; run only the missing ones")
     real.add_argument("--no-cost", action="store_true", help="skip the synthetic cost rows (real rows only)")
+    real.add_argument("--collect", action="store_true",
+                      help="run nothing for --real: table the reports already measured, say which are missing")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.methods = args.methods or methods()
@@ -344,12 +390,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model s per s of audio: {inference}", flush=True)
     quality = None if args.no_convert or args.no_cost or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
+    missing = [f"{m} seed {seed} @{n}" for m in args.methods for seed in args.seeds for n in sorted(args.steps)
+               if args.real and not real_commands(args, m, seed, n)[2].exists()]
     document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": machine_description(threads=1), "load_average": load,
                 "settings": {"steps": args.cost_steps, "warmup": args.warmup, "batch_size": args.batch_size,
                              "frames": args.frames, "discriminator": args.discriminator, "base": str(args.base)},
-                "cost": cost, "inference": inference, "qlora_quality": quality, "real": real_rows}
+                "cost": cost, "inference": inference, "qlora_quality": quality, "real": real_rows,
+                "real_missing": missing}
     if args.dry_run:
         return 0
     from ai_singer.atomic import atomic_write_json
