@@ -292,3 +292,137 @@ def test_pool_voices_takes_train_voices_capped_and_never_a_held_out_one(tmp_path
     record = json.loads((out / "pool.json").read_text())
     assert sorted(record["voices"]) == ["s0", "va"]
     assert bb.bundle_helpers.pool_voices(corpus, synth, out, speech_seconds=2.5, seed=0) == files  # same again
+
+
+# ------------------------------------------------------------------ the augmented base's chain (no training)
+
+AUG_CHAIN = ["augment", "preprocess-aug", "mix", "pretrain-aug"]
+
+
+def _records(root: Path, **changes) -> dict[str, "bb.StepRecord"]:
+    builder = bb.Builder(bb.BuildSettings(root=root, dry_run=True, **changes), echo=lambda line: None)
+    return {record.step.name: record for record in builder.run().records}
+
+
+def test_an_augmented_base_plans_its_chain_in_order_and_real_ddsp_does_not(tmp_path):
+    records = _records(tmp_path / "fresh", base="real-ddsp-aug")
+    names = list(records)
+    data = names[names.index("preprocess-real") + 1: names.index("pretrain-warm")]
+    assert data == ["augment", "preprocess-aug", "mix"] and names[names.index("pretrain") + 1] == "pretrain-aug"
+    assert all(records[name].status == "dry-run" for name in AUG_CHAIN)
+    augment = shlex.split(records["augment"].commands[0])
+    assert augment[1].endswith("tools/augment_voices.py") and augment[2:] == [
+        "--corpus", "data/real", "--out", "data/real_aug/raw", "--voices", "en_allison_f", "fr_june_f", "ru_nsh_m",
+        "--variants", "1.15:1.4", "0.87:0.72", "1.07:0.88", "0.94:1.12", "1.2:1.25", "--seconds", "200", "--seed", "0"]
+    preprocess = shlex.split(records["preprocess-aug"].commands[0])
+    real = shlex.split(records["preprocess-real"].commands[0])
+    assert preprocess[5:] == real[5:]  # the same content encoder and F0 as the pool
+    assert preprocess[3:5] == ["paths.raw=data/real_aug/raw", "paths.processed=data/processed_real_aug"]
+    assert records["mix"].commands[0].endswith(
+        "merge-processed --out data/processed_real_mix data/processed_real_whisper data/processed_real_aug")
+    warm = set(shlex.split(records["pretrain"].commands[0]))
+    assert {"name=real-ddsp", "init_from=pretrain/real-small", "trainer.max_steps=16140"} <= warm
+    aug = shlex.split(records["pretrain-aug"].commands[0])
+    assert {"name=real-ddsp-aug", "init_from=pretrain/real-ddsp", "paths.processed=data/processed_real_mix",
+            "trainer.max_steps=8000", "trainer.discriminator=off", "model.decoder=ddsp", "export_dtype=float16",
+            "trainer.batch_size=6", "trainer.learning_rate=3e-4"} <= set(aug)
+    # the default base has no such steps, nor has a base folder copied from elsewhere under the same name
+    assert not set(AUG_CHAIN) & set(_records(tmp_path / "plain", base="real-ddsp"))
+    elsewhere = _real_root(tmp_path / "elsewhere", "real-ddsp-aug") / "pretrain" / "real-ddsp-aug"
+    copied = _records(tmp_path / "copy", base=str(elsewhere))
+    assert not set(AUG_CHAIN) & set(copied) and "copy-base" in copied["pretrain"].commands[0]
+
+
+def test_the_augmented_chain_skips_what_exists(tmp_path):
+    root = _real_root(tmp_path, "real-ddsp-aug")
+    records = _records(root, base="real-ddsp-aug", example_source="vh")
+    assert records["pretrain-aug"].status == "skipped" and records["pretrain"].status == "skipped"
+    assert all(records[name].status == "skipped" for name in AUG_CHAIN)
+    assert records["finetune"].status == "dry-run" and "base=pretrain/real-ddsp-aug" in records["finetune"].commands[0]
+    # the augmented base is missing but its warm start and its data are there: only pretrain-aug trains
+    import shutil
+
+    shutil.move(root / "pretrain" / "real-ddsp-aug", root / "pretrain" / "real-ddsp")
+    for relative in ("data/processed_real_mix/stats.json", "data/processed_real_mix/manifest.jsonl"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("{}")
+    builder = bb.Builder(bb.BuildSettings(root=root, base="real-ddsp-aug", example_source="vh", dry_run=True),
+                         echo=lambda line: None)
+    assert builder.plan() & {*AUG_CHAIN, "pretrain", "preprocess-real"} == {"pretrain-aug"}
+    # with the data gone, the chain before it runs too (the real pool's features are there)
+    shutil.rmtree(root / "data" / "processed_real_mix")
+    for relative in ("data/processed_real_whisper/stats.json", "data/processed_real_whisper/manifest.jsonl"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("{}")
+    assert builder.plan() & {*AUG_CHAIN, "pretrain", "preprocess-real"} == set(AUG_CHAIN)
+
+
+def test_every_base_chain_names_optional_steps_in_order():
+    optional = [step.name for step in bb.STEPS if step.optional]
+    assert sorted(name for chain in bb.BASE_CHAINS.values() for name in chain.steps) == sorted(optional)
+    for chain in bb.BASE_CHAINS.values():
+        assert list(chain.steps) == [name for name in bb.STEP_NAMES if name in chain.steps]
+
+
+def _processed(folder: Path, singers: dict[str, int], encoder: str = "whisper") -> None:
+    folder.mkdir(parents=True)
+    lines = []
+    for singer, clips in singers.items():
+        for index in range(clips):
+            (folder / singer).mkdir(exist_ok=True)
+            (folder / singer / f"c{index}.wav").write_bytes(b"w" * (index + 1))
+            (folder / singer / f"c{index}.features.safetensors").write_bytes(b"f")
+            lines.append(json.dumps({"audio": f"{singer}/c{index}.wav", "singer": singer}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "stats.json").write_text(json.dumps({"sample_rate": 44100, "content_encoder": {"name": encoder},
+                                                   "singers": {singer: {"clips": n} for singer, n in singers.items()}}))
+
+
+def test_merge_processed_links_singers_and_joins_manifests(tmp_path):
+    helpers = bb.bundle_helpers
+    first, second, out = tmp_path / "pool", tmp_path / "aug", tmp_path / "mix"
+    _processed(first, {"va": 2, "s0": 1})
+    _processed(second, {"va-f115p140": 2})
+    assert helpers.merge_processed([first, second], out) == ["s0", "va", "va-f115p140"]
+    assert (out / "manifest.jsonl").read_text() == (first / "manifest.jsonl").read_text() + \
+        (second / "manifest.jsonl").read_text()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["content_encoder"] == {"name": "whisper"} and list(stats["singers"]) == ["s0", "va", "va-f115p140"]
+    assert (out / "va-f115p140" / "c1.wav").samefile(second / "va-f115p140" / "c1.wav")
+    # a source rewritten since (a new file, the same size) is linked again
+    (first / "va" / "c0.wav").unlink()
+    (first / "va" / "c0.wav").write_bytes(b"x")
+    helpers.merge_processed([first, second], out)
+    assert (out / "va" / "c0.wav").read_bytes() == b"x"
+    other = tmp_path / "other"
+    _processed(other, {"vb": 1}, encoder="hubert")
+    with pytest.raises(helpers.HelperError, match="content_encoder differ"):
+        helpers.merge_processed([first, other], tmp_path / "bad")
+    with pytest.raises(helpers.HelperError, match="singer 'va' is also in another source"):
+        helpers.merge_processed([first, first], tmp_path / "bad")
+    with pytest.raises(helpers.HelperError, match="nothing/stats.json: missing"):
+        helpers.merge_processed([first, tmp_path / "nothing"], tmp_path / "bad")
+
+
+def test_augment_voices_writes_its_record_last_and_refuses_a_held_out_voice(tmp_path):
+    import numpy as np
+
+    from tools import augment_voices
+
+    corpus, out = tmp_path / "real", tmp_path / "aug"
+    corpus.mkdir()
+    (corpus / "voices.json").write_text(json.dumps({"voices": {"va": {"role": "train"}, "vh": {"role": "heldout"}}}))
+    tone = 0.3 * np.sin(2 * np.pi * 150.0 * np.arange(8000) / 16000).astype(np.float32)
+    for relative in ("va/speech/a.wav", "va/sung/b.wav"):
+        (corpus / "raw" / relative).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(corpus / "raw" / relative), tone, 16000)
+    args = ["--corpus", str(corpus), "--out", str(out), "--variants", "1.1:1.2", "0.9:0.8", "--seconds", "10",
+            "--workers", "1"]
+    assert augment_voices.main([*args, "--voices", "va"]) == 0
+    record = json.loads((out / augment_voices.RECORD).read_text())
+    assert record["variants"] == ["1.1:1.2", "0.9:0.8"] and record["voices"] == ["va"] and record["seed"] == 0
+    assert record["clips"] == {"va-f090p080": ["va-f090p080/speech/a.wav", "va-f090p080/sung/b.wav"],
+                               "va-f110p120": ["va-f110p120/speech/a.wav", "va-f110p120/sung/b.wav"]}
+    assert sf.info(str(out / "va-f110p120" / "sung" / "b.wav")).frames == 8000
+    with pytest.raises(SystemExit, match="vh is a held-out voice"):
+        augment_voices.main([*args, "--voices", "vh"])

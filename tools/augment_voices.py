@@ -3,15 +3,18 @@ F0 scaled (speaker perturbation), for pretraining a base that has heard more tim
 
 Each variant ``FORMANT:PITCH`` of a voice becomes a voice of its own, ``<voice>-f<FORMANT>p<PITCH>`` (e.g.
 ``ru_nsh_m-f115p140``: formants x1.15, F0 x1.40), written in the raw-corpus layout that
-``python -m ai_singer.preprocess`` reads (``<out>/<voice>/<speech|sung>/<clip>.wav``, the source's sample rate).
+``python -m ai_singer.preprocess`` reads (``<out>/<voice>/<speech|sung>/<clip>.wav``, the source's sample rate),
+and ``<out>/augment.json`` last (the settings and every clip written: what tools/build_bundle.py's augment step
+waits for). Clips already there are kept, so an interrupted run goes on where it stopped.
 Warping the envelope by a factor ``a`` maps ``sp'(f) = sp(f / a)``: ``a > 1`` raises the formants (a shorter
 vocal tract), ``a < 1`` lowers them. The aperiodicity is warped the same way. Clips are drawn per voice by a
 seeded shuffle up to ``--seconds`` of audio, so runs are reproducible. Voices that ``voices.json`` marks
 ``heldout`` are refused: a base must never hear the voices it is measured on.
 
-Example (the recipe of BENCHMARKS.md "Real voices"):
+Example (the recipe of BENCHMARKS.md "Real voices", ``real-ddsp-aug``; tools/build_bundle.py's augment step):
     python tools/augment_voices.py --corpus data/real --out data/real_aug/raw \
-        --voices en_allison_f fr_june_f ru_nsh_m --variants 1.15:1.4 0.87:0.72 1.07:0.88 --seconds 300
+        --voices en_allison_f fr_june_f ru_nsh_m --variants 1.15:1.4 0.87:0.72 1.07:0.88 0.94:1.12 1.2:1.25 \
+        --seconds 200
 """
 from __future__ import annotations
 
@@ -26,6 +29,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script from anywhere: find ai_singer
+
+from ai_singer.atomic import atomic_write_json  # noqa: E402
+
+#: Written last in ``--out``: the settings and the clips of every new voice.
+RECORD = "augment.json"
 #: WORLD analysis frame period (ms) and F0 search range (Hz).
 FRAME_MS = 5.0
 F0_FLOOR, F0_CEIL = 60.0, 1100.0
@@ -144,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             total += seconds
             if done % 50 == 0 or done == len(jobs):
                 print(f"{done}/{len(jobs)} source clips ({total:.0f} s written)", flush=True)
+    clips: dict[str, list[str]] = {}
+    for _, targets in jobs:
+        for target, _variant in targets:
+            clips.setdefault(target.parent.parent.name, []).append(target.relative_to(args.out).as_posix())
+    atomic_write_json(args.out / RECORD, {
+        "corpus": args.corpus.as_posix(), "voices": args.voices, "seed": args.seed, "seconds": args.seconds,
+        "variants": [f"{variant.formant:g}:{variant.pitch:g}" for variant in args.variants],
+        "clips": {voice: sorted(paths) for voice, paths in sorted(clips.items())}})
     print(f"wrote the variants of {len(jobs)} clips as {len(args.voices) * len(args.variants)} new voices under {args.out}")
     return 0
 

@@ -3,6 +3,7 @@ the project's own commands, in order. Run it in the repository root:
 
     python tools/build_bundle.py                      # build what is missing, skip what exists
     python tools/build_bundle.py --base real-ddsp-aug # another base as the bundled default (see below)
+    python tools/build_bundle.py --base real-ddsp-aug --dry-run  # the plan: each step, run or skipped, its command
     python tools/build_bundle.py --force finetune     # redo one step (STEP+ = that step and every later one)
     python tools/build_bundle.py --tiny --root /tmp/b # a tiny synthetic bundle in seconds (tests, smoke checks)
 
@@ -26,19 +27,32 @@ intermediate one also when nothing after it needs it, e.g. the whole pretraining
     real-pool           the real training voices + synthetic     -> data/pretrain_real_raw
                         training singers, hard-linked
     preprocess-real     Whisper base content, parselmouth F0    -> data/processed_real_whisper
+    augment *           tools/augment_voices.py: en_allison_f,  -> data/real_aug/raw (15 new voices, 200 s each;
+                        fr_june_f, ru_nsh_m, formant:pitch         augment.json last; ~4 min)
+                        1.15:1.4 0.87:0.72 1.07:0.88 0.94:1.12 1.2:1.25
+    preprocess-aug *    as preprocess-real                      -> data/processed_real_aug (~7 min)
+    mix *               merge-processed: both preprocessed sets -> data/processed_real_mix (singer folders hard-
+                        as one                                     linked, manifests joined, stats' singers)
     pretrain-warm       NSF-HiFiGAN base from synth-small       -> pretrain/real-small (2037 steps)
-    pretrain            DDSP base from real-small, no discr.    -> pretrain/<base> (16140 steps; ~3.3 h on 2 CPUs)
+    pretrain            DDSP base from real-small, no discr.    -> pretrain/<base> (16140 steps; ~3.3 h on 2 CPUs),
+                                                                   or the chain's warm start (pretrain/real-ddsp)
+    pretrain-aug *      the DDSP base trained on with the mix   -> pretrain/real-ddsp-aug (8000 steps from
+                                                                   real-ddsp; ~45 min with one thread)
     preprocess-example  10 min of a held-out real voice's sung clips as 'example' -> data/processed_example
     finetune            ai_singer.train mode=finetune (LoRA)    -> singers/example
     song                first ~15 s of data/synth/songs/song01  -> data/examples/song01/*.flac
     manifest            sizes, sha256, commands and versions    -> pretrain/BUNDLE.md, pretrain/bundle.json
 
-The pretrain steps are the recipe of BENCHMARKS.md "Real voices" (``real-ddsp``): CPU hours, resumable (a
-training step resumes from ``runs/bundle/<run>``; delete that folder to start from scratch) and skipped when
-the base exists. ``--tiny`` uses the synthetic recipe (the synthetic base is the bundled one, a held-out
-synthetic singer the example): no Debian packages, no Whisper. The bundle (what the demo and a fresh clone
-need) must stay under ``--max-mb`` (25 MB); the build fails loudly when it is larger. File helpers used by the
-steps: ``copy-singer``, ``pool-voices``, ``copy-base``, ``cut-song`` (tools/bundle_helpers.py).
+The steps marked * are a base's chain (:data:`BASE_CHAINS`, a table of base names): only a build of that base
+has them (``--base real-ddsp-aug``: the DDSP base is made as before, as its warm start, then trained on with
+15 perturbed copies of the large training voices); any other name is trained by the pretrain step itself. The
+pretrain steps are the recipes of BENCHMARKS.md "Real voices" (``real-ddsp``, ``real-ddsp-aug``): CPU hours,
+resumable (a training step resumes from ``runs/bundle/<run>``; delete that folder to start from scratch) and
+skipped when the base exists. ``--tiny`` uses the synthetic recipe (the synthetic base is the bundled one, a
+held-out synthetic singer the example): no Debian packages, no Whisper. The bundle (what the demo and a fresh
+clone need) must stay under ``--max-mb`` (25 MB); the build fails loudly when it is larger. File helpers used
+by the steps: ``copy-singer``, ``pool-voices``, ``merge-processed``, ``copy-base``, ``cut-song``
+(tools/bundle_helpers.py).
 """
 from __future__ import annotations
 
@@ -66,7 +80,7 @@ if str(REPO) not in sys.path:
 from ai_singer.bundle import BUNDLE_INDEX  # noqa: E402
 from ai_singer.demo import (ADAPTER_FILES, BASE_FILES, BASE_TRAINING_FILES, EXAMPLE_SINGER,  # noqa: E402
                             EXAMPLE_SONG_DIR, EXAMPLE_SONG_STEMS, PRETRAIN_DIR, SINGERS_DIR)
-from tools import bundle_helpers  # noqa: E402
+from tools import augment_voices, bundle_helpers  # noqa: E402
 
 #: The bundled default base (``--base``): everything else in the bundle follows from it.
 DEFAULT_BASE = "real-ddsp"
@@ -80,6 +94,9 @@ PROCESSED_SYNTH_DIR = "data/processed_synth"
 REAL_CORPUS_DIR = "data/real"
 POOL_DIR = "data/pretrain_real_raw"
 PROCESSED_REAL_DIR = "data/processed_real_whisper"
+AUG_RAW_DIR = "data/real_aug/raw"            # the perturbed voices (tools/augment_voices.py)
+PROCESSED_AUG_DIR = "data/processed_real_aug"
+MIX_DIR = "data/processed_real_mix"          # the real pool and the perturbed voices, preprocessed, as one folder
 EXAMPLE_RAW_DIR = "data/example_raw"  # <EXAMPLE_RAW_DIR>/example/: the example singer's raw clips
 PROCESSED_EXAMPLE_DIR = "data/processed_example"
 RUNS_DIR = "runs/bundle"
@@ -114,6 +131,11 @@ class BuildSettings:
     warm_steps: int = 2037
     base_steps: int = 16140
     base_model_args: tuple[str, ...] = ("model=small", "model.decoder=ddsp", "model.segment_frames=64")
+    # The augmented base (BASE_CHAINS: --base real-ddsp-aug): perturbed copies of the large training voices.
+    aug_voices: tuple[str, ...] = ("en_allison_f", "fr_june_f", "ru_nsh_m")
+    aug_variants: tuple[str, ...] = ("1.15:1.4", "0.87:0.72", "1.07:0.88", "0.94:1.12", "1.2:1.25")  # formant:pitch
+    aug_seconds: float = 200.0                 # audio per new voice
+    aug_steps: int = 8000                      # from the DDSP base, on the pool and the new voices
     finetune_steps: int = 500
     example_source: str | None = None          # recipe real: a held-out voice of voices.json (default it_carlo_m);
                                                # synth: a held-out synthetic singer (default: the last)
@@ -160,11 +182,27 @@ def tiny_settings(root: str | os.PathLike, **changes) -> BuildSettings:
 
 
 @dataclass(frozen=True)
+class BaseChain:
+    """The steps a named base needs beyond the real recipe's own: ``steps`` (optional steps of :data:`STEPS`;
+    the last one trains the base) and ``warm_start``, the base the ``pretrain`` step makes for it instead."""
+
+    steps: tuple[str, ...]
+    warm_start: str
+
+
+#: Bases of the real recipe made by more steps than ``pretrain`` (which trains any other name itself).
+BASE_CHAINS: dict[str, BaseChain] = {
+    "real-ddsp-aug": BaseChain(("augment", "preprocess-aug", "mix", "pretrain-aug"), warm_start="real-ddsp"),
+}
+
+
+@dataclass(frozen=True)
 class Step:
     """One build step: ``commands`` (argv lists starting with the interpreter) make ``outputs`` (relative to
     the root; the step is done when all exist and ``current`` says they fit the settings). ``action``: an
     in-process step instead of commands. ``inputs``: the steps whose outputs it reads; a step no later step
-    needs is skipped unless it is ``bundled`` (its outputs ship) or forced."""
+    needs is skipped unless it is ``bundled`` (its outputs ship) or forced. An ``optional`` step is part of a
+    build only when the base's :data:`BASE_CHAINS` entry names it."""
 
     name: str
     title: str
@@ -176,6 +214,7 @@ class Step:
     recipes: tuple[str, ...] = RECIPES
     current: Callable[["Builder"], bool] | None = None
     follows: bool = False  # redone whenever one of its inputs is (an adapter of new features or a new base)
+    optional: bool = False
 
 
 @dataclass
@@ -223,13 +262,24 @@ def _synth_content_args(b: "Builder") -> list[str]:
     return ["content=synth", f"content.path={SYNTH_ENCODER_DIR}", f"content.layer={b.settings.encoder_layers}"]
 
 
+def _ddsp_pretrain(b: "Builder", name: str, processed: str, steps: int, warm_start: str) -> list[str]:
+    """A DDSP base without a discriminator, warm-started from ``pretrain/<warm_start>``."""
+    return _pretrain(b, name, processed, steps, *b.settings.base_model_args, f"init_from={PRETRAIN_DIR}/{warm_start}",
+                     "trainer.discriminator=off")
+
+
 def _base_commands(b: "Builder") -> list[list[str]]:
     source = b.base_source()
     if source is not None:
         return [_helper(b, "copy-base", b._shown(source), b.base_dir())]
+    return [_ddsp_pretrain(b, b.pretrain_name(), PROCESSED_REAL_DIR, b.settings.base_steps, b.settings.warm_base)]
+
+
+def _real_preprocess(b: "Builder", raw: str, processed: str) -> list[str]:
+    """Preprocess with the real recipe's content encoder and F0."""
     s = b.settings
-    return [_pretrain(b, b.base_name(), PROCESSED_REAL_DIR, s.base_steps, *s.base_model_args,
-                      f"init_from={PRETRAIN_DIR}/{s.warm_base}", "trainer.discriminator=off")]
+    return [b.python, "-m", "ai_singer.preprocess", f"paths.raw={raw}", f"paths.processed={processed}",
+            *s.real_content, "progress=false", *s.real_preprocess_args, *s.preprocess_args]
 
 
 def _example_commands(b: "Builder") -> list[list[str]]:
@@ -287,16 +337,32 @@ STEPS: tuple[Step, ...] = (
     Step("preprocess-real", "preprocess the pool with the real recipe's content encoder and F0", recipes=("real",),
          outputs=lambda b: [f"{PROCESSED_REAL_DIR}/stats.json", f"{PROCESSED_REAL_DIR}/manifest.jsonl"],
          inputs=("real-pool",),
-         commands=lambda b: [[b.python, "-m", "ai_singer.preprocess", f"paths.raw={POOL_DIR}",
-                              f"paths.processed={PROCESSED_REAL_DIR}", *b.settings.real_content, "progress=false",
-                              *b.settings.real_preprocess_args, *b.settings.preprocess_args]]),
+         commands=lambda b: [_real_preprocess(b, POOL_DIR, PROCESSED_REAL_DIR)]),
+    Step("augment", "new training voices: the large real training voices with formants and pitch shifted (WORLD)",
+         outputs=lambda b: [f"{AUG_RAW_DIR}/{augment_voices.RECORD}"], inputs=("real-corpus",), recipes=("real",),
+         optional=True,
+         commands=lambda b: [[b.python, b.tool("augment_voices.py"), "--corpus", REAL_CORPUS_DIR, "--out", AUG_RAW_DIR,
+                              "--voices", *b.settings.aug_voices, "--variants", *b.settings.aug_variants,
+                              "--seconds", f"{b.settings.aug_seconds:g}", "--seed", str(b.settings.seed)]]),
+    Step("preprocess-aug", "preprocess the new voices as the pool (content encoder, F0)", recipes=("real",),
+         outputs=lambda b: [f"{PROCESSED_AUG_DIR}/stats.json", f"{PROCESSED_AUG_DIR}/manifest.jsonl"],
+         inputs=("augment",), optional=True, commands=lambda b: [_real_preprocess(b, AUG_RAW_DIR, PROCESSED_AUG_DIR)]),
+    Step("mix", "the preprocessed pool and new voices as one folder (hard links, one manifest)", recipes=("real",),
+         outputs=lambda b: [f"{MIX_DIR}/stats.json", f"{MIX_DIR}/manifest.jsonl"], optional=True, follows=True,
+         inputs=("preprocess-real", "preprocess-aug"),
+         commands=lambda b: [_helper(b, "merge-processed", "--out", MIX_DIR, PROCESSED_REAL_DIR, PROCESSED_AUG_DIR)]),
     Step("pretrain-warm", "warm-start a real-voice base (NSF-HiFiGAN) from the synthetic one", recipes=("real",),
          outputs=lambda b: _base_outputs(b.settings.warm_base, True), inputs=("preprocess-real", "pretrain-synth"),
          commands=lambda b: [_pretrain(b, b.settings.warm_base, PROCESSED_REAL_DIR, b.settings.warm_steps,
                                        "model=small", f"init_from={PRETRAIN_DIR}/{b.settings.synth_base}")]),
-    Step("pretrain", "the bundled base: DDSP decoder, no discriminator, from the warm start (or a copy of --base)",
-         outputs=lambda b: _base_outputs(b.base_name(), False), recipes=("real",), bundled=True,
+    Step("pretrain", "the DDSP base (no discriminator) from the warm start: the bundled base, or the next "
+                     "stage's warm start (or a copy of --base)",
+         outputs=lambda b: _base_outputs(b.pretrain_name(), False), recipes=("real",),
          inputs=("preprocess-real", "pretrain-warm"), commands=_base_commands),
+    Step("pretrain-aug", "the bundled base: the DDSP base trained on, with the new voices", recipes=("real",),
+         outputs=lambda b: _base_outputs(b.base_name(), False), inputs=("mix", "pretrain"), optional=True,
+         commands=lambda b: [_ddsp_pretrain(b, b.base_name(), MIX_DIR, b.settings.aug_steps,
+                                            b.chain().warm_start)]),
     Step("preprocess-example", "preprocess the example singer's recordings with the base's content encoder",
          outputs=lambda b: [f"{PROCESSED_EXAMPLE_DIR}/stats.json", f"{PROCESSED_EXAMPLE_DIR}/manifest.jsonl"],
          inputs=(EXAMPLE_CORPUS, BASE), current=lambda b: b.example_is_current(), follows=True,
@@ -423,8 +489,23 @@ class Builder:
     def base_dir(self) -> str:
         return f"{PRETRAIN_DIR}/{self.base_name()}"
 
+    def chain(self) -> BaseChain | None:
+        """The base's :data:`BASE_CHAINS` entry (real recipe, a name rather than a folder to copy), else None."""
+        if self.settings.recipe != "real" or self.base_source() is not None:
+            return None
+        return BASE_CHAINS.get(self.base_name())
+
     def base_step(self) -> str:
-        return "pretrain" if self.settings.recipe == "real" else "pretrain-synth"
+        """The step that makes the bundled base."""
+        if self.settings.recipe != "real":
+            return "pretrain-synth"
+        chain = self.chain()
+        return chain.steps[-1] if chain else "pretrain"
+
+    def pretrain_name(self) -> str:
+        """The base the ``pretrain`` step makes: the bundled one, or the warm start of its chain."""
+        chain = self.chain()
+        return chain.warm_start if chain else self.base_name()
 
     def base_config(self) -> dict:
         import yaml
@@ -540,8 +621,10 @@ class Builder:
             step.current is not None and not step.current(self)
 
     def steps(self) -> list[Step]:
-        """The steps of this recipe, in order."""
-        return [step for step in STEPS if self.settings.recipe in step.recipes]
+        """The steps of this recipe and base, in order."""
+        chain = self.chain()
+        return [step for step in STEPS if self.settings.recipe in step.recipes
+                and (not step.optional or (chain is not None and step.name in chain.steps))]
 
     def inputs_of(self, step: Step) -> set[str]:
         if step.name == "pretrain" and self.base_source() is not None:
@@ -735,8 +818,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=REPO, help="where data/, pretrain/, singers/ are written "
                                                                 "(default: the repository)")
     parser.add_argument("--base", default=None,
-                        help=f"the bundled base: a name under pretrain/ (built by the real recipe when missing) or a "
-                             f"base folder elsewhere, copied to pretrain/<its name> (default {DEFAULT_BASE})")
+                        help=f"the bundled base: a name under pretrain/ (built by the real recipe when missing; "
+                             f"{', '.join(BASE_CHAINS)} with the extra steps of its chain) or a base folder elsewhere, "
+                             f"copied to pretrain/<its name> (default {DEFAULT_BASE})")
     parser.add_argument("--example", default=None, metavar="VOICE",
                         help=f"held-out voice fine-tuned as the example singer (default {DEFAULT_EXAMPLE_VOICE}; "
                              "--tiny: the last held-out synthetic singer)")
@@ -747,7 +831,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", action="append", default=None, metavar="STEP", help="run only these steps")
     for option, name, what in (("synth-steps", "synth_steps", "synthetic base training steps"),
                                ("warm-steps", "warm_steps", "real recipe: warm-start base training steps"),
-                               ("base-steps", "base_steps", "real recipe: bundled base training steps"),
+                               ("base-steps", "base_steps", "real recipe: DDSP base training steps"),
+                               ("aug-steps", "aug_steps", "real recipe, --base real-ddsp-aug: training steps "
+                                                          "from the DDSP base with the perturbed voices"),
                                ("finetune-steps", "finetune_steps", "example adapter training steps"),
                                ("encoder-steps", "encoder_steps", "synthetic content encoder training steps")):
         parser.add_argument(f"--{option}", type=int, default=None, help=f"{what} (default {getattr(defaults, name)})")
@@ -766,7 +852,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-HELPERS = ("copy-singer", "pool-voices", "copy-base", "cut-song")
+HELPERS = ("copy-singer", "pool-voices", "merge-processed", "copy-base", "cut-song")
 
 
 def _helper_main(argv: Sequence[str]) -> int:
@@ -784,6 +870,9 @@ def _helper_main(argv: Sequence[str]) -> int:
     pool.add_argument("--out", type=Path, required=True)
     pool.add_argument("--speech-seconds", type=float, default=None)
     pool.add_argument("--seed", type=int, default=0)
+    merge = commands.add_parser("merge-processed", help="preprocessed folders as one (singer folders hard-linked)")
+    merge.add_argument("sources", type=Path, nargs="+")
+    merge.add_argument("--out", type=Path, required=True)
     base = commands.add_parser("copy-base", help="copy a base folder")
     base.add_argument("source", type=Path)
     base.add_argument("target", type=Path)
@@ -799,6 +888,9 @@ def _helper_main(argv: Sequence[str]) -> int:
         elif args.command == "pool-voices":
             files = bundle_helpers.pool_voices(args.corpus, args.synth, args.out, args.speech_seconds, args.seed)
             print(f"pooled {len(files)} audio file(s) in {args.out}")
+        elif args.command == "merge-processed":
+            singers = bundle_helpers.merge_processed(args.sources, args.out)
+            print(f"merged {len(singers)} singer(s) of {', '.join(map(str, args.sources))} in {args.out}")
         elif args.command == "copy-base":
             files = bundle_helpers.copy_base(args.source, args.target)
             print(f"copied {len(files)} file(s) of {args.source} to {args.target}")
@@ -816,6 +908,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
     changes: dict = {"force": parse_force(args.force), "max_mb": args.max_mb, "dry_run": args.dry_run,
                      "threads": args.threads}
     for option, name in (("synth_steps", "synth_steps"), ("warm_steps", "warm_steps"), ("base_steps", "base_steps"),
+                         ("aug_steps", "aug_steps"),
                          ("finetune_steps", "finetune_steps"), ("encoder_steps", "encoder_steps"),
                          ("song_seconds", "song_seconds"), ("example", "example_source")):
         if getattr(args, option) is not None:

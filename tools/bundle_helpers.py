@@ -4,6 +4,9 @@
     pool-voices --corpus data/real --synth data/synth --out DIR [--speech-seconds S --seed N]
                                                  the real corpus's training voices + the synthetic training
                                                  singers, hard-linked into one raw folder (a base's training set)
+    merge-processed --out DIR SRC...             preprocessed folders (same content encoder and F0) as one:
+                                                 the singer folders hard-linked, the manifests concatenated,
+                                                 the singers of every stats.json
     copy-base SRC DST                            an existing base folder (config.yaml, *.safetensors)
     cut-song SRC DST --seconds S                 a song folder's stems cut to about S seconds (FLAC)
 
@@ -54,10 +57,12 @@ def seeded_share(files: list[Path], seconds: float | None, seed: int) -> list[Pa
 
 
 def _place(source: Path, destination: Path, link: bool) -> None:
-    """``destination`` as a copy (or hard link) of ``source``, unless it is there with the same size."""
+    """``destination`` as a copy (or hard link) of ``source``, unless it is there already (the same size for a
+    copy, the same file for a link: a source rewritten since is linked again)."""
     from ai_singer.atomic import atomic_path
 
-    if destination.is_file() and destination.stat().st_size == source.stat().st_size:
+    if destination.is_file() and (os.path.samefile(source, destination) if link
+                                  else destination.stat().st_size == source.stat().st_size):
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
     if link:
@@ -133,6 +138,56 @@ def pool_voices(corpus: Path, synth: Path, out: Path, speech_seconds: float | No
     atomic_write_json(out / POOL_RECORD, {"corpus": str(corpus), "synth": str(synth), "seed": seed,
                                           "speech_seconds": speech_seconds, "voices": pooled})
     return [out / relative for files in pooled.values() for relative in files]
+
+
+#: The preprocessed folder's files merge-processed reads and writes (ai_singer.preprocess writes them last).
+STATS_FILE, MANIFEST_FILE = "stats.json", "manifest.jsonl"
+
+
+def merge_processed(sources: list[Path], out: Path) -> list[str]:
+    """One preprocessed folder ``out`` holding the singers of every folder in ``sources`` (what a base trains on
+    when its data comes from two preprocess runs, e.g. the real pool and the perturbed voices): every singer
+    folder hard-linked (copied across file systems), the ``manifest.jsonl`` files concatenated, a
+    ``stats.json`` with the sources' shared settings and all their singers. The sources must agree on every
+    setting (content encoder, F0 method, rates) and share no singer. ``stats.json`` is written last. Returns
+    the singers, sorted."""
+    from ai_singer.atomic import atomic_write_json, atomic_write_text
+
+    sources, out = [Path(source) for source in sources], Path(out)
+    if not sources:
+        raise HelperError("merge-processed: no source folder given")
+    stats, manifests = [], []
+    for source in sources:
+        for name in (STATS_FILE, MANIFEST_FILE):
+            if not (source / name).is_file():
+                raise HelperError(f"{source / name}: missing; preprocess {source} first (python -m "
+                                  f"ai_singer.preprocess paths.processed={source} ...)")
+        stats.append(json.loads((source / STATS_FILE).read_text(encoding="utf-8")))
+        manifests.append((source / MANIFEST_FILE).read_text(encoding="utf-8"))
+    shared = {key: value for key, value in stats[0].items() if key != "singers"}
+    singers: dict[str, dict] = {}
+    for source, record in zip(sources, stats):
+        keys = (set(shared) | set(record)) - {"singers"}
+        differing = sorted(key for key in keys if record.get(key) != shared.get(key))
+        if differing:
+            raise HelperError(f"{source / STATS_FILE}: {', '.join(differing)} differ from {sources[0] / STATS_FILE}; "
+                              "preprocess both with the same settings before merging them")
+        for singer in record.get("singers") or {}:
+            if singer in singers:
+                raise HelperError(f"{source / STATS_FILE}: singer {singer!r} is also in another source; merged "
+                                  "folders must not share a singer")
+            singers[singer] = record["singers"][singer]
+            for path in visible_files(source / singer):
+                _place(path, out / path.relative_to(source), link=True)
+    atomic_write_text(out / MANIFEST_FILE, "".join(text if text.endswith("\n") or not text else text + "\n"
+                                                   for text in manifests))
+    atomic_write_json(out / STATS_FILE, {**shared, "singers": dict(sorted(singers.items()))})
+    return sorted(singers)
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (a preprocessed singer's clips, features, plot), sorted; hidden ones left out."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def copy_base(source: Path, target: Path) -> list[Path]:
