@@ -2,8 +2,8 @@
 the project's own commands, in order. Run it in the repository root:
 
     python tools/build_bundle.py                      # build what is missing, skip what exists
-    python tools/build_bundle.py --base real-ddsp-aug # another base as the bundled default (see below)
-    python tools/build_bundle.py --base real-ddsp-aug --dry-run  # the plan: each step, run or skipped, its command
+    python tools/build_bundle.py --base real-ddsp     # another base as the bundled default (see below)
+    python tools/build_bundle.py --dry-run            # the plan: each step, run or skipped, its command
     python tools/build_bundle.py --force finetune     # redo one step (STEP+ = that step and every later one)
     python tools/build_bundle.py --tiny --root /tmp/b # a tiny synthetic bundle in seconds (tests, smoke checks)
 
@@ -83,7 +83,7 @@ from ai_singer.demo import (ADAPTER_FILES, BASE_FILES, BASE_TRAINING_FILES, EXAM
 from tools import augment_voices, bundle_helpers  # noqa: E402
 
 #: The bundled default base (``--base``): everything else in the bundle follows from it.
-DEFAULT_BASE = "real-ddsp"
+DEFAULT_BASE = "real-ddsp-aug"
 #: The synthetic corpus's content encoder: bundled whatever the base (``content=synth``; its phone head is
 #: tools/eval_conversion.py's articulation reader).
 SYNTH_ENCODER_DIR = "pretrain/content/synth-hubert"
