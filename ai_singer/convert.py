@@ -45,7 +45,7 @@ import torch
 
 from ai_singer.audio import resample, slice_on_silence
 from ai_singer.blend import blend_adapters
-from ai_singer.device import DeviceError, pick_device
+from ai_singer.device import DeviceError, computes_bfloat16_natively, pick_device
 from ai_singer.errors import UserError
 from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
@@ -169,6 +169,15 @@ def with_adapter(model: torch.nn.Module, adapter: Any, merge: bool = True) -> to
     return model
 
 
+def resolve_precision(precision: str, device: torch.device, engine: str) -> str:
+    """The ``precision`` setting as the model runs it: ``auto`` is ``bf16_decoder`` where torch runs the model on a
+    CPU that computes bfloat16 natively (:func:`~ai_singer.device.computes_bfloat16_natively`; not with
+    ``engine=onnx``, which runs fp32), else ``fp32``; other values as given."""
+    if precision != "auto":
+        return precision
+    return "bf16_decoder" if engine != "onnx" and computes_bfloat16_natively(device) else "fp32"
+
+
 def auto_transpose_semitones(singer_median_hz: float, source_median_hz: float, step: int = 12) -> float:
     """The medians-only form of :func:`ai_singer.features.pitch.choose_transpose` (no range check)."""
     return choose_transpose(np.array([source_median_hz]), singer_median_hz, step=step).semitones
@@ -240,6 +249,8 @@ class Converter:
         except DeviceError as error:
             raise InferError(error.where, error.reason) from error
         self.merge = merge
+        #: the precision the model runs at (``precision`` with ``auto`` resolved for this device and engine)
+        self.precision = resolve_precision(settings.precision, self.device, settings.engine)
         self.base_dir = Path(base_dir)
         self.base, model = load_base_model(self.base_dir)
         config = model.config
@@ -409,11 +420,12 @@ class Converter:
             volume_t[row, :n] = torch.from_numpy(volume)
         lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
         device = self.device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
                               g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
                               generator=[self.piece_generator(piece) for piece in batch],
-                              decode_window_frames=window_frames)
+                              decode_window_frames=window_frames,
+                              decoder_block_dtype=torch.bfloat16 if self.precision == "bf16_decoder" else None)
         return wav.float().cpu().numpy()[:, 0]
 
     def _run_onnx(self, onnx: Any, inputs: list[tuple[np.ndarray, ...]], batch: list[_Piece],
@@ -442,8 +454,10 @@ class Converter:
         problem, fix, folder = None, "or engine=torch", None
         if self.device.type != "cpu":
             problem = f"ONNX Runtime runs on the CPU here, the device is {self.device}"
-        elif self.settings.precision != "fp32":
-            problem = f"precision={self.settings.precision} runs with torch only"
+        elif self.precision != "fp32":
+            problem = f"precision={self.precision} runs with torch only" + (
+                " (precision=auto chose it: faster on this CPU than the fp32 export; precision=fp32 uses the export)"
+                if self.settings.precision == "auto" else "")
         elif not self.merge:
             problem = "unmerged adapters run with torch only"
         elif parse_singer_spec(name).is_blend:
@@ -583,7 +597,8 @@ class Converter:
             with self.singer_runner(name) as run:
                 engines[name] = "torch" if self.onnx_singer(name) is None else "onnx"
                 for batch in self._batches(mine):
-                    converted = self._convert_batch(run, mono, sr, batch, semitones[name], timings, index=index)
+                    converted = self._convert_batch(run, mono, sr, batch, semitones[name], timings, index=index,
+                                                    engine=engines[name])
                     for piece, audio in zip(batch, converted):
                         self._overlap_add(output, weight_sum, audio, piece, context)
                     if progress:
@@ -632,9 +647,10 @@ class Converter:
     @torch.inference_mode()
     def _convert_batch(self, run: Callable[..., np.ndarray], mono: np.ndarray, sr: int,
                        batch: list[_Piece], semitones: float, timings: dict[str, float],
-                       index: torch.Tensor | None = None) -> list[np.ndarray]:
+                       index: torch.Tensor | None = None, engine: str = "torch") -> list[np.ndarray]:
         """Convert a batch of pieces; returns each window's audio at the source rate, exact length. With a
-        retrieval ``index`` the content moves ``retrieval_ratio`` of the way toward the singer's own."""
+        retrieval ``index`` the content moves ``retrieval_ratio`` of the way toward the singer's own. ``engine``:
+        what ``run`` is (``torch`` or ``onnx``), for the decoder windows' length."""
         started = time.perf_counter()
         inputs = []
         for piece in batch:
@@ -653,8 +669,8 @@ class Converter:
         timings["content_s"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        window_frames = int(round(self.settings.chunk.decode_window_s_for(self.device.type) * self.sample_rate
-                                  / self.hop))
+        window_s = self.settings.chunk.decode_window_s_for(self.device.type, engine)
+        window_frames = int(round(window_s * self.sample_rate / self.hop))
         wav = run(inputs, batch, window_frames)
         timings["model_s"] += time.perf_counter() - started
         results = []

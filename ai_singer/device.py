@@ -54,3 +54,13 @@ def pick_device(setting: str, local_rank: int | None = None, what: str = "device
         raise DeviceError(f"{what}={setting!r}", f"unsupported device type {device.type!r} (use auto, cpu, cuda, "
                           f"cuda:N or mps)")
     return device
+
+
+def computes_bfloat16_natively(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU with bfloat16 arithmetic in hardware (AVX512-BF16 or AMX), where bfloat16
+    convolutions run ~1.6-1.8x faster than float32 (elsewhere a CPU emulates them, slower than float32). False for
+    other devices (not measured there)."""
+    if device.type != "cpu":
+        return False
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)

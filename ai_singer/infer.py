@@ -53,7 +53,7 @@ __all__ = [  # the settings and entry point, and the names of convert/songs/mix 
 log = logging.getLogger(__name__)
 
 #: ``precision``: the SingerVAE's arithmetic during conversion.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16_decoder", "bf16")
 #: ``engine``: what runs the SingerVAE (:meth:`ai_singer.convert.Converter.onnx_singer`).
 ENGINES = ("auto", "torch", "onnx")
 #: transpose beyond this many semitones (3 octaves) either way leaves the range of any voice: refused.
@@ -78,9 +78,11 @@ class ChunkSettings:
     batch_seconds:      ... and at most this much padded audio per call: the model's activation memory
                         grows with it (on CPU roughly 20-40 MB per second of audio for small/base).
     decode_window_s:    the decoder runs over windows this long (+ its receptive field on each side: the same
-                        audio); 0 = a whole piece at once; ``"auto"``: ``auto_decode_window_s`` of the device type.
+                        audio); 0 = a whole piece at once; ``"auto"``: ``auto_decode_window_s`` of the device type
+                        (of the engine for ``onnx``).
     auto_batch_size, auto_decode_window_s: what ``auto`` means per device type (keys ``cpu`` and ``cuda``;
-                        another accelerator takes the ``cuda`` entry).
+                        another accelerator takes the ``cuda`` entry); ``auto_decode_window_s`` also has an ``onnx``
+                        entry, for the ONNX Runtime engine (on the CPU).
     gate_hold_s:        the rest gate opens this long before and closes this long after the source.
     gate_ramp_s:        length of the gate's linear fades.
     """
@@ -99,10 +101,11 @@ class ChunkSettings:
     gate_ramp_s: float
 
     def __post_init__(self) -> None:
-        for name in ("auto_batch_size", "auto_decode_window_s"):
-            missing = sorted({"cpu", "cuda"} - set(getattr(self, name)))
+        for name, keys in (("auto_batch_size", {"cpu", "cuda"}), ("auto_decode_window_s", {"cpu", "cuda", "onnx"})):
+            missing = sorted(keys - set(getattr(self, name)))
             if missing:
-                raise ValueError(f"chunk.{name} needs an entry for {missing} (device types cpu and cuda)")
+                raise ValueError(f"chunk.{name} needs an entry for {missing} (device types cpu and cuda"
+                                 + (", the onnx engine)" if "onnx" in keys else ")"))
         if min(self.auto_batch_size.values()) < 1 or any(v != int(v) for v in self.auto_batch_size.values()):
             raise ValueError(f"chunk.auto_batch_size must hold whole numbers >= 1, got {self.auto_batch_size}")
         if min(self.auto_decode_window_s.values()) < 0:
@@ -120,10 +123,12 @@ class ChunkSettings:
             return int(self.auto_batch_size["cpu" if device_type == "cpu" else "cuda"])
         return int(self.batch_size)
 
-    def decode_window_s_for(self, device_type: str) -> float:
-        """Seconds per decoder window on a device of this type (0 = whole pieces)."""
+    def decode_window_s_for(self, device_type: str, engine: str = "torch") -> float:
+        """Seconds per decoder window on a device of this type (0 = whole pieces) with this engine (``torch`` or
+        ``onnx``)."""
         if self.decode_window_s == "auto":
-            return float(self.auto_decode_window_s["cpu" if device_type == "cpu" else "cuda"])
+            key = "onnx" if engine == "onnx" else "cpu" if device_type == "cpu" else "cuda"
+            return float(self.auto_decode_window_s[key])
         return float(self.decode_window_s)
 
     def slice_config(self) -> SliceConfig:
@@ -172,11 +177,15 @@ class ConvertSettings:
     highpass_hz:         cutoff of the zero-phase high-pass (4th-order Butterworth, run forward and backward)
                          on the converted vocal: removes the DC offset and sub-sonic rumble the model can
                          produce (the bundled base put sub-40 Hz energy 25 dB above the source's); 0 = off.
-    precision:           ``fp32``, or ``bf16``: the SingerVAE runs under bfloat16 autocast (faster on CPUs with
-                         AVX512-BF16 or AMX and on GPUs; the audio differs by rounding: BENCHMARKS.md measures it).
+    precision:           ``fp32``; ``bf16_decoder``: the decoder's residual-block convolutions in bfloat16, their
+                         residual sums and the rest of the model in fp32 (most of the model's time; ~1.6x faster on
+                         CPUs with AVX512-BF16 or AMX); ``bf16``: the whole SingerVAE under bfloat16 autocast (faster
+                         still; the audio differs more); ``auto``: ``bf16_decoder`` where torch runs the model on
+                         such a CPU, else ``fp32`` (:func:`ai_singer.convert.resolve_precision`). BENCHMARKS.md
+                         measures them.
     engine:              ``torch``, ``onnx`` (the singer's ONNX export, ``ai-singer export``, run by ONNX Runtime on
                          the CPU; the same audio up to float rounding) or ``auto`` (the export when the singer has
-                         a current one and the conversion is fp32 on the CPU, else torch).
+                         a current one and the conversion runs fp32 on the CPU, else torch).
     """
 
     transpose: float | str

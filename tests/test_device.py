@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ai_singer.device import DeviceError, available_devices, pick_device
+from ai_singer.device import DeviceError, available_devices, computes_bfloat16_natively, pick_device
 
 
 def test_auto_and_cpu():
@@ -28,3 +28,14 @@ def test_cuda_index_out_of_range_and_torchrun_rank():
     with pytest.raises(DeviceError, match="no GPU"):
         pick_device(f"cuda:{torch.cuda.device_count()}")
     assert pick_device("cuda", local_rank=0) == torch.device("cuda", 0)
+
+
+def test_native_bfloat16_is_a_cpu_feature_check(monkeypatch):
+    """A CPU with AVX512-BF16 or AMX computes bfloat16 natively (what precision=auto asks); other devices: no."""
+    assert not computes_bfloat16_natively(torch.device("cuda", 0)) and not computes_bfloat16_natively(
+        torch.device("meta"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not computes_bfloat16_natively(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert computes_bfloat16_natively(torch.device("cpu"))

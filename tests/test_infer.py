@@ -551,20 +551,24 @@ def test_batches_respect_count_and_seconds(converter):
 
 
 def test_auto_batch_size_and_decode_window_follow_the_device_type():
-    """auto: one piece per call and 2 s decoder windows on a CPU, batches and whole pieces on a GPU (the
-    values of conf/infer.yaml's auto tables); a number applies to every device; bad values are named."""
+    """auto: one piece per call and 2 s decoder windows on a CPU, batches and whole pieces on a GPU, whole pieces
+    with the ONNX engine (the values of conf/infer.yaml's auto tables); a number applies to every device and
+    engine; bad values are named."""
     chunk = conf_settings().chunk
     assert chunk.batch_size == "auto" and chunk.decode_window_s == "auto"
     assert (chunk.batch_size_for("cpu"), chunk.decode_window_s_for("cpu")) == (1, 2.0)
     assert (chunk.batch_size_for("cuda"), chunk.decode_window_s_for("cuda")) == (4, 0.0)
-    fixed = conf_settings("chunk.batch_size=3", "chunk.decode_window_s=0").chunk
+    assert chunk.decode_window_s_for("cpu", "onnx") == 0.0 and chunk.decode_window_s_for("cpu", "torch") == 2.0
+    fixed = conf_settings("chunk.batch_size=3", "chunk.decode_window_s=0.5").chunk
     assert [fixed.batch_size_for(d) for d in ("cpu", "cuda")] == [3, 3]
-    assert [fixed.decode_window_s_for(d) for d in ("cpu", "cuda")] == [0.0, 0.0]
+    assert [fixed.decode_window_s_for(d) for d in ("cpu", "cuda")] + [fixed.decode_window_s_for("cpu", "onnx")] \
+        == [0.5, 0.5, 0.5]
     tuned = conf_settings("chunk.auto_batch_size.cpu=2").chunk
     assert tuned.batch_size_for("cpu") == 2
     for override, message in (("chunk.decode_window_s=-1", "chunk.decode_window_s=-1: must be >= 0"),
                               ("chunk.batch_size=0", "chunk.batch_size=0: must be >= 1"),
-                              ("~chunk.auto_batch_size.cuda", r"auto_batch_size needs an entry for \['cuda'\]")):
+                              ("~chunk.auto_batch_size.cuda", r"auto_batch_size needs an entry for \['cuda'\]"),
+                              ("~chunk.auto_decode_window_s.onnx", r"auto_decode_window_s needs an entry for \['onnx'\]")):
         with pytest.raises(UserError, match=message):
             conf_settings(override)
 
@@ -572,17 +576,20 @@ def test_auto_batch_size_and_decode_window_follow_the_device_type():
 def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artifacts, tiny_hubert_dir):
     """Per-piece noise (seeded by the seed and the piece's position) and exact windowed decoding: batching
     equal-length pieces or decoding in windows does not change the converted vocal (noise_scale > 0);
-    precision=bf16 runs the model in bfloat16 (close, not equal); another seed gives other noise."""
+    precision=bf16 runs the model in bfloat16 and bf16_decoder the decoder's blocks (close, not equal); another
+    seed gives other noise."""
     sr = 44100
     note = harmonic(220.0, sr, 1.0)
     gap = np.zeros(sr // 2, np.float32)
     vocal = np.concatenate([gap, note, gap, note, gap, note, gap])  # three pieces of the same length
     results = {}
-    for name, overrides in (("alone", ["chunk.batch_size=1", "chunk.decode_window_s=0"]),
-                            ("batched", ["chunk.batch_size=3", "chunk.decode_window_s=0"]),
-                            ("windows", ["chunk.batch_size=1", "chunk.decode_window_s=0.3"]),
+    for name, overrides in (("alone", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=fp32"]),
+                            ("batched", ["chunk.batch_size=3", "chunk.decode_window_s=0", "precision=fp32"]),
+                            ("windows", ["chunk.batch_size=1", "chunk.decode_window_s=0.3", "precision=fp32"]),
                             ("bf16", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=bf16"]),
-                            ("seed", ["chunk.batch_size=1", "chunk.decode_window_s=0", "seed=1"])):
+                            ("bf16_decoder", ["chunk.batch_size=1", "chunk.decode_window_s=0",
+                                              "precision=bf16_decoder"]),
+                            ("seed", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=fp32", "seed=1"])):
         converter = Converter(artifacts / "pretrain" / "tiny",
                               {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
                               conf_settings("f0.method=dio", "noise_scale=0.5", *overrides), artifacts / "singers",
@@ -596,6 +603,8 @@ def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artif
     assert np.abs(results["seed"].audio - alone).max() > 1e-2 * peak  # another seed, other noise
     bf16 = results["bf16"].audio  # precision=bf16: bfloat16 autocast, rounding only (this random model is quiet)
     assert np.abs(bf16 - alone).max() > 1e-4 * peak and np.corrcoef(bf16, alone)[0, 1] > 0.9
+    blocks = results["bf16_decoder"].audio  # only the decoder's residual-block convs in bfloat16
+    assert 0 < np.abs(blocks - alone).max() and np.corrcoef(blocks, alone)[0, 1] > 0.99
     assert np.abs(alone[: len(alone) // 2] - alone[len(alone) // 2:][: len(alone) // 2]).max() > 1e-3 * peak
 
 

@@ -372,6 +372,27 @@ def test_windowed_decoding_gives_the_whole_sequence_output(tiny_config):
         assert 0 < changed.max() - 45 <= reach and 0 < 45 - changed.min() <= reach
 
 
+def test_decoder_blocks_in_bfloat16_stay_close_to_float32(tiny_config):
+    """``block_dtype=torch.bfloat16`` runs the residual blocks' convolutions in bfloat16 (the audio changes by
+    rounding only) and returns float32 audio of the same shape, with or without decoder windows."""
+    torch.manual_seed(0)
+    decoder = SingerVAE(tiny_config).decoder.eval()
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.mul_(3.0)
+    frames = 40
+    z = torch.randn(1, tiny_config.inter_channels, frames)
+    f0, voiced, g = torch.full((1, frames), 220.0), torch.ones(1, frames), torch.randn(1, tiny_config.gin_channels)
+    with torch.inference_mode():
+        plain = decoder(z, f0, voiced, g, torch.Generator().manual_seed(1))
+        for window in (0, 16):
+            half = decoder(z, f0, voiced, g, torch.Generator().manual_seed(1), window_frames=window,
+                           block_dtype=torch.bfloat16)
+            assert half.dtype == torch.float32 and half.shape == plain.shape
+            error = (half - plain).pow(2).mean().sqrt() / plain.pow(2).mean().sqrt()
+            assert 0 < error < 0.02, (window, error)
+
+
 def test_a_batch_row_converts_as_it_would_alone(tiny_model, tiny_config):
     """With one generator per row, each row of a padded batch gets the audio of a call with that row alone,
     except within the decoder's receptive field of a padded row's end (the padding is not silence to it)."""

@@ -40,6 +40,9 @@ def exported(tmp_path_factory):
 
 
 def converter(root: Path, hubert: Path, *overrides: str, **kwargs) -> Converter:
+    """A Converter of the tiny base; fp32 unless ``overrides`` set the precision (``auto`` depends on the CPU)."""
+    if not any(o.startswith("precision=") for o in overrides):
+        overrides = ("precision=fp32", *overrides)
     return Converter(root / "pretrain" / "tiny", {"name": "hubert", "path": str(hubert), "layer": 2},
                      conf_settings("f0.method=dio", "noise_scale=0.5", *overrides), root / "singers",
                      **{"device": "cpu", **kwargs})
@@ -84,7 +87,7 @@ def test_engine_onnx_converts_a_vocal_as_torch_does(exported, tiny_hubert_dir):
     assert np.array_equal(results["auto"].audio, results["onnx"].audio)
 
 
-def test_settings_choose_the_engine_and_a_missing_export_is_a_clear_error(exported, tiny_hubert_dir):
+def test_settings_choose_the_engine_and_a_missing_export_is_a_clear_error(exported, tiny_hubert_dir, monkeypatch):
     root, _, _ = exported
     sr = 44100
     take = harmonic(220.0, sr, 0.6)
@@ -103,6 +106,18 @@ def test_settings_choose_the_engine_and_a_missing_export_is_a_clear_error(export
         converter(root, tiny_hubert_dir, "engine=onnx", "precision=bf16").convert_vocal(take, sr, "alto")
     with pytest.raises(InferError, match=r"unknown engine"):
         conf_settings("engine=tensorrt")
+
+    # precision=auto: torch with the decoder's blocks in bfloat16 on a CPU that computes it natively (faster there
+    # than the fp32 export), else fp32 (and the export); engine=onnx always runs fp32
+    import ai_singer.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "computes_bfloat16_natively", lambda device: True)
+    fast = converter(root, tiny_hubert_dir, "engine=auto", "precision=auto")
+    assert fast.precision == "bf16_decoder" and fast.convert_vocal(take, sr, "alto").engines == {"alto": "torch"}
+    assert converter(root, tiny_hubert_dir, "engine=onnx", "precision=auto").precision == "fp32"
+    monkeypatch.setattr(convert_module, "computes_bfloat16_natively", lambda device: False)
+    plain = converter(root, tiny_hubert_dir, "engine=auto", "precision=auto")
+    assert plain.precision == "fp32" and plain.convert_vocal(take, sr, "alto").engines == {"alto": "onnx"}
 
 
 def test_a_stale_or_damaged_export_is_not_used(exported, tiny_hubert_dir, tmp_path):

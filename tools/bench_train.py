@@ -59,30 +59,48 @@ def optimizer_state_bytes(optimizer) -> int:
 
 def make_runner(size: str, method: str, batch_size: int, frames: int, device: str, precision: str,
                 discriminator_mode: str = "train", overrides: tuple[str, ...] = ()):
-    """The trainer's StepRunner for ``size`` (conf/model/<size>.yaml, 768-dim content, random weights) fine-tuned
-    with ``method`` (or ``pretrain``) and ``discriminator_mode`` (and further conf/train.yaml ``overrides``), and
-    one synthetic Batch of ``batch_size`` x ``frames``. Returns (runner, batch, model, generator, opt, config, cfg)."""
+    """The trainer's StepRunner for ``size`` (conf/model/<size>.yaml, 768-dim content, random weights; or the folder
+    of a base artifact: its architecture, weights and discriminator, as ``mode=finetune base=<folder>`` loads them)
+    fine-tuned with ``method`` (or ``pretrain``) and ``discriminator_mode`` (``auto``: ``off`` for a base folder
+    without a discriminator, else ``train``, as the trainer decides; further conf/train.yaml ``overrides``), and one
+    synthetic Batch of ``batch_size`` x ``frames``. Returns (runner, batch, model, generator, opt, config, cfg)."""
+    import dataclasses
+    from pathlib import Path
+
     import torch
     from hydra import compose, initialize_config_dir
 
+    from ai_singer import checkpoint
     from ai_singer.adapters import prepare_for_finetune
     from ai_singer.conf_dir import conf_dir
     from ai_singer.model.discriminator import Discriminator
-    from ai_singer.model.synthesizer import SingerVAE
+    from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
     from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation, typed_config
 
     torch.manual_seed(0)
-    overrides = [f"model={size}", f"trainer.precision={precision}", *overrides]
+    base_dir = Path(size) if (Path(size) / checkpoint.BASE_CONFIG_FILE).is_file() else None
+    if discriminator_mode == "auto":
+        has_one = base_dir is None or (base_dir / checkpoint.BASE_DISCRIMINATOR_FILE).is_file()
+        discriminator_mode = "train" if has_one else "off"
+    overrides = ([] if base_dir is not None else [f"model={size}"]) + [f"trainer.precision={precision}", *overrides]
     if method != "pretrain":
         overrides.append(f"peft={method}")
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         cfg = typed_config(compose("train", overrides=overrides))
     cfg.trainer.discriminator = discriminator_mode  # (a pretrain config refuses anything but train)
-    import dataclasses
-
-    config = dataclasses.replace(cfg.model, content_dim=768, n_speakers=4)
+    base = None
+    if base_dir is not None:
+        base = checkpoint.load_base(base_dir, with_discriminator=discriminator_mode != "off")
+        config = SingerVAEConfig.from_dict(base.model_config)
+    else:
+        config = dataclasses.replace(cfg.model, content_dim=768, n_speakers=4)
     model = SingerVAE(config)
     discriminator = None if discriminator_mode == "off" else Discriminator.from_config(config)
+    if base is not None:
+        checkpoint.load_state_strict(model, base.generator_state, base_dir / checkpoint.BASE_GENERATOR_FILE)
+        if discriminator is not None:
+            checkpoint.load_state_strict(discriminator, base.discriminator_state,
+                                         base_dir / checkpoint.BASE_DISCRIMINATOR_FILE)
     if discriminator is not None:
         discriminator.requires_grad_(discriminator_mode == "train")
     if method == "pretrain":
@@ -90,6 +108,7 @@ def make_runner(size: str, method: str, batch_size: int, frames: int, device: st
     else:
         singer = model.embed_speaker(torch.arange(config.n_speakers)).mean(0).detach()
         prepare_for_finetune(model, cfg.peft)
+        model.speaker_embedding.requires_grad_(False)  # as the trainer's fine-tune: the singer vector replaces it
         generator = GeneratorForTraining(model, singer_embedding=singer)
     dev = torch.device(device)
     generator.to(dev)

@@ -2,8 +2,9 @@
 
     .venv/bin/python tools/bench_vs_fork.py [--fork-python ~/.cache/fk-venv/bin/python] [--seconds 30]
                                             [--threads 1 2] [--repeats 5] [--tasks convert train harvest]
-                                            [--engines torch onnx] [--ours-set KEY=VALUE ...]
-                                            [--out results.json] [--bench]
+                                            [--engines torch onnx] [--variants "precision=fp32" ...]
+                                            [--base base|pretrain/real-ddsp] [--discriminator auto off train]
+                                            [--ours-set KEY=VALUE ...] [--out results.json]
 
 so-vits-svc-fork (4.2.x) lives in its own virtual environment (install recipe: the project's ASSETS notes,
 "Peer toolkits"); nothing of it is imported here. Each (task, thread count) starts two persistent workers,
@@ -22,12 +23,16 @@ Tasks (random weights on both sides: only the time is compared):
   removed as its loader does. Both content encoders are replaced by random 768-dim features at 50 Hz
   (resampling to 16 kHz is kept on both sides).
 - ``train``: one optimiser step on a batch of 2 x 64 frames (segment 20 frames on both sides). Ours: the
-  trainer's step for a LoRA fine-tune of ``base`` with ``trainer.discriminator`` from ``--discriminator``.
+  trainer's step for a LoRA fine-tune of ``--base`` (``base``: conf/model/base.yaml with random weights; or a base
+  folder, e.g. the bundled default ``pretrain/real-ddsp``, with its own architecture and weights) with
+  ``trainer.discriminator`` from ``--discriminator`` (several values: one side each; ``auto`` as the trainer
+  decides: ``off`` for a base without a discriminator).
   Theirs: the body of its ``VitsLightning.training_step`` (generator with the discriminator toggled off as
   Lightning's ``toggle_optimizer`` does, then the discriminator), full fine-tuning, without its logging.
   ``--ours-set`` passes overrides to our side (conf/infer.yaml for convert, conf/train.yaml for train).
   ``--engines torch onnx`` runs our conversion once per engine (``engine=onnx`` exports the singer first, untimed, as
-  ``ai-singer export`` does), all sides interleaved with the same fork runs.
+  ``ai-singer export`` does), ``--variants "precision=fp32" "precision=bf16_decoder"`` once per list of conf/infer.yaml
+  overrides (space-separated in one argument); all sides interleaved with the same fork runs.
 - ``harvest``: F0 of the whole vocal with WORLD Harvest. Ours: ``extract_f0(method=harvest)`` as preprocess
   and conversion call it; theirs: ``compute_f0_pyworld(..., "harvest")`` (Harvest + StoneMask at 44.1 kHz).
 """
@@ -79,7 +84,8 @@ class RandomContent:
         return torch.randn(audio.shape[0], frames, self.dim)
 
 
-def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str]):
+def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str],
+         base: str = "base"):
     """Set up this toolkit for ``task``; returns the function one timed run calls."""
     sys.path.insert(0, str(REPO))
     import torch
@@ -101,7 +107,7 @@ def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, set
     if task == "train":
         from tools.bench_train import make_runner
 
-        runner, batch, *_ = make_runner("base", "lora", 2, 64, "cpu", "fp32", discriminator, tuple(settings_overrides))
+        runner, batch, *_ = make_runner(base, "lora", 2, 64, "cpu", "fp32", discriminator, tuple(settings_overrides))
         steps = iter(range(1 << 30))
         return lambda: runner.train_step(batch, next(steps))
     from ai_singer.features.f0_settings import F0Settings
@@ -127,7 +133,8 @@ def fork_model():
     return model, hps
 
 
-def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str]):
+def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str],
+         base: str = "base"):
     """Set up so-vits-svc-fork for ``task``; returns the function one timed run calls."""
     import numpy as np
     import torch
@@ -227,14 +234,14 @@ def fork_train_step():
 
 
 def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str, discriminator: str,
-           settings_overrides: list[str]) -> None:
+           settings_overrides: list[str], base: str) -> None:
     """Line protocol on stdin/stdout: prints {"ready": setup_s}; each "run" line -> {"s": seconds};
     "quit" -> {"peak_rss_mb": ...}."""
     import torch
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    run = (ours if side == "ours" else fork)(task, vocal, workdir, f0, discriminator, settings_overrides)
+    run = (ours if side == "ours" else fork)(task, vocal, workdir, f0, discriminator, settings_overrides, base)
     run()  # warm-up (first-call allocations, oneDNN primitive caches)
     print(json.dumps({"ready": time.perf_counter() - started}), flush=True)
     for line in sys.stdin:
@@ -250,14 +257,14 @@ def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: s
 # ------------------------------------------------------------------------------------ orchestrator
 class Worker:
     def __init__(self, python: str, side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: str,
-                 discriminator: str, settings_overrides: list[str]):
+                 discriminator: str, settings_overrides: list[str], base: str = "base"):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONWARNINGS": "ignore"}
         if side == "fork":
             env.pop("PYTHONPATH", None)
         command = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--threads", str(threads),
                    "--vocal", str(vocal), "--workdir", str(workdir), "--f0", f0, "--discriminator", discriminator,
-                   "--ours-set", *settings_overrides]
+                   "--base", base, "--ours-set", *settings_overrides]
         self.side = side
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=str(REPO))
@@ -295,16 +302,29 @@ def make_vocal(folder: Path, seconds: float) -> Path:
     return excerpt(song, folder / "excerpt", seconds) / "vocals.wav"
 
 
+def our_sides(task: str, discriminators: list[str], settings_overrides: list[str], engines: list[str],
+              variants: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """Our sides of ``task``: name -> (discriminator mode, our overrides). Conversion: one per engine and one per
+    variant (a space-separated list of overrides), else one; training: one per discriminator mode; harvest: one."""
+    if task == "convert" and (engines or variants):
+        sides = {f"ours-{engine}": [*settings_overrides, f"engine={engine}"] for engine in engines}
+        sides.update({f"ours-{variant}": [*settings_overrides, *variant.split()] for variant in variants})
+        return {name: (discriminators[0], overrides) for name, overrides in sides.items()}
+    if task == "train":
+        return {f"ours-{mode}": (mode, list(settings_overrides)) for mode in discriminators}
+    return {"ours": (discriminators[0], list(settings_overrides))}
+
+
 def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path, workdir: Path, f0: str,
-            discriminator: str, settings_overrides: list[str], engines: list[str]) -> list[dict]:
-    """Our side once per conversion engine in ``engines`` (other tasks: once) and the fork's, the runs of all of
-    them interleaved (the order rotates every round); one result per our side, each against the same fork runs."""
-    ours_sides = {f"ours-{engine}": [*settings_overrides, f"engine={engine}"] for engine in engines} \
-        if task == "convert" and engines else {"ours": list(settings_overrides)}
+            discriminators: list[str], settings_overrides: list[str], engines: list[str], variants: list[str],
+            base: str) -> list[dict]:
+    """Our sides (:func:`our_sides`) and the fork's, the runs of all of them interleaved (the order rotates every
+    round); one result per our side, each against the same fork runs."""
+    ours_sides = our_sides(task, discriminators, settings_overrides, engines, variants)
     workers = {side: Worker(sys.executable, "ours", task, threads, vocal, workdir / f"{task}-{threads}-{side}", f0,
-                            discriminator, overrides) for side, overrides in ours_sides.items()}
+                            mode, overrides, base) for side, (mode, overrides) in ours_sides.items()}
     workers["fork"] = Worker(fork_python, "fork", task, threads, vocal, workdir / f"{task}-{threads}-fork", f0,
-                             discriminator, settings_overrides)
+                             discriminators[0], settings_overrides)
     sides = list(workers)
     times: dict[str, list[float]] = {side: [] for side in sides}
     cpu: dict[str, list[float]] = {side: [] for side in sides}
@@ -324,8 +344,9 @@ def compare(task: str, threads: int, repeats: int, fork_python: str, vocal: Path
              "median_s": {"ours": medians[side], "fork": medians["fork"]},
              "fork_over_ours": medians["fork"] / medians[side],
              "peak_rss_mb": {"ours": peaks[side], "fork": peaks["fork"]},
-             "f0": f0 if task == "convert" else None, "discriminator": discriminator if task == "train" else None,
-             "ours_settings": overrides if task != "harvest" else []} for side, overrides in ours_sides.items()]
+             "f0": f0 if task == "convert" else None, "discriminator": mode if task == "train" else None,
+             "base": base if task == "train" else None,
+             "ours_settings": overrides if task != "harvest" else []} for side, (mode, overrides) in ours_sides.items()]
 
 
 def markdown(results: list[dict], seconds: float) -> str:
@@ -337,8 +358,9 @@ def markdown(results: list[dict], seconds: float) -> str:
     for r in results:
         scale = seconds if r["task"] == "convert" else 1.0
         extra = "".join(", " + o for o in r.get("ours_settings") or [])
-        detail = (f" ({r['f0']}{extra})" if r["f0"] else "") + (f" (ours: LoRA, discriminator {r['discriminator']}{extra}; "
-                                                        "theirs: full)" if r["discriminator"] else "")
+        detail = (f" ({r['f0']}{extra})" if r["f0"] else "") + (
+            f" (ours: LoRA of {r.get('base') or 'base'}, discriminator {r['discriminator']}{extra}; theirs: full)"
+            if r["discriminator"] else "")
         lines.append(f"| {what[r['task']]}{detail} | {r['threads']} | {r['median_s']['ours'] / scale:.3f} | "
                      f"{r['median_s']['fork'] / scale:.3f} | {r['fork_over_ours']:.2f}x | "
                      f"{r['median_cpu_s']['ours']:.2f} / {r['median_cpu_s']['fork']:.2f} | "
@@ -356,8 +378,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (after one warm-up each)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--f0", default="dio", help="F0 method of the conversion task (both sides)")
-    parser.add_argument("--discriminator", default="train", choices=["train", "frozen", "off"],
-                        help="our trainer.discriminator in the train task")
+    parser.add_argument("--discriminator", nargs="+", default=["train"], choices=["auto", "train", "frozen", "off"],
+                        help="our trainer.discriminator in the train task (several: one side each, interleaved)")
+    parser.add_argument("--base", default="base",
+                        help="train: our base, a conf/model size with random weights (default base) or a base folder "
+                             "(e.g. pretrain/real-ddsp, the bundled default)")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="'KEY=VALUE ...'",
+                        help="convert: our side once per variant (space-separated conf/infer.yaml overrides), all "
+                             "interleaved with the same fork runs")
     parser.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of our side: conf/infer.yaml for convert (e.g. precision=bf16), conf/train.yaml "
                              "for train (e.g. trainer.discriminator_every=2)")
@@ -371,8 +399,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.task, args.threads[0], args.vocal, args.workdir, args.f0, args.discriminator,
-               args.ours_set)
+        worker(args.worker, args.task, args.threads[0], args.vocal, args.workdir, args.f0, args.discriminator[0],
+               args.ours_set, args.base)
         return
     if not Path(args.fork_python).is_file():
         sys.exit(f"bench_vs_fork: no so-vits-svc-fork environment at {args.fork_python}: install it as ASSETS notes "
@@ -385,7 +413,8 @@ def main() -> None:
         for task in args.tasks:
             for threads in args.threads:
                 for result in compare(task, threads, args.repeats, args.fork_python, vocal, Path(tmp), args.f0,
-                                      args.discriminator, args.ours_set, args.engines):
+                                      args.discriminator, args.ours_set, args.engines, args.variants,
+                                      str(Path(args.base).resolve()) if Path(args.base).is_dir() else args.base):
                     print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
                     results.append(result)
     report = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before,

@@ -152,10 +152,12 @@ class DDSPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                lengths: torch.Tensor | None = None, window_frames: int = 0) -> torch.Tensor:
-        """``generator`` / ``lengths``: the noise, as :meth:`noise_part` takes them. ``window_frames`` is the
-        NSF-HiFiGAN decoder's option (see its ``forward``); this decoder's network runs at the frame rate and
-        its synthesis is cheap signal processing, so it always runs over the whole sequence."""
+                lengths: torch.Tensor | None = None, window_frames: int = 0,
+                block_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``generator`` / ``lengths``: the noise, as :meth:`noise_part` takes them. ``window_frames`` and
+        ``block_dtype`` are the NSF-HiFiGAN decoder's options (see its ``forward``), not used here: this decoder's
+        network runs at the frame rate and its synthesis is cheap signal processing, so it always runs over the
+        whole sequence in ``z``'s dtype."""
         amplitudes, noise = self.synth_params(z, f0, voiced, g)
         wav = self.harmonic_part(amplitudes, f0, voiced) + self.noise_part(noise, generator, lengths)
         return wav.clamp(-1.0, 1.0)

@@ -13,6 +13,7 @@ not adapt.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -157,12 +158,15 @@ class ResBlock(nn.Module):
             self.dilated_convs.append(with_weight_norm(dilated))
             self.convs.append(with_weight_norm(plain))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, conv_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``conv_dtype`` (e.g. ``torch.bfloat16``): the convolutions (and the leaky ReLU between them) run under
+        autocast to it, while the residual sums stay in ``x``'s dtype, so the rounding does not pile up along the
+        stream; None: all in ``x``'s dtype."""
         for dilated, plain in zip(self.dilated_convs, self.convs):
-            residual = x
-            x = dilated(F.leaky_relu(x, LEAKY_SLOPE))
-            x = plain(F.leaky_relu(x, LEAKY_SLOPE))
-            x = x + residual
+            with torch.autocast(x.device.type, dtype=conv_dtype) if conv_dtype is not None else nullcontext():
+                y = dilated(F.leaky_relu(x, LEAKY_SLOPE))
+                y = plain(F.leaky_relu(y, LEAKY_SLOPE))
+            x = x + y.to(x.dtype)
         return x
 
 
@@ -230,7 +234,8 @@ class NSFHiFiGAN(nn.Module):
 
     def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                lengths: torch.Tensor | None = None, window_frames: int = 0) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, window_frames: int = 0,
+                block_dtype: torch.dtype | None = None) -> torch.Tensor:
         """``z`` [B, I, T], ``f0``/``voiced`` [B, T], ``g`` [B, gin] -> audio [B, 1, T*hop].
 
         ``generator`` / ``lengths`` [B]: the excitation's noise (see :class:`HarmonicNoiseSource`).
@@ -238,11 +243,14 @@ class NSFHiFiGAN(nn.Module):
         :meth:`receptive_field_frames` of context on both sides that is cut off afterwards: the same audio
         up to float rounding, with intermediate tensors small enough to stay in a CPU's caches (a long
         sequence at once is slower per frame there). 0: the whole sequence in one pass.
+        ``block_dtype``: the residual blocks' convolutions run in this dtype (see :meth:`ResBlock.forward`; e.g.
+        ``torch.bfloat16``, ~1.6x faster on a CPU with AVX512-BF16), everything else in ``z``'s; None: all in ``z``'s.
         """
         source = self.source(f0, voiced, generator, lengths)  # [B, 1, T*hop]
         x = self.frame_input(z, g)
         hop = self.hop_length
-        pieces = [self.upsample(x[..., low:high], source[..., low * hop: high * hop])[..., keep * hop: (keep + n) * hop]
+        pieces = [self.upsample(x[..., low:high], source[..., low * hop: high * hop], block_dtype)
+                  [..., keep * hop: (keep + n) * hop]
                   for low, high, keep, n in decode_windows(z.shape[-1], window_frames, self.receptive_field_frames())]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
@@ -250,11 +258,12 @@ class NSFHiFiGAN(nn.Module):
         """What the upsampling stages start from: ``input_conv(z)`` + the singer's projection, [B, C, T]."""
         return self.input_conv(z) + self.speaker_proj(g.unsqueeze(-1))
 
-    def upsample(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """The upsampling stages: ``x`` [B, C, T] (after ``input_conv``), ``source`` [B, 1, T*hop] -> [B, 1, T*hop]."""
+    def upsample(self, x: torch.Tensor, source: torch.Tensor, block_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The upsampling stages: ``x`` [B, C, T] (after ``input_conv``), ``source`` [B, 1, T*hop] -> [B, 1, T*hop];
+        ``block_dtype``: see :meth:`forward`."""
         for upsampler, source_conv, blocks in zip(self.upsamplers, self.source_convs, self.resblocks_per_stage()):
             x = upsampler(F.leaky_relu(x, LEAKY_SLOPE))
             x = x + source_conv(source)
-            x = sum(block(x) for block in blocks) / self.n_kernels
+            x = sum(block(x, block_dtype) for block in blocks) / self.n_kernels
         x = self.output_conv(F.leaky_relu(x))
         return torch.tanh(x)

@@ -376,7 +376,7 @@ class SingerVAE(nn.Module):
     def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
               g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
               generator: torch.Generator | Sequence[torch.Generator] | None = None,
-              decode_window_frames: int = 0) -> torch.Tensor:
+              decode_window_frames: int = 0, decoder_block_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
         wav [B, 1, T*hop_length] in (-1, 1). ``noise_scale``: the prior's sampling temperature, from the caller's
         settings (conversion: ``noise_scale`` of ``conf/infer.yaml``; validation: ``trainer.eval_noise_scale``). Frames past ``lengths`` are zeroed in the latent (their audio is
@@ -387,6 +387,8 @@ class SingerVAE(nn.Module):
         ``lengths`` only, so a row converts the same alone or in a batch, except within the decoder's
         receptive field of its padded end). ``decode_window_frames`` > 0 decodes in windows of that many
         frames (the same audio, cache-sized tensors: see :meth:`NSFHiFiGAN.forward`); 0 at once.
+        ``decoder_block_dtype``: the NSF-HiFiGAN decoder's residual-block convolutions in this dtype (e.g.
+        ``torch.bfloat16``), the rest in ``content``'s (see :meth:`NSFHiFiGAN.forward`); None: all in ``content``'s.
         """
         self._check_inputs(content, f0, voiced, volume, g)
         batch, _, n_frames = content.shape
@@ -395,7 +397,8 @@ class SingerVAE(nn.Module):
         m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
         noise = noise_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
         z = self.latent_from_prior(m_p, logs_p, noise, noise_scale, mask, g)
-        return self.decoder(z, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames)
+        return self.decoder(z, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames,
+                            block_dtype=decoder_block_dtype)
 
     def latent_from_prior(self, m_p: torch.Tensor, logs_p: torch.Tensor, noise: torch.Tensor,
                           noise_scale: float | torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
