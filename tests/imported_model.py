@@ -1,13 +1,20 @@
-"""Helpers for the importer tests (so-vits-svc, RVC): load an imported base as a model, and serve the random
-draws an original implementation made to ours."""
+"""Helpers for the importer tests (so-vits-svc, RVC): load an imported base as a model, serve the random
+draws an original implementation made to ours, compare our training forward and discriminator with the
+original's recorded outputs, and check that refused input is reported in one line."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import torch
 
 from ai_singer import checkpoint
 from ai_singer.model import SingerVAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
+
+from tools.reference_fixtures import discriminator_state  # noqa: E402
 
 
 def load_model(base_dir: Path) -> SingerVAE:
@@ -38,6 +45,85 @@ class Replay:
 
     def all_used(self) -> bool:
         return not any(self.draws.values())
+
+
+def assert_training_forward_matches(model: SingerVAE, reference: dict[str, torch.Tensor], monkeypatch,
+                                    content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+                                    tolerance: float) -> None:
+    """Our training forward of ``model`` (train mode) on the reference's batch (``content`` [B, D, T], ``f0``,
+    ``voiced`` [B, T] in our layout; spectrogram, lengths and speakers from ``reference``), fed the original's
+    recorded draws (harmonic phases [B, K], source noise [B, L, K], posterior noise, slice starts), gives its
+    decoded segment, z, z_p and prior and posterior statistics within ``tolerance``."""
+    phases = reference["train_phases"].unsqueeze(-1).double()  # theirs [B, K], ours [B, K, 1]
+    source_noise = reference["train_source_noise"].transpose(1, 2)  # theirs [B, L, K], ours [B, K, L]
+    posterior_noise = reference["train_posterior_noise"]
+    replay = Replay(monkeypatch, {tuple(phases.shape): [phases], tuple(source_noise.shape): [source_noise],
+                                  tuple(posterior_noise.shape): [posterior_noise]})
+    monkeypatch.setattr("ai_singer.model.synthesizer.random_segment_starts",
+                        lambda lengths, segment, generator=None: reference["train_slice_starts"].clone())
+    with torch.no_grad():
+        g = model.embed_speaker(reference["speakers"])
+        out = model(content, f0, voiced, torch.ones_like(f0), reference["spec"], reference["lengths"], g)
+    assert replay.all_used()
+    for ours, theirs in ((out.wav, "train_wav"), (out.z, "train_z"), (out.z_p, "train_z_p"), (out.m_p, "train_m_p"),
+                         (out.logs_p, "train_logs_p"), (out.m_q, "train_m_q"), (out.logs_q, "train_logs_q")):
+        assert ours.shape == reference[theirs].shape, theirs
+        assert (ours - reference[theirs]).abs().max() <= tolerance, theirs
+
+
+def fixture_discriminator_state(fixtures: Path) -> dict[str, torch.Tensor]:
+    """The discriminator weights the fixture writer drew for ``fixtures/D_layout.json`` (its keys, in order)."""
+    return discriminator_state(json.loads((fixtures / "D_layout.json").read_text())["keys"])
+
+
+def assert_discriminator_matches(base_dir: Path, reference: dict[str, torch.Tensor], tolerance: float) -> int:
+    """The discriminator of the imported base ``base_dir`` gives the original's recorded logits (within
+    ``tolerance``) and feature-map energies on ``disc_real``/``disc_fake``; returns how many sub-discriminators
+    it has. Theirs are ordered [scale, periods...], ours [periods..., scale]."""
+    from ai_singer.model.discriminator import Discriminator
+
+    base = checkpoint.load_base(base_dir, with_discriminator=True)
+    disc = Discriminator.from_config(SingerVAE(base.model_config).config)
+    checkpoint.load_state_strict(disc, base.discriminator_state)
+    with torch.no_grad():
+        out = disc(reference["disc_real"], reference["disc_fake"])
+    order = [len(out.real_logits) - 1] + list(range(len(out.real_logits) - 1))
+    for theirs, ours in enumerate(order):
+        for side, logits, maps in (("real", out.real_logits, out.real_features),
+                                   ("fake", out.fake_logits, out.fake_features)):
+            assert (logits[ours] - reference[f"disc_{theirs}_{side}_logits"]).abs().max() <= tolerance
+            energy = torch.stack([m.pow(2).flatten(1).mean(1) for m in maps[ours]])
+            torch.testing.assert_close(energy, reference[f"disc_{theirs}_{side}_energy"], rtol=1e-4, atol=1e-6)
+    return len(order)
+
+
+def one_line(err: str) -> str:
+    """The only non-blank line of ``err`` (an entry point reports a user mistake in one line)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+class Payload:
+    """A class no checkpoint loader may run: unpickling it would call ``print``."""
+
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def assert_payload_refused(rc: int, err: str, path: Path) -> None:
+    """The importer refused ``path`` (a pickle holding a :class:`Payload`) in one line naming the file and the
+    callable, exit code 2, without running it."""
+    line = one_line(err)
+    assert rc == 2 and str(path) in line and "print" in line and "refused" in line
+    assert "this would have run" not in err
+
+
+def truncated_copy(source: Path, path: Path) -> Path:
+    """``path`` holding the first half of ``source``'s bytes (a download cut short)."""
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
 class FrameEncoder:

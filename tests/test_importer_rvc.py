@@ -18,9 +18,10 @@ from ai_singer import checkpoint
 from ai_singer.importers import rvc
 from ai_singer.importers.__main__ import main as importers_main
 from ai_singer.model import SingerVAE
-from ai_singer.model.discriminator import Discriminator
 from ai_singer.model.encoders import mel_coarse_f0
-from imported_model import Replay, fine_tune_and_convert, load_model
+from imported_model import (Payload, Replay, assert_discriminator_matches, assert_payload_refused,
+                            assert_training_forward_matches, fine_tune_and_convert, fixture_discriminator_state,
+                            load_model, one_line, truncated_copy)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rvc"
 TOLERANCE = 1e-4
@@ -113,24 +114,9 @@ def test_an_exported_singer_model_matches_rvc(singer, reference, monkeypatch):
 
 
 def test_training_forward_matches_rvc(imported, reference, monkeypatch):
-    model = load_model(imported).train()
-    phases = reference["train_phases"].unsqueeze(-1).double()  # theirs [B, K], ours [B, K, 1]
-    source_noise = reference["train_source_noise"].transpose(1, 2)
-    posterior_noise = reference["train_posterior_noise"]
-    replay = Replay(monkeypatch, {tuple(phases.shape): [phases], tuple(source_noise.shape): [source_noise],
-                                  tuple(posterior_noise.shape): [posterior_noise]})
-    monkeypatch.setattr("ai_singer.model.synthesizer.random_segment_starts",
-                        lambda lengths, segment, generator=None: reference["train_slice_starts"].clone())
-    f0 = reference["f0_interpolated"]
-    with torch.no_grad():
-        g = model.embed_speaker(reference["speakers"])
-        out = model(reference["content"].transpose(1, 2), f0, reference["voiced"], torch.ones_like(f0),
-                    reference["spec"], reference["lengths"], g)
-    assert replay.all_used()
-    for ours, theirs in ((out.wav, "train_wav"), (out.z, "train_z"), (out.z_p, "train_z_p"), (out.m_p, "train_m_p"),
-                         (out.logs_p, "train_logs_p"), (out.m_q, "train_m_q"), (out.logs_q, "train_logs_q")):
-        assert ours.shape == reference[theirs].shape, theirs
-        assert (ours - reference[theirs]).abs().max() <= TOLERANCE, theirs
+    assert_training_forward_matches(load_model(imported).train(), reference, monkeypatch,
+                                    reference["content"].transpose(1, 2), reference["f0_interpolated"],
+                                    reference["voiced"], TOLERANCE)
 
 
 def test_an_imported_rvc_base_fine_tunes_and_converts(imported, tmp_path):
@@ -138,35 +124,12 @@ def test_an_imported_rvc_base_fine_tunes_and_converts(imported, tmp_path):
     fine_tune_and_convert(imported, tmp_path, sample_rate=40000, content_dim=768, layer=12, final_proj=False)
 
 
-def _discriminator_state() -> dict[str, torch.Tensor]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_sovits_fixtures", Path(__file__).parents[1] / "tools" / "make_sovits_fixtures.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.discriminator_state(json.loads((FIXTURES / "D_layout.json").read_text())["keys"])
-
-
 @pytest.mark.slow  # a full-size v2 discriminator (9 sub-discriminators) written, imported and read back: ~15 s
 def test_discriminator_matches_rvc(reference, tmp_path):
     d_file = tmp_path / "f0D.pth"
-    torch.save({"model": _discriminator_state()}, d_file)
+    torch.save({"model": fixture_discriminator_state(FIXTURES)}, d_file)
     assert _import(tmp_path, "with-d", "--config", str(FIXTURES / "config.json"), "--discriminator", str(d_file)) == 0
-    base = checkpoint.load_base(tmp_path / "with-d", with_discriminator=True)
-    disc = Discriminator.from_config(SingerVAE(base.model_config).config)
-    checkpoint.load_state_strict(disc, base.discriminator_state)
-    with torch.no_grad():
-        out = disc(reference["disc_real"], reference["disc_fake"])
-    # theirs: [scale, periods 2 ... 37]; ours: [periods..., scale]
-    order = [len(out.real_logits) - 1] + list(range(len(out.real_logits) - 1))
-    assert len(order) == 9
-    for theirs, ours in enumerate(order):
-        for side, logits, maps in (("real", out.real_logits, out.real_features),
-                                   ("fake", out.fake_logits, out.fake_features)):
-            assert (logits[ours] - reference[f"disc_{theirs}_{side}_logits"]).abs().max() <= TOLERANCE
-            energy = torch.stack([m.pow(2).flatten(1).mean(1) for m in maps[ours]])
-            torch.testing.assert_close(energy, reference[f"disc_{theirs}_{side}_energy"], rtol=1e-4, atol=1e-6)
+    assert assert_discriminator_matches(tmp_path / "with-d", reference, TOLERANCE) == 9  # scale, periods 2 ... 37
 
 
 def test_an_rvc_singer_model_becomes_an_adapter(imported, singer, tmp_path):
@@ -224,33 +187,18 @@ def _run(capsys, tmp_path, model, *extra) -> tuple[int, str]:
     return rc, err
 
 
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-class Payload:  # a class no checkpoint loader may run
-    def __reduce__(self):
-        return (print, ("this would have run",))
-
-
 def test_a_pickle_with_foreign_classes_is_refused(tmp_path, capsys):
     bad = tmp_path / "evil.pth"
     payload = torch.load(FIXTURES / "singer.pth", weights_only=True)
     torch.save({**payload, "info": Payload()}, bad)
     rc, err = _run(capsys, tmp_path, bad)
-    line = _one_line(err)
-    assert rc == 2 and str(bad) in line and "print" in line and "refused" in line
-    assert "this would have run" not in err
+    assert_payload_refused(rc, err, bad)
 
 
 def test_a_truncated_file_is_refused(tmp_path, capsys):
-    cut = tmp_path / "cut.pth"
-    data = (FIXTURES / "singer.pth").read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
+    cut = truncated_copy(FIXTURES / "singer.pth", tmp_path / "cut.pth")
     rc, err = _run(capsys, tmp_path, cut)
-    assert rc == 2 and "truncated" in _one_line(err) and str(cut) in err
+    assert rc == 2 and "truncated" in one_line(err) and str(cut) in err
 
 
 def _variant(tmp_path, change) -> Path:
@@ -278,7 +226,7 @@ def test_a_file_of_the_wrong_kind_is_refused(tmp_path, capsys, imported, kind, e
     else:
         torch.save([1, 2, 3], wrong)
     rc, err = _run(capsys, tmp_path, wrong, "--base", str(imported))
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and str(wrong) in line and expect in line
 
 
@@ -286,7 +234,7 @@ def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path, capsys, i
     def change(payload):
         payload["config"][3] = 12  # hidden_channels
     rc, err = _run(capsys, tmp_path, _variant(tmp_path, change), "--base", str(imported))
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and "do not match" in line and "variant.pth" in line
 
     config = json.loads((FIXTURES / "config.json").read_text())
@@ -294,18 +242,18 @@ def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path, capsys, i
     other = tmp_path / "config.json"
     other.write_text(json.dumps(config))
     rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth", "--config", str(other))
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and "G_0.pth" in line and "do not match" in line
 
 
 def test_a_base_without_config_must_be_a_published_layout(tmp_path, capsys):
     rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth")
-    assert rc == 2 and "--sample-rate" in _one_line(err)
+    assert rc == 2 and "--sample-rate" in one_line(err)
 
 
 def test_a_singer_model_needs_its_base(tmp_path, capsys):
     rc, err = _run(capsys, tmp_path, FIXTURES / "singer.pth")
-    assert rc == 2 and "--base" in _one_line(err)
+    assert rc == 2 and "--base" in one_line(err)
 
 
 def test_a_singer_model_on_a_base_of_another_architecture_is_refused(tmp_path, capsys):
@@ -314,13 +262,13 @@ def test_a_singer_model_on_a_base_of_another_architecture_is_refused(tmp_path, c
                            "--name", "other", "--pretrain-dir", str(tmp_path)]) == 0
     capsys.readouterr()
     rc, err = _run(capsys, tmp_path, FIXTURES / "singer.pth", "--base", str(tmp_path / "other"))
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and "singer.pth" in line and "architecture" in line and "other" in line
 
 
 def test_an_existing_base_is_kept_without_overwrite(imported, capsys):
     rc = _import(imported.parent, imported.name, "--config", str(FIXTURES / "config.json"))
-    assert rc == 2 and "--overwrite" in _one_line(capsys.readouterr().err)
+    assert rc == 2 and "--overwrite" in one_line(capsys.readouterr().err)
 
 
 def test_key_map():

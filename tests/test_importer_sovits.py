@@ -7,7 +7,6 @@ Here the checkpoint goes through the importer, and our model is fed the same inp
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from ai_singer import checkpoint
 from ai_singer.importers import sovits
 from ai_singer.importers.__main__ import main as importers_main
 from ai_singer.model import SingerVAE
-from ai_singer.model.discriminator import Discriminator
-from imported_model import Replay, fine_tune_and_convert, load_model
+from imported_model import (Payload, Replay, assert_discriminator_matches, assert_payload_refused,
+                            assert_training_forward_matches, fine_tune_and_convert, fixture_discriminator_state,
+                            load_model, one_line, truncated_copy)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sovits"
 TOLERANCE = 1e-4
@@ -70,56 +70,19 @@ def test_inference_matches_so_vits_svc(imported, reference, monkeypatch):
 
 
 def test_training_forward_matches_so_vits_svc(imported, reference, monkeypatch):
-    model = load_model(imported).train()
-    phases = reference["train_phases"].unsqueeze(-1).double()  # theirs [B, K], ours [B, K, 1]
-    source_noise = reference["train_source_noise"].transpose(1, 2)
-    posterior_noise = reference["train_posterior_noise"]
-    replay = Replay(monkeypatch, {tuple(phases.shape): [phases], tuple(source_noise.shape): [source_noise],
-                                  tuple(posterior_noise.shape): [posterior_noise]})
-    monkeypatch.setattr("ai_singer.model.synthesizer.random_segment_starts",
-                        lambda lengths, segment, generator=None: reference["train_slice_starts"].clone())
-    f0 = reference["f0"]
-    with torch.no_grad():
-        g = model.embed_speaker(reference["speakers"])
-        out = model(reference["content"], f0, reference["uv"], torch.ones_like(f0), reference["spec"],
-                    reference["lengths"], g)
-    assert replay.all_used()
-    for ours, theirs in ((out.wav, "train_wav"), (out.z, "train_z"), (out.z_p, "train_z_p"), (out.m_p, "train_m_p"),
-                         (out.logs_p, "train_logs_p"), (out.m_q, "train_m_q"), (out.logs_q, "train_logs_q")):
-        assert ours.shape == reference[theirs].shape, theirs
-        assert (ours - reference[theirs]).abs().max() <= TOLERANCE, theirs
-
-
-def _fixture_tool():
-    spec = importlib.util.spec_from_file_location(
-        "make_sovits_fixtures", Path(__file__).parents[1] / "tools" / "make_sovits_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert_training_forward_matches(load_model(imported).train(), reference, monkeypatch, reference["content"],
+                                    reference["f0"], reference["uv"], TOLERANCE)
 
 
 @pytest.mark.slow  # a full-size discriminator (47 M parameters) written, imported and read back: ~10 s
 def test_discriminator_matches_so_vits_svc(reference, tmp_path):
-    layout = json.loads((FIXTURES / "D_layout.json").read_text())["keys"]
     d_file = tmp_path / "D_0.pth"
-    torch.save({"model": _fixture_tool().discriminator_state(layout), "iteration": 1234, "optimizer": None,
+    torch.save({"model": fixture_discriminator_state(FIXTURES), "iteration": 1234, "optimizer": None,
                 "learning_rate": 1e-4}, d_file)
     rc = importers_main(["sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
                          "--discriminator", str(d_file), "--name", "with-d", "--pretrain-dir", str(tmp_path)])
     assert rc == 0
-    base = checkpoint.load_base(tmp_path / "with-d", with_discriminator=True)
-    disc = Discriminator.from_config(SingerVAE(base.model_config).config)
-    checkpoint.load_state_strict(disc, base.discriminator_state)
-    with torch.no_grad():
-        out = disc(reference["disc_real"], reference["disc_fake"])
-    # theirs: [scale, period 2, 3, 5, 7, 11]; ours: [periods..., scale]
-    order = [len(out.real_logits) - 1] + list(range(len(out.real_logits) - 1))
-    for theirs, ours in enumerate(order):
-        for side, logits, maps in (("real", out.real_logits, out.real_features),
-                                   ("fake", out.fake_logits, out.fake_features)):
-            assert (logits[ours] - reference[f"disc_{theirs}_{side}_logits"]).abs().max() <= TOLERANCE
-            energy = torch.stack([m.pow(2).flatten(1).mean(1) for m in maps[ours]])
-            torch.testing.assert_close(energy, reference[f"disc_{theirs}_{side}_energy"], rtol=1e-4, atol=1e-6)
+    assert assert_discriminator_matches(tmp_path / "with-d", reference, TOLERANCE) == 6  # scale, periods 2 ... 11
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -132,33 +95,18 @@ def _run(capsys, tmp_path, generator, config=FIXTURES / "config.json", *extra) -
     return rc, err
 
 
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-class Payload:  # a class no checkpoint loader may run
-    def __reduce__(self):
-        return (print, ("this would have run",))
-
-
 def test_a_pickle_with_foreign_classes_is_refused(tmp_path, capsys):
     bad = tmp_path / "G_evil.pth"
     model = torch.load(FIXTURES / "G_0.pth", weights_only=True)["model"]
     torch.save({"model": model, "extra": Payload()}, bad)
     rc, err = _run(capsys, tmp_path, bad)
-    line = _one_line(err)
-    assert rc == 2 and str(bad) in line and "print" in line and "refused" in line
-    assert "this would have run" not in err
+    assert_payload_refused(rc, err, bad)
 
 
 def test_a_truncated_file_is_refused(tmp_path, capsys):
-    cut = tmp_path / "G_cut.pth"
-    data = (FIXTURES / "G_0.pth").read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
+    cut = truncated_copy(FIXTURES / "G_0.pth", tmp_path / "G_cut.pth")
     rc, err = _run(capsys, tmp_path, cut)
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and str(cut) in line and "truncated" in line
 
 
@@ -178,7 +126,7 @@ def test_a_file_of_the_wrong_kind_is_refused(tmp_path, capsys, kind):
         wrong.write_bytes((Path(__file__).parent / "fixtures" / "rvc" / "G_0.pth").read_bytes())
         expect = "import rvc"
     rc, err = _run(capsys, tmp_path, wrong)
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and str(wrong) in line and expect in line
 
 
@@ -188,7 +136,7 @@ def test_a_config_that_does_not_match_the_weights_is_refused(tmp_path, capsys):
     other = tmp_path / "config.json"
     other.write_text(json.dumps(config))
     rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth", other)
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and "G_0.pth" in line and "do not match" in line and str(other) in line
 
 
@@ -204,14 +152,14 @@ def test_unsupported_so_vits_options_are_named(tmp_path, capsys, change, expect)
     other = tmp_path / "config.json"
     other.write_text(json.dumps(config))
     rc, err = _run(capsys, tmp_path, FIXTURES / "G_0.pth", other)
-    line = _one_line(err)
+    line = one_line(err)
     assert rc == 2 and str(other) in line and expect in line
 
 
 def test_an_existing_base_is_kept_without_overwrite(imported, capsys):
     rc = importers_main(["sovits", str(FIXTURES / "G_0.pth"), "--config", str(FIXTURES / "config.json"),
                          "--name", imported.name, "--pretrain-dir", str(imported.parent)])
-    assert rc == 2 and "--overwrite" in _one_line(capsys.readouterr().err)
+    assert rc == 2 and "--overwrite" in one_line(capsys.readouterr().err)
 
 
 def test_ai_singer_import_runs_the_importer(tmp_path, capsys):

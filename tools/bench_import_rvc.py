@@ -11,11 +11,8 @@ imported models convert the 200 frames of ``reference_full.pt`` with RVC's recor
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -23,8 +20,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tools` is a folder of scripts, not installed
 
-from tools.bench_import_sovits import timed_import  # noqa: E402
-from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
+from tools.bench_import import best_of, measurements, parse_arguments  # noqa: E402
+from tools.benchmarks_md import replace_section  # noqa: E402
 
 SECTION = "Import: RVC base"
 RVC_NOISE_SCALE = 0.66666
@@ -54,11 +51,7 @@ def max_difference(base_dir: Path, reference: dict, prefix: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="folder written by make_rvc_fixtures.py --full-size")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--write-benchmarks", action="store_true", help=f"rewrite the '{SECTION}' section")
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.split("\n\n")[0], SECTION, "folder written by make_rvc_fixtures.py --full-size")
     src = args.source
     rows = []
     with tempfile.TemporaryDirectory() as bases, tempfile.TemporaryDirectory() as singers:
@@ -69,32 +62,20 @@ def main() -> None:
                  ("singer.pth (--base)", ["rvc", str(src / "singer.pth"), "--base", str(base_dir)], Path(singers),
                   ["singer.pth"])]
         for label, arguments, keep, inputs in cases:
-            runs = [timed_import(arguments, keep) for _ in range(args.repeats)]
-            wall = min(r[0] for r in runs)
             size = sum((src / name).stat().st_size for name in inputs) / 1e6
-            rows.append((label, size, wall, max(r[1] for r in runs), runs[0][2]))
-            print(f"{label}: best of {args.repeats} {wall:.1f} s, peak RSS {rows[-1][3]:.0f} MB, wrote {runs[0][2]:.0f} MB")
+            rows.append(best_of(label, arguments, args.repeats, keep, input_mb=size))
         reference = torch.load(src / "reference_full.pt", weights_only=True)
         torch.set_num_threads(1)
         base_diff = max_difference(base_dir, reference, "infer")
         singer_diff = max_difference(Path(singers) / "bench", reference, "singer")
     print(f"max abs difference to RVC's waveform: base {base_diff:.1e}, singer {singer_diff:.1e} "
           f"(RVC's peaks {reference['infer_wav'].abs().max():.2f}, {reference['singer_wav'].abs().max():.2f})")
-    load = os.getloadavg()[0]
-    table = "\n".join(f"| {label} | {size:.0f} | {wall:.1f} | {peak:.0f} | {written:.0f} |"
-                      for label, size, wall, peak, written in rows)
     body = f"""Wall time of `python -m ai_singer.importers rvc` (a fresh process: Python start-up and imports included,
 best of {args.repeats}) on RVC v2's full-size 40 kHz model with random weights, written by RVC's own code
 (`tools/make_rvc_fixtures.py --full-size`: `f0G40k.pth`/`f0D40k.pth` in float16 as RVC's `pretrained_v2`
 holds them, and a singer exported by RVC's `savee`, 109 speakers); measured with `tools/bench_import_rvc.py`.
 
-- Machine: {machine_description()}
-- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average (1 min) {load:.1f} on {os.cpu_count()} CPUs
-  (a shared machine: pessimistic).
-
-| input | input MB | wall (s) | peak RSS MB | base written MB |
-|---|---:|---:|---:|---:|
-{table}
+{measurements(rows)}
 
 The layout (v2, 40 kHz) is recognised from the tensors (no config file). The exported singer has no posterior
 encoder; it comes from the base given with `--base`. The imported full-size models convert 200 frames with

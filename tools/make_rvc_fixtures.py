@@ -30,7 +30,7 @@ How the fixtures are made (tests/test_importer_rvc.py compares ai_singer's impor
   ``content_v1``).
 * ``D_layout.json``: the keys and shapes of RVC v2's ``MultiPeriodDiscriminatorV2`` (full size, no size
   options). Its weights are drawn in key order from a seeded generator
-  (``make_sovits_fixtures.discriminator_state``), which the test repeats.
+  (``tools/reference_fixtures.py``'s ``discriminator_state``), which the test repeats.
 * ``reference.pt``: inputs, the random draws RVC made (recorded by wrapping ``torch.rand`` /
   ``torch.randn_like`` while its forward ran) and its outputs: the base's inference waveform (``infer`` in eval
   mode with weight norm in place, as RVC's VC.get_vc runs a model; prior noise at RVC's fixed 0.66666), the
@@ -50,7 +50,6 @@ output of both on 200 frames, with its draws): about 250 MB, for tools/bench_imp
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -64,7 +63,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sovits_fixtures import DISCRIMINATOR_SEED, discriminator_state  # noqa: E402  (same folder)
+from reference_fixtures import (Recorder, adamw, draw_coupling_outputs, fixture_arguments,  # noqa: E402
+                                record_discriminator, save_training_checkpoint, write, write_reference)
 
 SPEC_ARGS = ("inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size", "p_dropout",
              "resblock", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
@@ -107,31 +107,6 @@ def coarse_pitch(f0: np.ndarray) -> np.ndarray:
     f0_mel[f0_mel <= 1] = 1
     f0_mel[f0_mel > 255] = 255
     return np.rint(f0_mel).astype(np.int32)
-
-
-class Recorder:
-    """Wraps ``torch.rand`` and ``torch.randn_like`` to record every draw."""
-
-    def __init__(self):
-        self.draws: list[tuple[str, torch.Tensor]] = []
-        self._rand, self._randn_like = torch.rand, torch.randn_like
-
-    def rand(self, *shape, **kwargs):
-        value = self._rand(*shape, **kwargs)
-        self.draws.append(("rand", value.clone()))
-        return value
-
-    def randn_like(self, tensor, **kwargs):
-        value = self._randn_like(tensor, **kwargs)
-        self.draws.append(("randn_like", value.clone()))
-        return value
-
-    def __enter__(self):
-        torch.rand, torch.randn_like = self.rand, self.randn_like
-        return self
-
-    def __exit__(self, *exc):
-        torch.rand, torch.randn_like = self._rand, self._randn_like
 
 
 def make_inputs(config: dict) -> dict[str, torch.Tensor]:
@@ -227,10 +202,8 @@ def write_full_size(out: Path) -> None:
     config = full_size_config("v2", "40k")
     torch.manual_seed(0)
     net = build(config)
+    draw_coupling_outputs(net, 0.01)
     with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.startswith("flow.flows.") and ".post." in name:
-                param.normal_(0.0, 0.01)
         for param in net.parameters():  # what is stored is float16: compute with exactly those values
             param.copy_(param.half().float())
     torch.save({"model": {k: v.half() for k, v in net.state_dict().items()}}, out / "f0G40k.pth")
@@ -263,34 +236,16 @@ def print_counts() -> None:
     print(json.dumps(counts))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/rvc"))
-    parser.add_argument("--counts", action="store_true", help="print RVC v2 40k's parameter counts per part")
-    parser.add_argument("--full-size", metavar="DIR", help="write full-size RVC v2 40k files (f0G40k.pth, "
-                                                            "f0D40k.pth, singer.pth, reference_full.pt) here")
-    args = parser.parse_args()
-    if args.counts:
-        print_counts()
-        return
-    if args.full_size:
-        write_full_size(Path(args.full_size))
-        return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_fixtures(out: Path) -> None:
+    """The fixtures (config.json, G_0.pth, singer.pth, G_v1.pth, D_layout.json, reference.pt) into ``out``."""
     from rvc.lib.infer_pack.models import MultiPeriodDiscriminatorV2
 
     config = tiny_config()
     torch.manual_seed(0)
     net = build(config)
-    with torch.no_grad():  # the couplings' output convs start at zero: give every tensor a visible value
-        for name, param in net.named_parameters():
-            if name.startswith("flow.flows.") and ".post." in name:
-                param.normal_(0.0, 0.1)
-    optimizer = torch.optim.AdamW(net.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+    draw_coupling_outputs(net, 0.1)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({"model": net.state_dict(), "iteration": 1234, "optimizer": optimizer.state_dict(),
-                "learning_rate": 1e-4}, out / "G_0.pth")
+    save_training_checkpoint(out / "G_0.pth", net, adamw(net), iteration=1234)
 
     export_singer(perturbed(net.state_dict(), 1), config, out)
 
@@ -320,34 +275,26 @@ def main() -> None:
     # ---- v1: 256-d content, inference only
     torch.manual_seed(3)
     net_v1 = build(config, "v1")
-    with torch.no_grad():
-        for name, param in net_v1.named_parameters():
-            if name.startswith("flow.flows.") and ".post." in name:
-                param.normal_(0.0, 0.1)
+    draw_coupling_outputs(net_v1, 0.1)
     torch.save({"model": net_v1.state_dict(), "iteration": 77}, out / "G_v1.pth")
     content_v1 = torch.randn(1, 24, 256, generator=torch.Generator().manual_seed(8))
     wav, draws = infer(net_v1.eval(), {**inputs, "content": content_v1}, ["randn_like", "rand", "randn_like"])
     reference.update(content_v1=content_v1, v1_prior_noise=draws[0][1], v1_source_noise=draws[2][1], v1_wav=wav)
 
     # ---- discriminator (full size, seeded weights)
-    disc = MultiPeriodDiscriminatorV2(use_spectral_norm=False)
-    layout = [(key, list(value.shape)) for key, value in disc.state_dict().items()]
-    disc.load_state_dict(discriminator_state(layout))
-    (out / "D_layout.json").write_text(json.dumps({"seed": DISCRIMINATOR_SEED, "keys": layout}) + "\n")
-    generator = torch.Generator().manual_seed(11)
-    real = torch.randn(2, 1, 1000, generator=generator) * 0.3
-    fake = torch.randn(2, 1, 1000, generator=generator) * 0.3
-    with torch.no_grad():
-        real_logits, fake_logits, real_maps, fake_maps = disc(real, fake)
-    reference.update(disc_real=real, disc_fake=fake)
-    for i, (r, f, rm, fm) in enumerate(zip(real_logits, fake_logits, real_maps, fake_maps)):
-        reference[f"disc_{i}_real_logits"] = r
-        reference[f"disc_{i}_fake_logits"] = f
-        reference[f"disc_{i}_real_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in rm])
-        reference[f"disc_{i}_fake_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in fm])
-    torch.save({key: value.contiguous() for key, value in reference.items()}, out / "reference.pt")
-    total = sum(path.stat().st_size for path in out.iterdir())
-    print(f"wrote {out} ({total / 1e6:.2f} MB): " + ", ".join(sorted(p.name for p in out.iterdir())))
+    record_discriminator(MultiPeriodDiscriminatorV2(use_spectral_norm=False), reference, out)
+    write_reference(out, reference)
+
+
+def main() -> None:
+    parser = fixture_arguments(__doc__.split("\n\n")[0], "rvc", "write full-size RVC v2 40k files (f0G40k.pth, "
+                                                                  "f0D40k.pth, singer.pth, reference_full.pt) here")
+    parser.add_argument("--counts", action="store_true", help="print RVC v2 40k's parameter counts per part")
+    args = parser.parse_args()
+    if args.counts:
+        print_counts()
+        return
+    write(args, write_fixtures, write_full_size)
 
 
 if __name__ == "__main__":

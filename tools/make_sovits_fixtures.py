@@ -26,8 +26,8 @@ How the fixtures are made (tests/test_importer_sovits.py compares ai_singer's im
   so-vits-svc saves checkpoints (``{"model", "iteration", "optimizer", "learning_rate"}``, a pickle).
 * ``D_layout.json``: the keys and shapes of so-vits-svc's ``MultiPeriodDiscriminator`` (full size; it
   has no size options). Its weights are not stored (187 MB): they are drawn from a seeded generator in
-  key order (:func:`discriminator_state`, which the test repeats), so the test can write the same
-  ``D_0.pth``.
+  key order (``tools/reference_fixtures.py``'s ``discriminator_state``, which the test repeats), so the test
+  can write the same ``D_0.pth``.
 * ``reference.pt``: inputs, the random draws so-vits-svc made (recorded by wrapping ``torch.rand`` /
   ``torch.randn_like`` while its forward ran) and its outputs: the inference waveform
   (``SynthesizerTrn.infer`` after ``remove_weight_norm``, as ``Svc.load_model`` does), the training forward's
@@ -44,15 +44,16 @@ state after one step, and ``config.json`` (about 1.2 GB together; for tools/benc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
 
-DISCRIMINATOR_SEED = 1234
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_fixtures import (Recorder, adamw, draw_coupling_outputs, fixture_arguments,  # noqa: E402
+                                record_discriminator, save_training_checkpoint, write, write_reference)
 
 def tiny_config() -> dict:
     import so_vits_svc_fork
@@ -71,46 +72,6 @@ def tiny_config() -> dict:
     model.pop("pretrained", None)
     config["spk"] = {"alice": 0, "bob": 1, "carol": 2}
     return config
-
-
-def discriminator_state(layout: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """Deterministic weights for the discriminator's keys: a seeded normal draw per key, in the given order;
-    ``weight_g`` scaled by 0.5, ``weight_v`` by 1, biases by 0.01."""
-    generator = torch.Generator().manual_seed(DISCRIMINATOR_SEED)
-    state = {}
-    for key, shape in layout:
-        scale = 0.5 if key.endswith("weight_g") else 0.01 if key.endswith("bias") else 1.0
-        state[key] = torch.randn(shape, generator=generator) * scale
-    return state
-
-
-class Recorder:
-    """Wraps ``torch.rand`` and ``torch.randn_like`` to record every draw (and optionally pin the harmonic
-    phase draw ``torch.rand(B, K)`` to zeros)."""
-
-    def __init__(self, harmonics: int, pin_phases: bool):
-        self.harmonics, self.pin_phases = harmonics, pin_phases
-        self.draws: list[tuple[str, torch.Tensor]] = []
-        self._rand, self._randn_like = torch.rand, torch.randn_like
-
-    def rand(self, *shape, **kwargs):
-        value = self._rand(*shape, **kwargs)
-        if self.pin_phases and len(shape) == 2 and shape[1] == self.harmonics:
-            value = torch.zeros_like(value)
-        self.draws.append(("rand", value.clone()))
-        return value
-
-    def randn_like(self, tensor, **kwargs):
-        value = self._randn_like(tensor, **kwargs)
-        self.draws.append(("randn_like", value.clone()))
-        return value
-
-    def __enter__(self):
-        torch.rand, torch.randn_like = self.rand, self.randn_like
-        return self
-
-    def __exit__(self, *exc):
-        torch.rand, torch.randn_like = self._rand, self._randn_like
 
 
 def make_inputs(config: dict) -> dict[str, torch.Tensor]:
@@ -157,28 +118,17 @@ def write_full_size(out: Path) -> None:
                                                      config["train"]["segment_size"] // data["hop_length"],
                                                      **config["model"])),
                          ("D_0.pth", MultiPeriodDiscriminator())):
-        optimizer = torch.optim.AdamW(module.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+        optimizer = adamw(module)
         for param in module.parameters():
             param.grad = torch.randn_like(param) * 1e-3
         optimizer.step()
-        torch.save({"model": module.state_dict(), "iteration": 1, "optimizer": optimizer.state_dict(),
-                    "learning_rate": 1e-4}, out / name)
+        save_training_checkpoint(out / name, module, optimizer, iteration=1)
         print(f"wrote {out / name} ({(out / name).stat().st_size / 1e6:.0f} MB)")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/sovits"))
-    parser.add_argument("--full-size", metavar="DIR", help="write a full-size 44.1 kHz G_0.pth/D_0.pth/config.json "
-                                                            "with optimiser state here instead of the fixtures")
-    args = parser.parse_args()
-    if args.full_size:
-        write_full_size(Path(args.full_size))
-        return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
+def write_fixtures(out: Path) -> None:
+    """The fixtures (config.json, G_0.pth, D_layout.json, reference.pt) into the folder ``out``."""
     from so_vits_svc_fork.modules.descriminators import MultiPeriodDiscriminator
     from so_vits_svc_fork.modules.synthesizers import SynthesizerTrn
 
@@ -187,14 +137,9 @@ def main() -> None:
     torch.manual_seed(0)
     net = SynthesizerTrn(data["filter_length"] // 2 + 1, config["train"]["segment_size"] // data["hop_length"],
                          **model_cfg)
-    with torch.no_grad():  # their output convs start at zero: give every tensor a visible random value
-        for name, param in net.named_parameters():
-            if name.startswith("flow.flows.") and ".post." in name:
-                param.normal_(0.0, 0.1)
-    optimizer = torch.optim.AdamW(net.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
+    draw_coupling_outputs(net, 0.1)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({"model": net.state_dict(), "iteration": 1234, "optimizer": optimizer.state_dict(),
-                "learning_rate": 1e-4}, out / "G_0.pth")
+    save_training_checkpoint(out / "G_0.pth", net, adamw(net), iteration=1234)
 
     inputs = make_inputs(config)
     harmonics = 9
@@ -230,24 +175,15 @@ def main() -> None:
                      infer_noise_scale=torch.tensor(noise_scale), infer_frames=torch.tensor(full))
 
     # ---- discriminator (full size, seeded weights)
-    disc = MultiPeriodDiscriminator(use_spectral_norm=False)
-    layout = [(key, list(value.shape)) for key, value in disc.state_dict().items()]
-    disc.load_state_dict(discriminator_state(layout))
-    (out / "D_layout.json").write_text(json.dumps({"seed": DISCRIMINATOR_SEED, "keys": layout}) + "\n")
-    generator = torch.Generator().manual_seed(11)
-    real = torch.randn(2, 1, 1000, generator=generator) * 0.3
-    fake = torch.randn(2, 1, 1000, generator=generator) * 0.3
-    with torch.no_grad():
-        real_logits, fake_logits, real_maps, fake_maps = disc(real, fake)
-    reference.update(disc_real=real, disc_fake=fake)
-    for i, (r, f, rm, fm) in enumerate(zip(real_logits, fake_logits, real_maps, fake_maps)):
-        reference[f"disc_{i}_real_logits"] = r
-        reference[f"disc_{i}_fake_logits"] = f
-        reference[f"disc_{i}_real_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in rm])
-        reference[f"disc_{i}_fake_energy"] = torch.stack([m.pow(2).flatten(1).mean(1) for m in fm])
-    torch.save({key: value.contiguous() for key, value in reference.items()}, out / "reference.pt")
-    total = sum(path.stat().st_size for path in out.iterdir())
-    print(f"wrote {out} ({total / 1e6:.2f} MB): " + ", ".join(sorted(p.name for p in out.iterdir())))
+    record_discriminator(MultiPeriodDiscriminator(use_spectral_norm=False), reference, out)
+    write_reference(out, reference)
+
+
+def main() -> None:
+    args = fixture_arguments(__doc__.split("\n\n")[0], "sovits",
+                             "write a full-size 44.1 kHz G_0.pth/D_0.pth/config.json with optimiser state here "
+                             "instead of the fixtures").parse_args()
+    write(args, write_fixtures, write_full_size)
 
 
 if __name__ == "__main__":
