@@ -3,7 +3,8 @@
     ai-singer export singer=NAME [base=NAME_OR_DIR] [out=DIR]      (= python -m ai_singer.onnx_export ...)
 
 Writes ``<singer folder>/onnx/`` (or ``out``): ``prior.onnx``, ``decoder.onnx`` and ``export.yaml``
-(:mod:`ai_singer.onnx_singer` describes them), all at once (a temporary folder renamed into place). Before it is
+(:mod:`ai_singer.onnx_singer` describes them), all at once (a temporary folder swapped into place: a failure or a
+kill at any moment leaves the whole old export or the whole new one). Before it is
 written, the export is run beside the torch model on ``check_frames`` random frames with the same noise, and refused
 when the largest difference exceeds ``tolerance``; ``export.yaml`` records it. Conversion then uses it with
 ``engine=onnx`` (or ``auto``). Needs the ``onnx`` extra (``pip install 'ai_singer[onnx]'``: onnx, onnxscript).
@@ -36,7 +37,7 @@ def export_singer(singer: str, singers_dir: str | os.PathLike, pretrain_dir: str
     into ``out`` (default ``<singer folder>/onnx``); returns the folder and its ``export.yaml``. UserErrors for
     what the user can fix (unknown singer, a blend, a DDSP base, the onnx extra missing)."""
     from ai_singer import checkpoint
-    from ai_singer.atomic import atomic_folder, atomic_write_text
+    from ai_singer.atomic import atomic_folder, atomic_write_text, remove_stale_temporaries
     from ai_singer.convert import InferError, load_base_model, resolve_base_dir, singer_dir, with_adapter
     from ai_singer.model.inference_graphs import PriorGraph, DecoderGraph, check_exportable
     from ai_singer.singer_spec import parse_singer_spec
@@ -77,6 +78,7 @@ def export_singer(singer: str, singers_dir: str | os.PathLike, pretrain_dir: str
     }
     out = Path(out) if out else folder / EXPORT_DIR
     inputs = example_inputs(model, check_frames)
+    remove_stale_temporaries(out.parent)  # what killed exports left beside it (a set-aside old export comes back)
     with atomic_folder(out) as tmp:
         _export(prior, decoder, inputs, tmp, description)
         files = {name: checkpoint.sha256_file(tmp / name) for name in (PRIOR_FILE, DECODER_FILE)}

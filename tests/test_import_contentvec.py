@@ -362,6 +362,31 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert sorted(os.listdir(out)) == ["config.json", "import.json", "model.safetensors"]
 
 
+def test_a_failed_import_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    """The folder is written in a temporary folder and swapped in: an import that fails after config.json is
+    written (the weights cannot be saved) leaves the previous import byte for byte and nothing beside it; a
+    temporary folder a killed import left is removed by the next one."""
+    import safetensors.torch
+
+    source = tmp_path / "cv.pt"
+    tool.write_checkpoint(source, tool.TINY, n_clusters=10)
+    out = tmp_path / "encoders" / "contentvec"
+    import_contentvec(source, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    killed = out.parent / ".contentvec.999999999.abc.tmp"  # a dead writer's (pid beyond pid_max)
+    killed.mkdir()
+    (killed / "config.json").write_text("{}")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        import_contentvec(source, out, overwrite=True)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert os.listdir(out.parent) == ["contentvec"]
+
+
 # ------------------------------------------------------------------------------------------ entry points
 
 def test_command_line_one_line_error_exit_2_and_success(tmp_path):

@@ -138,6 +138,44 @@ def test_a_stale_or_damaged_export_is_not_used(exported, tiny_hubert_dir, tmp_pa
         converter(copy, tiny_hubert_dir, "engine=onnx").convert_vocal(take, sr, "alto")
 
 
+def test_a_failed_export_leaves_the_old_export_whole(exported, tmp_path, monkeypatch):
+    """The export is written in a temporary folder beside ``out`` and swapped in: a failure while the graphs are
+    written (a disk full after half of prior.onnx), or a check that refuses the graphs after every file is
+    written, leaves the previous export byte for byte and nothing beside it; a temporary folder a killed export
+    left is removed by the next one."""
+    import ai_singer.onnx_export as onnx_export
+
+    root, old, _ = exported
+    out = tmp_path / "onnx"
+    shutil.copytree(old, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    killed = tmp_path / ".onnx.999999999.abc.tmp"  # a dead writer's (pid beyond pid_max)
+    killed.mkdir()
+    (killed / PRIOR_FILE).write_bytes(b"half")
+
+    def disk_full(prior, decoder, inputs, folder, description):
+        (folder / PRIOR_FILE).write_bytes(before[PRIOR_FILE][: len(before[PRIOR_FILE]) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "_export", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_singer("alto", root / "singers", root / "pretrain", out=out, check_frames=16)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == [out.name]
+
+    def copy_old_graphs(prior, decoder, inputs, folder, description):  # complete graphs, then refused
+        for name in before:
+            if name != EXPORT_CONFIG_FILE:
+                (folder / name).write_bytes(before[name])
+
+    monkeypatch.setattr(onnx_export, "_export", copy_old_graphs)
+    monkeypatch.setattr(onnx_export, "largest_difference", lambda *args, **kwargs: 1.0)
+    with pytest.raises(OnnxExportError, match="nothing was written"):
+        export_singer("alto", root / "singers", root / "pretrain", out=out, check_frames=16)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == [out.name]
+
+
 def test_the_export_command(exported, tmp_path):
     """`ai-singer export`: writes the folder (out=), and a blend or an unknown singer is one line, exit 2."""
     root, _, _ = exported

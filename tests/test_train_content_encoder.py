@@ -120,6 +120,36 @@ def test_same_seed_gives_the_same_weights(tiny_corpus, tmp_path):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_a_failed_save_leaves_the_old_artifact_whole(tmp_path, monkeypatch):
+    """The artifact is written in a temporary folder and swapped in: a save that fails after the encoder's
+    files are written (here the phone head's) leaves the previous artifact byte for byte and nothing beside
+    it; a later save replaces it whole."""
+    size = tce.EncoderSize(hidden=32, layers=2, heads=2, intermediate=64, conv_dim=(16, 16, 16, 32, 32, 32, 32),
+                           pos_conv_kernel=8, pos_conv_groups=4, dropout=0.0)
+    torch.manual_seed(0)
+    out = tmp_path / "encoders" / "synth-hubert"
+    tce.write_artifact(out, tce.PhoneTagger(tce.build_config(size), 3), ["sil", "a", "b"], {"run": 1})
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert {"config.json", "model.safetensors", "phone_head.safetensors", "training.json"} <= before.keys()
+
+    import safetensors.torch
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        tce.write_artifact(out, tce.PhoneTagger(tce.build_config(size), 3), ["sil", "a", "b"], {"run": 2})
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [path.name for path in out.parent.iterdir()] == [out.name]  # no temporary folder left
+    monkeypatch.undo()
+
+    tce.write_artifact(out, tce.PhoneTagger(tce.build_config(size), 3), ["sil", "a", "b"], {"run": 3})
+    assert json.loads((out / "training.json").read_text()) == {"run": 3}
+    assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
+    assert [path.name for path in out.parent.iterdir()] == [out.name]
+
+
 def test_speed_perturbation_keeps_labels_on_the_audio():
     """A clip alternating tone (label 1) and silence (label 0): after resampling by 1.19 or 0.84, each
     output frame's label still says whether that frame is loud."""

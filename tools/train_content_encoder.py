@@ -37,10 +37,7 @@ import contextlib
 import datetime
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,7 +50,7 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)  # run as a script from anywhere: find ai_singer
 
-from ai_singer.atomic import atomic_write_json  # noqa: E402
+from ai_singer.atomic import atomic_folder, atomic_write_json, remove_stale_temporaries  # noqa: E402
 
 SAMPLE_RATE = 16000
 HOP = 320  # samples per content frame at 16 kHz: 50 frames a second
@@ -489,30 +486,15 @@ def speaker_probe(tagger: PhoneTagger, clips: list[Clip], max_per_singer: int = 
 # Artifact
 # ----------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def atomic_folder(out: Path):
-    """Yield a temporary folder beside ``out``; on a clean exit it replaces ``out`` (removed on error)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact is meant to be shared
-        for item in tmp.iterdir():
-            if item.is_file():
-                item.chmod(0o666 & ~umask)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_artifact(out: Path, tagger: PhoneTagger, phones: list[str], document: dict) -> None:
+    """The artifact folder ``out`` (:func:`save_artifact` and ``training.json``), written whole in a temporary
+    folder beside it and swapped in (:func:`ai_singer.atomic.atomic_folder`): a failure or a kill at any moment
+    leaves the complete old artifact or the complete new one, never a folder a content backend would load
+    half of. Temporary folders of killed runs beside ``out`` are removed first."""
+    remove_stale_temporaries(Path(out).parent)
+    with atomic_folder(out) as folder:
+        save_artifact(tagger, folder, phones)
+        atomic_write_json(folder / "training.json", document)
 
 
 def save_artifact(tagger: PhoneTagger, folder: Path, phones: list[str]) -> None:
@@ -651,9 +633,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    with atomic_folder(args.out) as folder:
-        save_artifact(tagger, folder, corpus.phones)
-        atomic_write_json(folder / "training.json", document)
+    write_artifact(args.out, tagger, corpus.phones, document)
     size_mb = folder_bytes(args.out) / 1e6
     document["artifact_mb"] = round(size_mb, 2)
 

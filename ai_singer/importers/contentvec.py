@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ai_singer.atomic import atomic_folder
+from ai_singer.atomic import atomic_folder, remove_stale_temporaries
 from ai_singer.errors import UserError
 from ai_singer.importers.fairseq_checkpoint import parse_conv_layers, read_fairseq_checkpoint
 
@@ -251,8 +251,9 @@ def _first_mismatch(converted: dict[str, torch.Tensor], expected: dict[str, tupl
 
 
 def import_contentvec(src: str | Path, dst: str | Path, overwrite: bool = False) -> dict:
-    """Convert the fairseq checkpoint ``src`` into the Hugging Face folder ``dst`` (written atomically: on any
-    error nothing appears). Returns the ``import.json`` record.
+    """Convert the fairseq checkpoint ``src`` into the Hugging Face folder ``dst`` (written whole in a temporary
+    folder and swapped in: on any error or a kill, the old ``dst`` stays whole or nothing appears; what killed
+    imports left beside ``dst`` is removed first). Returns the ``import.json`` record.
 
     Raises:
         UserError: ``dst`` exists (without ``overwrite``), or the checkpoint is unusable (see
@@ -282,6 +283,7 @@ def import_contentvec(src: str | Path, dst: str | Path, overwrite: bool = False)
         "settings": {name: preset for name, preset in USUAL_SETTINGS.items()
                      if preset["layer"] <= arch.encoder_layers and (not preset["final_proj"] or final_dim)},
     }
+    remove_stale_temporaries(dst.parent)
     with atomic_folder(dst) as folder:
         config.to_json_file(str(folder / "config.json"))
         (folder / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
