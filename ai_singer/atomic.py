@@ -165,6 +165,21 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _renamed_onto(tmp_name: str, target: Path) -> Iterator[None]:
+    """Around the writing of the temporary file ``tmp_name`` (synced by the body): on a clean exit it gets the
+    finished files' mode and is renamed onto ``target``; on an error it is removed and ``target`` is left as
+    it was."""
+    try:
+        yield
+        os.chmod(tmp_name, _FILE_MODE)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on a clean exit rename it onto ``path``.
 
@@ -175,17 +190,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=_prefix(target.name), suffix=".tmp", dir=target.parent)
-    try:
+    with _renamed_onto(tmp_name, target):
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, _FILE_MODE)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 @contextlib.contextmanager
@@ -200,16 +209,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=_prefix(target.stem), suffix=f".tmp{target.suffix}",
                                     dir=target.parent)
     os.close(fd)
-    try:
+    with _renamed_onto(tmp_name, target):
         yield Path(tmp_name)
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, _FILE_MODE)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import yaml
 
 from ai_singer.atomic import atomic_folder, atomic_path, atomic_write_text, remove_stale_temporaries, restore_set_aside
 from ai_singer.errors import UserError
+from ai_singer.file_hash import sha256_file
 from ai_singer.retrieval import RETRIEVAL_FILE, save_index
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,6 @@ class StateDictMismatch(ArtifactError):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

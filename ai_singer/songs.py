@@ -29,6 +29,7 @@ from ai_singer.atomic import atomic_folder, atomic_write_json, remove_stale_temp
 from ai_singer.audio import AUDIO_SUFFIXES, audio_info, load_audio, to_mono, write_audio
 from ai_singer.convert import Converter, InferError, VocalConversion, resolve_base_dir, singer_dir
 from ai_singer.errors import OutOfSpace, UserError, is_out_of_space
+from ai_singer.file_hash import sha256_file
 from ai_singer.mix import match_loudness, mix_stem_files
 from ai_singer.sections import Section, parse_sections
 from ai_singer.singer_spec import parse_singer_spec
@@ -270,16 +271,6 @@ def _song_report(converter: Converter, song: Song, singer: str | None, info: Any
     return report
 
 
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, sections_file: Path | None,
                     singers_dir: str | os.PathLike, base: str | None, adapter_digests: dict[str, str],
                     content: Any = None) -> str | None:
@@ -302,7 +293,7 @@ def song_resume_key(song: Song, settings: ConvertSettings, singer: str | None, s
             if name not in adapter_digests:
                 folder = singer_dir(name, singers_dir)
                 adapter_digests[name] = hashlib.sha256("".join(
-                    _file_digest(folder / file) for file in ("adapter.yaml", "adapter.safetensors",
+                    sha256_file(folder / file) for file in ("adapter.yaml", "adapter.safetensors",
                                                              "retrieval.safetensors") if (folder / file).is_file()
                 ).encode()).hexdigest()
         sources = []

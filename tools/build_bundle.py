@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import importlib
 import json
 import os
@@ -78,6 +77,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script from anywhere: find ai_singer
 
 from ai_singer.bundle import BUNDLE_INDEX  # noqa: E402
+from ai_singer.file_hash import sha256_file  # noqa: E402
 from ai_singer.demo import (ADAPTER_FILES, BASE_FILES, BASE_TRAINING_FILES, EXAMPLE_SINGER,  # noqa: E402
                             EXAMPLE_SONG_DIR, EXAMPLE_SONG_STEMS, PRETRAIN_DIR, SINGERS_DIR)
 from tools import augment_voices, bundle_helpers  # noqa: E402
@@ -761,16 +761,8 @@ def bundle_files(root: Path, folders: Sequence[str]) -> list[tuple[str, int, str
             relative = path.relative_to(root)
             if path.is_file() and not any(part.startswith(".") for part in relative.parts) \
                     and not path.name.endswith(".tmp"):
-                files.append((relative.as_posix(), path.stat().st_size, sha256_of(path)))
+                files.append((relative.as_posix(), path.stat().st_size, sha256_file(path)))
     return files
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_size(result: BuildResult, max_mb: float) -> None:

@@ -22,6 +22,19 @@ def _width(channels: int, width: float) -> int:
     return max(4, int(round(channels * width)))
 
 
+def _conv_stack(x: torch.Tensor, convs: nn.ModuleList, output_conv: nn.Module
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A sub-discriminator's body on ``x`` (``[B, C, T]`` or folded ``[B, C, T / p, p]``): each conv then a leaky
+    ReLU, then the output conv. Returns (logits flattened to ``[B, n]``, every layer's output as feature maps)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LEAKY_SLOPE)
+        features.append(x)
+    x = output_conv(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class DiscriminatorOutput(NamedTuple):
     """Per sub-discriminator: logits (``[B, n]`` each) and feature maps (a list of tensors each) for the
     real and the generated audio. ``len(real_logits) == len(periods) + n_scales``. A named tuple, so
@@ -54,13 +67,7 @@ class PeriodDiscriminator(nn.Module):
             x = F.pad(x, (0, pad), mode="reflect" if length > pad else "constant")
             length += pad
         x = x.view(batch, channels, length // self.period, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY_SLOPE)
-            features.append(x)
-        x = self.output_conv(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(x, self.convs, self.output_conv)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -84,13 +91,7 @@ class ScaleDiscriminator(nn.Module):
         self.output_conv = with_weight_norm(nn.Conv1d(in_channels, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY_SLOPE)
-            features.append(x)
-        x = self.output_conv(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(x, self.convs, self.output_conv)
 
 
 class Discriminator(nn.Module):
