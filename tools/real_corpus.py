@@ -35,7 +35,6 @@ import argparse
 import concurrent.futures
 import dataclasses
 import gzip
-import json
 import math
 import multiprocessing
 import os
@@ -53,6 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `ai_singer` importable
 
 from ai_singer.atomic import atomic_path, atomic_write_json  # noqa: E402
+from tools.settings_arguments import add_settings_arguments, settings_values  # noqa: E402
 
 FORMAT_VERSION = 1
 SUNG_SR = 44100
@@ -988,7 +988,6 @@ def build(settings: Settings) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
-    defaults = {f.name: f.default for f in dataclasses.fields(Settings) if f.name != "out"}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
@@ -1010,15 +1009,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "heldout": "comma-separated voices to hold out instead of deciding from the numbers",
         "quick_files_per_voice": "--quick: source files analysed per voice",
     }
-    for name, text in helps.items():
-        default = defaults[name]
-        kind = Path if isinstance(default, Path) else type(default)
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text} (default: {default})")
+    add_settings_arguments(parser, Settings, helps)
     parser.add_argument("--quick", action="store_true", help="a small subset: few files per voice, small caps")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
-    return Settings(out=args.out, quick=args.quick, progress=not args.no_progress,
-                    **{name: getattr(args, name) for name in helps})
+    return Settings(out=args.out, quick=args.quick, progress=not args.no_progress, **settings_values(args, helps))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,16 @@ The same seed gives byte-identical files. See tools/synth/corpus.py for the layo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools.synth` importable
 
+from tools.settings_arguments import add_settings_arguments, settings_values  # noqa: E402
 from tools.synth.corpus import CorpusSettings, generate_corpus  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> CorpusSettings:
-    defaults = {f.name: f.default for f in dataclasses.fields(CorpusSettings)}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     helps = {
@@ -33,14 +32,10 @@ def parse_args(argv: list[str] | None = None) -> CorpusSettings:
         "label_rate_hz": "frame rate of the phone labels, Hz",
         "workers": "worker processes",
     }
-    for name, text in helps.items():
-        default = defaults[name]
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                            help=f"{text} (default: {default})")
+    add_settings_arguments(parser, CorpusSettings, helps)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    values = {name: getattr(args, name) for name in helps}
-    return CorpusSettings(out=args.out, progress=not args.no_progress, **values)
+    return CorpusSettings(out=args.out, progress=not args.no_progress, **settings_values(args, helps))
 
 
 def main(argv: list[str] | None = None) -> int:
