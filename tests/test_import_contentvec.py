@@ -365,7 +365,8 @@ def test_existing_output_needs_overwrite(tmp_path):
 def test_a_failed_import_leaves_the_old_folder_whole(tmp_path, monkeypatch):
     """The folder is written in a temporary folder and swapped in: an import that fails after config.json is
     written (the weights cannot be saved) leaves the previous import byte for byte and nothing beside it; a
-    temporary folder a killed import left is removed by the next one."""
+    temporary folder a killed import left is removed by the next one, and a folder it set aside is put back
+    (and kept without --overwrite)."""
     import safetensors.torch
 
     source = tmp_path / "cv.pt"
@@ -385,6 +386,12 @@ def test_a_failed_import_leaves_the_old_folder_whole(tmp_path, monkeypatch):
         import_contentvec(source, out, overwrite=True)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     assert os.listdir(out.parent) == ["contentvec"]
+    monkeypatch.undo()
+
+    os.rename(out, out.parent / ".contentvec.999999999.old.tmp")  # an import killed between its two renames
+    with pytest.raises(UserError, match="already exists"):  # put back, so it still needs --overwrite
+        import_contentvec(source, out)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
 # ------------------------------------------------------------------------------------------ entry points

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ai_singer.atomic import atomic_folder, remove_stale_temporaries
+from ai_singer.atomic import atomic_folder, remove_stale_temporaries, restore_set_aside
 from ai_singer.errors import UserError
 from ai_singer.importers.fairseq_checkpoint import parse_conv_layers, read_fairseq_checkpoint
 
@@ -264,6 +264,7 @@ def import_contentvec(src: str | Path, dst: str | Path, overwrite: bool = False)
     from ai_singer.checkpoint import sha256_file
 
     src, dst = Path(src), Path(dst)
+    restore_set_aside(dst)  # a folder an import killed mid-swap set aside still exists
     if dst.exists() and not overwrite:
         raise UserError(dst, "already exists", "choose another folder, or pass --overwrite to replace it")
     if dst.exists() and not dst.is_dir():

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ai_singer.atomic import restore_set_aside
 from ai_singer.errors import UserError
 from ai_singer.importers.safe_load import load_checkpoint
 from ai_singer.importers.sovits import CONTENT_ENCODERS, map_discriminator_key, map_generator_key
@@ -335,6 +336,7 @@ def import_rvc(model_file: str | Path, name_dir: str | Path, discriminator: str 
 
     started = time.perf_counter()
     model_file, name_dir = Path(model_file), Path(name_dir)
+    restore_set_aside(name_dir)  # a base an import killed mid-swap set aside still exists
     if name_dir.exists() and not overwrite:
         raise RvcImportError(name_dir, "already exists; choose another --name or pass --overwrite")
     kind, raw, extra = read_payload(model_file)

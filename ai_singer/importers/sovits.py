@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ai_singer.atomic import restore_set_aside
 from ai_singer.errors import UserError
 from ai_singer.importers.safe_load import load_checkpoint
 
@@ -303,6 +304,7 @@ def import_sovits(generator: str | Path, config: str | Path, name_dir: str | Pat
 
     started = time.perf_counter()
     generator, config_path, name_dir = Path(generator), Path(config), Path(name_dir)
+    restore_set_aside(name_dir)  # a base an import killed mid-swap set aside still exists
     if name_dir.exists() and not overwrite:
         raise SovitsImportError(name_dir, "already exists; choose another --name or pass --overwrite")
     raw_config = read_config(config_path)
