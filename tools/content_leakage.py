@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ai_singer.atomic import atomic_write_text  # noqa: E402
 from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     report["load_average"] = {"before": [round(v, 2) for v in load_before],
                               "after": [round(v, 2) for v in os.getloadavg()]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "leakage.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(args.out / "leakage.json", json.dumps(report, indent=2, default=str) + "\n")
     body = [f"Measured with `{report['command']}`, {report['date']}.", "",
             f"- Machine: {report['machine']}; load average before/after "
             f"{report['load_average']['before'][0]:.1f} / {report['load_average']['after'][0]:.1f} (other jobs "
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.notes is not None:
         body += ["", args.notes.read_text(encoding="utf-8").strip()]
     markdown = "\n".join(body)
-    (args.out / "leakage.md").write_text(f"## {SECTION}\n\n{markdown}\n", encoding="utf-8")
+    atomic_write_text(args.out / "leakage.md", f"## {SECTION}\n\n{markdown}\n")
     print(markdown)
     if args.bench:
         replace_section(REPO / "BENCHMARKS.md", SECTION, markdown)
