@@ -260,9 +260,7 @@ def combined_table(cost: list[dict], real: list[dict]) -> str:
     """One row per method: what it costs (synthetic steps on the base) and how it sounds on the held-out real
     voices at each step count (means over the seeds measured; their number in the last column)."""
     steps = sorted({r["steps"] for r in real})
-    methods_seen = [r["method"] for r in cost] + [r["method"] for r in real if r["method"] not in
-                                                  {c["method"] for c in cost}]
-    methods_seen = list(dict.fromkeys(methods_seen))
+    methods_seen = list(dict.fromkeys([r["method"] for r in cost] + [r["method"] for r in real]))
     by_cost = {r["method"]: r for r in cost}
     head = "| method | trainable params | artifact MB | s/step | peak RSS MB |"
     rule = "|---|---:|---:|---:|---:|"
@@ -282,7 +280,8 @@ def combined_table(cost: list[dict], real: list[dict]) -> str:
                                 ("self_mcd_db", 2)):
                 value, count = mean_over_seeds(real, method, n, key)
                 line += f" {fmt(value, digits)} |"
-            counts.append(f"{mean_over_seeds(real, method, n, 'secs_converted')[1]} @{n}")
+                if key == "secs_converted":
+                    counts.append(f"{count} @{n}")
         lines.append(line + f" {', '.join(counts)} |")
     return "\n".join(lines)
 
@@ -388,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                                      args.convert_seconds)
             inference = {method: round(speed, 4) for method, (_, speed) in converted.items()}
             print(f"model s per s of audio: {inference}", flush=True)
-    quality = None if args.no_convert or args.no_cost or args.dry_run else qlora_quality(args.base, args.work, args.convert_seconds)
+    skip_quality = args.no_convert or args.no_cost or args.dry_run
+    quality = None if skip_quality else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
     missing = [f"{m} seed {seed} @{n}" for m in args.methods for seed in args.seeds for n in sorted(args.steps)
                if args.real and not real_commands(args, m, seed, n)[2].exists()]
