@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
@@ -32,7 +33,8 @@ def test_cost_of_one_method_on_a_tiny_base(tmp_path):
 
 def test_real_voice_runs_are_one_fine_tune_and_one_measure_per_method_seed_and_steps(tmp_path, capsys):
     args = compare_peft.parse_args(["--real", "--dry-run", "--methods", "lora", "diff", "--seeds", "0", "1",
-                                    "--steps", "1500", "500", "--work", str(tmp_path), "--base", "pretrain/x"])
+                                    "--steps", "1500", "500", "--work", str(tmp_path), "--base", "pretrain/x",
+                                    "--record", str(tmp_path / "record.json")])
     assert compare_peft.run_real(args) == []
     commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert len(commands) == 2 * 2 * 2 * 2
@@ -73,7 +75,8 @@ def test_one_table_holds_each_methods_cost_and_its_real_metrics_averaged_over_se
 
 def test_collect_runs_nothing_and_tables_only_the_reports_that_exist(tmp_path, capsys):
     args = compare_peft.parse_args(["--real", "--collect", "--methods", "lora", "diff", "--seeds", "0",
-                                    "--steps", "500", "--work", str(tmp_path), "--base", "pretrain/x"])
+                                    "--steps", "500", "--work", str(tmp_path), "--base", "pretrain/x",
+                                    "--record", str(tmp_path / "record.json")])
     _, _, out = compare_peft.real_commands(args, "lora", 0, 500)
     out.parent.mkdir(parents=True)
     summary = {"secs_converted": 0.7, "secs_source": 0.6, "cer_converted": 0.5, "f0_median_abs_cents": 20.0}
@@ -82,3 +85,35 @@ def test_collect_runs_nothing_and_tables_only_the_reports_that_exist(tmp_path, c
     assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [("lora", 0, 500)]
     printed = capsys.readouterr().out
     assert "not measured yet" in printed and "diff-seed0-500.json" in printed and "+ " not in printed
+
+
+def test_a_run_kept_in_the_tracked_record_counts_as_measured_when_its_report_is_gone(tmp_path, capsys):
+    record = tmp_path / "record.json"
+    args = compare_peft.parse_args(["--real", "--collect", "--methods", "lora", "--seeds", "0", "1",
+                                    "--steps", "500", "--work", str(tmp_path / "work"), "--base", "pretrain/x",
+                                    "--record", str(record)])
+    _, _, out = compare_peft.real_commands(args, "lora", 0, 500)
+    out.parent.mkdir(parents=True)
+    summary = {"secs_converted": 0.7, "secs_source": 0.6, "cer_converted": 0.5, "f0_median_abs_cents": 20.0}
+    out.write_text(json.dumps({"created": "2026-12-01 10:00 UTC", "pairs": [{"self": False, "summary": summary}]}))
+    compare_peft.run_real(args)  # the report found is written to the record
+    kept = json.loads(record.read_text())["runs"]
+    assert [(r["base"], r["method"], r["seed"], r["steps"], r["measured"]) for r in kept] == [
+        ("x", "lora", 0, 500, "2026-12-01")]
+    out.unlink()  # a new machine: runs/ is gone, the record is committed
+    capsys.readouterr()
+    rows = compare_peft.run_real(args)
+    assert [(r["method"], r["seed"], r["secs_converted"]) for r in rows] == [("lora", 0, 0.7)]
+    printed = capsys.readouterr().out
+    assert "kept from" in printed and "lora-seed1-500.json: not measured yet" in printed
+    other = compare_peft.parse_args(["--real", "--collect", "--methods", "lora", "--seeds", "0", "--steps", "500",
+                                     "--work", str(tmp_path / "work"), "--base", "pretrain/y", "--record", str(record)])
+    assert compare_peft.run_real(other) == []  # another base's runs are not this one's
+
+
+def test_a_record_of_an_unknown_format_is_refused_with_its_path(tmp_path):
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"format": 99, "runs": []}))
+    with pytest.raises(SystemExit, match="format 99") as refused:
+        compare_peft.read_record(record)
+    assert str(record) in str(refused.value)

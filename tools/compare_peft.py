@@ -39,6 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 SECTION = "PEFT methods compared"
 EXAMPLE_VOCAL = REPO / "data" / "examples" / "song01" / "vocals.flac"
 EXAMPLE_SINGER = REPO / "singers" / "example"
+RECORD = REPO / "docs" / "results" / "peft_real_runs.json"
+RECORD_FORMAT = 1
+RECORD_WHAT = ("tools/compare_peft.py --real: the summary of every real-voice run (eval_real.py on the held-out "
+               "voices; cross pairs averaged, self-conversion MCD averaged), one per base, method, seed and steps")
 
 
 def methods() -> list[str]:
@@ -198,16 +202,56 @@ def real_summary(document: dict) -> dict:
             "self_secs": mean(s["secs_converted"] for s in selfs)}
 
 
+def read_record(path: Path) -> list[dict]:
+    """The runs kept in the tracked record at ``path`` (empty when it does not exist yet)."""
+    if not path.exists():
+        return []
+    document = json.loads(path.read_text())
+    if document.get("format") != RECORD_FORMAT:
+        raise SystemExit(f"{path}: record format {document.get('format')!r}, this tool reads {RECORD_FORMAT}: "
+                         "convert it or point --record elsewhere")
+    return list(document["runs"])
+
+
+def record_key(row: dict) -> tuple:
+    return row["base"], row["method"], row["seed"], row["steps"]
+
+
+def write_record(path: Path, rows: list[dict]) -> None:
+    """Keep ``rows`` in the record at ``path`` (atomically): a row replaces the one with the same base, method,
+    seed and steps; the others stay."""
+    from ai_singer.atomic import atomic_write_json
+
+    runs = {record_key(r): r for r in read_record(path)}
+    runs.update({record_key(r): r for r in rows})
+    atomic_write_json(path, {"format": RECORD_FORMAT, "what": RECORD_WHAT,
+                             "runs": sorted(runs.values(), key=lambda r: (r["base"], r["method"], r["seed"],
+                                                                           r["steps"]))})
+
+
 def run_real(args: argparse.Namespace) -> list[dict]:
+    """Fine-tune and measure every method / seed / step count not measured yet; the rows of all of them.
+
+    A run counts as measured when its eval_real report is in ``--work`` or (``--resume``/``--collect``) when the
+    tracked record (``--record``) holds it: reports live in ``runs/``, which a new machine does not have, the
+    record is committed. Each new or found report's row is written to the record."""
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    base = args.base.name
+    recorded = {record_key(r): r for r in read_record(args.record)} if (args.resume or args.collect) else {}
     for method in args.methods:
         for seed in args.seeds:
             for steps in sorted(args.steps):
                 prepare, measure, out = real_commands(args, method, seed, steps)
                 done = (args.resume or args.collect) and out.exists()
+                kept = recorded.get((base, method, seed, steps))
                 if done:
                     print(f"= {out} exists: kept", flush=True)
+                elif kept is not None:
+                    print(f"= {method} seed {seed} @{steps}: kept from {args.record} ({kept.get('source', 'report')})",
+                          flush=True)
+                    rows.append(kept)
+                    continue
                 elif args.collect:
                     print(f"- {out}: not measured yet (--collect runs nothing)", flush=True)
                     continue
@@ -219,8 +263,12 @@ def run_real(args: argparse.Namespace) -> list[dict]:
                     if code != 0:
                         raise SystemExit(f"{method} seed {seed} at {steps} steps: exit {code}")
                 if not args.dry_run:
-                    rows.append({"method": method, "seed": seed, "steps": steps, "report": str(out),
-                                 **real_summary(json.loads(out.read_text()))})
+                    document = json.loads(out.read_text())
+                    row = {"base": base, "method": method, "seed": seed, "steps": steps,
+                           "measured": document.get("created", "")[:10] or datetime.date.today().isoformat(),
+                           "source": f"tools/eval_real.py report {out.name}", **real_summary(document)}
+                    rows.append(row)
+                    write_record(args.record, [row])
     return rows
 
 
@@ -346,6 +394,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     real.add_argument("--resume", action="store_true",
                       help="keep the reports of (method, seed, steps) already measured; run only the missing ones")
     real.add_argument("--no-cost", action="store_true", help="skip the synthetic cost rows (real rows only)")
+    real.add_argument("--record", type=Path, default=RECORD,
+                      help="tracked record of the runs' summaries, read by --resume/--collect and written after each "
+                           "run (default: %(default)s)")
     real.add_argument("--collect", action="store_true",
                       help="run nothing for --real: table the reports already measured, say which are missing")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -390,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     skip_quality = args.no_convert or args.no_cost or args.dry_run
     quality = None if skip_quality else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
+    measured = {(r["method"], r["seed"], r["steps"]) for r in real_rows}
     missing = [f"{m} seed {seed} @{n}" for m in args.methods for seed in args.seeds for n in sorted(args.steps)
-               if args.real and not real_commands(args, m, seed, n)[2].exists()]
+               if args.real and (m, seed, n) not in measured]
     document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": machine_description(threads=1), "load_average": load,
