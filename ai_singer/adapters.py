@@ -434,12 +434,21 @@ def _inject(model: nn.Module, settings: PeftSettings) -> list[str]:
 
 
 def _freeze_block_names(model: nn.Module, settings: PeftSettings) -> list[str]:
-    chosen = []
+    """The last ``freeze_last_n`` modules matched by each ``freeze_blocks`` pattern. A pattern that matches
+    nothing is skipped with a warning (the default names both decoders' stacks: the DDSP decoder has no
+    upsamplers); none matching at all is an error."""
+    chosen, unmatched = [], []
     for pattern in settings.freeze_blocks:
         matched = [name for name, _ in model.named_modules() if name and name_matches(name, [pattern])]
         if not matched:
-            raise ValueError(f"peft.freeze_blocks pattern {pattern!r} matches no module of {type(model).__name__}")
+            unmatched.append(pattern)
         chosen.extend(matched[-int(settings.freeze_last_n):])
+    if not chosen:
+        raise ValueError(f"peft.freeze_blocks: no pattern of {list(settings.freeze_blocks)} matches a module of "
+                         f"{type(model).__name__}: name its blocks (module names as in model.named_modules())")
+    if unmatched:
+        log.warning("peft.freeze_blocks: %s match no module of %s (skipped; training %s)", unmatched,
+                    type(model).__name__, chosen)
     return chosen
 
 

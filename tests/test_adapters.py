@@ -381,3 +381,12 @@ def test_convtranspose_lora_merge_is_the_weight_delta_and_keeps_the_length():
         assert torch.allclose(plain(x), expected, atol=1e-5) and expected.shape == base(x).shape
         layer.merge()
         assert torch.allclose(base(x), expected, atol=1e-5)
+
+
+def test_freeze_skips_a_block_pattern_the_model_lacks_and_refuses_when_none_matches(caplog):
+    model = plain_toy()
+    trainable = prepare_for_finetune(model, settings("freeze", freeze_blocks=[r"blocks\.\d+", r"upsamplers\.\d+"]))
+    assert sorted(trainable) == ["blocks.2.bias", "blocks.2.weight"]
+    assert "upsamplers" in caplog.text and "skipped" in caplog.text
+    with pytest.raises(ValueError, match=r"no pattern of .*upsamplers.* matches a module of ToyGenerator"):
+        prepare_for_finetune(plain_toy(), settings("freeze", freeze_blocks=[r"upsamplers\.\d+"]))
