@@ -117,3 +117,17 @@ def test_a_record_of_an_unknown_format_is_refused_with_its_path(tmp_path):
     with pytest.raises(SystemExit, match="format 99") as refused:
         compare_peft.read_record(record)
     assert str(record) in str(refused.value)
+
+
+def test_cost_rows_can_come_from_an_earlier_run_of_the_same_base_only(tmp_path):
+    earlier = tmp_path / "cost.json"
+    row = {"method": "lora", "trainable_params": 1000, "artifact_mb": 0.5, "step_s": 0.3, "peak_rss_mb": 600.0}
+    earlier.write_text(json.dumps({"command": "tools/compare_peft.py --base pretrain/x", "created": "2026-12-01",
+                                   "machine": "m", "load_average": "1 / 1 / 1", "settings": {"base": "pretrain/x"},
+                                   "cost": [row], "inference": {"lora": 0.2}, "qlora_quality": None}))
+    got = compare_peft.cost_document(earlier, Path("pretrain/x"))
+    assert got["cost"] == [row] and got["inference"] == {"lora": 0.2} and got["created"] == "2026-12-01"
+    with pytest.raises(SystemExit, match="of base 'x', not 'y'"):
+        compare_peft.cost_document(earlier, Path("pretrain/y"))
+    with pytest.raises(SystemExit, match="no such file"):
+        compare_peft.cost_document(tmp_path / "missing.json", Path("pretrain/x"))

@@ -16,7 +16,10 @@ the float base (mel-cepstral distortion between the two conversions, dB).
 ``--real``: for each method, seed and step count, fine-tune adapters of the held-out voices of ``--corpus``
 (``tools/eval_real.py --prepare --peft M``; a larger step count resumes the run) and measure them
 (``tools/eval_real.py``): speaker similarity (SECS), CER and F0 error of the cross conversions, MCD of the
-self-conversions. Rows not measured are not written (``--bench`` says which were).
+self-conversions. Rows not measured are not written (``--bench`` says which were). Each run's summary is also
+kept in the tracked record ``docs/results/peft_real_runs.json`` (``--record``), which ``--resume`` and
+``--collect`` read, so a grid spread over sessions and machines adds up; ``--cost-from JSON`` tables the cost
+rows of an earlier run instead of measuring them again.
 """
 from __future__ import annotations
 
@@ -272,6 +275,20 @@ def run_real(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def cost_document(path: Path, base: Path) -> dict:
+    """The cost part of an earlier run's --out JSON at ``path`` (refused when it measured another base)."""
+    if not path.exists():
+        raise SystemExit(f"--cost-from {path}: no such file (an earlier `tools/compare_peft.py --out` JSON)")
+    earlier = json.loads(path.read_text())
+    measured = Path(earlier.get("settings", {}).get("base", "")).name
+    if measured != base.name:
+        raise SystemExit(f"--cost-from {path}: its cost rows are of base {measured!r}, not {base.name!r}")
+    if not earlier.get("cost"):
+        raise SystemExit(f"--cost-from {path}: it holds no cost rows (made with --no-cost?)")
+    keys = ("command", "created", "machine", "load_average", "settings", "cost", "inference", "qlora_quality")
+    return {key: earlier.get(key) for key in keys}
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 def fmt(value, digits: int = 2) -> str:
@@ -350,6 +367,15 @@ def report(document: dict) -> str:
                       f"{quality['seconds']:g} s of the example vocal: MCD {quality['mcd_int8_vs_float_db']:.2f} dB "
                       f"between the two conversions (relative L2 {quality['relative_l2']:.3f})."]
     if document.get("real"):
+        if document.get("real_command"):
+            parts += ["", f"Real-voice rows collected with `{document['real_command']}` on {document['real_created']}."]
+        transcribed = sum("transcribed" in str(r.get("source", "")) for r in document["real"])
+        parts += ["", "Real-voice runs: per method and seed, fine-tunes of the held-out voices (`tools/eval_real.py "
+                      "--prepare --peft M`: batch 4 x 128 frames, no discriminator; 1500 steps resume the 500-step "
+                      "run), then `tools/eval_real.py` on them; each run's summary is kept in the tracked record "
+                      "`docs/results/peft_real_runs.json` with its date and source"
+                      + (f" ({transcribed} of the rows were transcribed from an earlier BENCHMARKS table, their "
+                         "reports lost)" if transcribed else "") + "."]
         parts += ["", "All methods on one table: the cost columns above and the real-voice metrics (tools/eval_real.py "
                       "on the held-out voices; cross pairs averaged; means over the seeds measured, counted in the "
                       "last column):", "", combined_table(document["cost"], document["real"]),
@@ -394,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     real.add_argument("--resume", action="store_true",
                       help="keep the reports of (method, seed, steps) already measured; run only the missing ones")
     real.add_argument("--no-cost", action="store_true", help="skip the synthetic cost rows (real rows only)")
+    real.add_argument("--cost-from", type=Path, default=None, metavar="JSON",
+                      help="measure no cost: take the cost rows (and their machine, date and command) from an "
+                           "earlier run's --out JSON of the same base")
     real.add_argument("--record", type=Path, default=RECORD,
                       help="tracked record of the runs' summaries, read by --resume/--collect and written after each "
                            "run (default: %(default)s)")
@@ -420,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     cost, inference = [], {}
-    if not args.dry_run and not args.no_cost:
+    if not args.dry_run and not args.no_cost and not args.cost_from:
         for method in args.methods:
             command = [sys.executable, __file__, "--one", method, "--base", str(args.base), "--work", str(args.work),
                        "--cost-steps", str(args.cost_steps), "--warmup", str(args.warmup), "--batch-size",
@@ -439,18 +468,20 @@ def main(argv: list[str] | None = None) -> int:
             inference = {method: round(speed, 4) for method, (_, speed) in converted.items()}
             print(f"model s per s of audio: {inference}", flush=True)
     skip_quality = args.no_convert or args.no_cost or args.dry_run
-    quality = None if skip_quality else qlora_quality(args.base, args.work, args.convert_seconds)
+    quality = None if skip_quality or args.cost_from else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
     measured = {(r["method"], r["seed"], r["steps"]) for r in real_rows}
     missing = [f"{m} seed {seed} @{n}" for m in args.methods for seed in args.seeds for n in sorted(args.steps)
                if args.real and (m, seed, n) not in measured]
-    document = {"command": "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-                "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": machine_description(threads=1), "load_average": load,
+    command = "tools/compare_peft.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    document = {"command": command, "created": now, "machine": machine_description(threads=1), "load_average": load,
                 "settings": {"steps": args.cost_steps, "warmup": args.warmup, "batch_size": args.batch_size,
                              "frames": args.frames, "discriminator": args.discriminator, "base": str(args.base)},
                 "cost": cost, "inference": inference, "qlora_quality": quality, "real": real_rows,
                 "real_missing": missing}
+    if args.cost_from:
+        document.update(cost_document(args.cost_from, args.base), real_command=command, real_created=now)
     if args.dry_run:
         return 0
     from ai_singer.atomic import atomic_write_json
