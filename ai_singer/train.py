@@ -123,6 +123,7 @@ class LossWeights:
     kl: float
     feature_matching: float
     adversarial: float
+    prior_mel: float
 
 
 @dataclass
@@ -206,6 +207,9 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError(f"trainer.{name}", f"must be >= 1, got {getattr(cfg.trainer, name)}")
     if len(cfg.trainer.betas) != 2:
         raise TrainSetupError("trainer.betas", f"needs two values, got {cfg.trainer.betas}")
+    for name in ("mel", "kl", "feature_matching", "adversarial", "prior_mel"):
+        if getattr(cfg.loss, name) < 0:
+            raise TrainSetupError(f"loss.{name}", f"must be >= 0 (0 = off), got {getattr(cfg.loss, name)}")
 
 
 def resolve_discriminator(cfg: TrainConfig) -> TrainConfig:
@@ -276,9 +280,9 @@ class GeneratorForTraining(nn.Module):
             return self.model.embed_speaker(speaker_ids)
         return self.singer_embedding.unsqueeze(0).expand(speaker_ids.shape[0], -1)
 
-    def forward(self, batch: Batch):
+    def forward(self, batch: Batch, prior_path: bool = False):
         return self.model(batch.content, batch.f0, batch.voiced, batch.volume, batch.spec, batch.lengths,
-                          self.speaker_vectors(batch.speaker_ids))
+                          self.speaker_vectors(batch.speaker_ids), prior_path=prior_path)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Every parameter that trains (what a training checkpoint stores), detached, on CPU."""
@@ -544,7 +548,7 @@ class StepRunner:
         batch = self.with_spec(batch.to(self.device, non_blocking=True))
         self.generator.train()
         with self.autocast():
-            out = self.generator(batch)
+            out = self.generator(batch, prior_path=self.weights.prior_mel > 0)
         fake = out.wav
         real = out.slice_audio(batch.wav)
         logged: dict[str, float] = {}
@@ -562,6 +566,10 @@ class StepRunner:
 
         loss_mel, loss_kl, loss_gen = self.reconstruction_losses(out, real)
         w = self.weights
+        if out.wav_prior is not None:  # loss.prior_mel: the conversion path decodes the target too
+            loss_prior = mel_l1_loss(self.mel(out.wav_prior), self.mel(real))
+            loss_gen = loss_gen + w.prior_mel * loss_prior
+            logged["loss/prior_mel"] = loss_prior.item()
         if self.discriminator is not None:
             with self.autocast():
                 # no discriminator-parameter gradients in the generator's backward (unwrapped: nothing to sync)

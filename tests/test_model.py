@@ -131,6 +131,21 @@ def test_training_forward_shapes_segment_and_backward(tiny_model, tiny_config):
     assert tiny_model.speaker_embedding.weight.grad is not None
 
 
+def test_the_prior_path_decodes_the_same_segment_from_the_content_side_only(tiny_model, tiny_config):
+    """prior_path=True (loss.prior_mel) decodes the training segment a second time from the prior mean through
+    the inverted flow, as a conversion does: its gradient reaches the prior encoder, not the posterior encoder."""
+    content, f0, voiced, volume, spec = make_inputs(tiny_config, 2, 32)
+    lengths, g = torch.tensor([32, 24]), tiny_model.embed_speaker(torch.tensor([0, 2]))
+    plain = tiny_model(content, f0, voiced, volume, spec, lengths, g)
+    assert plain.wav_prior is None  # off unless asked: no second decoder pass
+    out = tiny_model(content, f0, voiced, volume, spec, lengths, g, prior_path=True)
+    assert out.wav_prior.shape == out.wav.shape and torch.isfinite(out.wav_prior).all()
+    assert not torch.allclose(out.wav_prior, out.wav)
+    out.wav_prior.abs().mean().backward()
+    assert tiny_model.prior_encoder.content_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in tiny_model.posterior_encoder.parameters())
+
+
 def test_clip_shorter_than_segment_is_padded(tiny_model, tiny_config):
     content, f0, voiced, volume, spec = make_inputs(tiny_config, 1, 5)
     g = tiny_model.embed_speaker(torch.tensor([1]))

@@ -570,6 +570,20 @@ def test_settings_have_no_defaults_and_a_value_missing_from_conf_is_an_error(tmp
 # ------------------------------------------------------------------------------------------ slow
 
 @pytest.mark.slow
+def test_prior_mel_trains_the_conversion_path_too_and_is_logged(tmp_path, processed, base_dir):
+    logged = []
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", "loss.prior_mel=45",
+                      "trainer.max_steps=2", "trainer.discriminator=off")
+    run_training(cfg, on_step=lambda s, losses: logged.append(losses))
+    assert all(losses["loss/prior_mel"] > 0 for losses in logged)
+    off = []
+    run_training(make_config(tmp_path / "off", processed, "mode=finetune", "singer=alto", f"base={base_dir}",
+                             "trainer.max_steps=1", "trainer.discriminator=off"), on_step=lambda s, l: off.append(l))
+    assert "loss/prior_mel" not in off[-1]  # the default (0) costs nothing
+    with pytest.raises(TrainSetupError, match=r"loss.prior_mel: must be >= 0"):
+        validate_config(make_config(tmp_path, processed, "loss.prior_mel=-1"))
+
+
 def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
     one = write_processed_dataset(tmp_path / "one", singers=("alto",), train_clips=1, val_clips=0,
                                   sample_rate=SR, hop_length=HOP).parent

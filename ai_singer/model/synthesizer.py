@@ -227,7 +227,9 @@ class SynthOutput:
 
     wav: [B, 1, S*H] decoded segment; start_frames: long [B] first frame of each item's segment;
     segment_frames: S; z: [B, I, T] posterior sample; z_p: [B, I, T] flow(z); m_p, logs_p: [B, I, T]
-    prior mean / log-std; m_q, logs_q: [B, I, T] posterior mean / log-std; mask: [B, 1, T] float.
+    prior mean / log-std; m_q, logs_q: [B, I, T] posterior mean / log-std; mask: [B, 1, T] float;
+    wav_prior: [B, 1, S*H] the same segment decoded from the prior mean through the inverted flow (the
+    conversion path at noise_scale 0), only when the forward pass was asked for it, else None.
     """
 
     wav: torch.Tensor
@@ -240,6 +242,7 @@ class SynthOutput:
     m_q: torch.Tensor
     logs_q: torch.Tensor
     mask: torch.Tensor
+    wav_prior: torch.Tensor | None = None
 
     @property
     def hop_length(self) -> int:
@@ -348,12 +351,13 @@ class SingerVAE(nn.Module):
 
     def forward(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
                 spec: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
-                generator: torch.Generator | None = None) -> SynthOutput:
+                generator: torch.Generator | None = None, prior_path: bool = False) -> SynthOutput:
         """Training pass.
 
         content [B, D, T], f0 [B, T] Hz (gaps interpolated), voiced [B, T] 0/1, volume [B, T] linear RMS,
         spec [B, n_fft//2+1, T] linear magnitude, lengths [B] valid frames, g [B, gin]. ``generator``
-        (CPU) makes the segment choice and source phases reproducible.
+        (CPU) makes the segment choice and source phases reproducible. ``prior_path``: also decode the
+        segment from the prior mean (``SynthOutput.wav_prior``; ``loss.prior_mel``), a second decoder pass.
         """
         self._check_inputs(content, f0, voiced, volume, g)
         batch, _, n_frames = content.shape
@@ -368,10 +372,15 @@ class SingerVAE(nn.Module):
 
         segment = self.config.segment_frames
         starts = random_segment_starts(lengths, segment, generator).to(content.device)
-        wav = self.decoder(slice_segments(z, starts, segment), slice_segments(f0, starts, segment),
-                             slice_segments(voiced, starts, segment), g, generator)
+        f0_segment, voiced_segment = slice_segments(f0, starts, segment), slice_segments(voiced, starts, segment)
+        wav = self.decoder(slice_segments(z, starts, segment), f0_segment, voiced_segment, g, generator)
+        wav_prior = None
+        if prior_path:
+            z_prior = self.latent_from_prior(m_p, logs_p, torch.zeros_like(m_p), 0.0, mask, g)
+            wav_prior = self.decoder(slice_segments(z_prior, starts, segment), f0_segment, voiced_segment, g,
+                                     generator)
         return SynthOutput(wav=wav, start_frames=starts, segment_frames=segment, z=z, z_p=z_p, m_p=m_p,
-                           logs_p=logs_p, m_q=m_q, logs_q=logs_q, mask=mask)
+                           logs_p=logs_p, m_q=m_q, logs_q=logs_q, mask=mask, wav_prior=wav_prior)
 
     def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
               g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
