@@ -359,3 +359,44 @@ def test_reports_can_be_rewritten_from_a_json_report(tmp_path, capsys):
     assert "renamed" in out.with_suffix(".md").read_text()
     assert eval_real.main(["--from-json", str(tmp_path / "missing.json")]) == 2
     assert "cannot read the report" in capsys.readouterr().err
+
+
+def test_path_check_scores_each_path_of_the_base_speakers_and_refuses_other_voices(tmp_path, tiny_hubert_dir, capsys,
+                                                                                   monkeypatch):
+    import torch
+
+    from test_eval_conversion import TINY
+    from ai_singer import checkpoint as ckpt
+    from ai_singer.config import load_settings
+    from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
+    from tools import path_check
+
+    torch.set_num_threads(1)
+    corpus = make_real_corpus(tmp_path / "real")
+    torch.manual_seed(0)
+    model = SingerVAE(SingerVAEConfig.from_dict({**load_settings("train", ["model=base"]).model.to_dict(), **TINY}))
+    base_dir = ckpt.save_base(tmp_path / "pretrain" / "tiny", model.state_dict(), None, {
+        "model": model.config.to_dict(), "content_encoder": {"name": "hubert", "dim": TINY["content_dim"]},
+        "sample_rate": TINY["sample_rate"], "hop_length": TINY["hop_length"], "speakers": ["vc", "other"]})
+
+    class Heard:  # a stand-in for Whisper: what it is given, as words, so CER reflects the path
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def transcribe(self, audio, sr, language):
+            return "la la" if float(np.abs(audio).max()) > 0.05 else ""
+
+    monkeypatch.setattr(path_check.real_metrics, "Transcriber", Heard)
+    out = tmp_path / "check.json"
+    common = ["--corpus", str(corpus), "--base", str(base_dir), "--content-path", str(tiny_hubert_dir),
+              "--content-layer", "2", "--quiet"]
+    assert path_check.main([*common, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    [row] = report["phrases"]  # vc's one sung phrase with a transcript (p1 has none; va, vb are not base speakers)
+    assert (row["voice"], row["phrase"]) == ("vc", "p0") and row["recorded"]["cer"] == 0.0
+    assert set(report["summary"]) == {"recorded", "autoencoder", "conversion", "phrases"}
+    assert all(0.0 <= report["summary"][p] <= 1.0 for p in path_check.PATHS)
+    assert "| vc | p0 | 0.00 |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    assert path_check.main([*common, "--voices", "va"]) == 2  # a held-out voice has no speaker vector in the base
+    assert "'va' is not a speaker of the base (vc, other)" in capsys.readouterr().err
