@@ -2,9 +2,9 @@
 
     .venv/bin/python tools/path_check.py --corpus data/real --base pretrain/real-ddsp-aug [--voices V ...]
 
-For each sung eval phrase (with a transcript and its imposed F0) of the corpus voices that are speakers of the
-base (train voices: the check needs the base's own speaker vector, so it never touches the held-out voices),
-with that speaker vector and the imposed F0:
+For each sung eval phrase (with a transcript) of the corpus voices that are speakers of the base (train voices:
+the check needs the base's own speaker vector, so it never touches the held-out voices), with that speaker
+vector and F0 tracked from the phrase as a conversion tracks it (conf/f0):
   recorded    the phrase as it is;
   autoencoder the posterior encoder's mean of its linear spectrogram, decoded (what training reconstructs: the
               decoder and the latent's ceiling);
@@ -34,27 +34,29 @@ PATHS = ("recorded", "autoencoder", "conversion")
 
 
 def phrases_to_check(corpus, speakers: list[str], voices: list[str] | None) -> list[Phrase]:
-    """The sung phrases with a transcript and an imposed F0 of ``voices`` (default: every corpus voice that is
+    """The sung phrases with a transcript of ``voices`` (default: every corpus voice that is
     a speaker of the base); a voice that is not a base speaker is an error naming the base's speakers."""
     chosen = voices if voices else [v for v in corpus.voices if v in speakers]
     for voice in chosen:
         if voice not in speakers:
             raise EvalError(f"{voice!r} is not a speaker of the base ({', '.join(speakers)}): this check decodes "
                             "with the base's own speaker vector, so it runs on the voices the base was trained on")
-    phrases = [p for v in chosen for p in corpus.phrases.get(v, [])
-               if p.kind == "sung" and p.text and p.f0_path is not None and p.f0_path.is_file()]
+    phrases = [p for v in chosen for p in corpus.phrases.get(v, []) if p.kind == "sung" and p.text]
     if not phrases:
-        raise EvalError(f"{corpus.root}: no sung eval phrase with a transcript and an imposed F0 among "
+        raise EvalError(f"{corpus.root}: no sung eval phrase with a transcript among "
                         f"{', '.join(chosen) or 'the base speakers'}")
     return phrases
 
 
-def decode_paths(model, content_encoder, phrase: Phrase, g) -> tuple[dict[str, np.ndarray], int]:
-    """The phrase's audio along each path of :data:`PATHS` (float32, the model's rate) and that rate."""
+def decode_paths(model, content_encoder, phrase: Phrase, g, f0_settings, correction
+                 ) -> tuple[dict[str, np.ndarray], int]:
+    """The phrase's audio along each path of :data:`PATHS` (float32, the model's rate) and that rate. F0 from
+    ``f0_settings`` (conf/f0) and ``correction`` (conf/infer.yaml's pitch correction), as a conversion."""
     import torch
 
     from ai_singer.audio import resample
-    from ai_singer.convert import CONTENT_SAMPLE_RATE
+    from ai_singer.convert import CONTENT_SAMPLE_RATE, prepare_f0
+    from ai_singer.features.pitch import extract_f0
     from ai_singer.features.content import align_to_frames, encode_audio
     from ai_singer.features.spectrogram import linear_spectrogram
     from ai_singer.features.volume import frame_rms
@@ -63,15 +65,13 @@ def decode_paths(model, content_encoder, phrase: Phrase, g) -> tuple[dict[str, n
     audio, sr = read_mono(phrase.path)
     if sr != cfg.sample_rate:
         audio = resample(audio, sr, cfg.sample_rate)
-    f0 = np.load(phrase.f0_path).astype(np.float32)
-    if phrase.f0_sr != cfg.sample_rate or phrase.f0_hop != cfg.hop_length:
-        raise EvalError(f"{phrase.f0_path}: F0 at hop {phrase.f0_hop} / {phrase.f0_sr} Hz, the base frames at hop "
-                        f"{cfg.hop_length} / {cfg.sample_rate} Hz")
-    n = min(len(f0), len(audio) // cfg.hop_length)
-    audio, f0 = audio[: n * cfg.hop_length], f0[:n]
-    voiced = (f0 > 0).astype(np.float32)
-    idx = np.nonzero(voiced)[0]
-    f0_filled = np.interp(np.arange(n), idx, f0[idx]).astype(np.float32) if len(idx) else np.zeros(n, np.float32)
+    n = len(audio) // cfg.hop_length
+    audio = audio[: n * cfg.hop_length]
+    # F0 and voicing as a conversion gets them (the conversion's tracker on the audio): the imposed contour
+    # of a phrase made to sing is voiced through its consonants, which would excite them with harmonics
+    f0_filled, voiced_bool = prepare_f0(extract_f0(audio, cfg.sample_rate, cfg.hop_length, n, f0_settings), 0.0,
+                                        correction)
+    voiced = voiced_bool.astype(np.float32)
     content = encode_audio(content_encoder, resample(audio, cfg.sample_rate, CONTENT_SAMPLE_RATE))
     content = align_to_frames(content, n, cfg.hop_length, cfg.sample_rate)
     volume = frame_rms(audio, cfg.hop_length)[:n].astype(np.float32)
@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> dict:
     base_config = read_yaml(args.base / "config.yaml")
     speakers = [str(s) for s in base_config.get("speakers") or []]
     phrases = phrases_to_check(corpus, speakers, args.voices)
+    settings = load_settings("infer", [f"f0.method={args.f0_method}"] if args.f0_method else [])
     try:
-        converter = Converter(args.base, content_group(args, base_config), load_settings("infer", []), args.base,
-                              device="cpu")
+        converter = Converter(args.base, content_group(args, base_config), settings, args.base, device="cpu")
     except InferError as error:
         raise EvalError(str(error)) from None
     model = converter.model.eval()
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for phrase in phrases:
         g = model.embed_speaker(torch.tensor([speakers.index(phrase.voice)]))
-        audios, sr = decode_paths(model, converter.content_encoder, phrase, g)
+        audios, sr = decode_paths(model, converter.content_encoder, phrase, g, settings.f0, settings.pitch_correction)
         row = {"voice": phrase.voice, "phrase": phrase.id, "text": phrase.text}
         for path, audio in audios.items():
             heard = transcriber.transcribe(audio, sr, phrase.language)
@@ -156,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--content-path", default=None, help="content encoder folder (default: the base's record)")
     parser.add_argument("--content-layer", type=int, default=None)
     parser.add_argument("--content-final-proj", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    parser.add_argument("--f0-method", default=None, help="F0 extractor (default: conf/f0's, as a conversion)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)  # content_group reads it; CPU only
     parser.add_argument("--out", type=Path, default=None, help="JSON report (+ .md beside)")
