@@ -50,7 +50,9 @@ def test_mel_salience_and_f0_equal_rvc(reference, weights, tmp_path, dtype):
         mel = model.mel(wav[None])[0]
         salience = model(mel[None])[0].numpy()
     assert mel.shape == reference["mel"].shape == (128, len(wav) // 160 + 1)
-    np.testing.assert_allclose(mel.numpy(), reference["mel"], atol=1e-4)
+    # compared as energies: 1e-4 relative (as 1e-4 in the log) where there is energy; near the log floor (1e-5) the
+    # log magnifies float32 rounding, which differs between CPUs (up to 3e-3 in the log at -11.4 on an Intel Xeon)
+    np.testing.assert_allclose(np.exp(mel.numpy()), np.exp(reference["mel"]), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(salience, reference["salience"], atol=1e-4)
 
     f0, confidence = (t.numpy() for t in model.track(wav))
