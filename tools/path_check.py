@@ -56,8 +56,8 @@ def decode_paths(model, content_encoder, phrase: Phrase, g, f0_settings, correct
 
     from ai_singer.audio import resample
     from ai_singer.convert import CONTENT_SAMPLE_RATE, prepare_f0
-    from ai_singer.features.pitch import extract_f0
     from ai_singer.features.content import align_to_frames, encode_audio
+    from ai_singer.features.pitch import extract_f0
     from ai_singer.features.spectrogram import linear_spectrogram
     from ai_singer.features.volume import frame_rms
 
@@ -84,9 +84,8 @@ def decode_paths(model, content_encoder, phrase: Phrase, g, f0_settings, correct
         model_f0 = model.model_f0(f0_t, voiced_t)
         _, posterior_mean, _ = model.posterior_encoder(spec, mask, g)
         autoencoder = model.decoder(posterior_mean, model_f0, voiced_t, g, torch.Generator().manual_seed(0))
-        m_p, logs_p = model.prior_encoder(c, model_f0, voiced_t, volume_t, mask)
-        z = model.latent_from_prior(m_p, logs_p, torch.zeros_like(m_p), 0.0, mask, g)
-        conversion = model.decoder(z, model_f0, voiced_t, g, torch.Generator().manual_seed(0))
+        conversion = model.infer(c, f0_t, voiced_t, volume_t, g, noise_scale=0.0,
+                                 generator=torch.Generator().manual_seed(0))
     return {"recorded": audio, "autoencoder": autoencoder[0, 0].numpy(),
             "conversion": conversion[0, 0].numpy()}, cfg.sample_rate
 
