@@ -467,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                                      args.convert_seconds)
             inference = {method: round(speed, 4) for method, (_, speed) in converted.items()}
             print(f"model s per s of audio: {inference}", flush=True)
-    skip_quality = args.no_convert or args.no_cost or args.dry_run
-    quality = None if skip_quality or args.cost_from else qlora_quality(args.base, args.work, args.convert_seconds)
+    skip_quality = args.no_convert or args.no_cost or args.cost_from or args.dry_run
+    quality = None if skip_quality else qlora_quality(args.base, args.work, args.convert_seconds)
     real_rows = run_real(args) if args.real else []
     measured = {(r["method"], r["seed"], r["steps"]) for r in real_rows}
     missing = [f"{m} seed {seed} @{n}" for m in args.methods for seed in args.seeds for n in sorted(args.steps)
