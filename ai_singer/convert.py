@@ -425,6 +425,7 @@ class Converter:
                               g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
                               generator=[self.piece_generator(piece) for piece in batch],
                               decode_window_frames=window_frames,
+                              prior_frames_multiple=self.settings.chunk.prior_frames_multiple,
                               decoder_block_dtype=torch.bfloat16 if self.precision == "bf16_decoder" else None)
         return wav.float().cpu().numpy()[:, 0]
 

@@ -2,6 +2,8 @@
 error when the machine does not have it (instead of torch's "not compiled with CUDA" deep in a run)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ai_singer.errors import UserError
@@ -64,3 +66,22 @@ def computes_bfloat16_natively(device: torch.device) -> bool:
         return False
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(check is not None and bool(check()) for check in checks)
+
+
+#: How many prepared convolution kernels ("primitives") oneDNN, torch's CPU conv library, keeps (its default:
+#: 1024). A kernel is prepared per layer and tensor length: converting a song visits a dozen or more decoder
+#: lengths (the windows' few, each short piece's own) and the prior's, ~100 kernels each for model=base, more
+#: than the default holds, so kernels were rebuilt for every piece (a 90 s vocal on an Intel Xeon: ~1.3x the
+#: CPU time and ~7k page faults a second).
+ONEDNN_PRIMITIVE_CACHE_CAPACITY = 2048
+
+
+def widen_cpu_kernel_cache() -> bool:
+    """Ask oneDNN to keep :data:`ONEDNN_PRIMITIVE_CACHE_CAPACITY` prepared kernels, unless the user set
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` themselves; returns whether it set it. oneDNN reads the variable once, when
+    torch first uses it (a convolution, or even a CPU feature query), so this is process-wide and only the
+    entry points call it, first thing (conversion's command line, the web UI)."""
+    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+        return False
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    return True

@@ -28,7 +28,7 @@ from ai_singer.bundle import locate_path
 from ai_singer.convert import (CONTENT_SAMPLE_RATE, RANGE_MARGIN_SEMITONES, Converter, InferError, VocalConversion,
                                _Piece, auto_transpose_semitones, available_singers, prepare_f0, resolve_base_dir,
                                singer_dir, singers_listing)
-from ai_singer.device import pick_device
+from ai_singer.device import pick_device, widen_cpu_kernel_cache
 from ai_singer.errors import UserError
 from ai_singer.features.f0_settings import F0Settings
 from ai_singer.features.pitch import SCALES, key_to_pitch_class
@@ -83,6 +83,9 @@ class ChunkSettings:
     auto_batch_size, auto_decode_window_s: what ``auto`` means per device type (keys ``cpu`` and ``cuda``;
                         another accelerator takes the ``cuda`` entry); ``auto_decode_window_s`` also has an ``onnx``
                         entry, for the ONNX Runtime engine (on the CPU).
+    prior_frames_multiple: the prior encoder and flow run over each batch of pieces zero-padded (masked: the
+                        same audio) to a multiple of this many frames, so a song's pieces share a few tensor
+                        lengths and a CPU's conv library reuses its prepared kernels; 1 = no padding.
     gate_hold_s:        the rest gate opens this long before and closes this long after the source.
     gate_ramp_s:        length of the gate's linear fades.
     """
@@ -97,6 +100,7 @@ class ChunkSettings:
     decode_window_s: float | str
     auto_batch_size: dict[str, float]
     auto_decode_window_s: dict[str, float]
+    prior_frames_multiple: int
     gate_hold_s: float
     gate_ramp_s: float
 
@@ -114,6 +118,7 @@ class ChunkSettings:
             self.batch_size = as_int(self.batch_size, "chunk.batch_size", minimum=1)
         if self.decode_window_s != "auto":
             self.decode_window_s = as_float(self.decode_window_s, "chunk.decode_window_s", minimum=0.0)
+        self.prior_frames_multiple = as_int(self.prior_frames_multiple, "chunk.prior_frames_multiple", minimum=1)
         if self.context_s < 0 or self.gate_hold_s < 0 or self.gate_ramp_s < 0:
             raise ValueError("chunk.context_s, gate_hold_s and gate_ramp_s must be >= 0")
 
@@ -360,12 +365,15 @@ def run_cli(cfg: Any) -> int:
     return result.exit_code
 
 
-def limit_allocator_retention(threshold_bytes: int = 1 << 20) -> bool:
+def limit_allocator_retention(threshold_bytes: int = 16 << 20) -> bool:
     """On glibc, serve allocations of ``threshold_bytes`` and more with mmap (returned to the system when
     freed) instead of letting the threshold grow: without this, glibc keeps the freed per-piece
     activations of the content encoder and the model, and a 10-minute song peaked at 2.9 GB instead of
-    1.6 GB (BENCHMARKS.md). Process-wide, so only the command-line entry calls it; skipped when
-    ``MALLOC_MMAP_THRESHOLD_`` is set or the C library is not glibc. Returns whether it was applied."""
+    1.6 GB (BENCHMARKS.md, measured with a 1 MiB threshold and a tiny model). 16 MiB, not 1: every allocation
+    served by mmap is page-faulted in afresh, and with model=base's decoder activations a 1 MiB threshold made a
+    90 s vocal convert 1.7x slower (267k page faults a second) for no lower peak; at 16 MiB it costs ~5 %.
+    Process-wide, so only the command-line entry calls it; skipped when ``MALLOC_MMAP_THRESHOLD_`` is set or
+    the C library is not glibc. Returns whether it was applied."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
         return False
     try:
@@ -397,6 +405,7 @@ def main() -> None:
     from ai_singer.conf_dir import run_hydra_app
 
     limit_allocator_retention()
+    widen_cpu_kernel_cache()
     sys.argv[1:] = quote_singer_blend(sys.argv[1:])
     run_hydra_app("infer", run_cli)
 

@@ -1,6 +1,8 @@
 """Device settings: auto picks what exists; a device the machine lacks is a clear error naming the setting."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -39,3 +41,16 @@ def test_native_bfloat16_is_a_cpu_feature_check(monkeypatch):
     assert not computes_bfloat16_natively(torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert computes_bfloat16_natively(torch.device("cpu"))
+
+
+def test_the_cpu_kernel_cache_is_widened_unless_the_user_chose_its_size(monkeypatch):
+    """Conversion asks oneDNN for a larger kernel cache through its environment variable, and leaves a value
+    the user exported alone."""
+    from ai_singer.device import ONEDNN_PRIMITIVE_CACHE_CAPACITY, widen_cpu_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert widen_cpu_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert not widen_cpu_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"

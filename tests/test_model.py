@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from ai_singer.config import conf_file
 from ai_singer.model import SingerVAE, SingerVAEConfig, SynthOutput
 from ai_singer.model.attention import RelativeMultiHeadAttention
+from ai_singer.model.decoder import decode_windows
 from ai_singer.model.discriminator import Discriminator
 from ai_singer.model.encoders import coarse_f0
 from ai_singer.model.layers import sequence_mask
@@ -387,6 +388,32 @@ def test_windowed_decoding_gives_the_whole_sequence_output(tiny_config):
         assert 0 < changed.max() - 45 <= reach and 0 < 45 - changed.min() <= reach
 
 
+@pytest.mark.parametrize("window, context, multiple", [(7, 3, 4), (32, 10, 8), (200, 25, 32)])
+def test_decoder_windows_take_few_lengths_and_tile_the_sequence(window, context, multiple):
+    """The windows hold at least ``context`` frames on each side of what they keep (unless they meet the
+    sequence's edge), the kept frames tile the sequence in order, and over all sequence lengths the decoded
+    ranges take few lengths: the first and middle windows' two, and for the last a multiple of ``multiple``
+    (capped at the middle ones'), so a CPU's conv library can reuse its prepared kernels across pieces."""
+    lengths = set()
+    for n_frames in range(1, 4 * (window + 2 * context)):
+        windows = decode_windows(n_frames, window, context, multiple)
+        position = 0
+        for low, high, keep, n in windows:
+            assert 0 <= low and high <= n_frames and low + keep == position and n > 0
+            first, last = low + keep, low + keep + n
+            assert first - low >= context or low == 0
+            assert high - last >= context or high == n_frames
+            position = last
+        assert position == n_frames
+        if len(windows) > 1:
+            lengths |= {high - low for low, high, _, _ in windows}
+            unrounded = decode_windows(n_frames, window, context, multiple=1)
+            wasted = sum(high - low for low, high, _, _ in windows) - sum(h - lo for lo, h, _, _ in unrounded)
+            assert 0 <= wasted < multiple, n_frames
+    span = window + 2 * context
+    assert lengths <= {window + context, span} | set(range(multiple, span, multiple))
+
+
 def test_decoder_blocks_in_bfloat16_stay_close_to_float32(tiny_config):
     """``block_dtype=torch.bfloat16`` runs the residual blocks' convolutions in bfloat16 (the audio changes by
     rounding only) and returns float32 audio of the same shape, with or without decoder windows."""
@@ -428,6 +455,26 @@ def test_a_batch_row_converts_as_it_would_alone(tiny_model, tiny_config):
     with pytest.raises(ValueError, match="one generator per row"):
         tiny_model.infer(content, f0, voiced, volume, g, lengths, noise_scale=NOISE,
                          generator=[torch.Generator()])
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_prior_padded_to_a_frame_multiple_converts_the_same(tiny_model, tiny_config, per_row):
+    """``prior_frames_multiple`` pads the frames the prior encoder and flow see (masked) without changing the
+    audio or its length, with one generator or one per row, with or without ``lengths``."""
+    tiny_model.eval()
+    content, f0, voiced, volume, _ = make_inputs(tiny_config, 2, 45)
+    g = torch.randn(2, tiny_config.gin_channels)
+    for lengths in (None, torch.tensor([45, 31])):
+        def generator():
+            return ([torch.Generator().manual_seed(3 + row) for row in range(2)] if per_row
+                    else torch.Generator().manual_seed(3))
+        with torch.inference_mode():
+            plain = tiny_model.infer(content, f0, voiced, volume, g, lengths, noise_scale=NOISE, generator=generator())
+            for multiple in (16, 64):
+                padded = tiny_model.infer(content, f0, voiced, volume, g, lengths, noise_scale=NOISE,
+                                          generator=generator(), prior_frames_multiple=multiple)
+                assert padded.shape == plain.shape == (2, 1, 45 * tiny_config.hop_length)
+                assert torch.allclose(padded, plain, atol=1e-5), (lengths, multiple)
 
 
 def test_discriminator_for_generator_gives_the_same_losses_and_generator_gradients(tiny_config):

@@ -18,7 +18,9 @@ steadier measure of the work done (the wall time mostly measures the scheduler's
 Tasks (random weights on both sides: only the time is compared):
 - ``convert``: a synthetic vocal (``--seconds`` of a tools/synth song, 44.1 kHz) converted end to end minus
   the content encoder. Ours: ``Converter.convert_vocal`` at ``model=base`` with a merged LoRA adapter and
-  conf/infer.yaml's settings (``f0.method`` from ``--f0``). Theirs: ``Svc.infer_silence`` with the 44 kHz
+  conf/infer.yaml's settings (``f0.method`` from ``--f0``), in a process set up as ``python -m ai_singer.infer``
+  sets up its own (glibc's mmap threshold, oneDNN's kernel cache: ``limit_allocator_retention``,
+  ``widen_cpu_kernel_cache``). Theirs: ``Svc.infer_silence`` with the 44 kHz
   ``so-vits-svc-4.0v1`` model (built directly: ``Svc.__init__`` would download ContentVec) with weight norm
   removed as its loader does. Both content encoders are replaced by random 768-dim features at 50 Hz
   (resampling to 16 kHz is kept on both sides).
@@ -237,6 +239,13 @@ def worker(side: str, task: str, threads: int, vocal: Path, workdir: Path, f0: s
            settings_overrides: list[str], base: str) -> None:
     """Line protocol on stdin/stdout: prints {"ready": setup_s}; each "run" line -> {"s": seconds};
     "quit" -> {"peak_rss_mb": ...}."""
+    if side == "ours" and task == "convert":  # the process settings `python -m ai_singer.infer` makes, first thing
+        sys.path.insert(0, str(REPO))
+        from ai_singer.device import widen_cpu_kernel_cache
+        from ai_singer.infer import limit_allocator_retention
+
+        limit_allocator_retention()
+        widen_cpu_kernel_cache()
     import torch
 
     torch.set_num_threads(threads)

@@ -127,17 +127,37 @@ class HarmonicNoiseSource(nn.Module):
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
 
 
-def decode_windows(n_frames: int, window_frames: int, context: int) -> list[tuple[int, int, int, int]]:
+#: The last of a sequence's decoder windows is decoded over a multiple of this many frames (see
+#: :func:`decode_windows`).
+LAST_WINDOW_MULTIPLE = 32
+
+
+def decode_windows(n_frames: int, window_frames: int, context: int,
+                   multiple: int = LAST_WINDOW_MULTIPLE) -> list[tuple[int, int, int, int]]:
     """How :meth:`NSFHiFiGAN.forward` cuts ``n_frames`` into windows of ``window_frames`` (<= 0: one window), each
-    decoded with up to ``context`` frames on both sides: ``(low, high, keep, n)`` per window, frames ``[low, high)``
-    decoded, of whose output the ``n`` frames from ``keep`` on are kept (in order they tile ``[0, n_frames)``)."""
-    if window_frames <= 0 or window_frames >= n_frames:
+    decoded with at least ``context`` frames on both sides (or up to the sequence's edge): ``(low, high, keep, n)``
+    per window, frames ``[low, high)`` decoded, of whose output the ``n`` frames from ``keep`` on are kept (in
+    order they tile ``[0, n_frames)``).
+
+    The first window decodes ``window_frames + context`` frames, the middle ones ``window_frames + 2 * context``,
+    and the last one (which keeps the rest: at most ``window_frames + context`` frames) reaches back (more
+    context) to a multiple of ``multiple`` frames, at most the middle ones' length: over a song's pieces the decoder sees a few lengths, so a CPU's convolution library reuses the
+    kernels it prepared for them instead of building new ones for every piece (with one length per piece a long
+    vocal spent about a third of its time there), for at most ``multiple - 1`` frames decoded in vain per piece."""
+    if window_frames <= 0 or window_frames + context >= n_frames:  # the first window would reach the end
         return [(0, n_frames, 0, n_frames)]
+    span = window_frames + 2 * context
     windows = []
-    for start in range(0, n_frames, window_frames):
-        end = min(n_frames, start + window_frames)
-        low, high = max(0, start - context), min(n_frames, end + context)
+    start = 0
+    while start < n_frames:
+        if start + window_frames + context < n_frames:
+            low, end = max(0, start - context), start + window_frames
+            high = end + context
+        else:  # the last window keeps the rest (up to window + context frames); its length is rounded up
+            end = high = n_frames
+            low = max(0, high - min(span, -(-(high - start + context) // multiple) * multiple))
         windows.append((low, high, start - low, end - start))
+        start = end
     return windows
 
 

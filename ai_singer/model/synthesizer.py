@@ -385,7 +385,8 @@ class SingerVAE(nn.Module):
     def infer(self, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, volume: torch.Tensor,
               g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
               generator: torch.Generator | Sequence[torch.Generator] | None = None,
-              decode_window_frames: int = 0, decoder_block_dtype: torch.dtype | None = None) -> torch.Tensor:
+              decode_window_frames: int = 0, decoder_block_dtype: torch.dtype | None = None,
+              prior_frames_multiple: int = 1) -> torch.Tensor:
         """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
         wav [B, 1, T*hop_length] in (-1, 1). ``noise_scale``: the prior's sampling temperature, from the caller's
         settings (conversion: ``noise_scale`` of ``conf/infer.yaml``; validation: ``trainer.eval_noise_scale``). Frames past ``lengths`` are zeroed in the latent (their audio is
@@ -398,14 +399,23 @@ class SingerVAE(nn.Module):
         frames (the same audio, cache-sized tensors: see :meth:`NSFHiFiGAN.forward`); 0 at once.
         ``decoder_block_dtype``: the NSF-HiFiGAN decoder's residual-block convolutions in this dtype (e.g.
         ``torch.bfloat16``), the rest in ``content``'s (see :meth:`NSFHiFiGAN.forward`); None: all in ``content``'s.
+        ``prior_frames_multiple`` > 1: the prior encoder and the flow run over the frames zero-padded up to a
+        multiple of it (masked, so the latent is the same up to float rounding, and so is the noise), the decoder
+        over the ``T`` frames: fewer distinct tensor lengths over many pieces, whose prepared convolution kernels
+        a CPU's conv library then reuses instead of rebuilding.
         """
         self._check_inputs(content, f0, voiced, volume, g)
         batch, _, n_frames = content.shape
-        mask = frame_mask(lengths, batch, n_frames, content.device, content.dtype)
         f0 = self.model_f0(f0, voiced)
-        m_p, logs_p = self.prior_encoder(content, f0, voiced, volume, mask)
-        noise = noise_rows(tuple(m_p.shape), generator, lengths, m_p.dtype, m_p.device)
-        z = self.latent_from_prior(m_p, logs_p, noise, noise_scale, mask, g)
+        padding = -n_frames % max(1, prior_frames_multiple)
+        if padding and lengths is None:
+            lengths = torch.full((batch,), n_frames, dtype=torch.long, device=content.device)
+        padded = [nn.functional.pad(x, (0, padding)) if padding else x for x in (content, f0, voiced, volume)]
+        mask = frame_mask(lengths, batch, n_frames + padding, content.device, content.dtype)
+        m_p, logs_p = self.prior_encoder(*padded, mask)
+        noise = noise_rows((batch, m_p.shape[1], n_frames), generator, lengths, m_p.dtype, m_p.device)
+        noise = nn.functional.pad(noise, (0, padding)) if padding else noise
+        z = self.latent_from_prior(m_p, logs_p, noise, noise_scale, mask, g)[..., :n_frames]
         return self.decoder(z, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames,
                             block_dtype=decoder_block_dtype)
 

@@ -567,6 +567,9 @@ def launch(settings: UiSettings, block: bool = True):
     """Build and start the app on ``settings.host:settings.port`` (never a share link); returns
     ``(app, server, url)``. ``block``: serve until interrupted, then clean up."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ai_singer.device import widen_cpu_kernel_cache
+
+    widen_cpu_kernel_cache()  # before the jobs' first convolution (preprocessing may come before conversion)
     server = Server(settings)
     os.environ["GRADIO_TEMP_DIR"] = str(server.workspace.root / "gradio")  # uploads land in the working folder
     app = build_app(server)
