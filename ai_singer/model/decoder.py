@@ -141,9 +141,10 @@ def decode_windows(n_frames: int, window_frames: int, context: int,
 
     The first window decodes ``window_frames + context`` frames, the middle ones ``window_frames + 2 * context``,
     and the last one (which keeps the rest: at most ``window_frames + context`` frames) reaches back (more
-    context) to a multiple of ``multiple`` frames, at most the middle ones' length: over a song's pieces the decoder sees a few lengths, so a CPU's convolution library reuses the
-    kernels it prepared for them instead of building new ones for every piece (with one length per piece a long
-    vocal spent about a third of its time there), for at most ``multiple - 1`` frames decoded in vain per piece."""
+    context) to a multiple of ``multiple`` frames, at most the middle ones' length. Over a song's pieces the
+    decoder then sees a few lengths, so a CPU's convolution library can keep the kernels it prepared for them
+    instead of building new ones for every piece (see :data:`ai_singer.device.ONEDNN_PRIMITIVE_CACHE_CAPACITY`),
+    for at most ``multiple - 1`` frames decoded in vain per piece."""
     if window_frames <= 0 or window_frames + context >= n_frames:  # the first window would reach the end
         return [(0, n_frames, 0, n_frames)]
     span = window_frames + 2 * context
