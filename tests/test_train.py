@@ -344,13 +344,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, processed):
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = make_config(tmp_path, processed, "trainer.max_steps=3", "trainer.save_every=100")
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under `nohup ... &`
     result = run_training(cfg, on_step=interrupt)
     assert result.interrupted and result.step == 1 and result.artifact_dir is None
     assert [s for s, _ in ckpt.list_train_states(result.run_dir)] == [1]
     assert not (tmp_path / "pretrain" / "base").exists()
     finished = run_training(cfg)
     assert finished.step == 3 and (finished.artifact_dir / "generator.safetensors").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
 
 def test_keyboard_interrupt_inside_a_step_also_saves(tmp_path, processed):
