@@ -197,15 +197,21 @@ def prepare_f0(f0_raw: np.ndarray, semitones: float, correction: PitchCorrection
 @dataclass
 class _Piece:
     """One chunk of the vocal: core ``[start, end)`` and converted window ``[window_start, window_end)``
-    in source samples; ``n_frames`` model frames cover the window; ``f0_raw`` from the first pass."""
+    in source samples; the model converts ``[window_start, model_end)`` (``model_end`` >= ``window_end``: the
+    window extended to a multiple of ``chunk.piece_frames_multiple`` frames), ``n_frames`` model frames, of which
+    the window's are kept; ``f0_raw`` from the first pass."""
 
     start: int
     end: int
     singer: str
     window_start: int
     window_end: int
+    model_end: int = 0
     n_frames: int = 0
     f0_raw: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.model_end = max(self.model_end, self.window_end)
 
 
 @dataclass
@@ -258,8 +264,9 @@ class Converter:
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
         self._indexes: dict[str, torch.Tensor | None] = {}
-        #: the last singer's model (name, model, g): songs in a row by one singer reuse it
-        self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor] | None = None
+        #: the last singer's model (name, model, g, its decoder's prepared upsampling stages or None): songs in a
+        #: row by one singer reuse it
+        self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor, Any] | None = None
         #: the last singer's ONNX export (name, OnnxSinger or None when that singer converts with torch)
         self._onnx_cache: tuple[str, Any] | None = None
         if content_encoder is None:
@@ -389,8 +396,26 @@ class Converter:
         adapter = self.adapter(name)
         model = with_adapter(self.model, adapter, self.merge).to(self.device).eval()
         g = adapter.tensors["singer_embedding"].to(self.device, torch.float32).reshape(1, -1)
-        self._singer_cache = (name, model, g)
+        self._singer_cache = (name, model, g, self._prepare_decoder_stages(model))
         yield model, g
+
+    def decoder_layout(self) -> str:
+        """``decoder_layout`` as torch runs it: ``auto`` is ``channels_last`` on a CPU, ``plain`` elsewhere."""
+        layout = self.settings.decoder_layout
+        if layout == "auto":
+            return "channels_last" if self.device.type == "cpu" else "plain"
+        return layout
+
+    def _prepare_decoder_stages(self, model: torch.nn.Module) -> Any:
+        """The singer model's decoder stages in channels-last layout (:mod:`ai_singer.model.channels_last`) when
+        :meth:`decoder_layout` asks for it and the decoder allows it (an NSF-HiFiGAN decoder whose adapters are
+        merged), else None (the decoder's own stages run)."""
+        if self.decoder_layout() != "channels_last" or self.precision == "bf16":
+            return None  # bf16 runs the whole model under autocast, which the prepared stages do not follow
+        from ai_singer.model.channels_last import ChannelsLastUpsampling
+
+        block_dtype = torch.bfloat16 if self.precision == "bf16_decoder" else None
+        return ChannelsLastUpsampling.prepare(model.decoder, block_dtype)
 
     @contextlib.contextmanager
     def singer_runner(self, name: str) -> Iterator[Callable[..., np.ndarray]]:
@@ -403,11 +428,14 @@ class Converter:
             yield lambda inputs, pieces, window_frames: self._run_onnx(onnx, inputs, pieces, window_frames)
             return
         with self.singer_model(name) as (model, g):
-            yield lambda inputs, pieces, window_frames: self._run_torch(model, g, inputs, pieces, window_frames)
+            stages = self._singer_cache[3] if self._singer_cache is not None else None
+            yield lambda inputs, pieces, window_frames: self._run_torch(model, g, inputs, pieces, window_frames,
+                                                                        stages)
 
     def _run_torch(self, model: torch.nn.Module, g: torch.Tensor, inputs: list[tuple[np.ndarray, ...]],
-                   batch: list[_Piece], window_frames: int) -> np.ndarray:
-        """The pieces padded into one batch through the torch model (see :meth:`singer_runner`)."""
+                   batch: list[_Piece], window_frames: int, decoder_stages: Any = None) -> np.ndarray:
+        """The pieces padded into one batch through the torch model (see :meth:`singer_runner`); ``decoder_stages``:
+        its decoder's prepared upsampling stages (see :meth:`_prepare_decoder_stages`) or None."""
         longest = max(p.n_frames for p in batch)
         size, dim = len(batch), inputs[0][0].shape[1]
         content_t = torch.zeros(size, dim, longest)
@@ -426,7 +454,8 @@ class Converter:
                               generator=[self.piece_generator(piece) for piece in batch],
                               decode_window_frames=window_frames,
                               prior_frames_multiple=self.settings.chunk.prior_frames_multiple,
-                              decoder_block_dtype=torch.bfloat16 if self.precision == "bf16_decoder" else None)
+                              decoder_block_dtype=torch.bfloat16 if self.precision == "bf16_decoder" else None,
+                              decoder_stages=decoder_stages)
         return wav.float().cpu().numpy()[:, 0]
 
     def _run_onnx(self, onnx: Any, inputs: list[tuple[np.ndarray, ...]], batch: list[_Piece],
@@ -495,10 +524,21 @@ class Converter:
         return (float(low), float(high)) if low and high else None
 
     # ---------------------------------------------------------------------------------- convert
+    def _model_end(self, window_start: int, window_end: int, n_samples: int, sr: int) -> int:
+        """Where the model's input for the window ``[window_start, window_end)`` (source samples at ``sr``) ends:
+        the window extended to a multiple of ``chunk.piece_frames_multiple`` model frames, at most to the end of
+        the vocal (:meth:`_window_model_audio` pads the rest with silence)."""
+        multiple = self.settings.chunk.piece_frames_multiple
+        frames = max(1, math.ceil((window_end - window_start) * self.sample_rate / sr / self.hop))
+        frames = -(-frames // multiple) * multiple
+        return min(n_samples, max(window_end, window_start + math.ceil(frames * self.hop * sr / self.sample_rate)))
+
     def _window_model_audio(self, mono: np.ndarray, sr: int, piece: _Piece) -> np.ndarray:
-        """The piece's window at the model rate, zero-padded to ``n_frames * hop`` samples."""
-        window = resample(mono[piece.window_start: piece.window_end], sr, self.sample_rate)
-        n_frames = max(1, math.ceil(window.shape[0] / self.hop))
+        """The model's input for the piece, ``mono[window_start:model_end]`` at the model rate, zero-padded to
+        ``n_frames * hop`` samples (``n_frames``: a multiple of ``chunk.piece_frames_multiple``)."""
+        window = resample(mono[piece.window_start: piece.model_end], sr, self.sample_rate)
+        multiple = self.settings.chunk.piece_frames_multiple
+        n_frames = -(-max(1, math.ceil(window.shape[0] / self.hop)) // multiple) * multiple
         piece.n_frames = n_frames
         return np.pad(window, (0, n_frames * self.hop - window.shape[0]))
 
@@ -536,7 +576,8 @@ class Converter:
                 warnings.append(f"a {1000 * (end - start) / sr:.0f} ms sound at {start / sr:.2f} s is too short to "
                                 "convert and is left silent")
                 continue
-            pieces.append(_Piece(start, end, name, window_start, window_end))
+            pieces.append(_Piece(start, end, name, window_start, window_end,
+                                 self._model_end(window_start, window_end, n_samples, sr)))
         for name in sorted({p.singer for p in pieces}):
             self.adapter(name)  # unknown singer / wrong base: fail before the slow part
             if settings.engine == "onnx":
@@ -656,7 +697,7 @@ class Converter:
         inputs = []
         for piece in batch:
             audio = self._window_model_audio(mono, sr, piece)
-            wav16k = resample(mono[piece.window_start: piece.window_end], sr, CONTENT_SAMPLE_RATE)
+            wav16k = resample(mono[piece.window_start: piece.model_end], sr, CONTENT_SAMPLE_RATE)
             content = encode_audio(self.content_encoder, wav16k)
             if content.shape[0] == 0:
                 content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)

@@ -407,6 +407,7 @@ def test_merged_and_unmerged_adapters_give_the_same_audio(artifacts, tiny_hubert
                                    converter.settings, artifacts / "singers", device="cpu", merge=False,
                                    content_encoder=converter.content_encoder)
     unmerged = unmerged_converter.convert_vocal(audio, sr, "alto").audio
+    assert unmerged_converter._singer_cache[3] is None  # unmerged LoRA layers: the decoder's own stages run
     other_singer = converter.convert_vocal(audio, sr, "bass").audio
     merge_error, singer_difference = np.abs(merged - unmerged).max(), np.abs(merged - other_singer).max()
     assert merge_error < 0.05 * singer_difference
@@ -576,8 +577,9 @@ def test_auto_batch_size_and_decode_window_follow_the_device_type():
 def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artifacts, tiny_hubert_dir):
     """Per-piece noise (seeded by the seed and the piece's position) and exact windowed decoding: batching
     equal-length pieces or decoding in windows does not change the converted vocal (noise_scale > 0);
-    precision=bf16 runs the model in bfloat16 and bf16_decoder the decoder's blocks (close, not equal); another
-    seed gives other noise."""
+    precision=bf16 runs the model in bfloat16 and bf16_decoder the decoder's blocks (close, not equal); the
+    decoder's channels-last layout (the CPU's default) gives the plain layout's audio; another seed gives other
+    noise."""
     sr = 44100
     note = harmonic(220.0, sr, 1.0)
     gap = np.zeros(sr // 2, np.float32)
@@ -589,7 +591,11 @@ def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artif
                             ("bf16", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=bf16"]),
                             ("bf16_decoder", ["chunk.batch_size=1", "chunk.decode_window_s=0",
                                               "precision=bf16_decoder"]),
-                            ("seed", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=fp32", "seed=1"])):
+                            ("seed", ["chunk.batch_size=1", "chunk.decode_window_s=0", "precision=fp32", "seed=1"]),
+                            ("plain", ["chunk.batch_size=1", "chunk.decode_window_s=0.3", "precision=fp32",
+                                       "decoder_layout=plain"]),
+                            ("bf16_decoder_plain", ["chunk.batch_size=1", "chunk.decode_window_s=0",
+                                                    "precision=bf16_decoder", "decoder_layout=plain"])):
         converter = Converter(artifacts / "pretrain" / "tiny",
                               {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
                               conf_settings("f0.method=dio", "noise_scale=0.5", *overrides), artifacts / "singers",
@@ -598,13 +604,15 @@ def test_a_piece_converts_the_same_in_a_batch_alone_and_in_decoder_windows(artif
     alone = results["alone"].audio
     peak = np.abs(alone).max()  # the random tiny model is quiet: compare relative to its level
     assert results["alone"].pieces == 3 and peak > 0
-    for name in ("batched", "windows"):
+    for name in ("batched", "windows", "plain"):  # alone: decoder_layout=auto, channels-last on the CPU
         assert np.abs(results[name].audio - alone).max() <= 1e-4 * peak, name
     assert np.abs(results["seed"].audio - alone).max() > 1e-2 * peak  # another seed, other noise
     bf16 = results["bf16"].audio  # precision=bf16: bfloat16 autocast, rounding only (this random model is quiet)
     assert np.abs(bf16 - alone).max() > 1e-4 * peak and np.corrcoef(bf16, alone)[0, 1] > 0.9
     blocks = results["bf16_decoder"].audio  # only the decoder's residual-block convs in bfloat16
     assert 0 < np.abs(blocks - alone).max() and np.corrcoef(blocks, alone)[0, 1] > 0.99
+    blocks_plain = results["bf16_decoder_plain"].audio  # bf16 blocks in either layout round alike
+    assert np.abs(blocks - blocks_plain).max() < 0.1 * np.abs(blocks - alone).max()
     assert np.abs(alone[: len(alone) // 2] - alone[len(alone) // 2:][: len(alone) // 2]).max() > 1e-3 * peak
 
 
@@ -617,6 +625,7 @@ def test_consecutive_songs_by_one_singer_reuse_its_model_and_another_singer_repl
     with converter.singer_model("alto") as (model, _):
         with converter.singer_model("alto") as (again, _):
             assert again is model
+        assert converter._singer_cache[3] is not None  # channels-last decoder stages, prepared once with the copy
     with converter.singer_model("bass") as (other, _):
         assert other is not model and converter._singer_cache[0] == "bass"
     fresh = converter.convert_vocal(take, sr, "alto").audio  # a new alto copy after the switch

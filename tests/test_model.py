@@ -388,14 +388,16 @@ def test_windowed_decoding_gives_the_whole_sequence_output(tiny_config):
         assert 0 < changed.max() - 45 <= reach and 0 < 45 - changed.min() <= reach
 
 
-@pytest.mark.parametrize("window, context, multiple", [(7, 3, 4), (32, 10, 8), (200, 25, 32)])
+@pytest.mark.parametrize("window, context, multiple", [(7, 3, 4), (32, 10, 8), (200, 25, 32), (172, 13, 32)])
 def test_decoder_windows_take_few_lengths_and_tile_the_sequence(window, context, multiple):
     """The windows hold at least ``context`` frames on each side of what they keep (unless they meet the
-    sequence's edge), the kept frames tile the sequence in order, and over all sequence lengths the decoded
-    ranges take few lengths: the first and middle windows' two, and for the last a multiple of ``multiple``
-    (capped at the middle ones'), so a CPU's conv library can reuse its prepared kernels across pieces."""
+    sequence's edge), the kept frames tile the sequence in order, about ``window`` frames each, and for sequences
+    that are multiples of ``multiple`` frames (the converter's pieces) every window is a multiple of ``multiple``
+    frames, at most ``span``: a few lengths over a whole song, so a CPU's conv library reuses its prepared kernels
+    across pieces. Only the last window decodes more than it needs, by less than ``multiple`` frames."""
+    span = None
     lengths = set()
-    for n_frames in range(1, 4 * (window + 2 * context)):
+    for n_frames in range(1, 5 * (window + 2 * context)):
         windows = decode_windows(n_frames, window, context, multiple)
         position = 0
         for low, high, keep, n in windows:
@@ -406,12 +408,16 @@ def test_decoder_windows_take_few_lengths_and_tile_the_sequence(window, context,
             position = last
         assert position == n_frames
         if len(windows) > 1:
-            lengths |= {high - low for low, high, _, _ in windows}
-            unrounded = decode_windows(n_frames, window, context, multiple=1)
-            wasted = sum(high - low for low, high, _, _ in windows) - sum(h - lo for lo, h, _, _ in unrounded)
-            assert 0 <= wasted < multiple, n_frames
-    span = window + 2 * context
-    assert lengths <= {window + context, span} | set(range(multiple, span, multiple))
+            span = windows[0][1] - windows[0][0]
+            assert span % multiple == 0 and window + 2 * context - multiple < span <= window + 2 * context
+            assert all(high - low == span for low, high, _, _ in windows[:-1])
+            low, high, keep, n = windows[-1]
+            assert high - low < n + context + multiple  # the last window's extra context: under a multiple
+            if n_frames % multiple == 0:
+                lengths |= {high - low for low, high, _, _ in windows}
+        elif n_frames % multiple == 0:
+            lengths.add(n_frames)
+    assert span is not None and lengths <= set(range(multiple, span + 1, multiple))
 
 
 def test_decoder_blocks_in_bfloat16_stay_close_to_float32(tiny_config):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -127,34 +128,39 @@ class HarmonicNoiseSource(nn.Module):
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
 
 
-#: The last of a sequence's decoder windows is decoded over a multiple of this many frames (see
-#: :func:`decode_windows`).
+#: Decoder windows are a multiple of this many frames long, but a sequence's last (see :func:`decode_windows`).
 LAST_WINDOW_MULTIPLE = 32
 
 
 def decode_windows(n_frames: int, window_frames: int, context: int,
                    multiple: int = LAST_WINDOW_MULTIPLE) -> list[tuple[int, int, int, int]]:
-    """How :meth:`NSFHiFiGAN.forward` cuts ``n_frames`` into windows of ``window_frames`` (<= 0: one window), each
-    decoded with at least ``context`` frames on both sides (or up to the sequence's edge): ``(low, high, keep, n)``
-    per window, frames ``[low, high)`` decoded, of whose output the ``n`` frames from ``keep`` on are kept (in
+    """How :meth:`NSFHiFiGAN.forward` cuts ``n_frames`` into windows of about ``window_frames`` (<= 0: one window),
+    each decoded with at least ``context`` frames on both sides (or up to the sequence's edge): ``(low, high, keep,
+    n)`` per window, frames ``[low, high)`` decoded, of whose output the ``n`` frames from ``keep`` on are kept (in
     order they tile ``[0, n_frames)``).
 
-    The first window decodes ``window_frames + context`` frames, the middle ones ``window_frames + 2 * context``,
-    and the last one (which keeps the rest: at most ``window_frames + context`` frames) reaches back (more
-    context) to a multiple of ``multiple`` frames, at most the middle ones' length. Over a song's pieces the
-    decoder then sees a few lengths, so a CPU's convolution library can keep the kernels it prepared for them
-    instead of building new ones for every piece (see :data:`ai_singer.device.ONEDNN_PRIMITIVE_CACHE_CAPACITY`),
-    for at most ``multiple - 1`` frames decoded in vain per piece."""
-    if window_frames <= 0 or window_frames + context >= n_frames:  # the first window would reach the end
+    Every window but the last decodes ``span`` frames: ``window_frames + 2 * context`` rounded down to a multiple of
+    ``multiple`` (at least the first multiple above ``2 * context``). The first keeps its first ``span - context``
+    frames, the middle ones ``span - 2 * context``; the last keeps the rest and reaches back (more context) to a
+    multiple of ``multiple`` frames, at most ``span``, for at most ``multiple - 1`` frames decoded in vain. A
+    sequence of at most ``span`` frames is one window. A caller whose sequences are multiples of ``multiple`` frames
+    (the converter's pieces: ``chunk.piece_frames_multiple``) thus has windows of at most ``span / multiple``
+    lengths over a whole song: a CPU's convolution library keeps the kernels it prepared for each length (and their
+    memory, ~0.15 GB per length for ``model=base`` in bfloat16: see :data:`ai_singer.device.ONEDNN_PRIMITIVE_CACHE_CAPACITY`)
+    instead of building new ones for every piece."""
+    if window_frames <= 0:
         return [(0, n_frames, 0, n_frames)]
-    span = window_frames + 2 * context
+    span = max((window_frames + 2 * context) // multiple, 2 * context // multiple + 1) * multiple
+    if n_frames <= span:
+        return [(0, n_frames, 0, n_frames)]
     windows = []
     start = 0
     while start < n_frames:
-        if start + window_frames + context < n_frames:
-            low, end = max(0, start - context), start + window_frames
-            high = end + context
-        else:  # the last window keeps the rest (up to window + context frames); its length is rounded up
+        low = max(0, start - context)
+        if low + span < n_frames:  # a whole window short of the end: keeps all but its last context frames
+            high = low + span
+            end = high - context
+        else:  # the last window keeps the rest (at most span - context frames); its length is rounded up
             end = high = n_frames
             low = max(0, high - min(span, -(-(high - start + context) // multiple) * multiple))
         windows.append((low, high, start - low, end - start))
@@ -256,7 +262,8 @@ class NSFHiFiGAN(nn.Module):
     def forward(self, z: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                 lengths: torch.Tensor | None = None, window_frames: int = 0,
-                block_dtype: torch.dtype | None = None) -> torch.Tensor:
+                block_dtype: torch.dtype | None = None,
+                stages: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``z`` [B, I, T], ``f0``/``voiced`` [B, T], ``g`` [B, gin] -> audio [B, 1, T*hop].
 
         ``generator`` / ``lengths`` [B]: the excitation's noise (see :class:`HarmonicNoiseSource`).
@@ -266,11 +273,16 @@ class NSFHiFiGAN(nn.Module):
         sequence at once is slower per frame there). 0: the whole sequence in one pass.
         ``block_dtype``: the residual blocks' convolutions run in this dtype (see :meth:`ResBlock.forward`; e.g.
         ``torch.bfloat16``, ~1.6x faster on a CPU with AVX512-BF16), everything else in ``z``'s; None: all in ``z``'s.
+        ``stages``: what runs the upsampling stages instead of :meth:`upsample` (inference: a
+        :class:`~ai_singer.model.channels_last.ChannelsLastUpsampling` of this decoder, which brings its own
+        ``block_dtype``); None: :meth:`upsample` with ``block_dtype``.
         """
         source = self.source(f0, voiced, generator, lengths)  # [B, 1, T*hop]
         x = self.frame_input(z, g)
         hop = self.hop_length
-        pieces = [self.upsample(x[..., low:high], source[..., low * hop: high * hop], block_dtype)
+        if stages is None:
+            stages = partial(self.upsample, block_dtype=block_dtype)
+        pieces = [stages(x[..., low:high], source[..., low * hop: high * hop])
                   [..., keep * hop: (keep + n) * hop]
                   for low, high, keep, n in decode_windows(z.shape[-1], window_frames, self.receptive_field_frames())]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -386,7 +386,8 @@ class SingerVAE(nn.Module):
               g: torch.Tensor, lengths: torch.Tensor | None = None, *, noise_scale: float,
               generator: torch.Generator | Sequence[torch.Generator] | None = None,
               decode_window_frames: int = 0, decoder_block_dtype: torch.dtype | None = None,
-              prior_frames_multiple: int = 1) -> torch.Tensor:
+              prior_frames_multiple: int = 1,
+              decoder_stages: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Convert: content [B, D, T], f0 [B, T] Hz, voiced [B, T], volume [B, T], g [B, gin] ->
         wav [B, 1, T*hop_length] in (-1, 1). ``noise_scale``: the prior's sampling temperature, from the caller's
         settings (conversion: ``noise_scale`` of ``conf/infer.yaml``; validation: ``trainer.eval_noise_scale``). Frames past ``lengths`` are zeroed in the latent (their audio is
@@ -399,6 +400,9 @@ class SingerVAE(nn.Module):
         frames (the same audio, cache-sized tensors: see :meth:`NSFHiFiGAN.forward`); 0 at once.
         ``decoder_block_dtype``: the NSF-HiFiGAN decoder's residual-block convolutions in this dtype (e.g.
         ``torch.bfloat16``), the rest in ``content``'s (see :meth:`NSFHiFiGAN.forward`); None: all in ``content``'s.
+        ``decoder_stages``: the NSF-HiFiGAN decoder's upsampling stages prepared for inference (a
+        :class:`~ai_singer.model.channels_last.ChannelsLastUpsampling` of this model's decoder, with its own block
+        dtype), run instead of the decoder's own; None: the decoder's own.
         ``prior_frames_multiple`` > 1: the prior encoder and the flow run over the frames zero-padded up to a
         multiple of it (masked, so the latent is the same up to float rounding, and so is the noise), the decoder
         over the ``T`` frames: fewer distinct tensor lengths over many pieces, whose prepared convolution kernels
@@ -416,8 +420,9 @@ class SingerVAE(nn.Module):
         noise = noise_rows((batch, m_p.shape[1], n_frames), generator, lengths, m_p.dtype, m_p.device)
         noise = nn.functional.pad(noise, (0, padding)) if padding else noise
         z = self.latent_from_prior(m_p, logs_p, noise, noise_scale, mask, g)[..., :n_frames]
+        stages = {} if decoder_stages is None else {"stages": decoder_stages}
         return self.decoder(z, f0, voiced, g, generator, lengths=lengths, window_frames=decode_window_frames,
-                            block_dtype=decoder_block_dtype)
+                            block_dtype=decoder_block_dtype, **stages)
 
     def latent_from_prior(self, m_p: torch.Tensor, logs_p: torch.Tensor, noise: torch.Tensor,
                           noise_scale: float | torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
