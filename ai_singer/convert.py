@@ -470,8 +470,9 @@ class Converter:
 
     def onnx_singer(self, name: str) -> Any:
         """Singer ``name``'s ONNX export (an :class:`ai_singer.onnx_singer.OnnxSinger`, cached for the next song)
-        when ``engine`` selects it, else None. ``auto``: the export when one fits (fp32 on the CPU, adapters merged,
-        made from this base and the singer's current adapter), else torch; ``onnx``: the export, InferError naming
+        when ``engine`` selects it, else None. ``auto``: the export when one fits (fp32 on the CPU with
+        ``decoder_layout=plain``, adapters merged, made from this base and the singer's current adapter), else torch
+        (whose channels-last decoder is the faster on a CPU: BENCHMARKS.md); ``onnx``: the export, InferError naming
         the fix when none fits; ``torch``: None."""
         if self._onnx_cache is not None and self._onnx_cache[0] == name:
             return self._onnx_cache[1]
@@ -488,6 +489,9 @@ class Converter:
             problem = f"precision={self.precision} runs with torch only" + (
                 " (precision=auto chose it: faster on this CPU than the fp32 export; precision=fp32 uses the export)"
                 if self.settings.precision == "auto" else "")
+        elif engine == "auto" and self.decoder_layout() == "channels_last":
+            problem = ("decoder_layout=channels_last: torch is faster on the CPU than the fp32 export "
+                       "(decoder_layout=plain or engine=onnx uses the export)")
         elif not self.merge:
             problem = "unmerged adapters run with torch only"
         elif parse_singer_spec(name).is_blend:

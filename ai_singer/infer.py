@@ -199,7 +199,8 @@ class ConvertSettings:
                          measures them.
     engine:              ``torch``, ``onnx`` (the singer's ONNX export, ``ai-singer export``, run by ONNX Runtime on
                          the CPU; the same audio up to float rounding) or ``auto`` (the export when the singer has
-                         a current one and the conversion runs fp32 on the CPU, else torch).
+                         a current one and the conversion runs fp32 on the CPU with ``decoder_layout=plain``, else
+                         torch, whose channels-last decoder is the faster on a CPU).
     decoder_layout:      ``channels_last``: torch runs the NSF-HiFiGAN decoder's upsampling stages as 2-D convolutions
                          in channels-last memory format, the layout a CPU's convolution library computes in (the same
                          arithmetic and audio up to float rounding; ~2.6x faster decoder with ``bf16_decoder``, ~1.3x
