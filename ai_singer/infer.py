@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16_decoder", "bf16")
 #: ``engine``: what runs the SingerVAE (:meth:`ai_singer.convert.Converter.onnx_singer`).
 ENGINES = ("auto", "torch", "onnx")
-#: ``decoder_layout``: how torch lays out the NSF-HiFiGAN decoder's upsampling stages (:mod:`ai_singer.model.channels_last`).
+#: ``decoder_layout``: how torch lays out the NSF-HiFiGAN decoder's upsampling stages
+#: (:mod:`ai_singer.model.channels_last`).
 DECODER_LAYOUTS = ("auto", "channels_last", "plain")
 #: transpose beyond this many semitones (3 octaves) either way leaves the range of any voice: refused.
 MAX_TRANSPOSE_SEMITONES = 36.0

@@ -86,7 +86,7 @@ class ChannelsLastUpsampling:
     [B, 1, T*hop]``, what ``decoder.upsample(x, source, block_dtype)`` gives (up to float rounding).
 
     Make it with :meth:`prepare`, after the decoder's weights are final (adapters merged): it keeps the weights
-    reshaped (copies where the layout or ``block_dtype`` differs: ~14 MB in bfloat16 for ``model=base``'s blocks)."""
+    reshaped (copies where the layout or ``block_dtype`` differs: ~22 MB in bfloat16 for ``model=base``'s blocks)."""
 
     def __init__(self, decoder: NSFHiFiGAN, block_dtype: torch.dtype | None = None):
         self.block_dtype = block_dtype

@@ -128,7 +128,8 @@ class HarmonicNoiseSource(nn.Module):
         return torch.tanh(self.merge(excitation.transpose(1, 2))).transpose(1, 2)
 
 
-#: Decoder windows are a multiple of this many frames long, but a sequence's last (see :func:`decode_windows`).
+#: Decoder windows are multiples of this many frames (see :func:`decode_windows`; a sequence decoded in one window:
+#: its own length).
 LAST_WINDOW_MULTIPLE = 32
 
 
@@ -146,8 +147,8 @@ def decode_windows(n_frames: int, window_frames: int, context: int,
     sequence of at most ``span`` frames is one window. A caller whose sequences are multiples of ``multiple`` frames
     (the converter's pieces: ``chunk.piece_frames_multiple``) thus has windows of at most ``span / multiple``
     lengths over a whole song: a CPU's convolution library keeps the kernels it prepared for each length (and their
-    memory, ~0.15 GB per length for ``model=base`` in bfloat16: see :data:`ai_singer.device.ONEDNN_PRIMITIVE_CACHE_CAPACITY`)
-    instead of building new ones for every piece."""
+    memory, ~0.15 GB per length for ``model=base`` in bfloat16; see
+    :data:`ai_singer.device.ONEDNN_PRIMITIVE_CACHE_CAPACITY`) instead of building new ones for every piece."""
     if window_frames <= 0:
         return [(0, n_frames, 0, n_frames)]
     span = max((window_frames + 2 * context) // multiple, 2 * context // multiple + 1) * multiple
