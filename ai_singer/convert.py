@@ -428,7 +428,7 @@ class Converter:
             yield lambda inputs, pieces, window_frames: self._run_onnx(onnx, inputs, pieces, window_frames)
             return
         with self.singer_model(name) as (model, g):
-            stages = self._singer_cache[3] if self._singer_cache is not None else None
+            stages = self._singer_cache[3]  # singer_model keeps (name, model, g, stages) while it is in use
             yield lambda inputs, pieces, window_frames: self._run_torch(model, g, inputs, pieces, window_frames,
                                                                         stages)
 

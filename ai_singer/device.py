@@ -69,10 +69,10 @@ def computes_bfloat16_natively(device: torch.device) -> bool:
 
 
 #: How many prepared convolution kernels ("primitives") oneDNN, torch's CPU conv library, keeps (its default:
-#: 1024). A kernel is prepared per layer and tensor length: converting a song visits a dozen or more decoder
-#: lengths (the windows' few, each short piece's own) and the prior's, ~100 kernels each for model=base, more
-#: than the default holds, so kernels were rebuilt for every piece (a 90 s vocal on an Intel Xeon: ~1.3x the
-#: CPU time and ~7k page faults a second).
+#: 1024). A kernel is prepared per layer and tensor length: converting a song visits up to 6 decoder window
+#: lengths (multiples of 32 frames) and the prior's (multiples of 64 frames, one per piece length class), ~100
+#: kernels each for model=base, more than the default holds; before the lengths were bounded, kernels were rebuilt
+#: for every piece (a 90 s vocal on an Intel Xeon: ~1.3x the CPU time and ~7k page faults a second).
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = 2048
 
 
