@@ -27,6 +27,28 @@ def mel_l1_loss(mel_fake: torch.Tensor, mel_real: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(mel_fake, mel_real)
 
 
+def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor,
+                               resolutions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Spectral convergence + log-magnitude L1 between ``fake`` and ``real`` waveforms ``[B, 1, S]`` or
+    ``[B, S]``, averaged over ``resolutions`` (``(n_fft, hop)`` pairs, Hann windows of ``n_fft``), as in
+    Parallel WaveGAN / DDSP's multi-scale spectral loss. Short windows see what a 2048-sample mel cannot: the
+    onsets and bursts of consonants within a frame. Computed in fp32. Returns a scalar."""
+    if fake.shape != real.shape:
+        raise ValueError(f"waveform shapes differ: generated {tuple(fake.shape)} vs target {tuple(real.shape)}")
+    if not resolutions:
+        raise ValueError("multi_resolution_stft_loss needs at least one (n_fft, hop) resolution")
+    fake = fake.reshape(fake.shape[0], -1).float()
+    real = real.reshape(real.shape[0], -1).float()
+    total = fake.new_zeros(())
+    for n_fft, hop in resolutions:
+        window = torch.hann_window(int(n_fft), device=fake.device)
+        mags = [torch.stft(x, int(n_fft), hop_length=int(hop), win_length=int(n_fft), window=window, center=True,
+                           return_complex=True).abs().clamp_min(1e-5) for x in (fake, real)]
+        convergence = torch.linalg.norm(mags[1] - mags[0]) / torch.linalg.norm(mags[1]).clamp_min(1e-5)
+        total = total + convergence + F.l1_loss(torch.log(mags[0]), torch.log(mags[1]))
+    return total / len(resolutions)
+
+
 def kl_loss(z_p: torch.Tensor | Any, logs_q: torch.Tensor | None = None, m_p: torch.Tensor | None = None,
             logs_p: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """KL(q || p) between the posterior (mapped through the flow) and the prior, as VITS estimates it.

@@ -40,7 +40,7 @@ from ai_singer.errors import UserError
 from ai_singer.data import Batch, ManifestDataset, ResumableSampler, collate
 from ai_singer.features.spectrogram import linear_spectrogram, mel_spectrogram
 from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_loss, generator_adversarial_loss,
-                              kl_loss, mel_l1_loss)
+                              kl_loss, mel_l1_loss, multi_resolution_stft_loss)
 from ai_singer.manifest import DatasetStats, read_stats
 from ai_singer.model.discriminator import Discriminator
 from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
@@ -124,6 +124,8 @@ class LossWeights:
     feature_matching: float
     adversarial: float
     prior_mel: float
+    stft: float
+    stft_resolutions: list[list[int]]
 
 
 @dataclass
@@ -207,9 +209,14 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError(f"trainer.{name}", f"must be >= 1, got {getattr(cfg.trainer, name)}")
     if len(cfg.trainer.betas) != 2:
         raise TrainSetupError("trainer.betas", f"needs two values, got {cfg.trainer.betas}")
-    for name in ("mel", "kl", "feature_matching", "adversarial", "prior_mel"):
+    for name in ("mel", "kl", "feature_matching", "adversarial", "prior_mel", "stft"):
         if getattr(cfg.loss, name) < 0:
             raise TrainSetupError(f"loss.{name}", f"must be >= 0 (0 = off), got {getattr(cfg.loss, name)}")
+    if cfg.loss.stft > 0:
+        pairs = [list(pair) for pair in cfg.loss.stft_resolutions]
+        if not pairs or any(len(pair) != 2 or not 0 < pair[1] <= pair[0] for pair in pairs):
+            raise TrainSetupError("loss.stft_resolutions", f"needs [n_fft, hop] pairs with 0 < hop <= n_fft, got "
+                                                           f"{cfg.loss.stft_resolutions}")
 
 
 def resolve_discriminator(cfg: TrainConfig) -> TrainConfig:
@@ -570,6 +577,10 @@ class StepRunner:
             loss_prior = mel_l1_loss(self.mel(out.wav_prior), self.mel(real))
             loss_gen = loss_gen + w.prior_mel * loss_prior
             logged["loss/prior_mel"] = loss_prior.item()
+        if w.stft > 0:  # loss.stft: short windows for what the mel's 2048-sample frames blur (consonants)
+            loss_stft = multi_resolution_stft_loss(fake, real, w.stft_resolutions)
+            loss_gen = loss_gen + w.stft * loss_stft
+            logged["loss/stft"] = loss_stft.item()
         if self.discriminator is not None:
             with self.autocast():
                 # no discriminator-parameter gradients in the generator's backward (unwrapped: nothing to sync)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_loss, generator_adversarial_loss,
-                              kl_loss, mel_l1_loss)
+                              kl_loss, mel_l1_loss, multi_resolution_stft_loss)
 
 
 def gaussian_kl(m_q, s_q, m_p, s_p):
@@ -89,3 +89,35 @@ def test_mel_l1_value_and_shape_check():
     assert float(mel_l1_loss(a, b)) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="mel shapes differ"):
         mel_l1_loss(a, b[..., :9])
+
+
+RESOLUTIONS = [[256, 64], [512, 128]]
+
+
+def test_stft_loss_is_zero_for_identical_audio_and_the_log_ratio_for_a_scaled_copy():
+    real = torch.randn(2, 1, 4000)
+    assert float(multi_resolution_stft_loss(real, real, RESOLUTIONS)) == pytest.approx(0.0, abs=1e-6)
+    # half the amplitude: spectral convergence 0.5 and |log 0.5| per bin (bins above the 1e-5 floor)
+    assert float(multi_resolution_stft_loss(0.5 * real, real, RESOLUTIONS)) == pytest.approx(0.5 + math.log(2),
+                                                                                             rel=1e-3)
+
+
+def test_stft_loss_sees_a_click_that_the_frames_blur_and_pulls_toward_it():
+    """A burst moved by 5 ms (within one 2048-sample mel frame) still costs at 256-sample windows, and the
+    gradient flows to the generated audio only."""
+    real = torch.zeros(1, 1, 8192)
+    real[..., 4000:4040] = torch.randn(40)
+    moved = torch.zeros(1, 1, 8192)
+    moved[..., 4220:4260] = real[..., 4000:4040]
+    moved.requires_grad_(True)
+    loss = multi_resolution_stft_loss(moved, real, [[256, 64]])
+    assert loss.item() > 1.0
+    loss.backward()
+    assert moved.grad is not None and float(moved.grad.abs().sum()) > 0
+
+
+def test_stft_loss_checks_shapes_and_resolutions():
+    with pytest.raises(ValueError, match="waveform shapes differ"):
+        multi_resolution_stft_loss(torch.zeros(1, 100), torch.zeros(1, 99), RESOLUTIONS)
+    with pytest.raises(ValueError, match="at least one"):
+        multi_resolution_stft_loss(torch.zeros(1, 100), torch.zeros(1, 100), [])

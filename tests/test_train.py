@@ -585,6 +585,19 @@ def test_prior_mel_trains_the_conversion_path_too_and_is_logged(tmp_path, proces
         validate_config(make_config(tmp_path, processed, "loss.prior_mel=-1"))
 
 
+def test_stft_loss_is_added_and_logged_when_weighted_and_bad_resolutions_are_refused(tmp_path, processed, base_dir):
+    logged = []
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", "loss.stft=10",
+                      "trainer.max_steps=1", "trainer.discriminator=off")
+    run_training(cfg, on_step=lambda s, losses: logged.append(losses))
+    assert logged[-1]["loss/stft"] > 0
+    assert logged[-1]["loss/generator_total"] > 45 * logged[-1]["loss/mel"] + 10 * logged[-1]["loss/stft"] - 1e-3
+    with pytest.raises(TrainSetupError, match=r"loss.stft_resolutions: needs \[n_fft, hop\] pairs"):
+        validate_config(make_config(tmp_path, processed, "loss.stft=1", "loss.stft_resolutions=[[256,512]]"))
+    with pytest.raises(TrainSetupError, match=r"loss.stft: must be >= 0"):
+        validate_config(make_config(tmp_path, processed, "loss.stft=-1"))
+
+
 def test_mel_loss_goes_down_when_overfitting_one_clip(tmp_path):
     one = write_processed_dataset(tmp_path / "one", singers=("alto",), train_clips=1, val_clips=0,
                                   sample_rate=SR, hop_length=HOP).parent
