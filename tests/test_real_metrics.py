@@ -400,3 +400,5 @@ def test_path_check_scores_each_path_of_the_base_speakers_and_refuses_other_voic
     capsys.readouterr()
     assert path_check.main([*common, "--voices", "va"]) == 2  # a held-out voice has no speaker vector in the base
     assert "'va' is not a speaker of the base (vc, other)" in capsys.readouterr().err
+    assert path_check.main([*common, "--kinds", "speech"]) == 2  # the stand-in corpus has sung phrases only
+    assert "no speech eval phrase with a transcript among vc" in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"""Where does a base lose the words? CER of its own speakers' sung phrases along each path of the model.
+"""Where does a base lose the words? CER of its own speakers' eval phrases along each path of the model.
 
-    .venv/bin/python tools/path_check.py --corpus data/real --base pretrain/real-ddsp-aug [--voices V ...]
+    .venv/bin/python tools/path_check.py --corpus data/real --base pretrain/real-ddsp-aug [--voices V ...] \\
+        [--kinds sung speech]
 
-For each sung eval phrase (with a transcript) of the corpus voices that are speakers of the base (train voices:
-the check needs the base's own speaker vector, so it never touches the held-out voices), with that speaker
-vector and F0 tracked from the phrase as a conversion tracks it (conf/f0):
+For each sung eval phrase (``--kinds sung speech``: and speech phrase) with a transcript of the corpus voices
+that are speakers of the base (train voices: the check needs the base's own speaker vector, so it never touches
+the held-out voices), with that speaker vector and F0 tracked from the phrase as a conversion tracks it (conf/f0):
   recorded    the phrase as it is;
   autoencoder the posterior encoder's mean of its linear spectrogram, decoded (what training reconstructs: the
               decoder and the latent's ceiling);
@@ -33,17 +34,18 @@ from tools.eval_real import Phrase, cer_counts, load_corpus, read_mono  # noqa: 
 PATHS = ("recorded", "autoencoder", "conversion")
 
 
-def phrases_to_check(corpus, speakers: list[str], voices: list[str] | None) -> list[Phrase]:
-    """The sung phrases with a transcript of ``voices`` (default: every corpus voice that is
-    a speaker of the base); a voice that is not a base speaker is an error naming the base's speakers."""
+def phrases_to_check(corpus, speakers: list[str], voices: list[str] | None,
+                     kinds: tuple[str, ...] = ("sung",)) -> list[Phrase]:
+    """The phrases of ``kinds`` (sung, speech) with a transcript of ``voices`` (default: every corpus voice that
+    is a speaker of the base); a voice that is not a base speaker is an error naming the base's speakers."""
     chosen = voices if voices else [v for v in corpus.voices if v in speakers]
     for voice in chosen:
         if voice not in speakers:
             raise EvalError(f"{voice!r} is not a speaker of the base ({', '.join(speakers)}): this check decodes "
                             "with the base's own speaker vector, so it runs on the voices the base was trained on")
-    phrases = [p for v in chosen for p in corpus.phrases.get(v, []) if p.kind == "sung" and p.text]
+    phrases = [p for v in chosen for p in corpus.phrases.get(v, []) if p.kind in kinds and p.text]
     if not phrases:
-        raise EvalError(f"{corpus.root}: no sung eval phrase with a transcript among "
+        raise EvalError(f"{corpus.root}: no {'/'.join(kinds)} eval phrase with a transcript among "
                         f"{', '.join(chosen) or 'the base speakers'}")
     return phrases
 
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
         raise EvalError(f"{args.base}: no base artifact (config.yaml + generator.safetensors)")
     base_config = read_yaml(args.base / "config.yaml")
     speakers = [str(s) for s in base_config.get("speakers") or []]
-    phrases = phrases_to_check(corpus, speakers, args.voices)
+    phrases = phrases_to_check(corpus, speakers, args.voices, tuple(args.kinds))
     settings = load_settings("infer", [f"f0.method={args.f0_method}"] if args.f0_method else [])
     try:
         converter = Converter(args.base, content_group(args, base_config), settings, args.base, device="cpu")
@@ -149,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=Path("data/real"), help="real-voice corpus (voices.json)")
     parser.add_argument("--base", type=Path, required=True, help="base artifact folder (pretrain/<name>)")
     parser.add_argument("--voices", nargs="*", default=None, help="base speakers to check (default: all in the corpus)")
+    parser.add_argument("--kinds", nargs="+", choices=("sung", "speech"), default=["sung"],
+                        help="eval phrases checked (default: sung; add speech for more phrases)")
     parser.add_argument("--whisper", choices=real_metrics.WHISPER_MODELS, default="base")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where Whisper base is joined")
