@@ -394,7 +394,8 @@ def test_path_check_scores_each_path_of_the_base_speakers_and_refuses_other_voic
     report = json.loads(out.read_text())
     [row] = report["phrases"]  # vc's one sung phrase with a transcript (p1 has none; va, vb are not base speakers)
     assert (row["voice"], row["phrase"]) == ("vc", "p0") and row["recorded"]["cer"] == 0.0
-    assert set(report["summary"]) == {"recorded", "autoencoder", "conversion", "phrases"}
+    assert set(report["summary"]) == {"recorded", "autoencoder", "conversion", "phrases", "by_kind"}
+    assert report["summary"]["by_kind"]["sung"]["phrases"] == 1 and row["kind"] == "sung"
     assert all(0.0 <= report["summary"][p] <= 1.0 for p in path_check.PATHS)
     assert "| vc | p0 | 0.00 |" in out.with_suffix(".md").read_text()
     capsys.readouterr()

@@ -93,9 +93,14 @@ def decode_paths(model, content_encoder, phrase: Phrase, g, f0_settings, correct
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Pooled CER per path (edits over characters, as tools/eval_real.py) and the phrase count."""
-    return {path: sum(r[path]["edits"] for r in rows) / max(1, sum(r[path]["chars"] for r in rows))
-            for path in PATHS} | {"phrases": len(rows)}
+    """Pooled CER per path (edits over characters, as tools/eval_real.py) and the phrase count, over all rows
+    and (``by_kind``) over each kind of phrase among them (sung, speech)."""
+    def pooled(chosen: list[dict]) -> dict:
+        return {path: sum(r[path]["edits"] for r in chosen) / max(1, sum(r[path]["chars"] for r in chosen))
+                for path in PATHS} | {"phrases": len(chosen)}
+
+    kinds = sorted({r["kind"] for r in rows})
+    return pooled(rows) | {"by_kind": {kind: pooled([r for r in rows if r["kind"] == kind]) for kind in kinds}}
 
 
 def markdown(document: dict) -> str:
@@ -105,6 +110,11 @@ def markdown(document: dict) -> str:
     for r in document["phrases"]:
         lines.append(f"| {r['voice']} | {r['phrase']} | " + " | ".join(f"{r[p]['cer']:.2f}" for p in PATHS) + " |")
     s = document["summary"]
+    by_kind = s.get("by_kind", {})
+    if len(by_kind) > 1:
+        for kind, k in by_kind.items():
+            lines.append(f"| pooled, {kind} | {k['phrases']} phrases | " + " | ".join(f"{k[p]:.2f}" for p in PATHS)
+                         + " |")
     lines.append(f"| **pooled** | {s['phrases']} phrases | " + " | ".join(f"**{s[p]:.2f}**" for p in PATHS) + " |")
     return "\n".join(lines)
 
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     for phrase in phrases:
         g = model.embed_speaker(torch.tensor([speakers.index(phrase.voice)]))
         audios, sr = decode_paths(model, converter.content_encoder, phrase, g, settings.f0, settings.pitch_correction)
-        row = {"voice": phrase.voice, "phrase": phrase.id, "text": phrase.text}
+        row = {"voice": phrase.voice, "phrase": phrase.id, "kind": phrase.kind, "text": phrase.text}
         for path, audio in audios.items():
             heard = transcriber.transcribe(audio, sr, phrase.language)
             row[path] = {"heard": heard, **cer_counts(heard, phrase.text)}
