@@ -51,6 +51,7 @@ from ai_singer.features.content import align_to_frames, encode_audio
 from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_unvoiced, snap_to_scale, transpose
 from ai_singer.features.volume import frame_rms
 from ai_singer.mix import apply_rest_gate, highpass
+from ai_singer.model.decoder import round_up_to_multiple
 from ai_singer.retrieval import blend
 from ai_singer.sections import Section, assign_singers
 from ai_singer.singer_spec import parse_singer_spec
@@ -533,8 +534,8 @@ class Converter:
         the window extended to a multiple of ``chunk.piece_frames_multiple`` model frames, at most to the end of
         the vocal (:meth:`_window_model_audio` pads the rest with silence)."""
         multiple = self.settings.chunk.piece_frames_multiple
-        frames = max(1, math.ceil((window_end - window_start) * self.sample_rate / sr / self.hop))
-        frames = -(-frames // multiple) * multiple
+        frames = round_up_to_multiple(max(1, math.ceil((window_end - window_start) * self.sample_rate / sr / self.hop)),
+                                      multiple)
         return min(n_samples, max(window_end, window_start + math.ceil(frames * self.hop * sr / self.sample_rate)))
 
     def _window_model_audio(self, mono: np.ndarray, sr: int, piece: _Piece) -> np.ndarray:
@@ -542,7 +543,7 @@ class Converter:
         ``n_frames * hop`` samples (``n_frames``: a multiple of ``chunk.piece_frames_multiple``)."""
         window = resample(mono[piece.window_start: piece.model_end], sr, self.sample_rate)
         multiple = self.settings.chunk.piece_frames_multiple
-        n_frames = -(-max(1, math.ceil(window.shape[0] / self.hop)) // multiple) * multiple
+        n_frames = round_up_to_multiple(max(1, math.ceil(window.shape[0] / self.hop)), multiple)
         piece.n_frames = n_frames
         return np.pad(window, (0, n_frames * self.hop - window.shape[0]))
 

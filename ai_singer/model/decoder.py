@@ -133,6 +133,12 @@ class HarmonicNoiseSource(nn.Module):
 LAST_WINDOW_MULTIPLE = 32
 
 
+def round_up_to_multiple(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` (> 0) that is >= ``value``: the frame counts the converter and
+    :func:`decode_windows` give the decoder, so that a song is decoded over few distinct lengths."""
+    return -(-value // multiple) * multiple
+
+
 def decode_windows(n_frames: int, window_frames: int, context: int,
                    multiple: int = LAST_WINDOW_MULTIPLE) -> list[tuple[int, int, int, int]]:
     """How :meth:`NSFHiFiGAN.forward` cuts ``n_frames`` into windows of about ``window_frames`` (<= 0: one window),
@@ -163,7 +169,7 @@ def decode_windows(n_frames: int, window_frames: int, context: int,
             end = high - context
         else:  # the last window keeps the rest (at most span - context frames); its length is rounded up
             end = high = n_frames
-            low = max(0, high - min(span, -(-(high - start + context) // multiple) * multiple))
+            low = max(0, high - min(span, round_up_to_multiple(high - start + context, multiple)))
         windows.append((low, high, start - low, end - start))
         start = end
     return windows
