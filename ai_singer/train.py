@@ -213,7 +213,7 @@ def validate_config(cfg: TrainConfig) -> None:
         if getattr(cfg.loss, name) < 0:
             raise TrainSetupError(f"loss.{name}", f"must be >= 0 (0 = off), got {getattr(cfg.loss, name)}")
     if cfg.loss.stft > 0:
-        pairs = [list(pair) for pair in cfg.loss.stft_resolutions]
+        pairs = cfg.loss.stft_resolutions
         if not pairs or any(len(pair) != 2 or not 0 < pair[1] <= pair[0] for pair in pairs):
             raise TrainSetupError("loss.stft_resolutions", f"needs [n_fft, hop] pairs with 0 < hop <= n_fft, got "
                                                            f"{cfg.loss.stft_resolutions}")

@@ -369,15 +369,20 @@ def evaluate_phrase(converter, tools: Instruments, phrase: Phrase, pair: Pair, t
     return row
 
 
+def pooled_cer(counts: list[dict]) -> float:
+    """CER pooled over phrases: edits over characters of ``counts`` ({"edits", "chars"} each, as
+    :func:`cer_counts` gives them); nan without characters."""
+    chars = sum(c["chars"] for c in counts)
+    return sum(c["edits"] for c in counts) / chars if chars else float("nan")
+
+
 def summarise(rows: list[dict]) -> dict:
     def mean(values):
         values = [v for v in values if v is not None and np.isfinite(v)]
         return float(np.mean(values)) if values else float("nan")
 
-    def pooled_cer(key):
-        counts = [r["cer"][key] for r in rows if r["cer"].get(key)]
-        chars = sum(c["chars"] for c in counts)
-        return sum(c["edits"] for c in counts) / chars if chars else float("nan")
+    def pooled_cer_of(key):
+        return pooled_cer([r["cer"][key] for r in rows if r["cer"].get(key)])
 
     pooled = metrics.f0_cents_error(np.concatenate([r["_f0_tracks"][0] for r in rows]),
                                     np.concatenate([r["_f0_tracks"][1] for r in rows]))
@@ -392,8 +397,8 @@ def summarise(rows: list[dict]) -> dict:
         "mean_target_rank": mean(r["target_rank"] for r in rows),
         "target_top1_fraction": mean([float(r["target_rank"] == 1) for r in rows]),
         "voices_ranked": max((r["voices_ranked"] for r in rows), default=0),
-        "cer_converted": pooled_cer("converted"), "cer_source": pooled_cer("source"),
-        "cer_converted_vs_source_transcript": pooled_cer("converted_vs_source_transcript"),
+        "cer_converted": pooled_cer_of("converted"), "cer_source": pooled_cer_of("source"),
+        "cer_converted_vs_source_transcript": pooled_cer_of("converted_vs_source_transcript"),
         "f0_median_abs_cents": pooled.median_abs_cents, "f0_rmse_cents": pooled.rmse_cents,
         "f0_off_50_cents": pooled.off_50_cents, "f0_octave_errors": pooled.octave_errors,
         "f0_mean_cents": pooled.mean_cents, "voicing_agreement": pooled.voicing_agreement,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from tools import real_metrics  # noqa: E402
 from tools.eval_conversion import EvalError, content_group, read_yaml  # noqa: E402
-from tools.eval_real import Phrase, cer_counts, load_corpus, read_mono  # noqa: E402
+from tools.eval_real import Phrase, cer_counts, load_corpus, pooled_cer, read_mono  # noqa: E402
 
 PATHS = ("recorded", "autoencoder", "conversion")
 
@@ -96,8 +96,7 @@ def summarise(rows: list[dict]) -> dict:
     """Pooled CER per path (edits over characters, as tools/eval_real.py) and the phrase count, over all rows
     and (``by_kind``) over each kind of phrase among them (sung, speech)."""
     def pooled(chosen: list[dict]) -> dict:
-        return {path: sum(r[path]["edits"] for r in chosen) / max(1, sum(r[path]["chars"] for r in chosen))
-                for path in PATHS} | {"phrases": len(chosen)}
+        return {path: pooled_cer([r[path] for r in chosen]) for path in PATHS} | {"phrases": len(chosen)}
 
     kinds = sorted({r["kind"] for r in rows})
     return pooled(rows) | {"by_kind": {kind: pooled([r for r in rows if r["kind"] == kind]) for kind in kinds}}
