@@ -1,6 +1,7 @@
 """The DDSP decoder (``decoder: ddsp``): output length, the harmonic synthesiser against directly computed
-sines, silence where unvoiced and above Nyquist, the noise part's spectral shaping, LoRA on a ddsp model
-(fresh == base, merged == unmerged), and that older bases without the key still read as NSF-HiFiGAN."""
+sines, silence where unvoiced and above Nyquist, the noise part's spectral shaping, the spectral-envelope form
+of the harmonic amplitudes (a formant stays at its frequency whatever the pitch), LoRA on a ddsp model
+(fresh == base, merged == unmerged), and that older bases without the keys still read as before."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import torch
 from ai_singer import adapters
 from ai_singer.config import conf_group
 from ai_singer.model import SingerVAE, SingerVAEConfig
-from ai_singer.model.ddsp import DDSPDecoder
+from ai_singer.model.ddsp import DDSPDecoder, hz_to_mel, read_envelope
 from ai_singer.model.decoder import harmonic_sines
 
 from test_model import compose_model, make_inputs
@@ -139,3 +140,82 @@ def test_an_unknown_decoder_is_a_clear_error():
         SingerVAEConfig.from_dict({**values, "decoder": "wavenet"})
     with pytest.raises(ValueError, match="ddsp_harmonics"):
         SingerVAEConfig.from_dict({**values, "decoder": "ddsp", "ddsp_harmonics": 0})
+
+
+def test_envelope_is_read_at_its_points_and_interpolated_on_the_mel_scale():
+    nyquist = SR / 2
+    points = 9
+    knots = torch.linspace(0, float(hz_to_mel(torch.tensor(nyquist))), points)
+    knot_hz = 700.0 * (10 ** (knots / 2595.0) - 1)
+    envelope = torch.arange(points, dtype=torch.float32).view(1, points, 1).repeat(2, 1, 3)  # value = point index
+    at_knots = read_envelope(envelope, knot_hz.view(1, -1, 1).repeat(2, 1, 3), nyquist)
+    torch.testing.assert_close(at_knots, envelope, atol=1e-3, rtol=0)
+    halfway_mel = (knots[2] + knots[3]) / 2
+    halfway_hz = 700.0 * (10 ** (halfway_mel / 2595.0) - 1)
+    value = read_envelope(envelope, halfway_hz.view(1, 1, 1).repeat(2, 1, 3), nyquist)
+    torch.testing.assert_close(value, torch.full((2, 1, 3), 2.5), atol=1e-3, rtol=0)
+    above = read_envelope(envelope, torch.full((2, 1, 3), 30000.0), nyquist)  # past Nyquist: the last point
+    torch.testing.assert_close(above, torch.full((2, 1, 3), float(points - 1)))
+
+
+def test_envelope_decoder_keeps_a_formant_at_its_frequency_at_any_pitch():
+    """With ``envelope_bins`` the network predicts magnitudes over frequency: the same outputs put the loudest
+    harmonic where the envelope peaks (near 1 kHz) at 100 Hz (harmonic 10) and at 250 Hz (harmonic 4), are silent
+    where unvoiced and above Nyquist, and scale with sqrt(F0) (the same loudness per Hz)."""
+    decoder = DDSPDecoder(8, 16, [3], [[1]], 4, SR, HOP, 60, 17, envelope_bins=64).eval()
+    with torch.no_grad():
+        decoder.output_conv.parametrizations.weight.original0.zero_()  # the output is its bias alone
+        mel_points = torch.linspace(0, float(hz_to_mel(torch.tensor(SR / 2))), 64)
+        peak = int(torch.argmin((mel_points - hz_to_mel(torch.tensor(1000.0))).abs()))
+        bias = torch.full((64 + 17,), -6.0)
+        bias[peak] = 2.0
+        decoder.output_conv.bias.copy_(bias)
+    frames = 6
+    f0 = torch.tensor([[100.0] * frames, [250.0] * frames])
+    voiced = torch.ones(2, frames)
+    voiced[1, 4:] = 0
+    with torch.no_grad():
+        amplitudes, noise = decoder.synth_params(torch.zeros(2, 8, frames), f0, voiced, torch.zeros(2, 4))
+    assert amplitudes.shape == (2, 60, frames) and noise.shape == (2, 17, frames)
+    peak_hz = 700.0 * (10 ** (mel_points[peak] / 2595.0) - 1)
+    assert int(amplitudes[0, :, 0].argmax()) + 1 == round(float(peak_hz) / 100.0)
+    assert int(amplitudes[1, :, 0].argmax()) + 1 == round(float(peak_hz) / 250.0)
+    assert amplitudes[1, :, 4:].abs().max() == 0  # unvoiced
+    f0_high = torch.full((1, frames), 1000.0)  # harmonics 23..60 above 22.05 kHz
+    with torch.no_grad():
+        high, _ = decoder.synth_params(torch.zeros(1, 8, frames), f0_high, torch.ones(1, frames), torch.zeros(1, 4))
+    assert high[:, 22:].abs().max() == 0 and high[:, :22].min() > 0
+    # a flat envelope: each harmonic's amplitude grows as sqrt(F0)
+    with torch.no_grad():
+        decoder.output_conv.bias[:64].fill_(0.0)
+        flat, _ = decoder.synth_params(torch.zeros(2, 8, frames), f0, torch.ones(2, frames), torch.zeros(2, 4))
+    torch.testing.assert_close(flat[1, 0] / flat[0, 0], torch.full((frames,), 2.5 ** 0.5), atol=1e-4, rtol=0)
+
+
+def test_envelope_ddsp_model_trains_and_converts(ddsp_config):
+    config = dataclasses.replace(ddsp_config, ddsp_envelope_bins=32)
+    torch.manual_seed(0)
+    model = SingerVAE(config)
+    assert model.decoder.output_conv.parametrizations.weight.original1.shape[0] == 32 + 17
+    content, f0, voiced, volume, spec = make_inputs(config, 2, 30)
+    g = model.embed_speaker(torch.tensor([0, 2]))
+    out = model(content, f0, voiced, volume, spec, torch.tensor([30, 25]), g)
+    out.wav.abs().mean().backward()
+    assert model.decoder.output_conv.parametrizations.weight.original1.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        wav = model.infer(content, f0, voiced, volume, g, noise_scale=0.3)
+    assert wav.shape == (2, 1, 30 * config.hop_length) and wav.abs().max() <= 1
+
+
+def test_a_ddsp_base_saved_before_the_envelope_key_reads_as_a_harmonic_distribution(ddsp_config):
+    values = ddsp_config.to_dict()
+    values.pop("ddsp_envelope_bins")
+    config = SingerVAEConfig.from_dict(values)
+    assert config.ddsp_envelope_bins == 0
+    assert SingerVAE(config).decoder.output_conv.parametrizations.weight.original1.shape[0] == 1 + 40 + 17
+
+
+def test_a_single_envelope_point_is_a_clear_error(ddsp_config):
+    with pytest.raises(ValueError, match="ddsp_envelope_bins must be 0"):
+        SingerVAEConfig.from_dict({**ddsp_config.to_dict(), "ddsp_envelope_bins": 1})

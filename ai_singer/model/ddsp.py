@@ -1,9 +1,19 @@
 """DDSP decoder: latent frames + F0 -> waveform through a harmonic-plus-noise synthesiser.
 
 A small frame-rate network (the same residual blocks as the NSF-HiFiGAN decoder, but no upsampling) reads the
-latent ``z``, the singer vector and log-F0, and predicts per frame: a loudness of the harmonic part, a
-distribution of that loudness over ``n_harmonics`` harmonics of F0, and the magnitudes of ``n_noise_bands``
-linearly spaced noise bands. The synthesiser is fixed signal processing (differentiable, no weights):
+latent ``z``, the singer vector and log-F0, and predicts per frame the harmonic part's amplitudes and the
+magnitudes of ``n_noise_bands`` linearly spaced noise bands. The harmonic amplitudes come in one of two forms:
+
+* ``envelope_bins == 0`` (the first DDSP bases): a loudness and a distribution of it over the ``n_harmonics``
+  harmonics of F0 (a softmax over harmonic numbers). A formant then sits at a harmonic number that changes with
+  F0, so the network has to learn where each formant falls for every pitch;
+* ``envelope_bins > 0``: a spectral envelope, ``envelope_bins`` magnitudes at mel-spaced frequencies from 0 Hz to
+  Nyquist, read at each harmonic's frequency (linear interpolation on the mel scale) and scaled by
+  ``sqrt(F0 / 200 Hz)`` (the same envelope gives the same loudness at any pitch: harmonics lie F0 apart). The
+  envelope is what carries the words and the timbre, and it no longer depends on F0 (as in DDSP-SVC's
+  subtractive decoders and in WORLD).
+
+The synthesiser is fixed signal processing (differentiable, no weights):
 
 * harmonic part: sum over harmonics ``k`` of ``a_k(t) * sin(k * phase(t))`` with the amplitudes interpolated
   linearly from frames to samples; harmonics at or above Nyquist and unvoiced frames are silent;
@@ -34,8 +44,30 @@ from ai_singer.model.layers import init_conv_weights, noise_rows, voiced_frames,
 
 #: harmonics synthesised per pass (bounds the memory of long pieces: [B, group, T*hop] at a time)
 HARMONIC_GROUP = 32
-#: log-F0 normalisation of the pitch input (Hz): log(f0 / PITCH_REFERENCE_HZ)
+#: log-F0 normalisation of the pitch input (Hz): log(f0 / PITCH_REFERENCE_HZ); also the pitch at which a spectral
+#: envelope's value is a harmonic's amplitude as it is (``envelope_bins > 0``)
 PITCH_REFERENCE_HZ = 200.0
+#: starting bias of the envelope outputs (``envelope_bins > 0``): a quiet start, ~2e-3 per harmonic
+ENVELOPE_START_BIAS = -3.0
+
+
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale: ``2595 * log10(1 + hz / 700)``."""
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+
+def read_envelope(envelope: torch.Tensor, frequencies: torch.Tensor, nyquist: float) -> torch.Tensor:
+    """A spectral envelope ``[B, E, T]`` (magnitudes at ``E`` mel-spaced frequencies, 0 Hz to ``nyquist``) read at
+    ``frequencies`` ``[B, K, T]`` (Hz; clamped to [0, nyquist]) by linear interpolation between the two nearest
+    points on the mel scale -> ``[B, K, T]``."""
+    points = envelope.shape[1]
+    position = hz_to_mel(frequencies.clamp(0.0, nyquist)) / float(hz_to_mel(torch.tensor(nyquist))) * (points - 1)
+    lower = position.floor().clamp(0, points - 2)
+    weight = (position - lower).to(envelope.dtype)
+    lower = lower.long()
+    below = torch.gather(envelope, 1, lower)
+    above = torch.gather(envelope, 1, lower + 1)
+    return below * (1 - weight) + above * weight
 
 
 def scaled_sigmoid(x: torch.Tensor, max_value: float = 2.0, exponent: float = math.log(10.0),
@@ -54,20 +86,29 @@ class DDSPDecoder(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, resblock_kernel_sizes: list[int],
                  resblock_dilation_sizes: list[list[int]], gin_channels: int, sample_rate: int, hop_length: int,
-                 n_harmonics: int, n_noise_bands: int):
+                 n_harmonics: int, n_noise_bands: int, envelope_bins: int = 0):
         super().__init__()
         if n_harmonics < 1 or n_noise_bands < 2:
             raise ValueError(f"a DDSP decoder needs n_harmonics >= 1 and n_noise_bands >= 2, got "
                              f"{n_harmonics} and {n_noise_bands}")
+        if envelope_bins == 1 or envelope_bins < 0:
+            raise ValueError(f"envelope_bins must be 0 (a distribution over harmonics) or at least 2, got "
+                             f"{envelope_bins}")
         self.sample_rate, self.hop_length = int(sample_rate), int(hop_length)
         self.n_harmonics, self.n_noise_bands = int(n_harmonics), int(n_noise_bands)
+        self.envelope_bins = int(envelope_bins)
         self.input_conv = with_weight_norm(nn.Conv1d(in_channels, channels, 7, padding=3))
         self.speaker_proj = nn.Conv1d(gin_channels, channels, 1)
         self.pitch_proj = nn.Conv1d(2, channels, 1)  # (log-F0, voiced)
         self.resblocks = nn.ModuleList(ResBlock(channels, kernel, dilations)
                                        for kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes))
-        output_conv = nn.Conv1d(channels, 1 + self.n_harmonics + self.n_noise_bands, 3, padding=1)
+        harmonic_outputs = self.envelope_bins if self.envelope_bins else 1 + self.n_harmonics
+        output_conv = nn.Conv1d(channels, harmonic_outputs + self.n_noise_bands, 3, padding=1)
         init_conv_weights(output_conv)
+        if self.envelope_bins:
+            with torch.no_grad():
+                output_conv.bias[:self.envelope_bins].fill_(ENVELOPE_START_BIAS)
+        self.harmonic_outputs = harmonic_outputs
         self.output_conv = with_weight_norm(output_conv)
         self.register_buffer("noise_window", torch.hann_window(2 * self.hop_length), persistent=False)
 
@@ -82,14 +123,19 @@ class DDSPDecoder(nn.Module):
         for block in self.resblocks:
             x = block(x)
         params = self.output_conv(F.leaky_relu(x, LEAKY_SLOPE))
-        loudness = scaled_sigmoid(params[:, :1])
-        logits = params[:, 1:1 + self.n_harmonics]
         harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=f0.dtype).view(1, -1, 1)
-        audible = harmonics * f0.unsqueeze(1) < self.sample_rate / 2  # [B, K, T]
-        logits = logits.masked_fill(~audible, -1e4)
-        distribution = torch.softmax(logits, dim=1) * audible.to(logits.dtype)
-        amplitudes = loudness * distribution * is_voiced.unsqueeze(1)
-        noise = scaled_sigmoid(params[:, 1 + self.n_harmonics:]) * 0.1
+        frequencies = harmonics * f0.unsqueeze(1)  # [B, K, T]
+        audible = frequencies < self.sample_rate / 2
+        if self.envelope_bins:
+            envelope = scaled_sigmoid(params[:, :self.envelope_bins])
+            level = torch.sqrt(f0.clamp_min(1.0) / PITCH_REFERENCE_HZ).unsqueeze(1).to(params.dtype)
+            amplitudes = read_envelope(envelope, frequencies, self.sample_rate / 2) * level * audible.to(params.dtype)
+        else:
+            loudness = scaled_sigmoid(params[:, :1])
+            logits = params[:, 1:1 + self.n_harmonics].masked_fill(~audible, -1e4)
+            amplitudes = loudness * torch.softmax(logits, dim=1) * audible.to(logits.dtype)
+        amplitudes = amplitudes * is_voiced.unsqueeze(1)
+        noise = scaled_sigmoid(params[:, self.harmonic_outputs:]) * 0.1
         return amplitudes, noise
 
     # ------------------------------------------------------------------------------------------ synthesis

@@ -33,7 +33,7 @@ DECODERS = ("nsf_hifigan", "ddsp")
 UNVOICED_F0 = ("interpolated", "zero")
 #: keys added to the architecture after bases were saved without them, with the value that reproduces those
 #: bases (only for reading older artifacts; conf/model/*.yaml sets every key)
-LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0,
+LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0, "ddsp_envelope_bins": 0,
                    "volume_embedding": "log10", "f0_coarse": "log", "nsf_source": "ai_singer",
                    "decoder_output_bias": False, "voiced_embedding": True, "prior_input": "sum",
                    "unvoiced_f0": "interpolated"}
@@ -104,6 +104,8 @@ class SingerVAEConfig:
     decoder: str
     ddsp_harmonics: int           # ddsp only: harmonics of F0 synthesised
     ddsp_noise_bands: int         # ddsp only: noise bands shaped per frame
+    ddsp_envelope_bins: int       # ddsp only: 0 = harmonic amplitudes as a distribution over harmonic numbers;
+    #                               N >= 2 = a spectral envelope of N mel-spaced points read at each harmonic
     # NSF-HiFiGAN decoder (ddsp uses upsample_initial_channel as its width, the resblocks at frame rate, and
     # needs prod(upsample_rates) = hop_length like every decoder)
     upsample_initial_channel: int
@@ -135,6 +137,9 @@ class SingerVAEConfig:
         elif self.decoder == "ddsp" and (self.ddsp_harmonics < 1 or self.ddsp_noise_bands < 2):
             problems.append(f"decoder=ddsp needs ddsp_harmonics >= 1 and ddsp_noise_bands >= 2, got "
                             f"{self.ddsp_harmonics} and {self.ddsp_noise_bands}")
+        if self.ddsp_envelope_bins < 0 or self.ddsp_envelope_bins == 1:
+            problems.append(f"ddsp_envelope_bins must be 0 (a distribution over harmonics) or at least 2 (points of "
+                            f"a spectral envelope), got {self.ddsp_envelope_bins}")
         if math.prod(self.upsample_rates) != self.hop_length:
             problems.append(
                 f"hop_length ({self.hop_length}) must equal the product of upsample_rates "
@@ -313,7 +318,8 @@ class SingerVAE(nn.Module):
         if c.decoder == "ddsp":
             self.decoder = DDSPDecoder(
                 c.inter_channels, c.upsample_initial_channel, c.resblock_kernel_sizes, c.resblock_dilation_sizes,
-                c.gin_channels, c.sample_rate, c.hop_length, c.ddsp_harmonics, c.ddsp_noise_bands)
+                c.gin_channels, c.sample_rate, c.hop_length, c.ddsp_harmonics, c.ddsp_noise_bands,
+                c.ddsp_envelope_bins)
         else:
             self.decoder = NSFHiFiGAN(
                 c.inter_channels, c.upsample_initial_channel, c.upsample_rates, c.upsample_kernel_sizes,
