@@ -219,3 +219,39 @@ def test_a_ddsp_base_saved_before_the_envelope_key_reads_as_a_harmonic_distribut
 def test_a_single_envelope_point_is_a_clear_error(ddsp_config):
     with pytest.raises(ValueError, match="ddsp_envelope_bins must be 0"):
         SingerVAEConfig.from_dict({**ddsp_config.to_dict(), "ddsp_envelope_bins": 1})
+
+
+def test_learned_voicing_sounds_harmonics_where_the_tracker_says_unvoiced():
+    """``voicing: learned``: frames flagged unvoiced (F0 interpolated through them) keep their harmonics, at the
+    level the network gives them; ``gate`` silences them. Frames with no F0 at all stay silent in both."""
+    frames = 12
+    f0 = torch.full((1, frames), 150.0)
+    f0[:, 10:] = 0.0
+    voiced = torch.ones(1, frames)
+    voiced[:, 4:8] = 0
+    z, g = torch.randn(1, 8, frames), torch.randn(1, 4)
+    outputs = {}
+    for voicing in ("gate", "learned"):
+        torch.manual_seed(0)
+        decoder = DDSPDecoder(8, 16, [3], [[1, 3]], 4, SR, HOP, 40, 17, voicing=voicing).eval()
+        with torch.no_grad():
+            amplitudes, _ = decoder.synth_params(z, f0, voiced, g)
+            wav = decoder.harmonic_part(amplitudes, f0, voiced)[0, 0]
+        outputs[voicing] = (amplitudes, wav)
+    gate_amplitudes, gate_wav = outputs["gate"]
+    learned_amplitudes, learned_wav = outputs["learned"]
+    assert gate_amplitudes[..., 4:8].abs().max() == 0 and gate_wav[5 * HOP:7 * HOP].abs().max() < 1e-6
+    assert learned_amplitudes[..., 4:8].min() > 0 and learned_wav[5 * HOP:7 * HOP].abs().max() > 1e-4
+    assert learned_amplitudes[..., 10:].abs().max() == 0  # no F0: nothing to sound
+    torch.testing.assert_close(learned_amplitudes[..., :4], gate_amplitudes[..., :4])  # voiced frames: the same
+    with pytest.raises(ValueError, match="voicing must be one of"):
+        DDSPDecoder(8, 16, [3], [[1]], 4, SR, HOP, 40, 17, voicing="soft")
+
+
+def test_a_ddsp_base_saved_before_the_voicing_key_gates_its_harmonics(ddsp_config):
+    values = ddsp_config.to_dict()
+    values.pop("ddsp_voicing")
+    config = SingerVAEConfig.from_dict(values)
+    assert config.ddsp_voicing == "gate" and SingerVAE(config).decoder.voicing == "gate"
+    with pytest.raises(ValueError, match="ddsp_voicing must be one of"):
+        SingerVAEConfig.from_dict({**values, "ddsp_voicing": "soft"})
