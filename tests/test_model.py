@@ -558,24 +558,3 @@ def test_inference_side_does_not_import_training_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
-
-def test_posterior_input_log_reads_the_log_magnitudes_with_the_same_weights(tiny_config):
-    """``posterior_input: log`` is the linear encoder applied to the scaled log magnitudes: a quiet frame (a
-    consonant's frication) and one 40 dB quieter differ by as much input as a loud vowel and that quiet frame."""
-    from ai_singer.model.encoders import PosteriorEncoder, log_spectrogram_input
-
-    torch.manual_seed(0)
-    linear = PosteriorEncoder(tiny_config.spec_channels, 8, 16, 3, 1, 2, tiny_config.gin_channels)
-    logged = PosteriorEncoder(tiny_config.spec_channels, 8, 16, 3, 1, 2, tiny_config.gin_channels, "log")
-    logged.load_state_dict(linear.state_dict())
-    spec = torch.rand(1, tiny_config.spec_channels, 10) * 3
-    mask, g = torch.ones(1, 1, 10), torch.randn(1, tiny_config.gin_channels)
-    with torch.no_grad():
-        torch.testing.assert_close(logged(spec, mask, g)[1], linear(log_spectrogram_input(spec), mask, g)[1])
-    levels = log_spectrogram_input(torch.tensor([1e-4, 1e-2, 1.0]))
-    assert abs(float(levels[1] - levels[0]) - float(levels[2] - levels[1])) < 1e-4
-    with pytest.raises(ValueError, match="posterior_input must be one of"):
-        SingerVAEConfig.from_dict({**tiny_config.to_dict(), "posterior_input": "mel"})
-    values = tiny_config.to_dict()
-    values.pop("posterior_input")
-    assert SingerVAEConfig.from_dict(values).posterior_input == "linear"  # bases saved before the key

@@ -55,7 +55,7 @@ from ai_singer.importers.sovits import CONTENT_ENCODERS, map_discriminator_key, 
 #: The SingerVAEConfig fields RVC hard-codes, read from conf/model/rvc.yaml; the others come from the file.
 RVC_FIXED_FIELDS = (
     "f0_bins", "f0_min", "f0_max", "attention_window", "content_kernel_size", "volume_embedding", "f0_coarse",
-    "voiced_embedding", "prior_input", "unvoiced_f0", "posterior_input", "posterior_layers",
+    "voiced_embedding", "prior_input", "unvoiced_f0", "posterior_layers",
     "posterior_kernel_size", "posterior_dilation_rate", "n_flows", "flow_layers", "flow_kernel_size",
     "flow_dilation_rate", "decoder", "ddsp_harmonics", "ddsp_noise_bands", "ddsp_envelope_bins", "ddsp_voicing",
     "harmonic_num", "sine_amp", "noise_std", "nsf_source", "decoder_output_bias", "discriminator_scales",

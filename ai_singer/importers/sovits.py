@@ -38,7 +38,7 @@ from ai_singer.importers.safe_load import load_checkpoint
 #: The SingerVAEConfig fields so-vits-svc hard-codes (in its SynthesizerTrn, f0_to_coarse and NSF source),
 #: read from conf/model/sovits.yaml; the other fields come from the imported config.json.
 SOVITS_FIXED_FIELDS = (
-    "f0_bins", "f0_min", "f0_max", "attention_window", "content_kernel_size", "posterior_input", "posterior_layers",
+    "f0_bins", "f0_min", "f0_max", "attention_window", "content_kernel_size", "posterior_layers",
     "posterior_kernel_size", "posterior_dilation_rate", "flow_layers", "flow_kernel_size", "flow_dilation_rate",
     "decoder", "ddsp_harmonics", "ddsp_noise_bands", "ddsp_envelope_bins", "ddsp_voicing", "harmonic_num",
     "sine_amp", "noise_std", "f0_coarse", "nsf_source", "decoder_output_bias", "voiced_embedding", "prior_input",

@@ -125,33 +125,16 @@ class PriorEncoder(nn.Module):
         return mean, log_std
 
 
-#: How the posterior encoder reads the linear spectrogram: ``linear`` (the magnitudes as they are: VITS,
-#: so-vits-svc, RVC) or ``log`` (:func:`log_spectrogram_input`: quiet detail such as consonants' bursts and
-#: frication is as visible as loud vowels).
-POSTERIOR_INPUTS = ("linear", "log")
-#: ``posterior_input: log``: ``(log(max(magnitude, LOG_FLOOR)) + LOG_SHIFT) / LOG_SCALE``, about -1.3..1.6
-LOG_FLOOR, LOG_SHIFT, LOG_SCALE = 1e-5, 5.0, 5.0
-
-
-def log_spectrogram_input(spec: torch.Tensor) -> torch.Tensor:
-    """Linear magnitudes [B, F, T] -> log magnitudes shifted and scaled to about unit range."""
-    return (torch.log(spec.clamp_min(LOG_FLOOR)) + LOG_SHIFT) / LOG_SCALE
-
-
 class PosteriorEncoder(nn.Module):
     """Linear spectrogram -> posterior mean, log-std and a reparameterised sample.
 
     ``forward(spec [B, F, T], mask [B, 1, T], g [B, gin]) -> (z, mean, log_std)``, each [B, I, T], masked.
-    ``spec`` is always the linear magnitude; ``input_scale`` (:data:`POSTERIOR_INPUTS`) says how it is read.
     Module names: ``input_proj``, ``wavenet`` (:class:`WaveNet`), ``out_proj``.
     """
 
     def __init__(self, spec_channels: int, inter_channels: int, hidden_channels: int, kernel_size: int,
-                 dilation_rate: int, n_layers: int, gin_channels: int, input_scale: str = "linear"):
+                 dilation_rate: int, n_layers: int, gin_channels: int):
         super().__init__()
-        if input_scale not in POSTERIOR_INPUTS:
-            raise ValueError(f"posterior_input must be one of {POSTERIOR_INPUTS}, got {input_scale!r}")
-        self.input_scale = input_scale
         self.inter_channels = inter_channels
         self.input_proj = nn.Conv1d(spec_channels, hidden_channels, 1)
         self.wavenet = WaveNet(hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels)
@@ -159,8 +142,6 @@ class PosteriorEncoder(nn.Module):
 
     def forward(self, spec: torch.Tensor, mask: torch.Tensor, g: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.input_scale == "log":
-            spec = log_spectrogram_input(spec)
         x = self.input_proj(spec) * mask
         x = self.wavenet(x, mask, g)
         stats = self.out_proj(x) * mask

@@ -18,7 +18,7 @@ from torch import nn
 
 from ai_singer.model.ddsp import VOICINGS, DDSPDecoder
 from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
-from ai_singer.model.encoders import (F0_COARSE_SCALES, POSTERIOR_INPUTS, PRIOR_INPUTS, VOLUME_EMBEDDINGS,
+from ai_singer.model.encoders import (F0_COARSE_SCALES, PRIOR_INPUTS, VOLUME_EMBEDDINGS,
                                       PosteriorEncoder, PriorEncoder)
 from ai_singer.model.flow import ResidualCouplingFlow
 from ai_singer.model.layers import (frame_mask, random_segment_starts, noise_rows, remove_all_weight_norm,
@@ -34,7 +34,7 @@ UNVOICED_F0 = ("interpolated", "zero")
 #: keys added to the architecture after bases were saved without them, with the value that reproduces those
 #: bases (only for reading older artifacts; conf/model/*.yaml sets every key)
 LEGACY_DEFAULTS = {"decoder": "nsf_hifigan", "ddsp_harmonics": 0, "ddsp_noise_bands": 0, "ddsp_envelope_bins": 0,
-                   "ddsp_voicing": "gate", "posterior_input": "linear",
+                   "ddsp_voicing": "gate",
                    "volume_embedding": "log10", "f0_coarse": "log", "nsf_source": "ai_singer",
                    "decoder_output_bias": False, "voiced_embedding": True, "prior_input": "sum",
                    "unvoiced_f0": "interpolated"}
@@ -92,7 +92,6 @@ class SingerVAEConfig:
     prior_input: str  # sum | scaled_leaky_relu (ai_singer.model.encoders.PRIOR_INPUTS)
     unvoiced_f0: str  # interpolated | zero (UNVOICED_F0)
     # posterior encoder (WaveNet over the linear spectrogram)
-    posterior_input: str  # linear | log (ai_singer.model.encoders.POSTERIOR_INPUTS): how the spectrogram is read
     posterior_layers: int
     posterior_kernel_size: int
     posterior_dilation_rate: int
@@ -179,7 +178,7 @@ class SingerVAEConfig:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name, allowed in (("volume_embedding", VOLUME_EMBEDDINGS), ("f0_coarse", F0_COARSE_SCALES),
                               ("nsf_source", SOURCE_STYLES), ("prior_input", PRIOR_INPUTS),
-                              ("unvoiced_f0", UNVOICED_F0), ("posterior_input", POSTERIOR_INPUTS),
+                              ("unvoiced_f0", UNVOICED_F0),
                               ("ddsp_voicing", VOICINGS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -315,7 +314,7 @@ class SingerVAE(nn.Module):
             c.volume_embedding, c.f0_coarse, c.voiced_embedding, c.prior_input)
         self.posterior_encoder = PosteriorEncoder(
             c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel_size,
-            c.posterior_dilation_rate, c.posterior_layers, c.gin_channels, c.posterior_input)
+            c.posterior_dilation_rate, c.posterior_layers, c.gin_channels)
         self.flow = ResidualCouplingFlow(
             c.inter_channels, c.hidden_channels, c.flow_kernel_size, c.flow_dilation_rate, c.flow_layers,
             c.n_flows, c.gin_channels)
