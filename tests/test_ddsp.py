@@ -84,19 +84,23 @@ def test_noise_part_follows_the_band_magnitudes():
     assert high > 50 * low
 
 
-def test_ddsp_model_converts_to_frames_times_hop_and_trains(ddsp_config):
+@pytest.mark.parametrize("envelope_bins, voicing", [(0, "gate"), (32, "learned")])
+def test_ddsp_model_converts_to_frames_times_hop_and_trains(ddsp_config, envelope_bins, voicing):
+    config = dataclasses.replace(ddsp_config, ddsp_envelope_bins=envelope_bins, ddsp_voicing=voicing)
     torch.manual_seed(0)
-    model = SingerVAE(ddsp_config)
-    content, f0, voiced, volume, spec = make_inputs(ddsp_config, 2, 30)
+    model = SingerVAE(config)
+    harmonic_outputs = envelope_bins or 1 + config.ddsp_harmonics
+    assert model.decoder.output_conv.parametrizations.weight.original1.shape[0] == harmonic_outputs + 17
+    content, f0, voiced, volume, spec = make_inputs(config, 2, 30)
     g = model.embed_speaker(torch.tensor([0, 2]))
     out = model(content, f0, voiced, volume, spec, torch.tensor([30, 25]), g)
-    assert out.wav.shape == (2, 1, ddsp_config.segment_frames * ddsp_config.hop_length)
+    assert out.wav.shape == (2, 1, config.segment_frames * config.hop_length)
     out.wav.abs().mean().backward()
     assert model.decoder.output_conv.parametrizations.weight.original1.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         wav = model.infer(content, f0, voiced, volume, g, noise_scale=0.3)
-    assert wav.shape == (2, 1, 30 * ddsp_config.hop_length) and wav.abs().max() <= 1
+    assert wav.shape == (2, 1, 30 * config.hop_length) and wav.abs().max() <= 1
 
 
 def test_lora_on_a_ddsp_model_fresh_equals_base_and_merged_equals_unmerged(ddsp_config):
@@ -190,22 +194,6 @@ def test_envelope_decoder_keeps_a_formant_at_its_frequency_at_any_pitch():
         decoder.output_conv.bias[:64].fill_(0.0)
         flat, _ = decoder.synth_params(torch.zeros(2, 8, frames), f0, torch.ones(2, frames), torch.zeros(2, 4))
     torch.testing.assert_close(flat[1, 0] / flat[0, 0], torch.full((frames,), 2.5 ** 0.5), atol=1e-4, rtol=0)
-
-
-def test_envelope_ddsp_model_trains_and_converts(ddsp_config):
-    config = dataclasses.replace(ddsp_config, ddsp_envelope_bins=32)
-    torch.manual_seed(0)
-    model = SingerVAE(config)
-    assert model.decoder.output_conv.parametrizations.weight.original1.shape[0] == 32 + 17
-    content, f0, voiced, volume, spec = make_inputs(config, 2, 30)
-    g = model.embed_speaker(torch.tensor([0, 2]))
-    out = model(content, f0, voiced, volume, spec, torch.tensor([30, 25]), g)
-    out.wav.abs().mean().backward()
-    assert model.decoder.output_conv.parametrizations.weight.original1.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        wav = model.infer(content, f0, voiced, volume, g, noise_scale=0.3)
-    assert wav.shape == (2, 1, 30 * config.hop_length) and wav.abs().max() <= 1
 
 
 def test_a_ddsp_base_saved_before_the_envelope_key_reads_as_a_harmonic_distribution(ddsp_config):

@@ -557,4 +557,3 @@ def test_inference_side_does_not_import_training_code():
             "print(sorted(m for m in sys.modules if m.endswith(('discriminator', 'losses'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-

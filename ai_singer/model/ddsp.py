@@ -23,7 +23,8 @@ comes out voiced.
 The synthesiser is fixed signal processing (differentiable, no weights):
 
 * harmonic part: sum over harmonics ``k`` of ``a_k(t) * sin(k * phase(t))`` with the amplitudes interpolated
-  linearly from frames to samples; harmonics at or above Nyquist and unvoiced frames are silent;
+  linearly from frames to samples; harmonics at or above Nyquist, and frames where they do not sound
+  (``voicing``), are silent;
 * noise part: white noise shaped frame by frame in the STFT domain (``n_fft = 2 * hop``, Hann window,
   overlap-add), for breath and unvoiced consonants.
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from ai_singer.model.ddsp import VOICINGS, DDSPDecoder
 from ai_singer.model.decoder import SOURCE_STYLES, NSFHiFiGAN
-from ai_singer.model.encoders import (F0_COARSE_SCALES, PRIOR_INPUTS, VOLUME_EMBEDDINGS,
-                                      PosteriorEncoder, PriorEncoder)
+from ai_singer.model.encoders import (F0_COARSE_SCALES, PRIOR_INPUTS, VOLUME_EMBEDDINGS, PosteriorEncoder,
+                                      PriorEncoder)
 from ai_singer.model.flow import ResidualCouplingFlow
 from ai_singer.model.layers import (frame_mask, random_segment_starts, noise_rows, remove_all_weight_norm,
                                     slice_segments, voiced_frames)
