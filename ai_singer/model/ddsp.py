@@ -16,7 +16,7 @@ magnitudes of ``n_noise_bands`` linearly spaced noise bands. The harmonic amplit
 Where the harmonics sound (``voicing``): ``gate`` (the first DDSP bases) silences them wherever the F0 tracker
 calls a frame unvoiced; ``learned`` runs them through the interpolated F0 everywhere and leaves their level to
 the network, which still reads the voicing flag. With ``gate``, a frame that the conversion's tracker calls
-voiced where the training data's tracker did not (the edges of consonants: 4-11 % of the frames of sung phrases
+voiced where the training data's tracker did not (the edges of consonants: 1-11 % of the frames of sung phrases
 between swift and parselmouth) sounds harmonics the network never learned to shape, and an unvoiced consonant
 comes out voiced.
 
