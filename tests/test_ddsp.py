@@ -146,16 +146,21 @@ def test_an_unknown_decoder_is_a_clear_error():
         SingerVAEConfig.from_dict({**values, "decoder": "ddsp", "ddsp_harmonics": 0})
 
 
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``hz_to_mel`` (HTK)."""
+    return 700.0 * (10 ** (mel / 2595.0) - 1)
+
+
 def test_envelope_is_read_at_its_points_and_interpolated_on_the_mel_scale():
     nyquist = SR / 2
     points = 9
     knots = torch.linspace(0, float(hz_to_mel(torch.tensor(nyquist))), points)
-    knot_hz = 700.0 * (10 ** (knots / 2595.0) - 1)
+    knot_hz = mel_to_hz(knots)
     envelope = torch.arange(points, dtype=torch.float32).view(1, points, 1).repeat(2, 1, 3)  # value = point index
     at_knots = read_envelope(envelope, knot_hz.view(1, -1, 1).repeat(2, 1, 3), nyquist)
     torch.testing.assert_close(at_knots, envelope, atol=1e-3, rtol=0)
     halfway_mel = (knots[2] + knots[3]) / 2
-    halfway_hz = 700.0 * (10 ** (halfway_mel / 2595.0) - 1)
+    halfway_hz = mel_to_hz(halfway_mel)
     value = read_envelope(envelope, halfway_hz.view(1, 1, 1).repeat(2, 1, 3), nyquist)
     torch.testing.assert_close(value, torch.full((2, 1, 3), 2.5), atol=1e-3, rtol=0)
     above = read_envelope(envelope, torch.full((2, 1, 3), 30000.0), nyquist)  # past Nyquist: the last point
@@ -181,7 +186,7 @@ def test_envelope_decoder_keeps_a_formant_at_its_frequency_at_any_pitch():
     with torch.no_grad():
         amplitudes, noise = decoder.synth_params(torch.zeros(2, 8, frames), f0, voiced, torch.zeros(2, 4))
     assert amplitudes.shape == (2, 60, frames) and noise.shape == (2, 17, frames)
-    peak_hz = 700.0 * (10 ** (mel_points[peak] / 2595.0) - 1)
+    peak_hz = mel_to_hz(mel_points[peak])
     assert int(amplitudes[0, :, 0].argmax()) + 1 == round(float(peak_hz) / 100.0)
     assert int(amplitudes[1, :, 0].argmax()) + 1 == round(float(peak_hz) / 250.0)
     assert amplitudes[1, :, 4:].abs().max() == 0  # unvoiced
