@@ -131,3 +131,23 @@ def test_cost_rows_can_come_from_an_earlier_run_of_the_same_base_only(tmp_path):
         compare_peft.cost_document(earlier, Path("pretrain/y"))
     with pytest.raises(SystemExit, match="no such file"):
         compare_peft.cost_document(tmp_path / "missing.json", Path("pretrain/x"))
+
+
+def _write_rows(record: str, seed: int, count: int) -> None:
+    for steps in range(count):
+        compare_peft.write_record(Path(record), [{"base": "x", "method": "lora", "seed": seed, "steps": steps}])
+
+
+def test_rows_written_by_two_processes_at_once_are_all_kept(tmp_path):
+    import multiprocessing
+
+    record = tmp_path / "results" / "record.json"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_rows, args=(str(record), seed, 25)) for seed in (0, 1)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+        assert writer.exitcode == 0
+    kept = {(row["seed"], row["steps"]) for row in compare_peft.read_record(record)}
+    assert kept == {(seed, steps) for seed in (0, 1) for steps in range(25)}

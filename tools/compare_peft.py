@@ -24,6 +24,7 @@ rows of an earlier run instead of measuring them again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -220,16 +221,35 @@ def record_key(row: dict) -> tuple:
     return row["base"], row["method"], row["seed"], row["steps"]
 
 
+@contextlib.contextmanager
+def record_lock(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX; waits for it): two runs that finish together (e.g. two
+    seeds in two shells) each read the record and write it back, so the read-modify-write must not interleave."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def write_record(path: Path, rows: list[dict]) -> None:
-    """Keep ``rows`` in the record at ``path`` (atomically): a row replaces the one with the same base, method,
-    seed and steps; the others stay."""
+    """Keep ``rows`` in the record at ``path`` (atomically, under :func:`record_lock`): a row replaces the one
+    with the same base, method, seed and steps; the others stay."""
     from ai_singer.atomic import atomic_write_json
 
-    runs = {record_key(r): r for r in read_record(path)}
-    runs.update({record_key(r): r for r in rows})
-    atomic_write_json(path, {"format": RECORD_FORMAT, "what": RECORD_WHAT,
-                             "runs": sorted(runs.values(), key=lambda r: (r["base"], r["method"], r["seed"],
-                                                                           r["steps"]))})
+    with record_lock(path):
+        runs = {record_key(r): r for r in read_record(path)}
+        runs.update({record_key(r): r for r in rows})
+        atomic_write_json(path, {"format": RECORD_FORMAT, "what": RECORD_WHAT,
+                                 "runs": sorted(runs.values(), key=lambda r: (r["base"], r["method"], r["seed"],
+                                                                               r["steps"]))})
 
 
 def run_real(args: argparse.Namespace) -> list[dict]:
