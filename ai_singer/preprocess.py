@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ai_singer.atomic import atomic_path, atomic_write_json
+from ai_singer.atomic import atomic_path, atomic_write_json, file_lock
 from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, SliceConfig, audio_info, load_audio, normalize_loudness, resample,
                              slice_file, to_mono, write_audio)
 from ai_singer.bundle import locate_path
@@ -1202,21 +1202,13 @@ def run_preprocess(cfg: Any) -> PreprocessResult:
 def _exclusive(processed: Path):
     """Hold an advisory lock on ``<processed>/.lock`` so two runs never write the same folder at once
     (the lock goes away with the process, so a killed run never leaves a stale lock)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(processed / ".lock", "a+") as handle:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
+            stack.enter_context(file_lock(processed / ".lock", wait=False))
+        except BlockingIOError as error:
             raise PreprocessError(f"paths.processed={processed}: another preprocess run is writing this "
                                   f"folder; wait for it to finish") from error
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        yield
 
 
 def _run_locked(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]]],

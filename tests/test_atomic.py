@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from ai_singer.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from ai_singer.atomic import (atomic_path, atomic_write, atomic_write_json, atomic_write_text, file_lock,
+                              remove_stale_temporaries)
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path):
@@ -125,3 +126,13 @@ def test_a_reader_puts_back_a_folder_set_aside_by_a_killed_swap(tmp_path):
     assert restore_set_aside(tmp_path / "carol") and (tmp_path / "carol" / "adapter.yaml").read_text() == "old"
     assert not restore_set_aside(tmp_path / "carol")  # already there
     assert not restore_set_aside(tmp_path / "dave") and live.is_dir()
+
+
+def test_a_held_file_lock_refuses_a_second_holder_that_will_not_wait_and_frees_on_exit(tmp_path):
+    lock = tmp_path / "folder.lock"
+    with file_lock(lock):
+        with pytest.raises(BlockingIOError):
+            with file_lock(lock, wait=False):
+                pass
+    with file_lock(lock, wait=False):  # released: free again
+        assert lock.exists()

@@ -24,7 +24,6 @@ rows of an earlier run instead of measuring them again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -221,30 +220,14 @@ def record_key(row: dict) -> tuple:
     return row["base"], row["method"], row["seed"], row["steps"]
 
 
-@contextlib.contextmanager
-def record_lock(path: Path):
-    """Hold an exclusive lock on ``<path>.lock`` (POSIX; waits for it): two runs that finish together (e.g. two
-    seeds in two shells) each read the record and write it back, so the read-modify-write must not interleave."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def write_record(path: Path, rows: list[dict]) -> None:
-    """Keep ``rows`` in the record at ``path`` (atomically, under :func:`record_lock`): a row replaces the one
-    with the same base, method, seed and steps; the others stay."""
-    from ai_singer.atomic import atomic_write_json
+    """Keep ``rows`` in the record at ``path`` (atomically, under a lock on ``<path>.lock``: two runs finishing
+    together each read the record and write it back): a row replaces the one with the same base, method, seed
+    and steps; the others stay."""
+    from ai_singer.atomic import atomic_write_json, file_lock
 
-    with record_lock(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(path.name + ".lock")):
         runs = {record_key(r): r for r in read_record(path)}
         runs.update({record_key(r): r for r in rows})
         atomic_write_json(path, {"format": RECORD_FORMAT, "what": RECORD_WHAT,
