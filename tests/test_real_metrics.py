@@ -175,7 +175,8 @@ def fake_document(label: str, secs: float = 0.712) -> dict:
     summary = {"phrases": 2, "kinds": {"sung": 2}, "secs_converted": secs, "secs_source": 0.52,
                "mean_target_rank": 1.0, "target_top1_fraction": 1.0, "voices_ranked": 5, "cer_converted": 0.125,
                "cer_source": 0.0, "f0_median_abs_cents": 12.0, "f0_rmse_cents": 40.0, "f0_off_50_cents": 0.05,
-               "f0_octave_errors": 0.01, "dnsmos_ovrl_converted": 2.5, "dnsmos_ovrl_source": 3.1}
+               "f0_octave_errors": 0.01, "dnsmos_ovrl_converted": 2.5, "dnsmos_ovrl_source": 3.1,
+               "cer_by_kind": {"sung": {"phrases": 2, "converted": 0.125, "source": 0.0}}}
     adapter = {"name": "fr_june_f", "method": "lora", "steps": 500}
     return {
         "label": label, "created": "2026-11-30 18:00 UTC", "machine": "test machine",
@@ -205,6 +206,7 @@ def test_reports_json_markdown_and_benchmarks_rows_per_label(tmp_path):
     assert "| it_carlo_m → fr_june_f | +12 | 2 (2 sung) | 0.712 / 0.520 | 1.0 of 5 (100%) | 0.12 / 0.00 |" in report
     assert "| fr_june_f | 2 (2 sung) | 4.20 | 0.712 / 0.520 |" in report
     assert "| it_carlo_m → fr_june_f | p1 | sung |" in report and "bon / jour" in report  # '|' escaped
+    assert "| it_carlo_m → fr_june_f | sung | 2 | 0.12 / 0.00 |" in report  # CER by kind
 
     eval_real.write_reports(fake_document("second base", secs=0.8), out, bench)
     eval_real.write_reports(fake_document("first base", secs=0.75), out, bench)  # replaces its own rows
@@ -219,6 +221,14 @@ def test_reports_json_markdown_and_benchmarks_rows_per_label(tmp_path):
     assert text.index("| second base | it_carlo") < text.index("| first base | it_carlo")  # others' rows stay first
     assert sum(line.startswith("- **first base**") for line in text.splitlines()) == 1
     assert "load average 1.0 / 1.0 / 1.0 before, 2.0 / 1.5 / 1.1 after" in text
+
+
+def test_cer_is_pooled_per_phrase_kind():
+    speech = {**fake_phrase("p1"), "kind": "speech",
+              "cer": {"converted": {"cer": 0.5, "edits": 2, "chars": 4}, "source": {"cer": 0.0, "edits": 0, "chars": 4}}}
+    split = eval_real.cer_by_kind([fake_phrase("p2"), fake_phrase("p3"), speech])
+    assert split == {"speech": {"phrases": 1, "converted": 0.5, "source": 0.0},
+                     "sung": {"phrases": 2, "converted": pytest.approx(2 / 16), "source": 0.0}}
 
 
 def test_phrases_are_picked_across_kinds():

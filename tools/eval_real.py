@@ -376,6 +376,17 @@ def pooled_cer(counts: list[dict]) -> float:
     return sum(c["edits"] for c in counts) / chars if chars else float("nan")
 
 
+def cer_by_kind(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """CER pooled per phrase kind: ``{kind: {"phrases": n, "converted": cer, "source": cer}}`` (speech and sung
+    phrases can lose words for different reasons, so the pooled figure alone hides which)."""
+    split: dict[str, dict] = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        of_kind = [r for r in rows if r["kind"] == kind]
+        split[kind] = {"phrases": len(of_kind), **{key: pooled_cer([r["cer"][key] for r in of_kind if r["cer"].get(key)])
+                                                   for key in ("converted", "source")}}
+    return split
+
+
 def summarise(rows: list[dict]) -> dict:
     def mean(values):
         values = [v for v in values if v is not None and np.isfinite(v)]
@@ -399,6 +410,7 @@ def summarise(rows: list[dict]) -> dict:
         "voices_ranked": max((r["voices_ranked"] for r in rows), default=0),
         "cer_converted": pooled_cer_of("converted"), "cer_source": pooled_cer_of("source"),
         "cer_converted_vs_source_transcript": pooled_cer_of("converted_vs_source_transcript"),
+        "cer_by_kind": cer_by_kind(rows),
         "f0_median_abs_cents": pooled.median_abs_cents, "f0_rmse_cents": pooled.rmse_cents,
         "f0_off_50_cents": pooled.off_50_cents, "f0_octave_errors": pooled.octave_errors,
         "f0_mean_cents": pooled.mean_cents, "voicing_agreement": pooled.voicing_agreement,
@@ -483,6 +495,13 @@ def markdown_report(document: dict) -> str:
         lines += ["## Conversions", "", *PAIR_HEADER, *pair_rows(document), ""]
     if any(p["self"] for p in document["pairs"]):
         lines += ["## Self-conversion", "", *SELF_HEADER, *self_rows(document), ""]
+    split = [(pair, kind, cer) for pair in document["pairs"]
+             for kind, cer in (pair["summary"].get("cer_by_kind") or {}).items()]
+    if split:
+        lines += ["## CER by kind", "", "| source → target | kind | phrases | CER conv / src |", "|---|---|---:|---:|"]
+        lines += [f"| {pair['source']} → {pair['target']} | {kind} | {cer['phrases']} | "
+                  f"{fmt(cer['converted'])} / {fmt(cer['source'])} |" for pair, kind, cer in split]
+        lines.append("")
     lines += ["## Phrases", "", "| source → target | phrase | kind | SECS conv / src | rank | CER conv / src "
               "| DNSMOS conv / src | F0 median (cents) | MCD (dB) | transcript of the conversion |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
