@@ -176,7 +176,7 @@ def fake_document(label: str, secs: float = 0.712) -> dict:
                "mean_target_rank": 1.0, "target_top1_fraction": 1.0, "voices_ranked": 5, "cer_converted": 0.125,
                "cer_source": 0.0, "f0_median_abs_cents": 12.0, "f0_rmse_cents": 40.0, "f0_off_50_cents": 0.05,
                "f0_octave_errors": 0.01, "dnsmos_ovrl_converted": 2.5, "dnsmos_ovrl_source": 3.1,
-               "cer_by_kind": {"sung": {"phrases": 2, "converted": 0.125, "source": 0.0}}}
+               "cer_by_kind": {"sung": {"converted": 0.125, "source": 0.0}}}
     adapter = {"name": "fr_june_f", "method": "lora", "steps": 500}
     return {
         "label": label, "created": "2026-11-30 18:00 UTC", "machine": "test machine",
@@ -227,8 +227,8 @@ def test_cer_is_pooled_per_phrase_kind():
     speech = {**fake_phrase("p1"), "kind": "speech",
               "cer": {"converted": {"cer": 0.5, "edits": 2, "chars": 4}, "source": {"cer": 0.0, "edits": 0, "chars": 4}}}
     split = eval_real.cer_by_kind([fake_phrase("p2"), fake_phrase("p3"), speech])
-    assert split == {"speech": {"phrases": 1, "converted": 0.5, "source": 0.0},
-                     "sung": {"phrases": 2, "converted": pytest.approx(2 / 16), "source": 0.0}}
+    assert split == {"speech": {"converted": 0.5, "source": 0.0},
+                     "sung": {"converted": pytest.approx(2 / 16), "source": 0.0}}
 
 
 def test_phrases_are_picked_across_kinds():

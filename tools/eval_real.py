@@ -376,24 +376,22 @@ def pooled_cer(counts: list[dict]) -> float:
     return sum(c["edits"] for c in counts) / chars if chars else float("nan")
 
 
+def pooled_cer_of(rows: list[dict], key: str) -> float:
+    """:func:`pooled_cer` of the phrase rows' ``cer[key]`` counts (converted, source, ...), rows without them left out."""
+    return pooled_cer([r["cer"][key] for r in rows if r["cer"].get(key)])
+
+
 def cer_by_kind(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """CER pooled per phrase kind: ``{kind: {"phrases": n, "converted": cer, "source": cer}}`` (speech and sung
-    phrases can lose words for different reasons, so the pooled figure alone hides which)."""
-    split: dict[str, dict] = {}
-    for kind in sorted({r["kind"] for r in rows}):
-        of_kind = [r for r in rows if r["kind"] == kind]
-        split[kind] = {"phrases": len(of_kind), **{key: pooled_cer([r["cer"][key] for r in of_kind if r["cer"].get(key)])
-                                                   for key in ("converted", "source")}}
-    return split
+    """CER pooled per phrase kind: ``{kind: {"converted": cer, "source": cer}}`` (speech and sung phrases can lose
+    words for different reasons, so the pooled figure alone hides which)."""
+    return {kind: {key: pooled_cer_of([r for r in rows if r["kind"] == kind], key) for key in ("converted", "source")}
+            for kind in sorted({r["kind"] for r in rows})}
 
 
 def summarise(rows: list[dict]) -> dict:
     def mean(values):
         values = [v for v in values if v is not None and np.isfinite(v)]
         return float(np.mean(values)) if values else float("nan")
-
-    def pooled_cer_of(key):
-        return pooled_cer([r["cer"][key] for r in rows if r["cer"].get(key)])
 
     pooled = metrics.f0_cents_error(np.concatenate([r["_f0_tracks"][0] for r in rows]),
                                     np.concatenate([r["_f0_tracks"][1] for r in rows]))
@@ -408,8 +406,8 @@ def summarise(rows: list[dict]) -> dict:
         "mean_target_rank": mean(r["target_rank"] for r in rows),
         "target_top1_fraction": mean([float(r["target_rank"] == 1) for r in rows]),
         "voices_ranked": max((r["voices_ranked"] for r in rows), default=0),
-        "cer_converted": pooled_cer_of("converted"), "cer_source": pooled_cer_of("source"),
-        "cer_converted_vs_source_transcript": pooled_cer_of("converted_vs_source_transcript"),
+        "cer_converted": pooled_cer_of(rows, "converted"), "cer_source": pooled_cer_of(rows, "source"),
+        "cer_converted_vs_source_transcript": pooled_cer_of(rows, "converted_vs_source_transcript"),
         "cer_by_kind": cer_by_kind(rows),
         "f0_median_abs_cents": pooled.median_abs_cents, "f0_rmse_cents": pooled.rmse_cents,
         "f0_off_50_cents": pooled.off_50_cents, "f0_octave_errors": pooled.octave_errors,
@@ -499,7 +497,7 @@ def markdown_report(document: dict) -> str:
              for kind, cer in (pair["summary"].get("cer_by_kind") or {}).items()]
     if split:
         lines += ["## CER by kind", "", "| source → target | kind | phrases | CER conv / src |", "|---|---|---:|---:|"]
-        lines += [f"| {pair['source']} → {pair['target']} | {kind} | {cer['phrases']} | "
+        lines += [f"| {pair['source']} → {pair['target']} | {kind} | {pair['summary']['kinds'][kind]} | "
                   f"{fmt(cer['converted'])} / {fmt(cer['source'])} |" for pair, kind, cer in split]
         lines.append("")
     lines += ["## Phrases", "", "| source → target | phrase | kind | SECS conv / src | rank | CER conv / src "
