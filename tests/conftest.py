@@ -77,6 +77,40 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
     return out
 
 
+#: Width of the tiny random Whisper of :func:`tiny_whisper`.
+TINY_WHISPER_D_MODEL = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A tiny random Whisper (d_model 32, one layer each side) built with transformers and converted to
+    CTranslate2 format (float32): (CTranslate2 folder, the transformers model it was converted from)."""
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="the whisper extra is not installed")
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    vocab = 64
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=TINY_WHISPER_D_MODEL, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                           max_source_positions=1500, max_target_positions=32, vocab_size=vocab, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=[],
+                           begin_suppress_tokens=[])
+    model = WhisperForConditionalGeneration(config).eval()
+    root = tmp_path_factory.mktemp("whisper")
+    model.save_pretrained(root / "hf")
+    # The converter reads a tokenizer for the vocabulary: a word-level one with the model's vocab size.
+    tokens = Tokenizer(WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=tokens).save_pretrained(root / "hf")
+    transformers_logging.disable_progress_bar()
+    ctranslate2.converters.TransformersConverter(str(root / "hf"), load_as_float16=False).convert(str(root / "ct2"))
+    transformers_logging.enable_progress_bar()
+    return root / "ct2", model
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_restored():
     """A Hydra app run inside a test adds a file handler under that test's tmp folder to the root logger; once

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from conftest import harmonic
+from conftest import TINY_WHISPER_D_MODEL, harmonic
 
 pytest.importorskip("ctranslate2", reason="the whisper extra is not installed (pip install -e '.[whisper]')")
 
@@ -29,7 +29,7 @@ from ai_singer.features.content import (  # noqa: E402
     load_content_encoder,
 )
 
-D_MODEL = 32
+D_MODEL = TINY_WHISPER_D_MODEL
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,34 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory):
-    """(CTranslate2 folder, the transformers model it was converted from)."""
-    import ctranslate2
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
-    from transformers.utils import logging as transformers_logging
-
-    vocab = 64
-    torch.manual_seed(0)
-    config = WhisperConfig(d_model=D_MODEL, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                           max_source_positions=1500, max_target_positions=32, vocab_size=vocab, pad_token_id=0,
-                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=[],
-                           begin_suppress_tokens=[])
-    model = WhisperForConditionalGeneration(config).eval()
-    root = tmp_path_factory.mktemp("whisper")
-    model.save_pretrained(root / "hf")
-    # The converter reads a tokenizer for the vocabulary: a word-level one with the model's vocab size.
-    tokens = Tokenizer(WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
-    PreTrainedTokenizerFast(tokenizer_object=tokens).save_pretrained(root / "hf")
-    transformers_logging.disable_progress_bar()
-    ctranslate2.converters.TransformersConverter(str(root / "hf"), load_as_float16=False).convert(str(root / "ct2"))
-    transformers_logging.enable_progress_bar()
-    return root / "ct2", model
 
 
 def _reference(model, wav16k: np.ndarray) -> np.ndarray:

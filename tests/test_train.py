@@ -637,3 +637,17 @@ def test_torchrun_two_processes_on_cpu(tmp_path, processed, base_dir, mode):
 def test_a_gpu_the_machine_lacks_is_a_clear_error(tmp_path, processed):
     with pytest.raises(TrainSetupError, match=r"trainer.device='cuda': this machine has no CUDA GPU"):
         run_training(make_config(tmp_path, processed, "trainer.device=cuda", "trainer.max_steps=1"))
+
+
+def test_content_loss_is_added_and_logged_when_weighted(tmp_path, processed, base_dir, tiny_whisper):
+    logged = []
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", "loss.content=5",
+                      f"loss.content_encoder={tiny_whisper[0]}", "trainer.max_steps=1", "trainer.discriminator=off")
+    run_training(cfg, on_step=lambda s, losses: logged.append(losses))
+    assert logged[-1]["loss/content"] > 0
+    assert logged[-1]["loss/generator_total"] > 45 * logged[-1]["loss/mel"] + 5 * logged[-1]["loss/content"] - 1e-3
+    with pytest.raises(TrainSetupError, match=r"loss.content: must be >= 0"):
+        validate_config(make_config(tmp_path, processed, "loss.content=-1"))
+    with pytest.raises(TrainSetupError, match=r"loss.content_encoder: .*nowhere has no model.bin — give a "
+                                              r"faster-whisper"):
+        validate_config(make_config(tmp_path, processed, "loss.content=1", f"loss.content_encoder={tmp_path}/nowhere"))

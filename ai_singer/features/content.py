@@ -304,11 +304,6 @@ class WhisperContentEncoder:
         probe = self.model.encode(ctranslate2.StorageView.from_array(np.zeros((1, self.n_mels, 2), np.float32)),
                                   to_cpu=True)
         self.dim = int(np.asarray(probe).shape[-1])
-        import librosa  # Whisper's mel filters are librosa's (Slaney) filters
-
-        self._mel_filters = torch.from_numpy(librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft,
-                                                                 n_mels=self.n_mels).astype(np.float32))
-        self._window = torch.hann_window(self.n_fft)
 
     def _pick_device(self, setting: str | torch.device) -> torch.device:
         """``auto`` -> the first GPU CTranslate2 sees, else the CPU; ``cuda:N`` is checked against the GPUs
@@ -335,14 +330,10 @@ class WhisperContentEncoder:
 
     def log_mel(self, wav16k: torch.Tensor) -> torch.Tensor:
         """Whisper's input: [B, samples <= 30 s] -> [B, n_mels, 3000], the audio padded with silence to
-        30 s, log10 mel power clamped to 8 below each window's maximum, scaled by (x + 4) / 4."""
-        audio = torch.nn.functional.pad(wav16k.float().cpu(), (0, self.window_samples - wav16k.shape[-1]))
-        spectrum = torch.stft(audio, self.n_fft, self.mel_hop, window=self._window, center=True, pad_mode="reflect",
-                              return_complex=True)
-        power = spectrum[..., :-1].abs() ** 2
-        log_mel = torch.clamp(self._mel_filters @ power, min=1e-10).log10()
-        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-        return (log_mel + 4.0) / 4.0
+        30 s (:func:`ai_singer.features.whisper_torch.whisper_log_mel`)."""
+        from ai_singer.features.whisper_torch import whisper_log_mel
+
+        return whisper_log_mel(wav16k.float().cpu(), self.n_mels, pad_to=self.window_samples)
 
     def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
         """Content features of at most 30 s of 16 kHz audio (longer audio: :func:`encode_audio`).
