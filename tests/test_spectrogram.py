@@ -77,3 +77,14 @@ def test_frame_rms_numpy_and_torch():
     assert isinstance(torch_rms, torch.Tensor) and torch_rms.shape == (1, 2, 10)
     np.testing.assert_allclose(torch_rms[0, 0].numpy(), rms, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(torch_rms[0, 1].numpy(), 2 * rms, rtol=1e-5, atol=1e-7)
+
+
+def test_a_spectrogram_first_made_in_inference_mode_can_be_trained_through_later():
+    """A conversion (inference mode) before a training step in one process: the cached window and mel filters
+    must not be inference tensors."""
+    settings = dict(sr=22050, n_fft=512, hop=128, win=512, n_mels=24, fmin=0.0, fmax=None)
+    with torch.inference_mode():
+        mel_spectrogram(torch.randn(1, 4096), **settings)
+    wav = torch.randn(1, 4096, requires_grad=True)
+    mel_spectrogram(wav, **settings).sum().backward()
+    assert wav.grad is not None and wav.grad.abs().sum() > 0

@@ -5,7 +5,9 @@ on the right, then transformed with ``torch.stft(center=False)``: a clip of ``N`
 ``N // hop`` frames and frame ``i`` is centred at sample ``(i + 0.5) * hop`` (for even ``n_fft - hop``).
 
 Hann windows and mel filter banks are cached in a small dict owned by this module, keyed by
-(kind, parameters, device, dtype). Nothing global (``torch.stft`` etc.) is patched.
+(kind, parameters, device, dtype), always built outside inference mode: a tensor first made inside
+``torch.inference_mode`` (a conversion) and cached would break a later training step that records autograd
+("Inference tensors cannot be saved for backward"). Nothing global (``torch.stft`` etc.) is patched.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def _cached(key: tuple, build) -> torch.Tensor:
     if tensor is None:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()
-        tensor = _CACHE[key] = build()
+        with torch.inference_mode(False):
+            tensor = _CACHE[key] = build()
     return tensor
 
 
