@@ -77,6 +77,17 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch (and so CTranslate2) on one thread for the test: the test machine has two shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 #: Width of the tiny random Whisper of :func:`tiny_whisper`.
 TINY_WHISPER_D_MODEL = 32
 

@@ -26,11 +26,8 @@ from ai_singer.features.whisper_torch import (  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread."""
 
 
 def _voice(seconds: float = 2.0) -> torch.Tensor:

@@ -261,8 +261,6 @@ class WhisperContentEncoder:
     receptive_field = 640
     #: the most frames one call can give: 1500 encoder frames per 30 s window, less the one dropped
     max_frames = 1499
-    n_fft = 400
-    mel_hop = 160
     window_samples = 30 * 16000
 
     def __init__(self, path: str | Path, compute_type: str = "float32", device: str | torch.device = "cpu"):

@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import functools
-import math
 import re
 import struct
 from pathlib import Path
@@ -250,7 +249,3 @@ class WhisperTorchEncoder(nn.Module):
         encoder.positions.copy_(positions)
         return encoder
 
-
-def whisper_frames(mel_frames: int) -> int:
-    """Encoder frames for ``mel_frames`` input frames (the stride-2 convolution)."""
-    return math.ceil(mel_frames / 2)
