@@ -28,11 +28,11 @@ def _cached(key: tuple, build) -> torch.Tensor:
     return tensor
 
 
-def _hann_window(win: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def hann_window(win: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _cached(("hann", win, device, dtype), lambda: torch.hann_window(win, device=device, dtype=dtype))
 
 
-def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, device: torch.device,
+def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, device: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
     def build() -> torch.Tensor:
         import librosa
@@ -69,7 +69,7 @@ def linear_spectrogram(wav: torch.Tensor, n_fft: int, hop: int, win: int) -> tor
         raise ValueError(f"audio of {wav.shape[-1]} samples is too short for a spectrogram with n_fft={n_fft}, "
                          f"hop={hop} (needs more than {max(left, right)} samples)")
     padded = F.pad(wav.unsqueeze(1), (left, right), mode="reflect").squeeze(1)
-    spec = torch.stft(padded, n_fft, hop_length=hop, win_length=win, window=_hann_window(win, wav.device, wav.dtype),
+    spec = torch.stft(padded, n_fft, hop_length=hop, win_length=win, window=hann_window(win, wav.device, wav.dtype),
                       center=False, normalized=False, onesided=True, return_complex=True)
     magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
     return magnitude.squeeze(0) if squeeze else magnitude
@@ -79,7 +79,7 @@ def linear_to_mel(magnitude: torch.Tensor, sr: int, n_fft: int, n_mels: int, fmi
                   fmax: float | None = None) -> torch.Tensor:
     """Log-mel from a magnitude spectrogram [..., n_fft // 2 + 1, T] -> [..., n_mels, T]:
     ``log(clamp(mel_basis @ magnitude, min=1e-5))``."""
-    basis = _mel_basis(sr, n_fft, n_mels, fmin, fmax, magnitude.device, magnitude.dtype)
+    basis = mel_basis(sr, n_fft, n_mels, fmin, fmax, magnitude.device, magnitude.dtype)
     return torch.log(torch.clamp(torch.matmul(basis, magnitude), min=1e-5))
 
 

@@ -20,7 +20,6 @@ Usage::
 """
 from __future__ import annotations
 
-import functools
 import re
 import struct
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from ai_singer.errors import UserError
+from ai_singer.features.spectrogram import hann_window, mel_basis
 
 #: CTranslate2 type ids (include/ctranslate2/types.h order) -> numpy dtypes this reader accepts.
 _CT2_FLOAT_TYPES = {0: np.float32, 4: np.float16}
@@ -116,17 +116,6 @@ def read_ct2_tensors(model_bin: str | Path, prefix: str = "") -> dict[str, torch
     return tensors
 
 
-@functools.lru_cache(maxsize=4)
-def _mel_filters(n_mels: int) -> np.ndarray:
-    """Whisper's mel filters are librosa's (Slaney). Cached as numpy: a cached tensor made under
-    ``torch.inference_mode`` could not be used later where autograd records."""
-    import librosa
-
-    filters = librosa.filters.mel(sr=WHISPER_SAMPLE_RATE, n_fft=WHISPER_N_FFT, n_mels=n_mels).astype(np.float32)
-    filters.setflags(write=False)
-    return filters
-
-
 def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 80, pad_to: int | None = None) -> torch.Tensor:
     """Whisper's input features, differentiable: [B, samples] 16 kHz -> [B, n_mels, frames].
 
@@ -137,11 +126,12 @@ def whisper_log_mel(wav16k: torch.Tensor, n_mels: int = 80, pad_to: int | None =
     audio = wav16k.float()
     if pad_to is not None:
         audio = torch.nn.functional.pad(audio, (0, pad_to - audio.shape[-1]))
-    window = torch.hann_window(WHISPER_N_FFT, device=audio.device)
+    window = hann_window(WHISPER_N_FFT, audio.device, torch.float32)
     spectrum = torch.stft(audio, WHISPER_N_FFT, WHISPER_MEL_HOP, window=window, center=True, pad_mode="reflect",
                           return_complex=True)
     power = spectrum[..., :-1].abs() ** 2
-    log_mel = torch.clamp(torch.tensor(_mel_filters(n_mels), device=audio.device) @ power, min=1e-10).log10()
+    filters = mel_basis(WHISPER_SAMPLE_RATE, WHISPER_N_FFT, n_mels, 0.0, None, audio.device, torch.float32)
+    log_mel = torch.clamp(filters @ power, min=1e-10).log10()
     log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
     return (log_mel + 4.0) / 4.0
 
