@@ -357,9 +357,41 @@ def test_the_augmented_chain_skips_what_exists(tmp_path):
     assert builder.plan() & {*AUG_CHAIN, "pretrain", "preprocess-real"} == set(AUG_CHAIN)
 
 
+def test_the_words_base_trains_on_from_the_augmented_one_with_the_loss_on_the_words(tmp_path):
+    records = _records(tmp_path / "fresh", base="real-ddsp-words")
+    names = list(records)
+    assert names[names.index("pretrain-aug") + 1] == "pretrain-words"
+    assert all(records[name].status == "dry-run" for name in [*AUG_CHAIN, "pretrain-words"])
+    aug, words = (set(shlex.split(records[name].commands[0])) for name in ("pretrain-aug", "pretrain-words"))
+    assert {"name=real-ddsp-aug", "init_from=pretrain/real-ddsp", "trainer.max_steps=8000"} <= aug
+    assert "loss.content=0" in aug  # the bases before it were made without the loss (now the training default)
+    assert {"name=real-ddsp-words", "init_from=pretrain/real-ddsp-aug", "paths.processed=data/processed_real_mix",
+            f"trainer.max_steps={bb.WORDS_STEPS}", "trainer.discriminator=off", "model.decoder=ddsp",
+            "export_dtype=float16", "trainer.batch_size=6", "trainer.learning_rate=3e-4", "loss.content=10",
+            "loss.content_encoder=wheel:base"} <= words and "loss.content=0" not in words
+    # the augmented base's own build has no such step; --words-steps sets its length
+    assert "pretrain-words" not in _records(tmp_path / "aug", base="real-ddsp-aug")
+    args = bb._parser().parse_args(["--base", "real-ddsp-words", "--words-steps", "7", "--root", str(tmp_path)])
+    assert bb.settings_from_args(args).words_steps == 7
+
+
+def test_the_words_chain_trains_only_what_is_missing(tmp_path):
+    root = _real_root(tmp_path, "real-ddsp-aug")  # the augmented base is there: the words base's warm start
+    for name in ("stats.json", "manifest.jsonl"):
+        (root / "data" / "processed_real_mix").mkdir(parents=True, exist_ok=True)
+        (root / "data" / "processed_real_mix" / name).write_text("{}")
+    builder = bb.Builder(bb.BuildSettings(root=root, base="real-ddsp-words", example_source="vh", dry_run=True),
+                         echo=lambda line: None)
+    assert builder.plan() & {*AUG_CHAIN, "pretrain-words", "pretrain"} == {"pretrain-words"}
+    import shutil
+
+    shutil.rmtree(root / "pretrain" / "real-ddsp-aug")  # no warm start: the augmented chain runs first
+    assert {"pretrain", "pretrain-aug", "pretrain-words"} <= builder.plan()
+
+
 def test_every_base_chain_names_optional_steps_in_order():
-    optional = [step.name for step in bb.STEPS if step.optional]
-    assert sorted(name for chain in bb.BASE_CHAINS.values() for name in chain.steps) == sorted(optional)
+    optional = {step.name for step in bb.STEPS if step.optional}
+    assert {name for chain in bb.BASE_CHAINS.values() for name in chain.steps} == optional
     for chain in bb.BASE_CHAINS.values():
         assert list(chain.steps) == [name for name in bb.STEP_NAMES if name in chain.steps]
 

@@ -38,6 +38,9 @@ intermediate one also when nothing after it needs it, e.g. the whole pretraining
                                                                    or the chain's warm start (pretrain/real-ddsp)
     pretrain-aug *      the DDSP base trained on with the mix   -> pretrain/real-ddsp-aug (8000 steps from
                                                                    real-ddsp; ~45 min with one thread)
+    pretrain-words **   the augmented base trained on with the  -> pretrain/real-ddsp-words (STEPS from
+                        mix and loss.content=10 (Whisper base's    real-ddsp-aug; ~1 step/s with one thread)
+                        reading of the words)
     preprocess-example  10 min of a held-out real voice's sung clips as 'example' -> data/processed_example
     finetune            ai_singer.train mode=finetune (LoRA)    -> singers/example
     song                first ~15 s of data/synth/songs/song01  -> data/examples/song01/*.flac
@@ -45,8 +48,10 @@ intermediate one also when nothing after it needs it, e.g. the whole pretraining
 
 The steps marked * are a base's chain (:data:`BASE_CHAINS`, a table of base names): only a build of that base
 has them (``--base real-ddsp-aug``: the DDSP base is made as before, as its warm start, then trained on with
-15 perturbed copies of the large training voices); any other name is trained by the pretrain step itself. The
-pretrain steps are the recipes of BENCHMARKS.md "Real voices" (``real-ddsp``, ``real-ddsp-aug``): CPU hours,
+15 perturbed copies of the large training voices; ``--base real-ddsp-words``: that base, then trained on with
+a loss on the words as well, the step marked **); any other name is trained by the pretrain step itself. The
+pretrain steps are the recipes of BENCHMARKS.md "Real voices" (``real-ddsp``, ``real-ddsp-aug``,
+``real-ddsp-words``): CPU hours,
 resumable (a training step resumes from ``runs/bundle/<run>``; delete that folder to start from scratch) and
 skipped when the base exists. ``--tiny`` uses the synthetic recipe (the synthetic base is the bundled one, a
 held-out synthetic singer the example): no Debian packages, no Whisper. The bundle (what the demo and a fresh
@@ -84,6 +89,8 @@ from tools import augment_voices, bundle_helpers  # noqa: E402
 
 #: The bundled default base (``--base``): everything else in the bundle follows from it.
 DEFAULT_BASE = "real-ddsp-aug"
+#: Training steps of the words base (``--base real-ddsp-words``) from the augmented one, with ``loss.content``.
+WORDS_STEPS = 5000
 #: The synthetic corpus's content encoder: bundled whatever the base (``content=synth``; its phone head is
 #: tools/eval_conversion.py's articulation reader).
 SYNTH_ENCODER_DIR = "pretrain/content/synth-hubert"
@@ -97,6 +104,7 @@ PROCESSED_REAL_DIR = "data/processed_real_whisper"
 AUG_RAW_DIR = "data/real_aug/raw"            # the perturbed voices (tools/augment_voices.py)
 PROCESSED_AUG_DIR = "data/processed_real_aug"
 MIX_DIR = "data/processed_real_mix"          # the real pool and the perturbed voices, preprocessed, as one folder
+AUG_BASE = "real-ddsp-aug"                   # the base pretrain-aug makes (a bundled base, or the next one's start)
 EXAMPLE_RAW_DIR = "data/example_raw"  # <EXAMPLE_RAW_DIR>/example/: the example singer's raw clips
 PROCESSED_EXAMPLE_DIR = "data/processed_example"
 RUNS_DIR = "runs/bundle"
@@ -136,6 +144,9 @@ class BuildSettings:
     aug_variants: tuple[str, ...] = ("1.15:1.4", "0.87:0.72", "1.07:0.88", "0.94:1.12", "1.2:1.25")  # formant:pitch
     aug_seconds: float = 200.0                 # audio per new voice
     aug_steps: int = 8000                      # from the DDSP base, on the pool and the new voices
+    # The words base (BASE_CHAINS: --base real-ddsp-words): the augmented base trained on with loss.content.
+    words_steps: int = WORDS_STEPS             # from the augmented base, on the same mix
+    words_loss: tuple[str, ...] = ("loss.content=10", "loss.content_encoder=wheel:base")
     finetune_steps: int = 500
     example_source: str | None = None          # recipe real: a held-out voice of voices.json (default it_carlo_m);
                                                # synth: a held-out synthetic singer (default: the last)
@@ -145,6 +156,9 @@ class BuildSettings:
     preprocess_args: tuple[str, ...] = ()      # extra overrides of every preprocess step
     real_preprocess_args: tuple[str, ...] = ("f0.method=parselmouth", "num_workers=2")  # the real recipe's
     # The CPU settings the bundled bases and example singer were trained with (pretrain/BUNDLE.md).
+    # The bases before the words base were trained without the loss on the words (loss.content, since made the
+    # training default): their steps pin it off, so that they are rebuilt as they were made.
+    pretrain_loss: tuple[str, ...] = ("loss.content=0",)
     pretrain_args: tuple[str, ...] = ("trainer.batch_size=6", "trainer.max_frames=64", "trainer.num_workers=0",
                                       "trainer.learning_rate=3e-4", "trainer.save_every=100", "trainer.keep_last=2",
                                       "trainer.eval_every=500", "trainer.log_every=25")
@@ -175,7 +189,7 @@ def tiny_settings(root: str | os.PathLike, **changes) -> BuildSettings:
         synth_model="tiny", synth_steps=2, finetune_steps=2, song_seconds=5.0, example_seconds=None,
         source_song="song00",
         preprocess_args=("f0.method=dio", "num_workers=0", "pitch_plots=false", "slicer.min_length_s=1.0"),
-        pretrain_args=("trainer=tiny",), finetune_args=("trainer=tiny",),
+        pretrain_args=("trainer=tiny",), finetune_args=("trainer=tiny", "loss.content=0"),  # no Whisper: seconds
     )
     values.update(changes)
     return BuildSettings(**values)
@@ -193,6 +207,8 @@ class BaseChain:
 #: Bases of the real recipe made by more steps than ``pretrain`` (which trains any other name itself).
 BASE_CHAINS: dict[str, BaseChain] = {
     "real-ddsp-aug": BaseChain(("augment", "preprocess-aug", "mix", "pretrain-aug"), warm_start="real-ddsp"),
+    "real-ddsp-words": BaseChain(("augment", "preprocess-aug", "mix", "pretrain-aug", "pretrain-words"),
+                                 warm_start="real-ddsp"),
 }
 
 
@@ -249,9 +265,12 @@ def _train(b: "Builder", *args: str) -> list[str]:
             f"seed={b.settings.seed}"]
 
 
-def _pretrain(b: "Builder", name: str, processed: str, steps: int, *args: str) -> list[str]:
+def _pretrain(b: "Builder", name: str, processed: str, steps: int, *args: str,
+              loss: Sequence[str] | None = None) -> list[str]:
+    """A base's training command; ``loss``: its loss overrides (default ``pretrain_loss``, without loss.content)."""
     return _train(b, "mode=pretrain", f"name={name}", f"paths.processed={processed}", *args,
-                  f"trainer.max_steps={steps}", "export_dtype=float16", *b.settings.pretrain_args)
+                  f"trainer.max_steps={steps}", "export_dtype=float16", *b.settings.pretrain_args,
+                  *(b.settings.pretrain_loss if loss is None else loss))
 
 
 def _base_outputs(name: str, discriminator: bool) -> list[str]:
@@ -262,10 +281,11 @@ def _synth_content_args(b: "Builder") -> list[str]:
     return ["content=synth", f"content.path={SYNTH_ENCODER_DIR}", f"content.layer={b.settings.encoder_layers}"]
 
 
-def _ddsp_pretrain(b: "Builder", name: str, processed: str, steps: int, warm_start: str) -> list[str]:
+def _ddsp_pretrain(b: "Builder", name: str, processed: str, steps: int, warm_start: str,
+                   loss: Sequence[str] | None = None) -> list[str]:
     """A DDSP base without a discriminator, warm-started from ``pretrain/<warm_start>``."""
     return _pretrain(b, name, processed, steps, *b.settings.base_model_args, f"init_from={PRETRAIN_DIR}/{warm_start}",
-                     "trainer.discriminator=off")
+                     "trainer.discriminator=off", loss=loss)
 
 
 def _base_commands(b: "Builder") -> list[list[str]]:
@@ -359,10 +379,14 @@ STEPS: tuple[Step, ...] = (
                      "stage's warm start (or a copy of --base)",
          outputs=lambda b: _base_outputs(b.pretrain_name(), False), recipes=("real",),
          inputs=("preprocess-real", "pretrain-warm"), commands=_base_commands),
-    Step("pretrain-aug", "the bundled base: the DDSP base trained on, with the new voices", recipes=("real",),
-         outputs=lambda b: _base_outputs(b.base_name(), False), inputs=("mix", "pretrain"), optional=True,
-         commands=lambda b: [_ddsp_pretrain(b, b.base_name(), MIX_DIR, b.settings.aug_steps,
-                                            b.chain().warm_start)]),
+    Step("pretrain-aug", "the augmented base: the DDSP base trained on, with the new voices", recipes=("real",),
+         outputs=lambda b: _base_outputs(AUG_BASE, False), inputs=("mix", "pretrain"), optional=True,
+         commands=lambda b: [_ddsp_pretrain(b, AUG_BASE, MIX_DIR, b.settings.aug_steps, b.chain().warm_start)]),
+    Step("pretrain-words", "the words base: the augmented base trained on, with a loss on the words (Whisper)",
+         recipes=("real",), outputs=lambda b: _base_outputs(b.base_name(), False), inputs=("mix", "pretrain-aug"),
+         optional=True,
+         commands=lambda b: [_ddsp_pretrain(b, b.base_name(), MIX_DIR, b.settings.words_steps, AUG_BASE,
+                                            loss=b.settings.words_loss)]),
     Step("preprocess-example", "preprocess the example singer's recordings with the base's content encoder",
          outputs=lambda b: [f"{PROCESSED_EXAMPLE_DIR}/stats.json", f"{PROCESSED_EXAMPLE_DIR}/manifest.jsonl"],
          inputs=(EXAMPLE_CORPUS, BASE), current=lambda b: b.example_is_current(), follows=True,
@@ -826,6 +850,8 @@ def _parser() -> argparse.ArgumentParser:
                                ("base-steps", "base_steps", "real recipe: DDSP base training steps"),
                                ("aug-steps", "aug_steps", "real recipe, --base real-ddsp-aug: training steps "
                                                           "from the DDSP base with the perturbed voices"),
+                               ("words-steps", "words_steps", "real recipe, --base real-ddsp-words: training "
+                                                              "steps from the augmented base with loss.content"),
                                ("finetune-steps", "finetune_steps", "example adapter training steps"),
                                ("encoder-steps", "encoder_steps", "synthetic content encoder training steps")):
         parser.add_argument(f"--{option}", type=int, default=None, help=f"{what} (default {getattr(defaults, name)})")
@@ -900,7 +926,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
     changes: dict = {"force": parse_force(args.force), "max_mb": args.max_mb, "dry_run": args.dry_run,
                      "threads": args.threads}
     for option, name in (("synth_steps", "synth_steps"), ("warm_steps", "warm_steps"), ("base_steps", "base_steps"),
-                         ("aug_steps", "aug_steps"),
+                         ("aug_steps", "aug_steps"), ("words_steps", "words_steps"),
                          ("finetune_steps", "finetune_steps"), ("encoder_steps", "encoder_steps"),
                          ("song_seconds", "song_seconds"), ("example", "example_source")):
         if getattr(args, option) is not None:
