@@ -1,6 +1,6 @@
 """The ``ai-singer extract-adapter`` stage: a full fine-tuned singer model -> a LoRA adapter on its base.
 
-    ai-singer extract-adapter base=pretrain/real-ddsp-aug full=singers/alice-full out=singers/alice rank=16
+    ai-singer extract-adapter base=pretrain/real-ddsp-words full=singers/alice-full out=singers/alice rank=16
 
 Reads the base and the full model (:mod:`ai_singer.full_model`), compresses their per-layer difference by
 truncated SVD (:mod:`ai_singer.lora_svd`) and writes ``out/adapter.{safetensors,yaml}`` (plus the full model's

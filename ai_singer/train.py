@@ -997,7 +997,7 @@ def _step_loop(session: TrainSession, on_step: Callable[[int, dict[str, float]],
                     if progress is not None:
                         progress.update(1)
                         shown = {"mel": losses["loss/mel"], "kl": losses["loss/kl"],
-                                 "d": losses.get("loss/discriminator")}
+                                 "content": losses.get("loss/content"), "d": losses.get("loss/discriminator")}
                         progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None},
                                              refresh=False)
                     if logger is not None and session.val_loader is not None and state.step % trainer.eval_every == 0:

@@ -209,7 +209,7 @@ TRAIN_MISTAKES = [
 @pytest.mark.parametrize("overrides, message", TRAIN_MISTAKES, ids=[m[0][0] for m in TRAIN_MISTAKES])
 def test_each_train_mistake_is_one_line_before_training_starts(tmp_path, hydra_clean, capsys, nothing_loads,
                                                                overrides, message):
-    code, lines = run("train", "mode=finetune", "singer=alice", "base=pretrain/real-ddsp-aug",
+    code, lines = run("train", "mode=finetune", "singer=alice", "base=pretrain/real-ddsp-words",
                       f"paths.runs={tmp_path / 'runs'}", f"paths.singers={tmp_path / 'singers'}", *overrides,
                       capsys=capsys)
     assert_one_line(code, lines, "train", message)

@@ -1,6 +1,6 @@
 """How much of a full fine-tune an extracted LoRA adapter keeps: error vs rank and adapter size.
 
-    .venv/bin/python tools/bench_extract.py --base pretrain/real-ddsp-aug --full singers/<name>-full \\
+    .venv/bin/python tools/bench_extract.py --base pretrain/real-ddsp-words --full singers/<name>-full \\
         [--ranks 4 8 16 32 64] [--energies 0.5 0.8 0.9] [--vocal data/examples/song01/vocals.flac] [--write]
 
 For each rank (and each retained-energy target, ranks capped at the largest of ``--ranks``) the full model is

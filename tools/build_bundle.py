@@ -38,9 +38,9 @@ intermediate one also when nothing after it needs it, e.g. the whole pretraining
                                                                    or the chain's warm start (pretrain/real-ddsp)
     pretrain-aug *      the DDSP base trained on with the mix   -> pretrain/real-ddsp-aug (8000 steps from
                                                                    real-ddsp; ~45 min with one thread)
-    pretrain-words **   the augmented base trained on with the  -> pretrain/real-ddsp-words (STEPS from
-                        mix and loss.content=10 (Whisper base's    real-ddsp-aug; ~1 step/s with one thread)
-                        reading of the words)
+    pretrain-words **   the augmented base trained on with the  -> pretrain/real-ddsp-words (3000 steps from
+                        mix and loss.content=10 (Whisper base's    real-ddsp-aug; ~45 min with one thread):
+                        encoder states, a loss on the words)       the bundled default
     preprocess-example  10 min of a held-out real voice's sung clips as 'example' -> data/processed_example
     finetune            ai_singer.train mode=finetune (LoRA)    -> singers/example
     song                first ~15 s of data/synth/songs/song01  -> data/examples/song01/*.flac
@@ -48,8 +48,8 @@ intermediate one also when nothing after it needs it, e.g. the whole pretraining
 
 The steps marked * are a base's chain (:data:`BASE_CHAINS`, a table of base names): only a build of that base
 has them (``--base real-ddsp-aug``: the DDSP base is made as before, as its warm start, then trained on with
-15 perturbed copies of the large training voices; ``--base real-ddsp-words``: that base, then trained on with
-a loss on the words as well, the step marked **); any other name is trained by the pretrain step itself. The
+15 perturbed copies of the large training voices; ``--base real-ddsp-words``, the default: that base, then
+trained on with a loss on the words as well, the step marked **); any other name is trained by the pretrain step itself. The
 pretrain steps are the recipes of BENCHMARKS.md "Real voices" (``real-ddsp``, ``real-ddsp-aug``,
 ``real-ddsp-words``): CPU hours,
 resumable (a training step resumes from ``runs/bundle/<run>``; delete that folder to start from scratch) and
@@ -88,9 +88,9 @@ from ai_singer.demo import (ADAPTER_FILES, BASE_FILES, BASE_TRAINING_FILES, EXAM
 from tools import augment_voices, bundle_helpers  # noqa: E402
 
 #: The bundled default base (``--base``): everything else in the bundle follows from it.
-DEFAULT_BASE = "real-ddsp-aug"
+DEFAULT_BASE = "real-ddsp-words"
 #: Training steps of the words base (``--base real-ddsp-words``) from the augmented one, with ``loss.content``.
-WORDS_STEPS = 5000
+WORDS_STEPS = 3000
 #: The synthetic corpus's content encoder: bundled whatever the base (``content=synth``; its phone head is
 #: tools/eval_conversion.py's articulation reader).
 SYNTH_ENCODER_DIR = "pretrain/content/synth-hubert"

@@ -1,6 +1,6 @@
 """Compare every PEFT method of ``conf/peft/`` on one base: what it costs, and (``--real``) how it sounds.
 
-    .venv/bin/python tools/compare_peft.py --base pretrain/real-ddsp-aug --out runs/peft/compare.json [--bench]
+    .venv/bin/python tools/compare_peft.py --base pretrain/real-ddsp-words --out runs/peft/compare.json [--bench]
     .venv/bin/python tools/compare_peft.py --base pretrain/real-small --real --steps 500 1500 --seeds 0 1 \\
         --out runs/peft/real.json --bench                                          # hours on a CPU
 

@@ -1,6 +1,6 @@
 """Measure how well a fine-tuned singer adapter really converts, on parallel synthetic renditions.
 
-    .venv/bin/python tools/eval_conversion.py --corpus data/synth --base pretrain/real-ddsp-aug \\
+    .venv/bin/python tools/eval_conversion.py --corpus data/synth --base pretrain/real-ddsp-words \\
         --singers-dir singers --pairs s03_alto:s11_mezzo s04_baritone:s10_baritone \\
         --out runs/eval/conversion.json [--bench]
 

@@ -1,13 +1,13 @@
 """Measure conversions between real voices, with no parallel recordings (all offline).
 
-    .venv/bin/python tools/eval_real.py --corpus data/real --base pretrain/real-ddsp-aug \\
-        --singers-dir singers_real/real-ddsp-aug --out runs/eval/real.json [--quick] \\
-        [--pairs it_carlo_m:fr_june_f ...] [--self fr_june_f it_carlo_m] [--bench --label "real-ddsp-aug + LoRA 500"]
+    .venv/bin/python tools/eval_real.py --corpus data/real --base pretrain/real-ddsp-words \\
+        --singers-dir singers_real/real-ddsp-words --out runs/eval/real.json [--quick] \\
+        [--pairs it_carlo_m:fr_june_f ...] [--self fr_june_f it_carlo_m] [--bench --label "real-ddsp-words + LoRA 500"]
 
     # adapters for the held-out voices first (preprocess raw/<voice> with the base's content encoder, then
     # a LoRA fine-tune per voice; run again with a larger --steps to resume):
-    .venv/bin/python tools/eval_real.py --prepare --corpus data/real --base pretrain/real-ddsp-aug \\
-        --singers-dir singers_real/real-ddsp-aug --steps 500
+    .venv/bin/python tools/eval_real.py --prepare --corpus data/real --base pretrain/real-ddsp-words \\
+        --singers-dir singers_real/real-ddsp-words --steps 500
 
 The corpus (``tools/real_corpus.py``): ``voices.json`` (each voice's language, sex, F0 median, role
 ``train``/``heldout``), ``raw/<voice>/`` (training material) and ``eval/<voice>/<phrase>.{wav,json}`` (+ the

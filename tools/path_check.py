@@ -1,6 +1,6 @@
 """Where does a base lose the words? CER of its own speakers' eval phrases along each path of the model.
 
-    .venv/bin/python tools/path_check.py --corpus data/real --base pretrain/real-ddsp-aug [--voices V ...] \\
+    .venv/bin/python tools/path_check.py --corpus data/real --base pretrain/real-ddsp-words [--voices V ...] \\
         [--kinds sung speech]
 
 For each sung eval phrase (``--kinds sung speech``: and speech phrase) with a transcript of the corpus voices
