@@ -156,14 +156,14 @@ class BuildSettings:
     preprocess_args: tuple[str, ...] = ()      # extra overrides of every preprocess step
     real_preprocess_args: tuple[str, ...] = ("f0.method=parselmouth", "num_workers=2")  # the real recipe's
     # The CPU settings the bundled bases and example singer were trained with (pretrain/BUNDLE.md).
-    # The bases before the words base were trained without the loss on the words (loss.content, since made the
-    # training default): their steps pin it off, so that they are rebuilt as they were made.
-    pretrain_loss: tuple[str, ...] = ("loss.content=0",)
     pretrain_args: tuple[str, ...] = ("trainer.batch_size=6", "trainer.max_frames=64", "trainer.num_workers=0",
                                       "trainer.learning_rate=3e-4", "trainer.save_every=100", "trainer.keep_last=2",
                                       "trainer.eval_every=500", "trainer.log_every=25")
     finetune_args: tuple[str, ...] = ("trainer.batch_size=4", "trainer.max_frames=128", "trainer.num_workers=0",
                                       "trainer.save_every=100", "trainer.eval_every=250", "trainer.log_every=25")
+    # The bases before the words base were trained without the loss on the words (loss.content, since made the
+    # training default): their steps pin it off, so that they are rebuilt as they were made.
+    pretrain_loss: tuple[str, ...] = ("loss.content=0",)
     max_mb: float = 25.0
     force: frozenset[str] = frozenset()
     in_process: bool = False                   # run the same command lines in this interpreter (tests)
