@@ -16,7 +16,7 @@ from conftest import harmonic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
 
-from tools import eval_real, real_metrics  # noqa: E402
+from tools import eval_real, real_criteria, real_metrics  # noqa: E402
 
 SR = 16000
 
@@ -221,6 +221,24 @@ def test_reports_json_markdown_and_benchmarks_rows_per_label(tmp_path):
     assert text.index("| second base | it_carlo") < text.index("| first base | it_carlo")  # others' rows stay first
     assert sum(line.startswith("- **first base**") for line in text.splitlines()) == 1
     assert "load average 1.0 / 1.0 / 1.0 before, 2.0 / 1.5 / 1.1 after" in text
+
+
+def test_the_report_says_which_criteria_of_the_issue_hold():
+    report = eval_real.markdown_report(fake_document("a base"))
+    section = report[report.index("## Criteria"):report.index("## CER by kind")]
+    # the fake pair: every phrase closer to the target, the target first, F0 12 cents off; 12.5 CER points above
+    # the source and DNSMOS 0.6 below it
+    assert "| it_carlo_m → fr_june_f | speaker | 100% |" in section and "| yes |" in section
+    assert "| it_carlo_m → fr_june_f | words | +12.5 points | CER <= source's + 10 points | **no** |" in section
+    assert "| it_carlo_m → fr_june_f | quality | -0.60 | DNSMOS OVRL >= source's - 0.3 | **no** |" in section
+    assert "| it_carlo_m → fr_june_f | pitch | 12.0 cents | F0 median error <= 20 cents | yes |" in section
+    assert "3 of 5 hold; 2 fail." in section
+    assert "fr_june_f → fr_june_f" not in section  # a self-conversion has no source voice to judge against
+    document = fake_document("a base")
+    document["pairs"][0]["phrases"][1]["secs"]["converted"] = 0.5  # one of two phrases farther: 50 % < 90 %
+    criteria = {c.name: c for c in real_criteria.pair_criteria(document["pairs"][0])}
+    assert criteria["speaker"].value == 0.5 and criteria["speaker"].passed is False
+    assert not real_criteria.markdown({"pairs": [document["pairs"][1]]})  # self-conversions only: no section
 
 
 def test_cer_is_pooled_per_phrase_kind():

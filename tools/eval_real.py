@@ -32,7 +32,8 @@ source's F0 median nearest the target's (0 for self-conversion), and measured (`
 
 The synthetic parallel measures (MCD against a parallel rendition, nearest singer, phone accuracy) stay in
 ``tools/eval_conversion.py`` (section "Conversion quality" of BENCHMARKS.md). Writes ``--out`` (JSON, with
-every phrase's values) and the same name with ``.md`` (tables); ``--bench`` adds (or replaces) the rows of
+every phrase's values) and the same name with ``.md`` (tables, and which of the real-voice criteria hold per
+pair: ``tools/real_criteria.py``); ``--bench`` adds (or replaces) the rows of
 ``--label`` in the "## Real voices" section of BENCHMARKS.md, keeping the rows of other labels.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from ai_singer import metrics  # noqa: E402
 from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from tools import real_metrics  # noqa: E402
+from tools import real_criteria, real_metrics  # noqa: E402
 from tools.benchmarks_md import machine_description, replace_section  # noqa: E402
 from tools.eval_conversion import (EvalError, adapter_steps, content_group, find_adapter, fmt, json_safe,  # noqa: E402
                                    parse_pair, read_json, read_yaml)
@@ -493,6 +494,7 @@ def markdown_report(document: dict) -> str:
         lines += ["## Conversions", "", *PAIR_HEADER, *pair_rows(document), ""]
     if any(p["self"] for p in document["pairs"]):
         lines += ["## Self-conversion", "", *SELF_HEADER, *self_rows(document), ""]
+    lines += real_criteria.markdown(document)
     split = [(pair, kind, cer) for pair in document["pairs"]
              for kind, cer in (pair["summary"].get("cer_by_kind") or {}).items()]
     if split:

@@ -1,0 +1,94 @@
+"""The bars a real-voice conversion must clear (the real-voice issue's "done when"), checked on one
+``tools/eval_real.py`` report, so that a run says which criteria hold instead of leaving the reader to compare
+numbers by hand.
+
+Per source → target pair (self-conversions have no source voice to compare with and are not judged):
+
+- speaker: the converted phrase is more similar to the target than the source phrase was (SECS) on at least
+  :data:`CLOSER_SHARE` of the phrases;
+- nearest: the target is the nearest known voice on more than half of the phrases (top-1 share);
+- words: CER of the conversion at most :data:`CER_POINTS` above the source recording's own (pooled CER);
+- quality: DNSMOS OVRL at most :data:`DNSMOS_DROP` below the source's;
+- pitch: median |F0 error| against the intended contour at most :data:`F0_CENTS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLOSER_SHARE = 0.9
+TOP1_SHARE = 0.5      # "most phrases": strictly more than this share
+CER_POINTS = 0.10
+DNSMOS_DROP = 0.3
+F0_CENTS = 20.0
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    value: float | None      # the measured figure (None: not measurable in this report)
+    bar: str                 # what it must be, in words
+    passed: bool | None      # None when value is None
+
+
+def _check(name: str, value: float | None, bar: str, ok) -> Criterion:
+    return Criterion(name, value, bar, None if value is None else bool(ok(value)))
+
+
+def closer_share(phrases: list[dict]) -> float | None:
+    """Share of phrases whose conversion is more similar to the target than the source phrase (SECS)."""
+    pairs = [(p["secs"]["converted"], p["secs"]["source"]) for p in phrases
+             if p.get("secs", {}).get("converted") is not None and p.get("secs", {}).get("source") is not None]
+    return sum(converted > source for converted, source in pairs) / len(pairs) if pairs else None
+
+
+def pair_criteria(pair: dict) -> list[Criterion]:
+    """The criteria of one source → target pair of an eval_real report (``pair['summary']``, ``pair['phrases']``)."""
+    s = pair["summary"]
+
+    def difference(a: str, b: str) -> float | None:
+        return None if s.get(a) is None or s.get(b) is None else s[a] - s[b]
+
+    return [
+        _check("speaker", closer_share(pair["phrases"]), f">= {CLOSER_SHARE:.0%} of phrases closer to the target "
+               "than the source", lambda v: v >= CLOSER_SHARE),
+        _check("nearest", s.get("target_top1_fraction"), f"target nearest on > {TOP1_SHARE:.0%} of phrases",
+               lambda v: v > TOP1_SHARE),
+        _check("words", difference("cer_converted", "cer_source"), f"CER <= source's + {CER_POINTS * 100:.0f} points",
+               lambda v: v <= CER_POINTS + 1e-9),
+        _check("quality", difference("dnsmos_ovrl_converted", "dnsmos_ovrl_source"),
+               f"DNSMOS OVRL >= source's - {DNSMOS_DROP}", lambda v: v >= -DNSMOS_DROP - 1e-9),
+        _check("pitch", s.get("f0_median_abs_cents"), f"F0 median error <= {F0_CENTS:g} cents",
+               lambda v: v <= F0_CENTS),
+    ]
+
+
+def _shown(criterion: Criterion) -> str:
+    v = criterion.value
+    if v is None:
+        return "n/a"
+    if criterion.name in ("speaker", "nearest"):
+        return f"{v:.0%}"
+    if criterion.name == "words":
+        return f"{v * 100:+.1f} points"
+    if criterion.name == "quality":
+        return f"{v:+.2f}"
+    return f"{v:.1f} cents"
+
+
+def markdown(document: dict) -> list[str]:
+    """A "Criteria" section (lines) for the report's source → target pairs; [] when it has none."""
+    pairs = [pair for pair in document["pairs"] if not pair["self"]]
+    if not pairs:
+        return []
+    lines = ["## Criteria", "", "| source → target | criterion | measured | bar | holds |", "|---|---|---:|---|---|"]
+    verdicts = []
+    for pair in pairs:
+        for criterion in pair_criteria(pair):
+            verdicts.append(criterion.passed)
+            holds = {True: "yes", False: "**no**", None: "n/a"}[criterion.passed]
+            lines.append(f"| {pair['source']} → {pair['target']} | {criterion.name} | {_shown(criterion)} | "
+                         f"{criterion.bar} | {holds} |")
+    failed = sum(v is False for v in verdicts)
+    lines += ["", f"{len(verdicts) - failed - sum(v is None for v in verdicts)} of {len(verdicts)} hold"
+              + (f"; {failed} fail." if failed else "."), ""]
+    return lines
