@@ -14,6 +14,7 @@ Per source → target pair (self-conversions have no source voice to compare wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 CLOSER_SHARE = 0.9
 TOP1_SHARE = 0.5      # "most phrases": strictly more than this share
@@ -26,12 +27,16 @@ F0_CENTS = 20.0
 class Criterion:
     name: str
     value: float | None      # the measured figure (None: not measurable in this report)
+    shown: str               # the value as the report prints it ("n/a" when None)
     bar: str                 # what it must be, in words
     passed: bool | None      # None when value is None
 
 
-def _check(name: str, value: float | None, bar: str, ok) -> Criterion:
-    return Criterion(name, value, bar, None if value is None else bool(ok(value)))
+def _check(name: str, value: float | None, show: Callable[[float], str], bar: str,
+           ok: Callable[[float], bool]) -> Criterion:
+    if value is None:
+        return Criterion(name, None, "n/a", bar, None)
+    return Criterion(name, value, show(value), bar, bool(ok(value)))
 
 
 def closer_share(phrases: list[dict]) -> float | None:
@@ -48,31 +53,21 @@ def pair_criteria(pair: dict) -> list[Criterion]:
     def difference(a: str, b: str) -> float | None:
         return None if s.get(a) is None or s.get(b) is None else s[a] - s[b]
 
-    return [
-        _check("speaker", closer_share(pair["phrases"]), f">= {CLOSER_SHARE:.0%} of phrases closer to the target "
-               "than the source", lambda v: v >= CLOSER_SHARE),
-        _check("nearest", s.get("target_top1_fraction"), f"target nearest on > {TOP1_SHARE:.0%} of phrases",
-               lambda v: v > TOP1_SHARE),
-        _check("words", difference("cer_converted", "cer_source"), f"CER <= source's + {CER_POINTS * 100:.0f} points",
-               lambda v: v <= CER_POINTS + 1e-9),
-        _check("quality", difference("dnsmos_ovrl_converted", "dnsmos_ovrl_source"),
-               f"DNSMOS OVRL >= source's - {DNSMOS_DROP}", lambda v: v >= -DNSMOS_DROP - 1e-9),
-        _check("pitch", s.get("f0_median_abs_cents"), f"F0 median error <= {F0_CENTS:g} cents",
-               lambda v: v <= F0_CENTS),
-    ]
-
-
-def _shown(criterion: Criterion) -> str:
-    v = criterion.value
-    if v is None:
-        return "n/a"
-    if criterion.name in ("speaker", "nearest"):
+    def share(v: float) -> str:
         return f"{v:.0%}"
-    if criterion.name == "words":
-        return f"{v * 100:+.1f} points"
-    if criterion.name == "quality":
-        return f"{v:+.2f}"
-    return f"{v:.1f} cents"
+
+    return [
+        _check("speaker", closer_share(pair["phrases"]), share,
+               f">= {CLOSER_SHARE:.0%} of phrases closer to the target than the source", lambda v: v >= CLOSER_SHARE),
+        _check("nearest", s.get("target_top1_fraction"), share, f"target nearest on > {TOP1_SHARE:.0%} of phrases",
+               lambda v: v > TOP1_SHARE),
+        _check("words", difference("cer_converted", "cer_source"), lambda v: f"{v * 100:+.1f} points",
+               f"CER <= source's + {CER_POINTS * 100:.0f} points", lambda v: v <= CER_POINTS + 1e-9),
+        _check("quality", difference("dnsmos_ovrl_converted", "dnsmos_ovrl_source"), lambda v: f"{v:+.2f}",
+               f"DNSMOS OVRL >= source's - {DNSMOS_DROP}", lambda v: v >= -DNSMOS_DROP - 1e-9),
+        _check("pitch", s.get("f0_median_abs_cents"), lambda v: f"{v:.1f} cents",
+               f"F0 median error <= {F0_CENTS:g} cents", lambda v: v <= F0_CENTS),
+    ]
 
 
 def markdown(document: dict) -> list[str]:
@@ -86,7 +81,7 @@ def markdown(document: dict) -> list[str]:
         for criterion in pair_criteria(pair):
             verdicts.append(criterion.passed)
             holds = {True: "yes", False: "**no**", None: "n/a"}[criterion.passed]
-            lines.append(f"| {pair['source']} → {pair['target']} | {criterion.name} | {_shown(criterion)} | "
+            lines.append(f"| {pair['source']} → {pair['target']} | {criterion.name} | {criterion.shown} | "
                          f"{criterion.bar} | {holds} |")
     failed = sum(v is False for v in verdicts)
     lines += ["", f"{len(verdicts) - failed - sum(v is None for v in verdicts)} of {len(verdicts)} hold"
