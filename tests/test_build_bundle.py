@@ -436,14 +436,15 @@ def test_merge_processed_links_singers_and_joins_manifests(tmp_path):
         helpers.merge_processed([first, tmp_path / "nothing"], tmp_path / "bad")
 
 
-def test_augment_voices_writes_its_record_last_and_refuses_a_held_out_voice(tmp_path):
+def test_augment_voices_writes_its_record_last_and_refuses_held_out_and_validation_voices(tmp_path):
     import numpy as np
 
     from tools import augment_voices
 
     corpus, out = tmp_path / "real", tmp_path / "aug"
     corpus.mkdir()
-    (corpus / "voices.json").write_text(json.dumps({"voices": {"va": {"role": "train"}, "vh": {"role": "heldout"}}}))
+    (corpus / "voices.json").write_text(json.dumps({"voices": {"va": {"role": "train"}, "vh": {"role": "heldout"},
+                                                              "vv": {"role": "validation"}}}))
     tone = 0.3 * np.sin(2 * np.pi * 150.0 * np.arange(8000) / 16000).astype(np.float32)
     for relative in ("va/speech/a.wav", "va/sung/b.wav"):
         (corpus / "raw" / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -458,3 +459,5 @@ def test_augment_voices_writes_its_record_last_and_refuses_a_held_out_voice(tmp_
     assert sf.info(str(out / "va-f110p120" / "sung" / "b.wav")).frames == 8000
     with pytest.raises(SystemExit, match="vh is a held-out voice"):
         augment_voices.main([*args, "--voices", "vh"])
+    with pytest.raises(SystemExit, match="vv is a validation voice"):
+        augment_voices.main([*args, "--voices", "vv"])

@@ -17,7 +17,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` is a folder of scripts, not installed
 
 from conftest import harmonic  # noqa: E402
-from tools import real_corpus  # noqa: E402
+from tools import real_corpus, real_sources  # noqa: E402
 from tools.real_corpus import VoiceStats, choose_heldout, make_melody, melody_contour  # noqa: E402
 
 from ai_singer.features.f0_settings import F0Settings  # noqa: E402
@@ -191,7 +191,7 @@ def test_festvox_transcripts(tmp_path):
     path = tmp_path / "txt.done.data"
     path.write_text('( ru_0001 "Она завела, прядь волнистых вол+ос" )\n( ru_0003 "Со спокойным,\n мужеством" )\n',
                     encoding="utf-8")
-    assert real_corpus.read_festvox_transcripts(path) == {"ru_0001": "Она завела, прядь волнистых волос",
+    assert real_sources.read_festvox_transcripts(path) == {"ru_0001": "Она завела, прядь волнистых волос",
                                                           "ru_0003": "Со спокойным, мужеством"}
 
 
@@ -240,3 +240,47 @@ def test_long_recordings_give_excerpts_cut_at_a_pause():
     assert not whole and abs(end - 3.0) < 0.05  # the latest pause that keeps it under 3.3 s
     assert real_corpus.phrase_span((0.0, 2.5), [], 1.6, 3.3) == (0.0, 2.5, True)
     assert real_corpus.phrase_span((0.0, 9.0), [], 1.6, 3.3) is None
+
+
+@pytest.fixture(scope="module")
+def validation_root(tmp_path_factory) -> Path:
+    """An unpacked tree of two validation packages (Menardi as .wav, Armelle as .wav here; es-co missing)."""
+    root = tmp_path_factory.mktemp("unpacked")
+    sounds = root / "usr" / "share" / "asterisk" / "sounds"
+    for folder, f0, seed in (("it_IT_f_Menardi", 240.0, 60), ("fr", 210.0, 80)):
+        for k in range(6):
+            _write(sounds / folder / f"vm-prompt-{k}.wav", speechlike(f0, 2.4, 8000, seed=seed + k), 8000)
+        _write(sounds / folder / "beep.wav", np.zeros(8000, dtype=np.float32), 8000)
+    return root
+
+
+def test_validation_voices_get_their_own_role_and_leave_the_rest_unchanged(corpus, sources, validation_root, tmp_path):
+    out = tmp_path / "with-validation"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = real_corpus.main(_argv(sources, out, workers=1) + [
+            "--validation-dir", str(validation_root), "--validation-eval-sung", "1", "--validation-eval-speech", "1"])
+    assert code == 0
+    doc = json.loads((out / "voices.json").read_text())
+    assert doc["validation"] == ["fr_armelle_f", "it_menardi_f"]
+    assert doc["heldout"] == corpus["voices"]["heldout"] and doc["train"] == corpus["voices"]["train"]
+    for name in doc["validation"]:
+        voice = doc["voices"][name]
+        assert voice["role"] == "validation" and voice["sex"] == "f" and voice["train_seconds"] > 0
+        metas = [json.loads(p.read_text()) for p in (out / "eval" / name).glob("*.json")]
+        assert sorted(m["kind"] for m in metas) == ["speech", "sung"] and all(m["text"] is None for m in metas)
+    # the missing package is named with how to unpack it
+    assert any("es_co_f" in note and "asterisk-prompt-es-co" in note and "dpkg -x" in note
+               for note in json.loads((out / "report.json").read_text())["notes"])
+    # adding validation voices changes no file of the train and held-out voices
+    before = _files(corpus["out"])
+    after = {k: v for k, v in _files(out).items() if not any(f"/{n}/" in f"/{k}" for n in doc["validation"])}
+    assert {k: v for k, v in before.items() if k.startswith(("raw/", "eval/"))} == \
+        {k: v for k, v in after.items() if k.startswith(("raw/", "eval/"))}
+
+
+def test_validation_voice_cannot_be_held_out(sources, validation_root, tmp_path, capsys):
+    argv = _argv(sources, tmp_path / "c", workers=1) + ["--validation-dir", str(validation_root),
+                                                        "--heldout", "it_menardi_f"]
+    assert real_corpus.main(argv) == 2
+    assert "validation" in capsys.readouterr().err

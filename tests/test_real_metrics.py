@@ -361,6 +361,47 @@ def make_corpus_stub(root: Path) -> Path:
     return root
 
 
+def test_validation_voices_are_measured_apart_and_never_reach_benchmarks(tmp_path, capsys):
+    voices = {"va": {"role": "heldout"}, "vb": {"role": "heldout"}, "vc": {"role": "train"},
+              "x1": {"role": "validation"}, "x2": {"role": "validation"}, "x3": {"role": "validation"}}
+    (tmp_path / "voices.json").write_text(json.dumps({"voices": voices}))
+    for voice in voices:
+        (tmp_path / "eval" / voice).mkdir(parents=True)
+        (tmp_path / "eval" / voice / "p0.json").write_text(json.dumps({"kind": "speech", "language": "en"}))
+        (tmp_path / "eval" / voice / "p0.wav").write_bytes(b"")
+    corpus = eval_real.load_corpus(tmp_path)
+    args = eval_real.parse_args(["--corpus", str(tmp_path), "--base", "b", "--singers-dir", "s", "--role", "validation"])
+    # three voices: a ring (each a source and a target once) + each into itself
+    assert eval_real.select_pairs(args, corpus) == [("x1", "x2", None), ("x2", "x3", None), ("x3", "x1", None),
+                                                    ("x1", "x1", None), ("x2", "x2", None), ("x3", "x3", None)]
+    held = eval_real.parse_args(["--corpus", str(tmp_path), "--base", "b", "--singers-dir", "s"])
+    assert eval_real.select_pairs(held, corpus) == [("va", "vb", None), ("vb", "va", None), ("va", "va", None),
+                                                    ("vb", "vb", None)]
+    # ranks: held-out targets among train + held-out voices only (as before validation voices existed), and back
+    assert corpus.ranked("heldout") == ["va", "vb", "vc"] and corpus.ranked("validation") == ["vc", "x1", "x2", "x3"]
+    # --prepare makes adapters for the validation voices
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.yaml").write_text(json.dumps({"kind": "base", "content_encoder": {"name": "whisper"}}))
+    assert eval_real.main(["--prepare", "--dry-run", "--role", "validation", "--corpus", str(tmp_path), "--base",
+                           str(base), "--singers-dir", str(tmp_path / "singers")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "'singers=[x1,x2,x3]'" in printed[0] and [line.count("singer=x") for line in printed[1:]] == [1, 1, 1]
+    # validation numbers never go into BENCHMARKS.md, measured now or rewritten from a report
+    with pytest.raises(SystemExit):
+        eval_real.parse_args(["--corpus", str(tmp_path), "--base", "b", "--singers-dir", "s", "--role", "validation",
+                              "--bench"])
+    assert "held-out voices only" in capsys.readouterr().err
+    document = fake_document("chosen")
+    document["settings"]["role"] = "validation"
+    out = tmp_path / "val.json"
+    eval_real.write_reports(document, out)
+    assert "**validation** voices" in out.with_suffix(".md").read_text()
+    bench = tmp_path / "BENCHMARKS.md"
+    assert eval_real.main(["--from-json", str(out), "--bench", "--benchmarks", str(bench)]) == 2
+    assert "held-out voices only" in capsys.readouterr().err and not bench.exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--pairs", "va:nobody"], "'nobody' is not a voice"),
     (["--pairs", "va:vc"], "no adapter for singer 'vc'"),

@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     for voice in args.voices:
         if voice not in voices:
             raise SystemExit(f"{args.corpus / 'voices.json'}: no voice {voice!r}")
-        if voices[voice].get("role") == "heldout":
-            raise SystemExit(f"{voice} is a held-out voice: a base must never train on it")
+        if voices[voice].get("role") in ("heldout", "validation"):
+            role = "held-out" if voices[voice]["role"] == "heldout" else "validation"
+            raise SystemExit(f"{voice} is a {role} voice: a base must never train on it")
         for clip in pick_clips(args.corpus / "raw" / voice, args.seconds, args.seed):
             jobs.append((clip, [(args.out / f"{voice}-{variant.suffix()}" / clip.parent.name / clip.name, variant)
                                 for variant in args.variants]))

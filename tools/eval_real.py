@@ -91,13 +91,23 @@ class Corpus:
     voices: dict[str, dict]
     phrases: dict[str, list[Phrase]]  # voice -> its eval phrases, sorted by id
 
+    def role(self, name: str) -> list[str]:
+        """The voices of one role: ``train``, ``heldout`` (what results are reported on) or ``validation``
+        (what candidates are chosen on)."""
+        return [v for v, info in self.voices.items() if info.get("role") == name]
+
     @property
     def heldout(self) -> list[str]:
-        return [v for v, info in self.voices.items() if info.get("role") == "heldout"]
+        return self.role("heldout")
 
     @property
     def train(self) -> list[str]:
-        return [v for v, info in self.voices.items() if info.get("role") == "train"]
+        return self.role("train")
+
+    def ranked(self, role: str) -> list[str]:
+        """The voices a target is ranked among when ``role``'s voices are measured: the train voices and that
+        role's (the other role's voices stay out, so adding validation voices leaves held-out ranks as they were)."""
+        return [v for v, info in self.voices.items() if info.get("role") in ("train", role)]
 
     def raw_clips(self, voice: str) -> list[Path]:
         folder = self.root / "raw" / voice
@@ -180,8 +190,9 @@ class Timings:
 class Instruments:
     """The measuring models, each loaded on first use, and caches of what the original recordings give."""
 
-    def __init__(self, corpus: Corpus, args: argparse.Namespace, timings: Timings):
+    def __init__(self, corpus: Corpus, args: argparse.Namespace, timings: Timings, ranked: list[str] | None = None):
         self.corpus, self.args, self.timings = corpus, args, timings
+        self.ranked = list(corpus.voices) if ranked is None else ranked
         self._embedder = self._transcriber = self._scorer = None
         self._audio: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
         self._embeddings: dict[Any, np.ndarray] = {}
@@ -314,7 +325,7 @@ def evaluate_phrase(converter, tools: Instruments, phrase: Phrase, pair: Pair, t
         else float("nan")
     secs_source = real_metrics.cosine(tools.phrase_embedding(phrase), target_ref)
     references = {pair.target: target_ref}
-    for voice in tools.corpus.voices:
+    for voice in tools.ranked:
         if voice != pair.target:
             try:
                 references[voice] = tools.reference(voice, leave_out)[0]
@@ -490,6 +501,10 @@ def markdown_report(document: dict) -> str:
              f"{document['created']}; base `{document['base']['path']}`; corpus `{document['corpus']['path']}`; "
              f"{document['machine']}; load average {document['load_average']['before']} before, "
              f"{document['load_average']['after']} after; {document['run_seconds']:.0f} s", ""]
+    if document.get("settings", {}).get("role") == "validation":
+        lines += ["Measured on the **validation** voices: for choosing settings and bases, not for reporting "
+                  "(BENCHMARKS.md reports the held-out voices). Their phrases have no transcript: CER is against "
+                  "Whisper's reading of the source phrase (the source's own CER is 0 by that definition).", ""]
     if any(not p["self"] for p in document["pairs"]):
         lines += ["## Conversions", "", *PAIR_HEADER, *pair_rows(document), ""]
     if any(p["self"] for p in document["pairs"]):
@@ -661,9 +676,11 @@ def prepare_commands(args: argparse.Namespace, voices: list[str]) -> list[list[s
 
 
 def prepare(args: argparse.Namespace, corpus: Corpus) -> int:
-    voices = args.self or corpus.heldout
+    voices = args.self or corpus.role(args.role)
     if not voices:
-        raise EvalError(f"{args.corpus / 'voices.json'}: no held-out voice to prepare adapters for (--self V ...)")
+        raise EvalError(f"{args.corpus / 'voices.json'}: no {args.role} voice to prepare adapters for (--self V ...)"
+                        + (" (make the corpus with tools/real_corpus.py --validation-dir)" if args.role == "validation"
+                           else ""))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for command in prepare_commands(args, voices):
         print("+ " + shlex.join(command), flush=True)
@@ -684,11 +701,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base", type=Path, default=None, help="base artifact folder (pretrain/<name>); required")
     parser.add_argument("--singers-dir", type=Path, default=None, help="adapter folders of the target voices; required")
     parser.add_argument("--pairs", nargs="*", default=None, metavar="SRC:TGT[=ADAPTER]",
-                        help="source voice : target voice (default: every ordered pair of held-out voices)")
+                        help="source voice : target voice (default: the --role voices, sorted, each into the next "
+                             "around: two voices both ways)")
+    parser.add_argument("--role", choices=("heldout", "validation"), default="heldout",
+                        help="which voices are measured: heldout (reported; the default) or validation (for "
+                             "choosing settings and bases: never reported in BENCHMARKS.md, so the held-out "
+                             "numbers are not tuned on); targets are ranked among the train voices and these")
     parser.add_argument("--train-sources", action="store_true",
-                        help="also convert every train voice into every held-out target")
+                        help="also convert every train voice into every --role target")
     parser.add_argument("--self", nargs="*", default=None, metavar="VOICE",
-                        help="self-conversion of these voices (default: every held-out voice); --self alone: none")
+                        help="self-conversion of these voices (default: every --role voice); --self alone: none")
     parser.add_argument("--out", type=Path, default=Path("runs/eval/real.json"), help="JSON report (+ .md beside)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_PHRASES} phrases per source voice (both kinds), 4 reference clips")
@@ -719,7 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, default=None, metavar="JSON",
                         help="measure nothing: rewrite the .md (and with --bench the BENCHMARKS rows, --label "
                              "replacing the recorded label) from an earlier run's JSON report")
-    prep = parser.add_argument_group("--prepare: preprocess the held-out voices and fine-tune their adapters")
+    prep = parser.add_argument_group("--prepare: preprocess the --role voices and fine-tune their adapters")
     prep.add_argument("--prepare", action="store_true", help="do that instead of measuring")
     prep.add_argument("--steps", type=int, default=500, help="fine-tuning steps (a larger value resumes the run)")
     prep.add_argument("--peft", default="lora")
@@ -733,6 +755,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.from_json is None and (args.base is None or args.singers_dir is None):
         parser.error("--base and --singers-dir are required (except with --from-json)")
+    if args.bench and args.role != "heldout":
+        parser.error("--bench reports held-out voices only: validation numbers choose candidates and stay out of "
+                     "BENCHMARKS.md (drop --bench, or measure --role heldout)")
     if args.ref_clips is None:
         args.ref_clips = 4 if args.quick else 8
     if args.max_phrases is None and args.quick:
@@ -759,15 +784,28 @@ def conversion_settings(args: argparse.Namespace):
     return settings
 
 
+def ring(voices: list[str]) -> list[tuple[str, str]]:
+    """Each voice (sorted) into the next, around: every voice a source and a target once (two voices: both
+    ways)."""
+    voices = sorted(voices)
+    if len(voices) < 2:
+        return []
+    return [(voices[k], voices[(k + 1) % len(voices)]) for k in range(len(voices))] if len(voices) > 2 \
+        else [(voices[0], voices[1]), (voices[1], voices[0])]
+
+
 def select_pairs(args: argparse.Namespace, corpus: Corpus) -> list[tuple[str, str, str | None]]:
-    heldout = corpus.heldout
+    measured = corpus.role(args.role)
+    if args.role == "validation" and not measured:
+        raise EvalError(f"{args.corpus / 'voices.json'}: no validation voice (make the corpus with "
+                        f"tools/real_corpus.py --validation-dir)")
     if args.pairs is None:
-        chosen = [(s, t, None) for s in heldout for t in heldout if s != t]
+        chosen = [(s, t, None) for s, t in ring(measured)]
     else:
         chosen = [parse_pair(text) for text in args.pairs]
     if args.train_sources:
-        chosen += [(s, t, None) for s in corpus.train for t in heldout]
-    selfs = heldout if args.self is None else list(args.self)
+        chosen += [(s, t, None) for s in corpus.train for t in measured]
+    selfs = measured if args.self is None else list(args.self)
     chosen += [(v, v, None) for v in selfs]
     for source, target, _ in chosen:
         for voice in (source, target):
@@ -804,7 +842,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     timings.add("load_models", started)
     log(f"loaded {args.base} (content encoder {content.get('path')}, layer {content.get('layer')}); "
         f"{len(pairs)} pairs")
-    tools = Instruments(corpus, args, timings)
+    ranked = list(dict.fromkeys(corpus.ranked(args.role) + [v for p in pairs for v in (p.source, p.target)]))
+    tools = Instruments(corpus, args, timings, ranked)
 
     results = []
     for pair in pairs:
@@ -849,7 +888,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "corpus": {"path": str(args.corpus), "voices": corpus.voices},
         "base": {"path": str(args.base), "name": args.base.name, "sha256": converter.base.sha256},
         "settings": {"content": {k: content.get(k) for k in ("name", "path", "layer", "final_proj")},
-                     "quick": bool(args.quick), "max_phrases": args.max_phrases, "ref_clips": args.ref_clips,
+                     "role": args.role, "quick": bool(args.quick), "max_phrases": args.max_phrases,
+                     "ref_clips": args.ref_clips,
                      "whisper": args.whisper, "beam_size": args.beam_size, "f0_method": args.f0_method,
                      "eval_f0_method": args.eval_f0_method, "noise_scale": args.noise_scale,
                      "retrieval_ratio": args.retrieval_ratio, "seed": args.seed, "threads": args.threads},
@@ -875,6 +915,9 @@ def rewrite_reports(args: argparse.Namespace) -> int:
         raise EvalError(f"{args.from_json}: cannot read the report ({error})") from None
     if args.label:
         document["label"] = args.label
+    if args.bench and document.get("settings", {}).get("role", "heldout") != "heldout":
+        raise EvalError(f"{args.from_json}: measured on the {document['settings']['role']} voices; --bench reports "
+                        f"held-out voices only (validation numbers choose candidates and stay out of BENCHMARKS.md)")
     markdown = args.from_json.with_suffix(".md")
     atomic_write_text(markdown, markdown_report(document))
     if args.bench:

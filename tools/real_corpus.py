@@ -1,6 +1,6 @@
 """Build a corpus of REAL voices made to sing, from recorded speech shipped by Debian packages.
 
-    python tools/real_corpus.py --out data/real --seed 0 [--workers 2] [--quick]
+    python tools/real_corpus.py --out data/real --seed 0 [--workers 2] [--quick] [--validation-dir DIR]
 
 Sources (each an argument; the defaults are where Debian installs them; a missing one is named with
 the package that provides it, and the run goes on with the rest; nothing is installed):
@@ -10,6 +10,15 @@ the package that provides it, and the run goes on with the rest; nothing is inst
   festvox-ru                                  msu_ru_nsh_clunits: one male Russian speaker (~99 min)
   codec2-examples                             short 8 kHz clips, speakers named by file
   alsa-utils                                  a few short clips, one speaker
+  --validation-dir DIR (optional)             three more voices for choosing candidates, never trained on:
+                                              asterisk-prompt-it-menardi-wav (it, f), -es-co (es, f),
+                                              -fr-armelle (fr, f), unpacked with dpkg -x into DIR (not
+                                              installed: es-co and fr-armelle share core-sounds' folders);
+                                              no transcripts (tools/real_sources.py)
+
+Roles: train voices go into a base; two held-out voices (one low, one high, chosen from the numbers) are
+what results are reported on; validation voices are what settings and candidate bases are chosen on, so
+the reported numbers are not tuned on the voices they are measured with.
 
 Each voice's speech is kept as it is (raw/<voice>/speech/) and made to sing with WORLD (raw/<voice>/sung/,
 eval/<voice>/): the spectral envelope and aperiodicity of the speech are kept, its voiced stretches are
@@ -19,7 +28,8 @@ vibrato, rests where the speech is unvoiced). Sung eval phrases come with the ex
 imposed, at hop 512 / 44.1 kHz (frame i centred at (i + 0.5) * 512 / 44100 s, as ai_singer.features.pitch).
 
 Layout (a contract with tools that read it):
-  <out>/voices.json                     voices, their measured F0 and material, train/held-out split and why
+  <out>/voices.json                     voices, their measured F0 and material, role (train / heldout /
+                                        validation) and why
   <out>/raw/<voice>/speech/<clip>.wav   plain speech, original rate
   <out>/raw/<voice>/sung/<clip>.wav     the same speech made to sing, 44.1 kHz
   <out>/eval/<voice>/<phrase>.wav       held-out phrases (sung 44.1 kHz, or speech at the original rate),
@@ -34,17 +44,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import gzip
 import math
 import multiprocessing
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `ai_singer` importable
 
 from ai_singer.atomic import atomic_path, atomic_write_json  # noqa: E402
+from tools.real_sources import DEBIAN, VALIDATION_HOW, Source, collect, decode, walk_files  # noqa: E402
 from tools.settings_arguments import add_settings_arguments, settings_values  # noqa: E402
 
 FORMAT_VERSION = 1
@@ -81,38 +88,9 @@ VIBRATO_RAMP_S = 0.2
 STRETCH = (1.3, 2.0)
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 
-DEBIAN = {
-    "asterisk": "/usr/share/asterisk/sounds",
-    "asterisk_docs": "/usr/share/doc",
-    "festvox_ru": "/usr/share/festival/voices/russian/msu_ru_nsh_clunits",
-    "codec2": "/usr/share/codec2/raw",
-    "alsa": "/usr/share/sounds/alsa",
-}
-
-#: Asterisk language folder -> (voice, sex). en and es are the same woman (Allison).
-ASTERISK_VOICES = {
-    "en": ("en_allison_f", "f"),
-    "es": ("en_allison_f", "f"),
-    "fr": ("fr_june_f", "f"),
-    "it": ("it_carlo_m", "m"),
-    "ru": ("ru_ivr_f", "f"),
-}
-#: Asterisk prompts that are not speech (tones, silence), by name.
-ASTERISK_NOT_SPEECH = re.compile(r"^(silence/.*|beep|beeperr|ascending-2tone|descending-2tone)$")
-#: codec2-examples clips whose file name names the speaker (English speech, 8 kHz, 16-bit raw).
-CODEC2_SPEAKERS = ("hts1", "hts2", "morig", "forig", "kristoff", "ve9qrp", "vk5qi", "g3plx", "mmt1")
-CODEC2_SKIP = {
-    "hts": "several speakers in one file (hts1 and hts2 are its first two parts)",
-    "hts1a": "the first 3 s of hts1",
-    "hts2a": "the first 3 s of hts2",
-    "ve9qrp_10s": "the first 10 s of ve9qrp",
-    "f2400": "forig passed through the 2400 bit/s codec",
-    "m2400": "morig passed through the 2400 bit/s codec",
-}
-CODEC2_SR = 8000
 #: --quick renders at most 4 raw files per voice, none longer than this (s) unless the voice has no other.
 QUICK_MAX_FILE_S = 20.0
-#: Folder inside --out where pass 1 keeps decoded G.722 for pass 2 (removed at the end).
+#: Folder inside --out where pass 1 keeps ffmpeg-decoded audio (G.722, GSM) for pass 2 (removed at the end).
 DECODE_CACHE = ".decoded"
 
 
@@ -135,11 +113,15 @@ class Settings:
     festvox_ru_dir: Path = Path(DEBIAN["festvox_ru"])
     codec2_dir: Path = Path(DEBIAN["codec2"])
     alsa_dir: Path = Path(DEBIAN["alsa"])
-    #: minutes of speech made to sing per train voice / per held-out voice (speech is kept whole)
+    #: root of the unpacked validation packages (tools/real_sources.py); None = no validation voices
+    validation_dir: Path | None = None
+    #: minutes of speech made to sing per train voice / per held-out or validation voice (speech is kept whole)
     max_sung_minutes: float = 4.0
     heldout_sung_minutes: float = 10.0
     heldout_eval_sung: int = 12
     heldout_eval_speech: int = 6
+    validation_eval_sung: int = 8
+    validation_eval_speech: int = 4
     train_eval_sung: int = 4
     train_eval_speech: int = 2
     #: a held-out voice needs this much speech left for raw/ (to fine-tune an adapter)
@@ -155,7 +137,8 @@ class Settings:
         for name in ("max_sung_minutes", "heldout_sung_minutes", "min_heldout_minutes"):
             if getattr(self, name) < 0:
                 raise CorpusError(f"--{name.replace('_', '-')} must be >= 0")
-        for name in ("heldout_eval_sung", "heldout_eval_speech", "train_eval_sung", "train_eval_speech"):
+        for name in ("heldout_eval_sung", "heldout_eval_speech", "validation_eval_sung", "validation_eval_speech",
+                     "train_eval_sung", "train_eval_speech"):
             if getattr(self, name) < 0:
                 raise CorpusError(f"--{name.replace('_', '-')} must be >= 0")
 
@@ -166,232 +149,11 @@ class Settings:
         return dataclasses.replace(
             self, max_sung_minutes=min(self.max_sung_minutes, 0.5), heldout_sung_minutes=min(self.heldout_sung_minutes, 1.0),
             heldout_eval_sung=min(self.heldout_eval_sung, 3), heldout_eval_speech=min(self.heldout_eval_speech, 2),
+            validation_eval_sung=min(self.validation_eval_sung, 2),
+            validation_eval_speech=min(self.validation_eval_speech, 1),
             train_eval_sung=min(self.train_eval_sung, 1), train_eval_speech=min(self.train_eval_speech, 1))
 
 
-# --------------------------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class Source:
-    """One recorded file of one voice."""
-    voice: str
-    clip: str          # file-name stem, unique within the voice
-    path: str
-    decoder: str       # "g722" (ffmpeg), "soundfile", "raw8k"
-    language: str
-    text: str | None
-    est_seconds: float  # from the file size / header, before decoding
-
-
-@dataclass
-class VoiceSpec:
-    name: str
-    origin: str
-    languages: list[str]
-    sex: str | None       # None: decided from the measured F0
-    package: str
-
-
-@dataclass
-class Collection:
-    voices: dict[str, VoiceSpec] = field(default_factory=dict)
-    sources: list[Source] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)      # missing folders, missing transcripts, ...
-    skipped: list[dict] = field(default_factory=list)   # {"path", "reason"}
-
-
-def _missing(collection: Collection, what: str, folder: Path, package: str) -> None:
-    collection.notes.append(f"{what}: {folder} not found; it comes with the Debian package {package} "
-                            f"(apt-get install {package}); going on without it")
-
-
-def _walk(folder: Path) -> list[Path]:
-    """Files under ``folder`` (symlinks followed, as Debian's alternatives use them), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        found.extend(Path(root) / name for name in files)
-    return sorted(found)
-
-
-def _clip_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "clip"
-
-
-def read_asterisk_transcripts(doc_dir: Path, language: str) -> dict[str, str] | None:
-    """``{"digits/0": "zero", ...}`` from core-sounds-<lang>.txt(.gz) in the asterisk-core-sounds docs."""
-    for package in (f"asterisk-core-sounds-{language}", f"asterisk-core-sounds-{language}-g722"):
-        for name in (f"core-sounds-{language}.txt.gz", f"core-sounds-{language}.txt"):
-            path = doc_dir / package / name
-            if path.is_file():
-                raw = gzip.open(path, "rb").read() if name.endswith(".gz") else path.read_bytes()
-                texts: dict[str, str] = {}
-                for line in raw.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines():
-                    key, sep, text = line.partition(":")
-                    key, text = key.strip().lstrip("\ufeff"), text.strip()
-                    if sep and key and not key.startswith(";") and text and key not in texts:
-                        texts[key] = text
-                return texts
-    return None
-
-
-def collect_asterisk(settings: Settings, collection: Collection, have_ffmpeg: bool) -> None:
-    for language, (voice, sex) in ASTERISK_VOICES.items():
-        package = f"asterisk-core-sounds-{language}-g722"
-        folder = settings.asterisk_dir / language
-        if not folder.is_dir():
-            _missing(collection, f"asterisk {language}", folder, package)
-            continue
-        texts = read_asterisk_transcripts(settings.asterisk_doc_dir, language)
-        if texts is None:
-            collection.notes.append(f"asterisk {language}: no transcript core-sounds-{language}.txt(.gz) under "
-                                    f"{settings.asterisk_doc_dir} (Debian package asterisk-core-sounds-{language}); "
-                                    f"its phrases get text null")
-            texts = {}
-        spec = collection.voices.setdefault(voice, VoiceSpec(voice, "asterisk", [], sex, ""))
-        spec.languages.append(language)
-        spec.origin = "asterisk-" + "+".join(spec.languages)
-        spec.package = ", ".join(filter(None, [spec.package, package]))
-        files = [p for p in _walk(folder) if p.suffix in (".g722", ".wav")]
-        undecodable = 0
-        by_key: dict[str, Path] = {}
-        for path in files:  # a prompt shipped as both .g722 and .wav: keep the .wav
-            key = path.relative_to(folder).with_suffix("").as_posix()
-            if key not in by_key or path.suffix == ".wav":
-                by_key[key] = path
-        for key, path in sorted(by_key.items()):
-            if ASTERISK_NOT_SPEECH.search(key):
-                collection.skipped.append({"path": str(path), "reason": "not speech (tone or silence by name)"})
-                continue
-            if path.suffix == ".g722" and not have_ffmpeg:
-                collection.skipped.append({"path": str(path), "reason": "ffmpeg not found (Debian package ffmpeg) to decode G.722"})
-                undecodable += 1
-                continue
-            est = path.stat().st_size / 8000.0 if path.suffix == ".g722" else _wav_seconds(path)
-            collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path),
-                                             "g722" if path.suffix == ".g722" else "soundfile", language,
-                                             texts.get(key), est))
-        if undecodable:
-            collection.notes.append(f"asterisk {language}: ffmpeg not found (Debian package ffmpeg); its {undecodable} "
-                                    f"G.722 files are skipped")
-
-
-def _wav_seconds(path: Path) -> float:
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:  # unreadable: decoding will report it properly
-        return 0.0
-
-
-def read_festvox_transcripts(path: Path) -> dict[str, str]:
-    """``( ru_0001 "text" )`` entries of a festvox txt.done.data; stress marks ``+`` removed."""
-    if not path.is_file():
-        return {}
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return {key: " ".join(value.replace("+", "").split())
-            for key, value in re.findall(r'\(\s*(\S+)\s+"(.*?)"\s*\)', text, flags=re.S)}
-
-
-def collect_festvox_ru(settings: Settings, collection: Collection) -> None:
-    folder = settings.festvox_ru_dir / "wav"
-    if not folder.is_dir():
-        _missing(collection, "festvox-ru (msu_ru_nsh)", folder, "festvox-ru")
-        return
-    texts = read_festvox_transcripts(settings.festvox_ru_dir / "etc" / "txt.done.data")
-    collection.voices["ru_nsh_m"] = VoiceSpec("ru_nsh_m", "festvox-ru-msu-nsh", ["ru"], "m", "festvox-ru")
-    for path in sorted(folder.glob("*.wav")):
-        collection.sources.append(Source("ru_nsh_m", _clip_name(path.stem), str(path), "soundfile", "ru",
-                                         texts.get(path.stem), _wav_seconds(path)))
-
-
-def collect_codec2(settings: Settings, collection: Collection) -> None:
-    folder = settings.codec2_dir
-    if not folder.is_dir():
-        _missing(collection, "codec2", folder, "codec2-examples")
-        return
-    for path in sorted(folder.glob("*.raw")):
-        name = path.stem
-        if name in CODEC2_SPEAKERS:
-            voice = f"codec2_{_clip_name(name).replace('-', '_').lower()}"
-            collection.voices.setdefault(voice, VoiceSpec(voice, "codec2", ["en"], None, "codec2-examples"))
-            collection.sources.append(Source(voice, _clip_name(name), str(path), "raw8k", "en", None,
-                                             path.stat().st_size / (2.0 * CODEC2_SR)))
-        else:
-            reason = CODEC2_SKIP.get(name, "not a named speaker's speech (test signal, modem, or speaker unknown)")
-            collection.skipped.append({"path": str(path), "reason": reason})
-
-
-def collect_alsa(settings: Settings, collection: Collection) -> None:
-    folder = settings.alsa_dir
-    if not folder.is_dir():
-        _missing(collection, "alsa", folder, "alsa-utils")
-        return
-    files = [p for p in sorted(folder.glob("*.wav")) if p.stem.lower() != "noise"]
-    if not files:
-        return
-    collection.voices["alsa"] = VoiceSpec("alsa", "alsa-utils", ["en"], None, "alsa-utils")
-    for path in files:
-        collection.sources.append(Source("alsa", _clip_name(path.stem), str(path), "soundfile", "en",
-                                         path.stem.replace("_", " "), _wav_seconds(path)))
-
-
-def collect(settings: Settings) -> Collection:
-    collection = Collection()
-    have_ffmpeg = shutil.which("ffmpeg") is not None
-    collect_asterisk(settings, collection, have_ffmpeg)
-    collect_festvox_ru(settings, collection)
-    collect_codec2(settings, collection)
-    collect_alsa(settings, collection)
-    return collection
-
-
-# --------------------------------------------------------------------------------------------- audio
-
-
-def decode(source: Source, cache: str | None = None) -> tuple[np.ndarray, int]:
-    """Mono float64 audio at the file's own rate. Raises ValueError naming the reason.
-
-    G.722 goes through ffmpeg (one process per file: the slow part of reading it); with ``cache`` (a
-    folder) the decoded audio is kept there as 16-bit WAV (exactly the decoder's samples) and read back
-    the next time."""
-    if source.decoder == "g722":
-        import soundfile as sf
-
-        cached = Path(cache) / source.voice / f"{source.clip}.wav" if cache else None
-        if cached is not None and cached.is_file():
-            audio, sr = sf.read(str(cached), dtype="int16")
-            return audio.astype(np.float64) / 32768.0, int(sr)
-        command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "g722", "-i", source.path,
-                   "-ar", "16000", "-ac", "1", "-f", "s16le", "-"]
-        result = subprocess.run(command, capture_output=True)
-        if result.returncode == 0 and not result.stdout and os.path.getsize(source.path) == 0:
-            raise ValueError("empty file (0 bytes)")
-        if result.returncode != 0 or not result.stdout:
-            reason = result.stderr.decode(errors="replace").strip().splitlines()
-            raise ValueError(f"ffmpeg could not decode it: {reason[-1] if reason else 'no audio'}")
-        samples = np.frombuffer(result.stdout, dtype="<i2")
-        if cached is not None:
-            with atomic_path(cached) as tmp:
-                sf.write(str(tmp), samples, 16000, subtype="PCM_16")
-        return samples.astype(np.float64) / 32768.0, 16000
-    if source.decoder == "raw8k":
-        data = Path(source.path).read_bytes()
-        if len(data) < 2:
-            raise ValueError("empty file")
-        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float64) / 32768.0, CODEC2_SR
-    import soundfile as sf
-
-    try:
-        audio, sr = sf.read(source.path, dtype="float64", always_2d=True)
-    except Exception as error:  # soundfile raises its own LibsndfileError / RuntimeError
-        raise ValueError(f"unreadable audio ({error})") from None
-    if audio.shape[0] == 0:
-        raise ValueError("no samples")
-    return audio.mean(axis=1), int(sr)
 
 
 def speech_f0(x: np.ndarray, sr: int) -> np.ndarray:
@@ -822,7 +584,7 @@ def _sweep(out: Path, keep: set[str]) -> int:
     """Remove files under raw/ and eval/ that this run did not write (left from an earlier run)."""
     removed = 0
     for top in ("raw", "eval"):
-        for path in _walk(out / top) if (out / top).is_dir() else []:
+        for path in walk_files(out / top) if (out / top).is_dir() else []:
             if path.relative_to(out).as_posix() not in keep:
                 path.unlink()
                 removed += 1
@@ -884,19 +646,22 @@ def build(settings: Settings) -> dict:
     sex = {v: collection.voices[v].sex or ("m" if stats[v].f0_median < LOW_HIGH_SPLIT_HZ else "f") for v in stats}
     names = {v: (f"{v}_{sex[v]}" if v == "alsa" else v) for v in stats}
 
-    # held-out choice
-    reserve = {v: (effective.heldout_eval_sung * 3.0 + effective.heldout_eval_speech * 4.0) for v in stats}
+    # held-out choice, among the voices that are not validation voices
+    validation = {v for v in stats if collection.voices[v].validation}
+    candidates = {v: st for v, st in stats.items() if v not in validation}
+    reserve = {v: (effective.heldout_eval_sung * 3.0 + effective.heldout_eval_speech * 4.0) for v in candidates}
     if settings.heldout:
         heldout = [v for v in (h.strip() for h in settings.heldout.split(",")) if v]
-        unknown = [v for v in heldout if v not in stats and v not in names.values()]
+        unknown = [v for v in heldout if v not in candidates and v not in {names[c] for c in candidates}]
         if unknown:
-            raise CorpusError(f"--heldout names unknown voices {unknown}; known: {sorted(names.values())}")
+            raise CorpusError(f"--heldout names unknown or validation voices {unknown}; known: "
+                              f"{sorted(names[c] for c in candidates)}")
         heldout = [next(k for k, n in names.items() if n == v or k == v) for v in heldout]
         why = f"held out by --heldout {settings.heldout}"
     else:
-        by_name, heldout_names = {names[v]: v for v in stats}, None
-        heldout_names, why = choose_heldout({names[v]: st for v, st in stats.items()},
-                                            {names[v]: x for v, x in sex.items()}, effective.min_heldout_minutes * 60.0,
+        by_name = {names[v]: v for v in candidates}
+        heldout_names, why = choose_heldout({names[v]: st for v, st in candidates.items()},
+                                            {names[v]: sex[v] for v in candidates}, effective.min_heldout_minutes * 60.0,
                                             {names[v]: x for v, x in reserve.items()})
         heldout = [by_name[n] for n in heldout_names]
 
@@ -906,10 +671,11 @@ def build(settings: Settings) -> dict:
     for voice in sorted(stats):
         files = [s for s in selected if (s.voice, s.clip) in analyses]
         files = [s for s in files if s.voice == voice]
-        held = voice in heldout
+        held = voice in heldout or voice in validation
         rng = _rng(settings.seed, "plan", voice)
-        n_sung = effective.heldout_eval_sung if held else effective.train_eval_sung
-        n_speech = effective.heldout_eval_speech if held else effective.train_eval_speech
+        n_sung, n_speech = ((effective.validation_eval_sung, effective.validation_eval_speech) if voice in validation
+                            else (effective.heldout_eval_sung, effective.heldout_eval_speech) if held
+                            else (effective.train_eval_sung, effective.train_eval_speech))
         chosen, rest = pick_eval(files, analyses, n_sung, n_speech, rng)
         if settings.quick:  # a few short files
             rest = [s for s in rest if analyses[(voice, s.clip)]["seconds"] <= QUICK_MAX_FILE_S][:4] or rest[:1]
@@ -960,7 +726,8 @@ def build(settings: Settings) -> dict:
         voices[name] = {
             "origin": spec.origin, "language": spec.languages[0], "languages": spec.languages,
             "sex": sex[voice], "f0_median_hz": round(st.f0_median, 2), "f0_p05_hz": round(st.f0_p05, 2),
-            "f0_p95_hz": round(st.f0_p95, 2), "role": "heldout" if voice in heldout else "train",
+            "f0_p95_hz": round(st.f0_p95, 2),
+            "role": "heldout" if voice in heldout else "validation" if voice in validation else "train",
             "train_seconds": round(seconds.get(name, {}).get("speech", 0.0), 2),
             "sung_train_seconds": round(seconds.get(name, {}).get("sung", 0.0), 2),
             "speech_seconds_total": round(st.seconds, 2), "eval_phrases": eval_counts.get(name, 0),
@@ -973,6 +740,7 @@ def build(settings: Settings) -> dict:
         "voices": voices,
         "train": sorted(n for n, v in voices.items() if v["role"] == "train"),
         "heldout": sorted(n for n, v in voices.items() if v["role"] == "heldout"),
+        "validation": sorted(n for n, v in voices.items() if v["role"] == "validation"),
         "why_heldout": why,
         "f0_hop": F0_HOP, "f0_sr": SUNG_SR, "sung_sr": SUNG_SR,
         "generator": "tools/real_corpus.py",
@@ -1003,6 +771,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "heldout_sung_minutes": "minutes of each held-out voice's speech made to sing for raw/",
         "heldout_eval_sung": "sung eval phrases per held-out voice",
         "heldout_eval_speech": "speech eval phrases per held-out voice",
+        "validation_eval_sung": "sung eval phrases per validation voice",
+        "validation_eval_speech": "speech eval phrases per validation voice",
         "train_eval_sung": "sung eval phrases per train voice",
         "train_eval_speech": "speech eval phrases per train voice",
         "min_heldout_minutes": "speech a held-out voice must keep for raw/, minutes",
@@ -1010,10 +780,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "quick_files_per_voice": "--quick: source files analysed per voice",
     }
     add_settings_arguments(parser, Settings, helps)
+    parser.add_argument("--validation-dir", type=Path, default=None,
+                        help="root of the unpacked validation packages (three more asterisk voices, never trained on "
+                             f"or reported: candidates are chosen on them); made with: {VALIDATION_HOW} "
+                             "(default: none)")
     parser.add_argument("--quick", action="store_true", help="a small subset: few files per voice, small caps")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
-    return Settings(out=args.out, quick=args.quick, progress=not args.no_progress, **settings_values(args, helps))
+    return Settings(out=args.out, quick=args.quick, progress=not args.no_progress, validation_dir=args.validation_dir,
+                    **settings_values(args, helps))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1029,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {v['role']:8s} {v['sex']:3s} {v['f0_median_hz']:8.1f} [{v['f0_p05_hz']:4.0f}-{v['f0_p95_hz']:4.0f}]"
               f"       {v['train_seconds'] / 60:6.1f} min {v['sung_train_seconds'] / 60:5.1f} min {v['eval_phrases']:5d}")
     print(f"held out: {', '.join(document['heldout']) or 'none'} — {document['why_heldout']}")
+    print(f"validation: {', '.join(document['validation']) or 'none (--validation-dir)'}")
     problems = len(report["errors"])
     passes = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result["timings"].items())
     print(f"wrote {settings.out} in {result['elapsed']:.0f} s ({passes}); {problems} file(s) failed, "
