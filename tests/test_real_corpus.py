@@ -284,3 +284,29 @@ def test_validation_voice_cannot_be_held_out(sources, validation_root, tmp_path,
                                                         "--heldout", "it_menardi_f"]
     assert real_corpus.main(argv) == 2
     assert "validation" in capsys.readouterr().err
+
+
+def test_validation_voices_are_never_read_from_the_installed_asterisk_folder(sources, tmp_path):
+    settings = real_corpus.Settings(out=tmp_path / "c", asterisk_dir=sources["asterisk"],
+                                    asterisk_doc_dir=sources["docs"], festvox_ru_dir=sources["festvox"],
+                                    codec2_dir=sources["codec2"], alsa_dir=sources["alsa"],
+                                    validation_dir=sources["asterisk"])
+    collection = real_sources.collect(settings)
+    assert not any(spec.validation for spec in collection.voices.values())
+    assert any("installed asterisk folder" in note and "dpkg -x" in note for note in collection.notes)
+
+
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="needs ffmpeg (Debian package ffmpeg)")
+def test_gsm_prompts_decode_at_8_khz(tmp_path):
+    import subprocess
+
+    wav = tmp_path / "p.wav"
+    _write(wav, speechlike(220.0, 1.2, 8000, seed=3), 8000)
+    gsm = tmp_path / "p.gsm"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-ar", "8000", "-ac", "1", "-f", "gsm",
+                    str(gsm)], check=True)
+    audio, sr = real_sources.decode(real_sources.Source("v", "p", str(gsm), "gsm", "es", None, 1.2))
+    assert sr == 8000 and abs(len(audio) / sr - 1.2) < 0.05 and np.abs(audio).max() > 0.05
+    (tmp_path / "empty.gsm").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty file"):
+        real_sources.decode(real_sources.Source("v", "e", str(tmp_path / "empty.gsm"), "gsm", "es", None, 0.0))

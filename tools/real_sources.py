@@ -253,21 +253,28 @@ def collect(settings: Folders) -> Collection:
     collect_codec2(settings, collection)
     collect_alsa(settings, collection)
     if settings.validation_dir is not None:
-        collect_validation(settings.validation_dir, collection, have_ffmpeg)
+        collect_validation(settings.validation_dir, collection, have_ffmpeg, settings.asterisk_dir)
     return collection
 
 
-def collect_validation(folder: Path, collection: Collection, have_ffmpeg: bool) -> None:
-    """The validation voices under ``folder``: the root of the unpacked packages (or their sounds folder)."""
+def collect_validation(folder: Path, collection: Collection, have_ffmpeg: bool, asterisk_dir: Path) -> None:
+    """The validation voices under ``folder``: the root of the unpacked packages (or their sounds folder).
+    Never the installed asterisk folder, where es-co and fr-armelle would share es/ and fr/ with core-sounds'
+    voices."""
     sounds = folder / "usr" / "share" / "asterisk" / "sounds"
     sounds = sounds if sounds.is_dir() else folder
     if not folder.is_dir():
         collection.notes.append(f"validation voices: {folder} not found; unpack the packages there: {VALIDATION_HOW}")
         return
+    if asterisk_dir.is_dir() and sounds.resolve() == asterisk_dir.resolve():
+        collection.notes.append(f"validation voices: {sounds} is the installed asterisk folder, where their prompts "
+                                f"would mix with core-sounds' voices; unpack the packages into a folder of their "
+                                f"own: {VALIDATION_HOW}; going on without them")
+        return
     found = 0
     for sub, (voice, sex, language, package) in VALIDATION_VOICES.items():
         voice_dir = sounds / sub
-        files = [p for p in walk_files(voice_dir) if p.suffix in (".wav", ".gsm", ".g722")] if voice_dir.is_dir() else []
+        files = [p for p in walk_files(voice_dir) if p.suffix in (".wav", ".gsm")] if voice_dir.is_dir() else []
         if not files:
             collection.notes.append(f"validation voice {voice}: no .wav/.gsm prompts under {voice_dir} (Debian "
                                     f"package {package}, unpacked: {VALIDATION_HOW}); going on without it")
@@ -283,13 +290,13 @@ def collect_validation(folder: Path, collection: Collection, have_ffmpeg: bool) 
             if ASTERISK_NOT_SPEECH.search(key):
                 collection.skipped.append({"path": str(path), "reason": "not speech (tone or silence by name)"})
                 continue
-            decoder = {".wav": "soundfile", ".gsm": "gsm", ".g722": "g722"}[path.suffix]
+            decoder = "gsm" if path.suffix == ".gsm" else "soundfile"
             if decoder != "soundfile" and not have_ffmpeg:
                 collection.skipped.append({"path": str(path), "reason": f"ffmpeg not found (Debian package ffmpeg) "
                                                                        f"to decode {decoder.upper()}"})
                 continue
             size = path.stat().st_size
-            est = size / 1650.0 if decoder == "gsm" else size / 8000.0 if decoder == "g722" else _wav_seconds(path)
+            est = size / 1650.0 if decoder == "gsm" else _wav_seconds(path)  # GSM 6.10: 33 bytes per 20 ms
             collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path), decoder, language,
                                              None, est))
     if not found:
