@@ -269,6 +269,11 @@ def test_validation_voices_get_their_own_role_and_leave_the_rest_unchanged(corpu
         assert voice["role"] == "validation" and voice["sex"] == "f" and voice["train_seconds"] > 0
         metas = [json.loads(p.read_text()) for p in (out / "eval" / name).glob("*.json")]
         assert sorted(m["kind"] for m in metas) == ["speech", "sung"] and all(m["text"] is None for m in metas)
+        # a sung phrase without a transcript keeps the speech it was sung from (a reference reading), as spoken
+        [sung] = [m for m in metas if m["kind"] == "sung"]
+        spoken, _ = sf.read(str(out / "eval" / name / sung["spoken_file"]))
+        assert sung["spoken_file"].endswith(".spoken.wav") and \
+            abs(len(spoken) / 8000 - (sung["source_end_s"] - sung["source_start_s"])) < 0.01
     # the missing package is named with how to unpack it
     assert any("es_co_f" in note and "asterisk-prompt-es-co" in note and "dpkg -x" in note
                for note in json.loads((out / "report.json").read_text())["notes"])

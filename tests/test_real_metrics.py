@@ -5,6 +5,7 @@ copy, an octave-shifted F0 -> 1200 cents and 100% octave errors, and the tool's 
 BENCHMARKS section keeping other labels' rows). The eval extra is installed in CI: nothing is skipped."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -406,6 +407,22 @@ def test_validation_voices_are_measured_apart_and_never_reach_benchmarks(tmp_pat
     bench = tmp_path / "BENCHMARKS.md"
     assert eval_real.main(["--from-json", str(out), "--bench", "--benchmarks", str(bench)]) == 2
     assert "held-out voices only" in capsys.readouterr().err and not bench.exists()
+
+
+def test_phrases_without_text_are_scored_against_the_speech_they_were_sung_from(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "sung.wav"), np.zeros(4410, dtype=np.float32), 44100)
+    sf.write(str(tmp_path / "p.spoken.wav"), np.zeros(800, dtype=np.float32), 8000)
+    corpus = eval_real.Corpus(root=tmp_path, voices={}, phrases={})
+    args = eval_real.parse_args(["--base", "b", "--singers-dir", "s"])
+    tools = eval_real.Instruments(corpus, args, eval_real.Timings())
+    monkeypatch.setattr(tools, "transcribe", lambda audio, sr, language: f"{len(audio)} samples at {sr}")
+    phrase = eval_real.Phrase("v", "p", tmp_path / "sung.wav", "sung", "es", None, None, 512, 44100,
+                              spoken_path=tmp_path / "p.spoken.wav")
+    assert tools.reference_text(phrase) == ("800 samples at 8000", "spoken source")
+    assert tools.reference_text(dataclasses.replace(phrase, text="hola")) == ("hola", "text")
+    assert tools.reference_text(dataclasses.replace(phrase, spoken_path=None)) == ("4410 samples at 44100", "source")
 
 
 @pytest.mark.parametrize("argv, message", [

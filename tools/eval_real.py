@@ -20,8 +20,9 @@ source's F0 median nearest the target's (0 for self-conversion), and measured (`
   out; raw clips when a voice has no other phrase), beside the same for the unconverted source; and the target's
   rank among every voice of voices.json (each by the same kind of reference);
 * intelligibility: character error rate of Whisper's transcript (base, multilingual, told the phrase's
-  language) of the converted audio against the phrase's text (against the transcript of the source when the
-  corpus has no text), beside the CER of the source itself;
+  language) of the converted audio against the phrase's text (without one: against Whisper's reading of the
+  speech a sung phrase was made from, ``<phrase>.spoken.wav``, else of the source phrase itself), beside the
+  CER of the source itself against the same reference;
 * quality: DNSMOS OVRL/SIG/BAK and P.808 of the converted audio and of the source;
 * pitch: F0 (harvest) of the converted audio against the intended contour (the phrase's imposed F0 times
   ``2 ** (transpose / 12)``; for a phrase without one, the source's harvest F0): median |cents|, RMSE, share of
@@ -83,6 +84,7 @@ class Phrase:
     f0_path: Path | None
     f0_hop: int
     f0_sr: int
+    spoken_path: Path | None = None  # sung phrase without text: the speech it was sung from (reference reading)
 
 
 @dataclass
@@ -136,7 +138,9 @@ def load_corpus(root: Path) -> Corpus:
                                 language=meta.get("language") or voices[voice].get("language"),
                                 text=meta.get("text"), f0_path=(meta_path.parent / f0_file) if f0_file else None,
                                 f0_hop=int(meta.get("f0_hop") or DEFAULT_F0_HOP),
-                                f0_sr=int(meta.get("f0_sr") or DEFAULT_F0_SR)))
+                                f0_sr=int(meta.get("f0_sr") or DEFAULT_F0_SR),
+                                spoken_path=(meta_path.parent / meta["spoken_file"]) if meta.get("spoken_file")
+                                else None))
         phrases[voice] = found
     return Corpus(root=root, voices=voices, phrases=phrases)
 
@@ -269,6 +273,19 @@ class Instruments:
             self._transcripts[key] = self.transcribe(audio, sr, phrase.language)
         return self._transcripts[key]
 
+    def reference_text(self, phrase: Phrase) -> tuple[str, str]:
+        """What a phrase's transcripts are scored against, and where it came from: its text; else Whisper's
+        reading of the speech a sung phrase was made from (read more reliably than the singing); else the
+        reading of the phrase itself."""
+        if phrase.text:
+            return phrase.text, "text"
+        if phrase.spoken_path is not None:
+            key = ("spoken", phrase.voice, phrase.id)
+            if key not in self._transcripts:
+                self._transcripts[key] = self.transcribe(*read_mono(phrase.spoken_path), phrase.language)
+            return self._transcripts[key], "spoken source"
+        return self.phrase_transcript(phrase), "source"
+
     def phrase_quality(self, phrase: Phrase) -> dict:
         key = (phrase.voice, phrase.id)
         if key not in self._dnsmos:
@@ -337,9 +354,9 @@ def evaluate_phrase(converter, tools: Instruments, phrase: Phrase, pair: Pair, t
     # intelligibility
     transcript_source = tools.phrase_transcript(phrase)
     transcript_converted = tools.transcribe(converted, sr, phrase.language)
-    reference_text = phrase.text if phrase.text else transcript_source
+    reference_text, reference_from = tools.reference_text(phrase)
     cer = {"converted": cer_counts(transcript_converted, reference_text),
-           "source": cer_counts(transcript_source, phrase.text) if phrase.text else None,
+           "source": cer_counts(transcript_source, reference_text),  # 0 when the reference is its own reading
            "converted_vs_source_transcript": cer_counts(transcript_converted, transcript_source)}
 
     # quality
@@ -368,7 +385,8 @@ def evaluate_phrase(converter, tools: Instruments, phrase: Phrase, pair: Pair, t
         "secs": {"converted": secs_converted, "source": secs_source},
         "reference_clips": target_clips, "target_rank": rank, "voices_ranked": len(order),
         "closest_voices": order[:3],
-        "text": phrase.text, "transcripts": {"source": transcript_source, "converted": transcript_converted},
+        "text": phrase.text, "reference": {"text": reference_text, "from": reference_from},
+        "transcripts": {"source": transcript_source, "converted": transcript_converted},
         "cer": cer, "dnsmos": dnsmos,
         "f0": f0.to_dict(), "f0_floor": floor.to_dict() if floor else None, "f0_intended_from": intended_from,
         "_f0_tracks": (converted_f0, intended),
@@ -504,7 +522,8 @@ def markdown_report(document: dict) -> str:
     if document.get("settings", {}).get("role") == "validation":
         lines += ["Measured on the **validation** voices: for choosing settings and bases, not for reporting "
                   "(BENCHMARKS.md reports the held-out voices). Their phrases have no transcript: CER is against "
-                  "Whisper's reading of the source phrase (the source's own CER is 0 by that definition).", ""]
+                  "Whisper's reading of the speech each phrase was sung from (of the phrase itself for speech "
+                  "phrases, whose own CER is then 0).", ""]
     if any(not p["self"] for p in document["pairs"]):
         lines += ["## Conversions", "", *PAIR_HEADER, *pair_rows(document), ""]
     if any(p["self"] for p in document["pairs"]):

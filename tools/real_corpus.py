@@ -35,6 +35,7 @@ Layout (a contract with tools that read it):
   <out>/eval/<voice>/<phrase>.wav       held-out phrases (sung 44.1 kHz, or speech at the original rate),
   <out>/eval/<voice>/<phrase>.json      from source files none of which is in raw/
   <out>/eval/<voice>/<phrase>.f0.npy    (sung only) the imposed F0, Hz, 0 = unvoiced
+  <out>/eval/<voice>/<phrase>.spoken.wav (sung without a transcript) the speech it was sung from
   <out>/report.json                     skipped sources and failed files with their reasons
 
 The same seed gives byte-identical files, whatever the number of workers.
@@ -432,6 +433,10 @@ def run_job(job: Job) -> dict:
                 "source_start_s": round(start, 3), "source_end_s": round(end, 3), "excerpt": not job.whole}
         if kind == "sung":
             result = sing(x, sr, job.median_hz, rng)
+            if meta["text"] is None:  # no transcript: keep the speech it was sung from, for a reference reading
+                _write_wav(folder / f"{source.clip}.spoken.wav", x, sr)
+                meta["spoken_file"] = f"{source.clip}.spoken.wav"
+                written.append({"path": f"eval/{name}/{source.clip}.spoken.wav", "kind": "spoken"})
             np_path = folder / f"{source.clip}.f0.npy"
             with atomic_path(np_path) as tmp:
                 np.save(tmp, result["f0"])

@@ -7,9 +7,9 @@ Per source → target pair (self-conversions have no source voice to compare wit
 - speaker: the converted phrase is more similar to the target than the source phrase was (SECS) on at least
   :data:`CLOSER_SHARE` of the phrases;
 - nearest: the target is the nearest known voice on more than half of the phrases (top-1 share);
-- words: CER of the conversion at most :data:`CER_POINTS` above the source recording's own (pooled CER); for
-  phrases without a transcript (the validation voices) the CER is against Whisper's reading of the source, whose
-  own CER is 0 by that definition;
+- words: CER of the conversion at most :data:`CER_POINTS` above the source recording's own (pooled CER); when
+  the source's CER is unknown (phrases with neither a transcript nor the speech they were sung from) the CER
+  is against Whisper's reading of the source, whose own CER is 0 by that definition;
 - quality: DNSMOS OVRL at most :data:`DNSMOS_DROP` below the source's;
 - pitch: median |F0 error| against the intended contour at most :data:`F0_CENTS`.
 """
