@@ -695,11 +695,7 @@ def prepare_commands(args: argparse.Namespace, voices: list[str]) -> list[list[s
 
 
 def prepare(args: argparse.Namespace, corpus: Corpus) -> int:
-    voices = args.self or corpus.role(args.role)
-    if not voices:
-        raise EvalError(f"{args.corpus / 'voices.json'}: no {args.role} voice to prepare adapters for (--self V ...)"
-                        + (" (make the corpus with tools/real_corpus.py --validation-dir)" if args.role == "validation"
-                           else ""))
+    voices = args.self or role_voices(args, corpus)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for command in prepare_commands(args, voices):
         print("+ " + shlex.join(command), flush=True)
@@ -807,17 +803,22 @@ def ring(voices: list[str]) -> list[tuple[str, str]]:
     """Each voice (sorted) into the next, around: every voice a source and a target once (two voices: both
     ways)."""
     voices = sorted(voices)
-    if len(voices) < 2:
-        return []
-    return [(voices[k], voices[(k + 1) % len(voices)]) for k in range(len(voices))] if len(voices) > 2 \
-        else [(voices[0], voices[1]), (voices[1], voices[0])]
+    return [(voices[k], voices[(k + 1) % len(voices)]) for k in range(len(voices))] if len(voices) > 1 else []
+
+
+def role_voices(args: argparse.Namespace, corpus: Corpus) -> list[str]:
+    """The ``--role`` voices of the corpus; an error naming how to make them when there are none."""
+    voices = corpus.role(args.role)
+    if not voices:
+        how = "tools/real_corpus.py --validation-dir" if args.role == "validation" else "tools/real_corpus.py"
+        raise EvalError(f"{args.corpus / 'voices.json'}: no {args.role} voice (make the corpus with {how}, or name "
+                        f"voices with --pairs / --self)")
+    return voices
 
 
 def select_pairs(args: argparse.Namespace, corpus: Corpus) -> list[tuple[str, str, str | None]]:
-    measured = corpus.role(args.role)
-    if args.role == "validation" and not measured:
-        raise EvalError(f"{args.corpus / 'voices.json'}: no validation voice (make the corpus with "
-                        f"tools/real_corpus.py --validation-dir)")
+    uses_role = args.pairs is None or args.self is None or args.train_sources  # explicit pairs + --self need none
+    measured = role_voices(args, corpus) if uses_role else []
     if args.pairs is None:
         chosen = [(s, t, None) for s, t in ring(measured)]
     else:

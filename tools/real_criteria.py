@@ -7,9 +7,8 @@ Per source → target pair (self-conversions have no source voice to compare wit
 - speaker: the converted phrase is more similar to the target than the source phrase was (SECS) on at least
   :data:`CLOSER_SHARE` of the phrases;
 - nearest: the target is the nearest known voice on more than half of the phrases (top-1 share);
-- words: CER of the conversion at most :data:`CER_POINTS` above the source recording's own (pooled CER); when
-  the source's CER is unknown (phrases with neither a transcript nor the speech they were sung from) the CER
-  is against Whisper's reading of the source, whose own CER is 0 by that definition;
+- words: CER of the conversion at most :data:`CER_POINTS` above the source recording's own (pooled CER, both
+  against the same reference text);
 - quality: DNSMOS OVRL at most :data:`DNSMOS_DROP` below the source's;
 - pitch: median |F0 error| against the intended contour at most :data:`F0_CENTS`.
 """
@@ -60,9 +59,6 @@ def pair_criteria(pair: dict) -> list[Criterion]:
     def difference(a: str, b: str) -> float | None:
         return None if known(a) is None or known(b) is None else known(a) - known(b)
 
-    untranscribed = known("cer_source") is None and bool(pair["phrases"]) and \
-        all(not p.get("text") for p in pair["phrases"])
-    words = known("cer_converted") if untranscribed else difference("cer_converted", "cer_source")
 
     def share(v: float) -> str:
         return f"{v:.0%}"
@@ -72,8 +68,7 @@ def pair_criteria(pair: dict) -> list[Criterion]:
                f">= {CLOSER_SHARE:.0%} of phrases closer to the target than the source", lambda v: v >= CLOSER_SHARE),
         _check("nearest", s.get("target_top1_fraction"), share, f"target nearest on > {TOP1_SHARE:.0%} of phrases",
                lambda v: v > TOP1_SHARE),
-        _check("words", words, lambda v: f"{v * 100:+.1f} points" + (" (vs the source's transcript)"
-                                                                       if untranscribed else ""),
+        _check("words", difference("cer_converted", "cer_source"), lambda v: f"{v * 100:+.1f} points",
                f"CER <= source's + {CER_POINTS * 100:.0f} points", lambda v: v <= CER_POINTS + 1e-9),
         _check("quality", difference("dnsmos_ovrl_converted", "dnsmos_ovrl_source"), lambda v: f"{v:+.2f}",
                f"DNSMOS OVRL >= source's - {DNSMOS_DROP}", lambda v: v >= -DNSMOS_DROP - 1e-9),
