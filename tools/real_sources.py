@@ -159,28 +159,42 @@ def collect_asterisk(settings: Folders, collection: Collection, have_ffmpeg: boo
         spec.languages.append(language)
         spec.origin = "asterisk-" + "+".join(spec.languages)
         spec.package = ", ".join(filter(None, [spec.package, package]))
-        files = [p for p in walk_files(folder) if p.suffix in (".g722", ".wav")]
-        undecodable = 0
-        by_key: dict[str, Path] = {}
-        for path in files:  # a prompt shipped as both .g722 and .wav: keep the .wav
-            key = path.relative_to(folder).with_suffix("").as_posix()
-            if key not in by_key or path.suffix == ".wav":
-                by_key[key] = path
-        for key, path in sorted(by_key.items()):
-            if ASTERISK_NOT_SPEECH.search(key):
-                collection.skipped.append({"path": str(path), "reason": "not speech (tone or silence by name)"})
-                continue
-            if path.suffix == ".g722" and not have_ffmpeg:
-                collection.skipped.append({"path": str(path), "reason": "ffmpeg not found (Debian package ffmpeg) to decode G.722"})
-                undecodable += 1
-                continue
-            est = path.stat().st_size / 8000.0 if path.suffix == ".g722" else _wav_seconds(path)
-            collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path),
-                                             "g722" if path.suffix == ".g722" else "soundfile", language,
-                                             texts.get(key), est))
+        undecodable = collect_prompts(folder, (".g722", ".wav"), voice, language, texts, have_ffmpeg, collection)
         if undecodable:
             collection.notes.append(f"asterisk {language}: ffmpeg not found (Debian package ffmpeg); its {undecodable} "
                                     f"G.722 files are skipped")
+
+
+#: Prompt file suffix -> (decoder, its name in messages, bytes per second of a raw stream; None: read the header).
+PROMPT_FORMATS = {".wav": ("soundfile", "WAV", None), ".g722": ("g722", "G.722", 8000.0),
+                  ".gsm": ("gsm", "GSM", 1650.0)}  # GSM 6.10: 33 bytes per 20 ms
+
+
+def collect_prompts(folder: Path, suffixes: tuple[str, ...], voice: str, language: str, texts: dict[str, str],
+                    have_ffmpeg: bool, collection: Collection) -> int:
+    """One voice's asterisk prompts under ``folder`` (files of ``suffixes``; a prompt shipped in several formats:
+    the .wav) as sources with their ``texts`` by prompt key; tones and silence skipped by name, formats only
+    ffmpeg reads skipped without it. Returns how many were skipped for want of ffmpeg."""
+    by_key: dict[str, Path] = {}
+    for path in (p for p in walk_files(folder) if p.suffix in suffixes):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key not in by_key or path.suffix == ".wav":
+            by_key[key] = path
+    undecodable = 0
+    for key, path in sorted(by_key.items()):
+        if ASTERISK_NOT_SPEECH.search(key):
+            collection.skipped.append({"path": str(path), "reason": "not speech (tone or silence by name)"})
+            continue
+        decoder, name, bytes_per_second = PROMPT_FORMATS[path.suffix]
+        if decoder in FFMPEG_FORMATS and not have_ffmpeg:
+            collection.skipped.append({"path": str(path),
+                                       "reason": f"ffmpeg not found (Debian package ffmpeg) to decode {name}"})
+            undecodable += 1
+            continue
+        est = path.stat().st_size / bytes_per_second if bytes_per_second else _wav_seconds(path)
+        collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path), decoder, language,
+                                         texts.get(key), est))
+    return undecodable
 
 
 def _wav_seconds(path: Path) -> float:
@@ -274,31 +288,13 @@ def collect_validation(folder: Path, collection: Collection, have_ffmpeg: bool, 
     found = 0
     for sub, (voice, sex, language, package) in VALIDATION_VOICES.items():
         voice_dir = sounds / sub
-        files = [p for p in walk_files(voice_dir) if p.suffix in (".wav", ".gsm")] if voice_dir.is_dir() else []
-        if not files:
+        if not voice_dir.is_dir() or not any(p.suffix in (".wav", ".gsm") for p in walk_files(voice_dir)):
             collection.notes.append(f"validation voice {voice}: no .wav/.gsm prompts under {voice_dir} (Debian "
                                     f"package {package}, unpacked: {VALIDATION_HOW}); going on without it")
             continue
         found += 1
-        collection.voices[voice] = VoiceSpec(voice, f"{package}", [language], sex, package, validation=True)
-        by_key: dict[str, Path] = {}
-        for path in files:  # one prompt in several formats: the .wav, else the first
-            key = path.relative_to(voice_dir).with_suffix("").as_posix()
-            if key not in by_key or path.suffix == ".wav":
-                by_key[key] = path
-        for key, path in sorted(by_key.items()):
-            if ASTERISK_NOT_SPEECH.search(key):
-                collection.skipped.append({"path": str(path), "reason": "not speech (tone or silence by name)"})
-                continue
-            decoder = "gsm" if path.suffix == ".gsm" else "soundfile"
-            if decoder != "soundfile" and not have_ffmpeg:
-                collection.skipped.append({"path": str(path), "reason": f"ffmpeg not found (Debian package ffmpeg) "
-                                                                       f"to decode {decoder.upper()}"})
-                continue
-            size = path.stat().st_size
-            est = size / 1650.0 if decoder == "gsm" else _wav_seconds(path)  # GSM 6.10: 33 bytes per 20 ms
-            collection.sources.append(Source(voice, _clip_name(f"{language}-{key}"), str(path), decoder, language,
-                                             None, est))
+        collection.voices[voice] = VoiceSpec(voice, package, [language], sex, package, validation=True)
+        collect_prompts(voice_dir, (".wav", ".gsm"), voice, language, {}, have_ffmpeg, collection)
     if not found:
         collection.notes.append(f"validation voices: none found under {sounds}")
 
