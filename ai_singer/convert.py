@@ -52,6 +52,7 @@ from ai_singer.features.pitch import choose_transpose, extract_f0, interpolate_u
 from ai_singer.features.volume import frame_rms
 from ai_singer.mix import apply_rest_gate, highpass
 from ai_singer.model.decoder import round_up_to_multiple
+from ai_singer.refine import LatentRefiner
 from ai_singer.retrieval import blend
 from ai_singer.sections import Section, assign_singers
 from ai_singer.singer_spec import parse_singer_spec
@@ -210,6 +211,8 @@ class _Piece:
     model_end: int = 0
     n_frames: int = 0
     f0_raw: np.ndarray | None = None
+    #: the source window ``[window_start, model_end)`` at 16 kHz, kept while the piece converts with ``refine``
+    source16k: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.model_end = max(self.model_end, self.window_end)
@@ -230,6 +233,8 @@ class VocalConversion:
     transpose_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: per singer, what ran the model: ``torch`` or ``onnx`` (the ``engine`` setting)
     engines: dict[str, str] = field(default_factory=dict)
+    #: with ``refine``: pieces refined and the mean Whisper L1 to the source before / after (:mod:`ai_singer.refine`)
+    refine: dict[str, float] | None = None
 
 
 class Converter:
@@ -279,6 +284,11 @@ class Converter:
                              f"gives {content_encoder.dim}-dim features but the base {self.base_dir} expects "
                              f"{config.content_dim}; use the encoder folder/layer/final_proj the base was trained with")
         self.content_encoder = content_encoder
+        #: the refinement toward the source's words (``refine.steps`` > 0), else None
+        self.refiner = LatentRefiner(settings.refine, self.sample_rate) if settings.refine.enabled else None
+        if self.refiner is not None:
+            self.refiner.encoder  # noqa: B018 - load now: a missing encoder fails before any song is read
+        self._refine_stats: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------------------- content encoder
     def _recorded_encoder(self) -> dict:
@@ -449,6 +459,8 @@ class Converter:
             volume_t[row, :n] = torch.from_numpy(volume)
         lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
         device = self.device
+        if self.refiner is not None:
+            return self._run_refined(model, g, (content_t, f0_t, voiced_t, volume_t), batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
                               g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,
@@ -458,6 +470,21 @@ class Converter:
                               decoder_block_dtype=torch.bfloat16 if self.precision == "bf16_decoder" else None,
                               decoder_stages=decoder_stages)
         return wav.float().cpu().numpy()[:, 0]
+
+    def _run_refined(self, model: torch.nn.Module, g: torch.Tensor, padded: tuple[torch.Tensor, ...],
+                     batch: list[_Piece]) -> np.ndarray:
+        """The pieces one at a time through :class:`~ai_singer.refine.LatentRefiner` (fp32, the torch model);
+        ``padded``: (content [B, D, T], f0, voiced, volume [B, T]) as :meth:`_run_torch` batches them."""
+        wav = np.zeros((len(batch), max(p.n_frames for p in batch) * self.hop), dtype=np.float32)
+        for row, piece in enumerate(batch):
+            n = piece.n_frames
+            content, f0, voiced, volume = (x[row: row + 1, ..., :n].to(self.device) for x in padded)
+            audio, stats = self.refiner.convert(model, content, f0, voiced, volume, g.reshape(1, -1).to(self.device),
+                                                piece.source16k, self.piece_generator(piece),
+                                                self.settings.noise_scale)
+            self._refine_stats.append(stats)
+            wav[row, : n * self.hop] = audio.float().cpu().numpy()[0, 0, : n * self.hop]
+        return wav
 
     def _run_onnx(self, onnx: Any, inputs: list[tuple[np.ndarray, ...]], batch: list[_Piece],
                   window_frames: int) -> np.ndarray:
@@ -484,7 +511,9 @@ class Converter:
         from ai_singer import onnx_singer
 
         problem, fix, folder = None, "or engine=torch", None
-        if self.device.type != "cpu":
+        if self.refiner is not None:
+            problem = "refine runs with torch only"
+        elif self.device.type != "cpu":
             problem = f"ONNX Runtime runs on the CPU here, the device is {self.device}"
         elif self.precision != "fp32":
             problem = f"precision={self.precision} runs with torch only" + (
@@ -562,6 +591,7 @@ class Converter:
         settings, chunk = self.settings, self.settings.chunk
         timings: dict[str, float] = {}
         warnings: list[str] = []
+        self._refine_stats = []
         n_samples = mono.shape[0]
         started = time.perf_counter()
 
@@ -653,9 +683,14 @@ class Converter:
         np.divide(output, weight_sum, out=output, where=weight_sum > 0)
         self.apply_rest_gate(output, mono, sr)
         timings["total_s"] = sum(timings.values())
+        refine = None
+        if self.refiner is not None:
+            refine = {"pieces": len(self._refine_stats), **{
+                key: float(np.mean([stats[key] for stats in self._refine_stats])) if self._refine_stats else None
+                for key in ("content_l1_before", "content_l1_after")}}
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings,
-                               transpose_decisions=decisions, engines=engines)
+                               transpose_decisions=decisions, engines=engines, refine=refine)
 
     def _range_warning(self, name: str, pieces: list[_Piece], semitones: float) -> str | None:
         """A warning when the transposed source's p05-p95 F0 range reaches more than
@@ -703,6 +738,8 @@ class Converter:
         for piece in batch:
             audio = self._window_model_audio(mono, sr, piece)
             wav16k = resample(mono[piece.window_start: piece.model_end], sr, CONTENT_SAMPLE_RATE)
+            if self.refiner is not None:
+                piece.source16k = wav16k
             content = encode_audio(self.content_encoder, wav16k)
             if content.shape[0] == 0:
                 content = np.zeros((1, self.content_encoder.dim), dtype=np.float32)
@@ -722,6 +759,7 @@ class Converter:
         timings["model_s"] += time.perf_counter() - started
         results = []
         for row, piece in enumerate(batch):
+            piece.source16k = None
             window = wav[row, : piece.n_frames * self.hop]
             at_source = resample(window, self.sample_rate, sr) if sr != self.sample_rate else window
             at_source = highpass(at_source, sr, self.settings.highpass_hz)  # DC and sub-sonic rumble

@@ -33,6 +33,7 @@ from ai_singer.errors import UserError
 from ai_singer.features.f0_settings import F0Settings
 from ai_singer.features.pitch import SCALES, key_to_pitch_class
 from ai_singer.mix import MixSettings, apply_rest_gate, rest_gate
+from ai_singer.refine import RefineSettings
 from ai_singer.sections import SectionsError, parse_sections
 from ai_singer.singer_spec import parse_singer_spec
 from ai_singer.songs import (LOUDNESS_TOLERANCE_DB, SONG_SECTIONS_FILES, VOCAL_STEM, BatchResult, Song, SongResult,
@@ -208,6 +209,8 @@ class ConvertSettings:
                          with fp32, on the CPUs measured; :mod:`ai_singer.model.channels_last`); ``plain``: as
                          ``[B, C, T]`` 1-D convolutions; ``auto``: ``channels_last`` on a CPU, ``plain`` on a GPU.
                          Adapters that cannot be merged (e.g. ``peft=adapter``) and ``merge=False`` run ``plain``.
+    refine:              each piece's latent moved toward the source's words by a Whisper encoder
+                         (:class:`ai_singer.refine.RefineSettings`; ``steps: 0`` = off); torch engine only.
     """
 
     transpose: float | str
@@ -224,6 +227,7 @@ class ConvertSettings:
     pitch_correction: PitchCorrectionSettings
     chunk: ChunkSettings
     mix: MixSettings
+    refine: RefineSettings
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.retrieval_ratio) <= 1.0:
@@ -249,6 +253,10 @@ class ConvertSettings:
             raise InferError(f"precision={self.precision!r}", "unknown precision", f"use one of {', '.join(PRECISIONS)}")
         if self.engine not in ENGINES:
             raise InferError(f"engine={self.engine!r}", "unknown engine", f"use one of {', '.join(ENGINES)}")
+        if self.refine.enabled and self.engine == "onnx":
+            raise InferError(f"refine.steps={self.refine.steps} with engine=onnx",
+                             "the refinement needs gradients through the torch model",
+                             "use engine=torch (or auto), or refine.steps=0")
         if self.decoder_layout not in DECODER_LAYOUTS:
             raise InferError(f"decoder_layout={self.decoder_layout!r}", "unknown decoder layout",
                              f"use one of {', '.join(DECODER_LAYOUTS)}")

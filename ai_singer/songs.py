@@ -258,6 +258,7 @@ def _song_report(converter: Converter, song: Song, singer: str | None, info: Any
         "device": str(converter.device),
         "adapters": "merged" if converter.merge else "unmerged",
         "engines": conversion.engines,
+        "refine": conversion.refine,
         "mix": {**loudness, "vocal_gain_db": mixed.vocal_gain_db,
                 "stem_gains_db": mixed.stem_gains_db, "limiter_reduction_db": mixed.limiter_reduction_db,
                 "channels": int(mixed.audio.shape[0])},

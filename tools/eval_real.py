@@ -744,6 +744,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-scale", type=float, default=None, help="default: conf/infer.yaml's")
     parser.add_argument("--retrieval-ratio", type=float, default=None, help="default: conf/infer.yaml's")
     parser.add_argument("--seed", type=int, default=None, help="default: conf/infer.yaml's")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="refine.steps of the conversion (ai_singer/refine.py; default: conf/infer.yaml's)")
+    parser.add_argument("--refine-encoder", default=None, help="refine.encoder (default: conf/infer.yaml's)")
+    parser.add_argument("--refine-learning-rate", type=float, default=None, help="refine.learning_rate")
+    parser.add_argument("--refine-prior-weight", type=float, default=None, help="refine.prior_weight")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (conversion)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch, Whisper and DNSMOS (default 1)")
     parser.add_argument("--runs-dir", type=Path, default=None,
@@ -792,10 +797,13 @@ def conversion_settings(args: argparse.Namespace):
     from ai_singer.config import load_settings
 
     given = {"f0.method": args.f0_method, "noise_scale": args.noise_scale, "seed": args.seed,
-             "retrieval_ratio": args.retrieval_ratio}
+             "retrieval_ratio": args.retrieval_ratio, "refine.steps": args.refine_steps,
+             "refine.encoder": args.refine_encoder, "refine.learning_rate": args.refine_learning_rate,
+             "refine.prior_weight": args.refine_prior_weight}
     settings = load_settings("infer", [f"{key}={value}" for key, value in given.items() if value is not None])
     args.f0_method, args.noise_scale = settings.f0.method, settings.noise_scale
     args.seed, args.retrieval_ratio = settings.seed, settings.retrieval_ratio
+    args.refine = dataclasses.asdict(settings.refine)
     return settings
 
 
@@ -912,7 +920,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                      "ref_clips": args.ref_clips,
                      "whisper": args.whisper, "beam_size": args.beam_size, "f0_method": args.f0_method,
                      "eval_f0_method": args.eval_f0_method, "noise_scale": args.noise_scale,
-                     "retrieval_ratio": args.retrieval_ratio, "seed": args.seed, "threads": args.threads},
+                     "retrieval_ratio": args.retrieval_ratio, "seed": args.seed, "threads": args.threads,
+                     "refine": getattr(args, "refine", None)},
         "models": {"speaker": "resemblyzer (GE2E, 256-d)",
                    "asr": f"whisper {args.whisper} ({tools._transcriber.path if tools._transcriber else '-'})",
                    "quality": "DNSMOS P.835 + P.808 (speechmos)"},

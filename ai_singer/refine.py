@@ -1,0 +1,157 @@
+"""Refining a conversion toward the source's words (``refine`` in conf/infer.yaml).
+
+A conversion samples the prior encoder's latent from the source's content features and decodes it with the
+singer's vector; nothing checks that the audio says what the source said, and on real voices the base loses
+words there (BENCHMARKS.md "Real voices"). With ``refine.steps`` > 0 each piece's prior sample ``z_p`` is then
+moved for that many Adam steps so that a Whisper encoder hears the converted audio as it hears the source:
+
+    loss = L1(whisper(decode(z_p0 + delta)), whisper(source)) + prior_weight * mean((delta / sigma_p) ** 2)
+
+``decode`` is the model's own path (inverted flow, then the decoder, with the singer's vector, the piece's F0
+and the same noise every step); ``sigma_p`` is the prior's standard deviation, so the penalty keeps the latent
+where the prior puts its mass. Only ``delta`` is optimised: the model, the singer and the F0 stay as they are.
+This is ``loss.content`` of training (:mod:`ai_singer.content_loss`) applied at conversion time to one piece,
+with the source in place of a recording of the singer. It costs a forward and a backward pass of the decoder
+and of the Whisper encoder per step (fp32, torch engine only), so it is off by default on a CPU
+(``conf/infer.yaml``: its cost and what it bought are in BENCHMARKS.md "Real voices").
+
+The refinement's encoder (``refine.encoder``) should not be the model that measures the words afterwards:
+a latent tuned against one recogniser's encoder can please that recogniser more than a listener. The
+default, ``wheel:tiny.en``, is not the Whisper base that ``tools/eval_real.py`` reads with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ai_singer.errors import UserError
+
+__all__ = ["LatentRefiner", "RefineSettings"]
+
+
+@dataclass
+class RefineSettings:
+    """``refine`` of conf/infer.yaml.
+
+    steps:          Adam steps per piece; 0 = off (the conversion is the plain one, bit for bit).
+    learning_rate:  Adam's step size on the latent (the prior's units: ~1 is its spread).
+    prior_weight:   weight of the penalty mean((delta / sigma_p)^2) that keeps the latent near the prior sample.
+    encoder:        the Whisper encoder that compares the two: a faster-whisper (CTranslate2, float16/float32)
+                    folder, or ``wheel:tiny.en`` / ``wheel:base`` (models shipped in PyPI wheels).
+    """
+
+    steps: int
+    learning_rate: float
+    prior_weight: float
+    encoder: str
+
+    def __post_init__(self) -> None:
+        if int(self.steps) < 0:
+            raise UserError(f"refine.steps={self.steps}", "must be >= 0 (0 = off)")
+        if not float(self.learning_rate) > 0:
+            raise UserError(f"refine.learning_rate={self.learning_rate}", "must be > 0")
+        if float(self.prior_weight) < 0:
+            raise UserError(f"refine.prior_weight={self.prior_weight}", "must be >= 0")
+        if not str(self.encoder).strip():
+            raise UserError("refine.encoder", "is empty", "give a faster-whisper folder or wheel:tiny.en")
+
+    @property
+    def enabled(self) -> bool:
+        return int(self.steps) > 0
+
+
+class LatentRefiner:
+    """Runs the refinement of :mod:`ai_singer.refine` for one piece at a time.
+
+    Args:
+        settings: the ``refine`` settings (``steps`` > 0).
+        sample_rate: the model's output rate (the decoded audio is resampled to Whisper's 16 kHz by FFT).
+    """
+
+    def __init__(self, settings: RefineSettings, sample_rate: int):
+        self.settings = settings
+        self.sample_rate = int(sample_rate)
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        """The Whisper encoder (:class:`~ai_singer.features.whisper_torch.WhisperTorchEncoder`), loaded on first
+        use; a folder without a readable ``model.bin`` is a UserError naming it."""
+        if self._encoder is None:
+            from ai_singer.features.whisper_torch import WhisperTorchEncoder
+
+            self._encoder = WhisperTorchEncoder.from_folder(self.settings.encoder).eval().requires_grad_(False)
+        return self._encoder
+
+    def states(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """[B, S] at 16 kHz -> Whisper encoder states [B, ceil(S / 320), width]."""
+        from ai_singer.features.whisper_torch import whisper_log_mel
+
+        encoder = self.encoder
+        return encoder(whisper_log_mel(wav16k, encoder.n_mels))
+
+    def _model_states(self, wav: torch.Tensor) -> torch.Tensor:
+        from ai_singer.features.whisper_torch import WHISPER_SAMPLE_RATE, resample_fft
+
+        return self.states(resample_fft(wav.reshape(1, -1), self.sample_rate, WHISPER_SAMPLE_RATE))
+
+    @staticmethod
+    def _distance(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        frames = min(states.shape[1], target.shape[1])
+        return torch.nn.functional.l1_loss(states[:, :frames], target[:, :frames])
+
+    def convert(self, model: torch.nn.Module, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+                volume: torch.Tensor, g: torch.Tensor, source16k: np.ndarray, generator: torch.Generator,
+                noise_scale: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Convert one piece with its latent refined.
+
+        Args:
+            model: the singer's SingerVAE (eval, adapters merged or not; its parameters are not changed).
+            content: [1, D, T]; f0, voiced, volume: [1, T] (as :meth:`SingerVAE.infer` takes them); g: [1, gin].
+            source16k: the source audio of the same window at 16 kHz, float32 [S].
+            generator: the piece's noise generator, as :meth:`SingerVAE.infer` would get it.
+            noise_scale: the prior's sampling temperature.
+
+        Returns:
+            (wav [1, 1, T * hop] in (-1, 1), decoded from the refined latent with the noise the plain conversion
+            would use; {"content_l1_before", "content_l1_after"}: the Whisper L1 to the source before the
+            first step and after the last).
+        """
+        from ai_singer.model.layers import noise_rows
+
+        settings = self.settings
+        with torch.inference_mode(False), torch.enable_grad():  # inputs made under inference_mode: copy them
+            content, f0, voiced, volume, g = (t.detach().clone().float() for t in (content, f0, voiced, volume, g))
+            n_frames = content.shape[-1]
+            mask = torch.ones(1, 1, n_frames, dtype=content.dtype, device=content.device)
+            model_f0 = model.model_f0(f0, voiced)
+            with torch.no_grad():
+                m_p, logs_p = model.prior_encoder(content, model_f0, voiced, volume, mask)
+                noise = noise_rows((1, m_p.shape[1], n_frames), generator, None, m_p.dtype, m_p.device)
+                z_p0 = m_p + noise * torch.exp(logs_p) * noise_scale
+                sigma = torch.exp(logs_p)
+                source = torch.from_numpy(np.ascontiguousarray(source16k, dtype=np.float32)).to(content.device)
+                target = self.states(source.reshape(1, -1))
+            decoder_state = generator.get_state()
+
+            def decode(delta: torch.Tensor) -> torch.Tensor:
+                z = model.flow((z_p0 + delta) * mask, mask, g, reverse=True) * mask
+                return model.decoder(z, model_f0, voiced, g, torch.Generator().set_state(decoder_state))
+
+            delta = torch.zeros_like(z_p0, requires_grad=True)
+            optimiser = torch.optim.Adam([delta], lr=float(settings.learning_rate))
+            before = None
+            for _ in range(int(settings.steps)):
+                distance = self._distance(self._model_states(decode(delta)), target)
+                before = float(distance.detach()) if before is None else before
+                loss = distance + float(settings.prior_weight) * ((delta / sigma) ** 2).mean()
+                # the gradient of the latent only: the model's parameters get none (and keep no .grad)
+                (delta.grad,) = torch.autograd.grad(loss, [delta])
+                optimiser.step()
+            with torch.no_grad():
+                wav = decode(delta)
+                after = float(self._distance(self._model_states(wav), target))
+        return wav.detach(), {"content_l1_before": before if before is not None else after,
+                              "content_l1_after": after}
