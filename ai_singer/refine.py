@@ -6,10 +6,12 @@ words there (BENCHMARKS.md "Real voices"). With ``refine.steps`` > 0 each piece'
 moved for that many Adam steps so that a Whisper encoder hears the converted audio as it hears the source:
 
     loss = L1(whisper(decode(z_p0 + delta)), whisper(source)) + prior_weight * mean((delta / sigma_p) ** 2)
+           + timbre_weight * L1(mean_t logmel(decode(z_p0 + delta)), mean_t logmel(decode(z_p0)))
 
 ``decode`` is the model's own path (inverted flow, then the decoder, with the singer's vector, the piece's F0
 and the same noise every step); ``sigma_p`` is the prior's standard deviation, so the penalty keeps the latent
-where the prior puts its mass. Only ``delta`` is optimised: the model, the singer and the F0 stay as they are.
+where the prior puts its mass, and the last term keeps the piece's long-term average spectrum (Whisper's
+log-mel averaged over time: a speaker cue) where the plain conversion put it. Only ``delta`` is optimised: the model, the singer and the F0 stay as they are.
 This is ``loss.content`` of training (:mod:`ai_singer.content_loss`) applied at conversion time to one piece,
 with the source in place of a recording of the singer. It costs a forward and a backward pass of the decoder
 and of the Whisper encoder per step (fp32, torch engine only), so it is off by default on a CPU
@@ -38,6 +40,8 @@ class RefineSettings:
     steps:          Adam steps per piece; 0 = off (the conversion is the plain one, bit for bit).
     learning_rate:  Adam's step size on the latent (the prior's units: ~1 is its spread).
     prior_weight:   weight of the penalty mean((delta / sigma_p)^2) that keeps the latent near the prior sample.
+    timbre_weight:  weight of the L1 between the time-averaged log-mel of the refined audio and of the plain
+                    conversion's (keeps the singer's average spectrum while the frames change).
     encoder:        the Whisper encoder that compares the two: a faster-whisper (CTranslate2, float16/float32)
                     folder, or ``wheel:tiny.en`` / ``wheel:base`` (models shipped in PyPI wheels).
     """
@@ -45,6 +49,7 @@ class RefineSettings:
     steps: int
     learning_rate: float
     prior_weight: float
+    timbre_weight: float
     encoder: str
 
     def __post_init__(self) -> None:
@@ -54,6 +59,8 @@ class RefineSettings:
             raise UserError(f"refine.learning_rate={self.learning_rate}", "must be > 0")
         if float(self.prior_weight) < 0:
             raise UserError(f"refine.prior_weight={self.prior_weight}", "must be >= 0")
+        if float(self.timbre_weight) < 0:
+            raise UserError(f"refine.timbre_weight={self.timbre_weight}", "must be >= 0")
         if not str(self.encoder).strip():
             raise UserError("refine.encoder", "is empty", "give a faster-whisper folder or wheel:tiny.en")
 
@@ -85,17 +92,21 @@ class LatentRefiner:
             self._encoder = WhisperTorchEncoder.from_folder(self.settings.encoder).eval().requires_grad_(False)
         return self._encoder
 
-    def states(self, wav16k: torch.Tensor) -> torch.Tensor:
-        """[B, S] at 16 kHz -> Whisper encoder states [B, ceil(S / 320), width]."""
+    def log_mel(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """[B, S] at 16 kHz -> the encoder's input, Whisper's log-mel [B, n_mels, S // 160]."""
         from ai_singer.features.whisper_torch import whisper_log_mel
 
-        encoder = self.encoder
-        return encoder(whisper_log_mel(wav16k, encoder.n_mels))
+        return whisper_log_mel(wav16k, self.encoder.n_mels)
 
-    def _model_states(self, wav: torch.Tensor) -> torch.Tensor:
+    def states(self, wav16k: torch.Tensor) -> torch.Tensor:
+        """[B, S] at 16 kHz -> Whisper encoder states [B, ceil(S / 320), width]."""
+        return self.encoder(self.log_mel(wav16k))
+
+    def _model_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """The model's audio [1, 1, L] at its rate -> Whisper's log-mel [1, n_mels, F] of it at 16 kHz."""
         from ai_singer.features.whisper_torch import WHISPER_SAMPLE_RATE, resample_fft
 
-        return self.states(resample_fft(wav.reshape(1, -1), self.sample_rate, WHISPER_SAMPLE_RATE))
+        return self.log_mel(resample_fft(wav.reshape(1, -1), self.sample_rate, WHISPER_SAMPLE_RATE))
 
     @staticmethod
     def _distance(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,16 +153,21 @@ class LatentRefiner:
 
             delta = torch.zeros_like(z_p0, requires_grad=True)
             optimiser = torch.optim.Adam([delta], lr=float(settings.learning_rate))
-            before = None
+            before, average_spectrum = None, None
             for _ in range(int(settings.steps)):
-                distance = self._distance(self._model_states(decode(delta)), target)
-                before = float(distance.detach()) if before is None else before
+                mel = self._model_mel(decode(delta))
+                distance = self._distance(self.encoder(mel), target)
+                if before is None:  # the first step decodes the plain conversion
+                    before, average_spectrum = float(distance.detach()), mel.detach().mean(-1)
                 loss = distance + float(settings.prior_weight) * ((delta / sigma) ** 2).mean()
+                if settings.timbre_weight:
+                    loss = loss + float(settings.timbre_weight) * torch.nn.functional.l1_loss(
+                        mel.mean(-1), average_spectrum)
                 # the gradient of the latent only: the model's parameters get none (and keep no .grad)
                 (delta.grad,) = torch.autograd.grad(loss, [delta])
                 optimiser.step()
             with torch.no_grad():
                 wav = decode(delta)
-                after = float(self._distance(self._model_states(wav), target))
+                after = float(self._distance(self.encoder(self._model_mel(wav)), target))
         return wav.detach(), {"content_l1_before": before if before is not None else after,
                               "content_l1_after": after}

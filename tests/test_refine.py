@@ -106,7 +106,7 @@ def test_the_refined_latent_brings_the_whisper_states_closer_to_the_source(tiny_
     source = (0.3 * np.sin(2 * np.pi * 800 * t) * (t < 0.25) + 0.3 * np.sin(2 * np.pi * 2500 * t) * (t >= 0.25))
     distances = []
     for steps in (1, 25):
-        refiner = LatentRefiner(RefineSettings(steps=steps, learning_rate=0.2, prior_weight=0.0,
+        refiner = LatentRefiner(RefineSettings(steps=steps, learning_rate=0.2, prior_weight=0.0, timbre_weight=0.0,
                                                encoder=str(tiny_whisper[0])), toy.sample_rate)
         wav, stats = refiner.convert(toy, content, f0, ones, ones, torch.zeros(1, 2), source.astype(np.float32),
                                      torch.Generator().manual_seed(0), noise_scale=0.35)
@@ -132,6 +132,7 @@ def test_refine_starts_from_the_plain_conversion(refine_artifacts, tiny_hubert_d
     ("refine.steps=-1", r"refine.steps=-1.*must be >= 0"),
     ("refine.learning_rate=0", r"refine.learning_rate=0.*must be > 0"),
     ("refine.prior_weight=-0.5", r"refine.prior_weight=-0.5.*must be >= 0"),
+    ("refine.timbre_weight=-1", r"refine.timbre_weight=-1.*must be >= 0"),
 ])
 def test_bad_refine_settings_name_the_key(override, match):
     with pytest.raises(UserError, match=match):
@@ -146,3 +147,27 @@ def test_refine_with_the_onnx_engine_is_refused_with_the_fix():
 def test_a_missing_refine_encoder_names_the_folder_before_any_song(refine_artifacts, tiny_hubert_dir, tmp_path):
     with pytest.raises(UserError, match=r"nowhere"):
         converter(refine_artifacts, tiny_hubert_dir, (tmp_path / "nowhere",), "refine.steps=2")
+
+
+def test_timbre_weight_keeps_the_average_spectrum_of_the_plain_conversion(tiny_whisper, one_torch_thread):
+    from ai_singer.refine import LatentRefiner, RefineSettings
+
+    toy = ToySinger().requires_grad_(False)
+    frames = 50
+    content = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 4, frames)).astype(np.float32))
+    f0, ones = torch.full((1, frames), 200.0), torch.ones(1, frames)
+    t = np.arange(frames * toy.hop) / toy.sample_rate
+    source = (0.3 * np.sin(2 * np.pi * 3300 * t)).astype(np.float32)
+
+    def average_spectrum_change(steps: int, timbre_weight: float) -> float:
+        refiner = LatentRefiner(RefineSettings(steps=steps, learning_rate=0.2, prior_weight=0.0,
+                                               timbre_weight=timbre_weight, encoder=str(tiny_whisper[0])),
+                                toy.sample_rate)
+        wav, _ = refiner.convert(toy, content, f0, ones, ones, torch.zeros(1, 2), source,
+                                 torch.Generator().manual_seed(0), noise_scale=0.0)
+        return refiner.log_mel(wav.reshape(1, -1)).mean(-1)
+
+    plain = average_spectrum_change(0, 0.0)
+    free = (average_spectrum_change(20, 0.0) - plain).abs().mean()
+    held = (average_spectrum_change(20, 10.0) - plain).abs().mean()
+    assert held < 0.5 * free
