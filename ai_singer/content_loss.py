@@ -30,10 +30,17 @@ class ContentLoss(nn.Module):
         self.sample_rate = int(sample_rate)
         self.encoder_path = str(encoder_path)
 
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, 1, S] or [B, S] at ``sample_rate`` -> Whisper hidden states [B, ceil(S16 / 320), width]."""
-        wav16k = resample_fft(wav.reshape(wav.shape[0], -1).float(), self.sample_rate, WHISPER_SAMPLE_RATE)
-        return self.encoder(whisper_log_mel(wav16k, self.encoder.n_mels))
+    def log_mel(self, wav: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        """[B, 1, S] or [B, S] at ``sample_rate`` (default: the model's) -> the encoder's input, Whisper's log-mel
+        [B, n_mels, S16 // 160] of the audio resampled to 16 kHz (S16 samples)."""
+        rate = self.sample_rate if sample_rate is None else int(sample_rate)
+        wav16k = resample_fft(wav.reshape(wav.shape[0], -1).float(), rate, WHISPER_SAMPLE_RATE)
+        return whisper_log_mel(wav16k, self.encoder.n_mels)
+
+    def features(self, wav: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        """[B, 1, S] or [B, S] at ``sample_rate`` (default: the model's) -> Whisper hidden states
+        [B, ceil(S16 / 320), width]."""
+        return self.encoder(self.log_mel(wav, sample_rate))
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Scalar loss; gradients flow into ``fake`` only."""

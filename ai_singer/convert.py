@@ -287,7 +287,7 @@ class Converter:
         #: the refinement toward the source's words (``refine.steps`` > 0), else None
         self.refiner = LatentRefiner(settings.refine, self.sample_rate) if settings.refine.enabled else None
         if self.refiner is not None:
-            self.refiner.encoder  # noqa: B018 - load now: a missing encoder fails before any song is read
+            self.refiner.words  # noqa: B018 - load now: a missing encoder fails before any song is read
         self._refine_stats: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------------------- content encoder
@@ -457,10 +457,10 @@ class Converter:
             f0_t[row, :n] = torch.from_numpy(f0)
             voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
             volume_t[row, :n] = torch.from_numpy(volume)
-        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
-        device = self.device
         if self.refiner is not None:
             return self._run_refined(model, g, (content_t, f0_t, voiced_t, volume_t), batch)
+        lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
+        device = self.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             wav = model.infer(content_t.to(device), f0_t.to(device), voiced_t.to(device), volume_t.to(device),
                               g.expand(size, -1), lengths=lengths.to(device), noise_scale=self.settings.noise_scale,

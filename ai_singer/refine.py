@@ -80,33 +80,22 @@ class LatentRefiner:
     def __init__(self, settings: RefineSettings, sample_rate: int):
         self.settings = settings
         self.sample_rate = int(sample_rate)
-        self._encoder = None
+        self._words = None
 
     @property
-    def encoder(self):
-        """The Whisper encoder (:class:`~ai_singer.features.whisper_torch.WhisperTorchEncoder`), loaded on first
-        use; a folder without a readable ``model.bin`` is a UserError naming it."""
-        if self._encoder is None:
-            from ai_singer.features.whisper_torch import WhisperTorchEncoder
+    def words(self):
+        """The Whisper encoder with its input chain (:class:`~ai_singer.content_loss.ContentLoss`, the loss that
+        training's ``loss.content`` uses), loaded on first use; a folder without a readable ``model.bin`` is a
+        UserError naming it."""
+        if self._words is None:
+            from ai_singer.content_loss import ContentLoss
 
-            self._encoder = WhisperTorchEncoder.from_folder(self.settings.encoder).eval().requires_grad_(False)
-        return self._encoder
+            self._words = ContentLoss(self.settings.encoder, self.sample_rate)
+        return self._words
 
-    def log_mel(self, wav16k: torch.Tensor) -> torch.Tensor:
-        """[B, S] at 16 kHz -> the encoder's input, Whisper's log-mel [B, n_mels, S // 160]."""
-        from ai_singer.features.whisper_torch import whisper_log_mel
-
-        return whisper_log_mel(wav16k, self.encoder.n_mels)
-
-    def states(self, wav16k: torch.Tensor) -> torch.Tensor:
-        """[B, S] at 16 kHz -> Whisper encoder states [B, ceil(S / 320), width]."""
-        return self.encoder(self.log_mel(wav16k))
-
-    def _model_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """The model's audio [1, 1, L] at its rate -> Whisper's log-mel [1, n_mels, F] of it at 16 kHz."""
-        from ai_singer.features.whisper_torch import WHISPER_SAMPLE_RATE, resample_fft
-
-        return self.log_mel(resample_fft(wav.reshape(1, -1), self.sample_rate, WHISPER_SAMPLE_RATE))
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """The model's audio [1, 1, L] or [1, L] at its rate -> Whisper's log-mel [1, n_mels, F] of it at 16 kHz."""
+        return self.words.log_mel(wav)
 
     @staticmethod
     def _distance(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -130,6 +119,7 @@ class LatentRefiner:
             would use; {"content_l1_before", "content_l1_after"}: the Whisper L1 to the source before the
             first step and after the last).
         """
+        from ai_singer.features.whisper_torch import WHISPER_SAMPLE_RATE
         from ai_singer.model.layers import noise_rows
 
         settings = self.settings
@@ -144,7 +134,7 @@ class LatentRefiner:
                 z_p0 = m_p + noise * torch.exp(logs_p) * noise_scale
                 sigma = torch.exp(logs_p)
                 source = torch.from_numpy(np.ascontiguousarray(source16k, dtype=np.float32)).to(content.device)
-                target = self.states(source.reshape(1, -1))
+                target = self.words.features(source.reshape(1, -1), sample_rate=WHISPER_SAMPLE_RATE)
             decoder_state = generator.get_state()
 
             def decode(delta: torch.Tensor) -> torch.Tensor:
@@ -155,8 +145,8 @@ class LatentRefiner:
             optimiser = torch.optim.Adam([delta], lr=float(settings.learning_rate))
             before, average_spectrum = None, None
             for _ in range(int(settings.steps)):
-                mel = self._model_mel(decode(delta))
-                distance = self._distance(self.encoder(mel), target)
+                mel = self.log_mel(decode(delta))
+                distance = self._distance(self.words.encoder(mel), target)
                 if before is None:  # the first step decodes the plain conversion
                     before, average_spectrum = float(distance.detach()), mel.detach().mean(-1)
                 loss = distance + float(settings.prior_weight) * ((delta / sigma) ** 2).mean()
@@ -168,6 +158,6 @@ class LatentRefiner:
                 optimiser.step()
             with torch.no_grad():
                 wav = decode(delta)
-                after = float(self._distance(self.encoder(self._model_mel(wav)), target))
+                after = float(self._distance(self.words.features(wav), target))
         return wav.detach(), {"content_l1_before": before if before is not None else after,
                               "content_l1_after": after}
