@@ -176,7 +176,7 @@ def fine_tune_and_convert(base_dir: Path, tmp_path: Path, *, sample_rate: int, c
     adapter = checkpoint.load_adapter(result.artifact_dir)
     assert adapter.base_sha256 == checkpoint.load_base(base_dir).sha256
 
-    settings = load_settings("infer", ["f0.method=dio", "noise_scale=0"])
+    settings = load_settings("infer", ["f0.method=dio", "noise_scale=0", "refine.steps=0"])
     converter = Converter(base_dir, None, settings, tmp_path / "singers", device="cpu",
                           content_encoder=FrameEncoder(content_dim, layer, final_proj))
     t = np.arange(sample_rate // 4) / sample_rate

@@ -259,7 +259,7 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     monkeypatch.chdir(tmp_path)
     base_dir = make_base(tmp_path, "whisper-base", encoder=stats.content_encoder)  # what training records
     make_adapter(tmp_path, base_dir, "alto")
-    converter = Converter(base_dir, None, load_settings("infer"), tmp_path / "singers", device="cpu")
+    converter = Converter(base_dir, None, load_settings("infer", ["refine.steps=0"]), tmp_path / "singers", device="cpu")
     assert isinstance(converter.content_encoder, WhisperContentEncoder)
     assert converter.content_encoder.path == folder
     sf.write(str(tmp_path / "song.wav"), harmonic(220.0, 44100, 0.8), 44100)
@@ -267,12 +267,12 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
         infer_cfg = compose("infer", overrides=[
             f"paths.pretrain={tmp_path / 'pretrain'}", f"paths.singers={tmp_path / 'singers'}",
             f"paths.output={tmp_path / 'out'}", f"songs={tmp_path / 'song.wav'}", "singer=alto", "f0.method=dio",
-            "device=cpu", "progress=false"])
+            "device=cpu", "progress=false", "refine.steps=0"])
     assert run_batch(infer_cfg).exit_code == 0
     converted, sr = sf.read(str(tmp_path / "out" / "song" / "vocals.wav"))
     assert sr == 44100 and len(converted) == int(0.8 * 44100)
     with pytest.raises(InferError, match="name 'whisper' vs 'hubert'"):
-        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, load_settings("infer"),
+        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, load_settings("infer", ["refine.steps=0"]),
                   tmp_path / "singers", device="cpu")
 
 

@@ -16,7 +16,7 @@ from ai_singer import cli, demo
 
 REPO = Path(__file__).resolve().parent.parent
 
-FAST = ["--convert-arg", "f0.method=dio", "--convert-arg", "progress=false"]
+FAST = ["--convert-arg", "f0.method=dio", "--convert-arg", "progress=false", "--convert-arg", "refine.steps=0"]
 
 
 @pytest.fixture(scope="module")

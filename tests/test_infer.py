@@ -35,9 +35,14 @@ from ai_singer.model import SingerVAE, SingerVAEConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Conversion overrides that keep refining at conversion time off (a later ``refine.steps=N`` wins).
+NO_REFINE = ("refine.steps=0",)
+
+
 def conf_settings(*overrides: str) -> ConvertSettings:
-    """The conversion settings of conf/ (composed as the stage composes them) with ``overrides``."""
-    return load_settings("infer", list(overrides))
+    """The conversion settings of conf/ (composed as the stage composes them) with ``overrides``; refining is
+    off unless ``overrides`` turn it on (tests/test_refine.py tests it; here it would only cost time)."""
+    return load_settings("infer", [*NO_REFINE, *overrides])
 
 
 # A tiny SingerVAE: these values over conf/model/base.yaml (the model has no defaults of its own).
@@ -91,7 +96,8 @@ def compose(artifacts: Path, tiny_hubert_dir: Path, out: Path, **overrides):
 
     values = {"paths.pretrain": str(artifacts / "pretrain"), "paths.singers": str(artifacts / "singers"),
               "paths.output": str(out), "content.path": str(tiny_hubert_dir), "content.layer": 2,
-              "f0.method": "dio", "device": "cpu", "progress": False, "noise_scale": 0.0, **overrides}
+              "f0.method": "dio", "device": "cpu", "progress": False, "noise_scale": 0.0, "refine.steps": 0,
+              **overrides}
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose("infer", overrides=[f"{k}={v}" for k, v in values.items()])
 
@@ -188,7 +194,7 @@ def test_bundled_example_has_no_dc_or_infrasound_and_keeps_the_source_level(tmp_
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):  # the encoder the base records
         cfg = hydra_compose("infer", overrides=[f"paths.pretrain={REPO / 'pretrain'}", f"paths.singers={REPO / 'singers'}",
                                                 f"paths.output={tmp_path / 'out'}", f"songs={song}", "singer=example",
-                                                "device=cpu", "progress=false", "noise_scale=0.35"])
+                                                "device=cpu", "progress=false", "noise_scale=0.35", *NO_REFINE])
     result = run_batch(cfg)
     assert result.exit_code == 0, result.summary()
     source, sr = sf.read(str(song / "vocals.flac"), dtype="float32")
@@ -360,7 +366,7 @@ def test_the_base_names_its_content_encoder(artifacts, tiny_hubert_dir, tmp_path
             return hydra_compose("infer", overrides=[
                 f"paths.pretrain={tmp_path / 'pretrain'}", f"paths.singers={tmp_path / 'singers'}",
                 f"paths.output={tmp_path / 'out'}", f"songs={tmp_path / 'song.wav'}", "singer=alto",
-                "f0.method=dio", "device=cpu", "progress=false", *overrides])
+                "f0.method=dio", "device=cpu", "progress=false", *NO_REFINE, *overrides])
 
     assert run_batch(cfg()).exit_code == 0  # no content settings: all from the base
     converter = Converter(base_dir, None, conf_settings(), tmp_path / "singers", device="cpu")

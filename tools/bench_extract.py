@@ -142,7 +142,7 @@ def vocal_renderer(args: argparse.Namespace, singers: Path) -> tuple[Callable[[s
 
     audio, sr = load_audio(args.vocal)
     mono = to_mono(audio)
-    converter = Converter(args.base, None, load_settings("infer", ["noise_scale=0", "f0.method=dio"]), singers,
+    converter = Converter(args.base, None, load_settings("infer", ["noise_scale=0", "f0.method=dio", "refine.steps=0"]), singers,
                           device="cpu")
     vocal = args.vocal.relative_to(REPO) if args.vocal.is_relative_to(REPO) else args.vocal
     what = (f"The same vocal (`{vocal}`, {len(mono) / sr:.1f} s) converted through the full model and through each "

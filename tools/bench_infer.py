@@ -130,7 +130,8 @@ def worker(args: argparse.Namespace) -> None:
     from ai_singer.config import load_settings
     from ai_singer.infer import Converter, convert_song, read_song_folder
 
-    settings = load_settings("infer", [f"f0.method={args.f0}"])
+    # the plain conversion (refine off): refine's cost is measured on real voices (BENCHMARKS.md "Real voices")
+    settings = load_settings("infer", [f"f0.method={args.f0}", "refine.steps=0"])
     root = Path(args.root)
     converter = Converter(root / "pretrain" / args.size, {"name": "hubert", "path": str(root / "hubert"),
                                                           "layer": 12}, settings, root / "singers",

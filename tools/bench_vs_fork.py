@@ -98,7 +98,8 @@ def ours(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, set
         from tools.bench_infer import make_artifacts
 
         base_dir, singer = make_artifacts(workdir, "base")
-        settings = load_settings("infer", [f"f0.method={f0}", *settings_overrides])
+        # refine off unless settings_overrides turn it on: the fork has no such step, so the race is plain to plain
+        settings = load_settings("infer", [f"f0.method={f0}", "refine.steps=0", *settings_overrides])
         if settings.engine != "torch":  # the singer's ONNX export (untimed setup, as `ai-singer export` once)
             from ai_singer.onnx_export import export_singer
 
@@ -138,7 +139,6 @@ def fork_model():
 def fork(task: str, vocal: Path, workdir: Path, f0: str, discriminator: str, settings_overrides: list[str],
          base: str = "base"):
     """Set up so-vits-svc-fork for ``task``; returns the function one timed run calls."""
-    import numpy as np
     import torch
 
     torch.manual_seed(0)

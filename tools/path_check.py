@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> dict:
     base_config = read_yaml(args.base / "config.yaml")
     speakers = [str(s) for s in base_config.get("speakers") or []]
     phrases = phrases_to_check(corpus, speakers, args.voices, tuple(args.kinds))
-    settings = load_settings("infer", [f"f0.method={args.f0_method}"] if args.f0_method else [])
+    # the base's own path, plain (refining at conversion would hide what the base loses)
+    settings = load_settings("infer", ["refine.steps=0", *([f"f0.method={args.f0_method}"] if args.f0_method else [])])
     try:
         converter = Converter(args.base, content_group(args, base_config), settings, args.base, device="cpu")
     except InferError as error:
