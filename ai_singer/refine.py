@@ -14,8 +14,9 @@ where the prior puts its mass, and the last term keeps the piece's long-term ave
 log-mel averaged over time: a speaker cue) where the plain conversion put it. Only ``delta`` is optimised: the model, the singer and the F0 stay as they are.
 This is ``loss.content`` of training (:mod:`ai_singer.content_loss`) applied at conversion time to one piece,
 with the source in place of a recording of the singer. It costs a forward and a backward pass of the decoder
-and of the Whisper encoder per step (fp32, torch engine only), so it is off by default on a CPU
-(``conf/infer.yaml``: its cost and what it bought are in BENCHMARKS.md "Real voices").
+and of the Whisper encoder per step (fp32, torch engine only): the default 10 steps take 2.5-3 times the plain
+conversion's time on a CPU, and halve the words lost on real voices (``conf/infer.yaml``; BENCHMARKS.md "Real
+voices", fourteenth and fifteenth rounds).
 
 The refinement's encoder (``refine.encoder``) should not be the model that measures the words afterwards:
 a latent tuned against one recogniser's encoder can please that recogniser more than a listener. The

@@ -139,6 +139,16 @@ def test_bad_refine_settings_name_the_key(override, match):
         conf_settings(override)
 
 
+def test_the_default_conversion_refines_with_an_encoder_the_install_brings():
+    from ai_singer.config import load_settings
+    from ai_singer.features.whisper_models import resolve_model_dir
+
+    settings = load_settings("infer")  # conf/ as shipped: refining is on, holding the voice's average spectrum
+    assert settings.refine.enabled and settings.refine.timbre_weight > 0
+    assert settings.engine != "onnx"  # the default engine can refine (auto picks torch)
+    assert (resolve_model_dir(settings.refine.encoder) / "model.bin").is_file()  # a dependency, not an extra
+
+
 def test_refine_with_the_onnx_engine_is_refused_with_the_fix():
     with pytest.raises(InferError, match=r"refine.steps=4 with engine=onnx.*gradients.*engine=torch"):
         conf_settings("refine.steps=4", "engine=onnx")
