@@ -11,7 +11,8 @@ moved for that many Adam steps so that a Whisper encoder hears the converted aud
 ``decode`` is the model's own path (inverted flow, then the decoder, with the singer's vector, the piece's F0
 and the same noise every step); ``sigma_p`` is the prior's standard deviation, so the penalty keeps the latent
 where the prior puts its mass, and the last term keeps the piece's long-term average spectrum (Whisper's
-log-mel averaged over time: a speaker cue) where the plain conversion put it. Only ``delta`` is optimised: the model, the singer and the F0 stay as they are.
+log-mel averaged over time: a speaker cue) where the plain conversion put it. Only ``delta`` is optimised: the
+model, the singer and the F0 stay as they are.
 This is ``loss.content`` of training (:mod:`ai_singer.content_loss`) applied at conversion time to one piece,
 with the source in place of a recording of the singer. It costs a forward and a backward pass of the decoder
 and of the Whisper encoder per step (fp32, torch engine only): the default 10 steps take 2.5-3 times the plain

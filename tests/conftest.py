@@ -96,7 +96,8 @@ TINY_WHISPER_D_MODEL = 32
 def tiny_whisper(tmp_path_factory):
     """A tiny random Whisper (d_model 32, one layer each side) built with transformers and converted to
     CTranslate2 format (float32): (CTranslate2 folder, the transformers model it was converted from)."""
-    ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed (a dependency: pip install -e .)")
+    ctranslate2 = pytest.importorskip("ctranslate2",
+                                      reason="ctranslate2 is not installed (a dependency: pip install -e .)")
     import torch
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel

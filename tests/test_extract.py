@@ -167,8 +167,8 @@ def test_an_unchanged_model_gives_the_base_back_through_convert(setup, tmp_path,
     out, extraction = extract_adapter(base_dir, full_dir, tmp_path / "singers" / "same", settings(rank=8))
     assert extraction.summary()["lora_layers"] == 0 and set(extraction.tensors) == {"singer_embedding"}
     converter = Converter(base_dir, {"name": "hubert", "path": str(tiny_hubert_dir), "layer": 2},
-                          load_settings("infer", ["noise_scale=0", "f0.method=dio", "refine.steps=0"]), tmp_path / "singers",
-                          device="cpu")
+                          load_settings("infer", ["noise_scale=0", "f0.method=dio", "refine.steps=0"]),
+                          tmp_path / "singers", device="cpu")
     with converter.singer_model("same") as (model, singer_g):
         assert torch.equal(singer_g.reshape(-1), g)
         assert torch.equal(infer(model, singer_g), infer(base, g))
