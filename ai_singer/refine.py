@@ -125,6 +125,7 @@ class LatentRefiner:
         from ai_singer.model.layers import noise_rows
 
         settings = self.settings
+        words = self.words.to(content.device)  # the encoder where the model runs (a GPU: both there)
         with torch.inference_mode(False), torch.enable_grad():  # inputs made under inference_mode: copy them
             content, f0, voiced, volume, g = (t.detach().clone().float() for t in (content, f0, voiced, volume, g))
             n_frames = content.shape[-1]
@@ -136,7 +137,7 @@ class LatentRefiner:
                 z_p0 = m_p + noise * torch.exp(logs_p) * noise_scale
                 sigma = torch.exp(logs_p)
                 source = torch.from_numpy(np.ascontiguousarray(source16k, dtype=np.float32)).to(content.device)
-                target = self.words.features(source.reshape(1, -1), sample_rate=WHISPER_SAMPLE_RATE)
+                target = words.features(source.reshape(1, -1), sample_rate=WHISPER_SAMPLE_RATE)
             decoder_state = generator.get_state()
 
             def decode(delta: torch.Tensor) -> torch.Tensor:
@@ -147,8 +148,8 @@ class LatentRefiner:
             optimiser = torch.optim.Adam([delta], lr=float(settings.learning_rate))
             before, average_spectrum = None, None
             for _ in range(int(settings.steps)):
-                mel = self.log_mel(decode(delta))
-                distance = self._distance(self.words.encoder(mel), target)
+                mel = words.log_mel(decode(delta))
+                distance = self._distance(words.encoder(mel), target)
                 if before is None:  # the first step decodes the plain conversion
                     before, average_spectrum = float(distance.detach()), mel.detach().mean(-1)
                 loss = distance + float(settings.prior_weight) * ((delta / sigma) ** 2).mean()
@@ -160,6 +161,6 @@ class LatentRefiner:
                 optimiser.step()
             with torch.no_grad():
                 wav = decode(delta)
-                after = float(self._distance(self.words.features(wav), target))
+                after = float(self._distance(words.features(wav), target))
         return wav.detach(), {"content_l1_before": before if before is not None else after,
                               "content_l1_after": after}

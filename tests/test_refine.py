@@ -149,6 +149,17 @@ def test_the_default_conversion_refines_with_an_encoder_the_install_brings():
     assert (resolve_model_dir(settings.refine.encoder) / "model.bin").is_file()  # a dependency, not an extra
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU machine's check)")
+def test_refine_runs_where_the_model_runs_on_a_gpu(refine_artifacts, tiny_hubert_dir, tiny_whisper):
+    settings = conf_settings("f0.method=dio", f"refine.encoder={tiny_whisper[0]}", "refine.steps=2")
+    gpu = Converter(refine_artifacts / "pretrain" / "tiny", {"name": "hubert", "path": str(tiny_hubert_dir),
+                                                              "layer": 2}, settings, refine_artifacts / "singers",
+                    device="cuda")
+    mono = vocal()
+    out = gpu.convert_vocal(mono, 44100, "alto")  # the Whisper encoder follows the model onto the device
+    assert out.audio.shape == mono.shape and np.isfinite(out.audio).all() and out.refine["pieces"] >= 1
+
+
 def test_refine_with_the_onnx_engine_is_refused_with_the_fix():
     with pytest.raises(InferError, match=r"refine.steps=4 with engine=onnx.*gradients.*engine=torch"):
         conf_settings("refine.steps=4", "engine=onnx")
