@@ -257,6 +257,13 @@ class ConvertSettings:
             raise InferError(f"refine.steps={self.refine.steps} with engine=onnx",
                              "the refinement needs gradients through the torch model",
                              "use engine=torch (or auto), or refine.steps=0")
+        # the refinement hears each piece (with its context on both sides) through Whisper's encoder, which
+        # takes at most 30 s; leave a second for the piece's rounding up to chunk.piece_frames_multiple
+        piece_s = self.chunk.max_length_s + 2 * (self.chunk.context_s + self.chunk.max_silence_kept_s)
+        if self.refine.enabled and piece_s > 29.0:
+            raise InferError(f"chunk.max_length_s={self.chunk.max_length_s:g} with refine.steps={self.refine.steps}",
+                             f"pieces up to {piece_s:g} s with their context, and the refinement's Whisper encoder "
+                             "hears at most 30 s", "use chunk.max_length_s<=28, or refine.steps=0")
         if self.decoder_layout not in DECODER_LAYOUTS:
             raise InferError(f"decoder_layout={self.decoder_layout!r}", "unknown decoder layout",
                              f"use one of {', '.join(DECODER_LAYOUTS)}")

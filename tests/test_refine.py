@@ -165,6 +165,12 @@ def test_refine_with_the_onnx_engine_is_refused_with_the_fix():
         conf_settings("refine.steps=4", "engine=onnx")
 
 
+def test_pieces_longer_than_whisper_hears_are_refused_when_refining():
+    with pytest.raises(InferError, match=r"chunk.max_length_s=40 with refine.steps=4: .*30 s.*max_length_s<=28"):
+        conf_settings("refine.steps=4", "chunk.max_length_s=40")
+    assert conf_settings("refine.steps=0", "chunk.max_length_s=40").chunk.max_length_s == 40  # plain: no limit
+
+
 def test_a_missing_refine_encoder_names_the_folder_before_any_song(refine_artifacts, tiny_hubert_dir, tmp_path):
     with pytest.raises(UserError, match=r"nowhere"):
         converter(refine_artifacts, tiny_hubert_dir, (tmp_path / "nowhere",), "refine.steps=2")
