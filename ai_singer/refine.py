@@ -95,10 +95,6 @@ class LatentRefiner:
             self._words = ContentLoss(self.settings.encoder, self.sample_rate)
         return self._words
 
-    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """The model's audio [1, 1, L] or [1, L] at its rate -> Whisper's log-mel [1, n_mels, F] of it at 16 kHz."""
-        return self.words.log_mel(wav)
-
     @staticmethod
     def _distance(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         frames = min(states.shape[1], target.shape[1])

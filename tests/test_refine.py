@@ -192,7 +192,7 @@ def test_timbre_weight_keeps_the_average_spectrum_of_the_plain_conversion(tiny_w
                                 toy.sample_rate)
         wav, _ = refiner.convert(toy, content, f0, ones, ones, torch.zeros(1, 2), source,
                                  torch.Generator().manual_seed(0), noise_scale=0.0)
-        return refiner.log_mel(wav.reshape(1, -1)).mean(-1)
+        return refiner.words.log_mel(wav.reshape(1, -1)).mean(-1)
 
     plain = average_spectrum_change(0, 0.0)
     free = (average_spectrum_change(20, 0.0) - plain).abs().mean()
