@@ -46,6 +46,9 @@ class RefineSettings:
                     conversion's (keeps the singer's average spectrum while the frames change).
     encoder:        the Whisper encoder that compares the two: a faster-whisper (CTranslate2, float16/float32)
                     folder, or ``wheel:tiny.en`` / ``wheel:base`` (models shipped in PyPI wheels).
+    centre:         compare the two sets of encoder states after subtracting each one's mean over the piece's
+                    frames (per channel): what is constant over a piece, much of a speaker's trace in the states,
+                    is not pulled toward the source; the words, which change from frame to frame, still are.
     """
 
     steps: int
@@ -53,6 +56,7 @@ class RefineSettings:
     prior_weight: float
     timbre_weight: float
     encoder: str
+    centre: bool = False
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0:
@@ -95,10 +99,15 @@ class LatentRefiner:
             self._words = ContentLoss(self.settings.encoder, self.sample_rate)
         return self._words
 
-    @staticmethod
-    def _distance(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _distance(self, states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 between encoder states [1, T, width] and [1, T', width] over their common frames (each centred on its
+        own mean over those frames when ``centre``)."""
         frames = min(states.shape[1], target.shape[1])
-        return torch.nn.functional.l1_loss(states[:, :frames], target[:, :frames])
+        states, target = states[:, :frames], target[:, :frames]
+        if self.settings.centre:
+            states = states - states.mean(1, keepdim=True)
+            target = target - target.mean(1, keepdim=True)
+        return torch.nn.functional.l1_loss(states, target)
 
     def convert(self, model: torch.nn.Module, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                 volume: torch.Tensor, g: torch.Tensor, source16k: np.ndarray, generator: torch.Generator,

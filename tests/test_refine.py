@@ -117,6 +117,24 @@ def test_the_refined_latent_brings_the_whisper_states_closer_to_the_source(tiny_
     assert distances[1]["content_l1_after"] < distances[0]["content_l1_after"]
 
 
+def test_centred_comparison_ignores_what_is_constant_over_the_piece(tiny_whisper):
+    """refine.centre: a per-channel offset held over the whole piece (a speaker's constant trace) costs nothing,
+    a change from frame to frame (the words) still does; without it both cost."""
+    from ai_singer.refine import LatentRefiner, RefineSettings
+
+    def refiner(centre: bool) -> LatentRefiner:
+        return LatentRefiner(RefineSettings(steps=1, learning_rate=0.1, prior_weight=0.0, timbre_weight=0.0,
+                                            encoder=str(tiny_whisper[0]), centre=centre), 16000)
+
+    target = torch.randn(1, 20, 6, generator=torch.Generator().manual_seed(0))
+    offset = target + torch.linspace(-1, 1, 6)  # the same shift on every frame
+    reordered = target.flip(1)  # the same frames in another order
+    assert float(refiner(True)._distance(offset, target)) < 1e-6
+    assert float(refiner(False)._distance(offset, target)) > 0.4
+    assert float(refiner(True)._distance(reordered, target)) > 0.4
+    assert float(refiner(True)._distance(target[:, :15], target)) < 1e-6  # over the common frames
+
+
 def test_refine_starts_from_the_plain_conversion(refine_artifacts, tiny_hubert_dir, tiny_whisper, one_torch_thread):
     """A step size so small that the latent cannot move reproduces the plain conversion: the refinement decodes
     with the plain path's noise, F0 and singer."""
