@@ -113,6 +113,7 @@ class TrainerSettings:
     discriminator: str
     discriminator_every: int
     singer_init: str
+    singer_learning_rate: Optional[float]
 
 
 @dataclass
@@ -198,6 +199,9 @@ def validate_config(cfg: TrainConfig) -> None:
         raise TrainSetupError("init_from", "is for mode=pretrain (a fine-tuned singer starts from base=...)")
     if cfg.trainer.singer_init not in SINGER_INITS:
         raise TrainSetupError("trainer.singer_init", f"must be one of {SINGER_INITS}, not {cfg.trainer.singer_init!r}")
+    if cfg.trainer.singer_learning_rate is not None and not cfg.trainer.singer_learning_rate >= 0:
+        raise TrainSetupError("trainer.singer_learning_rate", f"must be >= 0 or null (= trainer.learning_rate), not "
+                                                              f"{cfg.trainer.singer_learning_rate}")
     if cfg.trainer.discriminator_every < 1:
         raise TrainSetupError("trainer.discriminator_every", f"must be >= 1 (1 = every step), not "
                                                              f"{cfg.trainer.discriminator_every}")
@@ -482,12 +486,18 @@ class Optimisation:
 def make_optimisation(generator: nn.Module, discriminator: nn.Module | None, trainer: TrainerSettings
                       ) -> Optimisation:
     """AdamW (betas from the config) + exponential decay per step, for the generator and (when it
-    trains) the discriminator."""
+    trains) the discriminator. A fine-tuned singer's vector (``generator.singer_embedding``) is a group of
+    its own at ``trainer.singer_learning_rate`` without weight decay (null: the generator's rate and decay)."""
     def adamw(module: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise TrainSetupError("peft", "nothing to train: no parameter requires a gradient")
-        return torch.optim.AdamW(params, lr=trainer.learning_rate, betas=tuple(trainer.betas), eps=trainer.eps,
+        singer = getattr(module, "singer_embedding", None)
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if trainer.singer_learning_rate is not None and isinstance(singer, nn.Parameter) and singer.requires_grad:
+            groups = [{"params": [p for p in params if p is not singer]},
+                      {"params": [singer], "lr": trainer.singer_learning_rate, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=trainer.learning_rate, betas=tuple(trainer.betas), eps=trainer.eps,
                                  weight_decay=trainer.weight_decay)
 
     opt_g = adamw(generator)
@@ -708,6 +718,11 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
             raise TrainSetupError(path, f"the checkpoint's {part} weights do not fit this run (another model size, "
                                         f"peft setting or set of singers?); use another run_name to start a new "
                                         f"run:\n{diff}")
+    groups, saved_groups = len(opt.generator.param_groups), len(saved["optimizer_generator"]["param_groups"])
+    if groups != saved_groups:
+        raise TrainSetupError(path, f"the checkpoint's optimiser has {saved_groups} parameter group(s), this run "
+                                    f"{groups}: trainer.singer_learning_rate was set or unset since the run began; "
+                                    f"resume with the setting it began with, or use another run_name")
     missing, unexpected = models.generator.load_state_dict(saved["generator"], strict=False)
     assert not unexpected and set(missing).isdisjoint(expected)
     opt.generator.load_state_dict(saved["optimizer_generator"])

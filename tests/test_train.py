@@ -116,6 +116,29 @@ def test_finetune_singer_vector_starts_where_singer_init_says_and_the_adapter_re
         torch.testing.assert_close(vector, table[["alto", "tenor"].index(start["from"].split()[1])])
 
 
+@pytest.mark.parametrize("rates", [(0.0, 0.05), (1e-3, 0.0)])
+def test_singer_learning_rate_drives_the_singer_vector_apart_from_the_adapter_weights(tmp_path, processed, base_dir,
+                                                                                      rates):
+    """trainer.singer_learning_rate is the singer vector's own rate: with the generator's rate at 0 only the
+    vector moves (LoRA's B stays at its zero start); with the vector's rate at 0 only the adapter weights do."""
+    generator_rate, singer_rate = rates
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}", "trainer.max_steps=2",
+                      f"trainer.learning_rate={generator_rate}", f"trainer.singer_learning_rate={singer_rate}")
+    adapter = ckpt.load_adapter(run_training(cfg).artifact_dir)
+    mean = ckpt.load_base(base_dir).generator_state["speaker_embedding.weight"].float().mean(dim=0)
+    vector = adapter.tensors["singer_embedding"].float()
+    lora_b = [tensor for name, tensor in adapter.tensors.items() if "lora_B" in name]
+    assert lora_b
+    adapter_moved = any(bool(tensor.abs().sum() > 0) for tensor in lora_b)
+    vector_moved = not torch.allclose(vector, mean)
+    assert (vector_moved, adapter_moved) == (singer_rate > 0, generator_rate > 0)
+
+
+def test_singer_learning_rate_must_not_be_negative():
+    with pytest.raises(TrainSetupError, match="trainer.singer_learning_rate"):
+        validate_config(typed_config(compose_config("train", ["trainer.singer_learning_rate=-1"])))
+
+
 def test_singer_init_must_be_known():
     with pytest.raises(TrainSetupError, match="trainer.singer_init"):
         validate_config(typed_config(compose_config("train", ["trainer.singer_init=closest"])))
@@ -394,6 +417,15 @@ def test_checkpoint_from_another_base_is_refused(tmp_path, processed, base_dir):
     ckpt.save_base(other, changed, base.discriminator_state, base.config)
     cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={other}", "trainer.max_steps=2")
     with pytest.raises(ckpt.AdapterBaseMismatch, match="step_00000001.pt.*adapter/base hash mismatch"):
+        run_training(cfg)
+
+
+def test_resuming_with_the_singer_learning_rate_set_since_is_refused(tmp_path, processed, base_dir):
+    run_training(make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}",
+                             "trainer.max_steps=1"))
+    cfg = make_config(tmp_path, processed, "mode=finetune", "singer=alto", f"base={base_dir}", "trainer.max_steps=2",
+                      "trainer.singer_learning_rate=0.01")
+    with pytest.raises(TrainSetupError, match=r"step_00000001.pt: .*trainer.singer_learning_rate was set or unset"):
         run_training(cfg)
 
 
