@@ -152,7 +152,8 @@ def fine_tune_and_convert(base_dir: Path, tmp_path: Path, *, sample_rate: int, c
     from ai_singer.conf_dir import conf_dir
     from ai_singer.config import load_settings
     from ai_singer.convert import Converter
-    from ai_singer.train import run_training, typed_config
+    from ai_singer.train import run_training
+    from ai_singer.train_settings import typed_config
     from processed_fixture import write_processed_dataset
 
     processed = tmp_path / "processed"

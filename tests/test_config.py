@@ -20,7 +20,7 @@ def _settings_classes():
     from ai_singer.mix import LimiterSettings, MixSettings
     from ai_singer.model import SingerVAEConfig
     from ai_singer.preprocess import LoudnessSettings, PreprocessSettings, SplitSettings
-    from ai_singer.train import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
+    from ai_singer.train_settings import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
 
     return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, PitchCorrectionSettings,
             LimiterSettings, MixSettings, SingerVAEConfig, F0Settings, LoudnessSettings, PreprocessSettings,

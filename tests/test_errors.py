@@ -48,7 +48,7 @@ def test_user_error_message_fix_and_pickling():
     from ai_singer.manifest import ManifestError
     from ai_singer.preprocess import PreprocessError
     from ai_singer.sections import SectionsError
-    from ai_singer.train import TrainSetupError
+    from ai_singer.train_settings import TrainSetupError
 
     error = UserError("transpose=abc", "not a number", "give semitones, e.g. transpose=-12, or transpose=auto")
     assert str(error) == "transpose=abc: not a number — give semitones, e.g. transpose=-12, or transpose=auto"

@@ -451,7 +451,7 @@ def test_settings_are_conf_s_and_a_missing_value_is_an_error():
 # --------------------------------------------------------------------------------------------------
 # infer must never reach training code
 
-FORBIDDEN = {"ai_singer.train", "ai_singer.losses", "ai_singer.model.discriminator"}
+FORBIDDEN = {"ai_singer.train", "ai_singer.train_settings", "ai_singer.losses", "ai_singer.model.discriminator"}
 
 
 def _module_file(module: str) -> Path | None:

@@ -21,8 +21,9 @@ from ai_singer.conf_dir import conf_dir
 from ai_singer.config import compose as compose_config
 from ai_singer.config import load_settings
 from ai_singer.manifest import ManifestError
-from ai_singer.train import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
-                             resolve_discriminator, run_training, typed_config, validate_config)
+from ai_singer.train import run_training
+from ai_singer.train_settings import (AudioSettings, LossWeights, PathsSettings, TrainerSettings, TrainSetupError,
+                                      resolve_discriminator, typed_config, validate_config)
 from processed_fixture import write_processed_dataset
 
 SR, HOP = 16000, 512  # the tiny model's decoder upsamples 8 x 8 x 8 = 512

@@ -75,7 +75,8 @@ def make_runner(size: str, method: str, batch_size: int, frames: int, device: st
     from ai_singer.conf_dir import conf_dir
     from ai_singer.model.discriminator import Discriminator
     from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
-    from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation, typed_config
+    from ai_singer.train import GeneratorForTraining, StepRunner, make_optimisation
+    from ai_singer.train_settings import typed_config
 
     torch.manual_seed(0)
     base_dir = Path(size) if (Path(size) / checkpoint.BASE_CONFIG_FILE).is_file() else None

@@ -193,7 +193,7 @@ def build_app(server: Server):
     gr = _require_gradio()
     from ai_singer.config import conf_file, conf_group
     from ai_singer.features.pitch import SCALES
-    from ai_singer.train import DISCRIMINATOR_MODES
+    from ai_singer.train_settings import DISCRIMINATOR_MODES
 
     infer = conf_file("infer")
     trainer = conf_group("trainer")

@@ -179,7 +179,7 @@ class TrainChoices:
 def train_config(processed_dir: Path, runs_dir: Path, choices: TrainChoices, catalog: Catalog) -> Any:
     """The typed config of ``ai-singer train mode=finetune singer=... base=... peft=...`` for the page's
     choices (checked by the stage's own ``typed_config``)."""
-    from ai_singer.train import typed_config
+    from ai_singer.train_settings import typed_config
 
     base = catalog.base(choices.base)
     cfg = compose_with("train", {"peft": choices.method}, {
