@@ -3,7 +3,7 @@
 Every default lives in ``conf/`` (``conf/f0/default.yaml`` holds the F0 search range, and so on); the
 settings dataclasses have no defaults of their own for what the YAML holds, so a value missing from
 ``conf/`` is an error, never a silent fallback. The stages build their settings from the config Hydra
-composed (``preprocess.settings_from_config``, ``infer.settings_from_config``, ``train.typed_config``);
+composed (``preprocess_settings.settings_from_config``, ``infer.settings_from_config``, ``train_settings.typed_config``);
 tests, tools and the demo use the same builders through :func:`load_settings`::
 
     settings = load_settings("preprocess", overrides=["f0.method=dio"])
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 #: The stage configs and the builder of each one's typed settings (module, function).
 BUILDERS = {
-    "preprocess": ("ai_singer.preprocess", "settings_from_config"),
+    "preprocess": ("ai_singer.preprocess_settings", "settings_from_config"),
     "infer": ("ai_singer.infer", "settings_from_config"),
-    "train": ("ai_singer.train", "typed_config"),
+    "train": ("ai_singer.train_settings", "typed_config"),
     "extract": ("ai_singer.extract", "settings_from_config"),
 }
 

@@ -19,7 +19,7 @@ def _settings_classes():
     from ai_singer.features.f0_settings import F0Settings  # preprocess's and conversion's f0 settings
     from ai_singer.mix import LimiterSettings, MixSettings
     from ai_singer.model import SingerVAEConfig
-    from ai_singer.preprocess import LoudnessSettings, PreprocessSettings, SplitSettings
+    from ai_singer.preprocess_settings import LoudnessSettings, PreprocessSettings, SplitSettings
     from ai_singer.train_settings import AudioSettings, LossWeights, PathsSettings, TrainConfig, TrainerSettings
 
     return [PeftSettings, SliceConfig, ChunkSettings, ConvertSettings, PitchCorrectionSettings,

@@ -107,7 +107,7 @@ def test_split_fraction_and_stability_when_clips_are_added():
 
 def test_split_settings_come_from_conf_only():
     from ai_singer.config import conf_group
-    from ai_singer.preprocess import SplitSettings
+    from ai_singer.preprocess_settings import SplitSettings
 
     with pytest.raises(TypeError):
         SplitSettings()  # type: ignore[call-arg]

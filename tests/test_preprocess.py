@@ -580,7 +580,7 @@ def test_command_line_entry_point(dataset, tmp_path, tiny_hubert_dir):
 
 def test_settings_are_built_from_conf_and_have_no_defaults_of_their_own(dataset, tmp_path, tiny_hubert_dir):
     from ai_singer.features.f0_settings import F0Settings
-    from ai_singer.preprocess import LoudnessSettings, settings_from_config
+    from ai_singer.preprocess_settings import LoudnessSettings, settings_from_config
 
     for settings_class in (F0Settings, LoudnessSettings):
         with pytest.raises(TypeError):
