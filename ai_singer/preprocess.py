@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
 import re
-import sys
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,56 +40,17 @@ from ai_singer.errors import OutOfSpace, is_out_of_space
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)
 from ai_singer import preprocess_pieces as pieces_store
+from ai_singer.preprocess_progress import StageProgress
+from ai_singer.preprocess_records import (RECORDS_DIR, clip_id, read_record, record_files, record_path,
+                                         source_fingerprint)
 from ai_singer.preprocess_settings import PreprocessError, PreprocessSettings, settings_from_config
 
 FEATURE_FORMAT_VERSION = "1"
 CONTENT_SAMPLE_RATE = 16000
-RECORDS_DIR = ".sources"
 REPORT_NAME = "report.json"
 PITCH_PLOT_NAME = "pitch_range.png"
 #: What our clip files look like (``<stem>-<6 hex>-<3+ digits>``); only such files are ever swept.
 _CLIP_FILE = re.compile(r"^.+-[0-9a-f]{6}-\d{3,}(\.wav|\.features\.safetensors)$")
-
-
-# ------------------------------------------------------------------------------- fingerprints, records
-
-def source_fingerprint(path: Path, block_bytes: int = 65536) -> dict:
-    """Size, mtime and a sha256 of the first, middle and last ``block_bytes`` of a file."""
-    stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for offset in sorted({0, max(0, stat.st_size // 2 - block_bytes // 2), max(0, stat.st_size - block_bytes)}):
-            handle.seek(offset)
-            digest.update(handle.read(block_bytes))
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blocks_sha256": digest.hexdigest()}
-
-
-def _source_key(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()
-
-
-def record_path(processed: Path, source: str) -> Path:
-    """Where the record of ``source`` (a path relative to ``paths.raw``) lives."""
-    return processed / RECORDS_DIR / f"{_source_key(source)[:20]}.json"
-
-
-def clip_id(source: str, index: int) -> str:
-    """A clip's file stem: readable (the source's stem), unique (a hash of the source's relative path)
-    and stable (the index of the slice in its source)."""
-    stem = re.sub(r"[^\w.-]+", "_", Path(source).stem).strip("._") or "clip"
-    return f"{stem[:60]}-{_source_key(source)[:6]}-{index:03d}"
-
-
-def _read_record(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "source" in record else None
-
-
-def _record_files(record: dict) -> list[str]:
-    return [name for clip in record.get("clips", []) for name in (clip["audio"], clip["features"])]
 
 
 # ----------------------------------------------------------------------------------------- one clip
@@ -278,7 +237,7 @@ def _seal_record(record: dict, settings: PreprocessSettings, n_ranges: int = 0,
         error = ClipRejected(f"no usable clip ({n_ranges} rejected: {'; '.join(reasons)})")
     if error is not None:
         record["status"], record["reason"] = "rejected", _reason(error)
-        for name in _record_files(record):
+        for name in record_files(record):
             _remove_quietly(settings.processed / name)
         record["clips"] = []
     path = record_path(settings.processed, record["source"])
@@ -470,7 +429,7 @@ def _bytes_per_second(settings: PreprocessSettings, encoder: Any) -> float:
     return settings.framing.sample_rate * 2 + frames * (dim * 4 + 13)
 
 
-def _out_of_space(settings: PreprocessSettings, encoder: Any, progress: "StageProgress") -> OutOfSpace:
+def _out_of_space(settings: PreprocessSettings, encoder: Any, progress: StageProgress) -> OutOfSpace:
     remaining = max(0.0, progress.total - progress.done)
     return OutOfSpace(settings.processed, needed_bytes=1.1 * remaining * _bytes_per_second(settings, encoder))
 
@@ -643,14 +602,14 @@ def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]
     records_dir = processed / RECORDS_DIR
     if records_dir.is_dir():
         for path in sorted(records_dir.glob("*.json")):
-            record = _read_record(path)
+            record = read_record(path)
             if record is None or path != record_path(processed, record["source"]):
                 _remove_quietly(path)
                 continue
             records[record["source"]] = record
     current = {source: (singer, path) for singer, files in sources.items() for source, path in files}
     for source in sorted(set(records) - set(current)):  # deleted from raw: forget it and its clips
-        for name in _record_files(records.pop(source)):
+        for name in record_files(records.pop(source)):
             _remove_quietly(processed / name)
         _remove_quietly(record_path(processed, source))
         result.removed_sources.append(source)
@@ -664,11 +623,11 @@ def _plan(settings: PreprocessSettings, sources: dict[str, list[tuple[str, Path]
         if (record is not None and record.get("fingerprint") == fingerprint
                 and record.get("settings_hash") == settings_hash and record.get("singer") == singer
                 and record.get("status") in ("ok", "rejected")
-                and all((processed / name).is_file() for name in _record_files(record))):
+                and all((processed / name).is_file() for name in record_files(record))):
             valid[source] = record
             result.unchanged_sources.append(source)
             continue
-        old_files = tuple(_record_files(record)) if record else ()
+        old_files = tuple(record_files(record)) if record else ()
         jobs.append(SourceJob(singer=singer, source=source, path=path, fingerprint=fingerprint,
                               seconds=_seconds_of(path), old_files=old_files))
     jobs.sort(key=lambda job: -job.fingerprint["size"])  # largest first: better balance across workers
@@ -688,62 +647,6 @@ def _worker_context():
         context.set_forkserver_preload(_WORKER_PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
-
-
-class StageProgress:
-    """Progress of the stage in seconds of audio (a 30-minute file is not one tick): a tqdm bar on a
-    terminal, and where there is none (a log file, CI, ``nohup``) a plain line every ``every_s`` seconds."""
-
-    def __init__(self, jobs: list[SourceJob], enabled: bool, every_s: float = 15.0):
-        import time
-
-        from tqdm import tqdm
-
-        self._clock = time.monotonic
-        self.expected = {job.source: job.seconds for job in jobs}
-        self.reported: dict[str, float] = defaultdict(float)
-        self.total = sum(self.expected.values())
-        self.files, self.files_done = len(jobs), 0
-        self.enabled, self.every_s = enabled, every_s
-        self.started = self.last_line = self._clock()
-        terminal = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=round(self.total, 1), unit="s", unit_scale=True, desc="preprocess (audio)",
-                        disable=not terminal) if enabled else None
-        self.lines = enabled and not terminal
-
-    @property
-    def done(self) -> float:
-        return sum(self.reported.values())
-
-    def advance(self, source: str, seconds: float) -> None:
-        """``seconds`` more of ``source`` processed (capped at its length)."""
-        room = max(0.0, self.expected.get(source, 0.0) - self.reported[source])
-        step = min(seconds, room)
-        self.reported[source] += step
-        if self.bar is not None:
-            self.bar.update(step)
-        self._maybe_line()
-
-    def finish_file(self, source: str) -> None:
-        self.advance(source, self.expected.get(source, 0.0))  # silences skipped by the slicer, rejections
-        self.files_done += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.files_done}/{self.files} files", refresh=False)
-        self._maybe_line()
-
-    def _maybe_line(self, force: bool = False) -> None:
-        now = self._clock()
-        if self.lines and (force or now - self.last_line >= self.every_s):
-            self.last_line = now
-            share = self.done / self.total if self.total else 1.0
-            print(f"preprocess: {share:4.0%} ({self.done:.0f}/{self.total:.0f} s of audio, "
-                  f"{self.files_done}/{self.files} files, {now - self.started:.0f} s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.files:
-            self._maybe_line(force=True)
 
 
 def _seconds_of(path: Path) -> float:
@@ -787,7 +690,7 @@ def _run_jobs(jobs: list[SourceJob], settings: PreprocessSettings, encoder, enco
 
 
 def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder, encoder_info: Mapping[str, Any],
-                    progress: "StageProgress", result: PreprocessResult) -> list[dict]:
+                    progress: StageProgress, result: PreprocessResult) -> list[dict]:
     """Short sources go whole to a worker. A source longer than ``split_seconds`` is sliced here (a cheap
     streaming pass) when the workers run out of queued work, and its pieces (about ``split_seconds`` of audio
     each, at least one per worker) are shared among the workers; its record is written here when every piece
@@ -903,7 +806,7 @@ def _run_in_workers(jobs: list[SourceJob], settings: PreprocessSettings, encoder
 def _sweep(processed: Path, records: dict[str, dict]) -> None:
     """Remove clip files no record refers to (left by an interrupted run or a deleted singer) and
     leftover temporary files. Only files named like our clips or temporaries are ever touched."""
-    referenced = {name for record in records.values() for name in _record_files(record)}
+    referenced = {name for record in records.values() for name in record_files(record)}
     for folder, source in pieces_store.piece_folders(processed / RECORDS_DIR):
         if source is None or source in records:  # unreadable, or its record was written
             pieces_store.remove_pieces(folder.with_suffix(".json"))
