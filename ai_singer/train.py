@@ -43,11 +43,14 @@ from ai_singer.losses import (discriminator_adversarial_loss, feature_matching_l
 from ai_singer.manifest import DatasetStats, read_stats
 from ai_singer.model.discriminator import Discriminator
 from ai_singer.model.synthesizer import SingerVAE, SingerVAEConfig
-from ai_singer.train_settings import (SINGER_INIT_BATCHES, AudioSettings, LossWeights, TrainConfig,
-                                     TrainerSettings, TrainSetupError, resolve_discriminator, run_name_of,
-                                     typed_config, validate_config)
+from ai_singer.train_settings import (AudioSettings, LossWeights, TrainConfig, TrainerSettings, TrainSetupError,
+                                     resolve_discriminator, run_name_of, typed_config, validate_config)
 
 log = logging.getLogger(__name__)
+
+#: batches scored per candidate vector by trainer.singer_init=nearest
+SINGER_INIT_BATCHES = 4
+
 
 # ---------------------------------------------------------------------------------------- distributed
 

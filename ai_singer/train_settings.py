@@ -22,10 +22,8 @@ PRECISIONS = ("fp32", "bf16")
 #: ``trainer.discriminator``: what fine-tuning does with the base's discriminator (pretrain: train or off);
 #: ``auto`` is ``train`` when the base has one (and for pretraining), ``off`` when it was pretrained without.
 DISCRIMINATOR_MODES = ("auto", "train", "frozen", "off")
-#: fine-tuning: where the singer vector starts (see start_singer_vector)
+#: fine-tuning: where the singer vector starts (see ai_singer.train.start_singer_vector)
 SINGER_INITS = ("nearest", "mean")
-#: batches scored per candidate vector by trainer.singer_init=nearest
-SINGER_INIT_BATCHES = 4
 
 
 # ------------------------------------------------------------------------------------------ settings
