@@ -229,7 +229,7 @@ def test_the_report_says_which_criteria_of_the_issue_hold():
     section = report[report.index("## Criteria"):report.index("## CER by kind")]
     # the fake pair: every phrase closer to the target, the target first, F0 12 cents off; 12.5 CER points above
     # the source and DNSMOS 0.6 below it
-    assert "| it_carlo_m → fr_june_f | speaker | 100% |" in section and "| yes |" in section
+    assert "| it_carlo_m → fr_june_f | speaker | 100% (2/2; 95% interval 34%–100%) |" in section and "| yes |" in section
     assert "| it_carlo_m → fr_june_f | words | +12.5 points | CER <= source's + 10 points | **no** |" in section
     assert "| it_carlo_m → fr_june_f | quality | -0.60 | DNSMOS OVRL >= source's - 0.3 | **no** |" in section
     assert "| it_carlo_m → fr_june_f | pitch | 12.0 cents | F0 median error <= 20 cents | yes |" in section
@@ -244,6 +244,22 @@ def test_the_report_says_which_criteria_of_the_issue_hold():
     document["pairs"][0]["summary"]["cer_source"] = float("nan")
     words = {c.name: c for c in real_criteria.pair_criteria(document["pairs"][0])}["words"]
     assert words.value is None and words.passed is None and words.shown == "n/a"
+
+
+def test_shares_are_shown_with_their_counts_and_a_95_percent_interval():
+    """One phrase of 18 is 6 points: 16 of 18 closer than the source reads 89 %, and could be 67-97 % on
+    another set of phrases (Wilson score interval), which the criteria table says beside the verdict."""
+    assert real_criteria.wilson_interval(16, 18) == (pytest.approx(0.672, abs=1e-3), pytest.approx(0.969, abs=1e-3))
+    assert real_criteria.wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = real_criteria.wilson_interval(12, 12)
+    assert high == 1.0 and 0.7 < low < 0.8
+    assert real_criteria.share_shown(16 / 18, (16, 18)) == "89% (16/18; 95% interval 67%–97%)"
+    assert real_criteria.share_shown(0.5, (0, 0)) == "50%"  # no counts: the share alone
+    document = fake_document("a base")
+    document["pairs"][0]["phrases"][1]["secs"]["converted"] = 0.5
+    criteria = {c.name: c for c in real_criteria.pair_criteria(document["pairs"][0])}
+    assert criteria["speaker"].shown.startswith("50% (1/2; 95% interval")
+    assert criteria["nearest"].shown.startswith("100% (2/2; 95% interval")
 
 
 def test_cer_is_pooled_per_phrase_kind():
