@@ -3,8 +3,9 @@
 Every default lives in ``conf/`` (``conf/f0/default.yaml`` holds the F0 search range, and so on); the
 settings dataclasses have no defaults of their own for what the YAML holds, so a value missing from
 ``conf/`` is an error, never a silent fallback. The stages build their settings from the config Hydra
-composed (``preprocess_settings.settings_from_config``, ``infer.settings_from_config``, ``train_settings.typed_config``);
-tests, tools and the demo use the same builders through :func:`load_settings`::
+composed (``preprocess_settings.settings_from_config``, ``infer.settings_from_config``,
+``train_settings.typed_config``); tests, tools and the demo use the same builders through
+:func:`load_settings`::
 
     settings = load_settings("preprocess", overrides=["f0.method=dio"])
     f0 = conf_group("f0")          # {'method': 'harvest', 'f0_min': 50.0, 'f0_max': ...}

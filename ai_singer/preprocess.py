@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ai_singer.atomic import atomic_path, atomic_write_json, file_lock
-from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, audio_info, load_audio, normalize_loudness, resample, slice_file,
-                             to_mono, write_audio)
+from ai_singer.audio import (AUDIO_SUFFIXES, AudioError, audio_info, load_audio, normalize_loudness, resample,
+                             slice_file, to_mono, write_audio)
 from ai_singer.errors import OutOfSpace, is_out_of_space
 from ai_singer.manifest import (MANIFEST_NAME, STATS_NAME, DatasetStats, ManifestEntry, assign_splits,
                                 singer_stats, write_manifest, write_stats)

@@ -75,7 +75,7 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 
 
 def share_shown(share: float, counts: tuple[int, int]) -> str:
-    """``89% (16/18; 95% interval 67-97%)``, or the share alone when the counts do not give it."""
+    """``89% (16/18; 95% interval 67%–97%)``, or the share alone when the counts do not give it."""
     hits, total = counts
     if not total or abs(hits / total - share) > 1e-9:
         return f"{share:.0%}"
