@@ -211,4 +211,19 @@ def write_blend(spec: SingerSpec, parent_dirs: Sequence[str | os.PathLike], out_
             raise BlendError(f"singer {name!r}", f"cannot load the adapter: {error}") from error
     blended = blend_adapters(parents, spec.weights, spec.names, where)
     config = {"singer": out_dir.name, **blended.config}
-    return checkpoint.save_adapter(out_dir, blended.tensors, config)  # all files appear together, or none
+    return checkpoint.save_adapter(out_dir, blended.tensors, config,  # all files appear together, or none
+                                   voice_print=_blend_voice_prints(parents, spec.weights))
+
+
+def _blend_voice_prints(parents: Sequence[checkpoint.AdapterArtifact], weights: Sequence[float]):
+    """The weighted mean of the parents' voice prints (:mod:`ai_singer.voice_print`), or None unless every parent
+    has one, all taken with the same encoder (the blend is then refined without one)."""
+    from ai_singer.voice_print import blend_voice_prints, load_voice_print
+
+    try:
+        prints = [load_voice_print(parent.path) for parent in parents]
+    except ValueError as error:
+        raise BlendError("blend", str(error)) from error
+    if any(vp is None for vp in prints) or len({vp.encoder for vp in prints}) != 1:
+        return None
+    return blend_voice_prints(list(zip(prints, weights)))

@@ -38,6 +38,7 @@ from ai_singer.atomic import atomic_folder, atomic_path, atomic_write_text, remo
 from ai_singer.errors import UserError
 from ai_singer.file_hash import sha256_file
 from ai_singer.retrieval import RETRIEVAL_FILE, save_index
+from ai_singer.voice_print import VOICE_PRINT_FILE, VoicePrint, save_voice_print
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ ADAPTER_CONFIG_FILE = "adapter.yaml"
 #: What an export writes into an artifact folder: a re-export replaces these (one left from an earlier export
 #: and not written again, e.g. a retrieval index, goes); the folder's other files are kept.
 BASE_FILES = (BASE_GENERATOR_FILE, BASE_DISCRIMINATOR_FILE, BASE_CONFIG_FILE)
-ADAPTER_FILES = (ADAPTER_TENSORS_FILE, ADAPTER_CONFIG_FILE, RETRIEVAL_FILE)
+ADAPTER_FILES = (ADAPTER_TENSORS_FILE, ADAPTER_CONFIG_FILE, RETRIEVAL_FILE, VOICE_PRINT_FILE)
 CHECKPOINTS_DIR = "checkpoints"
 #: Dtypes a base artifact's floating-point tensors may be stored in (``weights_dtype`` in its config.yaml).
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -391,15 +392,17 @@ class AdapterArtifact:
 
 
 def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                 config: Mapping[str, Any], retrieval_index: torch.Tensor | None = None) -> Path:
+                 config: Mapping[str, Any], retrieval_index: torch.Tensor | None = None,
+                 voice_print: VoicePrint | None = None) -> Path:
     """Write an adapter artifact into ``directory``; returns the folder.
 
     ``config`` must hold ``method`` and ``base_sha256`` and should hold ``singer``, ``peft`` (the
     method's settings), ``base_name`` and ``stats``; this adds ``format_version``, ``kind: adapter``,
     ``tensors_sha256`` and ``created``. ``retrieval_index`` (centroids ``[K, D]``) is written beside as
     ``retrieval.safetensors`` and described in ``retrieval_index``; without it the folder has no index.
-    Every writer of adapters comes here: the folder is written whole and swapped in (:func:`_export_folder`),
-    so a kill at any moment leaves the complete old adapter or the complete new one.
+    ``voice_print`` (:mod:`ai_singer.voice_print`) likewise goes to ``voice_print.safetensors``, described in
+    ``voice_print``. Every writer of adapters comes here: the folder is written whole and swapped in
+    (:func:`_export_folder`), so a kill at any moment leaves the complete old adapter or the complete new one.
     """
     directory = Path(directory)
     plain = _plain(dict(config))
@@ -411,6 +414,11 @@ def save_adapter(directory: str | os.PathLike, tensors: Mapping[str, torch.Tenso
             index_path = save_index(folder, retrieval_index)
             plain["retrieval_index"] = {"file": index_path.name, "centroids": int(retrieval_index.shape[0]),
                                         "dim": int(retrieval_index.shape[1]), "sha256": sha256_file(index_path)}
+        if voice_print is not None:
+            print_path = save_voice_print(folder, voice_print)
+            plain["voice_print"] = {"file": print_path.name, "encoder": voice_print.encoder,
+                                    "dim": int(voice_print.mean.shape[0]), "clips": int(voice_print.clips),
+                                    "frames": int(voice_print.frames), "sha256": sha256_file(print_path)}
         tensors_path = folder / ADAPTER_TENSORS_FILE
         _save_safetensors(tensors_path, tensors, {"format_version": str(FORMAT_VERSION),
                                                   "method": str(plain["method"]),

@@ -83,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     blend.add_argument("--singers-dir", default=paths["singers"],
                        help=f"adapter folders, read and written (default: paths.singers of conf/, {paths['singers']})")
     blend.add_argument("--overwrite", action="store_true", help="replace an existing singer NAME")
+    prints = commands.add_parser("voice-print", help="take a singer's voice print again from its processed clips "
+                                 "(singers fine-tuned before they kept one; refine.speaker_weight uses it)",
+                                 description="Average the Whisper encoder's states over a singer's training clips "
+                                             "and keep them in singers/NAME/voice_print.safetensors (the adapter "
+                                             "itself is unchanged).")
+    prints.add_argument("singer", help="the singer's folder name under --singers-dir")
+    prints.add_argument("--data", required=True, help="the processed dataset it was fine-tuned on (manifest.jsonl)")
+    prints.add_argument("--encoder", default=None, help="Whisper encoder (default: refine.encoder of conf/infer.yaml)")
+    prints.add_argument("--singers-dir", default=paths["singers"],
+                        help=f"adapter folders (default: paths.singers of conf/, {paths['singers']})")
     concat = commands.add_parser("concat", help="join audio files end to end with equal-power crossfades",
                                  description="Concatenate tracks; each is converted to the first track's sample "
                                              "rate and channel count.")
@@ -190,6 +200,25 @@ def _run_blend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_voice_print(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ai_singer.config import conf_file
+    from ai_singer.errors import UserError
+    from ai_singer.values import plain_name
+    from ai_singer.voice_print import add_voice_print
+
+    folder = Path(args.singers_dir) / plain_name(args.singer, "singer")
+    encoder = args.encoder or str(conf_file("infer")["refine"]["encoder"])
+    try:
+        add_voice_print(folder, args.data, encoder)
+    except (UserError, ValueError) as error:
+        print(f"voice-print: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder / 'voice_print.safetensors'} ({encoder})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``ai-singer COMMAND ...``; returns the exit code (also used by ``python -m ai_singer``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -210,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_ui(args)
     if args.command == "blend":
         return _run_blend(args)
+    if args.command == "voice-print":
+        return _run_voice_print(args)
     return _run_concat(args)
 
 

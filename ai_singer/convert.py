@@ -233,7 +233,8 @@ class VocalConversion:
     transpose_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: per singer, what ran the model: ``torch`` or ``onnx`` (the ``engine`` setting)
     engines: dict[str, str] = field(default_factory=dict)
-    #: with ``refine``: pieces refined and the mean Whisper L1 to the source before / after (:mod:`ai_singer.refine`)
+    #: with ``refine``: pieces refined and the mean Whisper L1 to the source before / after (:mod:`ai_singer.refine`);
+    #: with a voice print also the mean L1 of the pieces' average state to it (``speaker_l1_before`` / ``_after``)
     refine: dict[str, float] | None = None
 
 
@@ -270,6 +271,8 @@ class Converter:
         self.sample_rate, self.hop = int(config.sample_rate), int(config.hop_length)
         self._adapters: dict[str, Any] = {}
         self._indexes: dict[str, torch.Tensor | None] = {}
+        self._voice_prints: dict[str, torch.Tensor | None] = {}
+        self._voice_print_problems: dict[str, str] = {}
         #: the last singer's model (name, model, g, its decoder's prepared upsampling stages or None): songs in a
         #: row by one singer reuse it
         self._singer_cache: tuple[str, torch.nn.Module, torch.Tensor, Any] | None = None
@@ -376,6 +379,44 @@ class Converter:
             self._adapters[name] = adapter
         return self._adapters[name]
 
+    def voice_print(self, name: str) -> torch.Tensor | None:
+        """``name``'s voice print [width] for the refinement (:mod:`ai_singer.voice_print`; a blend's is the weighted
+        mean of its parents'), cached; None when ``refine.speaker_weight`` is 0, or when the singer has none or one
+        taken with another encoder than ``refine.encoder`` (the reason is kept for the song's warnings)."""
+        if name in self._voice_prints:
+            return self._voice_prints[name]
+        settings = self.settings.refine
+        found = None
+        if float(settings.speaker_weight) > 0:
+            from ai_singer.voice_print import blend_voice_prints, load_voice_print
+
+            spec = parse_singer_spec(name, "singer")
+            prints = []
+            for parent in spec.names:
+                folder = self.adapter(parent).path
+                try:
+                    prints.append(load_voice_print(folder))
+                except ValueError as error:
+                    raise InferError(f"singer {parent!r}", str(error),
+                                     "fine-tune the singer again, or take its voice print again "
+                                     "(ai-singer voice-print NAME --data DATASET)") from error
+            missing = [parent for parent, vp in zip(spec.names, prints) if vp is None]
+            other = sorted({vp.encoder for vp in prints if vp is not None and vp.encoder != settings.encoder})
+            if missing:
+                self._voice_print_problems[name] = (
+                    f"refine.speaker_weight={settings.speaker_weight:g}: singer "
+                    f"{', '.join(repr(m) for m in missing)} has no voice print (fine-tuned before singers kept one); "
+                    "refined toward the source's words only (ai-singer voice-print NAME --data DATASET takes one)")
+            elif other:
+                self._voice_print_problems[name] = (
+                    f"refine.speaker_weight={settings.speaker_weight:g}: singer {name!r} has a voice print taken with "
+                    f"{', '.join(other)}, not with refine.encoder={settings.encoder}; refined toward the source's "
+                    "words only (ai-singer voice-print NAME --data DATASET takes one again)")
+            else:
+                found = blend_voice_prints(list(zip(prints, spec.weights))).mean
+        self._voice_prints[name] = found
+        return found
+
     def retrieval_index(self, name: str) -> torch.Tensor | None:
         """``name``'s retrieval index ``[K, D]`` (cached), or None when the singer has none."""
         if name not in self._indexes and "blend" in self.adapter(name).config:
@@ -438,15 +479,18 @@ class Converter:
         if onnx is not None:
             yield lambda inputs, pieces, window_frames: self._run_onnx(onnx, inputs, pieces, window_frames)
             return
+        voice_print = self.voice_print(name) if self.refiner is not None else None
         with self.singer_model(name) as (model, g):
             stages = self._singer_cache[3]  # singer_model keeps (name, model, g, stages) while it is in use
             yield lambda inputs, pieces, window_frames: self._run_torch(model, g, inputs, pieces, window_frames,
-                                                                        stages)
+                                                                        stages, voice_print)
 
     def _run_torch(self, model: torch.nn.Module, g: torch.Tensor, inputs: list[tuple[np.ndarray, ...]],
-                   batch: list[_Piece], window_frames: int, decoder_stages: Any = None) -> np.ndarray:
+                   batch: list[_Piece], window_frames: int, decoder_stages: Any = None,
+                   voice_print: torch.Tensor | None = None) -> np.ndarray:
         """The pieces padded into one batch through the torch model (see :meth:`singer_runner`); ``decoder_stages``:
-        its decoder's prepared upsampling stages (see :meth:`_prepare_decoder_stages`) or None."""
+        its decoder's prepared upsampling stages (see :meth:`_prepare_decoder_stages`) or None; ``voice_print``: the
+        singer's, for the refinement (:meth:`voice_print`)."""
         longest = max(p.n_frames for p in batch)
         size, dim = len(batch), inputs[0][0].shape[1]
         content_t = torch.zeros(size, dim, longest)
@@ -458,7 +502,7 @@ class Converter:
             voiced_t[row, :n] = torch.from_numpy(voiced.astype(np.float32))
             volume_t[row, :n] = torch.from_numpy(volume)
         if self.refiner is not None:
-            return self._run_refined(model, g, (content_t, f0_t, voiced_t, volume_t), batch)
+            return self._run_refined(model, g, (content_t, f0_t, voiced_t, volume_t), batch, voice_print)
         lengths = torch.tensor([p.n_frames for p in batch], dtype=torch.long)
         device = self.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
@@ -472,16 +516,17 @@ class Converter:
         return wav.float().cpu().numpy()[:, 0]
 
     def _run_refined(self, model: torch.nn.Module, g: torch.Tensor, padded: tuple[torch.Tensor, ...],
-                     batch: list[_Piece]) -> np.ndarray:
+                     batch: list[_Piece], voice_print: torch.Tensor | None = None) -> np.ndarray:
         """The pieces one at a time through :class:`~ai_singer.refine.LatentRefiner` (fp32, the torch model);
-        ``padded``: (content [B, D, T], f0, voiced, volume [B, T]) as :meth:`_run_torch` batches them."""
+        ``padded``: (content [B, D, T], f0, voiced, volume [B, T]) as :meth:`_run_torch` batches them;
+        ``voice_print``: the singer's mean encoder state [width] or None."""
         wav = np.zeros((len(batch), max(p.n_frames for p in batch) * self.hop), dtype=np.float32)
         for row, piece in enumerate(batch):
             n = piece.n_frames
             content, f0, voiced, volume = (x[row: row + 1, ..., :n].to(self.device) for x in padded)
             audio, stats = self.refiner.convert(model, content, f0, voiced, volume, g.reshape(1, -1).to(self.device),
                                                 piece.source16k, self.piece_generator(piece),
-                                                self.settings.noise_scale)
+                                                self.settings.noise_scale, voice_print)
             self._refine_stats.append(stats)
             wav[row, : n * self.hop] = audio.float().cpu().numpy()[0, 0, : n * self.hop]
         return wav
@@ -671,6 +716,8 @@ class Converter:
                 if index is None:
                     warnings.append(f"retrieval_ratio={settings.retrieval_ratio:g}: singer {name!r} has no retrieval "
                                     "index (fine-tune it again to make one); converted without retrieval")
+            if self.refiner is not None and self.voice_print(name) is None and name in self._voice_print_problems:
+                warnings.append(self._voice_print_problems[name])
             with self.singer_runner(name) as run:
                 engines[name] = "torch" if self.onnx_singer(name) is None else "onnx"
                 for batch in self._batches(mine):
@@ -688,6 +735,10 @@ class Converter:
             refine = {"pieces": len(self._refine_stats), **{
                 key: float(np.mean([stats[key] for stats in self._refine_stats])) if self._refine_stats else None
                 for key in ("content_l1_before", "content_l1_after")}}
+            pulled = [stats for stats in self._refine_stats if "speaker_l1_before" in stats]  # singers with a print
+            if pulled:
+                refine.update({key: float(np.mean([stats[key] for stats in pulled]))
+                               for key in ("speaker_l1_before", "speaker_l1_after")})
         return VocalConversion(audio=output, sample_rate=sr, pieces=len(pieces), transpose=semitones,
                                source_f0_median_hz=source_median, timings=timings, warnings=warnings,
                                transpose_decisions=decisions, engines=engines, refine=refine)

@@ -170,6 +170,12 @@ class ManifestDataset(Dataset):
                     volume=features["volume"], wav=torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))),
                     speaker_id=speaker_id)
 
+    def clip_audio(self) -> Iterator[tuple[np.ndarray, int]]:
+        """Each clip's whole audio, mono float32 [S], with its sample rate, in manifest order."""
+        for record in self.records:
+            wav, rate = sf.read(record.audio, dtype="float32", always_2d=True)
+            yield np.ascontiguousarray(wav.mean(axis=1)), int(rate)
+
     def all_content(self) -> torch.Tensor:
         """The content features of every frame of every clip, concatenated: float32 [N, D]."""
         parts = [self._read_features(record, 0, record.n_frames)[0]["content"] for record in self.records]

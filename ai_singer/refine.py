@@ -7,12 +7,16 @@ moved for that many Adam steps so that a Whisper encoder hears the converted aud
 
     loss = L1(whisper(decode(z_p0 + delta)), whisper(source)) + prior_weight * mean((delta / sigma_p) ** 2)
            + timbre_weight * L1(mean_t logmel(decode(z_p0 + delta)), mean_t logmel(decode(z_p0)))
+           + speaker_weight * L1(mean_t whisper(decode(z_p0 + delta)), voice_print)
 
 ``decode`` is the model's own path (inverted flow, then the decoder, with the singer's vector, the piece's F0
 and the same noise every step); ``sigma_p`` is the prior's standard deviation, so the penalty keeps the latent
 where the prior puts its mass, and the last term keeps the piece's long-term average spectrum (Whisper's
-log-mel averaged over time: a speaker cue) where the plain conversion put it. Only ``delta`` is optimised: the
-model, the singer and the F0 stay as they are.
+log-mel averaged over time: a speaker cue) where the plain conversion put it. The last pulls the piece's
+time-averaged encoder states toward the singer's voice print (:mod:`ai_singer.voice_print`: the same average over
+the singer's training clips), so that the words come from the source and the voice from the singer; a singer
+without a voice print is refined without it. Only ``delta`` is optimised: the model, the singer and the F0 stay as
+they are.
 This is ``loss.content`` of training (:mod:`ai_singer.content_loss`) applied at conversion time to one piece,
 with the source in place of a recording of the singer. It costs a forward and a backward pass of the decoder
 and of the Whisper encoder per step (fp32, torch engine only): the default 10 steps take 2.5-3 times the plain
@@ -49,6 +53,8 @@ class RefineSettings:
     centre:         compare the two sets of encoder states after subtracting each one's mean over the piece's
                     frames (per channel): what is constant over a piece, much of a speaker's trace in the states,
                     is not pulled toward the source; the words, which change from frame to frame, still are.
+    speaker_weight: weight of the L1 between the refined piece's time-averaged encoder states and the singer's
+                    voice print (taken with the same encoder); 0 = off.
     """
 
     steps: int
@@ -57,6 +63,7 @@ class RefineSettings:
     timbre_weight: float
     encoder: str
     centre: bool = False
+    speaker_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.steps) < 0:
@@ -67,6 +74,8 @@ class RefineSettings:
             raise UserError(f"refine.prior_weight={self.prior_weight}", "must be >= 0")
         if float(self.timbre_weight) < 0:
             raise UserError(f"refine.timbre_weight={self.timbre_weight}", "must be >= 0")
+        if float(self.speaker_weight) < 0:
+            raise UserError(f"refine.speaker_weight={self.speaker_weight}", "must be >= 0 (0 = off)")
         if not str(self.encoder).strip():
             raise UserError("refine.encoder", "is empty", "give a faster-whisper folder or wheel:tiny.en")
 
@@ -111,7 +120,7 @@ class LatentRefiner:
 
     def convert(self, model: torch.nn.Module, content: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                 volume: torch.Tensor, g: torch.Tensor, source16k: np.ndarray, generator: torch.Generator,
-                noise_scale: float) -> tuple[torch.Tensor, dict[str, float]]:
+                noise_scale: float, voice_print: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Convert one piece with its latent refined.
 
         Args:
@@ -120,11 +129,14 @@ class LatentRefiner:
             source16k: the source audio of the same window at 16 kHz, float32 [S].
             generator: the piece's noise generator, as :meth:`SingerVAE.infer` would get it.
             noise_scale: the prior's sampling temperature.
+            voice_print: the singer's mean encoder state [width] (:mod:`ai_singer.voice_print`, taken with this
+                refinement's encoder) or None; with ``speaker_weight`` > 0 the piece's average is pulled toward it.
 
         Returns:
             (wav [1, 1, T * hop] in (-1, 1), decoded from the refined latent with the noise the plain conversion
             would use; {"content_l1_before", "content_l1_after"}: the Whisper L1 to the source before the
-            first step and after the last).
+            first step and after the last; with a voice print also {"speaker_l1_before", "speaker_l1_after"}: the
+            L1 between the piece's average state and the voice print).
         """
         from ai_singer.features.whisper_torch import WHISPER_SAMPLE_RATE
         from ai_singer.model.layers import noise_rows
@@ -149,23 +161,41 @@ class LatentRefiner:
                 z = model.flow((z_p0 + delta) * mask, mask, g, reverse=True) * mask
                 return model.decoder(z, model_f0, voiced, g, torch.Generator().set_state(decoder_state))
 
+            speaker = None
+            if voice_print is not None and float(settings.speaker_weight) > 0:
+                speaker = voice_print.detach().float().to(content.device).reshape(1, -1)
+                if speaker.shape[1] != target.shape[2]:
+                    raise UserError("the singer's voice print", f"has {speaker.shape[1]} values but the refinement's "
+                                    f"encoder {settings.encoder} gives {target.shape[2]}-wide states",
+                                    "take the voice print again with this encoder (ai-singer voice-print NAME "
+                                    "--data DATASET), or refine.speaker_weight=0")
             delta = torch.zeros_like(z_p0, requires_grad=True)
             optimiser = torch.optim.Adam([delta], lr=float(settings.learning_rate))
-            before, average_spectrum = None, None
+            before, average_spectrum, speaker_before = None, None, None
             for _ in range(int(settings.steps)):
                 mel = words.log_mel(decode(delta))
-                distance = self._distance(words.encoder(mel), target)
+                states = words.encoder(mel)
+                distance = self._distance(states, target)
+                voice = (torch.nn.functional.l1_loss(states.mean(1), speaker) if speaker is not None else None)
                 if before is None:  # the first step decodes the plain conversion
                     before, average_spectrum = float(distance.detach()), mel.detach().mean(-1)
+                    speaker_before = float(voice.detach()) if voice is not None else None
                 loss = distance + float(settings.prior_weight) * ((delta / sigma) ** 2).mean()
                 if settings.timbre_weight:
                     loss = loss + float(settings.timbre_weight) * torch.nn.functional.l1_loss(
                         mel.mean(-1), average_spectrum)
+                if voice is not None:
+                    loss = loss + float(settings.speaker_weight) * voice
                 # the gradient of the latent only: the model's parameters get none (and keep no .grad)
                 (delta.grad,) = torch.autograd.grad(loss, [delta])
                 optimiser.step()
             with torch.no_grad():
                 wav = decode(delta)
-                after = float(self._distance(words.features(wav), target))
-        return wav.detach(), {"content_l1_before": before if before is not None else after,
-                              "content_l1_after": after}
+                states = words.features(wav)
+                after = float(self._distance(states, target))
+        stats = {"content_l1_before": before if before is not None else after, "content_l1_after": after}
+        if speaker is not None:
+            speaker_after = float(torch.nn.functional.l1_loss(states.mean(1), speaker))
+            stats.update(speaker_l1_before=speaker_before if speaker_before is not None else speaker_after,
+                         speaker_l1_after=speaker_after)
+        return wav.detach(), stats

@@ -545,7 +545,8 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
                     train_set: ManifestDataset | None = None) -> Path:
     """Write the base (pretrain) or the adapter (finetune) artifact, recording the ``steps`` trained;
     returns its folder. A fine-tuned singer also gets its feature-retrieval index (k-means of the content
-    features of ``train_set``) unless ``retrieval_centroids`` is 0."""
+    features of ``train_set``) unless ``retrieval_centroids`` is 0, and its voice print (the mean Whisper state
+    over the clips of ``train_set``, :mod:`ai_singer.voice_print`) unless ``voice_print`` is null."""
     if cfg.mode == "pretrain":
         config = {"model": models.model_config.to_dict(), "steps": int(steps),
                   "content_encoder": stats.content_encoder,
@@ -564,11 +565,22 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
         from ai_singer import retrieval
 
         centroids = retrieval.build_index(train_set.all_content(), cfg.retrieval_centroids, seed=cfg.seed)
+    voice_print = None
+    if cfg.voice_print and train_set is not None:
+        from ai_singer.voice_print import compute_voice_print
+
+        log.info("voice print of %s: %s over %d clips", cfg.singer, cfg.voice_print, len(train_set.records))
+        try:
+            voice_print = compute_voice_print(cfg.voice_print, train_set.clip_audio())
+        except ValueError as error:  # an optional extra: the trained adapter is exported without it
+            log.warning("singer %s: no voice print (%s); refine.speaker_weight will not apply to it", cfg.singer,
+                        error)
     config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
               "retrieval_index": None, "singer_start": models.singer_start,
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
               "stats": singer_stats}
-    return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config, retrieval_index=centroids)
+    return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config, retrieval_index=centroids,
+                             voice_print=voice_print)
 
 
 # --------------------------------------------------------------------------------------------- loop

@@ -118,6 +118,7 @@ class TrainConfig:
     seed: int
     export_dtype: str  # pretrain: dtype of the base artifact's tensors (float32 | float16 | bfloat16)
     retrieval_centroids: int  # finetune: size of the singer's feature-retrieval index (0 = none)
+    voice_print: Optional[str]  # finetune: the Whisper encoder of the singer's voice print (null = none)
     init_from: Optional[str]  # pretrain: a base folder whose same-named, same-shaped tensors start the run
 
 
@@ -192,15 +193,22 @@ def validate_config(cfg: TrainConfig) -> None:
             raise TrainSetupError("loss.stft_resolutions", f"needs [n_fft, hop] pairs with 0 < hop <= n_fft, got "
                                                            f"{cfg.loss.stft_resolutions}")
     if cfg.loss.content > 0:  # the Whisper folder must be there before any data is read
-        from ai_singer.features.whisper_models import WhisperModelMissing, resolve_model_dir
+        _require_whisper("loss.content_encoder", cfg.loss.content_encoder, "wheel:base")
+    if cfg.mode == "finetune" and cfg.voice_print:  # taken at export: the folder must be there before training
+        _require_whisper("voice_print", cfg.voice_print, "wheel:tiny.en (or null: no voice print)")
 
-        try:
-            folder = resolve_model_dir(cfg.loss.content_encoder)
-        except (WhisperModelMissing, ValueError) as error:
-            raise TrainSetupError("loss.content_encoder", f"{cfg.loss.content_encoder}: {error}") from error
-        if not (folder / "model.bin").is_file():
-            raise TrainSetupError("loss.content_encoder", f"{folder} has no model.bin", (
-                "give a faster-whisper (CTranslate2, float16 or float32) folder, or wheel:base"))
+
+def _require_whisper(setting: str, path: str, example: str) -> None:
+    """TrainSetupError naming ``setting`` unless ``path`` is a Whisper (faster-whisper) folder or a wheel model."""
+    from ai_singer.features.whisper_models import WhisperModelMissing, resolve_model_dir
+
+    try:
+        folder = resolve_model_dir(path)
+    except (WhisperModelMissing, ValueError) as error:
+        raise TrainSetupError(setting, f"{path}: {error}") from error
+    if not (folder / "model.bin").is_file():
+        raise TrainSetupError(setting, f"{folder} has no model.bin", (
+            f"give a faster-whisper (CTranslate2, float16 or float32) folder, or {example}"))
 
 
 def resolve_discriminator(cfg: TrainConfig) -> TrainConfig:

@@ -194,14 +194,19 @@ def test_a_missing_refine_encoder_names_the_folder_before_any_song(refine_artifa
         converter(refine_artifacts, tiny_hubert_dir, (tmp_path / "nowhere",), "refine.steps=2")
 
 
+def toy_piece(frames: int = 50):
+    """A :class:`ToySinger` and one piece for it: (toy, content [1, 4, T], f0 [1, T], ones [1, T], the piece's
+    sample times in seconds [T * hop])."""
+    toy = ToySinger().requires_grad_(False)
+    content = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 4, frames)).astype(np.float32))
+    return (toy, content, torch.full((1, frames), 200.0), torch.ones(1, frames),
+            np.arange(frames * toy.hop) / toy.sample_rate)
+
+
 def test_timbre_weight_keeps_the_average_spectrum_of_the_plain_conversion(tiny_whisper, one_torch_thread):
     from ai_singer.refine import LatentRefiner, RefineSettings
 
-    toy = ToySinger().requires_grad_(False)
-    frames = 50
-    content = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 4, frames)).astype(np.float32))
-    f0, ones = torch.full((1, frames), 200.0), torch.ones(1, frames)
-    t = np.arange(frames * toy.hop) / toy.sample_rate
+    toy, content, f0, ones, t = toy_piece()
     source = (0.3 * np.sin(2 * np.pi * 3300 * t)).astype(np.float32)
 
     def average_spectrum_change(steps: int, timbre_weight: float) -> float:

@@ -15,6 +15,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import TINY_WHISPER_D_MODEL
+
 from ai_singer import checkpoint as ckpt
 from ai_singer.adapters import PEFT_METHODS
 from ai_singer.conf_dir import conf_dir
@@ -38,7 +40,8 @@ def _one_thread(one_torch_thread):
 def overrides_for(root: Path, processed: Path) -> list[str]:
     return [f"paths.processed={processed}", f"paths.pretrain={root}/pretrain", f"paths.singers={root}/singers",
             f"paths.runs={root}/runs", "model=tiny", "trainer=tiny", f"audio.sample_rate={SR}", "audio.n_fft=512",
-            "audio.win_length=512", "audio.n_mels=40", "loss.content=0"]  # the Whisper loss: its own tests
+            "audio.win_length=512", "audio.n_mels=40", "loss.content=0",  # the Whisper loss: its own tests
+            "voice_print=null"]  # the singer's voice print (a Whisper encoder at export): its own test below
 
 
 def make_config(root: Path, processed: Path, *extra: str):
@@ -138,6 +141,39 @@ def test_singer_learning_rate_drives_the_singer_vector_apart_from_the_adapter_we
 def test_singer_learning_rate_must_not_be_negative():
     with pytest.raises(TrainSetupError, match="trainer.singer_learning_rate"):
         validate_config(typed_config(compose_config("train", ["trainer.singer_learning_rate=-1"])))
+
+
+def test_finetune_keeps_the_singer_voice_print_taken_from_its_train_clips(tmp_path, processed, base_dir,
+                                                                           tiny_whisper):
+    from ai_singer.voice_print import VOICE_PRINT_FILE, load_voice_print
+
+    result = run_training(make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}",
+                                      "trainer.max_steps=1", f"voice_print={tiny_whisper[0]}"))
+    printed = load_voice_print(result.artifact_dir)
+    record = ckpt.load_adapter(result.artifact_dir).config["voice_print"]
+    assert printed.clips == 3 and printed.mean.shape == (TINY_WHISPER_D_MODEL,)  # the 3 train clips, not val
+    assert record["encoder"] == str(tiny_whisper[0]) and record["frames"] == printed.frames == 3 * 50
+    assert record["sha256"] == ckpt.sha256_file(result.artifact_dir / VOICE_PRINT_FILE)
+
+
+def test_a_singer_whose_clips_give_no_voice_print_is_exported_without_one(tmp_path, processed, base_dir,
+                                                                          tiny_whisper, monkeypatch):
+    import ai_singer.voice_print as voice_print
+
+    def nothing(*_):
+        raise ValueError("no audio of at least 0.1 s to take a voice print from")
+
+    monkeypatch.setattr(voice_print, "compute_voice_print", nothing)
+    result = run_training(make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}",
+                                      "trainer.max_steps=1", f"voice_print={tiny_whisper[0]}"))
+    assert "voice_print" not in ckpt.load_adapter(result.artifact_dir).config
+    assert voice_print.load_voice_print(result.artifact_dir) is None
+
+
+def test_a_voice_print_encoder_that_is_not_there_is_refused_before_training(tmp_path, processed, base_dir):
+    with pytest.raises(TrainSetupError, match=r"voice_print.*nowhere"):
+        validate_config(make_config(tmp_path, processed, "mode=finetune", "singer=tenor", f"base={base_dir}",
+                                    f"voice_print={tmp_path / 'nowhere'}"))
 
 
 def test_singer_init_must_be_known():

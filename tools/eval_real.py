@@ -750,6 +750,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine-learning-rate", type=float, default=None, help="refine.learning_rate")
     parser.add_argument("--refine-prior-weight", type=float, default=None, help="refine.prior_weight")
     parser.add_argument("--refine-timbre-weight", type=float, default=None, help="refine.timbre_weight")
+    parser.add_argument("--refine-speaker-weight", type=float, default=None, help="refine.speaker_weight")
     parser.add_argument("--refine-centre", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                         help="refine.centre (true/false)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (conversion)")
@@ -803,7 +804,7 @@ def conversion_settings(args: argparse.Namespace):
              "retrieval_ratio": args.retrieval_ratio, "refine.steps": args.refine_steps,
              "refine.encoder": args.refine_encoder, "refine.learning_rate": args.refine_learning_rate,
              "refine.prior_weight": args.refine_prior_weight, "refine.timbre_weight": args.refine_timbre_weight,
-             "refine.centre": args.refine_centre}
+             "refine.centre": args.refine_centre, "refine.speaker_weight": args.refine_speaker_weight}
     settings = load_settings("infer", [f"{key}={value}" for key, value in given.items() if value is not None])
     args.f0_method, args.noise_scale = settings.f0.method, settings.noise_scale
     args.seed, args.retrieval_ratio = settings.seed, settings.retrieval_ratio
