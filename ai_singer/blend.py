@@ -218,12 +218,10 @@ def write_blend(spec: SingerSpec, parent_dirs: Sequence[str | os.PathLike], out_
 def _blend_voice_prints(parents: Sequence[checkpoint.AdapterArtifact], weights: Sequence[float]):
     """The weighted mean of the parents' voice prints (:mod:`ai_singer.voice_print`), or None unless every parent
     has one, all taken with the same encoder (the blend is then refined without one)."""
-    from ai_singer.voice_print import blend_voice_prints, load_voice_print
+    from ai_singer.voice_print import parent_prints
 
     try:
-        prints = [load_voice_print(parent.path) for parent in parents]
+        return parent_prints([parent.path for parent in parents], [parent.singer for parent in parents],
+                             weights).blended
     except ValueError as error:
         raise BlendError("blend", str(error)) from error
-    if any(vp is None for vp in prints) or len({vp.encoder for vp in prints}) != 1:
-        return None
-    return blend_voice_prints(list(zip(prints, weights)))

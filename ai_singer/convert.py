@@ -388,32 +388,28 @@ class Converter:
         settings = self.settings.refine
         found = None
         if float(settings.speaker_weight) > 0:
-            from ai_singer.voice_print import blend_voice_prints, load_voice_print
+            from ai_singer.voice_print import parent_prints
 
             spec = parse_singer_spec(name, "singer")
-            prints = []
-            for parent in spec.names:
-                folder = self.adapter(parent).path
-                try:
-                    prints.append(load_voice_print(folder))
-                except ValueError as error:
-                    raise InferError(f"singer {parent!r}", str(error),
-                                     "fine-tune the singer again, or take its voice print again "
-                                     "(ai-singer voice-print NAME --data DATASET)") from error
-            missing = [parent for parent, vp in zip(spec.names, prints) if vp is None]
-            other = sorted({vp.encoder for vp in prints if vp is not None and vp.encoder != settings.encoder})
-            if missing:
+            try:
+                prints = parent_prints([self.adapter(parent).path for parent in spec.names], spec.names, spec.weights)
+            except ValueError as error:
+                raise InferError(f"singer {name!r}", str(error),
+                                 "fine-tune the singer again, or take its voice print again "
+                                 "(ai-singer voice-print NAME --data DATASET)") from error
+            if prints.missing:
                 self._voice_print_problems[name] = (
                     f"refine.speaker_weight={settings.speaker_weight:g}: singer "
-                    f"{', '.join(repr(m) for m in missing)} has no voice print (fine-tuned before singers kept one); "
-                    "refined toward the source's words only (ai-singer voice-print NAME --data DATASET takes one)")
-            elif other:
+                    f"{', '.join(repr(m) for m in prints.missing)} has no voice print (fine-tuned before singers kept "
+                    "one); refined toward the source's words only (ai-singer voice-print NAME --data DATASET takes one)")
+            elif prints.encoders != [settings.encoder]:
                 self._voice_print_problems[name] = (
                     f"refine.speaker_weight={settings.speaker_weight:g}: singer {name!r} has a voice print taken with "
-                    f"{', '.join(other)}, not with refine.encoder={settings.encoder}; refined toward the source's "
-                    "words only (ai-singer voice-print NAME --data DATASET takes one again)")
+                    f"{', '.join(e for e in prints.encoders if e != settings.encoder)}, not with refine.encoder="
+                    f"{settings.encoder}; refined toward the source's words only (ai-singer voice-print NAME --data "
+                    "DATASET takes one again)")
             else:
-                found = blend_voice_prints(list(zip(prints, spec.weights))).mean
+                found = prints.blended.mean
         self._voice_prints[name] = found
         return found
 

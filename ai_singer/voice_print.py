@@ -13,7 +13,7 @@ averaged; ``adapter.yaml`` records the same with the file's sha256 (:func:`ai_si
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,30 @@ def blend_voice_prints(prints: list[tuple[VoicePrint, float]]) -> VoicePrint:
     mean = sum(vp.mean * (float(w) / total) for vp, w in prints)
     return VoicePrint(mean=mean, encoder=encoders.pop(), clips=sum(vp.clips for vp, _ in prints),
                       frames=sum(vp.frames for vp, _ in prints))
+
+
+@dataclass
+class ParentPrints:
+    """The voice prints of a singer's parents (one parent: the singer itself), blended when they can be.
+
+    blended: their weighted mean, or None when a parent has none or the prints were taken with different encoders;
+    missing: the names of the parents without one; encoders: the distinct encoders of those found, sorted."""
+
+    blended: VoicePrint | None
+    missing: list[str]
+    encoders: list[str]
+
+
+def parent_prints(folders: Sequence[str | os.PathLike], names: Sequence[str], weights: Sequence[float]
+                  ) -> ParentPrints:
+    """Load the voice print of each singer folder (``names``: the singers they hold, for the report; ``weights``:
+    a blend's) and blend them when every one has a print and all share one encoder. Raises ValueError naming the
+    file when a print is unreadable."""
+    prints = [load_voice_print(folder) for folder in folders]
+    missing = [name for name, vp in zip(names, prints) if vp is None]
+    encoders = sorted({vp.encoder for vp in prints if vp is not None})
+    blended = blend_voice_prints(list(zip(prints, weights))) if not missing and len(encoders) == 1 else None
+    return ParentPrints(blended=blended, missing=missing, encoders=encoders)
 
 
 def add_voice_print(singer_folder: str | os.PathLike, data_dir: str | os.PathLike, encoder: str,

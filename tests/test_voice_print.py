@@ -24,7 +24,8 @@ from ai_singer import checkpoint
 from ai_singer.errors import UserError
 from ai_singer.infer import Converter
 from ai_singer.voice_print import (VOICE_PRINT_FILE, VoicePrint, add_voice_print, blend_voice_prints,
-                                   compute_voice_print, load_voice_print, save_voice_print)
+                                   compute_voice_print, load_voice_print, parent_prints,
+                                   save_voice_print)
 
 
 def _clips(sr: int = 44100) -> list[tuple[np.ndarray, int]]:
@@ -73,6 +74,27 @@ def test_a_blend_of_prints_is_their_weighted_mean_and_needs_one_encoder():
     assert (blended.clips, blended.frames) == (5, 30)
     with pytest.raises(ValueError, match="different encoders"):
         blend_voice_prints([(a, 1.0), (VoicePrint(torch.ones(4), "wheel:base", 1, 1), 1.0)])
+
+
+def test_parents_prints_blend_only_when_every_parent_has_one_from_one_encoder(tmp_path):
+    folders = {name: tmp_path / name for name in ("ann", "bo", "cy", "dee")}
+    save_voice_print(folders["ann"], VoicePrint(torch.zeros(4), "wheel:tiny.en", 2, 10))
+    save_voice_print(folders["bo"], VoicePrint(torch.ones(4), "wheel:tiny.en", 3, 20))
+    save_voice_print(folders["cy"], VoicePrint(torch.ones(4), "wheel:base", 1, 5))
+    folders["dee"].mkdir()
+
+    found = parent_prints([folders["ann"], folders["bo"]], ["ann", "bo"], [1.0, 3.0])
+    torch.testing.assert_close(found.blended.mean, torch.full((4,), 0.75))
+    assert (found.missing, found.encoders) == ([], ["wheel:tiny.en"])
+
+    no_print = parent_prints([folders["ann"], folders["dee"]], ["ann", "dee"], [1.0, 1.0])
+    assert (no_print.blended, no_print.missing) == (None, ["dee"])
+    mixed = parent_prints([folders["ann"], folders["cy"]], ["ann", "cy"], [1.0, 1.0])
+    assert (mixed.blended, mixed.missing, mixed.encoders) == (None, [], ["wheel:base", "wheel:tiny.en"])
+
+    (folders["dee"] / VOICE_PRINT_FILE).write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="dee.*not a readable voice print"):
+        parent_prints([folders["ann"], folders["dee"]], ["ann", "dee"], [1.0, 1.0])
 
 
 def test_the_speaker_term_pulls_the_piece_average_toward_the_voice_print(tiny_whisper, one_torch_thread):
