@@ -140,25 +140,19 @@ def add_voice_print(singer_folder: str | os.PathLike, data_dir: str | os.PathLik
     again with it (the adapter's tensors, settings and retrieval index unchanged; all files swapped in at once).
     Raises ValueError naming the dataset when it holds no clip of that singer."""
     from ai_singer import checkpoint
-    from ai_singer.manifest import read_manifest
+    from ai_singer.data import ManifestDataset
+    from ai_singer.manifest import ManifestError
     from ai_singer.retrieval import load_index
 
     adapter = checkpoint.load_adapter(singer_folder)
     name = singer or adapter.singer
-    data_dir = Path(data_dir)
-    entries = [e for e in read_manifest(data_dir / "manifest.jsonl") if e.singer == name and e.split == "train"]
-    if not entries:
-        raise ValueError(f"{data_dir / 'manifest.jsonl'}: no train clip of singer {name!r} (the adapter's singer; "
-                         f"give the processed dataset it was fine-tuned on, or --singer NAME)")
+    try:
+        train_set = ManifestDataset(Path(data_dir) / "manifest.jsonl", split="train", singers=[name])
+    except ManifestError as error:
+        raise ValueError(f"{error} (a voice print of singer {name!r} is taken from its train clips: give the "
+                         f"processed dataset it was fine-tuned on, or --singer NAME)") from error
 
-    def clips():
-        import soundfile as sf
-
-        for entry in entries:
-            audio, rate = sf.read(data_dir / entry.audio, dtype="float32", always_2d=True)
-            yield audio.mean(axis=1), int(rate)
-
-    voice_print = compute_voice_print(encoder, clips())
+    voice_print = compute_voice_print(encoder, train_set.clip_audio())
     config = {k: v for k, v in adapter.config.items() if k not in ("retrieval_index", "voice_print")}
     return checkpoint.save_adapter(singer_folder, adapter.tensors, config, retrieval_index=load_index(singer_folder),
                                    voice_print=voice_print)
