@@ -541,6 +541,21 @@ def restore_train_state(path: Path, saved: dict, models: Models, opt: Optimisati
 
 # ------------------------------------------------------------------------------------------- export
 
+#: the trainer settings an artifact records as its recipe (``training``); the rest (paths, logging, workers,
+#: device) change how a run goes, not what it learns
+RECIPE_TRAINER_KEYS = ("batch_size", "max_frames", "learning_rate", "singer_learning_rate", "betas", "eps",
+                       "weight_decay", "lr_decay", "grad_clip", "precision", "discriminator", "discriminator_every",
+                       "singer_init")
+
+
+def training_record(cfg: TrainConfig) -> dict[str, Any]:
+    """How the artifact was trained, for its config (``training``): the seed, the recipe's trainer settings, the
+    loss weights and the processed dataset it read, so that an artifact says how to make it again."""
+    trainer = dataclasses.asdict(cfg.trainer)
+    return {"seed": int(cfg.seed), "data": str(cfg.paths.processed),
+            "trainer": {key: trainer[key] for key in RECIPE_TRAINER_KEYS}, "loss": dataclasses.asdict(cfg.loss)}
+
+
 def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps: int,
                     train_set: ManifestDataset | None = None) -> Path:
     """Write the base (pretrain) or the adapter (finetune) artifact, recording the ``steps`` trained;
@@ -551,7 +566,7 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
         config = {"model": models.model_config.to_dict(), "steps": int(steps),
                   "content_encoder": stats.content_encoder,
                   "sample_rate": models.model_config.sample_rate, "hop_length": models.model_config.hop_length,
-                  "speakers": list(models.speakers)}
+                  "speakers": list(models.speakers), "training": training_record(cfg)}
         if models.init_from is not None:
             config["init_from"] = models.init_from
         discriminator_state = models.discriminator.state_dict() if models.discriminator is not None else None
@@ -578,7 +593,7 @@ def export_artifact(cfg: TrainConfig, models: Models, stats: DatasetStats, steps
     config = {"singer": cfg.singer, "method": cfg.peft.method, "peft": cfg.peft.to_dict(), "steps": int(steps),
               "retrieval_index": None, "singer_start": models.singer_start,
               "base_sha256": models.base_sha256, "base_name": models.base_path.name if models.base_path else "",
-              "stats": singer_stats}
+              "stats": singer_stats, "training": training_record(cfg)}
     return ckpt.save_adapter(Path(cfg.paths.singers) / str(cfg.singer), tensors, config, retrieval_index=centroids,
                              voice_print=voice_print)
 

@@ -86,6 +86,8 @@ def test_pretrain_exports_a_base_and_logs(tmp_path, processed):
     assert all(t.dtype == torch.float32 for t in file_tensors(result.artifact_dir / ckpt.BASE_GENERATOR_FILE).values()
                if t.is_floating_point())
     assert base.config["sample_rate"] == SR and base.config["hop_length"] == HOP
+    assert base.config["training"]["seed"] == cfg.seed and base.config["training"]["trainer"]["max_frames"] == \
+        cfg.trainer.max_frames  # the recipe beside the weights
     assert base.model_config["content_dim"] == 16 and base.model_config["n_speakers"] == 2
     assert [s for s, _ in ckpt.list_train_states(result.run_dir)] == [2]
     # TensorBoard: losses, learning rate, grad norms every step; validation mel, images and audio at eval
@@ -191,6 +193,10 @@ def test_finetune_exports_a_small_adapter_and_leaves_the_base_alone(tmp_path, pr
     assert adapter.method == "lora" and adapter.base_sha256 == before_hash
     assert adapter.config["base_name"] == base_dir.name and adapter.config["singer"] == "tenor"
     assert adapter.config["steps"] == 2  # the artifact says how long it was trained
+    recipe = adapter.config["training"]  # ... and how: seed, the recipe's trainer settings, loss weights, data
+    assert recipe["seed"] == cfg.seed and recipe["data"] == str(processed)
+    assert recipe["trainer"]["batch_size"] == cfg.trainer.batch_size and "progress" not in recipe["trainer"]
+    assert recipe["loss"]["mel"] == cfg.loss.mel
     # the singer's feature-retrieval index: its own content frames (fewer than 1024 here: all of them)
     from ai_singer.retrieval import load_index
 
