@@ -22,7 +22,7 @@ from ai_singer.conf_dir import conf_dir
 from ai_singer.config import conf_group
 from ai_singer.features.content import ContentEncoderMissing
 from ai_singer.manifest import read_manifest, read_stats
-from ai_singer import preprocess
+from ai_singer import preprocess, preprocess_source
 from ai_singer.errors import is_user_error
 from ai_singer.preprocess import PreprocessError, run_cli, run_preprocess
 from conftest import harmonic, phrase_with_silences
@@ -319,7 +319,7 @@ def test_interrupted_run_recovers_to_the_clean_result(reference, dataset, tmp_pa
     ref_processed, _ = reference
     processed = tmp_path / "processed"
     cfg = make_cfg(dataset, processed, tiny_hubert_dir)
-    real_process_clip = preprocess.process_clip
+    real_process_clip = preprocess_source.process_clip
     calls = {"n": 0}
 
     def crash_on_the_fifth_clip(*args, **kwargs):
@@ -328,10 +328,10 @@ def test_interrupted_run_recovers_to_the_clean_result(reference, dataset, tmp_pa
             raise KeyboardInterrupt
         return real_process_clip(*args, **kwargs)
 
-    monkeypatch.setattr(preprocess, "process_clip", crash_on_the_fifth_clip)
+    monkeypatch.setattr(preprocess_source, "process_clip", crash_on_the_fifth_clip)
     with pytest.raises(KeyboardInterrupt):
         run_preprocess(cfg)
-    monkeypatch.setattr(preprocess, "process_clip", real_process_clip)
+    monkeypatch.setattr(preprocess_source, "process_clip", real_process_clip)
     assert not (processed / "manifest.jsonl").exists()
     assert len(list((processed / ".sources").glob("*.json"))) == 1  # only the finished source
     # also: leftover temporaries of a killed write, and a record lost with the crash
@@ -421,7 +421,7 @@ def test_a_run_killed_inside_a_long_file_keeps_its_finished_pieces(tmp_path, tin
     monkeypatch.undo()
     processed = tmp_path / "resumed"
     assert not preprocess.record_path(processed, "alice/session.wav").exists()
-    kept = {processed / "alice" / f"{preprocess.clip_id('alice/session.wav', index)}.wav": None
+    kept = {processed / "alice" / f"{preprocess_source.clip_id('alice/session.wav', index)}.wav": None
             for piece in saved for index, _ in piece}
     kept = {path: path.stat().st_mtime_ns for path in kept}
     again = run_preprocess(make_cfg(raw, processed, tiny_hubert_dir, "num_workers=2", *settings))
@@ -476,16 +476,16 @@ def test_piece_plan_and_a_split_source_assembled_out_of_order(tmp_path):
     from ai_singer.config import load_settings
 
     ranges = [(0, 100), (150, 250), (300, 350), (400, 600), (700, 720)]  # at 100 Hz: 1, 1, 0.5, 2, 0.2 s
-    assert preprocess.piece_plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))],
+    assert preprocess_source.piece_plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))],
                                                       [(2, (300, 350)), (3, (400, 600))], [(4, (700, 720))]]
-    assert preprocess.piece_plan(ranges, 100, 2.0, done={1, 2}) == [[(0, (0, 100))],  # kept clips end a piece
+    assert preprocess_source.piece_plan(ranges, 100, 2.0, done={1, 2}) == [[(0, (0, 100))],  # kept clips end a piece
                                                                     [(3, (400, 600))], [(4, (700, 720))]]
     settings = load_settings("preprocess", [f"paths.raw={tmp_path / 'raw'}", f"paths.processed={tmp_path}"])
     (tmp_path / preprocess.RECORDS_DIR).mkdir()
-    job = preprocess.SourceJob(singer="a", source="a/x.wav", path=tmp_path / "x.wav", fingerprint={}, seconds=7.2)
+    job = preprocess_source.SourceJob(singer="a", source="a/x.wav", path=tmp_path / "x.wav", fingerprint={}, seconds=7.2)
 
     def assemble(results: dict[int, dict]) -> dict:
-        parts = preprocess.SplitSource(job, preprocess._new_record(job, settings, {"name": "e"}), 100, ranges, 2.0)
+        parts = preprocess_source.SplitSource(job, preprocess_source.new_record(job, settings, {"name": "e"}), 100, ranges, 2.0)
         for first in (4, 0, 2):
             assert parts.outstanding
             parts.add(first, {"worker": first, **results[first]})
