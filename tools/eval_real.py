@@ -418,38 +418,48 @@ def cer_by_kind(rows: list[dict]) -> dict[str, dict[str, float]]:
             for kind in sorted({r["kind"] for r in rows})}
 
 
-def summarise(rows: list[dict]) -> dict:
-    def mean(values):
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        return float(np.mean(values)) if values else float("nan")
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
 
-    pooled = metrics.f0_cents_error(np.concatenate([r["_f0_tracks"][0] for r in rows]),
-                                    np.concatenate([r["_f0_tracks"][1] for r in rows]))
-    floors = [r["f0_floor"]["median_abs_cents"] for r in rows if r.get("f0_floor")]
+
+def phrase_summary(rows: list[dict]) -> dict:
+    """What a pair's summary takes from its phrase rows as a report keeps them (speaker similarity, rank, CER,
+    DNSMOS, MCD): everything but the F0 figures, which :func:`summarise` pools over frames. Also what
+    ``tools/pool_real.py`` computes over the phrases of several reports."""
     kinds: dict[str, int] = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     summary = {
         "phrases": len(rows), "kinds": kinds,
-        "secs_converted": mean(r["secs"]["converted"] for r in rows),
-        "secs_source": mean(r["secs"]["source"] for r in rows),
-        "mean_target_rank": mean(r["target_rank"] for r in rows),
-        "target_top1_fraction": mean([float(r["target_rank"] == 1) for r in rows]),
+        "secs_converted": _mean(r["secs"]["converted"] for r in rows),
+        "secs_source": _mean(r["secs"]["source"] for r in rows),
+        "mean_target_rank": _mean(r["target_rank"] for r in rows),
+        "target_top1_fraction": _mean([float(r["target_rank"] == 1) for r in rows]),
         "voices_ranked": max((r["voices_ranked"] for r in rows), default=0),
         "cer_converted": pooled_cer_of(rows, "converted"), "cer_source": pooled_cer_of(rows, "source"),
         "cer_converted_vs_source_transcript": pooled_cer_of(rows, "converted_vs_source_transcript"),
         "cer_by_kind": cer_by_kind(rows),
-        "f0_median_abs_cents": pooled.median_abs_cents, "f0_rmse_cents": pooled.rmse_cents,
-        "f0_off_50_cents": pooled.off_50_cents, "f0_octave_errors": pooled.octave_errors,
-        "f0_mean_cents": pooled.mean_cents, "voicing_agreement": pooled.voicing_agreement,
-        "f0_floor_median_abs_cents": mean(floors),
     }
     for key in ("ovrl", "sig", "bak", "p808"):
-        summary[f"dnsmos_{key}_converted"] = mean(r["dnsmos"]["converted"][key] for r in rows)
-        summary[f"dnsmos_{key}_source"] = mean(r["dnsmos"]["source"][key] for r in rows)
+        summary[f"dnsmos_{key}_converted"] = _mean(r["dnsmos"]["converted"][key] for r in rows)
+        summary[f"dnsmos_{key}_source"] = _mean(r["dnsmos"]["source"][key] for r in rows)
     if any("mcd_db" in r for r in rows):
-        summary["mcd_db"] = mean(r.get("mcd_db") for r in rows)
+        summary["mcd_db"] = _mean(r.get("mcd_db") for r in rows)
     return summary
+
+
+def summarise(rows: list[dict]) -> dict:
+    """A pair's summary: :func:`phrase_summary` and the F0 errors pooled over every frame of its phrases
+    (``_f0_tracks``, kept only while the run measures)."""
+    pooled = metrics.f0_cents_error(np.concatenate([r["_f0_tracks"][0] for r in rows]),
+                                    np.concatenate([r["_f0_tracks"][1] for r in rows]))
+    floors = [r["f0_floor"]["median_abs_cents"] for r in rows if r.get("f0_floor")]
+    return {**phrase_summary(rows),
+            "f0_median_abs_cents": pooled.median_abs_cents, "f0_rmse_cents": pooled.rmse_cents,
+            "f0_off_50_cents": pooled.off_50_cents, "f0_octave_errors": pooled.octave_errors,
+            "f0_mean_cents": pooled.mean_cents, "voicing_agreement": pooled.voicing_agreement,
+            "f0_floor_median_abs_cents": _mean(floors)}
 
 
 # -------------------------------------------------------------------------------------------- report

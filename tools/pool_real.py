@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from tools import real_criteria  # noqa: E402
 from tools.eval_conversion import EvalError, fmt, json_safe  # noqa: E402
-from tools.eval_real import pooled_cer_of  # noqa: E402
+from tools.eval_real import phrase_summary  # noqa: E402
 
 
 def read_report(path: Path) -> dict:
@@ -53,36 +53,12 @@ def pair_name(key: tuple[str, str, bool]) -> str:
 
 
 def pooled_summary(summaries: list[dict], phrases: list[dict]) -> dict:
-    """The summary of ``phrases`` (every run's rows of one pair) as eval_real writes one; the F0 figures are the
-    worst of the runs' ``summaries`` (see the module's docstring)."""
-    def mean(values) -> float:
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        return float(np.mean(values)) if values else float("nan")
-
-    def worst(key: str) -> float:
-        values = [s.get(key) for s in summaries]
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        return float(max(values)) if values else float("nan")
-
-    kinds: dict[str, int] = {}
-    for row in phrases:
-        kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    summary = {
-        "phrases": len(phrases), "kinds": kinds,
-        "secs_converted": mean(r["secs"]["converted"] for r in phrases),
-        "secs_source": mean(r["secs"]["source"] for r in phrases),
-        "mean_target_rank": mean(r["target_rank"] for r in phrases),
-        "target_top1_fraction": mean([float(r["target_rank"] == 1) for r in phrases if r.get("target_rank")]),
-        "voices_ranked": max((r.get("voices_ranked") or 0 for r in phrases), default=0),
-        "cer_converted": pooled_cer_of(phrases, "converted"), "cer_source": pooled_cer_of(phrases, "source"),
-        "f0_median_abs_cents": worst("f0_median_abs_cents"),
-    }
-    for key in ("ovrl", "sig", "bak", "p808"):
-        summary[f"dnsmos_{key}_converted"] = mean(r["dnsmos"]["converted"][key] for r in phrases)
-        summary[f"dnsmos_{key}_source"] = mean(r["dnsmos"]["source"][key] for r in phrases)
-    if any("mcd_db" in r for r in phrases):
-        summary["mcd_db"] = mean(r.get("mcd_db") for r in phrases)
-    return summary
+    """The summary of ``phrases`` (every run's rows of one pair) as eval_real writes one
+    (:func:`tools.eval_real.phrase_summary`), with the worst of the runs' ``summaries``' F0 median error (see the
+    module's docstring)."""
+    errors = [s.get("f0_median_abs_cents") for s in summaries]
+    errors = [e for e in errors if e is not None and np.isfinite(e)]
+    return {**phrase_summary(phrases), "f0_median_abs_cents": float(max(errors)) if errors else float("nan")}
 
 
 def pool(documents: list[dict], paths: list[Path]) -> dict:
