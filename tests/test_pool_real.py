@@ -70,4 +70,4 @@ def test_an_unreadable_report_is_named(tmp_path, capsys):
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
     assert pool_real.main([str(bad), "--out", str(tmp_path / "p.json")]) == 2
-    assert f"{bad}: cannot read the report" in capsys.readouterr().err
+    assert f"{bad}: not valid JSON" in capsys.readouterr().err

@@ -19,7 +19,6 @@ Writes ``--out`` (JSON) and the same name with ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,16 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from ai_singer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from tools import real_criteria  # noqa: E402
-from tools.eval_conversion import EvalError, fmt, json_safe  # noqa: E402
+from tools.eval_conversion import EvalError, fmt, json_safe, read_json  # noqa: E402
 from tools.eval_real import phrase_summary  # noqa: E402
 
 
 def read_report(path: Path) -> dict:
-    """One eval_real report (JSON); EvalError naming the file when it cannot be read or is not one."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise EvalError(f"{path}: cannot read the report ({error})") from None
+    """One eval_real report (JSON); EvalError naming the file when it is missing, unreadable or not one."""
+    document = read_json(path, "a report of tools/eval_real.py --out")
     if not isinstance(document, dict) or not isinstance(document.get("pairs"), list):
         raise EvalError(f"{path}: not a tools/eval_real.py report (no 'pairs' list)")
     return document
@@ -62,8 +58,8 @@ def pooled_summary(summaries: list[dict], phrases: list[dict]) -> dict:
 
 
 def pool(documents: list[dict], paths: list[Path]) -> dict:
-    """One report whose pairs hold every run's phrases (each row tagged with its ``run`` index) and a pooled
-    summary, with ``runs`` (each report's path, label, adapters and per-pair summaries)."""
+    """One report whose pairs hold every run's phrases (each row tagged with its ``run`` index), a pooled summary,
+    each run's own summary (``run_summaries``) and adapter; ``runs``: each report's path, label, date and command."""
     if not documents:
         raise EvalError("no report to pool")
     first, first_path = documents[0], paths[0]
