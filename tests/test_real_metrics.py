@@ -332,7 +332,7 @@ def test_the_tool_end_to_end_on_a_tiny_base(tmp_path, tiny_hubert_dir, capsys):
                            "--content-path", str(tiny_hubert_dir), "--content-layer", "2", "--f0-method", "dio",
                            "--noise-scale", "0", "--device", "cpu", "--pairs", "vb:va", "--self", "va",
                            "--max-phrases", "1", "--whisper", "tiny.en", "--beam-size", "1", "--out", str(out),
-                           "--bench", "--benchmarks", str(bench), "--label", "tiny", "--quiet"])
+                           "--bench", "--benchmarks", str(bench), "--label", "tiny", "--quiet", "--transpose-offset", "3"])
     assert code == 0
     report = json.loads(out.read_text())
     cross, own = report["pairs"]
@@ -349,7 +349,9 @@ def test_the_tool_end_to_end_on_a_tiny_base(tmp_path, tiny_hubert_dir, capsys):
     [own_row] = own["phrases"]
     assert own_row["reference_clips"] == ["p1"]  # leave-one-out: never the compared phrase itself
     assert own_row["mcd_db"] > 0 and own["summary"]["mcd_db"] == pytest.approx(own_row["mcd_db"])
-    assert cross["transpose_semitones"] % 12 == 0 and own["transpose_semitones"] == 0
+    # whole octaves between the voices, plus --transpose-offset for cross pairs only (never into itself)
+    assert (cross["transpose_semitones"] - 3) % 12 == 0 and own["transpose_semitones"] == 0
+    assert report["settings"]["transpose_offset"] == 3
     assert "| tiny | vb → va |" in bench.read_text() and "| tiny | va | 1 (1 sung) |" in bench.read_text()
     assert "## Conversions" in capsys.readouterr().out and out.with_suffix(".md").is_file()
 

@@ -754,6 +754,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-scale", type=float, default=None, help="default: conf/infer.yaml's")
     parser.add_argument("--retrieval-ratio", type=float, default=None, help="default: conf/infer.yaml's")
     parser.add_argument("--seed", type=int, default=None, help="default: conf/infer.yaml's")
+    parser.add_argument("--transpose-offset", type=float, default=0.0, metavar="SEMITONES",
+                        help="added to each cross pair's whole-octave transpose (the intended contour moves with it): "
+                             "e.g. +4 puts phrases above a target's range to measure conversion there")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="refine.steps of the conversion (ai_singer/refine.py; default: conf/infer.yaml's)")
     parser.add_argument("--refine-encoder", default=None, help="refine.encoder (default: conf/infer.yaml's)")
@@ -896,7 +899,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             raise EvalError(str(error)) from None
         source_hz = float(corpus.voices[pair.source].get("f0_median_hz") or 0.0)
         target_hz = float(corpus.voices[pair.target].get("f0_median_hz") or 0.0)
-        transpose = 0.0 if pair.is_self else real_metrics.nearest_octave_transpose(source_hz, target_hz)
+        transpose = 0.0 if pair.is_self else (real_metrics.nearest_octave_transpose(source_hz, target_hz)
+                                              + args.transpose_offset)
         rows = []
         for phrase in pick_phrases(corpus.phrases[pair.source], args.max_phrases):
             row = evaluate_phrase(converter, tools, phrase, pair, transpose, settings, args, timings)
@@ -936,6 +940,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                      "whisper": args.whisper, "beam_size": args.beam_size, "f0_method": args.f0_method,
                      "eval_f0_method": args.eval_f0_method, "noise_scale": args.noise_scale,
                      "retrieval_ratio": args.retrieval_ratio, "seed": args.seed, "threads": args.threads,
+                     "transpose_offset": args.transpose_offset,
                      "refine": getattr(args, "refine", None)},
         "models": {"speaker": "resemblyzer (GE2E, 256-d)",
                    "asr": f"whisper {args.whisper} ({tools._transcriber.path if tools._transcriber else '-'})",
