@@ -8,6 +8,8 @@ One adapter seed gives 12-18 phrases per pair, and a share of 16 of 18 is only k
 (95 % Wilson interval 67-97 %): whether a default clears the 90 % speaker bar can hang on the draw of one
 adapter's training. Pooling the same pairs measured through adapters of several seeds answers with the spread of
 training in it, and the per-run figures stay beside the pooled ones, so no run can hide in the pool.
+The pooled shares' 95 % intervals count each run's phrase as a draw of its own; when every run converts the same
+phrases (seeds of one corpus), they say how far a share may move with another adapter, not with other phrases.
 
 What pools exactly, from the phrase rows every report keeps: the two shares (phrases closer to the target than the
 source; the target nearest), CER (edits over characters), the mean SECS and DNSMOS. The F0 median error is pooled
@@ -118,7 +120,8 @@ def markdown(pooled: dict) -> str:
             rows = [r for r in pair["phrases"] if r["run"] == index]
             lines.append(f"| {name} " + _run_line(str(index), summary, rows))
         lines.append(f"| {name} " + _run_line("**pooled**", pair["summary"], pair["phrases"]))
-    lines += ["", "F0 of the pooled line: the worst run's (frames are not pooled).", "",
+    lines += ["", "F0 of the pooled line: the worst run's (frames are not pooled). The intervals below count each run's "
+              "phrase as a draw of its own: over runs of the same phrases they cover another adapter, not other phrases.", "",
               *real_criteria.markdown(pooled)]
     return "\n".join(lines) + "\n"
 
