@@ -476,16 +476,18 @@ def test_piece_plan_and_a_split_source_assembled_out_of_order(tmp_path):
     from ai_singer.config import load_settings
 
     ranges = [(0, 100), (150, 250), (300, 350), (400, 600), (700, 720)]  # at 100 Hz: 1, 1, 0.5, 2, 0.2 s
-    assert preprocess_source.piece_plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))],
-                                                      [(2, (300, 350)), (3, (400, 600))], [(4, (700, 720))]]
-    assert preprocess_source.piece_plan(ranges, 100, 2.0, done={1, 2}) == [[(0, (0, 100))],  # kept clips end a piece
-                                                                    [(3, (400, 600))], [(4, (700, 720))]]
+    plan = preprocess_source.piece_plan
+    assert plan(ranges, 100, 2.0) == [[(0, (0, 100)), (1, (150, 250))], [(2, (300, 350)), (3, (400, 600))],
+                                      [(4, (700, 720))]]
+    assert plan(ranges, 100, 2.0, done={1, 2}) == [[(0, (0, 100))],  # kept clips end a piece
+                                                   [(3, (400, 600))], [(4, (700, 720))]]
     settings = load_settings("preprocess", [f"paths.raw={tmp_path / 'raw'}", f"paths.processed={tmp_path}"])
     (tmp_path / preprocess.RECORDS_DIR).mkdir()
     job = preprocess_source.SourceJob(singer="a", source="a/x.wav", path=tmp_path / "x.wav", fingerprint={}, seconds=7.2)
 
     def assemble(results: dict[int, dict]) -> dict:
-        parts = preprocess_source.SplitSource(job, preprocess_source.new_record(job, settings, {"name": "e"}), 100, ranges, 2.0)
+        record = preprocess_source.new_record(job, settings, {"name": "e"})
+        parts = preprocess_source.SplitSource(job, record, 100, ranges, 2.0)
         for first in (4, 0, 2):
             assert parts.outstanding
             parts.add(first, {"worker": first, **results[first]})
